@@ -1,0 +1,18 @@
+//! Compiles the protobuf schema with protox (no system `protoc`).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/raftmesh/v1/resources.proto",
+        "proto/raftmesh/v1/admin.proto",
+        "proto/raftmesh/v1/discovery.proto",
+        "proto/raftmesh/v1/raft.proto",
+    ];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! Round trips domain → proto → domain (and through bytes and YAML).
+
+use std::collections::BTreeMap;
+
+use proptest::collection::{btree_map, vec};
+use proptest::option;
+use proptest::prelude::*;
+use prost::Message;
+
+use crate::v1 as pb;
+use crate::*;
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-z][a-z0-9-]{0,10}[a-z0-9]"
+}
+
+fn text() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9 ./:_-]{1,20}"
+}
+
+fn opt_text() -> impl Strategy<Value = Option<String>> {
+    option::of(text())
+}
+
+fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+    btree_map(name(), name(), 0..4)
+}
+
+fn dur() -> impl Strategy<Value = Option<HumanDuration>> {
+    option::of((1u64..100_000_000).prop_map(HumanDuration::from_millis))
+}
+
+fn nz() -> impl Strategy<Value = Option<u32>> {
+    option::of(1u32..10_000)
+}
+
+fn service() -> impl Strategy<Value = Spec> {
+    vec(
+        (0u32..70_000, prop_oneof![
+            Just(Protocol::Http),
+            Just(Protocol::Http2),
+            Just(Protocol::Grpc),
+            Just(Protocol::Tcp)
+        ])
+            .prop_map(|(port, protocol)| ServicePort { port, protocol }),
+        0..4,
+    )
+    .prop_map(|ports| Spec::Service(ServiceSpec { ports }))
+}
+
+fn endpoint() -> impl Strategy<Value = Spec> {
+    (
+        name(),
+        text(),
+        any::<u32>(),
+        labels(),
+        "[a-z]{0,5}",
+        "[a-z]{0,5}",
+        prop_oneof![Just(Health::Healthy), Just(Health::Unhealthy)],
+        "[a-z:/.]{0,12}",
+        option::of(1u64..10),
+    )
+        .prop_map(
+            |(service, address, port, labels, cluster, locality, health, identity, lease_node)| {
+                Spec::Endpoint(EndpointSpec {
+                    service,
+                    address,
+                    port,
+                    labels,
+                    cluster,
+                    locality,
+                    health,
+                    identity,
+                    lease_node,
+                })
+            },
+        )
+}
+
+fn route() -> impl Strategy<Value = Spec> {
+    let m = (opt_text(), labels(), option::of("[A-Z]{3,6}")).prop_map(|(path_prefix, headers, method)| {
+        RouteMatch {
+            path_prefix,
+            headers,
+            method,
+        }
+    });
+    let b = (labels(), any::<u32>()).prop_map(|(subset, weight)| Backend { subset, weight });
+    let rule = (vec(m, 0..3), vec(b, 0..3)).prop_map(|(matches, backends)| RouteRule { matches, backends });
+    let retry_on = prop_oneof![
+        Just(RetryOn::Status5xx),
+        Just(RetryOn::GatewayError),
+        Just(RetryOn::ConnectFailure),
+        Just(RetryOn::Reset)
+    ];
+    let retries = option::of((any::<u32>(), vec(retry_on, 0..3), dur()).prop_map(
+        |(attempts, on, per_try_timeout)| RetryPolicy {
+            attempts,
+            on,
+            per_try_timeout,
+        },
+    ));
+    let lb = option::of(prop_oneof![Just(LoadBalancer::P2cEwma), Just(LoadBalancer::RoundRobin)]);
+    let cb = option::of((nz(), nz()).prop_map(|(a, b)| CircuitBreaker {
+        max_pending_requests: a,
+        max_connections: b,
+    }));
+    let od = option::of((nz(), dur(), nz()).prop_map(|(a, b, c)| OutlierDetection {
+        consecutive_failures: a,
+        base_ejection: b,
+        max_ejection_percent: c,
+    }));
+    (name(), vec(rule, 0..3), dur(), retries, lb, cb, od).prop_map(
+        |(service, rules, timeout, retries, load_balancer, circuit_breaker, outlier)| {
+            Spec::Route(RouteSpec {
+                service,
+                rules,
+                timeout,
+                retries,
+                load_balancer,
+                circuit_breaker,
+                outlier,
+            })
+        },
+    )
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![Just(Action::Allow), Just(Action::Deny)]
+}
+
+fn policy() -> impl Strategy<Value = Spec> {
+    let target = (vec("[A-Z]{3,6}", 0..3), vec(text(), 0..3))
+        .prop_map(|(methods, paths)| PolicyTarget { methods, paths });
+    (name(), action(), vec(text(), 0..3), vec(target, 0..3)).prop_map(|(service, action, from, to)| {
+        Spec::Policy(PolicySpec {
+            service,
+            action,
+            from,
+            to,
+        })
+    })
+}
+
+fn mesh_config() -> impl Strategy<Value = Spec> {
+    (
+        opt_text(),
+        option::of(prop_oneof![Just(MtlsMode::Strict), Just(MtlsMode::Permissive)]),
+        option::of(action()),
+        dur(),
+    )
+        .prop_map(|(trust_domain, mtls, default_policy, cert_ttl)| {
+            Spec::MeshConfig(MeshConfigSpec {
+                trust_domain,
+                mtls,
+                default_policy,
+                cert_ttl,
+            })
+        })
+}
+
+fn token() -> impl Strategy<Value = Spec> {
+    let scope = prop_oneof![
+        (name(), option::of(name())).prop_map(|(s, ns)| (Some(s), ns, None)),
+        prop_oneof![Just(Role::Admin), Just(Role::ReadOnly)].prop_map(|r| (None, None, Some(r))),
+        Just((None, None, None)),
+    ];
+    (
+        "[0-9a-f]{64}",
+        scope,
+        any::<u64>(),
+        option::of(1u64..u64::MAX),
+        nz(),
+        any::<u32>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(secret_sha256, (service, namespace, role), created_at_ms, expires_at_ms, max_uses, uses, revoked)| {
+                Spec::Token(TokenSpec {
+                    secret_sha256,
+                    service,
+                    namespace,
+                    role,
+                    created_at_ms,
+                    expires_at_ms,
+                    max_uses,
+                    uses,
+                    revoked,
+                })
+            },
+        )
+}
+
+fn federation() -> impl Strategy<Value = Spec> {
+    prop_oneof![
+        (vec(text(), 0..3), name(), "[A-Z]{0,10}").prop_map(|(addresses, trust_domain, root_ca_pem)| {
+            Spec::Peer(PeerSpec {
+                addresses,
+                trust_domain,
+                root_ca_pem,
+            })
+        }),
+        (name(), vec(name(), 0..3)).prop_map(|(service, peers)| Spec::Export(ExportSpec { service, peers })),
+        (name(), name()).prop_map(|(peer, service)| Spec::Import(ImportSpec { peer, service })),
+    ]
+}
+
+pub(crate) fn resource() -> impl Strategy<Value = Resource> {
+    let spec = prop_oneof![service(), endpoint(), route(), policy(), mesh_config(), token(), federation()];
+    (name(), name(), option::of(1u64..u64::MAX), spec).prop_map(|(name, namespace, revision, spec)| Resource {
+        metadata: Metadata {
+            name,
+            namespace,
+            revision,
+        },
+        spec,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn proto_round_trip(r in resource()) {
+        let p: pb::Resource = r.clone().into();
+        let back = Resource::try_from(p.clone()).unwrap();
+        prop_assert_eq!(&back, &r);
+        // And through the bytes on the wire.
+        let bytes = p.encode_to_vec();
+        let decoded = pb::Resource::decode(bytes.as_slice()).unwrap();
+        prop_assert_eq!(Resource::try_from(decoded).unwrap(), r);
+    }
+
+    #[test]
+    fn json_and_yaml_round_trip(r in resource()) {
+        let json = serde_json::to_string(&r).unwrap();
+        prop_assert_eq!(&serde_json::from_str::<Resource>(&json).unwrap(), &r);
+        let yaml = serde_yaml_ng::to_string(&r).unwrap();
+        prop_assert_eq!(serde_yaml_ng::from_str::<Resource>(&yaml).unwrap(), r);
+    }
+
+    #[test]
+    fn key_round_trip(r in resource()) {
+        let k = r.key();
+        let p: pb::ResourceKey = k.clone().into();
+        prop_assert_eq!(ResourceKey::try_from(p).unwrap(), k);
+    }
+}
+
+#[test]
+fn missing_spec_on_the_wire_is_an_error_naming_the_field() {
+    let p = pb::Resource {
+        metadata: Some(pb::Metadata {
+            name: "web".into(),
+            namespace: String::new(),
+            revision: 0,
+        }),
+        spec: None,
+    };
+    let e = Resource::try_from(p).unwrap_err();
+    assert_eq!(e.to_string(), "resource.spec: is missing");
+}
+
+#[test]
+fn unknown_enum_value_on_the_wire_is_an_error() {
+    let p = pb::Resource {
+        metadata: Some(pb::Metadata::default()),
+        spec: Some(pb::resource::Spec::Service(pb::ServiceSpec {
+            ports: vec![pb::ServicePort { port: 80, protocol: 99 }],
+        })),
+    };
+    let e = Resource::try_from(p).unwrap_err();
+    assert!(e.to_string().contains("protocol: unknown value 99"), "{e}");
+}
+
+#[test]
+fn empty_namespace_on_the_wire_means_default() {
+    let p = pb::Resource {
+        metadata: Some(pb::Metadata {
+            name: "web".into(),
+            namespace: String::new(),
+            revision: 0,
+        }),
+        spec: Some(pb::resource::Spec::Service(pb::ServiceSpec::default())),
+    };
+    assert_eq!(Resource::try_from(p).unwrap().metadata.namespace, "default");
+}

@@ -1,0 +1,417 @@
+//! Validation of resources. Every error names the resource, the field and
+//! the rule: `route "web": spec.rules[1].backends: weights sum to 90, must be 100`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::{Kind, Resource, Spec};
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} \"{}\": {field}: {rule}", kind.lower(), display_name(namespace, name))]
+pub struct ValidationError {
+    /// Kind of the resource.
+    pub kind: Kind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Dotted path of the field (`spec.rules[1].backends`).
+    pub field: String,
+    /// The rule, as a sentence fragment.
+    pub rule: String,
+}
+
+fn display_name(namespace: &str, name: &str) -> String {
+    if namespace == crate::DEFAULT_NAMESPACE || namespace.is_empty() {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+/// Every broken rule of one resource (never empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationErrors(pub Vec<ValidationError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+struct Checker<'a> {
+    res: &'a Resource,
+    errors: Vec<ValidationError>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, field: impl Into<String>, rule: impl Into<String>) {
+        self.errors.push(ValidationError {
+            kind: self.res.kind(),
+            namespace: self.res.metadata.namespace.clone(),
+            name: self.res.metadata.name.clone(),
+            field: field.into(),
+            rule: rule.into(),
+        });
+    }
+
+    fn check(&mut self, ok: bool, field: impl Into<String>, rule: impl Into<String>) {
+        if !ok {
+            self.fail(field, rule);
+        }
+    }
+
+    fn label(&mut self, value: &str, field: &str) {
+        if let Err(rule) = dns_label(value) {
+            self.fail(field, rule);
+        }
+    }
+
+    fn port(&mut self, port: u32, field: &str) {
+        self.check(
+            (1..=65535).contains(&port),
+            field,
+            format!("port {port} is out of range, must be 1-65535"),
+        );
+    }
+
+    fn labels(&mut self, labels: &BTreeMap<String, String>, field: &str) {
+        for (k, v) in labels {
+            if let Err(rule) = label_key(k) {
+                self.fail(format!("{field}.{k}"), rule);
+            }
+            if let Err(rule) = label_value(v) {
+                self.fail(format!("{field}.{k}"), rule);
+            }
+        }
+    }
+
+    fn method(&mut self, m: &str, field: &str) {
+        self.check(
+            HTTP_METHODS.contains(&m),
+            field,
+            format!("\"{m}\" is not an HTTP method (one of {})", HTTP_METHODS.join(", ")),
+        );
+    }
+
+    fn path_prefix(&mut self, p: &str, field: &str) {
+        self.check(
+            p.starts_with('/') && !p.chars().any(|c| c.is_control() || c == ' '),
+            field,
+            format!("\"{p}\" must start with '/' and hold no spaces"),
+        );
+    }
+}
+
+const HTTP_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Checks a DNS-1123 label: 1–63 characters of `a-z`, `0-9`, `-`, starting
+/// and ending with a letter or digit.
+pub fn dns_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > 63 {
+        return Err(format!("\"{s}\" is {} characters, must be at most 63", s.len()));
+    }
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ends_ok = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !ok_chars || !ends_ok(s.bytes().next()) || !ends_ok(s.bytes().last()) {
+        return Err(format!(
+            "\"{s}\" is not a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn dns_subdomain(s: &str) -> Result<(), String> {
+    if s.len() > 253 {
+        return Err(format!("\"{s}\" is longer than 253 characters"));
+    }
+    for part in s.split('.') {
+        dns_label(part).map_err(|_| {
+            format!("\"{s}\" is not a DNS name (dot-separated DNS-1123 labels)")
+        })?;
+    }
+    Ok(())
+}
+
+fn label_key(k: &str) -> Result<(), String> {
+    let ok = !k.is_empty()
+        && k.len() <= 253
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+        && k.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && k.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "label key \"{k}\" must be letters, digits, '-', '_', '.', '/', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+fn label_value(v: &str) -> Result<(), String> {
+    let ok = v.len() <= 63
+        && v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "label value \"{v}\" must be at most 63 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+fn header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// A service reference: `name` or `name.namespace`.
+pub fn service_ref(s: &str) -> Result<(), String> {
+    let mut parts = s.splitn(2, '.');
+    let name = parts.next().unwrap_or_default();
+    dns_label(name)?;
+    if let Some(ns) = parts.next() {
+        dns_label(ns)?;
+    }
+    Ok(())
+}
+
+impl Resource {
+    /// Checks every rule; the error lists each broken one.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut c = Checker {
+            res: self,
+            errors: Vec::new(),
+        };
+        c.label(&self.metadata.name, "metadata.name");
+        c.label(&self.metadata.namespace, "metadata.namespace");
+        match &self.spec {
+            Spec::Service(s) => {
+                let mut seen = BTreeSet::new();
+                for (i, p) in s.ports.iter().enumerate() {
+                    c.port(p.port, &format!("spec.ports[{i}].port"));
+                    c.check(
+                        seen.insert(p.port),
+                        format!("spec.ports[{i}].port"),
+                        format!("port {} is listed twice", p.port),
+                    );
+                }
+            }
+            Spec::Endpoint(e) => {
+                c.label(&e.service, "spec.service");
+                let addr_ok = e.address.parse::<IpAddr>().is_ok() || dns_subdomain(&e.address).is_ok();
+                c.check(
+                    addr_ok,
+                    "spec.address",
+                    format!("\"{}\" is neither an IP address nor a DNS name", e.address),
+                );
+                c.port(e.port, "spec.port");
+                c.labels(&e.labels, "spec.labels");
+                if !e.cluster.is_empty() {
+                    c.label(&e.cluster, "spec.cluster");
+                }
+                if !e.locality.is_empty() {
+                    if let Err(r) = label_value(&e.locality) {
+                        c.fail("spec.locality", r);
+                    }
+                }
+            }
+            Spec::Route(r) => validate_route(&mut c, r),
+            Spec::Policy(p) => {
+                c.label(&p.service, "spec.service");
+                for (i, f) in p.from.iter().enumerate() {
+                    let ok = f == "*"
+                        || (f.starts_with("spiffe://")
+                            && f.len() > "spiffe://".len()
+                            && !f[..f.len() - 1].contains('*')
+                            && !f.contains(char::is_whitespace));
+                    c.check(
+                        ok,
+                        format!("spec.from[{i}]"),
+                        format!("\"{f}\" must be \"*\", a SPIFFE ID (spiffe://...), or a SPIFFE ID prefix ending in '*'"),
+                    );
+                }
+                for (i, t) in p.to.iter().enumerate() {
+                    for (j, m) in t.methods.iter().enumerate() {
+                        c.method(m, &format!("spec.to[{i}].methods[{j}]"));
+                    }
+                    for (j, path) in t.paths.iter().enumerate() {
+                        c.path_prefix(path, &format!("spec.to[{i}].paths[{j}]"));
+                    }
+                }
+            }
+            Spec::MeshConfig(m) => {
+                c.check(
+                    self.metadata.name == "mesh",
+                    "metadata.name",
+                    format!("is \"{}\", must be \"mesh\" (there is one MeshConfig per cluster)", self.metadata.name),
+                );
+                if let Some(td) = &m.trust_domain {
+                    if let Err(r) = dns_subdomain(td) {
+                        c.fail("spec.trust_domain", r);
+                    }
+                }
+                if let Some(ttl) = m.cert_ttl {
+                    let ms = ttl.as_millis();
+                    c.check(
+                        (60_000..=365 * 86_400_000).contains(&ms),
+                        "spec.cert_ttl",
+                        format!("{ttl} must be between 1m and 365d"),
+                    );
+                }
+            }
+            Spec::Token(t) => {
+                c.check(
+                    t.secret_sha256.len() == 64 && t.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "spec.secret_sha256",
+                    "must be 64 hex digits (the SHA-256 of the secret)",
+                );
+                match (&t.service, &t.role) {
+                    (Some(s), None) => {
+                        c.label(s, "spec.service");
+                        if let Some(ns) = &t.namespace {
+                            c.label(ns, "spec.namespace");
+                        }
+                    }
+                    (None, Some(_)) => c.check(
+                        t.namespace.is_none(),
+                        "spec.namespace",
+                        "only a service token has a namespace",
+                    ),
+                    _ => c.fail("spec", "exactly one of service (bootstrap token) or role (admin token) must be set"),
+                }
+                if let Some(max) = t.max_uses {
+                    c.check(max > 0, "spec.max_uses", "must be at least 1 (omit it for unlimited uses)");
+                }
+                if let Some(exp) = t.expires_at_ms {
+                    c.check(exp > t.created_at_ms, "spec.expires_at_ms", "must be after created_at_ms");
+                }
+            }
+            Spec::Peer(p) => {
+                c.check(!p.addresses.is_empty(), "spec.addresses", "must list at least one address");
+                if let Err(r) = dns_subdomain(&p.trust_domain) {
+                    c.fail("spec.trust_domain", r);
+                }
+            }
+            Spec::Export(e) => {
+                c.label(&e.service, "spec.service");
+                c.check(!e.peers.is_empty(), "spec.peers", "must list at least one peer");
+                for (i, p) in e.peers.iter().enumerate() {
+                    c.label(p, &format!("spec.peers[{i}]"));
+                }
+            }
+            Spec::Import(i) => {
+                c.label(&i.peer, "spec.peer");
+                c.label(&i.service, "spec.service");
+            }
+        }
+        if c.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(c.errors))
+        }
+    }
+}
+
+fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
+    c.label(&r.service, "spec.service");
+    for (i, rule) in r.rules.iter().enumerate() {
+        for (j, m) in rule.matches.iter().enumerate() {
+            let f = format!("spec.rules[{i}].matches[{j}]");
+            if let Some(p) = &m.path_prefix {
+                c.path_prefix(p, &format!("{f}.path_prefix"));
+            }
+            if let Some(method) = &m.method {
+                c.method(method, &format!("{f}.method"));
+            }
+            for h in m.headers.keys() {
+                c.check(
+                    header_name(h),
+                    format!("{f}.headers"),
+                    format!("\"{h}\" is not a valid HTTP header name"),
+                );
+            }
+        }
+        if !rule.backends.is_empty() {
+            let sum: u64 = rule.backends.iter().map(|b| u64::from(b.weight)).sum();
+            c.check(
+                sum == 100,
+                format!("spec.rules[{i}].backends"),
+                format!("weights sum to {sum}, must be 100"),
+            );
+        }
+        for (j, b) in rule.backends.iter().enumerate() {
+            let f = format!("spec.rules[{i}].backends[{j}].subset");
+            c.check(
+                !b.subset.is_empty(),
+                f.clone(),
+                "subset must not be empty (omit backends to use every endpoint)",
+            );
+            c.labels(&b.subset, &f);
+        }
+    }
+    if let Some(t) = r.timeout {
+        c.check(t.as_millis() > 0, "spec.timeout", "must be more than 0");
+    }
+    if let Some(retries) = &r.retries {
+        c.check(
+            retries.attempts <= 10,
+            "spec.retries.attempts",
+            format!("{} is more than 10", retries.attempts),
+        );
+        if let Some(t) = retries.per_try_timeout {
+            c.check(t.as_millis() > 0, "spec.retries.per_try_timeout", "must be more than 0");
+        }
+    }
+    if let Some(cb) = &r.circuit_breaker {
+        for (v, f) in [
+            (cb.max_pending_requests, "spec.circuit_breaker.max_pending_requests"),
+            (cb.max_connections, "spec.circuit_breaker.max_connections"),
+        ] {
+            if let Some(v) = v {
+                c.check(v > 0, f, "must be at least 1");
+            }
+        }
+    }
+    if let Some(o) = &r.outlier {
+        if let Some(n) = o.consecutive_failures {
+            c.check(n > 0, "spec.outlier.consecutive_failures", "must be at least 1");
+        }
+        if let Some(t) = o.base_ejection {
+            c.check(t.as_millis() > 0, "spec.outlier.base_ejection", "must be more than 0");
+        }
+        if let Some(p) = o.max_ejection_percent {
+            c.check(
+                (1..=100).contains(&p),
+                "spec.outlier.max_ejection_percent",
+                format!("{p} must be 1-100"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

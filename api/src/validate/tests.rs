@@ -1,0 +1,208 @@
+//! Validation rules, each with a passing and a failing case.
+
+use crate::*;
+
+fn parse_one(yaml: &str) -> Resource {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+fn errors(yaml: &str) -> String {
+    parse_one(yaml).validate().unwrap_err().to_string()
+}
+
+const DESIGN_EXAMPLE: &str = r#"
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  ports: [{port: 80, protocol: http}]
+---
+kind: Endpoint
+metadata: {name: web-v1-1}
+spec: {service: web, address: 127.0.0.1, port: 15006, labels: {version: v1}}
+---
+kind: Route
+metadata: {name: web}
+spec:
+  service: web
+  rules:
+    - matches: [{headers: {x-canary: "true"}}]
+      backends: [{subset: {version: v2}, weight: 100}]
+    - backends:
+        - {subset: {version: v1}, weight: 90}
+        - {subset: {version: v2}, weight: 10}
+  timeout: 2s
+  retries: {attempts: 2, on: [5xx, connect-failure]}
+---
+kind: Policy
+metadata: {name: web-from-frontend}
+spec:
+  service: web
+  action: allow
+  from: ["spiffe://east.mesh/ns/default/sa/frontend"]
+  to: [{methods: [GET], paths: ["/api/"]}]
+---
+kind: MeshConfig
+metadata: {name: mesh}
+spec: {trust_domain: east.mesh, mtls: strict, default_policy: allow, cert_ttl: 24h}
+"#;
+
+#[test]
+fn design_example_parses_and_validates() {
+    let rs = parse_documents(DESIGN_EXAMPLE).unwrap();
+    assert_eq!(rs.len(), 5);
+    let kinds: Vec<Kind> = rs.iter().map(Resource::kind).collect();
+    assert_eq!(
+        kinds,
+        [Kind::Service, Kind::Endpoint, Kind::Route, Kind::Policy, Kind::MeshConfig]
+    );
+    let Spec::Route(route) = &rs[2].spec else { panic!() };
+    assert_eq!(route.timeout.unwrap().as_millis(), 2000);
+    assert_eq!(route.retries.as_ref().unwrap().on, [RetryOn::Status5xx, RetryOn::ConnectFailure]);
+    assert_eq!(route.rules[0].matches[0].headers["x-canary"], "true");
+    assert_eq!(rs[1].metadata.namespace, "default");
+}
+
+#[test]
+fn weights_must_sum_to_100() {
+    let e = errors(
+        "kind: Route\nmetadata: {name: web}\nspec:\n  service: web\n  rules:\n    - backends: [{subset: {version: v1}, weight: 90}]\n",
+    );
+    assert_eq!(e, "route \"web\": spec.rules[0].backends: weights sum to 90, must be 100");
+}
+
+#[test]
+fn ports_must_be_in_range() {
+    let e = errors("kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 0}, {port: 70000}]}\n");
+    assert!(e.contains("service \"web\": spec.ports[0].port: port 0 is out of range, must be 1-65535"), "{e}");
+    assert!(e.contains("spec.ports[1].port: port 70000 is out of range"), "{e}");
+    let e = errors("kind: Endpoint\nmetadata: {name: e1}\nspec: {service: web, address: 10.0.0.1, port: 65536}\n");
+    assert!(e.contains("endpoint \"e1\": spec.port: port 65536"), "{e}");
+}
+
+#[test]
+fn duplicate_ports_are_refused() {
+    let e = errors("kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}, {port: 80, protocol: grpc}]}\n");
+    assert!(e.contains("spec.ports[1].port: port 80 is listed twice"), "{e}");
+}
+
+#[test]
+fn names_are_dns_labels() {
+    for bad in ["Web", "web_1", "-web", "web-", &"a".repeat(64)] {
+        let r = Resource::new(bad, Spec::Service(ServiceSpec::default()));
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("metadata.name"), "{bad}: {e}");
+    }
+    for good in ["web", "w", "web-v1-1", "0abc", &"a".repeat(63)] {
+        Resource::new(good, Spec::Service(ServiceSpec::default())).validate().unwrap();
+    }
+    let e = errors("kind: Service\nmetadata: {name: web, namespace: Prod}\nspec: {}\n");
+    assert!(e.contains("service \"Prod/web\": metadata.namespace"), "{e}");
+}
+
+#[test]
+fn durations_must_parse_and_errors_name_the_field() {
+    let e = parse_documents("kind: Route\nmetadata: {name: web}\nspec: {service: web, timeout: 2 parsecs}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("document 1: route \"web\": spec.timeout: invalid duration \"2 parsecs\""), "{e}");
+    let e = errors("kind: Route\nmetadata: {name: web}\nspec: {service: web, timeout: 0s}\n");
+    assert!(e.contains("spec.timeout: must be more than 0"), "{e}");
+}
+
+#[test]
+fn subsets_must_not_be_empty() {
+    let e = errors(
+        "kind: Route\nmetadata: {name: web}\nspec:\n  service: web\n  rules: [{backends: [{subset: {}, weight: 100}]}]\n",
+    );
+    assert!(e.contains("spec.rules[0].backends[0].subset: subset must not be empty"), "{e}");
+}
+
+#[test]
+fn unknown_fields_are_refused_with_their_path() {
+    let e = parse_documents(
+        "kind: Service\nmetadata: {name: a}\nspec: {}\n---\nkind: Route\nmetadata: {name: web}\nspec:\n  service: web\n  rules: [{backends: [{subset: {v: a}, wieght: 100}]}]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("document 2: route \"web\": spec.rules[0].backends[0]"), "{e}");
+    assert!(e.contains("unknown field `wieght`"), "{e}");
+}
+
+#[test]
+fn unknown_kind_and_bad_yaml_are_reported_by_document() {
+    let e = parse_documents("kind: Gateway\nmetadata: {name: a}\n").unwrap_err().to_string();
+    assert!(e.starts_with("document 1: kind: unknown kind \"Gateway\""), "{e}");
+    let e = parse_documents("kind: Service\nmetadata: {name: a}\n---\nkind: [\n").unwrap_err().to_string();
+    assert!(e.starts_with("document 2: not valid YAML"), "{e}");
+    assert_eq!(parse_documents("---\n").unwrap_err(), ParseError::Empty);
+}
+
+#[test]
+fn retry_and_method_rules() {
+    let e = errors("kind: Route\nmetadata: {name: web}\nspec: {service: web, retries: {attempts: 11}, rules: [{matches: [{method: FETCH, path_prefix: api}]}]}\n");
+    assert!(e.contains("spec.retries.attempts: 11 is more than 10"), "{e}");
+    assert!(e.contains("spec.rules[0].matches[0].method: \"FETCH\" is not an HTTP method"), "{e}");
+    assert!(e.contains("spec.rules[0].matches[0].path_prefix: \"api\" must start with '/'"), "{e}");
+}
+
+#[test]
+fn policy_sources_are_spiffe_ids_prefixes_or_star() {
+    let ok = "kind: Policy\nmetadata: {name: p}\nspec: {service: web, from: ['*', 'spiffe://east.mesh/ns/default/sa/a', 'spiffe://east.mesh/ns/prod/*']}\n";
+    parse_one(ok).validate().unwrap();
+    let e = errors("kind: Policy\nmetadata: {name: p}\nspec: {service: web, action: deny, from: [frontend, 'spiffe://a/*/b']}\n");
+    assert!(e.contains("spec.from[0]: \"frontend\" must be"), "{e}");
+    assert!(e.contains("spec.from[1]"), "{e}");
+}
+
+#[test]
+fn mesh_config_is_a_singleton_named_mesh() {
+    let e = errors("kind: MeshConfig\nmetadata: {name: east}\nspec: {}\n");
+    assert!(e.contains("meshconfig \"east\": metadata.name: is \"east\", must be \"mesh\""), "{e}");
+    let e = errors("kind: MeshConfig\nmetadata: {name: mesh}\nspec: {trust_domain: East_Mesh, cert_ttl: 1s}\n");
+    assert!(e.contains("spec.trust_domain"), "{e}");
+    assert!(e.contains("spec.cert_ttl: 1s must be between 1m and 365d"), "{e}");
+}
+
+#[test]
+fn token_needs_exactly_one_scope() {
+    let h = "a".repeat(64);
+    let e = errors(&format!("kind: Token\nmetadata: {{name: t1}}\nspec: {{secret_sha256: {h}, created_at_ms: 1}}\n"));
+    assert!(e.contains("exactly one of service"), "{e}");
+    let e = errors(&format!(
+        "kind: Token\nmetadata: {{name: t1}}\nspec: {{secret_sha256: {h}, service: web, role: admin, created_at_ms: 1}}\n"
+    ));
+    assert!(e.contains("exactly one of service"), "{e}");
+    parse_one(&format!("kind: Token\nmetadata: {{name: t1}}\nspec: {{secret_sha256: {h}, role: read-only, created_at_ms: 1}}\n"))
+        .validate()
+        .unwrap();
+    let e = errors("kind: Token\nmetadata: {name: t1}\nspec: {secret_sha256: xyz, service: web, created_at_ms: 1}\n");
+    assert!(e.contains("spec.secret_sha256: must be 64 hex digits"), "{e}");
+}
+
+#[test]
+fn endpoint_address_and_labels() {
+    let e = errors("kind: Endpoint\nmetadata: {name: e1}\nspec: {service: web, address: 'not an address', port: 80, labels: {'bad key!': v}}\n");
+    assert!(e.contains("spec.address: \"not an address\" is neither"), "{e}");
+    assert!(e.contains("label key \"bad key!\""), "{e}");
+    parse_one("kind: Endpoint\nmetadata: {name: e1}\nspec: {service: web, address: 'fe80::1', port: 80}\n")
+        .validate()
+        .unwrap();
+    parse_one("kind: Endpoint\nmetadata: {name: e1}\nspec: {service: web, address: web-1.east.internal, port: 80}\n")
+        .validate()
+        .unwrap();
+}
+
+#[test]
+fn all_errors_are_listed_not_just_the_first() {
+    let e = parse_one("kind: Service\nmetadata: {name: Web}\nspec: {ports: [{port: 0}]}\n")
+        .validate()
+        .unwrap_err();
+    assert_eq!(e.0.len(), 2);
+}
+
+#[test]
+fn yaml_output_parses_back() {
+    let rs = parse_documents(DESIGN_EXAMPLE).unwrap();
+    let text = yaml::to_yaml(&rs).unwrap();
+    assert_eq!(parse_documents(&text).unwrap(), rs);
+}
