@@ -1,1 +1,14 @@
-//! chaos
+//! Jepsen-style chaos tests for Raftmesh: history recording, checkers, and (later) a harness that drives real meshd processes.
+//!
+//! - [`history`]: the JSONL history format (one operation event a line), its
+//!   parser and a writer the harness records with.
+//! - [`linearizability`]: a Wing–Gong–Lowe linearizability checker for
+//!   compare-and-set registers, one register per key.
+//!
+//! The `check-history` binary runs the checker over history files.
+
+pub mod history;
+pub mod linearizability;
+
+pub use history::{Event, EventType, Function, History, HistoryWriter, Operation, Outcome};
+pub use linearizability::{check_history, CheckOptions, Explanation, Verdict};

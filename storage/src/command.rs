@@ -1,0 +1,113 @@
+//! Commands the state machine applies, and their results.
+
+use raftmesh_api::{Resource, ResourceKey};
+use serde::{Deserialize, Serialize};
+
+/// A write to the mesh state, carried in one Raft log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or replace a resource.
+    Put {
+        /// The new value; its `metadata.revision` is ignored.
+        resource: Resource,
+        /// Compare-and-set: apply only if the stored revision is this one
+        /// (0 = the resource must not exist). `None`: unconditional.
+        expected_revision: Option<u64>,
+    },
+    /// Remove a resource.
+    Delete {
+        /// Which resource.
+        key: ResourceKey,
+        /// Compare-and-set as for `Put`.
+        expected_revision: Option<u64>,
+    },
+    /// Several commands, applied all or none: if one fails, none is applied
+    /// and the others report [`OpResult::Aborted`]. Nested batches are
+    /// flattened.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// The leaf commands, batches flattened, in order.
+    pub fn leaves(&self) -> Vec<Leaf<'_>> {
+        let mut out = Vec::new();
+        fn walk<'a>(c: &'a Command, out: &mut Vec<Leaf<'a>>) {
+            match c {
+                Command::Batch(cs) => cs.iter().for_each(|c| walk(c, out)),
+                Command::Put {
+                    resource,
+                    expected_revision,
+                } => out.push(Leaf::Put(resource, *expected_revision)),
+                Command::Delete { key, expected_revision } => out.push(Leaf::Delete(key, *expected_revision)),
+            }
+        }
+        walk(self, &mut out);
+        out
+    }
+}
+
+/// One write of a command, batches flattened.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Leaf<'a> {
+    /// Put a resource, with an optional expected revision.
+    Put(&'a Resource, Option<u64>),
+    /// Delete a resource, with an optional expected revision.
+    Delete(&'a ResourceKey, Option<u64>),
+}
+
+impl Leaf<'_> {
+    /// The resource written.
+    pub fn key(&self) -> ResourceKey {
+        match self {
+            Leaf::Put(r, _) => r.key(),
+            Leaf::Delete(k, _) => (*k).clone(),
+        }
+    }
+
+    /// The expected revision, if any.
+    pub fn expected_revision(&self) -> Option<u64> {
+        match self {
+            Leaf::Put(_, e) | Leaf::Delete(_, e) => *e,
+        }
+    }
+}
+
+/// The outcome of one leaf command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// Applied. `revision` is the resource's revision after the command
+    /// (for a delete, the revision of the deletion); `unchanged` when a put
+    /// wrote the value already stored, which keeps its old revision.
+    Ok {
+        /// Revision after the command.
+        revision: u64,
+        /// The put changed nothing.
+        unchanged: bool,
+    },
+    /// The expected revision did not match; `current` is the stored
+    /// revision (0 = absent).
+    Conflict {
+        /// The revision actually stored.
+        current: u64,
+    },
+    /// Delete of a resource that does not exist.
+    NotFound,
+    /// Not applied because another command of the batch failed.
+    Aborted,
+}
+
+impl OpResult {
+    /// Whether the command took effect.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, OpResult::Ok { .. })
+    }
+}
+
+/// The answer to one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The entry's log index: the revision of everything it wrote.
+    pub revision: u64,
+    /// One result per leaf command (empty for blank and membership entries).
+    pub results: Vec<OpResult>,
+}
