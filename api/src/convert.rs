@@ -53,7 +53,10 @@ impl From<ResourceKey> for pb::ResourceKey {
 impl TryFrom<pb::ResourceKey> for ResourceKey {
     type Error = ConvertError;
     fn try_from(k: pb::ResourceKey) -> Result<Self, ConvertError> {
-        let kind = k.kind.parse().map_err(|e: kind::UnknownKind| err("key.kind", e.to_string()))?;
+        let kind = k
+            .kind
+            .parse()
+            .map_err(|e: kind::UnknownKind| err("key.kind", e.to_string()))?;
         Ok(ResourceKey::new(kind, k.namespace, k.name))
     }
 }
@@ -170,7 +173,11 @@ fn route_to_pb(r: RouteSpec) -> pb::RouteSpec {
         timeout_ms: ms(r.timeout),
         retries: r.retries.map(|p| pb::RetryPolicy {
             attempts: p.attempts,
-            on: p.on.into_iter().map(|o| retry_on_str(o).to_string()).collect(),
+            on: p
+                .on
+                .into_iter()
+                .map(|o| retry_on_str(o).to_string())
+                .collect(),
             per_try_timeout_ms: ms(p.per_try_timeout),
         }),
         load_balancer: match r.load_balancer {
@@ -231,7 +238,12 @@ fn route_from_pb(r: pb::RouteSpec) -> Result<RouteSpec, ConvertError> {
             Ok(pb::LoadBalancer::Unspecified) => None,
             Ok(pb::LoadBalancer::P2cEwma) => Some(LoadBalancer::P2cEwma),
             Ok(pb::LoadBalancer::RoundRobin) => Some(LoadBalancer::RoundRobin),
-            Err(_) => return Err(err("load_balancer", format!("unknown value {}", r.load_balancer))),
+            Err(_) => {
+                return Err(err(
+                    "load_balancer",
+                    format!("unknown value {}", r.load_balancer),
+                ))
+            }
         },
         circuit_breaker: r.circuit_breaker.map(|c| CircuitBreaker {
             max_pending_requests: opt_u32(c.max_pending_requests),
@@ -378,14 +390,18 @@ impl TryFrom<pb::resource::Spec> for Spec {
                     Ok(pb::MtlsMode::Unspecified) => None,
                     Ok(pb::MtlsMode::Strict) => Some(MtlsMode::Strict),
                     Ok(pb::MtlsMode::Permissive) => Some(MtlsMode::Permissive),
-                    Err(_) => return Err(err("meshconfig.mtls", format!("unknown value {}", m.mtls))),
+                    Err(_) => {
+                        return Err(err("meshconfig.mtls", format!("unknown value {}", m.mtls)))
+                    }
                 },
                 default_policy: action(m.default_policy, "meshconfig.default_policy")?,
                 cert_ttl: opt_ms(m.cert_ttl_ms),
             }),
             P::Token(t) => {
                 let (service, namespace, role) = match t.scope {
-                    Some(pb::token_spec::Scope::Service(s)) => (Some(s.service), opt_str(s.namespace), None),
+                    Some(pb::token_spec::Scope::Service(s)) => {
+                        (Some(s.service), opt_str(s.namespace), None)
+                    }
                     Some(pb::token_spec::Scope::Role(r)) => (None, None, Some(role(r)?)),
                     None => (None, None, None),
                 };
@@ -434,7 +450,9 @@ impl From<Resource> for pb::Resource {
 impl TryFrom<pb::Resource> for Resource {
     type Error = ConvertError;
     fn try_from(r: pb::Resource) -> Result<Self, ConvertError> {
-        let m = r.metadata.ok_or_else(|| err("resource.metadata", "is missing"))?;
+        let m = r
+            .metadata
+            .ok_or_else(|| err("resource.metadata", "is missing"))?;
         let spec = r.spec.ok_or_else(|| err("resource.spec", "is missing"))?;
         Ok(Resource {
             metadata: Metadata {

@@ -95,12 +95,18 @@ mod tests {
         assert_eq!("2s".parse::<HumanDuration>().unwrap().as_millis(), 2000);
         assert_eq!("250ms".parse::<HumanDuration>().unwrap().as_millis(), 250);
         assert_eq!("15m".parse::<HumanDuration>().unwrap().as_millis(), 900_000);
-        assert_eq!("1h 30m".parse::<HumanDuration>().unwrap().as_millis(), 5_400_000);
+        assert_eq!(
+            "1h 30m".parse::<HumanDuration>().unwrap().as_millis(),
+            5_400_000
+        );
     }
 
     #[test]
     fn rejects_garbage_with_a_hint() {
-        let e = "2 parsecs".parse::<HumanDuration>().unwrap_err().to_string();
+        let e = "2 parsecs"
+            .parse::<HumanDuration>()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid duration \"2 parsecs\""), "{e}");
         assert!(e.contains("write e.g."), "{e}");
         assert!("10us".parse::<HumanDuration>().is_err());

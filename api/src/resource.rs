@@ -544,12 +544,19 @@ impl Resource {
             message: e.inner().to_string(),
             key: None,
         })?;
-        let kind: Kind = raw.kind.parse().map_err(|e: crate::kind::UnknownKind| DocumentError {
-            path: "kind".into(),
-            message: e.to_string(),
-            key: None,
-        })?;
-        let key = ResourceKey::new(kind, raw.metadata.namespace.clone(), raw.metadata.name.clone());
+        let kind: Kind = raw
+            .kind
+            .parse()
+            .map_err(|e: crate::kind::UnknownKind| DocumentError {
+                path: "kind".into(),
+                message: e.to_string(),
+                key: None,
+            })?;
+        let key = ResourceKey::new(
+            kind,
+            raw.metadata.namespace.clone(),
+            raw.metadata.name.clone(),
+        );
         let spec_value = match raw.spec {
             serde_json::Value::Null => serde_json::Value::Object(Default::default()),
             v => v,
@@ -561,7 +568,11 @@ impl Resource {
             serde_path_to_error::deserialize(v).map_err(|e| {
                 let p = e.path().to_string();
                 DocumentError {
-                    path: if p == "." { "spec".into() } else { format!("spec.{p}") },
+                    path: if p == "." {
+                        "spec".into()
+                    } else {
+                        format!("spec.{p}")
+                    },
                     message: e.inner().to_string(),
                     key: Some(key.clone()),
                 }

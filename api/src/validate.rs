@@ -100,7 +100,10 @@ impl Checker<'_> {
         self.check(
             HTTP_METHODS.contains(&m),
             field,
-            format!("\"{m}\" is not an HTTP method (one of {})", HTTP_METHODS.join(", ")),
+            format!(
+                "\"{m}\" is not an HTTP method (one of {})",
+                HTTP_METHODS.join(", ")
+            ),
         );
     }
 
@@ -124,7 +127,10 @@ pub fn dns_label(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if s.len() > 63 {
-        return Err(format!("\"{s}\" is {} characters, must be at most 63", s.len()));
+        return Err(format!(
+            "\"{s}\" is {} characters, must be at most 63",
+            s.len()
+        ));
     }
     let ok_chars = s
         .bytes()
@@ -144,9 +150,8 @@ pub fn dns_subdomain(s: &str) -> Result<(), String> {
         return Err(format!("\"{s}\" is longer than 253 characters"));
     }
     for part in s.split('.') {
-        dns_label(part).map_err(|_| {
-            format!("\"{s}\" is not a DNS name (dot-separated DNS-1123 labels)")
-        })?;
+        dns_label(part)
+            .map_err(|_| format!("\"{s}\" is not a DNS name (dot-separated DNS-1123 labels)"))?;
     }
     Ok(())
 }
@@ -169,8 +174,7 @@ fn label_key(k: &str) -> Result<(), String> {
 
 fn label_value(v: &str) -> Result<(), String> {
     let ok = v.len() <= 63
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
@@ -183,9 +187,8 @@ fn label_value(v: &str) -> Result<(), String> {
 
 fn header_name(h: &str) -> bool {
     !h.is_empty()
-        && h.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A service reference: `name` or `name.namespace`.
@@ -222,7 +225,8 @@ impl Resource {
             }
             Spec::Endpoint(e) => {
                 c.label(&e.service, "spec.service");
-                let addr_ok = e.address.parse::<IpAddr>().is_ok() || dns_subdomain(&e.address).is_ok();
+                let addr_ok =
+                    e.address.parse::<IpAddr>().is_ok() || dns_subdomain(&e.address).is_ok();
                 c.check(
                     addr_ok,
                     "spec.address",
@@ -267,7 +271,10 @@ impl Resource {
                 c.check(
                     self.metadata.name == "mesh",
                     "metadata.name",
-                    format!("is \"{}\", must be \"mesh\" (there is one MeshConfig per cluster)", self.metadata.name),
+                    format!(
+                        "is \"{}\", must be \"mesh\" (there is one MeshConfig per cluster)",
+                        self.metadata.name
+                    ),
                 );
                 if let Some(td) = &m.trust_domain {
                     if let Err(r) = dns_subdomain(td) {
@@ -285,7 +292,8 @@ impl Resource {
             }
             Spec::Token(t) => {
                 c.check(
-                    t.secret_sha256.len() == 64 && t.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+                    t.secret_sha256.len() == 64
+                        && t.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit()),
                     "spec.secret_sha256",
                     "must be 64 hex digits (the SHA-256 of the secret)",
                 );
@@ -304,21 +312,37 @@ impl Resource {
                     _ => c.fail("spec", "exactly one of service (bootstrap token) or role (admin token) must be set"),
                 }
                 if let Some(max) = t.max_uses {
-                    c.check(max > 0, "spec.max_uses", "must be at least 1 (omit it for unlimited uses)");
+                    c.check(
+                        max > 0,
+                        "spec.max_uses",
+                        "must be at least 1 (omit it for unlimited uses)",
+                    );
                 }
                 if let Some(exp) = t.expires_at_ms {
-                    c.check(exp > t.created_at_ms, "spec.expires_at_ms", "must be after created_at_ms");
+                    c.check(
+                        exp > t.created_at_ms,
+                        "spec.expires_at_ms",
+                        "must be after created_at_ms",
+                    );
                 }
             }
             Spec::Peer(p) => {
-                c.check(!p.addresses.is_empty(), "spec.addresses", "must list at least one address");
+                c.check(
+                    !p.addresses.is_empty(),
+                    "spec.addresses",
+                    "must list at least one address",
+                );
                 if let Err(r) = dns_subdomain(&p.trust_domain) {
                     c.fail("spec.trust_domain", r);
                 }
             }
             Spec::Export(e) => {
                 c.label(&e.service, "spec.service");
-                c.check(!e.peers.is_empty(), "spec.peers", "must list at least one peer");
+                c.check(
+                    !e.peers.is_empty(),
+                    "spec.peers",
+                    "must list at least one peer",
+                );
                 for (i, p) in e.peers.iter().enumerate() {
                     c.label(p, &format!("spec.peers[{i}]"));
                 }
@@ -383,12 +407,19 @@ fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
             format!("{} is more than 10", retries.attempts),
         );
         if let Some(t) = retries.per_try_timeout {
-            c.check(t.as_millis() > 0, "spec.retries.per_try_timeout", "must be more than 0");
+            c.check(
+                t.as_millis() > 0,
+                "spec.retries.per_try_timeout",
+                "must be more than 0",
+            );
         }
     }
     if let Some(cb) = &r.circuit_breaker {
         for (v, f) in [
-            (cb.max_pending_requests, "spec.circuit_breaker.max_pending_requests"),
+            (
+                cb.max_pending_requests,
+                "spec.circuit_breaker.max_pending_requests",
+            ),
             (cb.max_connections, "spec.circuit_breaker.max_connections"),
         ] {
             if let Some(v) = v {
@@ -398,10 +429,18 @@ fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
     }
     if let Some(o) = &r.outlier {
         if let Some(n) = o.consecutive_failures {
-            c.check(n > 0, "spec.outlier.consecutive_failures", "must be at least 1");
+            c.check(
+                n > 0,
+                "spec.outlier.consecutive_failures",
+                "must be at least 1",
+            );
         }
         if let Some(t) = o.base_ejection {
-            c.check(t.as_millis() > 0, "spec.outlier.base_ejection", "must be more than 0");
+            c.check(
+                t.as_millis() > 0,
+                "spec.outlier.base_ejection",
+                "must be more than 0",
+            );
         }
         if let Some(p) = o.max_ejection_percent {
             c.check(

@@ -52,7 +52,8 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ParseError> {
         if value.is_null() {
             continue;
         }
-        let res = Resource::from_value(value).map_err(|error| ParseError::Document { document, error })?;
+        let res = Resource::from_value(value)
+            .map_err(|error| ParseError::Document { document, error })?;
         res.validate()
             .map_err(|errors| ParseError::Invalid { document, errors })?;
         out.push(res);

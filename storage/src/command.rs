@@ -38,7 +38,10 @@ impl Command {
                     resource,
                     expected_revision,
                 } => out.push(Leaf::Put(resource, *expected_revision)),
-                Command::Delete { key, expected_revision } => out.push(Leaf::Delete(key, *expected_revision)),
+                Command::Delete {
+                    key,
+                    expected_revision,
+                } => out.push(Leaf::Delete(key, *expected_revision)),
             }
         }
         walk(self, &mut out);

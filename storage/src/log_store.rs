@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
-    AnyError, Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
+    AnyError, Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError, Vote,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -22,7 +23,11 @@ const LAST_PURGED: &str = "last_purged";
 
 type SResult<T> = Result<T, StorageError<NodeId>>;
 
-fn io(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+fn io(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError<NodeId> {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
@@ -45,8 +50,17 @@ impl LogStore {
         Self { trees }
     }
 
-    fn get_meta<T: DeserializeOwned>(&self, key: &str, subject: ErrorSubject<NodeId>) -> SResult<Option<T>> {
-        let Some(bytes) = self.trees.raft.get(key).map_err(|e| io(subject.clone(), ErrorVerb::Read, e))? else {
+    fn get_meta<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        subject: ErrorSubject<NodeId>,
+    ) -> SResult<Option<T>> {
+        let Some(bytes) = self
+            .trees
+            .raft
+            .get(key)
+            .map_err(|e| io(subject.clone(), ErrorVerb::Read, e))?
+        else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
@@ -54,8 +68,14 @@ impl LogStore {
             .map_err(|e| io(subject, ErrorVerb::Read, e))
     }
 
-    fn put_meta<T: Serialize>(&self, key: &str, value: &T, subject: ErrorSubject<NodeId>) -> SResult<()> {
-        let bytes = serde_json::to_vec(value).map_err(|e| io(subject.clone(), ErrorVerb::Write, e))?;
+    fn put_meta<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        subject: ErrorSubject<NodeId>,
+    ) -> SResult<()> {
+        let bytes =
+            serde_json::to_vec(value).map_err(|e| io(subject.clone(), ErrorVerb::Write, e))?;
         self.trees
             .raft
             .insert(key, bytes)
@@ -69,7 +89,11 @@ impl LogStore {
 
     fn remove_range(&self, from: u64, to_inclusive: u64) -> SResult<()> {
         let mut batch = sled::Batch::default();
-        for item in self.trees.log.range(index_key(from)..=index_key(to_inclusive)) {
+        for item in self
+            .trees
+            .log
+            .range(index_key(from)..=index_key(to_inclusive))
+        {
             let (k, _) = item.map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
             batch.remove(k);
         }
@@ -135,7 +159,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> SResult<()> {
         self.put_meta(VOTE, vote, ErrorSubject::Vote)?;
-        self.trees.flush("saving the vote").await.map_err(logs_err(ErrorVerb::Write))?;
+        self.trees
+            .flush("saving the vote")
+            .await
+            .map_err(logs_err(ErrorVerb::Write))?;
         Ok(())
     }
 
@@ -162,7 +189,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            let bytes = serde_json::to_vec(&entry)
+                .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         self.trees
@@ -188,7 +216,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
         tracing::debug!(%log_id, "truncating the log from this entry on");
         self.remove_range(log_id.index, u64::MAX)?;
-        self.trees.flush("truncating the log").await.map_err(logs_err(ErrorVerb::Delete))
+        self.trees
+            .flush("truncating the log")
+            .await
+            .map_err(logs_err(ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
@@ -198,7 +229,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The flush also makes the state machine durable up to what it has
         // applied, which is at or past the purge point.
         self.put_meta(LAST_PURGED, &log_id, ErrorSubject::Store)?;
-        self.trees.flush("purging the log").await.map_err(logs_err(ErrorVerb::Delete))?;
+        self.trees
+            .flush("purging the log")
+            .await
+            .map_err(logs_err(ErrorVerb::Delete))?;
         self.remove_range(0, log_id.index)
     }
 }

@@ -13,8 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use raftmesh_api::{Resource, ResourceKey};
 
@@ -31,6 +31,7 @@ const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
 
 type SResult<T> = Result<T, StorageError<NodeId>>;
+type StoredSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
 
 fn sm_err(verb: ErrorVerb) -> impl Fn(StoreError) -> StorageError<NodeId> {
     move |e| StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)).into()
@@ -38,7 +39,10 @@ fn sm_err(verb: ErrorVerb) -> impl Fn(StoreError) -> StorageError<NodeId> {
 
 fn resource_key(key: &ResourceKey) -> Result<Vec<u8>, StoreError> {
     let mut k = RESOURCE_PREFIX.to_vec();
-    serde_json::to_writer(&mut k, key).map_err(|source| StoreError::Corrupt { what: "key", source })?;
+    serde_json::to_writer(&mut k, key).map_err(|source| StoreError::Corrupt {
+        what: "key",
+        source,
+    })?;
     Ok(k)
 }
 
@@ -62,10 +66,11 @@ impl StateMachine {
     /// that is newer (a crash during snapshot installation).
     pub(crate) fn load(trees: Arc<Trees>, config: &StoreConfig) -> Result<Self, StoreError> {
         let corrupt = |what| move |source| StoreError::Corrupt { what, source };
-        let last_applied: Option<LogId<NodeId>> = match trees.state.get(APPLIED).map_err(io("reading state"))? {
-            Some(b) => serde_json::from_slice(&b).map_err(corrupt("applied log id"))?,
-            None => None,
-        };
+        let last_applied: Option<LogId<NodeId>> =
+            match trees.state.get(APPLIED).map_err(io("reading state"))? {
+                Some(b) => serde_json::from_slice(&b).map_err(corrupt("applied log id"))?,
+                None => None,
+            };
         let membership: StoredMembership<NodeId, BasicNode> =
             match trees.state.get(MEMBERSHIP).map_err(io("reading state"))? {
                 Some(b) => serde_json::from_slice(&b).map_err(corrupt("membership"))?,
@@ -103,7 +108,7 @@ impl StateMachine {
         }
     }
 
-    fn read_snapshot(&self) -> Result<Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>, StoreError> {
+    fn read_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
         let t = &self.trees.snapshot;
         let (Some(meta), Some(data)) = (
             t.get(SNAP_META).map_err(io("reading the snapshot"))?,
@@ -118,7 +123,11 @@ impl StateMachine {
         Ok(Some((meta, data.to_vec())))
     }
 
-    async fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StoreError> {
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         batch.insert(SNAP_META, json("snapshot meta", meta)?);
         batch.insert(SNAP_DATA, data);
@@ -130,7 +139,11 @@ impl StateMachine {
     }
 
     /// Replaces the whole state with a snapshot's, in one atomic sled batch.
-    fn replace_state(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: SnapshotData) -> Result<(), StoreError> {
+    fn replace_state(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: SnapshotData,
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for item in self.trees.state.scan_prefix(RESOURCE_PREFIX) {
             let (k, _) = item.map_err(io("reading state"))?;
@@ -187,7 +200,9 @@ fn apply_command(
             .map(|r| r.metadata.revision.unwrap_or(0))
             .unwrap_or(0);
         let result = if leaf.expected_revision().is_some_and(|e| e != current_rev) {
-            OpResult::Conflict { current: current_rev }
+            OpResult::Conflict {
+                current: current_rev,
+            }
         } else {
             match leaf {
                 Leaf::Put(resource, _) => match &current {
@@ -196,7 +211,10 @@ fn apply_command(
                         unchanged: true,
                     },
                     _ => {
-                        staged.insert(key, Some(Arc::new(resource.clone().with_revision(revision))));
+                        staged.insert(
+                            key,
+                            Some(Arc::new(resource.clone().with_revision(revision))),
+                        );
                         OpResult::Ok {
                             revision,
                             unchanged: false,
@@ -234,7 +252,11 @@ fn apply_command(
                 s.resources.remove(&key);
             }
         }
-        s.window.push(ChangeEvent { revision, key, value });
+        s.window.push(ChangeEvent {
+            revision,
+            key,
+            value,
+        });
     }
     Ok(results)
 }
@@ -269,10 +291,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: membership,
             snapshot_id,
         };
-        self.save_snapshot(&meta, &bytes)
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
-        tracing::info!(revision = data.revision(), bytes = bytes.len(), "built a snapshot");
+        self.save_snapshot(&meta, &bytes).await.map_err(|e| {
+            StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
+        })?;
+        tracing::info!(
+            revision = data.revision(),
+            bytes = bytes.len(),
+            "built a snapshot"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -283,7 +309,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+    async fn applied_state(
+        &mut self,
+    ) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
         let s = self.shared.read();
         Ok((s.last_applied, s.membership.clone()))
     }
@@ -302,9 +330,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 s.last_applied = Some(entry.log_id);
                 let results = match entry.payload {
                     EntryPayload::Blank => Vec::new(),
-                    EntryPayload::Normal(cmd) => {
-                        apply_command(&mut s, cmd, revision, &mut batch).map_err(sm_err(ErrorVerb::Write))?
-                    }
+                    EntryPayload::Normal(cmd) => apply_command(&mut s, cmd, revision, &mut batch)
+                        .map_err(sm_err(ErrorVerb::Write))?,
                     EntryPayload::Membership(m) => {
                         s.membership = StoredMembership::new(Some(entry.log_id), m);
                         batch.insert(
@@ -346,7 +373,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> SResult<()> {
         let bytes = snapshot.into_inner();
         let sig = Some(meta.signature());
-        let data = SnapshotData::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(sig.clone(), AnyError::new(&e)))?;
+        let data = SnapshotData::decode(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), AnyError::new(&e)))?;
         if data.last_applied != meta.last_log_id {
             let e = StoreError::Snapshot(format!(
                 "data is at {:?} but its meta says {:?}",

@@ -63,11 +63,16 @@ impl ChangeWindow {
 
     /// Appends an event; revisions must not decrease.
     pub(crate) fn push(&mut self, event: ChangeEvent) {
-        debug_assert!(self.events.back().is_none_or(|e| e.revision <= event.revision));
+        debug_assert!(self
+            .events
+            .back()
+            .is_none_or(|e| e.revision <= event.revision));
         self.events.push_back(event);
         while self.events.len() > self.capacity {
             // Drop the oldest revision entirely so no revision is half-known.
-            let Some(rev) = self.events.front().map(|e| e.revision) else { break };
+            let Some(rev) = self.events.front().map(|e| e.revision) else {
+                break;
+            };
             while self.events.front().is_some_and(|e| e.revision == rev) {
                 self.events.pop_front();
             }
@@ -128,7 +133,12 @@ mod tests {
             w.push(ev(*r, &format!("s{i}")));
         }
         for after in 0..=12 {
-            let got: Vec<u64> = w.since(after, 12).unwrap().iter().map(|e| e.revision).collect();
+            let got: Vec<u64> = w
+                .since(after, 12)
+                .unwrap()
+                .iter()
+                .map(|e| e.revision)
+                .collect();
             let want: Vec<u64> = revs.iter().copied().filter(|r| *r > after).collect();
             assert_eq!(got, want, "after {after}");
         }

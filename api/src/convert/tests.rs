@@ -36,12 +36,15 @@ fn nz() -> impl Strategy<Value = Option<u32>> {
 
 fn service() -> impl Strategy<Value = Spec> {
     vec(
-        (0u32..70_000, prop_oneof![
-            Just(Protocol::Http),
-            Just(Protocol::Http2),
-            Just(Protocol::Grpc),
-            Just(Protocol::Tcp)
-        ])
+        (
+            0u32..70_000,
+            prop_oneof![
+                Just(Protocol::Http),
+                Just(Protocol::Http2),
+                Just(Protocol::Grpc),
+                Just(Protocol::Tcp)
+            ],
+        )
             .prop_map(|(port, protocol)| ServicePort { port, protocol }),
         0..4,
     )
@@ -78,15 +81,16 @@ fn endpoint() -> impl Strategy<Value = Spec> {
 }
 
 fn route() -> impl Strategy<Value = Spec> {
-    let m = (opt_text(), labels(), option::of("[A-Z]{3,6}")).prop_map(|(path_prefix, headers, method)| {
-        RouteMatch {
+    let m = (opt_text(), labels(), option::of("[A-Z]{3,6}")).prop_map(
+        |(path_prefix, headers, method)| RouteMatch {
             path_prefix,
             headers,
             method,
-        }
-    });
+        },
+    );
     let b = (labels(), any::<u32>()).prop_map(|(subset, weight)| Backend { subset, weight });
-    let rule = (vec(m, 0..3), vec(b, 0..3)).prop_map(|(matches, backends)| RouteRule { matches, backends });
+    let rule = (vec(m, 0..3), vec(b, 0..3))
+        .prop_map(|(matches, backends)| RouteRule { matches, backends });
     let retry_on = prop_oneof![
         Just(RetryOn::Status5xx),
         Just(RetryOn::GatewayError),
@@ -100,7 +104,10 @@ fn route() -> impl Strategy<Value = Spec> {
             per_try_timeout,
         },
     ));
-    let lb = option::of(prop_oneof![Just(LoadBalancer::P2cEwma), Just(LoadBalancer::RoundRobin)]);
+    let lb = option::of(prop_oneof![
+        Just(LoadBalancer::P2cEwma),
+        Just(LoadBalancer::RoundRobin)
+    ]);
     let cb = option::of((nz(), nz()).prop_map(|(a, b)| CircuitBreaker {
         max_pending_requests: a,
         max_connections: b,
@@ -132,20 +139,25 @@ fn action() -> impl Strategy<Value = Action> {
 fn policy() -> impl Strategy<Value = Spec> {
     let target = (vec("[A-Z]{3,6}", 0..3), vec(text(), 0..3))
         .prop_map(|(methods, paths)| PolicyTarget { methods, paths });
-    (name(), action(), vec(text(), 0..3), vec(target, 0..3)).prop_map(|(service, action, from, to)| {
-        Spec::Policy(PolicySpec {
-            service,
-            action,
-            from,
-            to,
-        })
-    })
+    (name(), action(), vec(text(), 0..3), vec(target, 0..3)).prop_map(
+        |(service, action, from, to)| {
+            Spec::Policy(PolicySpec {
+                service,
+                action,
+                from,
+                to,
+            })
+        },
+    )
 }
 
 fn mesh_config() -> impl Strategy<Value = Spec> {
     (
         opt_text(),
-        option::of(prop_oneof![Just(MtlsMode::Strict), Just(MtlsMode::Permissive)]),
+        option::of(prop_oneof![
+            Just(MtlsMode::Strict),
+            Just(MtlsMode::Permissive)
+        ]),
         option::of(action()),
         dur(),
     )
@@ -175,7 +187,15 @@ fn token() -> impl Strategy<Value = Spec> {
         any::<bool>(),
     )
         .prop_map(
-            |(secret_sha256, (service, namespace, role), created_at_ms, expires_at_ms, max_uses, uses, revoked)| {
+            |(
+                secret_sha256,
+                (service, namespace, role),
+                created_at_ms,
+                expires_at_ms,
+                max_uses,
+                uses,
+                revoked,
+            )| {
                 Spec::Token(TokenSpec {
                     secret_sha256,
                     service,
@@ -193,28 +213,41 @@ fn token() -> impl Strategy<Value = Spec> {
 
 fn federation() -> impl Strategy<Value = Spec> {
     prop_oneof![
-        (vec(text(), 0..3), name(), "[A-Z]{0,10}").prop_map(|(addresses, trust_domain, root_ca_pem)| {
-            Spec::Peer(PeerSpec {
-                addresses,
-                trust_domain,
-                root_ca_pem,
-            })
-        }),
-        (name(), vec(name(), 0..3)).prop_map(|(service, peers)| Spec::Export(ExportSpec { service, peers })),
+        (vec(text(), 0..3), name(), "[A-Z]{0,10}").prop_map(
+            |(addresses, trust_domain, root_ca_pem)| {
+                Spec::Peer(PeerSpec {
+                    addresses,
+                    trust_domain,
+                    root_ca_pem,
+                })
+            }
+        ),
+        (name(), vec(name(), 0..3))
+            .prop_map(|(service, peers)| Spec::Export(ExportSpec { service, peers })),
         (name(), name()).prop_map(|(peer, service)| Spec::Import(ImportSpec { peer, service })),
     ]
 }
 
 pub(crate) fn resource() -> impl Strategy<Value = Resource> {
-    let spec = prop_oneof![service(), endpoint(), route(), policy(), mesh_config(), token(), federation()];
-    (name(), name(), option::of(1u64..u64::MAX), spec).prop_map(|(name, namespace, revision, spec)| Resource {
-        metadata: Metadata {
-            name,
-            namespace,
-            revision,
+    let spec = prop_oneof![
+        service(),
+        endpoint(),
+        route(),
+        policy(),
+        mesh_config(),
+        token(),
+        federation()
+    ];
+    (name(), name(), option::of(1u64..u64::MAX), spec).prop_map(
+        |(name, namespace, revision, spec)| Resource {
+            metadata: Metadata {
+                name,
+                namespace,
+                revision,
+            },
+            spec,
         },
-        spec,
-    })
+    )
 }
 
 proptest! {
@@ -266,7 +299,10 @@ fn unknown_enum_value_on_the_wire_is_an_error() {
     let p = pb::Resource {
         metadata: Some(pb::Metadata::default()),
         spec: Some(pb::resource::Spec::Service(pb::ServiceSpec {
-            ports: vec![pb::ServicePort { port: 80, protocol: 99 }],
+            ports: vec![pb::ServicePort {
+                port: 80,
+                protocol: 99,
+            }],
         })),
     };
     let e = Resource::try_from(p).unwrap_err();

@@ -53,11 +53,22 @@ fn design_example_parses_and_validates() {
     let kinds: Vec<Kind> = rs.iter().map(Resource::kind).collect();
     assert_eq!(
         kinds,
-        [Kind::Service, Kind::Endpoint, Kind::Route, Kind::Policy, Kind::MeshConfig]
+        [
+            Kind::Service,
+            Kind::Endpoint,
+            Kind::Route,
+            Kind::Policy,
+            Kind::MeshConfig
+        ]
     );
-    let Spec::Route(route) = &rs[2].spec else { panic!() };
+    let Spec::Route(route) = &rs[2].spec else {
+        panic!()
+    };
     assert_eq!(route.timeout.unwrap().as_millis(), 2000);
-    assert_eq!(route.retries.as_ref().unwrap().on, [RetryOn::Status5xx, RetryOn::ConnectFailure]);
+    assert_eq!(
+        route.retries.as_ref().unwrap().on,
+        [RetryOn::Status5xx, RetryOn::ConnectFailure]
+    );
     assert_eq!(route.rules[0].matches[0].headers["x-canary"], "true");
     assert_eq!(rs[1].metadata.namespace, "default");
 }
@@ -67,14 +78,24 @@ fn weights_must_sum_to_100() {
     let e = errors(
         "kind: Route\nmetadata: {name: web}\nspec:\n  service: web\n  rules:\n    - backends: [{subset: {version: v1}, weight: 90}]\n",
     );
-    assert_eq!(e, "route \"web\": spec.rules[0].backends: weights sum to 90, must be 100");
+    assert_eq!(
+        e,
+        "route \"web\": spec.rules[0].backends: weights sum to 90, must be 100"
+    );
 }
 
 #[test]
 fn ports_must_be_in_range() {
-    let e = errors("kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 0}, {port: 70000}]}\n");
-    assert!(e.contains("service \"web\": spec.ports[0].port: port 0 is out of range, must be 1-65535"), "{e}");
-    assert!(e.contains("spec.ports[1].port: port 70000 is out of range"), "{e}");
+    let e =
+        errors("kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 0}, {port: 70000}]}\n");
+    assert!(
+        e.contains("service \"web\": spec.ports[0].port: port 0 is out of range, must be 1-65535"),
+        "{e}"
+    );
+    assert!(
+        e.contains("spec.ports[1].port: port 70000 is out of range"),
+        "{e}"
+    );
     let e = errors("kind: Endpoint\nmetadata: {name: e1}\nspec: {service: web, address: 10.0.0.1, port: 65536}\n");
     assert!(e.contains("endpoint \"e1\": spec.port: port 65536"), "{e}");
 }
@@ -82,7 +103,10 @@ fn ports_must_be_in_range() {
 #[test]
 fn duplicate_ports_are_refused() {
     let e = errors("kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}, {port: 80, protocol: grpc}]}\n");
-    assert!(e.contains("spec.ports[1].port: port 80 is listed twice"), "{e}");
+    assert!(
+        e.contains("spec.ports[1].port: port 80 is listed twice"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -93,18 +117,28 @@ fn names_are_dns_labels() {
         assert!(e.contains("metadata.name"), "{bad}: {e}");
     }
     for good in ["web", "w", "web-v1-1", "0abc", &"a".repeat(63)] {
-        Resource::new(good, Spec::Service(ServiceSpec::default())).validate().unwrap();
+        Resource::new(good, Spec::Service(ServiceSpec::default()))
+            .validate()
+            .unwrap();
     }
     let e = errors("kind: Service\nmetadata: {name: web, namespace: Prod}\nspec: {}\n");
-    assert!(e.contains("service \"Prod/web\": metadata.namespace"), "{e}");
+    assert!(
+        e.contains("service \"Prod/web\": metadata.namespace"),
+        "{e}"
+    );
 }
 
 #[test]
 fn durations_must_parse_and_errors_name_the_field() {
-    let e = parse_documents("kind: Route\nmetadata: {name: web}\nspec: {service: web, timeout: 2 parsecs}\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.starts_with("document 1: route \"web\": spec.timeout: invalid duration \"2 parsecs\""), "{e}");
+    let e = parse_documents(
+        "kind: Route\nmetadata: {name: web}\nspec: {service: web, timeout: 2 parsecs}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("document 1: route \"web\": spec.timeout: invalid duration \"2 parsecs\""),
+        "{e}"
+    );
     let e = errors("kind: Route\nmetadata: {name: web}\nspec: {service: web, timeout: 0s}\n");
     assert!(e.contains("spec.timeout: must be more than 0"), "{e}");
 }
@@ -114,7 +148,10 @@ fn subsets_must_not_be_empty() {
     let e = errors(
         "kind: Route\nmetadata: {name: web}\nspec:\n  service: web\n  rules: [{backends: [{subset: {}, weight: 100}]}]\n",
     );
-    assert!(e.contains("spec.rules[0].backends[0].subset: subset must not be empty"), "{e}");
+    assert!(
+        e.contains("spec.rules[0].backends[0].subset: subset must not be empty"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -124,15 +161,25 @@ fn unknown_fields_are_refused_with_their_path() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.starts_with("document 2: route \"web\": spec.rules[0].backends[0]"), "{e}");
+    assert!(
+        e.starts_with("document 2: route \"web\": spec.rules[0].backends[0]"),
+        "{e}"
+    );
     assert!(e.contains("unknown field `wieght`"), "{e}");
 }
 
 #[test]
 fn unknown_kind_and_bad_yaml_are_reported_by_document() {
-    let e = parse_documents("kind: Gateway\nmetadata: {name: a}\n").unwrap_err().to_string();
-    assert!(e.starts_with("document 1: kind: unknown kind \"Gateway\""), "{e}");
-    let e = parse_documents("kind: Service\nmetadata: {name: a}\n---\nkind: [\n").unwrap_err().to_string();
+    let e = parse_documents("kind: Gateway\nmetadata: {name: a}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("document 1: kind: unknown kind \"Gateway\""),
+        "{e}"
+    );
+    let e = parse_documents("kind: Service\nmetadata: {name: a}\n---\nkind: [\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("document 2: not valid YAML"), "{e}");
     assert_eq!(parse_documents("---\n").unwrap_err(), ParseError::Empty);
 }
@@ -140,9 +187,18 @@ fn unknown_kind_and_bad_yaml_are_reported_by_document() {
 #[test]
 fn retry_and_method_rules() {
     let e = errors("kind: Route\nmetadata: {name: web}\nspec: {service: web, retries: {attempts: 11}, rules: [{matches: [{method: FETCH, path_prefix: api}]}]}\n");
-    assert!(e.contains("spec.retries.attempts: 11 is more than 10"), "{e}");
-    assert!(e.contains("spec.rules[0].matches[0].method: \"FETCH\" is not an HTTP method"), "{e}");
-    assert!(e.contains("spec.rules[0].matches[0].path_prefix: \"api\" must start with '/'"), "{e}");
+    assert!(
+        e.contains("spec.retries.attempts: 11 is more than 10"),
+        "{e}"
+    );
+    assert!(
+        e.contains("spec.rules[0].matches[0].method: \"FETCH\" is not an HTTP method"),
+        "{e}"
+    );
+    assert!(
+        e.contains("spec.rules[0].matches[0].path_prefix: \"api\" must start with '/'"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -157,16 +213,26 @@ fn policy_sources_are_spiffe_ids_prefixes_or_star() {
 #[test]
 fn mesh_config_is_a_singleton_named_mesh() {
     let e = errors("kind: MeshConfig\nmetadata: {name: east}\nspec: {}\n");
-    assert!(e.contains("meshconfig \"east\": metadata.name: is \"east\", must be \"mesh\""), "{e}");
-    let e = errors("kind: MeshConfig\nmetadata: {name: mesh}\nspec: {trust_domain: East_Mesh, cert_ttl: 1s}\n");
+    assert!(
+        e.contains("meshconfig \"east\": metadata.name: is \"east\", must be \"mesh\""),
+        "{e}"
+    );
+    let e = errors(
+        "kind: MeshConfig\nmetadata: {name: mesh}\nspec: {trust_domain: East_Mesh, cert_ttl: 1s}\n",
+    );
     assert!(e.contains("spec.trust_domain"), "{e}");
-    assert!(e.contains("spec.cert_ttl: 1s must be between 1m and 365d"), "{e}");
+    assert!(
+        e.contains("spec.cert_ttl: 1s must be between 1m and 365d"),
+        "{e}"
+    );
 }
 
 #[test]
 fn token_needs_exactly_one_scope() {
     let h = "a".repeat(64);
-    let e = errors(&format!("kind: Token\nmetadata: {{name: t1}}\nspec: {{secret_sha256: {h}, created_at_ms: 1}}\n"));
+    let e = errors(&format!(
+        "kind: Token\nmetadata: {{name: t1}}\nspec: {{secret_sha256: {h}, created_at_ms: 1}}\n"
+    ));
     assert!(e.contains("exactly one of service"), "{e}");
     let e = errors(&format!(
         "kind: Token\nmetadata: {{name: t1}}\nspec: {{secret_sha256: {h}, service: web, role: admin, created_at_ms: 1}}\n"
@@ -176,13 +242,19 @@ fn token_needs_exactly_one_scope() {
         .validate()
         .unwrap();
     let e = errors("kind: Token\nmetadata: {name: t1}\nspec: {secret_sha256: xyz, service: web, created_at_ms: 1}\n");
-    assert!(e.contains("spec.secret_sha256: must be 64 hex digits"), "{e}");
+    assert!(
+        e.contains("spec.secret_sha256: must be 64 hex digits"),
+        "{e}"
+    );
 }
 
 #[test]
 fn endpoint_address_and_labels() {
     let e = errors("kind: Endpoint\nmetadata: {name: e1}\nspec: {service: web, address: 'not an address', port: 80, labels: {'bad key!': v}}\n");
-    assert!(e.contains("spec.address: \"not an address\" is neither"), "{e}");
+    assert!(
+        e.contains("spec.address: \"not an address\" is neither"),
+        "{e}"
+    );
     assert!(e.contains("label key \"bad key!\""), "{e}");
     parse_one("kind: Endpoint\nmetadata: {name: e1}\nspec: {service: web, address: 'fe80::1', port: 80}\n")
         .validate()

@@ -20,9 +20,21 @@ async fn cas_conflict_reports_the_current_revision() {
         ])
         .await
         .unwrap();
-    assert_eq!(r[0].results, [OpResult::Ok { revision: 1, unchanged: false }]);
+    assert_eq!(
+        r[0].results,
+        [OpResult::Ok {
+            revision: 1,
+            unchanged: false
+        }]
+    );
     assert_eq!(r[1].results, [OpResult::Conflict { current: 1 }]);
-    assert_eq!(r[2].results, [OpResult::Ok { revision: 3, unchanged: false }]);
+    assert_eq!(
+        r[2].results,
+        [OpResult::Ok {
+            revision: 3,
+            unchanged: false
+        }]
+    );
     assert_eq!(r[3].results, [OpResult::Conflict { current: 3 }]);
     let (_, web) = sm.reader().get(&svc_key("web"));
     assert!(web.unwrap().same_content(&service("web", 82)));
@@ -36,10 +48,13 @@ async fn delete_of_a_missing_key_is_not_found_and_changes_nothing() {
         .apply([
             entry(1, put(service("web", 80))),
             entry(2, delete(Kind::Service, "nope")),
-            entry(3, Command::Delete {
-                key: svc_key("web"),
-                expected_revision: Some(7),
-            }),
+            entry(
+                3,
+                Command::Delete {
+                    key: svc_key("web"),
+                    expected_revision: Some(7),
+                },
+            ),
             entry(4, delete(Kind::Service, "web")),
             entry(5, delete(Kind::Service, "web")),
         ])
@@ -47,11 +62,24 @@ async fn delete_of_a_missing_key_is_not_found_and_changes_nothing() {
         .unwrap();
     assert_eq!(r[1].results, [OpResult::NotFound]);
     assert_eq!(r[2].results, [OpResult::Conflict { current: 1 }]);
-    assert_eq!(r[3].results, [OpResult::Ok { revision: 4, unchanged: false }]);
+    assert_eq!(
+        r[3].results,
+        [OpResult::Ok {
+            revision: 4,
+            unchanged: false
+        }]
+    );
     assert_eq!(r[4].results, [OpResult::NotFound]);
     let (_, events) = sm.reader().changes_since(0).unwrap();
-    let revs: Vec<(u64, bool)> = events.iter().map(|e| (e.revision, e.value.is_some())).collect();
-    assert_eq!(revs, [(1, true), (4, false)], "failed deletes record no event");
+    let revs: Vec<(u64, bool)> = events
+        .iter()
+        .map(|e| (e.revision, e.value.is_some()))
+        .collect();
+    assert_eq!(
+        revs,
+        [(1, true), (4, false)],
+        "failed deletes record no event"
+    );
 }
 
 #[tokio::test]
@@ -72,11 +100,19 @@ async fn batch_is_all_or_nothing() {
         .unwrap();
     assert_eq!(
         r[0].results,
-        [OpResult::Aborted, OpResult::Aborted, OpResult::Conflict { current: 1 }]
+        [
+            OpResult::Aborted,
+            OpResult::Aborted,
+            OpResult::Conflict { current: 1 }
+        ]
     );
     let reader = sm.reader();
     assert!(reader.get(&svc_key("api")).1.is_none());
-    assert!(reader.get(&svc_key("web")).1.unwrap().same_content(&service("web", 80)));
+    assert!(reader
+        .get(&svc_key("web"))
+        .1
+        .unwrap()
+        .same_content(&service("web", 80)));
     assert_eq!(reader.changes_since(1).unwrap().1, vec![]);
 
     let r = sm
@@ -90,7 +126,11 @@ async fn batch_is_all_or_nothing() {
         )])
         .await
         .unwrap();
-    assert!(r[0].results.iter().all(|x| *x == OpResult::Ok { revision: 3, unchanged: false }));
+    assert!(r[0].results.iter().all(|x| *x
+        == OpResult::Ok {
+            revision: 3,
+            unchanged: false
+        }));
     let (rev, all) = sm.reader().list(None, None);
     assert_eq!(rev, 3);
     assert_eq!(all.len(), 3);
@@ -104,7 +144,10 @@ async fn batch_sees_its_own_earlier_writes() {
     let r = sm
         .apply([entry(
             1,
-            Command::Batch(vec![put_cas(service("web", 80), 0), delete(Kind::Service, "web")]),
+            Command::Batch(vec![
+                put_cas(service("web", 80), 0),
+                delete(Kind::Service, "web"),
+            ]),
         )])
         .await
         .unwrap();
@@ -122,10 +165,19 @@ async fn identical_put_keeps_its_revision_and_records_no_event() {
     let dir = TempDir::new().unwrap();
     let (_log, mut sm) = open_in(&dir);
     let r = sm
-        .apply([entry(1, put(service("web", 80))), entry(2, put(service("web", 80)))])
+        .apply([
+            entry(1, put(service("web", 80))),
+            entry(2, put(service("web", 80))),
+        ])
         .await
         .unwrap();
-    assert_eq!(r[1].results, [OpResult::Ok { revision: 1, unchanged: true }]);
+    assert_eq!(
+        r[1].results,
+        [OpResult::Ok {
+            revision: 1,
+            unchanged: true
+        }]
+    );
     assert_eq!(sm.reader().changes_since(1).unwrap(), (2, vec![]));
 }
 
@@ -147,7 +199,13 @@ async fn revisions_strictly_increase_with_the_log_index() {
         assert!(resp.revision > last);
         last = resp.revision;
         for x in &resp.results {
-            assert_eq!(*x, OpResult::Ok { revision: resp.revision, unchanged: false });
+            assert_eq!(
+                *x,
+                OpResult::Ok {
+                    revision: resp.revision,
+                    unchanged: false
+                }
+            );
         }
     }
     let (_, ev) = sm.reader().changes_since(0).unwrap();
@@ -163,7 +221,13 @@ async fn resume_from_every_revision_gets_exactly_the_later_events() {
         entries.push(match i % 4 {
             0 => blank(i),
             1 => entry(i, put(service(&format!("s{}", i % 3), i as u32))),
-            2 => entry(i, Command::Batch(vec![put(endpoint(&format!("e{i}"), "s1")), put(service("x", i as u32))])),
+            2 => entry(
+                i,
+                Command::Batch(vec![
+                    put(endpoint(&format!("e{i}"), "s1")),
+                    put(service("x", i as u32)),
+                ]),
+            ),
             _ => entry(i, delete(Kind::Service, &format!("s{}", (i + 1) % 3))),
         });
     }
@@ -177,8 +241,21 @@ async fn resume_from_every_revision_gets_exactly_the_later_events() {
         assert_eq!(got, want, "resume after {after}");
         // No gap: every revision with a successful write is present.
         for resp in responses.iter().filter(|r| r.revision > after) {
-            let wrote = resp.results.iter().any(|x| matches!(x, OpResult::Ok { unchanged: false, .. }));
-            assert_eq!(wrote, got.iter().any(|e| e.revision == resp.revision), "revision {}", resp.revision);
+            let wrote = resp.results.iter().any(|x| {
+                matches!(
+                    x,
+                    OpResult::Ok {
+                        unchanged: false,
+                        ..
+                    }
+                )
+            });
+            assert_eq!(
+                wrote,
+                got.iter().any(|e| e.revision == resp.revision),
+                "revision {}",
+                resp.revision
+            );
         }
     }
 }
@@ -187,20 +264,28 @@ async fn resume_from_every_revision_gets_exactly_the_later_events() {
 async fn a_window_that_no_longer_reaches_back_says_too_old() {
     let dir = TempDir::new().unwrap();
     let (_log, mut sm) = open_with_window(&dir, 10);
-    let entries: Vec<_> = (1..=30u64).map(|i| entry(i, put(service("web", i as u32)))).collect();
+    let entries: Vec<_> = (1..=30u64)
+        .map(|i| entry(i, put(service("web", i as u32))))
+        .collect();
     sm.apply(entries).await.unwrap();
     let r = sm.reader();
     assert_eq!(r.window_start(), 20);
     for after in 0..20 {
         assert_eq!(
             r.changes_since(after).unwrap_err(),
-            WindowError::TooOld { requested: after, oldest: 20 }
+            WindowError::TooOld {
+                requested: after,
+                oldest: 20
+            }
         );
     }
     for after in 20..=30 {
         assert_eq!(r.changes_since(after).unwrap().1.len() as u64, 30 - after);
     }
-    assert!(matches!(r.changes_since(31), Err(WindowError::Ahead { applied: 30, .. })));
+    assert!(matches!(
+        r.changes_since(31),
+        Err(WindowError::Ahead { applied: 30, .. })
+    ));
 }
 
 #[tokio::test]
@@ -209,7 +294,9 @@ async fn watchers_see_the_applied_revision() {
     let (_log, mut sm) = open_in(&dir);
     let mut rx = sm.reader().watch_applied();
     assert_eq!(*rx.borrow_and_update(), 0);
-    sm.apply([entry(1, put(service("web", 80))), blank(2)]).await.unwrap();
+    sm.apply([entry(1, put(service("web", 80))), blank(2)])
+        .await
+        .unwrap();
     assert!(rx.has_changed().unwrap());
     assert_eq!(*rx.borrow_and_update(), 2);
 }

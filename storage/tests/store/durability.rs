@@ -22,7 +22,9 @@ async fn log_vote_committed_and_state_survive_reopen() {
         log.save_committed(Some(log_id(1, 4))).await.unwrap();
         sm.apply(entries).await.unwrap();
         // Flush the state writes as a later append would.
-        log.blocking_append([entry(5, put(service("db", 5432)))]).await.unwrap();
+        log.blocking_append([entry(5, put(service("db", 5432)))])
+            .await
+            .unwrap();
     }
     let (mut log, mut sm) = open_in(&dir);
     let st = log.get_log_state().await.unwrap();
@@ -43,7 +45,10 @@ async fn log_vote_committed_and_state_survive_reopen() {
     assert!(web.same_content(&service("web", 80)));
     let (_, eps) = reader.list(Some(raftmesh_api::Kind::Endpoint), None);
     assert_eq!(eps.len(), 1);
-    assert!(reader.get(&svc_key("db")).1.is_none(), "entry 5 was never applied");
+    assert!(
+        reader.get(&svc_key("db")).1.is_none(),
+        "entry 5 was never applied"
+    );
 }
 
 #[tokio::test]
@@ -74,7 +79,10 @@ async fn reopen_restarts_the_change_window_at_the_applied_revision() {
     let dir = TempDir::new().unwrap();
     {
         let (mut log, mut sm) = open_in(&dir);
-        let entries = vec![entry(1, put(service("a", 80))), entry(2, put(service("b", 80)))];
+        let entries = vec![
+            entry(1, put(service("a", 80))),
+            entry(2, put(service("b", 80))),
+        ];
         log.blocking_append(entries.clone()).await.unwrap();
         sm.apply(entries).await.unwrap();
         log.save_vote(&Vote::new(1, 1)).await.unwrap(); // flushes
@@ -82,6 +90,9 @@ async fn reopen_restarts_the_change_window_at_the_applied_revision() {
     let (_log, sm) = open_in(&dir);
     let r = sm.reader();
     assert_eq!(r.window_start(), 2);
-    assert!(r.changes_since(1).is_err(), "events before the restart are not known");
+    assert!(
+        r.changes_since(1).is_err(),
+        "events before the restart are not known"
+    );
     assert_eq!(r.changes_since(2).unwrap(), (2, vec![]));
 }

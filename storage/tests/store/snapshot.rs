@@ -26,7 +26,12 @@ async fn snapshot_round_trips_the_whole_state() {
     ])
     .await
     .unwrap();
-    let snap = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 5)));
     let bytes = snap.snapshot.get_ref().clone();
 
@@ -43,14 +48,23 @@ async fn snapshot_round_trips_the_whole_state() {
     assert!(rb.get(&svc_key("stale")).1.is_none());
     let (applied, membership) = b.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 5)));
-    assert_eq!(membership, StoredMembership::new(Some(log_id(1, 1)), members));
+    assert_eq!(
+        membership,
+        StoredMembership::new(Some(log_id(1, 1)), members)
+    );
     // Revisions are kept, not rewritten.
-    assert_eq!(rb.get(&svc_key("web")).1.unwrap().metadata.revision, Some(2));
+    assert_eq!(
+        rb.get(&svc_key("web")).1.unwrap().metadata.revision,
+        Some(2)
+    );
 
     // The window's lower bound moves to the snapshot: older resumes need a
     // full state, newer ones work.
     assert_eq!(rb.window_start(), 5);
-    assert!(matches!(rb.changes_since(4), Err(WindowError::TooOld { oldest: 5, .. })));
+    assert!(matches!(
+        rb.changes_since(4),
+        Err(WindowError::TooOld { oldest: 5, .. })
+    ));
     b.apply([entry(6, put(service("db", 5432)))]).await.unwrap();
     let (rev, ev) = rb.changes_since(5).unwrap();
     assert_eq!((rev, ev.len()), (6, 1));
@@ -64,10 +78,18 @@ async fn snapshot_round_trips_the_whole_state() {
 async fn installed_snapshot_survives_reopen() {
     let a_dir = TempDir::new().unwrap();
     let (_l, mut a) = open_in(&a_dir);
-    a.apply([entry(1, put(service("web", 80))), entry(2, put(service("api", 81)))])
+    a.apply([
+        entry(1, put(service("web", 80))),
+        entry(2, put(service("api", 81))),
+    ])
+    .await
+    .unwrap();
+    let snap = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
         .await
         .unwrap();
-    let snap = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
     let b_dir = TempDir::new().unwrap();
     {
@@ -78,23 +100,32 @@ async fn installed_snapshot_survives_reopen() {
     assert_eq!(b.applied_state().await.unwrap().0, Some(log_id(1, 2)));
     assert_eq!(b.reader().list(Some(Kind::Service), None).1.len(), 2);
     // The log continues after the snapshot.
-    log.blocking_append([entry(3, put(service("db", 1)))]).await.unwrap();
+    log.blocking_append([entry(3, put(service("db", 1)))])
+        .await
+        .unwrap();
 }
 
 #[test]
 fn snapshot_decode_refuses_foreign_or_inconsistent_data() {
-    assert!(SnapshotData::decode(b"{}").unwrap_err().to_string().contains("not a Raftmesh snapshot"));
+    assert!(SnapshotData::decode(b"{}")
+        .unwrap_err()
+        .to_string()
+        .contains("not a Raftmesh snapshot"));
     let mut s = SnapshotData {
         format: "other/v9".into(),
         last_applied: Some(log_id(1, 3)),
         membership: Default::default(),
         resources: vec![service("web", 80).with_revision(2)],
     };
-    let e = SnapshotData::decode(&s.encode().unwrap()).unwrap_err().to_string();
+    let e = SnapshotData::decode(&s.encode().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("format \"other/v9\" is not supported"), "{e}");
     s.format = "raftmesh-snapshot/v1".into();
     s.resources[0].metadata.revision = Some(9);
-    let e = SnapshotData::decode(&s.encode().unwrap()).unwrap_err().to_string();
+    let e = SnapshotData::decode(&s.encode().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("must be at most the snapshot's 3"), "{e}");
     s.resources[0].metadata.revision = Some(3);
     assert_eq!(SnapshotData::decode(&s.encode().unwrap()).unwrap(), s);
