@@ -50,6 +50,11 @@ impl LogStore {
         Self { trees }
     }
 
+    /// Makes everything written so far durable (used at shutdown).
+    pub async fn flush(&self) -> Result<(), crate::StoreError> {
+        self.trees.flush("flushing at shutdown").await
+    }
+
     fn get_meta<T: DeserializeOwned>(
         &self,
         key: &str,

@@ -120,6 +120,18 @@ impl StateReader {
         self.shared.read().window.start()
     }
 
+    /// The whole state as one consistent snapshot (the payload of
+    /// `meshctl snapshot save`).
+    pub fn snapshot_data(&self) -> crate::SnapshotData {
+        let s = self.shared.read();
+        crate::SnapshotData {
+            format: crate::snapshot::SNAPSHOT_FORMAT.to_string(),
+            last_applied: s.last_applied,
+            membership: s.membership.clone(),
+            resources: s.resources.values().map(|r| (**r).clone()).collect(),
+        }
+    }
+
     /// The membership the state machine has applied.
     pub fn membership(&self) -> StoredMembership<NodeId, BasicNode> {
         self.shared.read().membership.clone()

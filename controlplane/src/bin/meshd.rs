@@ -1,1 +1,147 @@
-fn main() {}
+//! meshd: the Raftmesh control-plane node.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use raftmesh_controlplane::config::{parse_http, DevArgs, ServerArgs, ServerConfig};
+use raftmesh_controlplane::node::{self, Node, TestHooks};
+use raftmesh_controlplane::{auth, run_system};
+
+#[derive(Parser)]
+#[command(
+    name = "meshd",
+    version,
+    about = "Raftmesh control-plane node",
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node of a cluster.
+    Server(ServerArgs),
+    /// A one-node control plane in one command, printing its address and admin token.
+    Dev(DevArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAFTMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+async fn serve_until_signal(node: Node) -> anyhow::Result<()> {
+    let sig = wait_for_signal().await?;
+    tracing::info!(signal = sig, "stopping");
+    node.shutdown().await
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let (cfg, hooks) = args.into_config().map_err(anyhow::Error::msg)?;
+    warn_plaintext();
+    if hooks.unsafe_local_reads {
+        tracing::error!(
+            "--unsafe-local-reads: reads are NOT linearizable (fault injection for chaos tests)"
+        );
+    }
+    let node = node::start(cfg, hooks).await?;
+    serve_until_signal(node).await
+}
+
+fn warn_plaintext() {
+    tracing::warn!(
+        "meshd is running WITHOUT TLS (no --tls-dir): node-to-node and client traffic is plaintext. \
+         Fine on loopback for development; never in production"
+    );
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let temp = match &args.data_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("meshd-dev-").tempdir()?),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
+        .context("no data directory")?;
+    let token = args.admin_token.clone().unwrap_or_else(auth::new_secret);
+    let mut cfg = ServerConfig::new(1, args.listen, data_dir.clone());
+    cfg.http = parse_http(&args.http).map_err(anyhow::Error::msg)?;
+    cfg.cluster_name = args.cluster_name.clone();
+    cfg.initial_cluster = [(1, args.listen.to_string())].into_iter().collect();
+    cfg.admin_token = Some(token.clone());
+    warn_plaintext();
+    let node = node::start(cfg, TestHooks::default()).await?;
+    // Ready once the admin token is stored, so the printed token works.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while auth::authenticate(
+        &node.reader,
+        Some(&format!("Bearer {token}")),
+        raftmesh_controlplane::procinfo::unix_ms(),
+    )
+    .is_err()
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the dev node did not become ready in 10s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let where_ = if temp.is_some() {
+        " (temporary, removed on exit)"
+    } else {
+        ""
+    };
+    println!("meshd dev: a one-node Raftmesh control plane is running");
+    println!("  address:     {}", node.addr);
+    if let Some(h) = node.http_addr {
+        println!("  metrics:     http://{h}/metrics");
+    }
+    println!("  data dir:    {}{where_}", data_dir.display());
+    println!("  admin token: {token}");
+    println!();
+    println!("Try:");
+    println!(
+        "  export RAFTMESH_SERVER={} RAFTMESH_TOKEN={token}",
+        node.addr
+    );
+    println!("  meshctl cluster status");
+    println!();
+    println!("Ctrl-C stops it.");
+    serve_until_signal(node).await?;
+    drop(temp);
+    Ok(())
+}
+
+fn main() {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = run_system(async move {
+        match cli.command {
+            Command::Server(a) => server(a).await,
+            Command::Dev(a) => dev(a).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("meshd: {e:#}");
+        std::process::exit(1);
+    }
+}

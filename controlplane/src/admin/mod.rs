@@ -1,0 +1,455 @@
+//! The admin gRPC API: authentication, conversion between the wire and the
+//! domain, and the mapping of errors to gRPC statuses. The work itself is
+//! done by the [`AdminFront`] actor and the [`ClusterWatcher`].
+
+mod front;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use actix::Addr;
+use futures::Stream;
+use raftmesh_api::convert::{pb_role, role};
+use raftmesh_api::v1 as pb;
+use raftmesh_api::v1::admin_server::Admin;
+use raftmesh_api::{Kind, Resource, ResourceKey, Role, DEFAULT_NAMESPACE};
+use raftmesh_storage::{OpResult, StateReader};
+use tonic::{Request, Response, Status};
+
+pub use front::*;
+
+use crate::auth::{self, AuthError, Caller};
+use crate::cluster::{ClusterError, LeaderRequest, MembershipView};
+use crate::procinfo::unix_ms;
+use crate::watcher::{ClusterWatcher, GetStatus};
+
+/// Checks a cluster name: a DNS-1123 label (it becomes part of the trust domain).
+pub fn validate_cluster_name(name: &str) -> Result<(), String> {
+    raftmesh_api::validate::dns_label(name).map_err(|e| format!("--cluster-name: {e}"))
+}
+
+/// What a call needs from its caller's role.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Read,
+    Write,
+}
+
+/// The admin gRPC service of one node.
+pub struct AdminService {
+    front: Addr<AdminFront>,
+    watcher: Addr<ClusterWatcher>,
+    reader: StateReader,
+    node_id: u64,
+    cluster_name: String,
+}
+
+impl AdminService {
+    /// The service over a node's actors and state.
+    pub fn new(
+        front: Addr<AdminFront>,
+        watcher: Addr<ClusterWatcher>,
+        reader: StateReader,
+        node_id: u64,
+        cluster_name: String,
+    ) -> Self {
+        Self {
+            front,
+            watcher,
+            reader,
+            node_id,
+            cluster_name,
+        }
+    }
+
+    fn auth<T>(&self, req: &Request<T>, need: Need) -> Result<Caller, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or(""));
+        let caller = auth::authenticate(&self.reader, header, unix_ms()).map_err(|e| match e {
+            AuthError::NotAdmin(_) => Status::permission_denied(e.to_string()),
+            _ => Status::unauthenticated(e.to_string()),
+        })?;
+        if need == Need::Write && caller.role == Role::ReadOnly {
+            return Err(Status::permission_denied(format!(
+                "token {} is read-only; this call changes the cluster",
+                caller.token_id
+            )));
+        }
+        Ok(caller)
+    }
+
+    async fn ask<M>(&self, msg: M) -> Result<M::Result, Status>
+    where
+        M: actix::Message + Send + 'static,
+        M::Result: Send,
+        AdminFront: actix::Handler<M>,
+    {
+        self.front
+            .send(msg)
+            .await
+            .map_err(|e| Status::unavailable(format!("the node is shutting down: {e}")))
+    }
+}
+
+/// Maps an admin error to the status a client sees, logging internal ones.
+pub fn status(e: AdminError) -> Status {
+    match e {
+        AdminError::Cluster(c) => match c {
+            ClusterError::Invalid(m) => Status::invalid_argument(m),
+            ClusterError::NotLeader { .. }
+            | ClusterError::NoLeader
+            | ClusterError::ShuttingDown => Status::unavailable(c.to_string()),
+            ClusterError::Unknown(_) | ClusterError::Unavailable(_) => {
+                Status::unavailable(c.to_string())
+            }
+        },
+        AdminError::NotFound(m) => Status::not_found(m),
+        AdminError::Invalid(m) => Status::invalid_argument(m),
+        AdminError::Conflict(m) => Status::failed_precondition(m),
+        AdminError::Internal(m) => {
+            tracing::error!(error = %m, "admin request failed");
+            Status::internal(format!("internal error on the server: {m}"))
+        }
+    }
+}
+
+fn parse_kind(s: &str) -> Result<Kind, Status> {
+    s.parse()
+        .map_err(|e: raftmesh_api::kind::UnknownKind| Status::invalid_argument(e.to_string()))
+}
+
+fn ns(s: &str) -> String {
+    if s.is_empty() {
+        DEFAULT_NAMESPACE.to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn membership(v: MembershipView) -> pb::MembershipResponse {
+    pb::MembershipResponse {
+        voters: v.voters,
+        learners: v.learners,
+        leader: v.leader,
+    }
+}
+
+fn outcome(r: &OpResult) -> (pb::WriteOutcome, u64, bool) {
+    match r {
+        OpResult::Ok {
+            revision,
+            unchanged,
+        } => (pb::WriteOutcome::Ok, *revision, *unchanged),
+        OpResult::Conflict { current } => (pb::WriteOutcome::Conflict, *current, false),
+        OpResult::NotFound => (pb::WriteOutcome::NotFound, 0, false),
+        OpResult::Aborted => (pb::WriteOutcome::Aborted, 0, false),
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
+
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.auth(&req, Need::Write)?;
+        let mut items = Vec::new();
+        for (i, item) in req.into_inner().items.into_iter().enumerate() {
+            let r = item.resource.ok_or_else(|| {
+                Status::invalid_argument(format!("item {}: resource is missing", i + 1))
+            })?;
+            let r = Resource::try_from(r)
+                .map_err(|e| Status::invalid_argument(format!("item {}: {e}", i + 1)))?;
+            items.push((r, item.expected_revision));
+        }
+        let out = self.ask(ApplyResources { items }).await?.map_err(status)?;
+        Ok(Response::new(pb::ApplyResponse {
+            revision: out.revision,
+            results: out
+                .results
+                .iter()
+                .map(|(k, r)| {
+                    let (o, revision, unchanged) = outcome(r);
+                    pb::WriteResult {
+                        key: Some(k.clone().into()),
+                        outcome: o as i32,
+                        revision,
+                        unchanged,
+                    }
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        self.auth(&req, Need::Read)?;
+        let r = req.into_inner();
+        let key = ResourceKey::new(parse_kind(&r.kind)?, ns(&r.namespace), r.name);
+        let (revision, res) = self
+            .ask(GetResource {
+                key,
+                stale: r.stale,
+            })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(pb::GetResponse {
+            resource: Some((*res).clone().into()),
+            revision,
+        }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        self.auth(&req, Need::Read)?;
+        let r = req.into_inner();
+        let kind = if r.kind.is_empty() {
+            None
+        } else {
+            Some(parse_kind(&r.kind)?)
+        };
+        let namespace = (!r.namespace.is_empty()).then_some(r.namespace);
+        let (revision, items) = self
+            .ask(ListResources {
+                kind,
+                namespace,
+                stale: r.stale,
+            })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(pb::ListResponse {
+            resources: items.iter().map(|r| (**r).clone().into()).collect(),
+            revision,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.auth(&req, Need::Write)?;
+        let r = req.into_inner();
+        let kind = parse_kind(&r.kind)?;
+        if kind == Kind::Token {
+            return Err(Status::invalid_argument(
+                "tokens are revoked, not deleted: use `meshctl token revoke ID`",
+            ));
+        }
+        let key = ResourceKey::new(kind, ns(&r.namespace), r.name);
+        let revision = self
+            .ask(DeleteResource {
+                key,
+                expected_revision: r.expected_revision,
+            })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteResponse { revision }))
+    }
+
+    async fn cluster_status(
+        &self,
+        req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        self.auth(&req, Need::Read)?;
+        let s = self
+            .watcher
+            .send(GetStatus)
+            .await
+            .map_err(|e| Status::unavailable(format!("the node is shutting down: {e}")))?;
+        Ok(Response::new(s))
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.auth(&req, Need::Write)?;
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("node ids start at 1"));
+        }
+        if r.addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(Status::invalid_argument(format!(
+                "\"{}\" is not HOST:PORT",
+                r.addr
+            )));
+        }
+        let v = self
+            .ask(ChangeMembership(LeaderRequest::AddNode {
+                id: r.id,
+                addr: r.addr,
+                learner_only: r.learner_only,
+            }))
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(membership(v)))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.auth(&req, Need::Write)?;
+        let id = req.into_inner().id;
+        let v = self
+            .ask(ChangeMembership(LeaderRequest::RemoveNode { id }))
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(membership(v)))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.auth(&req, Need::Write)?;
+        let id = req.into_inner().id;
+        let v = self
+            .ask(ChangeMembership(LeaderRequest::TransferLeader { id }))
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(membership(v)))
+    }
+
+    type SaveSnapshotStream = SnapshotStream;
+
+    async fn save_snapshot(
+        &self,
+        req: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        // A snapshot holds every secret hash (and later the CA key): admins only.
+        let caller = self.auth(&req, Need::Write)?;
+        let (revision, bytes) = self.ask(TakeSnapshot).await?.map_err(status)?;
+        tracing::info!(revision, bytes = bytes.len(), token = %caller.token_id, "snapshot saved by a client");
+        let chunks: Vec<Result<pb::SnapshotChunk, Status>> = bytes
+            .chunks(SNAPSHOT_CHUNK)
+            .map(|c| Ok(pb::SnapshotChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.auth(&req, Need::Write)?;
+        let r = req.into_inner();
+        let scope = match r.scope {
+            Some(pb::create_token_request::Scope::Service(s)) => {
+                raftmesh_api::validate::dns_label(&s.service)
+                    .map_err(|e| Status::invalid_argument(format!("--service: {e}")))?;
+                let namespace = ns(&s.namespace);
+                raftmesh_api::validate::dns_label(&namespace)
+                    .map_err(|e| Status::invalid_argument(format!("--namespace: {e}")))?;
+                TokenScope::Service {
+                    service: s.service,
+                    namespace,
+                }
+            }
+            Some(pb::create_token_request::Scope::Role(r)) => {
+                TokenScope::Role(role(r).map_err(|e| Status::invalid_argument(e.to_string()))?)
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "a token needs a service or a role",
+                ))
+            }
+        };
+        let ttl = (r.ttl_ms != 0).then(|| Duration::from_millis(r.ttl_ms));
+        let created = self
+            .ask(CreateToken {
+                scope,
+                ttl,
+                max_uses: (r.max_uses != 0).then_some(r.max_uses),
+            })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            id: created.id,
+            secret: created.secret,
+            token: Some(created.resource.into()),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.auth(&req, Need::Read)?;
+        let (_, items) = self
+            .ask(ListResources {
+                kind: Some(Kind::Token),
+                namespace: None,
+                stale: false,
+            })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: items.iter().map(|r| (**r).clone().into()).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.auth(&req, Need::Write)?;
+        let id = req.into_inner().id;
+        let revision = self.ask(RevokeToken { id }).await?.map_err(status)?;
+        Ok(Response::new(pb::RevokeTokenResponse { revision }))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = self.auth(&req, Need::Read)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            token_id: caller.token_id,
+            role: pb_role(caller.role) as i32,
+            node_id: self.node_id,
+            cluster_name: self.cluster_name.clone(),
+        }))
+    }
+
+    async fn rotate_ca(
+        &self,
+        req: Request<pb::RotateCaRequest>,
+    ) -> Result<Response<pb::RotateCaResponse>, Status> {
+        self.auth(&req, Need::Write)?;
+        Err(Status::unimplemented(
+            "the workload CA is not part of this build yet (issue \"Zero trust\")",
+        ))
+    }
+
+    async fn list_proxies(
+        &self,
+        req: Request<pb::ListProxiesRequest>,
+    ) -> Result<Response<pb::ListProxiesResponse>, Status> {
+        self.auth(&req, Need::Read)?;
+        Err(Status::unimplemented(
+            "proxy tracking is not part of this build yet (issue \"Discovery\")",
+        ))
+    }
+
+    async fn proxy_config(
+        &self,
+        req: Request<pb::ProxyConfigRequest>,
+    ) -> Result<Response<pb::ProxyConfigResponse>, Status> {
+        self.auth(&req, Need::Read)?;
+        Err(Status::unimplemented(
+            "proxy tracking is not part of this build yet (issue \"Discovery\")",
+        ))
+    }
+}

@@ -1,0 +1,318 @@
+//! Typed configuration of a meshd node. Only the binary reads flags and
+//! environment; everything else takes a [`ServerConfig`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::NodeId;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This node's id (1 or more).
+    pub id: NodeId,
+    /// The gRPC address to bind (Raft, admin, discovery).
+    pub listen: SocketAddr,
+    /// The address other nodes and clients use to reach this one
+    /// (default: `listen`).
+    pub advertise: String,
+    /// The HTTP address for metrics and health; `None` disables it.
+    pub http: Option<SocketAddr>,
+    /// Where sled keeps this node's state.
+    pub data_dir: PathBuf,
+    /// The voters of a new cluster, the same on every node.
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    /// Addresses of existing nodes to join through (node added later).
+    pub join: Vec<String>,
+    /// Name of the cluster (trust domain default `<name>.mesh`).
+    pub cluster_name: String,
+    /// The secret of the first admin token; only its SHA-256 is stored.
+    pub admin_token: Option<String>,
+    /// A snapshot file to start a new cluster from.
+    pub restore: Option<PathBuf>,
+    /// Build a snapshot (and purge the log) every this many entries.
+    pub snapshot_logs: u64,
+    /// How long a proxy's stream may be gone before its endpoint is unhealthy.
+    pub endpoint_grace: Duration,
+    /// Raft timing.
+    pub heartbeat_ms: u64,
+    /// Raft election timeout range, low end.
+    pub election_timeout_min_ms: u64,
+    /// Raft election timeout range, high end.
+    pub election_timeout_max_ms: u64,
+}
+
+impl ServerConfig {
+    /// A config with the documented defaults for node `id` at `listen`.
+    pub fn new(id: NodeId, listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            id,
+            listen,
+            advertise: listen.to_string(),
+            http: None,
+            data_dir,
+            initial_cluster: BTreeMap::new(),
+            join: Vec::new(),
+            cluster_name: "raftmesh".into(),
+            admin_token: None,
+            restore: None,
+            snapshot_logs: 10_000,
+            endpoint_grace: Duration::from_secs(10),
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+        }
+    }
+
+    /// Checks the combination of settings; the error says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("--id must be 1 or more".into());
+        }
+        if !self.initial_cluster.is_empty() && !self.join.is_empty() {
+            return Err("give either --initial-cluster (a new cluster) or --join (an existing one), not both".into());
+        }
+        if let Some(addr) = self.initial_cluster.get(&self.id) {
+            if *addr != self.advertise {
+                return Err(format!(
+                    "--initial-cluster names node {} at {addr}, but this node listens/advertises {}",
+                    self.id, self.advertise
+                ));
+            }
+        } else if !self.initial_cluster.is_empty() {
+            return Err(format!(
+                "--initial-cluster does not name this node (--id {})",
+                self.id
+            ));
+        }
+        if self.restore.is_some() && self.initial_cluster.is_empty() {
+            return Err("--restore starts a new cluster: give --initial-cluster too (the same on every node)".into());
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_ms * 2
+            || self.election_timeout_max_ms <= self.election_timeout_min_ms
+        {
+            return Err("election timeouts must exceed twice the heartbeat and min < max".into());
+        }
+        if self.snapshot_logs < 10 {
+            return Err("--snapshot-logs must be at least 10".into());
+        }
+        crate::admin::validate_cluster_name(&self.cluster_name)
+    }
+}
+
+/// Parses `1=127.0.0.1:7101,2=127.0.0.1:7102`.
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("\"{part}\" is not ID=HOST:PORT"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("\"{id}\" in \"{part}\" is not a node id (a number)"))?;
+        if id == 0 {
+            return Err(format!("node ids start at 1 (\"{part}\")"));
+        }
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(format!("\"{addr}\" in \"{part}\" is not HOST:PORT"));
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if out.is_empty() {
+        return Err("no node listed (expected ID=HOST:PORT,...)".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_bad_entries() {
+        let m = parse_initial_cluster("1=127.0.0.1:7101, 2=127.0.0.1:7102,3=host:7103").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[&3], "host:7103");
+        assert!(parse_initial_cluster("1=a:1,1=b:2")
+            .unwrap_err()
+            .contains("listed twice"));
+        assert!(parse_initial_cluster("x=a:1")
+            .unwrap_err()
+            .contains("not a node id"));
+        assert!(parse_initial_cluster("1=a")
+            .unwrap_err()
+            .contains("HOST:PORT"));
+        assert!(parse_initial_cluster("").is_err());
+    }
+
+    #[test]
+    fn config_must_name_this_node_in_initial_cluster() {
+        let mut c = ServerConfig::new(1, "127.0.0.1:7101".parse().unwrap(), "d".into());
+        c.initial_cluster = parse_initial_cluster("2=127.0.0.1:7102").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("does not name this node"));
+        c.initial_cluster = parse_initial_cluster("1=127.0.0.1:7101").unwrap();
+        c.validate().unwrap();
+        c.join = vec!["x:1".into()];
+        assert!(c.validate().unwrap_err().contains("not both"));
+    }
+}
+
+/// `meshd server` flags. This and [`DevArgs`] are the only places that read
+/// flags, environment and files.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// This node's id (1 or more), unique in the cluster.
+    #[arg(long)]
+    pub id: NodeId,
+    /// gRPC address (Raft, admin API, discovery).
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    pub listen: SocketAddr,
+    /// Address other nodes reach this one at (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// HTTP address for /metrics, /healthz, /readyz; `off` to disable.
+    #[arg(long, default_value = "127.0.0.1:7180")]
+    pub http: String,
+    /// Data directory (default ./data/<id>).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Voters of a new cluster, the same on every node: ID=HOST:PORT,...
+    #[arg(long, value_parser = parse_initial_cluster)]
+    pub initial_cluster: Option<BTreeMap<NodeId, String>>,
+    /// Join an existing cluster through these nodes: HOST:PORT,...
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Cluster name; the default trust domain is <name>.mesh.
+    #[arg(long, default_value = "raftmesh")]
+    pub cluster_name: String,
+    /// File holding the secret of the first admin token.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// The first admin token's secret itself (prefer --admin-token-file).
+    #[arg(
+        long,
+        env = "RAFTMESH_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    pub admin_token: Option<String>,
+    /// Server TLS files made by `meshd tls init`.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// How long a proxy may be gone before its endpoint is unhealthy.
+    #[arg(long, default_value = "10s")]
+    pub endpoint_grace: humantime::Duration,
+    /// Start a new cluster from a snapshot file (give it to every node).
+    #[arg(long)]
+    pub restore: Option<PathBuf>,
+    /// Snapshot and purge the log every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_logs: u64,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100, hide = true)]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout, low end, in milliseconds.
+    #[arg(long, default_value_t = 400, hide = true)]
+    pub election_timeout_min_ms: u64,
+    /// Raft election timeout, high end, in milliseconds.
+    #[arg(long, default_value_t = 800, hide = true)]
+    pub election_timeout_max_ms: u64,
+    /// FAULT INJECTION for chaos tests: serve reads without a read index.
+    #[arg(long, hide = true)]
+    pub unsafe_local_reads: bool,
+}
+
+/// Reads a secret from a file, trimmed; refuses an empty one.
+pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let s = s.trim().to_string();
+    if s.is_empty() {
+        return Err(format!(
+            "{} is empty; it must hold the admin token's secret",
+            path.display()
+        ));
+    }
+    Ok(s)
+}
+
+/// Parses `--http`: an address, or `off`.
+pub fn parse_http(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("--http \"{s}\" is not HOST:PORT or off"))
+}
+
+impl ServerArgs {
+    /// The node config these flags describe.
+    pub fn into_config(self) -> Result<(ServerConfig, crate::node::TestHooks), String> {
+        if self.tls_dir.is_some() {
+            return Err(
+                "--tls-dir: server TLS is not part of this build yet (issue \"Zero trust\")".into(),
+            );
+        }
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("data").join(self.id.to_string()));
+        let mut c = ServerConfig::new(self.id, self.listen, data_dir);
+        c.advertise = self.advertise.unwrap_or_else(|| self.listen.to_string());
+        c.http = parse_http(&self.http)?;
+        c.initial_cluster = self.initial_cluster.unwrap_or_default();
+        c.join = self.join;
+        c.cluster_name = self.cluster_name;
+        c.admin_token = match (self.admin_token_file, self.admin_token) {
+            (Some(f), _) => Some(read_secret_file(&f)?),
+            (None, Some(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => None,
+        };
+        c.restore = self.restore;
+        c.snapshot_logs = self.snapshot_logs;
+        c.endpoint_grace = self.endpoint_grace.into();
+        c.heartbeat_ms = self.heartbeat_ms;
+        c.election_timeout_min_ms = self.election_timeout_min_ms;
+        c.election_timeout_max_ms = self.election_timeout_max_ms;
+        c.validate()?;
+        Ok((
+            c,
+            crate::node::TestHooks {
+                unsafe_local_reads: self.unsafe_local_reads,
+            },
+        ))
+    }
+}
+
+/// `meshd dev` flags.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// gRPC address.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    pub listen: SocketAddr,
+    /// HTTP address, or `off`.
+    #[arg(long, default_value = "127.0.0.1:7180")]
+    pub http: String,
+    /// Keep state here instead of a temporary directory removed on exit.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Admin token secret to use instead of a random one.
+    #[arg(long, env = "RAFTMESH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Cluster name.
+    #[arg(long, default_value = "dev")]
+    pub cluster_name: String,
+}

@@ -1,0 +1,179 @@
+//! meshctl: the admin CLI. One module per command group, in the istioctl
+//! style; exit status says what went wrong (see [`ExitCode`]).
+
+/// `print!` that ends quietly when stdout is a closed pipe (`meshctl ... | head`).
+macro_rules! out {
+    ($($t:tt)*) => { $crate::ctl::output::emit(&format!($($t)*)) };
+}
+
+/// `println!` that ends quietly when stdout is a closed pipe.
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::ctl::output::emit(&(format!($($t)*) + "\n")) };
+}
+
+mod client;
+mod cluster;
+mod output;
+mod resources;
+mod token;
+
+use clap::{Parser, Subcommand};
+
+pub use client::Conn;
+pub use output::Format;
+
+/// Exit status of meshctl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Success.
+    Ok = 0,
+    /// The server refused or could not be reached.
+    Failed = 1,
+    /// Bad usage (clap's own code).
+    Usage = 2,
+    /// The input (a file, a document) is invalid; nothing was sent.
+    BadInput = 3,
+    /// Authentication or permission refused.
+    Denied = 4,
+    /// A compare-and-set conflict; nothing was changed.
+    Conflict = 5,
+}
+
+/// A failed command: its exit status and a one-line reason.
+#[derive(Debug)]
+pub struct CtlError {
+    /// Exit status.
+    pub code: ExitCode,
+    /// Printed on stderr.
+    pub message: String,
+}
+
+impl CtlError {
+    /// An error with an exit status.
+    pub fn new(code: ExitCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<tonic::Status> for CtlError {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code;
+        let code = match s.code() {
+            Code::Unauthenticated | Code::PermissionDenied => ExitCode::Denied,
+            Code::InvalidArgument => ExitCode::BadInput,
+            Code::FailedPrecondition | Code::Aborted => ExitCode::Conflict,
+            _ => ExitCode::Failed,
+        };
+        let what = match s.code() {
+            Code::Unavailable => "unavailable",
+            Code::Unauthenticated => "unauthenticated",
+            Code::PermissionDenied => "permission denied",
+            Code::NotFound => "not found",
+            Code::InvalidArgument => "invalid",
+            Code::FailedPrecondition | Code::Aborted => "conflict",
+            Code::Unimplemented => "not supported",
+            _ => "error",
+        };
+        CtlError::new(code, format!("{what}: {}", s.message()))
+    }
+}
+
+/// Result of a command.
+pub type CtlResult = Result<(), CtlError>;
+
+/// The meshctl command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshctl",
+    version,
+    about = "Operate a Raftmesh cluster",
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// meshd addresses, tried in order until one answers.
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTMESH_SERVER",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7100"
+    )]
+    pub server: Vec<String>,
+    /// Admin token (the secret).
+    #[arg(long, global = true, env = "RAFTMESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate to verify meshd with (clusters started with --tls-dir).
+    #[arg(long, global = true, env = "RAFTMESH_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    /// The command.
+    pub command: Command,
+}
+
+/// meshctl commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update resources from YAML documents, all or none.
+    Apply(resources::ApplyArgs),
+    /// Show resources.
+    Get(resources::GetArgs),
+    /// Delete a resource.
+    Delete(resources::DeleteArgs),
+    /// Cluster membership and health.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
+    /// Backups of the whole state.
+    #[command(subcommand)]
+    Snapshot(cluster::SnapshotCmd),
+    /// Bootstrap and admin tokens.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
+    /// Show which token you are using.
+    Whoami,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> CtlResult {
+    if cli.ca_file.is_some() {
+        return Err(CtlError::new(
+            ExitCode::Usage,
+            "--ca-file: TLS to meshd is not part of this build yet (issue \"Zero trust\")",
+        ));
+    }
+    let conn = Conn::new(cli.server, cli.token).map_err(|m| CtlError::new(ExitCode::Usage, m))?;
+    match cli.command {
+        Command::Apply(a) => resources::apply(&conn, a).await,
+        Command::Get(a) => resources::get(&conn, a).await,
+        Command::Delete(a) => resources::delete(&conn, a).await,
+        Command::Cluster(c) => cluster::run(&conn, c).await,
+        Command::Snapshot(c) => cluster::snapshot(&conn, c).await,
+        Command::Token(c) => token::run(&conn, c).await,
+        Command::Whoami => token::whoami(&conn).await,
+    }
+}
+
+/// meshctl's `main`: parses arguments, runs, prints the error, returns the
+/// exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meshctl: cannot start: {e}");
+            return ExitCode::Failed as i32;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("meshctl: {}", e.message);
+            e.code as i32
+        }
+    }
+}

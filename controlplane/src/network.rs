@@ -1,0 +1,189 @@
+//! openraft's network over tonic: a pool of gRPC clients to other nodes and
+//! the `RaftNetwork` that frames openraft's messages as JSON.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use raftmesh_api::v1::raft_client::RaftClient;
+use raftmesh_api::v1::RaftPayload;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{NodeId, TypeConfig};
+
+/// Largest message between nodes (log batches and snapshot chunks).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Lazily connected gRPC clients to other nodes, by address. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct ClientPool {
+    clients: Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
+}
+
+impl ClientPool {
+    /// A client for `addr` (`host:port`), created on first use; the
+    /// connection is made, and remade after failures, by tonic.
+    pub fn get(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = endpoint(addr)?.connect_lazy();
+        let client = RaftClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// The tonic endpoint for a node address, with the timeouts every
+/// node-to-node and client connection uses.
+pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5)))
+}
+
+/// Encodes a value as a JSON payload.
+pub fn to_payload<T: Serialize>(v: &T) -> Result<RaftPayload, serde_json::Error> {
+    Ok(RaftPayload {
+        json: serde_json::to_vec(v)?,
+    })
+}
+
+/// Decodes a JSON payload, as a gRPC error naming what was expected.
+pub fn from_payload<T: DeserializeOwned>(p: &RaftPayload, what: &str) -> Result<T, tonic::Status> {
+    serde_json::from_slice(&p.json)
+        .map_err(|e| tonic::Status::invalid_argument(format!("malformed {what}: {e}")))
+}
+
+/// Whether a failed call certainly never reached the other node (so a
+/// retry cannot apply a write twice).
+pub fn never_sent(status: &tonic::Status) -> bool {
+    let m = status.message();
+    status.code() == tonic::Code::Unavailable
+        && (m.contains("tcp connect error")
+            || m.contains("Connection refused")
+            || m.contains("connect timeout"))
+}
+
+/// Creates a connection per target node.
+#[derive(Clone)]
+pub struct Network {
+    pool: ClientPool,
+}
+
+impl Network {
+    /// A network using `pool`'s clients.
+    pub fn new(pool: ClientPool) -> Self {
+        Self { pool }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        Connection {
+            target,
+            client: self.pool.get(&node.addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// openraft's view of one other node.
+pub struct Connection {
+    target: NodeId,
+    client: Result<RaftClient<Channel>, String>,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
+
+impl Connection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        req: &Req,
+        option: &RPCOption,
+        kind: Rpc,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(e.clone()),
+                )))
+            }
+        };
+        let payload = to_payload(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(payload);
+        request.set_timeout(option.hard_ttl());
+        let mut client = client;
+        let result = match kind {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = match result {
+            Ok(r) => r.into_inner(),
+            Err(status) if never_sent(&status) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
+            }
+            Err(status) => return Err(RPCError::Network(NetworkError::new(&status))),
+        };
+        let decoded: Result<Resp, E> = serde_json::from_slice(&reply.json)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        self.call(&rpc, &option, Rpc::Append).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        self.call(&rpc, &option, Rpc::Snapshot).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        self.call(&rpc, &option, Rpc::Vote).await
+    }
+}

@@ -1,0 +1,358 @@
+//! Starting and stopping one meshd node: storage, Raft, the gRPC server
+//! (Raft, admin), the actors, cluster formation and joining.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use anyhow::{bail, Context as _};
+use openraft::{BasicNode, SnapshotPolicy};
+use raftmesh_api::v1::admin_server::AdminServer;
+use raftmesh_api::v1::raft_server::RaftServer;
+use raftmesh_storage::{LogStore, SnapshotData, StateReader, StoreConfig};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+
+use crate::admin::{AdminFront, AdminService, StopFront};
+use crate::auth;
+use crate::cluster::{ClusterOps, LeaderRequest};
+use crate::config::ServerConfig;
+use crate::network::{from_payload, to_payload, ClientPool, Network, MAX_MESSAGE_BYTES};
+use crate::rpc::RaftService;
+use crate::watcher::{ClusterWatcher, Stop};
+use crate::{NodeId, Raft};
+
+/// What a data directory records about its node, checked at every start.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Identity {
+    id: NodeId,
+    cluster_name: String,
+}
+
+/// A running node.
+pub struct Node {
+    /// This node's id.
+    pub id: NodeId,
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    /// The bound HTTP address, if any.
+    pub http_addr: Option<SocketAddr>,
+    /// openraft's handle.
+    pub raft: Raft,
+    /// Read access to the applied state.
+    pub reader: StateReader,
+    /// Leader requests from this node.
+    pub ops: Arc<ClusterOps>,
+    log: LogStore,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
+    front: Addr<AdminFront>,
+    watcher: Addr<ClusterWatcher>,
+}
+
+/// Options tests and fault injection use; off in production.
+#[derive(Debug, Clone, Default)]
+pub struct TestHooks {
+    /// Serve reads without a read index (a deliberately broken build for
+    /// the chaos tests to catch).
+    pub unsafe_local_reads: bool,
+}
+
+fn check_identity(dir: &Path, cfg: &ServerConfig) -> anyhow::Result<()> {
+    let path = dir.join("node.json");
+    let want = Identity {
+        id: cfg.id,
+        cluster_name: cfg.cluster_name.clone(),
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let have: Identity = serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is corrupt; it records which node owns this directory",
+                    path.display()
+                )
+            })?;
+            if have != want {
+                bail!(
+                    "data directory {} belongs to node {} of cluster \"{}\", not node {} of \"{}\"; use another --data-dir",
+                    dir.display(),
+                    have.id,
+                    have.cluster_name,
+                    want.id,
+                    want.cluster_name
+                );
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, serde_json::to_vec(&want)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    Ok(())
+}
+
+fn raft_config(cfg: &ServerConfig) -> anyhow::Result<openraft::Config> {
+    let c = openraft::Config {
+        cluster_name: cfg.cluster_name.clone(),
+        heartbeat_interval: cfg.heartbeat_ms,
+        election_timeout_min: cfg.election_timeout_min_ms,
+        election_timeout_max: cfg.election_timeout_max_ms,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+        max_in_snapshot_log_to_keep: (cfg.snapshot_logs / 2).min(1_000),
+        // Chunks are JSON (bytes as numbers, ~3.5x): stay well under the
+        // gRPC message limit.
+        snapshot_max_chunk_size: 1024 * 1024,
+        ..Default::default()
+    };
+    Ok(c.validate()?)
+}
+
+/// Starts a node, binding `cfg.listen`. Must run inside an actix `System`
+/// (see [`crate::run_system`]).
+pub async fn start(cfg: ServerConfig, hooks: TestHooks) -> anyhow::Result<Node> {
+    let listener = TcpListener::bind(cfg.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (is another meshd running there?)",
+            cfg.listen
+        )
+    })?;
+    start_with_listener(cfg, listener, hooks).await
+}
+
+/// Starts a node on an already bound listener (tests bind port 0 first).
+pub async fn start_with_listener(
+    cfg: ServerConfig,
+    listener: TcpListener,
+    hooks: TestHooks,
+) -> anyhow::Result<Node> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let addr = listener.local_addr()?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            cfg.data_dir.display()
+        )
+    })?;
+    check_identity(&cfg.data_dir, &cfg)?;
+
+    let (mut log, mut sm) =
+        raftmesh_storage::open(&cfg.data_dir.join("raft"), &StoreConfig::default())?;
+    let reader = sm.reader();
+    if let Some(file) = &cfg.restore {
+        restore(&cfg, file, &mut log, &mut sm).await?;
+    }
+
+    let pool = ClientPool::default();
+    let raft = Raft::new(
+        cfg.id,
+        Arc::new(raft_config(&cfg)?),
+        Network::new(pool.clone()),
+        log.clone(),
+        sm,
+    )
+    .await
+    .context("starting raft")?;
+    let ops = ClusterOps::new(
+        raft.clone(),
+        cfg.id,
+        pool.clone(),
+        reader.clone(),
+        hooks.unsafe_local_reads,
+    );
+
+    let bootstrap_hash = cfg.admin_token.as_deref().map(auth::hash_secret);
+    let watcher = ClusterWatcher::new(
+        ops.clone(),
+        pool.clone(),
+        reader.clone(),
+        cfg.cluster_name.clone(),
+        bootstrap_hash,
+    )
+    .start();
+    let front = AdminFront::new(ops.clone(), reader.clone()).start();
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let server = {
+        let mut rx = shutdown_rx.clone();
+        let raft_svc = RaftServer::new(RaftService::new(ops.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let admin_svc = AdminServer::new(AdminService::new(
+            front.clone(),
+            watcher.clone(),
+            reader.clone(),
+            cfg.id,
+            cfg.cluster_name.clone(),
+        ));
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(raft_svc)
+                .add_service(admin_svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                }),
+        )
+    };
+
+    let mut http_addr = None;
+    let http = match cfg.http {
+        Some(a) => {
+            let l = crate::http::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on --http {a}"))?;
+            http_addr = Some(l.local_addr()?);
+            let mut rx = shutdown_rx.clone();
+            Some(tokio::spawn(crate::http::serve(
+                l,
+                raft.clone(),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
+
+    if !cfg.initial_cluster.is_empty() && !raft.is_initialized().await? {
+        let members: BTreeMap<NodeId, BasicNode> = cfg
+            .initial_cluster
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        // Every node of a new cluster does this with the same members; the
+        // first entry is identical everywhere, so whichever lands first wins.
+        if let Err(e) = raft.initialize(members).await {
+            tracing::info!(error = %e, "cluster already initialized");
+        }
+    }
+    if !cfg.join.is_empty() && !raft.is_initialized().await? {
+        tokio::spawn(join(
+            pool.clone(),
+            cfg.join.clone(),
+            cfg.id,
+            cfg.advertise.clone(),
+            shutdown_rx,
+        ));
+    }
+    tracing::info!(node = cfg.id, %addr, data_dir = %cfg.data_dir.display(), "meshd node started");
+    Ok(Node {
+        id: cfg.id,
+        addr,
+        http_addr,
+        raft,
+        reader,
+        ops,
+        log,
+        shutdown,
+        server,
+        http,
+        front,
+        watcher,
+    })
+}
+
+async fn restore(
+    cfg: &ServerConfig,
+    file: &Path,
+    log: &mut LogStore,
+    sm: &mut raftmesh_storage::StateMachine,
+) -> anyhow::Result<()> {
+    if sm.reader().applied_revision() != 0 {
+        tracing::warn!(file = %file.display(), "--restore ignored: the data directory already holds this node's state");
+        return Ok(());
+    }
+    let bytes =
+        std::fs::read(file).with_context(|| format!("cannot read --restore {}", file.display()))?;
+    let data =
+        SnapshotData::decode(&bytes).with_context(|| format!("--restore {}", file.display()))?;
+    let members = cfg
+        .initial_cluster
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        .collect();
+    let rev = raftmesh_storage::restore(log, sm, data, members, cfg.id).await?;
+    tracing::info!(revision = rev, file = %file.display(), "restored the state from a snapshot");
+    Ok(())
+}
+
+/// Asks the cluster (through any of `seeds`) to add this node, until it does.
+async fn join(
+    pool: ClientPool,
+    seeds: Vec<String>,
+    id: NodeId,
+    addr: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let req = LeaderRequest::AddNode {
+        id,
+        addr,
+        learner_only: false,
+    };
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1u32.. {
+        for seed in &seeds {
+            let Ok(mut client) = pool.get(seed) else {
+                continue;
+            };
+            let Ok(payload) = to_payload(&req) else {
+                return;
+            };
+            let mut r = tonic::Request::new(payload);
+            r.set_timeout(Duration::from_secs(60));
+            match client.relay(r).await {
+                Ok(reply) => match from_payload::<
+                    Result<crate::cluster::LeaderResponse, crate::cluster::ClusterError>,
+                >(reply.get_ref(), "join reply")
+                {
+                    Ok(Ok(_)) => {
+                        tracing::info!(node = id, via = %seed, "joined the cluster");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(attempt, via = %seed, error = %e, "join refused; retrying")
+                    }
+                    Err(e) => {
+                        tracing::warn!(attempt, via = %seed, error = %e, "bad join reply; retrying")
+                    }
+                },
+                Err(s) => {
+                    tracing::warn!(attempt, via = %seed, error = %s.message(), "cannot reach the cluster to join; retrying")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+impl Node {
+    /// Stops serving, shuts Raft down and flushes storage.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        tracing::info!(node = self.id, "shutting down");
+        let _ = self.shutdown.send(true);
+        self.front.do_send(StopFront);
+        self.watcher.do_send(Stop);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        if let Some(h) = self.http {
+            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+        }
+        self.log.flush().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! The node-to-node gRPC service: Raft messages, forwarded leader requests,
+//! control during leadership transfer, and node facts for cluster status.
+
+use std::sync::Arc;
+
+use raftmesh_api::v1::raft_server::Raft as RaftRpc;
+use raftmesh_api::v1::{NodeInfoRequest, NodeInfoResponse, RaftPayload};
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{ClusterError, ClusterOps, Control, LeaderRequest, LeaderResponse};
+use crate::network::{from_payload, to_payload};
+use crate::procinfo;
+
+/// Serves one node's side of the node-to-node protocol.
+pub struct RaftService {
+    ops: Arc<ClusterOps>,
+}
+
+impl RaftService {
+    /// The service for the node behind `ops`.
+    pub fn new(ops: Arc<ClusterOps>) -> Self {
+        Self { ops }
+    }
+}
+
+fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
+    to_payload(v)
+        .map(Response::new)
+        .map_err(|e| Status::internal(format!("encoding the reply: {e}")))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let r = from_payload(req.get_ref(), "append-entries request")?;
+        reply(&self.ops.raft().append_entries(r).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let r = from_payload(req.get_ref(), "vote request")?;
+        reply(&self.ops.raft().vote(r).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let r = from_payload(req.get_ref(), "install-snapshot request")?;
+        reply(&self.ops.raft().install_snapshot(r).await)
+    }
+
+    async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let r: LeaderRequest = from_payload(req.get_ref(), "leader request")?;
+        let res: Result<LeaderResponse, ClusterError> = self.ops.execute_local(r).await;
+        reply(&res)
+    }
+
+    async fn relay(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let r: LeaderRequest = from_payload(req.get_ref(), "leader request")?;
+        let res: Result<LeaderResponse, ClusterError> = self.ops.submit(r).await;
+        reply(&res)
+    }
+
+    async fn control(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let c: Control = from_payload(req.get_ref(), "control message")?;
+        let res = self.ops.handle_control(c).await;
+        reply(&res)
+    }
+
+    async fn node_info(
+        &self,
+        _req: Request<NodeInfoRequest>,
+    ) -> Result<Response<NodeInfoResponse>, Status> {
+        let m = self.ops.raft().metrics().borrow().clone();
+        Ok(Response::new(NodeInfoResponse {
+            id: self.ops.id(),
+            rss_bytes: procinfo::rss_bytes(),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            state: crate::cluster::state_name(m.state).to_string(),
+            unix_ms: procinfo::unix_ms(),
+            term: m.current_term,
+            leader: m.current_leader,
+        }))
+    }
+}

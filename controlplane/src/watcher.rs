@@ -1,0 +1,249 @@
+//! The cluster watcher: an actor that keeps track of every member (last
+//! contact, memory, applied index, role), answers cluster status, and
+//! writes the first admin token once the cluster has a leader.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseFuture, WrapFuture,
+};
+use raftmesh_api::v1 as pb;
+use raftmesh_api::{
+    Kind, Metadata, Resource, ResourceKey, Role, Spec, TokenSpec, DEFAULT_NAMESPACE,
+};
+use raftmesh_storage::{Command, StateReader};
+
+use crate::cluster::{state_name, ClusterOps, LeaderRequest};
+use crate::network::ClientPool;
+use crate::procinfo;
+use crate::NodeId;
+
+/// Name of the admin token created from `--admin-token-file`.
+pub const BOOTSTRAP_TOKEN_ID: &str = "admin-bootstrap";
+
+/// How often members are polled.
+const TICK: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    info: pb::NodeInfoResponse,
+}
+
+/// Cluster status, as the admin API returns it.
+#[derive(Message)]
+#[rtype(result = "pb::ClusterStatusResponse")]
+pub struct GetStatus;
+
+/// Stops the actor (node shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// Watches the members of one node's cluster.
+pub struct ClusterWatcher {
+    ops: Arc<ClusterOps>,
+    pool: ClientPool,
+    reader: StateReader,
+    cluster_name: String,
+    seen: BTreeMap<NodeId, Seen>,
+    in_flight: BTreeMap<NodeId, Instant>,
+    /// SHA-256 of the bootstrap admin secret, until it is stored.
+    bootstrap_hash: Option<String>,
+    bootstrap_in_flight: bool,
+}
+
+impl ClusterWatcher {
+    /// A watcher for the node behind `ops`.
+    pub fn new(
+        ops: Arc<ClusterOps>,
+        pool: ClientPool,
+        reader: StateReader,
+        cluster_name: String,
+        bootstrap_hash: Option<String>,
+    ) -> Self {
+        Self {
+            ops,
+            pool,
+            reader,
+            cluster_name,
+            seen: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            bootstrap_hash,
+            bootstrap_in_flight: false,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let metrics = self.ops.raft().metrics().borrow().clone();
+        let me = self.ops.id();
+        for (id, node) in metrics.membership_config.membership().nodes() {
+            if *id == me {
+                continue;
+            }
+            // One poll at a time per member; a stuck one is abandoned after 2s.
+            if self
+                .in_flight
+                .get(id)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+            {
+                continue;
+            }
+            let Ok(mut client) = self.pool.get(&node.addr) else {
+                continue;
+            };
+            let id = *id;
+            self.in_flight.insert(id, Instant::now());
+            let fut = async move {
+                let mut req = tonic::Request::new(pb::NodeInfoRequest {});
+                req.set_timeout(Duration::from_millis(400));
+                client.node_info(req).await.map(|r| r.into_inner())
+            };
+            ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+                act.in_flight.remove(&id);
+                if let Ok(info) = res {
+                    act.seen.insert(
+                        id,
+                        Seen {
+                            at: Instant::now(),
+                            info,
+                        },
+                    );
+                }
+            }));
+        }
+        self.maybe_store_bootstrap_token(ctx, metrics.current_leader == Some(me));
+    }
+
+    fn maybe_store_bootstrap_token(&mut self, ctx: &mut Context<Self>, leader: bool) {
+        let Some(hash) = self.bootstrap_hash.clone() else {
+            return;
+        };
+        let key = ResourceKey::new(Kind::Token, DEFAULT_NAMESPACE, BOOTSTRAP_TOKEN_ID);
+        if self.reader.get(&key).1.is_some() {
+            self.bootstrap_hash = None;
+            return;
+        }
+        if !leader || self.bootstrap_in_flight {
+            return;
+        }
+        self.bootstrap_in_flight = true;
+        let resource = Resource {
+            metadata: Metadata::named(BOOTSTRAP_TOKEN_ID),
+            spec: Spec::Token(TokenSpec {
+                secret_sha256: hash,
+                role: Some(Role::Admin),
+                created_at_ms: procinfo::unix_ms(),
+                ..Default::default()
+            }),
+        };
+        let ops = self.ops.clone();
+        let fut = async move {
+            // Create-only: if another node stored one first, that one stands.
+            ops.submit(LeaderRequest::Write(Command::Put {
+                resource,
+                expected_revision: Some(0),
+            }))
+            .await
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, _| {
+            act.bootstrap_in_flight = false;
+            match res {
+                Ok(_) => tracing::info!("stored the bootstrap admin token (its SHA-256 only)"),
+                Err(e) => tracing::warn!(error = %e, "could not store the bootstrap admin token yet; will retry"),
+            }
+        }));
+    }
+}
+
+impl Actor for ClusterWatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+    }
+}
+
+impl Handler<Stop> for ClusterWatcher {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        use actix::ActorContext;
+        ctx.stop();
+    }
+}
+
+impl Handler<GetStatus> for ClusterWatcher {
+    type Result = ResponseFuture<pb::ClusterStatusResponse>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        let m = self.ops.raft().metrics().borrow().clone();
+        let me = self.ops.id();
+        let membership = m.membership_config.membership().clone();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let members: Vec<pb::Member> = membership
+            .nodes()
+            .map(|(id, node)| {
+                let voter = voters.contains(id);
+                if *id == me {
+                    return pb::Member {
+                        id: *id,
+                        addr: node.addr.clone(),
+                        voter,
+                        last_contact_ms: Some(0),
+                        rss_bytes: procinfo::rss_bytes(),
+                        state: state_name(m.state).to_string(),
+                        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+                    };
+                }
+                match self.seen.get(id) {
+                    Some(s) => {
+                        let age = u64::try_from(s.at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        // Not heard from for several polls: report it as such.
+                        let state = if age > 3 * TICK.as_millis() as u64 {
+                            "unreachable".to_string()
+                        } else {
+                            s.info.state.clone()
+                        };
+                        pb::Member {
+                            id: *id,
+                            addr: node.addr.clone(),
+                            voter,
+                            last_contact_ms: Some(age),
+                            rss_bytes: s.info.rss_bytes,
+                            state,
+                            applied_index: s.info.applied_index,
+                        }
+                    }
+                    None => pb::Member {
+                        id: *id,
+                        addr: node.addr.clone(),
+                        voter,
+                        last_contact_ms: None,
+                        rss_bytes: 0,
+                        state: "unreachable".into(),
+                        applied_index: 0,
+                    },
+                }
+            })
+            .collect();
+        let raft = self.ops.raft().clone();
+        let cluster_name = self.cluster_name.clone();
+        Box::pin(async move {
+            let commit_index = raft
+                .with_raft_state(|s| s.committed.map(|l| l.index).unwrap_or(0))
+                .await
+                .unwrap_or(0);
+            pb::ClusterStatusResponse {
+                node_id: me,
+                cluster_name,
+                leader: m.current_leader,
+                term: m.current_term,
+                commit_index,
+                applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+                members,
+            }
+        })
+    }
+}
