@@ -1,0 +1,403 @@
+//! The control plane as a new user runs it: real meshd processes and the
+//! meshctl binary, from the shell's point of view (exit codes, output).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const MESHD: &str = env!("CARGO_BIN_EXE_meshd");
+const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+const TOKEN: &str = "cli-test-admin-secret";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// meshd processes, killed when the test ends however it ends.
+struct Procs {
+    children: Vec<(u64, Child)>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Cluster {
+    procs: Procs,
+    ports: Vec<u16>,
+    dir: PathBuf,
+    token_file: PathBuf,
+}
+
+impl Cluster {
+    fn start(dir: &Path, n: u64, restore: Option<&Path>) -> Self {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token_file = dir.join("admin.token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let mut c = Cluster {
+            procs: Procs { children: vec![] },
+            ports,
+            dir: dir.to_path_buf(),
+            token_file,
+        };
+        for id in 1..=n {
+            c.spawn(id, &initial, restore);
+        }
+        c
+    }
+
+    fn spawn(&mut self, id: u64, initial: &str, restore: Option<&Path>) {
+        let port = self.ports[id as usize - 1];
+        let mut cmd = Command::new(MESHD);
+        cmd.args([
+            "server",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--http",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(self.dir.join(format!("n{id}")))
+        .args(["--initial-cluster", initial, "--cluster-name", "east"])
+        .arg("--admin-token-file")
+        .arg(&self.token_file)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(self.dir.join(format!("n{id}.log"))).unwrap());
+        if let Some(r) = restore {
+            cmd.arg("--restore").arg(r);
+        }
+        self.procs.children.push((id, cmd.spawn().unwrap()));
+    }
+
+    fn servers(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn server(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[id as usize - 1])
+    }
+
+    fn kill9(&mut self, id: u64) {
+        let i = self
+            .procs
+            .children
+            .iter()
+            .position(|(x, _)| *x == id)
+            .unwrap();
+        let (_, mut c) = self.procs.children.remove(i);
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+    }
+
+    /// Waits until cluster status names a leader; returns it.
+    fn wait_leader(&self, except: Option<u64>) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let o = ctl(
+                &self.servers(),
+                Some(TOKEN),
+                &["cluster", "status", "-o", "json"],
+                None,
+            );
+            if o.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                if let Some(l) = v["leader"].as_u64() {
+                    if Some(l) != except {
+                        return l;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn ctl(server: &str, token: Option<&str>, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(MESHCTL);
+    cmd.arg("--server")
+        .arg(server)
+        .args(args)
+        .env_remove("RAFTMESH_TOKEN")
+        .env_remove("RAFTMESH_SERVER");
+    if let Some(t) = token {
+        cmd.env("RAFTMESH_TOKEN", t);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(s) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const RESOURCES: &str = "kind: Service
+metadata: {name: web}
+spec: {ports: [{port: 80, protocol: http}]}
+---
+kind: Route
+metadata: {name: web}
+spec:
+  service: web
+  rules:
+    - backends:
+        - {subset: {version: v1}, weight: 90}
+        - {subset: {version: v2}, weight: 10}
+";
+
+#[test]
+fn a_three_node_cluster_from_the_shell() {
+    let tmp = TempDir::new().unwrap();
+    let mut c = Cluster::start(tmp.path(), 3, None);
+    let leader = c.wait_leader(None);
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+
+    // A write through a follower, read back from another node.
+    let o = ctl(
+        &c.server(follower),
+        Some(TOKEN),
+        &["apply", "-f", "-"],
+        Some(RESOURCES),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("route/web configured (revision"),
+        "{}",
+        text(&o.stdout)
+    );
+    let other = (1..=3).find(|i| *i != follower).unwrap();
+    let o = ctl(
+        &c.server(other),
+        Some(TOKEN),
+        &["get", "route", "web", "-o", "json"],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["spec"]["rules"][0]["backends"][1]["weight"], 10);
+    let o = ctl(&c.servers(), Some(TOKEN), &["get", "svc"], None);
+    assert!(
+        text(&o.stdout).contains("web") && text(&o.stdout).contains("80/http"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // Bad input: exit 3, the document, field and rule named, nothing applied.
+    let bad = "kind: Service\nmetadata: {name: api}\nspec: {}\n---\nkind: Route\nmetadata: {name: web}\nspec: {service: web, rules: [{backends: [{subset: {v: a}, weight: 90}]}]}\n";
+    let o = ctl(&c.servers(), Some(TOKEN), &["apply", "-f", "-"], Some(bad));
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        text(&o.stderr).contains(
+            "document 2: route \"web\": spec.rules[0].backends: weights sum to 90, must be 100"
+        ),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = ctl(&c.servers(), Some(TOKEN), &["get", "svc", "api"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("not found"), "{}", text(&o.stderr));
+    let o = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &["apply", "-f", "-"],
+        Some("kind: [\n"),
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        text(&o.stderr).contains("not valid YAML"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Tokens: missing and wrong are refused with exit 4.
+    let o = ctl(&c.servers(), None, &["get", "svc"], None);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(
+        text(&o.stderr).contains("missing admin token"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = ctl(&c.servers(), Some("wrong"), &["get", "svc"], None);
+    assert_eq!(o.status.code(), Some(4));
+
+    // A CAS conflict names the current revision and exits 5.
+    let stale = "kind: Service\nmetadata: {name: web, revision: 1}\nspec: {ports: [{port: 81}]}\n";
+    let o = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &["apply", "-f", "-"],
+        Some(stale),
+    );
+    assert_eq!(o.status.code(), Some(5));
+    assert!(
+        text(&o.stderr).contains("conflict: it is at revision"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // kill -9 the leader: a new one is elected and writes go on, through
+    // meshctl's fail-over across --server addresses.
+    c.kill9(leader);
+    let new = c.wait_leader(Some(leader));
+    assert_ne!(new, leader);
+    let o = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &["apply", "-f", "-"],
+        Some("kind: Service\nmetadata: {name: db}\nspec: {}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // The killed node restarts from its data dir and catches up.
+    let initial = (1..=3)
+        .map(|i| format!("{i}={}", c.server(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    c.spawn(leader, &initial, None);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = ctl(
+            &c.server(leader),
+            Some(TOKEN),
+            &["get", "svc", "db", "--stale"],
+            None,
+        );
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted node never caught up: {}",
+            text(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Backup, then restore into a brand-new cluster.
+    let backup = tmp.path().join("backup.json");
+    let o = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &["snapshot", "save", backup.to_str().unwrap()],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let before = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &["get", "svc", "-o", "json"],
+        None,
+    );
+    drop(c);
+    let tmp2 = TempDir::new().unwrap();
+    let c2 = Cluster::start(tmp2.path(), 3, Some(&backup));
+    c2.wait_leader(None);
+    let after = ctl(
+        &c2.servers(),
+        Some(TOKEN),
+        &["get", "svc", "-o", "json"],
+        None,
+    );
+    assert!(after.status.success(), "{}", text(&after.stderr));
+    assert_eq!(
+        text(&after.stdout),
+        text(&before.stdout),
+        "same resources and revisions after restore"
+    );
+}
+
+#[test]
+fn meshd_dev_prints_a_token_that_works() {
+    let port = free_port();
+    let mut child = Command::new(MESHD)
+        .args([
+            "dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--http",
+            "off",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut procs = Procs { children: vec![] };
+    let stdout = child.stdout.take().unwrap();
+    procs.children.push((1, child));
+    use std::io::BufRead;
+    let mut token = None;
+    let mut data_dir = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(t) = line.trim().strip_prefix("admin token:") {
+            token = Some(t.trim().to_string());
+        }
+        if let Some(d) = line.trim().strip_prefix("data dir:") {
+            data_dir = Some(d.trim().split(' ').next().unwrap().to_string());
+        }
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    let token = token.expect("meshd dev printed no token");
+    let o = ctl(
+        &format!("127.0.0.1:{port}"),
+        Some(&token),
+        &["whoami"],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("admin-bootstrap"),
+        "{}",
+        text(&o.stdout)
+    );
+    // SIGTERM stops it cleanly and the temporary data dir goes away.
+    let (_, mut child) = procs.children.pop().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "meshd dev exited with {status}");
+    let d = data_dir.expect("no data dir printed");
+    assert!(!Path::new(&d).exists(), "{d} was left behind");
+}

@@ -1,0 +1,232 @@
+//! The admin API's rules: tokens, validation, snapshots.
+
+use raftmesh_api::v1 as pb;
+use raftmesh_api::{Kind, Resource};
+use raftmesh_controlplane::node::{self, TestHooks};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+use super::support::*;
+
+#[test]
+fn missing_or_wrong_admin_token_is_refused() {
+    run(async {
+        let c = TestCluster::start(1).await;
+        let addr = c.addrs[&1];
+        let e = client(addr, None)
+            .list(pb::ListRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(
+            e.message().contains("missing admin token"),
+            "{}",
+            e.message()
+        );
+        let e = client(addr, Some("nope"))
+            .apply(apply_req(vec![service("x", 1)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(
+            e.message().contains("invalid admin token"),
+            "{}",
+            e.message()
+        );
+        // Nothing was written.
+        assert!(c.nodes[&1]
+            .reader
+            .list(Some(Kind::Service), None)
+            .1
+            .is_empty());
+        // Only the hash is stored.
+        let (_, tokens) = c.nodes[&1].reader.list(Some(Kind::Token), None);
+        let json = serde_json::to_string(&tokens).unwrap();
+        assert!(!json.contains(TOKEN));
+        assert!(json.contains(&raftmesh_controlplane::auth::hash_secret(TOKEN)));
+        c.shutdown().await;
+    });
+}
+
+#[test]
+fn read_only_token_cannot_write_and_revoked_token_stops_working() {
+    run(async {
+        let c = TestCluster::start(1).await;
+        let mut admin = c.client(1).await;
+        let t = admin
+            .create_token(pb::CreateTokenRequest {
+                scope: Some(pb::create_token_request::Scope::Role(
+                    pb::TokenRole::ReadOnly as i32,
+                )),
+                ttl_ms: 0,
+                max_uses: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut ro = client(c.addrs[&1], Some(&t.secret));
+        ro.list(pb::ListRequest::default()).await.unwrap();
+        let e = ro
+            .apply(apply_req(vec![service("x", 1)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("read-only"), "{}", e.message());
+        admin
+            .revoke_token(pb::RevokeTokenRequest { id: t.id.clone() })
+            .await
+            .unwrap();
+        let e = ro.list(pb::ListRequest::default()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        // A bootstrap token is not an admin token.
+        let b = admin
+            .create_token(pb::CreateTokenRequest {
+                scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
+                    service: "web".into(),
+                    namespace: String::new(),
+                })),
+                ttl_ms: 0,
+                max_uses: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let e = client(c.addrs[&1], Some(&b.secret))
+            .list(pb::ListRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        c.shutdown().await;
+    });
+}
+
+#[test]
+fn invalid_resources_get_a_clear_error_and_change_nothing() {
+    run(async {
+        let c = TestCluster::start(1).await;
+        let mut cl = c.client(1).await;
+        let before = c.nodes[&1].reader.applied_revision();
+        let bad: Resource = serde_yaml_ng::from_str(
+            "kind: Route\nmetadata: {name: web}\nspec: {service: web, rules: [{backends: [{subset: {v: a}, weight: 90}]}]}\n",
+        )
+        .unwrap();
+        let e = cl
+            .apply(apply_req(vec![service("ok", 80), bad]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "document 2: route \"web\": spec.rules[0].backends: weights sum to 90, must be 100"
+        );
+        // A malformed wire message: a resource without a spec.
+        let e = cl
+            .apply(pb::ApplyRequest {
+                items: vec![pb::ApplyItem {
+                    expected_revision: None,
+                    resource: Some(pb::Resource {
+                        metadata: Some(pb::Metadata::default()),
+                        spec: None,
+                    }),
+                }],
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.message().contains("resource.spec: is missing"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(
+            c.nodes[&1].reader.applied_revision(),
+            before,
+            "nothing was written"
+        );
+        assert!(c.nodes[&1]
+            .reader
+            .list(Some(Kind::Service), None)
+            .1
+            .is_empty());
+        c.shutdown().await;
+    });
+}
+
+#[test]
+fn snapshot_save_wipe_restore_gives_the_same_state_and_revisions() {
+    run(async {
+        let c = TestCluster::start(3).await;
+        let leader = c.wait_ready().await;
+        let mut cl = c.client(leader).await;
+        for i in 0..5 {
+            cl.apply(apply_req(vec![service(&format!("s{i}"), 80 + i)]))
+                .await
+                .unwrap();
+        }
+        cl.delete(pb::DeleteRequest {
+            kind: "svc".into(),
+            namespace: String::new(),
+            name: "s0".into(),
+            expected_revision: None,
+        })
+        .await
+        .unwrap();
+        let mut stream = cl
+            .save_snapshot(pb::SaveSnapshotRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(ch) = stream.message().await.unwrap() {
+            bytes.extend(ch.data);
+        }
+        let before = c.nodes[&leader].reader.list(None, None);
+        c.shutdown().await; // the old cluster and its data are gone
+
+        let dir = TempDir::new().unwrap();
+        let file = dir.path().join("backup.json");
+        std::fs::write(&file, &bytes).unwrap();
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let initial: std::collections::BTreeMap<u64, String> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap().to_string()))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let mut cfg = config(id, l.local_addr().unwrap(), &dir, 10_000);
+            cfg.initial_cluster = initial.clone();
+            cfg.restore = Some(file.clone());
+            nodes.push(
+                node::start_with_listener(cfg, l, TestHooks::default())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let after = nodes[0].reader.list(None, None);
+        assert_eq!(
+            after, before,
+            "same resources, same revisions, same applied revision"
+        );
+        // The restored cluster elects a leader and writes above the old revisions.
+        let mut cl = client(nodes[1].addr, Some(TOKEN));
+        let r = eventually(
+            "the restored cluster to take writes",
+            std::time::Duration::from_secs(10),
+            || {
+                let mut cl = cl.clone();
+                async move { cl.apply(apply_req(vec![service("new", 9)])).await.ok() }
+            },
+        )
+        .await
+        .into_inner();
+        assert!(r.revision > before.0);
+        let _ = &mut cl;
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    });
+}

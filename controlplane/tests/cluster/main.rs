@@ -1,0 +1,9 @@
+//! A real control plane in one process: nodes on loopback sockets with
+//! their own sled directories, driven through the admin gRPC API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod membership;
+mod replication;
+mod support;

@@ -1,0 +1,226 @@
+//! A test cluster of in-process nodes and helpers to drive it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use raftmesh_api::v1 as pb;
+use raftmesh_api::v1::admin_client::AdminClient;
+use raftmesh_api::{Resource, ServicePort, ServiceSpec, Spec};
+use raftmesh_controlplane::config::ServerConfig;
+use raftmesh_controlplane::node::{self, Node, TestHooks};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+pub const TOKEN: &str = "test-admin-secret";
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct TestCluster {
+    pub nodes: BTreeMap<u64, Node>,
+    pub addrs: BTreeMap<u64, SocketAddr>,
+    pub dir: TempDir,
+    pub snapshot_logs: u64,
+}
+
+pub fn config(id: u64, addr: SocketAddr, dir: &TempDir, snapshot_logs: u64) -> ServerConfig {
+    let mut c = ServerConfig::new(id, addr, dir.path().join(format!("n{id}")));
+    c.cluster_name = "test".into();
+    c.admin_token = Some(TOKEN.into());
+    c.snapshot_logs = snapshot_logs;
+    c
+}
+
+impl TestCluster {
+    /// Starts `n` voters from one `--initial-cluster`.
+    pub async fn start(n: u64) -> Self {
+        Self::start_with(n, 10_000).await
+    }
+
+    pub async fn start_with(n: u64, snapshot_logs: u64) -> Self {
+        let dir = TempDir::new().unwrap();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listeners.insert(id, l);
+        }
+        let addrs: BTreeMap<u64, SocketAddr> = listeners
+            .iter()
+            .map(|(id, l)| (*id, l.local_addr().unwrap()))
+            .collect();
+        let initial: BTreeMap<u64, String> =
+            addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
+        let mut nodes = BTreeMap::new();
+        for (id, l) in listeners {
+            let mut c = config(id, addrs[&id], &dir, snapshot_logs);
+            c.initial_cluster = initial.clone();
+            nodes.insert(
+                id,
+                node::start_with_listener(c, l, TestHooks::default())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let cluster = Self {
+            nodes,
+            addrs,
+            dir,
+            snapshot_logs,
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Waits for a leader and the stored admin token.
+    pub async fn wait_ready(&self) -> u64 {
+        let leader = self.wait_leader().await;
+        let c = self.client(leader).await;
+        eventually("the admin token to work", Duration::from_secs(10), || {
+            let mut c = c.clone();
+            async move { c.who_am_i(pb::WhoAmIRequest {}).await.ok() }
+        })
+        .await;
+        leader
+    }
+
+    /// The leader every running node agrees on.
+    pub async fn wait_leader(&self) -> u64 {
+        eventually(
+            "a leader all running nodes agree on",
+            Duration::from_secs(10),
+            || async {
+                let leaders: Vec<Option<u64>> = self
+                    .nodes
+                    .values()
+                    .map(|n| n.raft.metrics().borrow().current_leader)
+                    .collect();
+                match leaders.first() {
+                    Some(Some(l))
+                        if leaders.iter().all(|x| *x == Some(*l)) && self.nodes.contains_key(l) =>
+                    {
+                        Some(*l)
+                    }
+                    _ => None,
+                }
+            },
+        )
+        .await
+    }
+
+    pub async fn client(&self, id: u64) -> Admin {
+        client(self.addrs[&id], Some(TOKEN))
+    }
+
+    /// Stops a node gracefully (its data stays).
+    pub async fn stop(&mut self, id: u64) {
+        let n = self.nodes.remove(&id).unwrap();
+        n.shutdown().await.unwrap();
+    }
+
+    /// Restarts a stopped node from its data directory, on its old port.
+    pub async fn restart(&mut self, id: u64) {
+        let l = bind_retry(self.addrs[&id]).await;
+        let c = config(id, self.addrs[&id], &self.dir, self.snapshot_logs);
+        let n = node::start_with_listener(c, l, TestHooks::default())
+            .await
+            .unwrap();
+        self.nodes.insert(id, n);
+    }
+
+    pub async fn shutdown(self) {
+        for (_, n) in self.nodes {
+            n.shutdown().await.unwrap();
+        }
+    }
+}
+
+pub async fn bind_retry(addr: SocketAddr) -> TcpListener {
+    eventually(
+        "the port to be free again",
+        Duration::from_secs(5),
+        || async { TcpListener::bind(addr).await.ok() },
+    )
+    .await
+}
+
+/// Adds a bearer token to every call.
+#[derive(Clone)]
+pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.0 {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+
+pub fn client(addr: SocketAddr, token: Option<&str>) -> Admin {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    AdminClient::with_interceptor(
+        ch,
+        Auth(token.map(|t| format!("Bearer {t}").parse().unwrap())),
+    )
+}
+
+pub fn service(name: &str, port: u32) -> Resource {
+    Resource::new(
+        name,
+        Spec::Service(ServiceSpec {
+            ports: vec![ServicePort {
+                port,
+                protocol: Default::default(),
+            }],
+        }),
+    )
+}
+
+pub fn apply_req(resources: Vec<Resource>) -> pb::ApplyRequest {
+    pb::ApplyRequest {
+        items: resources
+            .into_iter()
+            .map(|r| pb::ApplyItem {
+                expected_revision: None,
+                resource: Some(r.into()),
+            })
+            .collect(),
+    }
+}
+
+pub fn get_req(name: &str, stale: bool) -> pb::GetRequest {
+    pb::GetRequest {
+        kind: "Service".into(),
+        namespace: String::new(),
+        name: name.into(),
+        stale,
+    }
+}
+
+/// Runs a test body inside an actix System on a multi-thread runtime.
+pub fn run<F: Future<Output = ()>>(f: F) {
+    raftmesh_controlplane::run_system(f);
+}
