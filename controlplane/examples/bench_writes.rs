@@ -1,0 +1,169 @@
+//! Committed writes per second and write latency of a 3-node cluster.
+//!
+//! Starts real `meshd` processes (release build) on loopback with their own
+//! sled directories, then for each client count runs that many concurrent
+//! clients, each on its own connection, applying one Service per request
+//! for `--duration`, and prints a table of writes/s and p50/p99 latency.
+//!
+//! ```sh
+//! cargo build --release -p raftmesh-controlplane
+//! cargo run --release -p raftmesh-controlplane --example bench_writes -- --clients 1,16,64
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use raftmesh_api::v1 as pb;
+use raftmesh_api::v1::admin_client::AdminClient;
+use raftmesh_api::{Resource, ServicePort, ServiceSpec, Spec};
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+struct Args {
+    /// The meshd binary.
+    #[arg(long, default_value = "target/release/meshd")]
+    meshd: PathBuf,
+    /// Client counts to measure, in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Measuring time per client count.
+    #[arg(long, default_value = "10s")]
+    duration: humantime::Duration,
+    /// Send writes to a follower (forwarded) instead of the leader.
+    #[arg(long)]
+    via_follower: bool,
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const TOKEN: &str = "bench-admin-secret";
+
+fn client(addr: &str) -> AdminClient<tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor + Clone>> {
+    let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let h: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse().unwrap();
+    AdminClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", h.clone());
+        Ok(r)
+    })
+}
+
+fn service(name: String, port: u32) -> pb::ApplyRequest {
+    let r = Resource::new(
+        name,
+        Spec::Service(ServiceSpec {
+            ports: vec![ServicePort { port, protocol: Default::default() }],
+        }),
+    );
+    pb::ApplyRequest {
+        items: vec![pb::ApplyItem { resource: Some(r.into()), expected_revision: None }],
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    assert!(args.meshd.exists(), "{} not found: build it with cargo build --release -p raftmesh-controlplane", args.meshd.display());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let initial = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
+    let mut procs = Procs(vec![]);
+    for (i, p) in ports.iter().enumerate() {
+        let id = i + 1;
+        procs.0.push(
+            Command::new(&args.meshd)
+                .args(["server", "--id", &id.to_string(), "--listen", &format!("127.0.0.1:{p}"), "--http", "off"])
+                .arg("--data-dir").arg(dir.path().join(format!("n{id}")))
+                .args(["--initial-cluster", &initial])
+                .arg("--admin-token-file").arg(dir.path().join("token"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    // Wait for a leader and the admin token.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        if let Ok(s) = client(&addrs[0]).cluster_status(pb::ClusterStatusRequest {}).await {
+            if let Some(l) = s.into_inner().leader {
+                break l;
+            }
+        }
+        assert!(Instant::now() < deadline, "cluster did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let target = if args.via_follower {
+        addrs[(leader as usize) % 3].clone()
+    } else {
+        addrs[leader as usize - 1].clone()
+    };
+    eprintln!("3 meshd nodes up, leader {leader}; writing to {} ({})", target, if args.via_follower { "a follower" } else { "the leader" });
+    println!("| clients | writes/s | p50 | p99 | errors |");
+    println!("|---|---|---|---|---|");
+    for &n in &args.clients {
+        let dur: Duration = args.duration.into();
+        let warmup = Duration::from_secs(1);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for t in 0..n {
+            let mut c = client(&target);
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                let mut i = 0u32;
+                while start.elapsed() < warmup + dur {
+                    let t0 = Instant::now();
+                    let r = c.apply(service(format!("bench-{n}-{t}-{}", i % 50), 1 + (i % 60000))).await;
+                    let took = t0.elapsed();
+                    if t0 >= start + warmup {
+                        match r {
+                            Ok(_) => lat.push(took),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    i += 1;
+                }
+                (lat, errors)
+            }));
+        }
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e) = t.await.unwrap();
+            all.extend(l);
+            errors += e;
+        }
+        all.sort();
+        let rate = all.len() as f64 / dur.as_secs_f64();
+        println!(
+            "| {n} | {rate:.0} | {:.2} ms | {:.2} ms | {errors} |",
+            pct(&all, 0.5).as_secs_f64() * 1e3,
+            pct(&all, 0.99).as_secs_f64() * 1e3
+        );
+    }
+    drop(procs);
+}
