@@ -11,4 +11,6 @@ pub mod history;
 pub mod linearizability;
 
 pub use history::{Event, EventType, Function, History, HistoryWriter, Operation, Outcome};
-pub use linearizability::{check_history, CheckOptions, Explanation, Verdict};
+pub use linearizability::{
+    check_history, check_history_with_stats, CheckOptions, Explanation, FailedCas, Verdict,
+};
