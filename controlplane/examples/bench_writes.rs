@@ -34,6 +34,9 @@ struct Args {
     /// Measuring time per client count.
     #[arg(long, default_value = "10s")]
     duration: humantime::Duration,
+    /// Keep each node's log here (RAFTMESH_LOG sets the level).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
     /// Send writes to a follower (forwarded) instead of the leader.
     #[arg(long)]
     via_follower: bool,
@@ -52,8 +55,17 @@ impl Drop for Procs {
 
 const TOKEN: &str = "bench-admin-secret";
 
-fn client(addr: &str) -> AdminClient<tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor + Clone>> {
-    let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+fn client(
+    addr: &str,
+) -> AdminClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        impl tonic::service::Interceptor + Clone,
+    >,
+> {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
     let h: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse().unwrap();
     AdminClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
         r.metadata_mut().insert("authorization", h.clone());
@@ -65,11 +77,17 @@ fn service(name: String, port: u32) -> pb::ApplyRequest {
     let r = Resource::new(
         name,
         Spec::Service(ServiceSpec {
-            ports: vec![ServicePort { port, protocol: Default::default() }],
+            ports: vec![ServicePort {
+                port,
+                protocol: Default::default(),
+            }],
         }),
     );
     pb::ApplyRequest {
-        items: vec![pb::ApplyItem { resource: Some(r.into()), expected_revision: None }],
+        items: vec![pb::ApplyItem {
+            resource: Some(r.into()),
+            expected_revision: None,
+        }],
     }
 }
 
@@ -84,22 +102,54 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    assert!(args.meshd.exists(), "{} not found: build it with cargo build --release -p raftmesh-controlplane", args.meshd.display());
+    assert!(
+        args.meshd.exists(),
+        "{} not found: build it with cargo build --release -p raftmesh-controlplane",
+        args.meshd.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
-    let initial = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut procs = Procs(vec![]);
     for (i, p) in ports.iter().enumerate() {
         let id = i + 1;
         procs.0.push(
             Command::new(&args.meshd)
-                .args(["server", "--id", &id.to_string(), "--listen", &format!("127.0.0.1:{p}"), "--http", "off"])
-                .arg("--data-dir").arg(dir.path().join(format!("n{id}")))
+                .args([
+                    "server",
+                    "--id",
+                    &id.to_string(),
+                    "--listen",
+                    &format!("127.0.0.1:{p}"),
+                    "--http",
+                    "off",
+                ])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("n{id}")))
                 .args(["--initial-cluster", &initial])
-                .arg("--admin-token-file").arg(dir.path().join("token"))
+                .arg("--admin-token-file")
+                .arg(dir.path().join("token"))
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(match &args.log_dir {
+                    Some(d) => {
+                        Stdio::from(std::fs::File::create(d.join(format!("n{id}.log"))).unwrap())
+                    }
+                    None => Stdio::null(),
+                })
                 .spawn()
                 .unwrap(),
         );
@@ -108,7 +158,10 @@ async fn main() {
     // Wait for a leader and the admin token.
     let deadline = Instant::now() + Duration::from_secs(20);
     let leader = loop {
-        if let Ok(s) = client(&addrs[0]).cluster_status(pb::ClusterStatusRequest {}).await {
+        if let Ok(s) = client(&addrs[0])
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+        {
             if let Some(l) = s.into_inner().leader {
                 break l;
             }
@@ -121,7 +174,15 @@ async fn main() {
     } else {
         addrs[leader as usize - 1].clone()
     };
-    eprintln!("3 meshd nodes up, leader {leader}; writing to {} ({})", target, if args.via_follower { "a follower" } else { "the leader" });
+    eprintln!(
+        "3 meshd nodes up, leader {leader}; writing to {} ({})",
+        target,
+        if args.via_follower {
+            "a follower"
+        } else {
+            "the leader"
+        }
+    );
     println!("| clients | writes/s | p50 | p99 | errors |");
     println!("|---|---|---|---|---|");
     for &n in &args.clients {
@@ -137,7 +198,12 @@ async fn main() {
                 let mut i = 0u32;
                 while start.elapsed() < warmup + dur {
                     let t0 = Instant::now();
-                    let r = c.apply(service(format!("bench-{n}-{t}-{}", i % 50), 1 + (i % 60000))).await;
+                    let r = c
+                        .apply(service(
+                            format!("bench-{n}-{t}-{}", i % 50),
+                            1 + (i % 60000),
+                        ))
+                        .await;
                     let took = t0.elapsed();
                     if t0 >= start + warmup {
                         match r {

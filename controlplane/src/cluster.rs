@@ -126,6 +126,7 @@ pub const LEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// Leader requests of one node.
 pub struct ClusterOps {
     raft: Raft,
+    writes: crate::batcher::Batcher,
     id: NodeId,
     pool: ClientPool,
     reader: StateReader,
@@ -146,6 +147,7 @@ impl ClusterOps {
         unsafe_local_reads: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
+            writes: crate::batcher::Batcher::start(raft.clone()),
             raft,
             id,
             pool,
@@ -259,8 +261,8 @@ impl ClusterOps {
                 if self.transferring.load(Ordering::SeqCst) {
                     return Err(self.not_leader(None));
                 }
-                match self.raft.client_write(cmd).await {
-                    Ok(r) => Ok(LeaderResponse::Written(r.data)),
+                match self.writes.write(cmd).await {
+                    Ok(r) => Ok(LeaderResponse::Written(r)),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                         Err(self.not_leader(f.leader_id))
                     }

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod batcher;
 pub mod cluster;
 pub mod config;
 pub mod ctl;

@@ -25,6 +25,10 @@ pub enum Command {
     /// and the others report [`OpResult::Aborted`]. Nested batches are
     /// flattened.
     Batch(Vec<Command>),
+    /// Independent commands sharing one log entry (group commit): each is
+    /// applied, or fails, on its own, as if it had its own entry; their
+    /// results follow each other in order. They share the entry's revision.
+    Group(Vec<Command>),
 }
 
 impl Command {
@@ -33,7 +37,7 @@ impl Command {
         let mut out = Vec::new();
         fn walk<'a>(c: &'a Command, out: &mut Vec<Leaf<'a>>) {
             match c {
-                Command::Batch(cs) => cs.iter().for_each(|c| walk(c, out)),
+                Command::Batch(cs) | Command::Group(cs) => cs.iter().for_each(|c| walk(c, out)),
                 Command::Put {
                     resource,
                     expected_revision,

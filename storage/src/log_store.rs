@@ -193,7 +193,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut count = 0usize;
+        let t0 = std::time::Instant::now();
         for entry in entries {
+            count += 1;
             let bytes = serde_json::to_vec(&entry)
                 .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
@@ -204,7 +207,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // Durable before acknowledged: openraft counts this entry towards a
         // quorum as soon as the callback fires.
+        let t1 = std::time::Instant::now();
         let flushed = self.trees.flush("appending log entries").await;
+        tracing::debug!(
+            entries = count,
+            encode_us = (t1 - t0).as_micros() as u64,
+            flush_us = t1.elapsed().as_micros() as u64,
+            "appended"
+        );
         match flushed {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

@@ -300,3 +300,53 @@ async fn watchers_see_the_applied_revision() {
     assert!(rx.has_changed().unwrap());
     assert_eq!(*rx.borrow_and_update(), 2);
 }
+
+#[tokio::test]
+async fn group_commands_succeed_or_fail_each_on_their_own() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open_in(&dir);
+    sm.apply([entry(1, put(service("web", 80)))]).await.unwrap();
+    let r = sm
+        .apply([entry(
+            2,
+            Command::Group(vec![
+                put(service("a", 1)),
+                put_cas(service("web", 81), 7), // fails alone
+                Command::Batch(vec![put(service("b", 2)), put(service("c", 3))]),
+                put_cas(service("web", 82), 1), // sees the original revision
+            ]),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        r[0].results,
+        [
+            OpResult::Ok {
+                revision: 2,
+                unchanged: false
+            },
+            OpResult::Conflict { current: 1 },
+            OpResult::Ok {
+                revision: 2,
+                unchanged: false
+            },
+            OpResult::Ok {
+                revision: 2,
+                unchanged: false
+            },
+            OpResult::Ok {
+                revision: 2,
+                unchanged: false
+            },
+        ]
+    );
+    let reader = sm.reader();
+    for n in ["a", "b", "c"] {
+        assert!(reader.get(&svc_key(n)).1.is_some(), "{n}");
+    }
+    assert!(reader
+        .get(&svc_key("web"))
+        .1
+        .unwrap()
+        .same_content(&service("web", 82)));
+}

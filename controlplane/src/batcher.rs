@@ -1,0 +1,99 @@
+//! Group commit on the leader: concurrent writes share Raft log entries.
+//!
+//! openraft 0.9 appends (and flushes) each `client_write` on its own, so
+//! one write costs a disk flush on the leader. The batcher takes every
+//! write waiting at the moment, proposes them as one [`Command::Group`]
+//! entry (each still succeeds or fails on its own), and hands each caller
+//! its own results. A few groups may be in flight at once, so a lone
+//! write is never delayed behind a batch.
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use raftmesh_storage::{Command, Response};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::{NodeId, Raft};
+
+/// Most commands in one entry.
+const MAX_GROUP: usize = 256;
+/// Groups in flight at once.
+const IN_FLIGHT: usize = 2;
+/// Writes waiting for a group; callers wait when it is full (bounded).
+const QUEUE: usize = 4096;
+
+type Reply = oneshot::Sender<
+    Result<Response, RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>>,
+>;
+
+/// A handle to submit writes; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<(Command, Reply)>,
+}
+
+impl Batcher {
+    /// Starts the batching task for `raft`; it ends when every handle is dropped.
+    pub fn start(raft: Raft) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(raft, rx));
+        Self { tx }
+    }
+
+    /// Proposes `cmd` and returns its own response.
+    pub async fn write(
+        &self,
+        cmd: Command,
+    ) -> Result<Response, RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || RaftError::Fatal(openraft::error::Fatal::Stopped);
+        self.tx.send((cmd, reply)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else { return };
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(item) => group.push(item),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if group.len() == 1 {
+                let (cmd, reply) = group.remove(0);
+                let _ = reply.send(raft.client_write(cmd).await.map(|r| r.data));
+                return;
+            }
+            let sizes: Vec<usize> = group.iter().map(|(c, _)| c.leaves().len()).collect();
+            let (cmds, replies): (Vec<Command>, Vec<Reply>) = group.into_iter().unzip();
+            match raft.client_write(Command::Group(cmds)).await {
+                Ok(r) => {
+                    let revision = r.data.revision;
+                    let mut results = r.data.results.into_iter();
+                    for (n, reply) in sizes.into_iter().zip(replies) {
+                        let mine = results.by_ref().take(n).collect();
+                        let _ = reply.send(Ok(Response {
+                            revision,
+                            results: mine,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
