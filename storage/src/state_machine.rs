@@ -330,6 +330,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 s.last_applied = Some(entry.log_id);
                 let results = match entry.payload {
                     EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(Command::Group(cmds)) => {
+                        let mut results = Vec::new();
+                        for cmd in cmds {
+                            results.extend(
+                                apply_command(&mut s, cmd, revision, &mut batch)
+                                    .map_err(sm_err(ErrorVerb::Write))?,
+                            );
+                        }
+                        results
+                    }
                     EntryPayload::Normal(cmd) => apply_command(&mut s, cmd, revision, &mut batch)
                         .map_err(sm_err(ErrorVerb::Write))?,
                     EntryPayload::Membership(m) => {

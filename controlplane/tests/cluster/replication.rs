@@ -208,3 +208,35 @@ fn cas_conflict_reports_the_current_revision() {
         c.shutdown().await;
     });
 }
+
+#[test]
+fn concurrent_writes_succeed_or_fail_each_on_their_own() {
+    run(async {
+        let c = TestCluster::start(3).await;
+        let leader = c.wait_ready().await;
+        let cl = c.client(leader).await;
+        // Many writes at once share log entries on the leader (group commit);
+        // the ones with a wrong expected revision must fail alone.
+        let mut tasks = Vec::new();
+        for i in 0..60u32 {
+            let mut cl = cl.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = pb::ApplyRequest {
+                    items: vec![pb::ApplyItem {
+                        expected_revision: (i % 10 == 0).then_some(999_999),
+                        resource: Some(service(&format!("c{i}"), 100 + i).into()),
+                    }],
+                };
+                (i, cl.apply(req).await.unwrap().into_inner())
+            }));
+        }
+        for t in tasks {
+            let (i, r) = t.await.unwrap();
+            let want = if i % 10 == 0 { pb::WriteOutcome::Conflict } else { pb::WriteOutcome::Ok };
+            assert_eq!(r.results[0].outcome, want as i32, "write {i}");
+        }
+        let (_, all) = c.nodes[&leader].reader.list(Some(raftmesh_api::Kind::Service), None);
+        assert_eq!(all.len(), 54);
+        c.shutdown().await;
+    });
+}
