@@ -242,20 +242,21 @@ fn apply_command(
     }
     for (key, value) in staged {
         let k = resource_key(&key)?;
-        match &value {
+        let previous = match &value {
             Some(r) => {
                 batch.insert(k, json("resource", r.as_ref())?);
-                s.resources.insert(key.clone(), r.clone());
+                s.resources.insert(key.clone(), r.clone())
             }
             None => {
                 batch.remove(k);
-                s.resources.remove(&key);
+                s.resources.remove(&key)
             }
-        }
+        };
         s.window.push(ChangeEvent {
             revision,
             key,
             value,
+            previous,
         });
     }
     Ok(results)

@@ -14,6 +14,9 @@ pub struct ChangeEvent {
     pub key: ResourceKey,
     /// The new value, or `None` when the resource was deleted.
     pub value: Option<Arc<Resource>>,
+    /// The value before, if there was one (a consumer that filters by
+    /// content, e.g. by service, needs it to route a deletion or a move).
+    pub previous: Option<Arc<Resource>>,
 }
 
 /// Why the window cannot answer "everything after revision r".
@@ -120,6 +123,7 @@ mod tests {
             revision,
             key: ResourceKey::new(Kind::Service, "default", name),
             value: None,
+            previous: None,
         }
     }
 
