@@ -1,7 +1,7 @@
 //! The in-memory mesh state (the authoritative copy is on sled) and the
 //! read handle the rest of meshd uses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::{BasicNode, LogId, StoredMembership};
@@ -11,10 +11,124 @@ use tokio::sync::watch;
 use crate::window::{ChangeEvent, ChangeWindow, WindowError};
 use crate::NodeId;
 
+/// The resources, by key, with an index by the service they are about.
+#[derive(Debug, Default)]
+pub(crate) struct Resources {
+    by_key: BTreeMap<ResourceKey, Arc<Resource>>,
+    /// (kind, namespace, service) → names, for resources whose spec names a
+    /// service (endpoints, routes, policies, ...).
+    by_service: BTreeMap<(Kind, String, String), BTreeSet<String>>,
+}
+
+impl Resources {
+    fn index_key(r: &Resource) -> Option<(Kind, String, String)> {
+        r.spec
+            .service()
+            .map(|s| (r.kind(), r.metadata.namespace.clone(), s.to_string()))
+    }
+
+    pub(crate) fn insert(&mut self, key: ResourceKey, r: Arc<Resource>) -> Option<Arc<Resource>> {
+        let old = self.by_key.insert(key, r.clone());
+        if let Some(o) = &old {
+            self.unindex(o);
+        }
+        if let Some(ix) = Self::index_key(&r) {
+            self.by_service.entry(ix).or_default().insert(r.metadata.name.clone());
+        }
+        old
+    }
+
+    pub(crate) fn remove(&mut self, key: &ResourceKey) -> Option<Arc<Resource>> {
+        let old = self.by_key.remove(key);
+        if let Some(o) = &old {
+            self.unindex(o);
+        }
+        old
+    }
+
+    fn unindex(&mut self, r: &Resource) {
+        if let Some(ix) = Self::index_key(r) {
+            if let Some(names) = self.by_service.get_mut(&ix) {
+                names.remove(&r.metadata.name);
+                if names.is_empty() {
+                    self.by_service.remove(&ix);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, key: &ResourceKey) -> Option<&Arc<Resource>> {
+        self.by_key.get(key)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&ResourceKey, &Arc<Resource>)> {
+        self.by_key.iter()
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.by_key.values()
+    }
+
+    pub(crate) fn range_kind(&self, kind: Kind) -> impl Iterator<Item = (&ResourceKey, &Arc<Resource>)> {
+        self.by_key
+            .range(ResourceKey::new(kind, "", "")..)
+            .take_while(move |(k, _)| k.kind == kind)
+    }
+}
+
+impl FromIterator<Resource> for Resources {
+    fn from_iter<I: IntoIterator<Item = Resource>>(iter: I) -> Self {
+        let mut out = Resources::default();
+        for r in iter {
+            out.insert(r.key(), Arc::new(r));
+        }
+        out
+    }
+}
+
+/// A consistent view of the applied state, held for the duration of a
+/// closure passed to [`StateReader::view`].
+pub struct StateView<'a> {
+    state: &'a MeshState,
+}
+
+impl StateView<'_> {
+    /// The applied revision this view reflects.
+    pub fn revision(&self) -> u64 {
+        self.state.applied_revision()
+    }
+
+    /// One resource.
+    pub fn get(&self, key: &ResourceKey) -> Option<Arc<Resource>> {
+        self.state.resources.get(key).cloned()
+    }
+
+    /// Resources of `kind` in `namespace` whose spec names `service`.
+    pub fn for_service(&self, kind: Kind, namespace: &str, service: &str) -> Vec<Arc<Resource>> {
+        let ix = (kind, namespace.to_string(), service.to_string());
+        self.state
+            .resources
+            .by_service
+            .get(&ix)
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| self.state.resources.get(&ResourceKey::new(kind, namespace, n.clone())).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every resource of a kind.
+    pub fn of_kind(&self, kind: Kind) -> Vec<Arc<Resource>> {
+        self.state.resources.range_kind(kind).map(|(_, v)| v.clone()).collect()
+    }
+}
+
 /// Everything the state machine has applied.
 #[derive(Debug)]
 pub(crate) struct MeshState {
-    pub(crate) resources: BTreeMap<ResourceKey, Arc<Resource>>,
+    pub(crate) resources: Resources,
     pub(crate) last_applied: Option<LogId<NodeId>>,
     pub(crate) membership: StoredMembership<NodeId, BasicNode>,
     pub(crate) window: ChangeWindow,
@@ -90,8 +204,7 @@ impl StateReader {
         let items = match kind {
             Some(kind) => s
                 .resources
-                .range(ResourceKey::new(kind, "", "")..)
-                .take_while(|(k, _)| k.kind == kind)
+                .range_kind(kind)
                 .filter(|(k, _)| in_ns(k))
                 .map(|(_, v)| v.clone())
                 .collect(),
@@ -130,6 +243,12 @@ impl StateReader {
             membership: s.membership.clone(),
             resources: s.resources.values().map(|r| (**r).clone()).collect(),
         }
+    }
+
+    /// Runs `f` on a consistent view of the state (one read lock; keep `f` short).
+    pub fn view<T>(&self, f: impl FnOnce(&StateView<'_>) -> T) -> T {
+        let s = self.shared.read();
+        f(&StateView { state: &s })
     }
 
     /// The membership the state machine has applied.

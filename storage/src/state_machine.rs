@@ -20,7 +20,7 @@ use raftmesh_api::{Resource, ResourceKey};
 
 use crate::db::Trees;
 use crate::snapshot::{SnapshotData, SNAPSHOT_FORMAT};
-use crate::state::{MeshState, Shared, StateReader};
+use crate::state::{MeshState, Resources, Shared, StateReader};
 use crate::window::{ChangeEvent, ChangeWindow};
 use crate::{Command, Leaf, NodeId, OpResult, Response, StoreConfig, StoreError, TypeConfig};
 
@@ -76,7 +76,7 @@ impl StateMachine {
                 Some(b) => serde_json::from_slice(&b).map_err(corrupt("membership"))?,
                 None => StoredMembership::default(),
             };
-        let mut resources = BTreeMap::new();
+        let mut resources = Resources::default();
         for item in trees.state.scan_prefix(RESOURCE_PREFIX) {
             let (_, v) = item.map_err(io("reading state"))?;
             let r: Resource = serde_json::from_slice(&v).map_err(corrupt("resource"))?;
@@ -149,7 +149,7 @@ impl StateMachine {
             let (k, _) = item.map_err(io("reading state"))?;
             batch.remove(k);
         }
-        let mut resources = BTreeMap::new();
+        let mut resources = Resources::default();
         for r in data.resources {
             batch.insert(resource_key(&r.key())?, json("resource", &r)?);
             resources.insert(r.key(), Arc::new(r));

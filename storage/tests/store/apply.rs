@@ -350,3 +350,34 @@ async fn group_commands_succeed_or_fail_each_on_their_own() {
         .unwrap()
         .same_content(&service("web", 82)));
 }
+
+#[tokio::test]
+async fn the_service_index_follows_puts_moves_and_deletes() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open_in(&dir);
+    let names = |sm: &raftmesh_storage::StateMachine, svc: &str| -> Vec<String> {
+        sm.reader().view(|v| {
+            v.for_service(Kind::Endpoint, "default", svc)
+                .iter()
+                .map(|r| r.metadata.name.clone())
+                .collect()
+        })
+    };
+    sm.apply([
+        entry(1, put(endpoint("e1", "web"))),
+        entry(2, put(endpoint("e2", "web"))),
+        entry(3, put(endpoint("e3", "api"))),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(names(&sm, "web"), ["e1", "e2"]);
+    // e2 moves to api; e1 is deleted.
+    sm.apply([entry(4, put(endpoint("e2", "api"))), entry(5, delete(Kind::Endpoint, "e1"))])
+        .await
+        .unwrap();
+    assert!(names(&sm, "web").is_empty());
+    assert_eq!(names(&sm, "api"), ["e2", "e3"]);
+    let (_, ev) = sm.reader().changes_since(3).unwrap();
+    assert_eq!(ev[0].previous.as_ref().unwrap().spec.service(), Some("web"), "a move carries the old value");
+    assert!(ev[1].value.is_none() && ev[1].previous.is_some(), "a delete carries the old value");
+}
