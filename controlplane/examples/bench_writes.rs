@@ -232,9 +232,16 @@ async fn main() {
         );
     }
     // Memory and disk after the run (sled's growth is a known risk).
-    if let Ok(s) = client(&target).cluster_status(pb::ClusterStatusRequest {}).await {
+    if let Ok(s) = client(&target)
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+    {
         let s = s.into_inner();
-        let rss: Vec<String> = s.members.iter().map(|m| format!("{:.1}", m.rss_bytes as f64 / 1048576.0)).collect();
+        let rss: Vec<String> = s
+            .members
+            .iter()
+            .map(|m| format!("{:.1}", m.rss_bytes as f64 / 1048576.0))
+            .collect();
         let du = |p: &std::path::Path| -> u64 {
             fn walk(p: &std::path::Path) -> u64 {
                 std::fs::read_dir(p)
@@ -242,7 +249,11 @@ async fn main() {
                         rd.flatten()
                             .map(|e| {
                                 let m = e.metadata().unwrap();
-                                if m.is_dir() { walk(&e.path()) } else { m.len() }
+                                if m.is_dir() {
+                                    walk(&e.path())
+                                } else {
+                                    m.len()
+                                }
                             })
                             .sum()
                     })
@@ -250,9 +261,21 @@ async fn main() {
             }
             walk(p)
         };
-        let disk: Vec<String> = (1..=3).map(|i| format!("{:.1}", du(&dir.path().join(format!("n{i}"))) as f64 / 1048576.0)).collect();
+        let disk: Vec<String> = (1..=3)
+            .map(|i| {
+                format!(
+                    "{:.1}",
+                    du(&dir.path().join(format!("n{i}"))) as f64 / 1048576.0
+                )
+            })
+            .collect();
         println!();
-        println!("after {} committed writes: RSS per node {} MiB; data dir per node {} MiB", s.applied_index, rss.join(" / "), disk.join(" / "));
+        println!(
+            "after {} committed writes: RSS per node {} MiB; data dir per node {} MiB",
+            s.applied_index,
+            rss.join(" / "),
+            disk.join(" / ")
+        );
     }
     drop(procs);
 }

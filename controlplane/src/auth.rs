@@ -146,3 +146,93 @@ mod tests {
         assert!(!is_live(&t, 10));
     }
 }
+
+/// A bootstrap token that checked out for a service.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// The token resource (with its revision, for compare-and-set).
+    pub token: std::sync::Arc<raftmesh_api::Resource>,
+}
+
+/// Why a proxy's bootstrap token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootstrapError {
+    /// None given.
+    #[error("missing bootstrap token: start mesh-proxy with --token-file or RAFTMESH_TOKEN (create one with `meshctl token create --service S`)")]
+    Missing,
+    /// Unknown secret.
+    #[error("invalid bootstrap token: no such token")]
+    Unknown,
+    /// Revoked.
+    #[error("bootstrap token {0} has been revoked")]
+    Revoked(String),
+    /// Expired.
+    #[error("bootstrap token {0} has expired; create a new one")]
+    Expired(String),
+    /// Used up.
+    #[error("bootstrap token {0} has been used {1} times, its limit")]
+    UsedUp(String, u32),
+    /// For another service.
+    #[error("bootstrap token {id} is for service {token_service}, not {service}")]
+    WrongService {
+        /// Token id.
+        id: String,
+        /// The service it is for.
+        token_service: String,
+        /// The service asked for.
+        service: String,
+    },
+    /// An admin token was presented.
+    #[error("token {0} is an admin token, not a bootstrap token for a service")]
+    AdminToken(String),
+}
+
+/// Checks a proxy's bootstrap token for `service` in `namespace`.
+pub fn check_bootstrap(
+    reader: &StateReader,
+    secret: &str,
+    service: &str,
+    namespace: &str,
+    now_ms: u64,
+) -> Result<Bootstrap, BootstrapError> {
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return Err(BootstrapError::Missing);
+    }
+    let hash = hash_secret(secret);
+    let (_, tokens) = reader.list(Some(Kind::Token), None);
+    let token = tokens
+        .into_iter()
+        .find(|r| matches!(&r.spec, Spec::Token(t) if t.secret_sha256 == hash))
+        .ok_or(BootstrapError::Unknown)?;
+    let Spec::Token(t) = &token.spec else {
+        return Err(BootstrapError::Unknown);
+    };
+    let id = token.metadata.name.clone();
+    if t.role.is_some() {
+        return Err(BootstrapError::AdminToken(id));
+    }
+    if t.revoked {
+        return Err(BootstrapError::Revoked(id));
+    }
+    if t.expires_at_ms.is_some_and(|e| now_ms >= e) {
+        return Err(BootstrapError::Expired(id));
+    }
+    if let Some(m) = t.max_uses {
+        if t.uses >= m {
+            return Err(BootstrapError::UsedUp(id, m));
+        }
+    }
+    let tns = t
+        .namespace
+        .as_deref()
+        .unwrap_or(raftmesh_api::DEFAULT_NAMESPACE);
+    if t.service.as_deref() != Some(service) || tns != namespace {
+        return Err(BootstrapError::WrongService {
+            id,
+            token_service: format!("{}.{tns}", t.service.as_deref().unwrap_or("?")),
+            service: format!("{service}.{namespace}"),
+        });
+    }
+    Ok(Bootstrap { token })
+}

@@ -21,6 +21,7 @@ use crate::{NodeId, Raft};
 
 /// A request the leader must serve.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
 pub enum LeaderRequest {
     /// Propose a command.
     Write(Command),
@@ -47,6 +48,8 @@ pub enum LeaderRequest {
         /// The voter to lead.
         id: NodeId,
     },
+    /// The endpoints whose proxies hold a stream to a node (health leases).
+    LeaseReport(crate::discovery::leases::LeaseReport),
 }
 
 impl LeaderRequest {
@@ -64,6 +67,8 @@ pub enum LeaderResponse {
     ReadIndex(u64),
     /// Membership after the change.
     Membership(MembershipView),
+    /// Done, nothing to report.
+    Done,
 }
 
 /// Voters, learners and leader after a membership change.
@@ -135,6 +140,8 @@ pub struct ClusterOps {
     hold_generation: Arc<AtomicU64>,
     /// Test-only fault: serve "linearizable" reads without a read index.
     unsafe_local_reads: bool,
+    /// This node's lease keeper, once started.
+    leases: std::sync::OnceLock<actix::Addr<crate::discovery::leases::LeaseKeeper>>,
 }
 
 impl ClusterOps {
@@ -155,7 +162,18 @@ impl ClusterOps {
             transferring: AtomicBool::new(false),
             hold_generation: Arc::new(AtomicU64::new(0)),
             unsafe_local_reads,
+            leases: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Connects lease reports to this node's lease keeper.
+    pub fn set_lease_keeper(&self, addr: actix::Addr<crate::discovery::leases::LeaseKeeper>) {
+        let _ = self.leases.set(addr);
+    }
+
+    /// The clients to other nodes.
+    pub fn pool(&self) -> &ClientPool {
+        &self.pool
     }
 
     /// This node's id.
@@ -291,6 +309,13 @@ impl ClusterOps {
             } => self.add_node(id, addr, learner_only).await,
             LeaderRequest::RemoveNode { id } => self.remove_node(id).await,
             LeaderRequest::TransferLeader { id } => self.transfer_leader(id).await,
+            LeaderRequest::LeaseReport(r) => {
+                self.check_leader()?;
+                if let Some(k) = self.leases.get() {
+                    k.do_send(r);
+                }
+                Ok(LeaderResponse::Done)
+            }
         }
     }
 

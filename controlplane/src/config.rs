@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub snapshot_logs: u64,
     /// How long a proxy's stream may be gone before its endpoint is unhealthy.
     pub endpoint_grace: Duration,
+    /// How long before such an endpoint is removed.
+    pub endpoint_expiry: Duration,
     /// Raft timing.
     pub heartbeat_ms: u64,
     /// Raft election timeout range, low end.
@@ -60,6 +62,7 @@ impl ServerConfig {
             restore: None,
             snapshot_logs: 10_000,
             endpoint_grace: Duration::from_secs(10),
+            endpoint_expiry: Duration::from_secs(300),
             heartbeat_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
@@ -94,6 +97,9 @@ impl ServerConfig {
             || self.election_timeout_max_ms <= self.election_timeout_min_ms
         {
             return Err("election timeouts must exceed twice the heartbeat and min < max".into());
+        }
+        if self.endpoint_expiry <= self.endpoint_grace {
+            return Err("--endpoint-expiry must be longer than --endpoint-grace".into());
         }
         if self.snapshot_logs < 10 {
             return Err("--snapshot-logs must be at least 10".into());
@@ -215,6 +221,9 @@ pub struct ServerArgs {
     /// How long a proxy may be gone before its endpoint is unhealthy.
     #[arg(long, default_value = "10s")]
     pub endpoint_grace: humantime::Duration,
+    /// How long before an endpoint whose proxy is gone is removed.
+    #[arg(long, default_value = "5m")]
+    pub endpoint_expiry: humantime::Duration,
     /// Start a new cluster from a snapshot file (give it to every node).
     #[arg(long)]
     pub restore: Option<PathBuf>,
@@ -284,6 +293,7 @@ impl ServerArgs {
         c.restore = self.restore;
         c.snapshot_logs = self.snapshot_logs;
         c.endpoint_grace = self.endpoint_grace.into();
+        c.endpoint_expiry = self.endpoint_expiry.into();
         c.heartbeat_ms = self.heartbeat_ms;
         c.election_timeout_min_ms = self.election_timeout_min_ms;
         c.election_timeout_max_ms = self.election_timeout_max_ms;

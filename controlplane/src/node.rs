@@ -23,10 +23,14 @@ use crate::admin::{AdminFront, AdminService, StopFront};
 use crate::auth;
 use crate::cluster::{ClusterOps, LeaderRequest};
 use crate::config::ServerConfig;
+use crate::discovery::hub::DiscoveryHub;
+use crate::discovery::leases::{LeaseConfig, LeaseKeeper};
+use crate::discovery::{DiscoveryConfig, DiscoveryService};
 use crate::network::{from_payload, to_payload, ClientPool, Network, MAX_MESSAGE_BYTES};
 use crate::rpc::RaftService;
 use crate::watcher::{ClusterWatcher, Stop};
 use crate::{NodeId, Raft};
+use raftmesh_api::v1::discovery_server::DiscoveryServer;
 
 /// What a data directory records about its node, checked at every start.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -55,6 +59,8 @@ pub struct Node {
     http: Option<JoinHandle<std::io::Result<()>>>,
     front: Addr<AdminFront>,
     watcher: Addr<ClusterWatcher>,
+    hub: Addr<DiscoveryHub>,
+    leases: Addr<LeaseKeeper>,
 }
 
 /// Options tests and fault injection use; off in production.
@@ -179,25 +185,47 @@ pub async fn start_with_listener(
     )
     .start();
     let front = AdminFront::new(ops.clone(), reader.clone()).start();
+    let hub = DiscoveryHub::new(reader.clone()).start();
+    let leases = LeaseKeeper::new(
+        ops.clone(),
+        reader.clone(),
+        hub.clone(),
+        LeaseConfig {
+            grace: cfg.endpoint_grace,
+            expiry: cfg.endpoint_expiry,
+        },
+    )
+    .start();
+    ops.set_lease_keeper(leases.clone());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let server = {
         let mut rx = shutdown_rx.clone();
-        let raft_svc = RaftServer::new(RaftService::new(ops.clone()))
+        let raft_svc = RaftServer::new(RaftService::new(ops.clone(), hub.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let admin_svc = AdminServer::new(AdminService::new(
             front.clone(),
             watcher.clone(),
+            hub.clone(),
+            ops.clone(),
             reader.clone(),
-            cfg.id,
             cfg.cluster_name.clone(),
         ));
+        let discovery = DiscoveryService::new(
+            ops.clone(),
+            reader.clone(),
+            hub.clone(),
+            DiscoveryConfig::default(),
+        );
+        let discovery_svc = DiscoveryServer::new(discovery.clone())
+            .max_decoding_message_size(discovery.max_message_bytes());
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(raft_svc)
                 .add_service(admin_svc)
+                .add_service(discovery_svc)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.wait_for(|s| *s).await;
                 }),
@@ -258,6 +286,8 @@ pub async fn start_with_listener(
         http,
         front,
         watcher,
+        hub,
+        leases,
     })
 }
 
@@ -345,6 +375,8 @@ impl Node {
         let _ = self.shutdown.send(true);
         self.front.do_send(StopFront);
         self.watcher.do_send(Stop);
+        self.hub.do_send(crate::discovery::hub::StopHub);
+        self.leases.do_send(crate::discovery::leases::StopLeases);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not stop cleanly");
         }

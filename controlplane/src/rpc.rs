@@ -14,12 +14,16 @@ use crate::procinfo;
 /// Serves one node's side of the node-to-node protocol.
 pub struct RaftService {
     ops: Arc<ClusterOps>,
+    hub: actix::Addr<crate::discovery::hub::DiscoveryHub>,
 }
 
 impl RaftService {
     /// The service for the node behind `ops`.
-    pub fn new(ops: Arc<ClusterOps>) -> Self {
-        Self { ops }
+    pub fn new(
+        ops: Arc<ClusterOps>,
+        hub: actix::Addr<crate::discovery::hub::DiscoveryHub>,
+    ) -> Self {
+        Self { ops, hub }
     }
 }
 
@@ -68,6 +72,16 @@ impl RaftRpc for RaftService {
         let c: Control = from_payload(req.get_ref(), "control message")?;
         let res = self.ops.handle_control(c).await;
         reply(&res)
+    }
+
+    async fn sessions(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let sessions = self
+            .hub
+            .send(crate::discovery::hub::ListSessions)
+            .await
+            .map_err(|_| Status::unavailable("the node is shutting down"))?;
+        let statuses: Vec<_> = sessions.iter().map(|s| s.status()).collect();
+        reply(&statuses)
     }
 
     async fn node_info(

@@ -19,9 +19,13 @@ use tonic::{Request, Response, Status};
 pub use front::*;
 
 use crate::auth::{self, AuthError, Caller};
-use crate::cluster::{ClusterError, LeaderRequest, MembershipView};
+use crate::cluster::{ClusterError, ClusterOps, LeaderRequest, MembershipView};
+use crate::discovery::hub::DiscoveryHub;
+use crate::discovery::session::SessionStatus;
+use crate::discovery::{cluster_sessions, full_state, scope_of};
 use crate::procinfo::unix_ms;
 use crate::watcher::{ClusterWatcher, GetStatus};
+use std::sync::Arc;
 
 /// Checks a cluster name: a DNS-1123 label (it becomes part of the trust domain).
 pub fn validate_cluster_name(name: &str) -> Result<(), String> {
@@ -39,6 +43,8 @@ enum Need {
 pub struct AdminService {
     front: Addr<AdminFront>,
     watcher: Addr<ClusterWatcher>,
+    hub: Addr<DiscoveryHub>,
+    ops: Arc<ClusterOps>,
     reader: StateReader,
     node_id: u64,
     cluster_name: String,
@@ -49,15 +55,18 @@ impl AdminService {
     pub fn new(
         front: Addr<AdminFront>,
         watcher: Addr<ClusterWatcher>,
+        hub: Addr<DiscoveryHub>,
+        ops: Arc<ClusterOps>,
         reader: StateReader,
-        node_id: u64,
         cluster_name: String,
     ) -> Self {
         Self {
             front,
             watcher,
+            hub,
+            node_id: ops.id(),
+            ops,
             reader,
-            node_id,
             cluster_name,
         }
     }
@@ -438,9 +447,13 @@ impl Admin for AdminService {
         req: Request<pb::ListProxiesRequest>,
     ) -> Result<Response<pb::ListProxiesResponse>, Status> {
         self.auth(&req, Need::Read)?;
-        Err(Status::unimplemented(
-            "proxy tracking is not part of this build yet (issue \"Discovery\")",
-        ))
+        let (sessions, missing) = cluster_sessions(&self.ops, &self.hub).await;
+        if !missing.is_empty() {
+            tracing::warn!(?missing, "some nodes did not report their proxies");
+        }
+        Ok(Response::new(pb::ListProxiesResponse {
+            proxies: sessions.iter().map(proxy_status).collect(),
+        }))
     }
 
     async fn proxy_config(
@@ -448,8 +461,38 @@ impl Admin for AdminService {
         req: Request<pb::ProxyConfigRequest>,
     ) -> Result<Response<pb::ProxyConfigResponse>, Status> {
         self.auth(&req, Need::Read)?;
-        Err(Status::unimplemented(
-            "proxy tracking is not part of this build yet (issue \"Discovery\")",
-        ))
+        let instance = req.into_inner().instance;
+        let (sessions, missing) = cluster_sessions(&self.ops, &self.hub).await;
+        let s = sessions
+            .iter()
+            .find(|s| s.info.instance == instance)
+            .ok_or_else(|| {
+                let also = if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (nodes {missing:?} did not answer)")
+                };
+                Status::not_found(format!(
+                    "no connected proxy has instance \"{instance}\"{also}"
+                ))
+            })?;
+        let (_, resources) = full_state(&self.reader, &scope_of(s));
+        Ok(Response::new(pb::ProxyConfigResponse {
+            status: Some(proxy_status(s)),
+            resources: resources.iter().map(|r| (**r).clone().into()).collect(),
+        }))
+    }
+}
+
+fn proxy_status(s: &SessionStatus) -> pb::ProxyStatus {
+    pb::ProxyStatus {
+        instance: s.info.instance.clone(),
+        service: s.info.service.clone(),
+        namespace: s.info.namespace.clone(),
+        node_id: s.info.node_id,
+        acked_revision: s.acked_revision,
+        sent_revision: s.sent_revision,
+        connected_since_ms: s.info.connected_since_ms,
+        subscriptions: s.subscriptions.clone(),
     }
 }

@@ -14,10 +14,12 @@ macro_rules! outln {
 mod client;
 mod cluster;
 mod output;
+mod proxies;
 mod resources;
 mod token;
 
-use clap::{Parser, Subcommand};
+pub use clap::Parser;
+use clap::Subcommand;
 
 pub use client::Conn;
 pub use output::Format;
@@ -133,6 +135,20 @@ pub enum Command {
     Token(token::TokenCmd),
     /// Show which token you are using.
     Whoami,
+    /// Connected proxies and the revision each has acknowledged.
+    Proxies {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// What one proxy was sent and has acknowledged.
+    ProxyConfig {
+        /// The proxy's instance id.
+        instance: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+        output: Format,
+    },
 }
 
 /// Runs a parsed command line.
@@ -152,6 +168,10 @@ pub async fn run(cli: Cli) -> CtlResult {
         Command::Snapshot(c) => cluster::snapshot(&conn, c).await,
         Command::Token(c) => token::run(&conn, c).await,
         Command::Whoami => token::whoami(&conn).await,
+        Command::Proxies { output } => proxies::proxies(&conn, output).await,
+        Command::ProxyConfig { instance, output } => {
+            proxies::proxy_config(&conn, instance, output).await
+        }
     }
 }
 

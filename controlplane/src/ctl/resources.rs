@@ -15,6 +15,12 @@ pub struct ApplyArgs {
     /// A YAML file of resources, `-` for standard input.
     #[arg(short = 'f', long = "filename")]
     pub file: PathBuf,
+    /// Return only once every proxy the change concerns has acknowledged it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "30s", requires = "wait")]
+    pub timeout: humantime::Duration,
 }
 
 /// `meshctl get`.
@@ -122,6 +128,16 @@ pub async fn apply(conn: &Conn, args: ApplyArgs) -> CtlResult {
         }
     }
     if failed.is_empty() {
+        if args.wait {
+            let revision = resp
+                .results
+                .iter()
+                .map(|r| r.revision)
+                .max()
+                .unwrap_or(resp.revision);
+            let affected = super::proxies::Affected::of(&docs);
+            super::proxies::wait(conn, &affected, revision, args.timeout.into()).await?;
+        }
         Ok(())
     } else {
         Err(CtlError::new(

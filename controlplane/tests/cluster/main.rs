@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod discovery;
 mod membership;
+mod proxy;
 mod replication;
 mod support;

@@ -67,9 +67,10 @@ fn a_fourth_node_joins_then_one_is_removed() {
         // A learner added through the admin API (no --join), then removed.
         let l5 = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr5 = l5.local_addr().unwrap();
-        let n5 = node::start_with_listener(config(5, addr5, &c.dir, 10_000), l5, TestHooks::default())
-            .await
-            .unwrap();
+        let n5 =
+            node::start_with_listener(config(5, addr5, &c.dir, 10_000), l5, TestHooks::default())
+                .await
+                .unwrap();
         let m = cl
             .add_node(pb::AddNodeRequest {
                 id: 5,
@@ -80,11 +81,17 @@ fn a_fourth_node_joins_then_one_is_removed() {
             .unwrap()
             .into_inner();
         assert!(m.learners.contains(&5) && !m.voters.contains(&5), "{m:?}");
-        eventually("the learner to replicate", Duration::from_secs(10), || async {
-            n5.reader.get(&service("api", 81).key()).1.map(|_| ())
-        })
+        eventually(
+            "the learner to replicate",
+            Duration::from_secs(10),
+            || async { n5.reader.get(&service("api", 81).key()).1.map(|_| ()) },
+        )
         .await;
-        let m = cl.remove_node(pb::RemoveNodeRequest { id: 5 }).await.unwrap().into_inner();
+        let m = cl
+            .remove_node(pb::RemoveNodeRequest { id: 5 })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(!m.learners.contains(&5));
         n5.shutdown().await.unwrap();
 

@@ -232,10 +232,16 @@ fn concurrent_writes_succeed_or_fail_each_on_their_own() {
         }
         for t in tasks {
             let (i, r) = t.await.unwrap();
-            let want = if i % 10 == 0 { pb::WriteOutcome::Conflict } else { pb::WriteOutcome::Ok };
+            let want = if i % 10 == 0 {
+                pb::WriteOutcome::Conflict
+            } else {
+                pb::WriteOutcome::Ok
+            };
             assert_eq!(r.results[0].outcome, want as i32, "write {i}");
         }
-        let (_, all) = c.nodes[&leader].reader.list(Some(raftmesh_api::Kind::Service), None);
+        let (_, all) = c.nodes[&leader]
+            .reader
+            .list(Some(raftmesh_api::Kind::Service), None);
         assert_eq!(all.len(), 54);
         c.shutdown().await;
     });

@@ -40,7 +40,10 @@ pub struct TestCluster {
     pub addrs: BTreeMap<u64, SocketAddr>,
     pub dir: TempDir,
     pub snapshot_logs: u64,
+    pub tweak: fn(&mut ServerConfig),
 }
+
+fn no_tweak(_: &mut ServerConfig) {}
 
 pub fn config(id: u64, addr: SocketAddr, dir: &TempDir, snapshot_logs: u64) -> ServerConfig {
     let mut c = ServerConfig::new(id, addr, dir.path().join(format!("n{id}")));
@@ -57,6 +60,11 @@ impl TestCluster {
     }
 
     pub async fn start_with(n: u64, snapshot_logs: u64) -> Self {
+        Self::start_tweaked(n, snapshot_logs, no_tweak).await
+    }
+
+    /// Starts `n` voters, each config adjusted by `tweak`.
+    pub async fn start_tweaked(n: u64, snapshot_logs: u64, tweak: fn(&mut ServerConfig)) -> Self {
         let dir = TempDir::new().unwrap();
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
@@ -73,6 +81,7 @@ impl TestCluster {
         for (id, l) in listeners {
             let mut c = config(id, addrs[&id], &dir, snapshot_logs);
             c.initial_cluster = initial.clone();
+            tweak(&mut c);
             nodes.insert(
                 id,
                 node::start_with_listener(c, l, TestHooks::default())
@@ -85,6 +94,7 @@ impl TestCluster {
             addrs,
             dir,
             snapshot_logs,
+            tweak,
         };
         cluster.wait_ready().await;
         cluster
@@ -139,7 +149,8 @@ impl TestCluster {
     /// Restarts a stopped node from its data directory, on its old port.
     pub async fn restart(&mut self, id: u64) {
         let l = bind_retry(self.addrs[&id]).await;
-        let c = config(id, self.addrs[&id], &self.dir, self.snapshot_logs);
+        let mut c = config(id, self.addrs[&id], &self.dir, self.snapshot_logs);
+        (self.tweak)(&mut c);
         let n = node::start_with_listener(c, l, TestHooks::default())
             .await
             .unwrap();
@@ -223,4 +234,21 @@ pub fn get_req(name: &str, stale: bool) -> pb::GetRequest {
 /// Runs a test body inside an actix System on a multi-thread runtime.
 pub fn run<F: Future<Output = ()>>(f: F) {
     raftmesh_controlplane::run_system(f);
+}
+
+/// A bootstrap token for `service` in the default namespace.
+pub async fn bootstrap_token(admin: &mut Admin, service: &str) -> String {
+    admin
+        .create_token(pb::CreateTokenRequest {
+            scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
+                service: service.into(),
+                namespace: String::new(),
+            })),
+            ttl_ms: 0,
+            max_uses: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
 }

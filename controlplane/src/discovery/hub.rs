@@ -1,0 +1,202 @@
+//! The discovery hub: an actor that turns applied change events into
+//! per-proxy pending changes, through an index of who calls which service.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use actix::prelude::{Actor, AsyncContext, Context, Handler, Message, StreamHandler};
+use raftmesh_storage::{ChangeEvent, StateReader, WindowError};
+use tokio_stream::wrappers::WatchStream;
+
+use super::scope::{interest, Interest, Scope, ServiceId};
+use super::session::Session;
+
+/// Adds a session; answers the hub's revision (events after it will reach
+/// the session).
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct Register(pub Arc<Session>);
+
+/// Removes a session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unregister(pub u64);
+
+/// Re-indexes a session after its scope changed.
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct Rescope(pub u64);
+
+/// Every session on this node.
+#[derive(Message)]
+#[rtype(result = "Vec<Arc<Session>>")]
+pub struct ListSessions;
+
+/// The hub of one node.
+pub struct DiscoveryHub {
+    reader: StateReader,
+    cursor: u64,
+    sessions: HashMap<u64, (Arc<Session>, Scope)>,
+    callers: HashMap<ServiceId, HashSet<u64>>,
+    members: HashMap<ServiceId, HashSet<u64>>,
+}
+
+impl DiscoveryHub {
+    /// A hub reading from `reader`, starting at its current revision.
+    pub fn new(reader: StateReader) -> Self {
+        Self {
+            cursor: reader.applied_revision(),
+            reader,
+            sessions: HashMap::new(),
+            callers: HashMap::new(),
+            members: HashMap::new(),
+        }
+    }
+
+    fn index(&mut self, id: u64, scope: &Scope) {
+        for s in &scope.calls {
+            self.callers.entry(s.clone()).or_default().insert(id);
+        }
+        self.members
+            .entry(scope.own.clone())
+            .or_default()
+            .insert(id);
+    }
+
+    fn unindex(&mut self, id: u64, scope: &Scope) {
+        for s in &scope.calls {
+            if let Some(set) = self.callers.get_mut(s) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.callers.remove(s);
+                }
+            }
+        }
+        if let Some(set) = self.members.get_mut(&scope.own) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.members.remove(&scope.own);
+            }
+        }
+    }
+
+    /// Hands each session the events it may care about, all in one call.
+    fn route(&self, events: &[ChangeEvent]) {
+        let mut per_session: HashMap<u64, Vec<&ChangeEvent>> = HashMap::new();
+        for ev in events {
+            let mut targets: HashSet<u64> = HashSet::new();
+            for r in ev.value.iter().chain(ev.previous.iter()) {
+                match interest(r) {
+                    Interest::Callers(s) => {
+                        targets.extend(self.callers.get(&s).into_iter().flatten())
+                    }
+                    Interest::Members(s) => {
+                        targets.extend(self.members.get(&s).into_iter().flatten())
+                    }
+                    Interest::Everyone => targets.extend(self.sessions.keys()),
+                    Interest::Nobody => {}
+                }
+            }
+            for id in targets {
+                per_session.entry(id).or_default().push(ev);
+            }
+        }
+        for (id, evs) in per_session {
+            if let Some((s, _)) = self.sessions.get(&id) {
+                s.offer(&evs);
+            }
+        }
+    }
+
+    fn catch_up(&mut self) {
+        match self.reader.changes_since(self.cursor) {
+            Ok((applied, events)) => {
+                self.route(&events);
+                self.cursor = applied;
+            }
+            Err(WindowError::TooOld { .. }) => {
+                // The window moved past us (a snapshot was installed): every
+                // proxy gets a full state.
+                tracing::warn!(
+                    cursor = self.cursor,
+                    "discovery hub fell behind the change window; resyncing every proxy"
+                );
+                self.sessions.values().for_each(|(s, _)| s.request_resync());
+                self.cursor = self.reader.applied_revision();
+            }
+            Err(WindowError::Ahead { applied, .. }) => self.cursor = applied,
+        }
+    }
+}
+
+impl Actor for DiscoveryHub {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.add_stream(WatchStream::new(self.reader.watch_applied()));
+    }
+}
+
+impl StreamHandler<u64> for DiscoveryHub {
+    fn handle(&mut self, _revision: u64, _: &mut Context<Self>) {
+        self.catch_up();
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Handler<Register> for DiscoveryHub {
+    type Result = u64;
+    fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> u64 {
+        // Deliver what is already applied first, so the new session's
+        // snapshot (taken after this) is never behind what it will get.
+        self.catch_up();
+        let scope = msg.0.scope();
+        self.index(msg.0.id, &scope);
+        self.sessions.insert(msg.0.id, (msg.0, scope));
+        self.cursor
+    }
+}
+
+impl Handler<Unregister> for DiscoveryHub {
+    type Result = ();
+    fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
+        if let Some((_, scope)) = self.sessions.remove(&msg.0) {
+            self.unindex(msg.0, &scope);
+        }
+    }
+}
+
+impl Handler<Rescope> for DiscoveryHub {
+    type Result = u64;
+    fn handle(&mut self, msg: Rescope, _: &mut Context<Self>) -> u64 {
+        self.catch_up();
+        if let Some((s, old)) = self.sessions.get(&msg.0).cloned() {
+            self.unindex(msg.0, &old);
+            let new = s.scope();
+            self.index(msg.0, &new);
+            self.sessions.insert(msg.0, (s, new));
+        }
+        self.cursor
+    }
+}
+
+impl Handler<ListSessions> for DiscoveryHub {
+    type Result = Vec<Arc<Session>>;
+    fn handle(&mut self, _: ListSessions, _: &mut Context<Self>) -> Self::Result {
+        self.sessions.values().map(|(s, _)| s.clone()).collect()
+    }
+}
+
+/// Stops the hub (node shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopHub;
+
+impl Handler<StopHub> for DiscoveryHub {
+    type Result = ();
+    fn handle(&mut self, _: StopHub, ctx: &mut Context<Self>) {
+        use actix::ActorContext;
+        ctx.stop();
+    }
+}
