@@ -5,8 +5,12 @@
 //! - [`linearizability`]: a Wing–Gong–Lowe linearizability checker for
 //!   compare-and-set registers, one register per key.
 //!
-//! The `check-history` binary runs the checker over history files.
+//! - [`client`]: admin API clients for the harness and simulators.
+//!
+//! Binaries: `check-history` runs the checker over history files; `fleet`
+//! simulates thousands of proxies against a real cluster.
 
+pub mod client;
 pub mod history;
 pub mod linearizability;
 
