@@ -1,1 +1,45 @@
-fn main() {}
+//! mesh-proxy: the Raftmesh sidecar (see the library's docs).
+
+use clap::Parser;
+use raftmesh_dataplane_proxy::config::Args;
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAFTMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cfg = match Args::parse().into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mesh-proxy: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cfg.workers {
+        rt.worker_threads(n);
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mesh-proxy: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        let proxy = raftmesh_dataplane_proxy::start(cfg).await?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping");
+        proxy.shutdown().await;
+        anyhow::Ok(())
+    });
+    if let Err(e) = result {
+        eprintln!("mesh-proxy: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,79 @@
+//! The admin port: `/ready`, `/live`, `/metrics`, `/config_dump`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::snapshot::Source;
+use crate::state::Config;
+use crate::{metrics, Body};
+
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r
+}
+
+/// Answers one admin request.
+pub fn handle(config: &Config, path: &str) -> Response<Body> {
+    match path {
+        "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
+        "/ready" => {
+            let s = config.snapshot();
+            if s.source == Source::Empty {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: no configuration yet\n".into())
+            } else {
+                reply(StatusCode::OK, "text/plain", format!("ready: revision {}\n", s.revision))
+            }
+        }
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics::render()),
+        "/config_dump" => {
+            let s = config.snapshot();
+            let v = serde_json::json!({
+                "revision": s.revision,
+                "source": s.source,
+                "resources": s.resources.values().collect::<Vec<_>>(),
+            });
+            reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+            )
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /ready, /live, /metrics or /config_dump\n".into(),
+        ),
+    }
+}
+
+/// Serves the admin port until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = crate::stopped(&mut shutdown) => return,
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let r = handle(&config, req.uri().path());
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,100 @@
+//! Balancing decisions without sockets.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftmesh_api::{LoadBalancer, Protocol};
+
+use super::*;
+use crate::snapshot::{Backend, Endpoint, Outlier, ServiceTable};
+
+fn table(n: usize, lb: LoadBalancer) -> ServiceTable {
+    ServiceTable {
+        id: ("default".into(), "web".into()),
+        protocol: Protocol::Http,
+        rules: vec![],
+        timeout: None,
+        retries: None,
+        lb,
+        max_in_flight: None,
+        outlier: Outlier {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 50,
+        },
+        endpoints: (0..n)
+            .map(|i| Endpoint {
+                name: format!("e{i}"),
+                addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                labels: BTreeMap::new(),
+                local: true,
+                healthy: true,
+                stats: Arc::new(EndpointStats::default()),
+            })
+            .collect(),
+    }
+}
+
+fn all(n: usize) -> Backend {
+    Backend {
+        label: String::new(),
+        subset: BTreeMap::new(),
+        weight: 100,
+        endpoints: (0..n).collect(),
+    }
+}
+
+#[test]
+fn round_robin_visits_every_endpoint_in_turn() {
+    let t = table(3, LoadBalancer::RoundRobin);
+    let rr = AtomicUsize::new(0);
+    let picks: Vec<usize> = (0..6).map(|_| pick(&t, &all(3), &rr).unwrap()).collect();
+    assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+}
+
+#[test]
+fn p2c_prefers_the_faster_endpoint() {
+    let t = table(2, LoadBalancer::P2cEwma);
+    t.endpoints[0].stats.observe(Duration::from_millis(50));
+    t.endpoints[1].stats.observe(Duration::from_micros(200));
+    let rr = AtomicUsize::new(0);
+    let fast = (0..100).filter(|_| pick(&t, &all(2), &rr) == Some(1)).count();
+    assert_eq!(fast, 100, "with two endpoints P2C always compares both");
+}
+
+#[test]
+fn unhealthy_and_ejected_endpoints_are_skipped_and_remote_ones_are_a_fallback() {
+    let mut t = table(3, LoadBalancer::RoundRobin);
+    t.endpoints[0].healthy = false;
+    t.endpoints[2].local = false;
+    let rr = AtomicUsize::new(0);
+    for _ in 0..5 {
+        assert_eq!(pick(&t, &all(3), &rr), Some(1), "the local healthy one first");
+    }
+    for _ in 0..3 {
+        t.endpoints[1].stats.fail(&t.outlier, true);
+    }
+    assert!(t.endpoints[1].stats.ejected());
+    assert_eq!(pick(&t, &all(3), &rr), Some(2), "then another cluster");
+    t.endpoints[2].healthy = false;
+    assert_eq!(pick(&t, &all(3), &rr), None);
+}
+
+#[test]
+fn ejection_time_doubles_and_success_resets_the_count() {
+    let t = table(1, LoadBalancer::RoundRobin);
+    let s = &t.endpoints[0].stats;
+    let o = Outlier {
+        consecutive_failures: 2,
+        base_ejection: Duration::from_millis(0),
+        max_ejection_percent: 100,
+    };
+    assert!(!s.fail(&o, true));
+    assert!(s.fail(&o, true), "the second consecutive failure ejects");
+    assert_eq!(s.ejections.load(Ordering::Relaxed), 1);
+    s.succeed();
+    assert!(!s.fail(&o, true), "a success in between resets the streak");
+    assert!(!s.fail(&o, false), "ejection can be refused (max percent)");
+}

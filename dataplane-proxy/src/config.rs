@@ -1,0 +1,210 @@
+//! mesh-proxy's configuration: the only module that reads flags,
+//! environment and files.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Sidecar or east-west gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Next to one workload.
+    Sidecar,
+    /// Between clusters.
+    Gateway,
+}
+
+/// mesh-proxy's command line.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-proxy", version, about = "The Raftmesh sidecar proxy", max_term_width = 100)]
+pub struct Args {
+    /// meshd addresses (tried in turn, with backoff).
+    #[arg(long, value_delimiter = ',', env = "RAFTMESH_CONTROL_PLANE")]
+    pub control_plane: Vec<String>,
+    /// This workload's service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// This instance's id (its Endpoint's name).
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Namespace.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Labels of this instance: k=v,k=v.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// The local application's port; without it the proxy only serves outbound traffic.
+    #[arg(long)]
+    pub app_port: Option<u16>,
+    /// Address other proxies reach this one at.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub advertise: String,
+    /// Inbound listener (from other proxies to the app).
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    pub inbound: SocketAddr,
+    /// Outbound HTTP listener (from the app to services).
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddr,
+    /// Admin listener (/ready, /live, /metrics, /config_dump).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// A local TCP port per upstream service: NAME=HOST:PORT.
+    #[arg(long = "upstream")]
+    pub upstreams: Vec<String>,
+    /// File holding the bootstrap token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The bootstrap token itself (prefer --token-file).
+    #[arg(long, env = "RAFTMESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate to verify meshd with.
+    #[arg(long, env = "RAFTMESH_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Where the proxy keeps what a restart needs (last good config).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Sidecar or gateway.
+    #[arg(long, value_enum, default_value = "sidecar")]
+    pub mode: Mode,
+    /// Run with no control plane, from this resource YAML.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// Cluster of this instance (for locality preference).
+    #[arg(long, default_value = "")]
+    pub cluster: String,
+    /// Locality (zone) of this instance.
+    #[arg(long, default_value = "")]
+    pub locality: String,
+    /// Services this proxy calls, known up front (more are learned as requests come).
+    #[arg(long, value_delimiter = ',')]
+    pub subscribe: Vec<String>,
+    /// Worker threads (default: the number of cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// meshd addresses.
+    pub control_plane: Vec<String>,
+    /// Own service (required with a control plane).
+    pub service: String,
+    /// Own instance id.
+    pub instance: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Own labels.
+    pub labels: BTreeMap<String, String>,
+    /// Local app port.
+    pub app_port: Option<u16>,
+    /// Advertised address.
+    pub advertise: String,
+    /// Inbound listener.
+    pub inbound: SocketAddr,
+    /// Outbound listener.
+    pub outbound: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// TCP upstreams: service → local listen address.
+    pub upstreams: Vec<(String, SocketAddr)>,
+    /// Bootstrap token.
+    pub token: Option<String>,
+    /// State directory.
+    pub state_dir: Option<PathBuf>,
+    /// Static config file.
+    pub config_file: Option<PathBuf>,
+    /// Own cluster.
+    pub cluster: String,
+    /// Own locality.
+    pub locality: String,
+    /// Services known up front.
+    pub subscribe: Vec<String>,
+    /// Worker threads.
+    pub workers: Option<usize>,
+}
+
+fn label(s: &str) -> Result<(), String> {
+    raftmesh_api::validate::dns_label(s)
+}
+
+impl Args {
+    /// Checks the flags and reads the token file.
+    pub fn into_config(self) -> Result<ProxyConfig, String> {
+        if self.ca_file.is_some() {
+            return Err("--ca-file: TLS to meshd is not part of this build yet (issue \"Zero trust\")".into());
+        }
+        if self.mode == Mode::Gateway {
+            return Err("--mode gateway: the east-west gateway is not part of this build yet (federation)".into());
+        }
+        let static_mode = self.config_file.is_some();
+        if !static_mode && self.control_plane.is_empty() {
+            return Err("give --control-plane ADDR[,ADDR...] (or --config-file for a proxy with no control plane)".into());
+        }
+        let service = match (&self.service, static_mode) {
+            (Some(s), _) => s.clone(),
+            (None, true) => "static".into(),
+            (None, false) => return Err("--service is required".into()),
+        };
+        label(&service).map_err(|e| format!("--service: {e}"))?;
+        label(&self.namespace).map_err(|e| format!("--namespace: {e}"))?;
+        let instance = self.instance.clone().unwrap_or_else(|| format!("{service}-{}", std::process::id()));
+        label(&instance).map_err(|e| format!("--instance: {e}"))?;
+        let mut labels = BTreeMap::new();
+        for l in &self.labels {
+            let (k, v) = l.split_once('=').ok_or_else(|| format!("--labels: \"{l}\" is not KEY=VALUE"))?;
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let mut upstreams = Vec::new();
+        for u in &self.upstreams {
+            let (name, addr) = u
+                .split_once('=')
+                .ok_or_else(|| format!("--upstream: \"{u}\" is not NAME=HOST:PORT"))?;
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|_| format!("--upstream: \"{addr}\" is not HOST:PORT (an IP address and port)"))?;
+            let (svc, ns) = name.split_once('.').unwrap_or((name, &self.namespace));
+            label(svc).map_err(|e| format!("--upstream {name}: {e}"))?;
+            label(ns).map_err(|e| format!("--upstream {name}: {e}"))?;
+            upstreams.push((name.to_string(), addr));
+        }
+        for s in &self.subscribe {
+            let (svc, ns) = s.split_once('.').unwrap_or((s, &self.namespace));
+            label(svc).map_err(|e| format!("--subscribe {s}: {e}"))?;
+            label(ns).map_err(|e| format!("--subscribe {s}: {e}"))?;
+        }
+        let token = match (&self.token_file, &self.token) {
+            (Some(f), _) => {
+                let t = std::fs::read_to_string(f).map_err(|e| format!("cannot read --token-file {}: {e}", f.display()))?;
+                Some(t.trim().to_string())
+            }
+            (None, Some(t)) => Some(t.trim().to_string()),
+            (None, None) => None,
+        };
+        if self.workers == Some(0) {
+            return Err("--workers must be at least 1".into());
+        }
+        Ok(ProxyConfig {
+            control_plane: self.control_plane,
+            service,
+            instance,
+            namespace: self.namespace,
+            labels,
+            app_port: self.app_port,
+            advertise: self.advertise,
+            inbound: self.inbound,
+            outbound: self.outbound,
+            admin: self.admin,
+            upstreams,
+            token,
+            state_dir: self.state_dir,
+            config_file: self.config_file,
+            cluster: self.cluster,
+            locality: self.locality,
+            subscribe: self.subscribe,
+            workers: self.workers,
+        })
+    }
+}

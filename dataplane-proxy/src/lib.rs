@@ -1,0 +1,193 @@
+//! mesh-proxy: the Raftmesh sidecar. It gets its configuration from meshd
+//! over the discovery stream (or from a static file), and carries the
+//! workload's traffic: outbound HTTP routed by authority through a tower
+//! stack (route → timeout → retry → balance → forward), inbound to the local
+//! app, and opaque TCP per `--upstream`.
+//!
+//! This crate must not depend on `raftmesh-storage`, `raftmesh-controlplane`,
+//! openraft, sled or actix: a sidecar stays small (`.ci/run` checks it).
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod metrics;
+pub mod persist;
+pub mod retry;
+pub mod route;
+pub mod server;
+pub mod snapshot;
+pub mod state;
+pub mod timeout;
+pub mod xds;
+
+#[cfg(test)]
+mod testing;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::ProxyConfig;
+use crate::forward::Forward;
+use crate::snapshot::{compile, validate_all, Identity, Snapshot, Source};
+use crate::state::Config;
+
+/// The body type every layer passes along.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// Resolves once `rx` turns true (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+/// A running proxy.
+pub struct Proxy {
+    /// Bound outbound address.
+    pub outbound: SocketAddr,
+    /// Bound inbound address, if the proxy has an app.
+    pub inbound: Option<SocketAddr>,
+    /// Bound admin address.
+    pub admin: SocketAddr,
+    /// Bound TCP upstream listeners, by service name.
+    pub upstreams: Vec<(String, SocketAddr)>,
+    /// The live configuration.
+    pub config: Arc<Config>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Stops every listener and the discovery client.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn initial_snapshot(cfg: &ProxyConfig, me: &Identity, config_stats: &snapshot::StatsRegistry) -> anyhow::Result<(Snapshot, BTreeSet<String>)> {
+    if let Some(file) = &cfg.config_file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read --config-file {}", file.display()))?;
+        let docs = raftmesh_api::parse_documents(&text).with_context(|| format!("--config-file {}", file.display()))?;
+        let held = docs.into_iter().map(|r| (r.key(), r)).collect();
+        return Ok((compile(1, Source::ConfigFile, held, me, config_stats), BTreeSet::new()));
+    }
+    if let Some(dir) = &cfg.state_dir {
+        match persist::load(dir) {
+            Ok(Some(saved)) => {
+                let held = saved.resources.into_iter().map(|r| (r.key(), r)).collect();
+                if let Err(e) = validate_all(&held) {
+                    tracing::warn!(error = %e, "the saved config is invalid; starting without it");
+                } else {
+                    tracing::info!(revision = saved.revision, "serving the config saved in the state directory until a control plane answers");
+                    return Ok((compile(saved.revision, Source::StateDir, held, me, config_stats), saved.subscriptions));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "ignoring the state directory's config"),
+        }
+    }
+    Ok((Snapshot::empty(), BTreeSet::new()))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {what} {addr} (in use? pick another with --{what})"))
+}
+
+/// Starts a proxy: binds every listener, then serves. Errors say which
+/// flag to fix.
+pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
+    let me = Identity {
+        namespace: cfg.namespace.clone(),
+        service: cfg.service.clone(),
+        cluster: cfg.cluster.clone(),
+    };
+    let control_plane = cfg.config_file.is_none();
+    let (learn_tx, learn_rx) = mpsc::channel(64);
+    let stats = snapshot::StatsRegistry::default();
+    let (initial, saved_subs) = initial_snapshot(&cfg, &me, &stats)?;
+    let config = Config::new(me.clone(), initial, control_plane.then_some(learn_tx));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let forward = Forward::new();
+    let mut tasks = Vec::new();
+
+    let outbound_l = bind(cfg.outbound, "outbound").await?;
+    let admin_l = bind(cfg.admin, "admin").await?;
+    let outbound = outbound_l.local_addr()?;
+    let admin = admin_l.local_addr()?;
+    tasks.push(tokio::spawn(server::serve_outbound(
+        outbound_l,
+        server::outbound_stack(config.clone(), forward.clone()),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(admin::serve(admin_l, config.clone(), shutdown_rx.clone())));
+    let inbound = match cfg.app_port {
+        Some(port) => {
+            let l = bind(cfg.inbound, "inbound").await?;
+            let a = l.local_addr()?;
+            tasks.push(tokio::spawn(server::serve_inbound(
+                l,
+                config.clone(),
+                port,
+                forward.clone(),
+                shutdown_rx.clone(),
+            )));
+            Some(a)
+        }
+        None => None,
+    };
+    let mut upstreams = Vec::new();
+    let mut subscriptions: BTreeSet<String> = saved_subs;
+    for (name, addr) in &cfg.upstreams {
+        let l = bind(*addr, "upstream").await?;
+        upstreams.push((name.clone(), l.local_addr()?));
+        let (svc, ns) = name.split_once('.').unwrap_or((name, &cfg.namespace));
+        subscriptions.insert(format!("{svc}.{ns}"));
+        tasks.push(tokio::spawn(server::serve_tcp_upstream(
+            l,
+            (ns.to_string(), svc.to_string()),
+            config.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    for s in &cfg.subscribe {
+        let (svc, ns) = s.split_once('.').unwrap_or((s, &cfg.namespace));
+        subscriptions.insert(format!("{svc}.{ns}"));
+    }
+    if control_plane {
+        tasks.push(tokio::spawn(xds::run(
+            xds::XdsSettings::from_config(&cfg),
+            config.clone(),
+            learn_rx,
+            subscriptions,
+            shutdown_rx.clone(),
+        )));
+    }
+    tracing::info!(%outbound, ?inbound, %admin, service = %cfg.service, instance = %cfg.instance, "mesh-proxy started");
+    Ok(Proxy {
+        outbound,
+        inbound,
+        admin,
+        upstreams,
+        config,
+        shutdown,
+        tasks,
+    })
+}

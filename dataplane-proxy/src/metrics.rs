@@ -1,0 +1,150 @@
+//! Prometheus metrics of the proxy (one process-wide registry).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Request labels (bounded: services and subsets come from config).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// Target service (outbound) or own service (inbound).
+    pub service: String,
+    /// Chosen subset, `k=v,...`.
+    pub subset: String,
+    /// HTTP status code.
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    direction: &'static str,
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    retries: Family<ServiceLabel, Counter>,
+    ejections: Family<ServiceLabel, Counter>,
+    errors: Family<CodeLabel, Counter>,
+    connections: Family<DirectionLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    nacks: Counter<u64, AtomicU64>,
+}
+
+fn m() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let mut registry = Registry::with_prefix("raftmesh_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        let retries = Family::<ServiceLabel, Counter>::default();
+        let ejections = Family::<ServiceLabel, Counter>::default();
+        let errors = Family::<CodeLabel, Counter>::default();
+        let connections = Family::<DirectionLabel, Gauge<i64, std::sync::atomic::AtomicI64>>::default();
+        let nacks = Counter::default();
+        registry.register("requests", "Requests by direction, service, subset and status code", requests.clone());
+        registry.register("request_duration_seconds", "Request latency", latency.clone());
+        registry.register("retries", "Retries sent", retries.clone());
+        registry.register("ejections", "Endpoints ejected after consecutive failures", ejections.clone());
+        registry.register("errors", "Responses the proxy made itself, by x-raftmesh-error code", errors.clone());
+        registry.register("open_connections", "Open client connections", connections.clone());
+        registry.register("config_nacks", "Configurations refused", nacks.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            retries,
+            ejections,
+            errors,
+            connections,
+            nacks,
+        }
+    })
+}
+
+/// Counts a finished request.
+pub fn request(labels: RequestLabels, took: Duration) {
+    let metrics = m();
+    metrics
+        .latency
+        .get_or_create(&LatencyLabels {
+            direction: labels.direction,
+            service: labels.service.clone(),
+        })
+        .observe(took.as_secs_f64());
+    metrics.requests.get_or_create(&labels).inc();
+}
+
+/// Counts a retry.
+pub fn retry(service: &str) {
+    m().retries.get_or_create(&ServiceLabel { service: service.into() }).inc();
+}
+
+/// Counts an ejection.
+pub fn ejection(service: &str) {
+    m().ejections.get_or_create(&ServiceLabel { service: service.into() }).inc();
+}
+
+/// Counts a response the proxy made itself.
+pub fn error(code: &'static str) {
+    m().errors.get_or_create(&CodeLabel { code }).inc();
+}
+
+/// Counts a refused configuration.
+pub fn nack() {
+    m().nacks.inc();
+}
+
+/// Tracks an open connection until dropped.
+pub struct ConnGuard(&'static str);
+
+impl ConnGuard {
+    /// A connection opened on `direction`.
+    pub fn open(direction: &'static str) -> Self {
+        m().connections.get_or_create(&DirectionLabel { direction }).inc();
+        Self(direction)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        m().connections.get_or_create(&DirectionLabel { direction: self.0 }).dec();
+    }
+}
+
+/// The Prometheus text exposition.
+pub fn render() -> String {
+    let mut out = String::new();
+    if encode(&mut out, &m().registry).is_err() {
+        out.clear();
+    }
+    out
+}

@@ -1,0 +1,172 @@
+//! Routing: from a request's authority to a service, its first matching
+//! rule, and a weighted backend subset. `Route` is the tower service that
+//! attaches the [`Target`] every later layer reads.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use rand::Rng;
+use raftmesh_api::RouteMatch;
+
+use crate::balance::ServiceStats;
+use crate::error::ProxyError;
+use crate::snapshot::{Rule, ServiceId, ServiceTable};
+use crate::state::Config;
+use crate::Body;
+
+/// A slot the outermost handler passes down to learn where a request went
+/// (service and subset), for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct RouteInfo(pub Arc<std::sync::OnceLock<(String, String)>>);
+
+/// Where a request goes: its service, rule and backend.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The service's table in the snapshot the request was routed with.
+    pub table: Arc<ServiceTable>,
+    /// Index of the matched rule.
+    pub rule: usize,
+    /// Index of the chosen backend in the rule.
+    pub backend: usize,
+    /// Counters of the service.
+    pub stats: Arc<ServiceStats>,
+}
+
+impl Target {
+    /// `k=v,...` of the chosen subset (for metrics).
+    pub fn subset(&self) -> &str {
+        &self.table.rules[self.rule].backends[self.backend].label
+    }
+}
+
+/// The service a request names: the absolute URI's host, else the Host
+/// header; `name` or `name.namespace` (further labels and the port ignored).
+pub fn service_of<B>(req: &Request<B>, default_ns: &str) -> Option<ServiceId> {
+    let host = match req.uri().authority() {
+        Some(a) => a.host().to_string(),
+        None => {
+            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string()
+        }
+    };
+    let mut parts = host.split('.');
+    let name = parts.next().filter(|n| !n.is_empty())?.to_ascii_lowercase();
+    let ns = parts
+        .next()
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_else(|| default_ns.to_string());
+    Some((ns, name))
+}
+
+fn matches<B>(m: &RouteMatch, req: &Request<B>) -> bool {
+    m.path_prefix.as_deref().is_none_or(|p| req.uri().path().starts_with(p))
+        && m.method.as_deref().is_none_or(|x| req.method().as_str() == x)
+        && m
+            .headers
+            .iter()
+            .all(|(k, v)| req.headers().get(k).and_then(|h| h.to_str().ok()) == Some(v.as_str()))
+}
+
+/// The first rule that matches, and a backend chosen by weight.
+pub fn choose<B>(rules: &[Rule], req: &Request<B>) -> Option<(usize, usize)> {
+    let (ri, rule) = rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.matches.is_empty() || r.matches.iter().any(|m| matches(m, req)))?;
+    let total: u32 = rule.backends.iter().map(|b| b.weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut x = rand::rng().random_range(0..total);
+    for (bi, b) in rule.backends.iter().enumerate() {
+        if x < b.weight {
+            return Some((ri, bi));
+        }
+        x -= b.weight;
+    }
+    None
+}
+
+/// How long a request for a service never seen waits for its config.
+const FIRST_SIGHT_WAIT: Duration = Duration::from_secs(2);
+
+/// Attaches the [`Target`] of each request.
+#[derive(Clone)]
+pub struct Route<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+/// Layer for [`Route`].
+#[derive(Clone)]
+pub struct RouteLayer {
+    config: Arc<Config>,
+}
+
+impl RouteLayer {
+    /// Routes with the proxy's live config.
+    pub fn new(config: Arc<Config>) -> Self {
+        Self { config }
+    }
+}
+
+impl<S> tower::Layer<S> for RouteLayer {
+    type Service = Route<S>;
+    fn layer(&self, inner: S) -> Route<S> {
+        Route {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+impl<S> tower::Service<Request<Body>> for Route<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFut;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> BoxFut {
+        let mut inner = self.inner.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            let id = service_of(&req, &config.namespace).ok_or(ProxyError::BadRequest)?;
+            let mut table = config.snapshot().service(&id).cloned();
+            if table.is_none() {
+                // A service not seen before: ask the control plane for it and
+                // give it a moment to arrive.
+                table = config.learn(&id, FIRST_SIGHT_WAIT).await;
+            }
+            let label = format!("{}.{}", id.1, id.0);
+            let table = table.ok_or_else(|| ProxyError::NoRoute(label.clone()))?;
+            let (rule, backend) = choose(&table.rules, &req).ok_or(ProxyError::NoRoute(label))?;
+            let stats = config.stats.service(&table.id);
+            if let Some(info) = req.extensions().get::<RouteInfo>() {
+                let _ = info.0.set((table.id.1.clone(), table.rules[rule].backends[backend].label.clone()));
+            }
+            req.extensions_mut().insert(Target {
+                table,
+                rule,
+                backend,
+                stats,
+            });
+            inner.call(req).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,260 @@
+//! The listeners: outbound HTTP (the tower stack), inbound (HTTP to the app,
+//! or opaque TCP), and one local TCP port per `--upstream`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower::{Service, ServiceBuilder};
+
+use crate::balance::BalanceLayer;
+use crate::error::ProxyError;
+use crate::forward::Forward;
+use crate::metrics::{self, ConnGuard, RequestLabels};
+use crate::retry::RetryLayer;
+use crate::route::{choose, RouteInfo, RouteLayer};
+use crate::state::Config;
+use crate::timeout::TimeoutLayer;
+use crate::Body;
+
+/// The outbound request path, outermost first. Route first (everything
+/// after needs the target); the timeout wraps retries (a route's timeout
+/// covers the whole request); retry wraps balance (each attempt may pick
+/// another endpoint); forward last.
+pub fn outbound_stack(config: Arc<Config>, forward: Forward) -> OutboundStack {
+    ServiceBuilder::new()
+        .layer(RouteLayer::new(config))
+        .layer(TimeoutLayer)
+        .layer(RetryLayer)
+        .layer(BalanceLayer)
+        .service(forward)
+}
+
+/// The composed outbound service.
+pub type OutboundStack = crate::route::Route<crate::timeout::Timeout<crate::retry::Retry<crate::balance::Balance<Forward>>>>;
+
+fn finish(result: Result<Response<Body>, ProxyError>) -> Response<Body> {
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            metrics::error(e.code());
+            tracing::debug!(code = e.code(), error = %e, "answered with an error");
+            e.into_response()
+        }
+    }
+}
+
+/// Serves outbound HTTP until `shutdown` turns true.
+pub async fn serve_outbound(listener: TcpListener, stack: OutboundStack, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::warn!(error = %e, "outbound accept failed"); continue; }
+            },
+            _ = crate::stopped(&mut shutdown) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let stack = stack.clone();
+        tokio::spawn(async move {
+            let _guard = ConnGuard::open("outbound");
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let mut stack = stack.clone();
+                async move {
+                    let started = Instant::now();
+                    let info = RouteInfo::default();
+                    let mut req = req.map(|b| b.boxed());
+                    req.extensions_mut().insert(info.clone());
+                    let resp = finish(stack.call(req).await);
+                    let (service, subset) = info.0.get().cloned().unwrap_or_default();
+                    metrics::request(
+                        RequestLabels {
+                            direction: "outbound",
+                            service,
+                            subset,
+                            code: resp.status().as_u16(),
+                        },
+                        started.elapsed(),
+                    );
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "outbound connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Whether the first (up to four) bytes of a connection look like HTTP/1
+/// or the HTTP/2 preface.
+pub fn looks_like_http(b: &[u8]) -> bool {
+    const STARTS: [&[u8; 4]; 10] = [
+        b"GET ", b"POST", b"PUT ", b"DELE", b"HEAD", b"OPTI", b"PATC", b"TRAC", b"CONN", b"PRI ",
+    ];
+    let b = &b[..b.len().min(4)];
+    !b.is_empty() && STARTS.iter().any(|s| s.starts_with(b))
+}
+
+/// How long inbound waits for a client's first bytes before treating the
+/// connection as opaque TCP (server-speaks-first protocols).
+const SNIFF_WAIT: Duration = Duration::from_millis(300);
+
+async fn sniff(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 4];
+    let deadline = tokio::time::Instant::now() + SNIFF_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return false,
+            Ok(Ok(n)) if n >= 4 || !looks_like_http(&buf[..n]) => return looks_like_http(&buf[..n]),
+            // A prefix of a method so far: wait for the rest.
+            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+/// Serves inbound: HTTP goes to the app on `app_port`, anything else is
+/// relayed to it as opaque TCP.
+pub async fn serve_inbound(
+    listener: TcpListener,
+    config: Arc<Config>,
+    app_port: u16,
+    forward: Forward,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app: SocketAddr = SocketAddr::from(([127, 0, 0, 1], app_port));
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::warn!(error = %e, "inbound accept failed"); continue; }
+            },
+            _ = crate::stopped(&mut shutdown) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let (forward, config) = (forward.clone(), config.clone());
+        tokio::spawn(async move {
+            let _guard = ConnGuard::open("inbound");
+            if !sniff(&stream).await {
+                relay_tcp(stream, app).await;
+                return;
+            }
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (forward, config) = (forward.clone(), config.clone());
+                async move {
+                    let started = Instant::now();
+                    let req = req.map(|b| b.boxed());
+                    let result = forward.send(req, app).await.map_err(|e| match e {
+                        ProxyError::Connect(_) => ProxyError::AppUnavailable(app_port),
+                        other => other,
+                    });
+                    let resp = finish(result);
+                    metrics::request(
+                        RequestLabels {
+                            direction: "inbound",
+                            service: config.identity.service.clone(),
+                            subset: String::new(),
+                            code: resp.status().as_u16(),
+                        },
+                        started.elapsed(),
+                    );
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "inbound connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn relay_tcp(mut client: TcpStream, to: SocketAddr) {
+    match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(to)).await {
+        Ok(Ok(mut upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        }
+        _ => tracing::debug!(%to, "cannot connect to relay a TCP connection"),
+    }
+}
+
+/// Serves one `--upstream NAME=ADDR`: each local connection is relayed to
+/// an endpoint of the service (trying up to three on connect failure).
+pub async fn serve_tcp_upstream(
+    listener: TcpListener,
+    service: crate::snapshot::ServiceId,
+    config: Arc<Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::warn!(error = %e, "upstream accept failed"); continue; }
+            },
+            _ = crate::stopped(&mut shutdown) => return,
+        };
+        let (config, service) = (config.clone(), service.clone());
+        tokio::spawn(async move {
+            let _guard = ConnGuard::open("outbound");
+            let mut client = stream;
+            let table = match config.snapshot().service(&service).cloned() {
+                Some(t) => Some(t),
+                None => config.learn(&service, Duration::from_secs(2)).await,
+            };
+            let Some(t) = table else {
+                tracing::warn!(service = ?service, "TCP upstream: no route; closing the connection");
+                metrics::error("no-route");
+                return;
+            };
+            let stats = config.stats.service(&t.id);
+            for _ in 0..3 {
+                let Some((rule, b)) = choose(&t.rules, &Request::new(())) else { break };
+                let Some(i) = crate::balance::pick(&t, &t.rules[rule].backends[b], &stats.rr) else {
+                    metrics::error("no-healthy-endpoints");
+                    return;
+                };
+                let ep = &t.endpoints[i];
+                match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(ep.addr)).await {
+                    Ok(Ok(mut up)) => {
+                        let _ = up.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                        return;
+                    }
+                    _ => tracing::debug!(endpoint = %ep.addr, "TCP upstream connect failed; trying another"),
+                }
+            }
+            metrics::error("upstream-connect");
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_http;
+
+    #[test]
+    fn http_is_told_from_other_protocols_by_its_first_bytes() {
+        assert!(looks_like_http(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_http(b"PRI * HTTP/2.0\r\n"));
+        assert!(looks_like_http(b"PO"), "a prefix may still become POST");
+        assert!(!looks_like_http(b"\x16\x03\x01"), "TLS");
+        assert!(!looks_like_http(b"HELLO redis"));
+        assert!(!looks_like_http(b""));
+    }
+}

@@ -1,0 +1,390 @@
+//! The proxy's configuration, compiled from the resources it holds into an
+//! immutable routing table, swapped atomically when a delta is applied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use raftmesh_api::{
+    Action, EndpointSpec, Health, LoadBalancer, MtlsMode, PolicySpec, Protocol, Resource, ResourceKey, RetryOn,
+    RouteMatch, Spec,
+};
+
+use crate::balance::EndpointStats;
+
+/// Where a snapshot came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// No configuration yet.
+    Empty,
+    /// The control plane.
+    ControlPlane,
+    /// The state directory, at start.
+    StateDir,
+    /// `--config-file`.
+    ConfigFile,
+}
+
+/// A service, by (namespace, name).
+pub type ServiceId = (String, String);
+
+/// One endpoint as routing sees it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Its Endpoint resource name.
+    pub name: String,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Same cluster as this proxy.
+    pub local: bool,
+    /// Healthy as the control plane sees it.
+    pub healthy: bool,
+    /// Live statistics (kept across snapshots).
+    pub stats: Arc<EndpointStats>,
+}
+
+/// A weighted subset of a rule.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// `k=v,...`, for metrics.
+    pub label: String,
+    /// Labels an endpoint must carry (empty = every endpoint).
+    pub subset: BTreeMap<String, String>,
+    /// Weight (a rule's weights sum to 100, or one backend of 100).
+    pub weight: u32,
+    /// Indices into the service's endpoints.
+    pub endpoints: Vec<usize>,
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Any of these matches (empty = always).
+    pub matches: Vec<RouteMatch>,
+    /// Where traffic goes.
+    pub backends: Vec<Backend>,
+}
+
+/// Retry settings of a service.
+#[derive(Debug, Clone)]
+pub struct Retries {
+    /// Further attempts.
+    pub attempts: u32,
+    /// Conditions.
+    pub on: Vec<RetryOn>,
+    /// Time limit per attempt.
+    pub per_try_timeout: Option<Duration>,
+}
+
+/// Outlier ejection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Outlier {
+    /// Consecutive failures before ejection.
+    pub consecutive_failures: u32,
+    /// First ejection time.
+    pub base_ejection: Duration,
+    /// At most this share ejected.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// Everything needed to route to one service.
+#[derive(Debug, Clone)]
+pub struct ServiceTable {
+    /// (namespace, name).
+    pub id: ServiceId,
+    /// The service's protocol (first port's; http when unknown).
+    pub protocol: Protocol,
+    /// Rules, first match wins.
+    pub rules: Vec<Rule>,
+    /// Whole-request time limit.
+    pub timeout: Option<Duration>,
+    /// Retries.
+    pub retries: Option<Retries>,
+    /// Balancing.
+    pub lb: LoadBalancer,
+    /// Most requests in flight (circuit breaking); `None` = unlimited.
+    pub max_in_flight: Option<u32>,
+    /// Outlier ejection.
+    pub outlier: Outlier,
+    /// Every endpoint of the service.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Inbound authorization of this proxy's service.
+#[derive(Debug, Clone, Default)]
+pub struct Authz {
+    /// Policies of this proxy's service.
+    pub policies: Vec<PolicySpec>,
+    /// What happens when none matches.
+    pub default: Action,
+    /// mTLS mode.
+    pub mtls: MtlsMode,
+}
+
+/// The compiled configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Revision of the last delta applied.
+    pub revision: u64,
+    /// Where it came from.
+    pub source: Source,
+    /// Everything held, by key.
+    pub resources: BTreeMap<ResourceKey, Resource>,
+    /// Routing tables by service.
+    pub services: HashMap<ServiceId, Arc<ServiceTable>>,
+    /// Inbound authorization.
+    pub authz: Authz,
+}
+
+impl Snapshot {
+    /// No configuration.
+    pub fn empty() -> Self {
+        Self {
+            revision: 0,
+            source: Source::Empty,
+            resources: BTreeMap::new(),
+            services: HashMap::new(),
+            authz: Authz::default(),
+        }
+    }
+
+    /// The table of a service.
+    pub fn service(&self, id: &ServiceId) -> Option<&Arc<ServiceTable>> {
+        self.services.get(id)
+    }
+}
+
+/// Live statistics per endpoint address, kept across snapshots so a config
+/// change does not forget ejections and latencies.
+#[derive(Debug, Default)]
+pub struct StatsRegistry {
+    by_addr: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
+    by_service: Mutex<HashMap<ServiceId, Arc<crate::balance::ServiceStats>>>,
+}
+
+impl StatsRegistry {
+    /// Counters of a service.
+    pub fn service(&self, id: &ServiceId) -> Arc<crate::balance::ServiceStats> {
+        let mut m = self.by_service.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = m.get(id) {
+            return s.clone();
+        }
+        m.entry(id.clone()).or_default().clone()
+    }
+
+    fn get(&self, addr: SocketAddr) -> Arc<EndpointStats> {
+        let mut m = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
+        m.entry(addr).or_insert_with(|| Arc::new(EndpointStats::default())).clone()
+    }
+
+    fn retain(&self, live: &std::collections::HashSet<SocketAddr>) {
+        let mut m = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
+        m.retain(|a, _| live.contains(a));
+    }
+}
+
+fn subset_label(s: &BTreeMap<String, String>) -> String {
+    s.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn endpoint_addr(e: &EndpointSpec) -> Option<SocketAddr> {
+    let port = u16::try_from(e.port).ok()?;
+    if let Ok(ip) = e.address.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    // Host names are resolved once, when the config is compiled.
+    std::net::ToSocketAddrs::to_socket_addrs(&(e.address.as_str(), port))
+        .ok()
+        .and_then(|mut it| it.next())
+}
+
+/// What the proxy itself is, for locality and authorization.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// Own namespace.
+    pub namespace: String,
+    /// Own service.
+    pub service: String,
+    /// Own cluster ("" = this cluster).
+    pub cluster: String,
+}
+
+/// Compiles held resources into a snapshot. Every resource must already be
+/// valid (the caller validates and NACKs otherwise).
+pub fn compile(
+    revision: u64,
+    source: Source,
+    resources: BTreeMap<ResourceKey, Resource>,
+    me: &Identity,
+    stats: &StatsRegistry,
+) -> Snapshot {
+    let mut services: HashMap<ServiceId, ServiceTable> = HashMap::new();
+    let mut live = std::collections::HashSet::new();
+    let mut authz = Authz::default();
+    fn table(services: &mut HashMap<ServiceId, ServiceTable>, id: ServiceId) -> &mut ServiceTable {
+        services.entry(id.clone()).or_insert_with(|| ServiceTable {
+            id,
+            protocol: Protocol::Http,
+            rules: Vec::new(),
+            timeout: None,
+            retries: None,
+            lb: LoadBalancer::P2cEwma,
+            max_in_flight: None,
+            outlier: Outlier::default(),
+            endpoints: Vec::new(),
+        })
+    }
+    let mut routes = Vec::new();
+    for r in resources.values() {
+        let ns = r.metadata.namespace.clone();
+        match &r.spec {
+            Spec::Service(s) => {
+                let t = table(&mut services, (ns, r.metadata.name.clone()));
+                t.protocol = s.ports.first().map(|p| p.protocol).unwrap_or_default();
+            }
+            Spec::Endpoint(e) => {
+                let Some(addr) = endpoint_addr(e) else {
+                    tracing::warn!(endpoint = %r.key(), "cannot resolve the endpoint's address; skipping it");
+                    continue;
+                };
+                live.insert(addr);
+                let t = table(&mut services, (ns, e.service.clone()));
+                t.endpoints.push(Endpoint {
+                    name: r.metadata.name.clone(),
+                    addr,
+                    labels: e.labels.clone(),
+                    local: e.cluster.is_empty() || e.cluster == me.cluster,
+                    healthy: e.health == Health::Healthy,
+                    stats: stats.get(addr),
+                });
+            }
+            Spec::Route(x) => routes.push((ns, x.clone())),
+            Spec::Policy(p) => {
+                if ns == me.namespace && p.service == me.service {
+                    authz.policies.push(p.clone());
+                }
+            }
+            Spec::MeshConfig(m) => {
+                authz.default = m.default_policy.unwrap_or_default();
+                authz.mtls = m.mtls.unwrap_or_default();
+            }
+            _ => {}
+        }
+    }
+    for (ns, route) in routes {
+        let t = table(&mut services, (ns, route.service.clone()));
+        t.timeout = route.timeout.map(|d| d.as_duration());
+        t.retries = route.retries.as_ref().map(|r| Retries {
+            attempts: r.attempts,
+            on: if r.on.is_empty() {
+                vec![RetryOn::Status5xx, RetryOn::ConnectFailure]
+            } else {
+                r.on.clone()
+            },
+            per_try_timeout: r.per_try_timeout.map(|d| d.as_duration()),
+        });
+        t.lb = route.load_balancer.unwrap_or_default();
+        if let Some(cb) = &route.circuit_breaker {
+            t.max_in_flight = match (cb.max_pending_requests, cb.max_connections) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        if let Some(o) = &route.outlier {
+            let d = Outlier::default();
+            t.outlier = Outlier {
+                consecutive_failures: o.consecutive_failures.unwrap_or(d.consecutive_failures),
+                base_ejection: o.base_ejection.map(|x| x.as_duration()).unwrap_or(d.base_ejection),
+                max_ejection_percent: o.max_ejection_percent.unwrap_or(d.max_ejection_percent),
+            };
+        }
+        t.rules = route
+            .rules
+            .iter()
+            .map(|rule| Rule {
+                matches: rule
+                    .matches
+                    .iter()
+                    .map(|m| RouteMatch {
+                        path_prefix: m.path_prefix.clone(),
+                        headers: m.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect(),
+                        method: m.method.clone(),
+                    })
+                    .collect(),
+                backends: rule
+                    .backends
+                    .iter()
+                    .map(|b| Backend {
+                        label: subset_label(&b.subset),
+                        subset: b.subset.clone(),
+                        weight: b.weight,
+                        endpoints: Vec::new(),
+                    })
+                    .chain(rule.backends.is_empty().then(|| Backend {
+                        label: String::new(),
+                        subset: BTreeMap::new(),
+                        weight: 100,
+                        endpoints: Vec::new(),
+                    }))
+                    .collect(),
+            })
+            .collect();
+    }
+    // Resolve subsets to endpoint indices; a service without a Route has one
+    // rule sending everything to every endpoint.
+    for t in services.values_mut() {
+        if t.rules.is_empty() {
+            t.rules.push(Rule {
+                matches: Vec::new(),
+                backends: vec![Backend {
+                    label: String::new(),
+                    subset: BTreeMap::new(),
+                    weight: 100,
+                    endpoints: Vec::new(),
+                }],
+            });
+        }
+        t.endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+        for rule in &mut t.rules {
+            for b in &mut rule.backends {
+                b.endpoints = t
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| b.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                    .map(|(i, _)| i)
+                    .collect();
+            }
+        }
+    }
+    stats.retain(&live);
+    Snapshot {
+        revision,
+        source,
+        resources,
+        services: services.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+        authz,
+    }
+}
+
+/// Validates every held resource; the error names the first bad one.
+pub fn validate_all(resources: &BTreeMap<ResourceKey, Resource>) -> Result<(), String> {
+    for r in resources.values() {
+        r.validate().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

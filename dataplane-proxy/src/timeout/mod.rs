@@ -1,0 +1,63 @@
+//! The route's whole-request time limit (retries included).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+
+use crate::error::ProxyError;
+use crate::route::Target;
+use crate::Body;
+
+/// Ends a request with `upstream-timeout` past the route's timeout.
+#[derive(Clone)]
+pub struct Timeout<S> {
+    inner: S,
+}
+
+/// Layer for [`Timeout`].
+#[derive(Clone, Default)]
+pub struct TimeoutLayer;
+
+impl<S> tower::Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout { inner }
+    }
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+impl<S> tower::Service<Request<Body>> for Timeout<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFut;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> BoxFut {
+        let limit = req
+            .extensions()
+            .get::<Target>()
+            .and_then(|t| t.table.timeout.map(|d| (d, t.table.id.1.clone())));
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match limit {
+                None => fut.await,
+                Some((d, name)) => tokio::time::timeout(d, fut)
+                    .await
+                    .unwrap_or(Err(ProxyError::Timeout(name))),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

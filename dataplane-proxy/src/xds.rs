@@ -1,0 +1,230 @@
+//! The discovery client: keeps a stream to one of the control-plane nodes
+//! (failing over, with jittered backoff), applies deltas, persists the last
+//! good config, and ACKs or NACKs. With every node gone, the proxy goes on
+//! with the config it holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use raftmesh_api::v1 as pb;
+use raftmesh_api::v1::discovery_client::DiscoveryClient;
+use raftmesh_api::v1::proxy_message::Msg as In;
+use raftmesh_api::v1::server_message::Msg as Out;
+use raftmesh_api::{Resource, ResourceKey};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Endpoint;
+
+use crate::persist::{self, Saved};
+use crate::snapshot::{compile, validate_all, ServiceId, Source};
+use crate::state::Config;
+use crate::{config::ProxyConfig, metrics};
+
+/// What the client needs from the proxy's configuration.
+#[derive(Clone)]
+pub struct XdsSettings {
+    /// meshd addresses.
+    pub control_plane: Vec<String>,
+    /// The Hello the proxy sends (last revision and subscriptions filled in).
+    pub hello: pb::Hello,
+    /// State directory.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl XdsSettings {
+    /// From the proxy's configuration.
+    pub fn from_config(c: &ProxyConfig) -> Self {
+        Self {
+            control_plane: c.control_plane.clone(),
+            hello: pb::Hello {
+                service: c.service.clone(),
+                instance: c.instance.clone(),
+                namespace: c.namespace.clone(),
+                cluster: c.cluster.clone(),
+                labels: c.labels.clone(),
+                address: c.advertise.clone(),
+                port: if c.app_port.is_some() { u32::from(c.inbound.port()) } else { 0 },
+                locality: c.locality.clone(),
+                token: c.token.clone().unwrap_or_default(),
+                ..Default::default()
+            },
+            state_dir: c.state_dir.clone(),
+        }
+    }
+}
+
+fn sub_name(id: &ServiceId) -> String {
+    format!("{}.{}", id.1, id.0)
+}
+
+/// Applies a delta to what the proxy holds; the error is the NACK reason.
+pub fn apply_delta(
+    held: &BTreeMap<ResourceKey, Resource>,
+    d: &pb::Delta,
+    current_revision: u64,
+) -> Result<BTreeMap<ResourceKey, Resource>, String> {
+    if !d.full && d.revision <= current_revision {
+        return Err(format!(
+            "delta revision {} is not after the revision held ({current_revision})",
+            d.revision
+        ));
+    }
+    let mut next = if d.full { BTreeMap::new() } else { held.clone() };
+    for (i, u) in d.upserts.iter().enumerate() {
+        let r = Resource::try_from(u.clone()).map_err(|e| format!("upsert {i}: {e}"))?;
+        next.insert(r.key(), r);
+    }
+    for (i, k) in d.removals.iter().enumerate() {
+        let k = ResourceKey::try_from(k.clone()).map_err(|e| format!("removal {i}: {e}"))?;
+        next.remove(&k);
+    }
+    validate_all(&next)?;
+    Ok(next)
+}
+
+/// Runs the client until `shutdown` turns true.
+pub async fn run(
+    settings: XdsSettings,
+    config: Arc<Config>,
+    mut learn_rx: mpsc::Receiver<ServiceId>,
+    mut subscriptions: BTreeSet<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut next_node = rand::rng().random_range(0..settings.control_plane.len().max(1));
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let addr = settings.control_plane[next_node % settings.control_plane.len()].clone();
+        next_node += 1;
+        let result = session(&settings, &addr, &config, &mut learn_rx, &mut subscriptions, &mut shutdown).await;
+        match result {
+            Ok(()) => return, // shutdown
+            Err(Ended::AfterConfig(e)) => {
+                tracing::warn!(control_plane = %addr, error = %e, "discovery stream ended; serving the last good config and reconnecting");
+                backoff = Duration::from_millis(100);
+            }
+            Err(Ended::Early(e)) => {
+                tracing::warn!(control_plane = %addr, error = %e, retry_in = ?backoff, "cannot get config from this node; trying the next");
+            }
+        }
+        // Full jitter: a fleet reconnecting after an outage spreads out.
+        let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+enum Ended {
+    /// Failed before any delta arrived.
+    Early(String),
+    /// Failed after deltas were applied.
+    AfterConfig(String),
+}
+
+async fn session(
+    settings: &XdsSettings,
+    addr: &str,
+    config: &Arc<Config>,
+    learn_rx: &mut mpsc::Receiver<ServiceId>,
+    subscriptions: &mut BTreeSet<String>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), Ended> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Ended::Early(format!("bad address: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let channel = ep.connect().await.map_err(|e| Ended::Early(format!("connect: {e}")))?;
+    let mut client = DiscoveryClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let snap = config.snapshot();
+    let mut hello = settings.hello.clone();
+    hello.last_revision = match snap.source {
+        Source::ControlPlane | Source::StateDir => snap.revision,
+        _ => 0,
+    };
+    hello.subscriptions = subscriptions.iter().cloned().collect();
+    hello.ready = snap.source != Source::Empty;
+    let was_ready = hello.ready;
+    let (tx, rx) = mpsc::channel(16);
+    let send = |m: In| {
+        let tx = tx.clone();
+        async move { tx.send(pb::ProxyMessage { msg: Some(m) }).await.is_ok() }
+    };
+    send(In::Hello(hello)).await;
+    let mut inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| Ended::Early(format!("{}: {}", s.code(), s.message())))?
+        .into_inner();
+    let mut got_config = false;
+    let mut reported_ready = was_ready;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            m = inbound.message() => {
+                let m = match m {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Err(end(got_config, "the control plane closed the stream".into())),
+                    Err(s) => return Err(end(got_config, format!("{}: {}", s.code(), s.message()))),
+                };
+                if let Some(Out::Delta(d)) = m.msg {
+                    let snap = config.snapshot();
+                    match apply_delta(&snap.resources, &d, snap.revision) {
+                        Ok(next) => {
+                            let saved = settings.state_dir.as_ref().map(|_| Saved {
+                                revision: d.revision,
+                                subscriptions: subscriptions.clone(),
+                                resources: next.values().cloned().collect(),
+                            });
+                            config.install(compile(d.revision, Source::ControlPlane, next, &config.identity, &config.stats));
+                            if let (Some(dir), Some(s)) = (&settings.state_dir, saved) {
+                                if let Err(e) = persist::save(dir, &s) {
+                                    tracing::warn!(dir = %dir.display(), error = %e, "cannot save the config to the state directory");
+                                }
+                            }
+                            tracing::debug!(revision = d.revision, full = d.full, "applied a delta");
+                            send(In::Ack(pb::Ack { nonce: d.nonce })).await;
+                            got_config = true;
+                            if !reported_ready {
+                                reported_ready = true;
+                                send(In::Health(pb::HealthReport { ready: true })).await;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(revision = d.revision, error = %e, "refusing a configuration; keeping the last good one");
+                            metrics::nack();
+                            send(In::Nack(pb::Nack { nonce: d.nonce, error: e })).await;
+                        }
+                    }
+                }
+            }
+            Some(id) = learn_rx.recv() => {
+                let name = sub_name(&id);
+                if subscriptions.insert(name.clone()) {
+                    tracing::info!(service = %name, "subscribing to a service seen in traffic");
+                    send(In::Subscribe(pb::Subscribe { services: vec![name] })).await;
+                }
+            }
+            _ = heartbeat.tick() => {
+                send(In::Heartbeat(pb::Heartbeat { unix_ms: 0 })).await;
+            }
+            _ = crate::stopped(shutdown) => return Ok(()),
+        }
+    }
+}
+
+fn end(got_config: bool, e: String) -> Ended {
+    if got_config {
+        Ended::AfterConfig(e)
+    } else {
+        Ended::Early(e)
+    }
+}
