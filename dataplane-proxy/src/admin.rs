@@ -17,10 +17,16 @@ use crate::state::Config;
 use crate::{metrics, Body};
 
 fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
     r
 }
 
@@ -31,12 +37,24 @@ pub fn handle(config: &Config, path: &str) -> Response<Body> {
         "/ready" => {
             let s = config.snapshot();
             if s.source == Source::Empty {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: no configuration yet\n".into())
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: no configuration yet\n".into(),
+                )
             } else {
-                reply(StatusCode::OK, "text/plain", format!("ready: revision {}\n", s.revision))
+                reply(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("ready: revision {}\n", s.revision),
+                )
             }
         }
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics::render()),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics::render(),
+        ),
         "/config_dump" => {
             let s = config.snapshot();
             let v = serde_json::json!({
@@ -59,7 +77,11 @@ pub fn handle(config: &Config, path: &str) -> Response<Body> {
 }
 
 /// Serves the admin port until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },

@@ -18,7 +18,12 @@ pub enum Mode {
 
 /// mesh-proxy's command line.
 #[derive(Debug, Parser)]
-#[command(name = "mesh-proxy", version, about = "The Raftmesh sidecar proxy", max_term_width = 100)]
+#[command(
+    name = "mesh-proxy",
+    version,
+    about = "The Raftmesh sidecar proxy",
+    max_term_width = 100
+)]
 pub struct Args {
     /// meshd addresses (tried in turn, with backoff).
     #[arg(long, value_delimiter = ',', env = "RAFTMESH_CONTROL_PLANE")]
@@ -134,10 +139,16 @@ impl Args {
     /// Checks the flags and reads the token file.
     pub fn into_config(self) -> Result<ProxyConfig, String> {
         if self.ca_file.is_some() {
-            return Err("--ca-file: TLS to meshd is not part of this build yet (issue \"Zero trust\")".into());
+            return Err(
+                "--ca-file: TLS to meshd is not part of this build yet (issue \"Zero trust\")"
+                    .into(),
+            );
         }
         if self.mode == Mode::Gateway {
-            return Err("--mode gateway: the east-west gateway is not part of this build yet (federation)".into());
+            return Err(
+                "--mode gateway: the east-west gateway is not part of this build yet (federation)"
+                    .into(),
+            );
         }
         let static_mode = self.config_file.is_some();
         if !static_mode && self.control_plane.is_empty() {
@@ -150,11 +161,16 @@ impl Args {
         };
         label(&service).map_err(|e| format!("--service: {e}"))?;
         label(&self.namespace).map_err(|e| format!("--namespace: {e}"))?;
-        let instance = self.instance.clone().unwrap_or_else(|| format!("{service}-{}", std::process::id()));
+        let instance = self
+            .instance
+            .clone()
+            .unwrap_or_else(|| format!("{service}-{}", std::process::id()));
         label(&instance).map_err(|e| format!("--instance: {e}"))?;
         let mut labels = BTreeMap::new();
         for l in &self.labels {
-            let (k, v) = l.split_once('=').ok_or_else(|| format!("--labels: \"{l}\" is not KEY=VALUE"))?;
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| format!("--labels: \"{l}\" is not KEY=VALUE"))?;
             labels.insert(k.trim().to_string(), v.trim().to_string());
         }
         let mut upstreams = Vec::new();
@@ -162,9 +178,9 @@ impl Args {
             let (name, addr) = u
                 .split_once('=')
                 .ok_or_else(|| format!("--upstream: \"{u}\" is not NAME=HOST:PORT"))?;
-            let addr: SocketAddr = addr
-                .parse()
-                .map_err(|_| format!("--upstream: \"{addr}\" is not HOST:PORT (an IP address and port)"))?;
+            let addr: SocketAddr = addr.parse().map_err(|_| {
+                format!("--upstream: \"{addr}\" is not HOST:PORT (an IP address and port)")
+            })?;
             let (svc, ns) = name.split_once('.').unwrap_or((name, &self.namespace));
             label(svc).map_err(|e| format!("--upstream {name}: {e}"))?;
             label(ns).map_err(|e| format!("--upstream {name}: {e}"))?;
@@ -177,7 +193,8 @@ impl Args {
         }
         let token = match (&self.token_file, &self.token) {
             (Some(f), _) => {
-                let t = std::fs::read_to_string(f).map_err(|e| format!("cannot read --token-file {}: {e}", f.display()))?;
+                let t = std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read --token-file {}: {e}", f.display()))?;
                 Some(t.trim().to_string())
             }
             (None, Some(t)) => Some(t.trim().to_string()),

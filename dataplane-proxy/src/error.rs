@@ -78,12 +78,20 @@ impl ProxyError {
     /// The response the client gets.
     pub fn into_response(self) -> Response<Body> {
         let body = format!("{}: {self}\n", self.code());
-        let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+        let mut r = Response::new(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
         *r.status_mut() = self.status();
-        r.headers_mut()
-            .insert("x-raftmesh-error", http::HeaderValue::from_static(self.code()));
-        r.headers_mut()
-            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+        r.headers_mut().insert(
+            "x-raftmesh-error",
+            http::HeaderValue::from_static(self.code()),
+        );
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
         r
     }
 }

@@ -51,7 +51,9 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A running proxy.
@@ -80,12 +82,21 @@ impl Proxy {
     }
 }
 
-fn initial_snapshot(cfg: &ProxyConfig, me: &Identity, config_stats: &snapshot::StatsRegistry) -> anyhow::Result<(Snapshot, BTreeSet<String>)> {
+fn initial_snapshot(
+    cfg: &ProxyConfig,
+    me: &Identity,
+    config_stats: &snapshot::StatsRegistry,
+) -> anyhow::Result<(Snapshot, BTreeSet<String>)> {
     if let Some(file) = &cfg.config_file {
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read --config-file {}", file.display()))?;
-        let docs = raftmesh_api::parse_documents(&text).with_context(|| format!("--config-file {}", file.display()))?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --config-file {}", file.display()))?;
+        let docs = raftmesh_api::parse_documents(&text)
+            .with_context(|| format!("--config-file {}", file.display()))?;
         let held = docs.into_iter().map(|r| (r.key(), r)).collect();
-        return Ok((compile(1, Source::ConfigFile, held, me, config_stats), BTreeSet::new()));
+        return Ok((
+            compile(1, Source::ConfigFile, held, me, config_stats),
+            BTreeSet::new(),
+        ));
     }
     if let Some(dir) = &cfg.state_dir {
         match persist::load(dir) {
@@ -95,7 +106,10 @@ fn initial_snapshot(cfg: &ProxyConfig, me: &Identity, config_stats: &snapshot::S
                     tracing::warn!(error = %e, "the saved config is invalid; starting without it");
                 } else {
                     tracing::info!(revision = saved.revision, "serving the config saved in the state directory until a control plane answers");
-                    return Ok((compile(saved.revision, Source::StateDir, held, me, config_stats), saved.subscriptions));
+                    return Ok((
+                        compile(saved.revision, Source::StateDir, held, me, config_stats),
+                        saved.subscriptions,
+                    ));
                 }
             }
             Ok(None) => {}
@@ -106,9 +120,9 @@ fn initial_snapshot(cfg: &ProxyConfig, me: &Identity, config_stats: &snapshot::S
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {what} {addr} (in use? pick another with --{what})"))
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {what} {addr} (in use? pick another with --{what})")
+    })
 }
 
 /// Starts a proxy: binds every listener, then serves. Errors say which
@@ -137,7 +151,11 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         server::outbound_stack(config.clone(), forward.clone()),
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(admin::serve(admin_l, config.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(admin::serve(
+        admin_l,
+        config.clone(),
+        shutdown_rx.clone(),
+    )));
     let inbound = match cfg.app_port {
         Some(port) => {
             let l = bind(cfg.inbound, "inbound").await?;

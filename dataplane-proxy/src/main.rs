@@ -6,7 +6,10 @@ use raftmesh_dataplane_proxy::config::Args;
 fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAFTMESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cfg = match Args::parse().into_config() {
         Ok(c) => c,
         Err(e) => {

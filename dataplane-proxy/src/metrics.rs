@@ -68,14 +68,35 @@ fn m() -> &'static Metrics {
         let retries = Family::<ServiceLabel, Counter>::default();
         let ejections = Family::<ServiceLabel, Counter>::default();
         let errors = Family::<CodeLabel, Counter>::default();
-        let connections = Family::<DirectionLabel, Gauge<i64, std::sync::atomic::AtomicI64>>::default();
+        let connections =
+            Family::<DirectionLabel, Gauge<i64, std::sync::atomic::AtomicI64>>::default();
         let nacks = Counter::default();
-        registry.register("requests", "Requests by direction, service, subset and status code", requests.clone());
-        registry.register("request_duration_seconds", "Request latency", latency.clone());
+        registry.register(
+            "requests",
+            "Requests by direction, service, subset and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request latency",
+            latency.clone(),
+        );
         registry.register("retries", "Retries sent", retries.clone());
-        registry.register("ejections", "Endpoints ejected after consecutive failures", ejections.clone());
-        registry.register("errors", "Responses the proxy made itself, by x-raftmesh-error code", errors.clone());
-        registry.register("open_connections", "Open client connections", connections.clone());
+        registry.register(
+            "ejections",
+            "Endpoints ejected after consecutive failures",
+            ejections.clone(),
+        );
+        registry.register(
+            "errors",
+            "Responses the proxy made itself, by x-raftmesh-error code",
+            errors.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Open client connections",
+            connections.clone(),
+        );
         registry.register("config_nacks", "Configurations refused", nacks.clone());
         Metrics {
             registry,
@@ -105,12 +126,20 @@ pub fn request(labels: RequestLabels, took: Duration) {
 
 /// Counts a retry.
 pub fn retry(service: &str) {
-    m().retries.get_or_create(&ServiceLabel { service: service.into() }).inc();
+    m().retries
+        .get_or_create(&ServiceLabel {
+            service: service.into(),
+        })
+        .inc();
 }
 
 /// Counts an ejection.
 pub fn ejection(service: &str) {
-    m().ejections.get_or_create(&ServiceLabel { service: service.into() }).inc();
+    m().ejections
+        .get_or_create(&ServiceLabel {
+            service: service.into(),
+        })
+        .inc();
 }
 
 /// Counts a response the proxy made itself.
@@ -129,14 +158,18 @@ pub struct ConnGuard(&'static str);
 impl ConnGuard {
     /// A connection opened on `direction`.
     pub fn open(direction: &'static str) -> Self {
-        m().connections.get_or_create(&DirectionLabel { direction }).inc();
+        m().connections
+            .get_or_create(&DirectionLabel { direction })
+            .inc();
         Self(direction)
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        m().connections.get_or_create(&DirectionLabel { direction: self.0 }).dec();
+        m().connections
+            .get_or_create(&DirectionLabel { direction: self.0 })
+            .dec();
     }
 }
 

@@ -47,9 +47,12 @@ pub fn save(dir: &Path, saved: &Saved) -> std::io::Result<()> {
 pub fn load(dir: &Path) -> Result<Option<Saved>, String> {
     let path = file(dir);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| format!("{} is not a saved config ({e}); remove it to start without one", path.display())),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            format!(
+                "{} is not a saved config ({e}); remove it to start without one",
+                path.display()
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
@@ -63,7 +66,8 @@ mod tests {
     fn saved_config_round_trips_and_is_owner_only() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("state");
-        let r: Resource = serde_yaml_ng::from_str("kind: Service\nmetadata: {name: web}\nspec: {}").unwrap();
+        let r: Resource =
+            serde_yaml_ng::from_str("kind: Service\nmetadata: {name: web}\nspec: {}").unwrap();
         let s = Saved {
             revision: 7,
             subscriptions: ["web".to_string()].into(),

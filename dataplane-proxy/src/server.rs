@@ -40,7 +40,9 @@ pub fn outbound_stack(config: Arc<Config>, forward: Forward) -> OutboundStack {
 }
 
 /// The composed outbound service.
-pub type OutboundStack = crate::route::Route<crate::timeout::Timeout<crate::retry::Retry<crate::balance::Balance<Forward>>>>;
+pub type OutboundStack = crate::route::Route<
+    crate::timeout::Timeout<crate::retry::Retry<crate::balance::Balance<Forward>>>,
+>;
 
 fn finish(result: Result<Response<Body>, ProxyError>) -> Response<Body> {
     match result {
@@ -54,7 +56,11 @@ fn finish(result: Result<Response<Body>, ProxyError>) -> Response<Body> {
 }
 
 /// Serves outbound HTTP until `shutdown` turns true.
-pub async fn serve_outbound(listener: TcpListener, stack: OutboundStack, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_outbound(
+    listener: TcpListener,
+    stack: OutboundStack,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -88,7 +94,7 @@ pub async fn serve_outbound(listener: TcpListener, stack: OutboundStack, mut shu
                     Ok::<_, Infallible>(resp)
                 }
             });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+            if let Err(e) = http_server()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
@@ -96,6 +102,20 @@ pub async fn serve_outbound(listener: TcpListener, stack: OutboundStack, mut shu
             }
         });
     }
+}
+
+/// How long a client may take to send a request's headers (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP/1.1 + h2c server every listener uses: header read time limit,
+/// small HTTP/2 windows (memory per connection stays bounded).
+fn http_server() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    b.http2().timer(hyper_util::rt::TokioTimer::new());
+    b
 }
 
 /// Whether the first (up to four) bytes of a connection look like HTTP/1
@@ -118,7 +138,9 @@ async fn sniff(stream: &TcpStream) -> bool {
     loop {
         match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return false,
-            Ok(Ok(n)) if n >= 4 || !looks_like_http(&buf[..n]) => return looks_like_http(&buf[..n]),
+            Ok(Ok(n)) if n >= 4 || !looks_like_http(&buf[..n]) => {
+                return looks_like_http(&buf[..n])
+            }
             // A prefix of a method so far: wait for the rest.
             Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(2)).await,
         }
@@ -173,7 +195,7 @@ pub async fn serve_inbound(
                     Ok::<_, Infallible>(resp)
                 }
             });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+            if let Err(e) = http_server()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
@@ -224,19 +246,26 @@ pub async fn serve_tcp_upstream(
             };
             let stats = config.stats.service(&t.id);
             for _ in 0..3 {
-                let Some((rule, b)) = choose(&t.rules, &Request::new(())) else { break };
-                let Some(i) = crate::balance::pick(&t, &t.rules[rule].backends[b], &stats.rr) else {
+                let Some((rule, b)) = choose(&t.rules, &Request::new(())) else {
+                    break;
+                };
+                let Some(i) = crate::balance::pick(&t, &t.rules[rule].backends[b], &stats.rr)
+                else {
                     metrics::error("no-healthy-endpoints");
                     return;
                 };
                 let ep = &t.endpoints[i];
-                match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(ep.addr)).await {
+                match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(ep.addr))
+                    .await
+                {
                     Ok(Ok(mut up)) => {
                         let _ = up.set_nodelay(true);
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
                         return;
                     }
-                    _ => tracing::debug!(endpoint = %ep.addr, "TCP upstream connect failed; trying another"),
+                    _ => {
+                        tracing::debug!(endpoint = %ep.addr, "TCP upstream connect failed; trying another")
+                    }
                 }
             }
             metrics::error("upstream-connect");

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use raftmesh_api::{
-    Action, EndpointSpec, Health, LoadBalancer, MtlsMode, PolicySpec, Protocol, Resource, ResourceKey, RetryOn,
-    RouteMatch, Spec,
+    Action, EndpointSpec, Health, LoadBalancer, MtlsMode, PolicySpec, Protocol, Resource,
+    ResourceKey, RetryOn, RouteMatch, Spec,
 };
 
 use crate::balance::EndpointStats;
@@ -179,7 +179,10 @@ pub struct StatsRegistry {
 impl StatsRegistry {
     /// Counters of a service.
     pub fn service(&self, id: &ServiceId) -> Arc<crate::balance::ServiceStats> {
-        let mut m = self.by_service.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut m = self
+            .by_service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(s) = m.get(id) {
             return s.clone();
         }
@@ -188,7 +191,9 @@ impl StatsRegistry {
 
     fn get(&self, addr: SocketAddr) -> Arc<EndpointStats> {
         let mut m = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
-        m.entry(addr).or_insert_with(|| Arc::new(EndpointStats::default())).clone()
+        m.entry(addr)
+            .or_insert_with(|| Arc::new(EndpointStats::default()))
+            .clone()
     }
 
     fn retain(&self, live: &std::collections::HashSet<SocketAddr>) {
@@ -198,7 +203,10 @@ impl StatsRegistry {
 }
 
 fn subset_label(s: &BTreeMap<String, String>) -> String {
-    s.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    s.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn endpoint_addr(e: &EndpointSpec) -> Option<SocketAddr> {
@@ -273,10 +281,8 @@ pub fn compile(
                 });
             }
             Spec::Route(x) => routes.push((ns, x.clone())),
-            Spec::Policy(p) => {
-                if ns == me.namespace && p.service == me.service {
-                    authz.policies.push(p.clone());
-                }
+            Spec::Policy(p) if ns == me.namespace && p.service == me.service => {
+                authz.policies.push(p.clone());
             }
             Spec::MeshConfig(m) => {
                 authz.default = m.default_policy.unwrap_or_default();
@@ -308,7 +314,10 @@ pub fn compile(
             let d = Outlier::default();
             t.outlier = Outlier {
                 consecutive_failures: o.consecutive_failures.unwrap_or(d.consecutive_failures),
-                base_ejection: o.base_ejection.map(|x| x.as_duration()).unwrap_or(d.base_ejection),
+                base_ejection: o
+                    .base_ejection
+                    .map(|x| x.as_duration())
+                    .unwrap_or(d.base_ejection),
                 max_ejection_percent: o.max_ejection_percent.unwrap_or(d.max_ejection_percent),
             };
         }
@@ -321,7 +330,11 @@ pub fn compile(
                     .iter()
                     .map(|m| RouteMatch {
                         path_prefix: m.path_prefix.clone(),
-                        headers: m.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect(),
+                        headers: m
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                            .collect(),
                         method: m.method.clone(),
                     })
                     .collect(),
@@ -376,7 +389,10 @@ pub fn compile(
         revision,
         source,
         resources,
-        services: services.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+        services: services
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(v)))
+            .collect(),
         authz,
     }
 }

@@ -25,7 +25,11 @@ pub struct Config {
 impl Config {
     /// A config holding `initial`; `learn_tx` receives services requests
     /// ask for that the snapshot lacks (none with a static config).
-    pub fn new(identity: Identity, initial: Snapshot, learn_tx: Option<mpsc::Sender<ServiceId>>) -> Arc<Self> {
+    pub fn new(
+        identity: Identity,
+        initial: Snapshot,
+        learn_tx: Option<mpsc::Sender<ServiceId>>,
+    ) -> Arc<Self> {
         let (changed, _) = watch::channel(initial.revision);
         Arc::new(Self {
             namespace: identity.namespace.clone(),
@@ -46,7 +50,8 @@ impl Config {
     pub fn install(&self, s: Snapshot) {
         let rev = s.revision;
         self.current.store(Arc::new(s));
-        self.changed.send_modify(|r| *r = rev.max(r.wrapping_add(1)));
+        self.changed
+            .send_modify(|r| *r = rev.max(r.wrapping_add(1)));
     }
 
     /// Notified on every install.

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use raftmesh_api::v1 as pb;
 use raftmesh_api::v1::discovery_client::DiscoveryClient;
 use raftmesh_api::v1::proxy_message::Msg as In;
 use raftmesh_api::v1::server_message::Msg as Out;
 use raftmesh_api::{Resource, ResourceKey};
+use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Endpoint;
 
@@ -45,7 +45,11 @@ impl XdsSettings {
                 cluster: c.cluster.clone(),
                 labels: c.labels.clone(),
                 address: c.advertise.clone(),
-                port: if c.app_port.is_some() { u32::from(c.inbound.port()) } else { 0 },
+                port: if c.app_port.is_some() {
+                    u32::from(c.inbound.port())
+                } else {
+                    0
+                },
                 locality: c.locality.clone(),
                 token: c.token.clone().unwrap_or_default(),
                 ..Default::default()
@@ -71,7 +75,11 @@ pub fn apply_delta(
             d.revision
         ));
     }
-    let mut next = if d.full { BTreeMap::new() } else { held.clone() };
+    let mut next = if d.full {
+        BTreeMap::new()
+    } else {
+        held.clone()
+    };
     for (i, u) in d.upserts.iter().enumerate() {
         let r = Resource::try_from(u.clone()).map_err(|e| format!("upsert {i}: {e}"))?;
         next.insert(r.key(), r);
@@ -100,7 +108,15 @@ pub async fn run(
         }
         let addr = settings.control_plane[next_node % settings.control_plane.len()].clone();
         next_node += 1;
-        let result = session(&settings, &addr, &config, &mut learn_rx, &mut subscriptions, &mut shutdown).await;
+        let result = session(
+            &settings,
+            &addr,
+            &config,
+            &mut learn_rx,
+            &mut subscriptions,
+            &mut shutdown,
+        )
+        .await;
         match result {
             Ok(()) => return, // shutdown
             Err(Ended::AfterConfig(e)) => {
@@ -142,7 +158,10 @@ async fn session(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
-    let channel = ep.connect().await.map_err(|e| Ended::Early(format!("connect: {e}")))?;
+    let channel = ep
+        .connect()
+        .await
+        .map_err(|e| Ended::Early(format!("connect: {e}")))?;
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let snap = config.snapshot();
     let mut hello = settings.hello.clone();

@@ -11,8 +11,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use rand::Rng;
 use raftmesh_api::LoadBalancer;
+use rand::Rng;
 
 use crate::error::ProxyError;
 use crate::route::Target;
@@ -151,7 +151,11 @@ pub fn pick(t: &ServiceTable, backend: &Backend, rr: &AtomicUsize) -> Option<usi
                     b += 1;
                 }
                 let (ea, eb) = (&t.endpoints[cands[a]], &t.endpoints[cands[b]]);
-                Some(if ea.stats.cost() <= eb.stats.cost() { cands[a] } else { cands[b] })
+                Some(if ea.stats.cost() <= eb.stats.cost() {
+                    cands[a]
+                } else {
+                    cands[b]
+                })
             }
         },
     }
@@ -185,7 +189,10 @@ type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + 
 
 impl<S> tower::Service<Request<Body>> for Balance<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + Clone + Send + 'static,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     type Response = Response<Body>;
@@ -231,7 +238,8 @@ where
             };
             if failed {
                 let ejected_now = t.endpoints.iter().filter(|e| e.stats.ejected()).count();
-                let may_eject = (ejected_now + 1) * 100 <= t.endpoints.len() * t.outlier.max_ejection_percent as usize;
+                let may_eject = (ejected_now + 1) * 100
+                    <= t.endpoints.len() * t.outlier.max_ejection_percent as usize;
                 if ep.stats.fail(&t.outlier, may_eject) {
                     tracing::warn!(service = %name, endpoint = %ep.name, addr = %ep.addr, "ejecting an endpoint after consecutive failures");
                     metrics::ejection(name);

@@ -60,7 +60,9 @@ fn p2c_prefers_the_faster_endpoint() {
     t.endpoints[0].stats.observe(Duration::from_millis(50));
     t.endpoints[1].stats.observe(Duration::from_micros(200));
     let rr = AtomicUsize::new(0);
-    let fast = (0..100).filter(|_| pick(&t, &all(2), &rr) == Some(1)).count();
+    let fast = (0..100)
+        .filter(|_| pick(&t, &all(2), &rr) == Some(1))
+        .count();
     assert_eq!(fast, 100, "with two endpoints P2C always compares both");
 }
 
@@ -71,7 +73,11 @@ fn unhealthy_and_ejected_endpoints_are_skipped_and_remote_ones_are_a_fallback() 
     t.endpoints[2].local = false;
     let rr = AtomicUsize::new(0);
     for _ in 0..5 {
-        assert_eq!(pick(&t, &all(3), &rr), Some(1), "the local healthy one first");
+        assert_eq!(
+            pick(&t, &all(3), &rr),
+            Some(1),
+            "the local healthy one first"
+        );
     }
     for _ in 0..3 {
         t.endpoints[1].stats.fail(&t.outlier, true);

@@ -48,7 +48,11 @@ impl Forward {
     }
 
     /// Sends `req` to `addr`.
-    pub async fn send(&self, mut req: Request<Body>, addr: SocketAddr) -> Result<Response<Body>, ProxyError> {
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+        addr: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError> {
         let mut parts = req.uri().clone().into_parts();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Authority::try_from(addr.to_string()).ok();
@@ -57,7 +61,11 @@ impl Forward {
         }
         *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest)?;
         strip_hop_by_hop(req.headers_mut());
-        let client = if req.version() == Version::HTTP_2 { &self.h2 } else { &self.h1 };
+        let client = if req.version() == Version::HTTP_2 {
+            &self.h2
+        } else {
+            &self.h1
+        };
         match client.request(req).await {
             Ok(resp) => Ok(resp.map(|b| b.boxed())),
             Err(e) if e.is_connect() => Err(ProxyError::Connect(addr.to_string())),
@@ -71,7 +79,13 @@ impl Forward {
 
 /// Removes the headers that describe one hop only.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    for name in ["connection", "keep-alive", "proxy-connection", "proxy-authorization", "upgrade"] {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "upgrade",
+    ] {
         h.remove(name);
     }
     // `te: trailers` must pass (gRPC); any other te value is hop-by-hop.

@@ -38,21 +38,27 @@ impl Budget {
     pub fn deposit(&self) {
         let _ = self
             .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some((v + DEPOSIT).min(CAP)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some((v + DEPOSIT).min(CAP))
+            });
     }
 
     /// Takes one retry's worth, if there is one.
     pub fn withdraw(&self) -> bool {
         self.0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(COST))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                v.checked_sub(COST)
+            })
             .is_ok()
     }
 }
 
 /// Whether the request may be sent twice: a safe method and no body.
 fn safe(req: &Request<Body>) -> bool {
-    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
-        && req.body().size_hint().exact() == Some(0)
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) && req.body().size_hint().exact() == Some(0)
 }
 
 fn retryable(r: &Result<Response<Body>, ProxyError>, on: &[RetryOn]) -> bool {
@@ -63,8 +69,12 @@ fn retryable(r: &Result<Response<Body>, ProxyError>, on: &[RetryOn]) -> bool {
                 || (matches!(s, 502..=504) && on.contains(&RetryOn::GatewayError))
         }
         Err(ProxyError::Connect(_)) => on.contains(&RetryOn::ConnectFailure),
-        Err(ProxyError::Reset(_)) => on.contains(&RetryOn::Reset) || on.contains(&RetryOn::Status5xx),
-        Err(ProxyError::Timeout(_)) => on.contains(&RetryOn::Status5xx) || on.contains(&RetryOn::GatewayError),
+        Err(ProxyError::Reset(_)) => {
+            on.contains(&RetryOn::Reset) || on.contains(&RetryOn::Status5xx)
+        }
+        Err(ProxyError::Timeout(_)) => {
+            on.contains(&RetryOn::Status5xx) || on.contains(&RetryOn::GatewayError)
+        }
         Err(_) => false,
     }
 }
@@ -90,7 +100,10 @@ type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + 
 
 impl<S> tower::Service<Request<Body>> for Retry<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + Clone + Send + 'static,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     type Response = Response<Body>;
@@ -131,7 +144,10 @@ where
                         .unwrap_or_else(|_| Err(ProxyError::Timeout(target.table.id.1.clone()))),
                     None => call.await,
                 };
-                if attempt >= policy.attempts || !retryable(&result, &policy.on) || !target.stats.budget.withdraw() {
+                if attempt >= policy.attempts
+                    || !retryable(&result, &policy.on)
+                    || !target.stats.budget.withdraw()
+                {
                     return result;
                 }
                 attempt += 1;

@@ -28,7 +28,8 @@ async fn a_failing_get_is_retried_until_it_succeeds() {
     });
     let mut svc = RetryLayer.layer(mock.clone());
     let mut req = get();
-    req.extensions_mut().insert(target(None, Some((2, vec![RetryOn::Status5xx]))));
+    req.extensions_mut()
+        .insert(target(None, Some((2, vec![RetryOn::Status5xx]))));
     let r = svc.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(mock.count(), 3);
@@ -47,7 +48,8 @@ async fn unsafe_requests_and_unlisted_conditions_are_not_retried() {
     let mock = Mock::new(|_| async { Err(ProxyError::Connect("x".into())) });
     let mut svc = RetryLayer.layer(mock.clone());
     let mut req = get();
-    req.extensions_mut().insert(target(None, Some((3, vec![RetryOn::Status5xx]))));
+    req.extensions_mut()
+        .insert(target(None, Some((3, vec![RetryOn::Status5xx]))));
     assert!(svc.ready().await.unwrap().call(req).await.is_err());
     assert_eq!(mock.count(), 1, "connect-failure was not asked for");
 }

@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use rand::Rng;
 use raftmesh_api::RouteMatch;
+use rand::Rng;
 
 use crate::balance::ServiceStats;
 use crate::error::ProxyError;
@@ -63,10 +63,13 @@ pub fn service_of<B>(req: &Request<B>, default_ns: &str) -> Option<ServiceId> {
 }
 
 fn matches<B>(m: &RouteMatch, req: &Request<B>) -> bool {
-    m.path_prefix.as_deref().is_none_or(|p| req.uri().path().starts_with(p))
-        && m.method.as_deref().is_none_or(|x| req.method().as_str() == x)
-        && m
-            .headers
+    m.path_prefix
+        .as_deref()
+        .is_none_or(|p| req.uri().path().starts_with(p))
+        && m.method
+            .as_deref()
+            .is_none_or(|x| req.method().as_str() == x)
+        && m.headers
             .iter()
             .all(|(k, v)| req.headers().get(k).and_then(|h| h.to_str().ok()) == Some(v.as_str()))
 }
@@ -128,7 +131,10 @@ type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + 
 
 impl<S> tower::Service<Request<Body>> for Route<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + Clone + Send + 'static,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     type Response = Response<Body>;
@@ -155,7 +161,10 @@ where
             let (rule, backend) = choose(&table.rules, &req).ok_or(ProxyError::NoRoute(label))?;
             let stats = config.stats.service(&table.id);
             if let Some(info) = req.extensions().get::<RouteInfo>() {
-                let _ = info.0.set((table.id.1.clone(), table.rules[rule].backends[backend].label.clone()));
+                let _ = info.0.set((
+                    table.id.1.clone(),
+                    table.rules[rule].backends[backend].label.clone(),
+                ));
             }
             req.extensions_mut().insert(Target {
                 table,

@@ -20,9 +20,18 @@ fn backend(label: &str, weight: u32) -> Backend {
 #[test]
 fn authority_comes_from_the_absolute_uri_or_the_host_header() {
     let r = Request::get("http://web/x").body(()).unwrap();
-    assert_eq!(service_of(&r, "default"), Some(("default".into(), "web".into())));
-    let r = Request::get("/x").header("host", "api.prod:8080").body(()).unwrap();
-    assert_eq!(service_of(&r, "default"), Some(("prod".into(), "api".into())));
+    assert_eq!(
+        service_of(&r, "default"),
+        Some(("default".into(), "web".into()))
+    );
+    let r = Request::get("/x")
+        .header("host", "api.prod:8080")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        service_of(&r, "default"),
+        Some(("prod".into(), "api".into()))
+    );
     let r = Request::get("/x").body(()).unwrap();
     assert_eq!(service_of(&r, "default"), None);
 }
@@ -49,11 +58,17 @@ fn the_first_matching_rule_wins_and_header_matches_select_it() {
         backends: vec![backend("version=v1", 100)],
     };
     let rules = vec![canary, api, default];
-    let r = Request::get("/").header("x-canary", "true").body(()).unwrap();
+    let r = Request::get("/")
+        .header("x-canary", "true")
+        .body(())
+        .unwrap();
     assert_eq!(choose(&rules, &r), Some((0, 0)));
     let r = Request::post("/api/x").body(()).unwrap();
     assert_eq!(choose(&rules, &r), Some((1, 0)));
-    let r = Request::get("/api/x").header("x-canary", "false").body(()).unwrap();
+    let r = Request::get("/api/x")
+        .header("x-canary", "false")
+        .body(())
+        .unwrap();
     assert_eq!(choose(&rules, &r), Some((2, 0)));
 }
 
@@ -65,7 +80,9 @@ fn weighted_split_follows_the_weights() {
     }];
     let r = Request::get("/").body(()).unwrap();
     let n = 20_000;
-    let v2 = (0..n).filter(|_| choose(&rules, &r) == Some((0, 1))).count();
+    let v2 = (0..n)
+        .filter(|_| choose(&rules, &r) == Some((0, 1)))
+        .count();
     // 10% of 20,000 = 2,000; the standard deviation is ~42, so ±250 is ~6σ.
     assert!((1_750..=2_250).contains(&v2), "{v2} of {n} went to v2");
 }

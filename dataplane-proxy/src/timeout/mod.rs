@@ -31,7 +31,10 @@ type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + 
 
 impl<S> tower::Service<Request<Body>> for Timeout<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + Clone + Send + 'static,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     type Response = Response<Body>;

@@ -16,7 +16,8 @@ async fn a_slow_upstream_gets_upstream_timeout() {
     });
     let mut svc = TimeoutLayer.layer(mock);
     let mut req = Request::new(crate::empty());
-    req.extensions_mut().insert(target(Some(Duration::from_secs(1)), None));
+    req.extensions_mut()
+        .insert(target(Some(Duration::from_secs(1)), None));
     let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
     assert_eq!(err.code(), "upstream-timeout");
 }

@@ -1,0 +1,213 @@
+//! The proxy against a scripted control plane: NACK of a bad config,
+//! static stability (control plane gone; restart from the state dir).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use raftmesh_api::v1 as pb;
+use raftmesh_api::v1::discovery_server::{Discovery, DiscoveryServer};
+use raftmesh_api::Resource;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::support::*;
+
+/// Sends its scripted deltas one at a time, each after the previous
+/// one's ACK or NACK, and records what the proxy said.
+#[derive(Clone, Default)]
+struct Scripted {
+    script: Arc<Vec<pb::Delta>>,
+    said: Arc<Mutex<Vec<pb::proxy_message::Msg>>>,
+}
+
+#[tonic::async_trait]
+impl Discovery for Scripted {
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::ProxyMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut next = 0;
+            while let Ok(Some(m)) = inbound.message().await {
+                let Some(msg) = m.msg else { continue };
+                let step = matches!(
+                    msg,
+                    pb::proxy_message::Msg::Hello(_)
+                        | pb::proxy_message::Msg::Ack(_)
+                        | pb::proxy_message::Msg::Nack(_)
+                );
+                this.said.lock().unwrap().push(msg);
+                if step && next < this.script.len() {
+                    let d = this.script[next].clone();
+                    next += 1;
+                    if tx
+                        .send(Ok(pb::ServerMessage {
+                            msg: Some(pb::server_message::Msg::Delta(d)),
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+fn delta(revision: u64, full: bool, yaml: &str) -> pb::Delta {
+    pb::Delta {
+        revision,
+        full,
+        nonce: format!("n{revision}"),
+        upserts: yaml
+            .split("---\n")
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| serde_yaml_ng::from_str::<Resource>(d).unwrap().into())
+            .collect(),
+        removals: vec![],
+    }
+}
+
+async fn serve(cp: Scripted) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(DiscoveryServer::new(cp))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l))
+            .await;
+    });
+    (addr, h)
+}
+
+async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn cp_config(
+    cp: std::net::SocketAddr,
+    state: &std::path::Path,
+) -> raftmesh_dataplane_proxy::config::ProxyConfig {
+    let mut c = base_config();
+    c.control_plane = vec![cp.to_string()];
+    c.token = Some("tok".into());
+    c.state_dir = Some(state.to_path_buf());
+    c.subscribe = vec!["web".into()];
+    c
+}
+
+#[tokio::test]
+async fn a_config_that_fails_validation_is_nacked_and_the_old_one_kept() {
+    let web = Upstream::start("web").await;
+    let good = mesh("web", &[("web-1", web.addr, "v1")], "");
+    let bad_route = "kind: Route\nmetadata: {name: web}\nspec:\n  service: web\n  rules: [{backends: [{subset: {version: v1}, weight: 90}]}]\n";
+    let cp = Scripted {
+        script: Arc::new(vec![delta(5, true, &good), delta(6, false, bad_route)]),
+        ..Default::default()
+    };
+    let (addr, server) = serve(cp.clone()).await;
+    let state = tempfile::tempdir().unwrap();
+    let p = raftmesh_dataplane_proxy::start(cp_config(addr, state.path()))
+        .await
+        .unwrap();
+    eventually("the NACK", || {
+        cp.said
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| matches!(m, pb::proxy_message::Msg::Nack(_)))
+    })
+    .await;
+    let said = cp.said.lock().unwrap().clone();
+    let pb::proxy_message::Msg::Hello(h) = &said[0] else {
+        panic!("first was not Hello")
+    };
+    assert_eq!(h.subscriptions, ["web.default"]);
+    assert!(said
+        .iter()
+        .any(|m| matches!(m, pb::proxy_message::Msg::Ack(a) if a.nonce == "n5")));
+    let nack = said
+        .iter()
+        .find_map(|m| match m {
+            pb::proxy_message::Msg::Nack(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(nack.nonce, "n6");
+    assert!(
+        nack.error.contains("weights sum to 90, must be 100"),
+        "{}",
+        nack.error
+    );
+    // The old config still routes, at its revision.
+    assert_eq!(p.config.snapshot().revision, 5);
+    assert_eq!(
+        get(&http_client(), p.outbound, "web", "/", &[]).await.0,
+        200
+    );
+    p.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn with_the_control_plane_gone_traffic_goes_on_and_a_restart_serves_from_the_state_dir() {
+    let web = Upstream::start("web").await;
+    let cp = Scripted {
+        script: Arc::new(vec![delta(
+            9,
+            true,
+            &mesh("web", &[("web-1", web.addr, "v1")], ""),
+        )]),
+        ..Default::default()
+    };
+    let (addr, server) = serve(cp.clone()).await;
+    let state = tempfile::tempdir().unwrap();
+    let p = raftmesh_dataplane_proxy::start(cp_config(addr, state.path()))
+        .await
+        .unwrap();
+    let c = http_client();
+    eventually("the first config", || p.config.snapshot().revision == 9).await;
+    // The control plane dies mid-traffic: not one request fails.
+    let mut failed = 0;
+    for i in 0..300 {
+        if i == 50 {
+            server.abort();
+        }
+        if get(&c, p.outbound, "web", "/", &[]).await.0 != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0);
+    p.shutdown().await;
+    // Restarted while the control plane is still down: serves at once.
+    let p = raftmesh_dataplane_proxy::start(cp_config(addr, state.path()))
+        .await
+        .unwrap();
+    assert_eq!(p.config.snapshot().revision, 9);
+    assert_eq!(get(&c, p.outbound, "web", "/", &[]).await.0, 200);
+    let ready = get(&c, p.admin, "admin", "/ready", &[]).await;
+    assert_eq!(ready.0, 200, "{ready:?}");
+    let dump = get(&c, p.admin, "admin", "/config_dump", &[]).await.1;
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(v["revision"], 9);
+    assert_eq!(v["source"], "state-dir");
+    p.shutdown().await;
+}

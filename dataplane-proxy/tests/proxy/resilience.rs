@@ -1,0 +1,154 @@
+//! Retries, budgets, timeouts, ejection.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::support::*;
+
+#[tokio::test]
+async fn retries_reach_a_healthy_endpoint_and_the_budget_caps_them() {
+    let bad = Upstream::start("bad").await;
+    let good = Upstream::start("good").await;
+    bad.status.store(503, Ordering::SeqCst);
+    let route = "kind: Route\nmetadata: {name: web}\nspec:\n  service: web\n  retries: {attempts: 2, on: [5xx]}\n  load_balancer: round-robin\n  outlier: {consecutive_failures: 1000}\n";
+    let (p, _d) = static_proxy(&mesh(
+        "web",
+        &[("web-1", bad.addr, "v1"), ("web-2", good.addr, "v1")],
+        route,
+    ))
+    .await;
+    let c = http_client();
+    // Ten requests, half of them needing a retry: within the budget's reserve.
+    for _ in 0..10 {
+        let (s, body, _) = get(&c, p.outbound, "web", "/", &[]).await;
+        assert_eq!(s, 200, "a retry goes to the other endpoint");
+        assert!(body.starts_with("good"));
+    }
+    p.shutdown().await;
+
+    // Every endpoint failing: retries stay within ~20 % of the traffic.
+    let down = Upstream::start("down").await;
+    down.status.store(500, Ordering::SeqCst);
+    let route = "kind: Route\nmetadata: {name: budgeted}\nspec:\n  service: budgeted\n  retries: {attempts: 3, on: [5xx]}\n  outlier: {consecutive_failures: 100000}\n";
+    let (p, _d) = static_proxy(&mesh("budgeted", &[("budgeted-1", down.addr, "v1")], route)).await;
+    let n = 500;
+    for _ in 0..n {
+        let (s, _, _) = get(&c, p.outbound, "budgeted", "/", &[]).await;
+        assert_eq!(s, 500);
+    }
+    let extra = down.hits() - n;
+    assert!(extra <= n / 5 + 10, "{extra} retries for {n} requests");
+    let m = super::routing::reqwest_metrics(p.admin).await;
+    assert!(
+        m.contains(&format!(
+            "raftmesh_proxy_retries_total{{service=\"budgeted\"}} {extra}"
+        )),
+        "{m}"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_upstream_gets_upstream_timeout() {
+    let slow = Upstream::start("slow").await;
+    slow.delay_ms.store(2_000, Ordering::SeqCst);
+    let route = "kind: Route\nmetadata: {name: web}\nspec: {service: web, timeout: 200ms}\n";
+    let (p, _d) = static_proxy(&mesh("web", &[("web-1", slow.addr, "v1")], route)).await;
+    let c = http_client();
+    let t0 = std::time::Instant::now();
+    let (s, _, e) = get(&c, p.outbound, "web", "/", &[]).await;
+    assert_eq!((s, e.as_deref()), (504, Some("upstream-timeout")));
+    assert!(t0.elapsed() < Duration::from_millis(1_500));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_then_tried_again_after_its_ejection() {
+    let bad = Upstream::start("bad").await;
+    let good = Upstream::start("good").await;
+    bad.status.store(500, Ordering::SeqCst);
+    let route = "kind: Route\nmetadata: {name: ejectme}\nspec:\n  service: ejectme\n  load_balancer: round-robin\n  outlier: {consecutive_failures: 3, base_ejection: 1s, max_ejection_percent: 50}\n";
+    let (p, _d) = static_proxy(&mesh(
+        "ejectme",
+        &[("e-1", bad.addr, "v1"), ("e-2", good.addr, "v1")],
+        route,
+    ))
+    .await;
+    let c = http_client();
+    for _ in 0..20 {
+        get(&c, p.outbound, "ejectme", "/", &[]).await;
+    }
+    let hits = bad.hits();
+    assert_eq!(hits, 3, "ejected after 3 consecutive failures");
+    for _ in 0..20 {
+        let (s, _, _) = get(&c, p.outbound, "ejectme", "/", &[]).await;
+        assert_eq!(s, 200, "no failed request after ejection");
+    }
+    assert_eq!(bad.hits(), 3);
+    // Recovered: back in rotation after the ejection time.
+    bad.status.store(200, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    for _ in 0..10 {
+        get(&c, p.outbound, "ejectme", "/", &[]).await;
+    }
+    assert!(
+        bad.hits() > 3,
+        "the endpoint is used again after its ejection"
+    );
+    let m = super::routing::reqwest_metrics(p.admin).await;
+    assert!(
+        m.contains("raftmesh_proxy_ejections_total{service=\"ejectme\"} 1"),
+        "{m}"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connect_failure_is_explained_and_retried_when_asked() {
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // nothing listens
+    let good = Upstream::start("good").await;
+    let (p, _d) = static_proxy(&mesh("web", &[("web-1", gone, "v1")], "")).await;
+    let c = http_client();
+    let (s, _, e) = get(&c, p.outbound, "web", "/", &[]).await;
+    assert_eq!((s, e.as_deref()), (503, Some("upstream-connect")));
+    p.shutdown().await;
+    let route = "kind: Route\nmetadata: {name: web}\nspec: {service: web, load_balancer: round-robin, retries: {attempts: 1, on: [connect-failure]}}\n";
+    let (p, _d) = static_proxy(&mesh(
+        "web",
+        &[("web-1", gone, "v1"), ("web-2", good.addr, "v1")],
+        route,
+    ))
+    .await;
+    for _ in 0..10 {
+        assert_eq!(get(&c, p.outbound, "web", "/", &[]).await.0, 200);
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_circuit_opens_past_the_in_flight_limit() {
+    let slow = Upstream::start("slow").await;
+    slow.delay_ms.store(500, Ordering::SeqCst);
+    let route = "kind: Route\nmetadata: {name: web}\nspec: {service: web, circuit_breaker: {max_pending_requests: 2}}\n";
+    let (p, _d) = static_proxy(&mesh("web", &[("web-1", slow.addr, "v1")], route)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let out = p.outbound;
+        tasks.push(tokio::spawn(async move {
+            get(&http_client(), out, "web", "/", &[]).await
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap().2);
+    }
+    let open = codes
+        .iter()
+        .filter(|c| c.as_deref() == Some("circuit-open"))
+        .count();
+    assert_eq!(open, 4, "{codes:?}");
+    p.shutdown().await;
+}

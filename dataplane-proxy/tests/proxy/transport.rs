@@ -1,0 +1,253 @@
+//! Protocols across two proxies: opaque TCP, gRPC unary and streaming;
+//! hostile clients.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use raftmesh_api::v1 as pb;
+use raftmesh_api::v1::discovery_server::{Discovery, DiscoveryServer};
+use raftmesh_api::v1::raft_server::{Raft, RaftServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::support::*;
+
+/// Proxy B: inbound to an app on `app_port`.
+async fn server_side(app_port: u16) -> (raftmesh_dataplane_proxy::Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b.yaml");
+    std::fs::write(&f, "kind: Service\nmetadata: {name: app}\nspec: {}\n").unwrap();
+    let mut c = base_config();
+    c.config_file = Some(f);
+    c.service = "app".into();
+    c.app_port = Some(app_port);
+    (raftmesh_dataplane_proxy::start(c).await.unwrap(), dir)
+}
+
+fn endpoint_doc(service: &str, protocol: &str, at: SocketAddr) -> String {
+    format!(
+        "kind: Service\nmetadata: {{name: {service}}}\nspec: {{ports: [{{port: 80, protocol: {protocol}}}]}}\n---\nkind: Endpoint\nmetadata: {{name: {service}-1}}\nspec: {{service: {service}, address: 127.0.0.1, port: {}}}\n",
+        at.port()
+    )
+}
+
+#[tokio::test]
+async fn opaque_tcp_crosses_two_proxies_through_an_upstream_port() {
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = echo.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let (b, _db) = server_side(echo_port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("a.yaml");
+    std::fs::write(&f, endpoint_doc("echo", "tcp", b.inbound.unwrap())).unwrap();
+    let mut c = base_config();
+    c.config_file = Some(f);
+    c.upstreams = vec![("echo".into(), "127.0.0.1:0".parse().unwrap())];
+    let a = raftmesh_dataplane_proxy::start(c).await.unwrap();
+    let up = a.upstreams[0].1;
+    for i in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(up).await.unwrap();
+        let msg = format!("hello {i}, not HTTP\n");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(String::from_utf8(buf).unwrap(), msg);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A gRPC server: unary NodeInfo answers id 42; Discovery echoes heartbeats.
+struct Fake;
+
+#[tonic::async_trait]
+impl Raft for Fake {
+    async fn append_entries(
+        &self,
+        _: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        Err(Status::unimplemented("no raft here"))
+    }
+    async fn vote(&self, _: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        Err(Status::unimplemented("no raft here"))
+    }
+    async fn install_snapshot(
+        &self,
+        _: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        Err(Status::unimplemented("no raft here"))
+    }
+    async fn forward(
+        &self,
+        _: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        Err(Status::failed_precondition(
+            "a custom status travels in trailers",
+        ))
+    }
+    async fn relay(
+        &self,
+        _: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        Err(Status::unimplemented("no raft here"))
+    }
+    async fn control(
+        &self,
+        _: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        Err(Status::unimplemented("no raft here"))
+    }
+    async fn node_info(
+        &self,
+        _: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        Ok(Response::new(pb::NodeInfoResponse {
+            id: 42,
+            ..Default::default()
+        }))
+    }
+    async fn sessions(
+        &self,
+        _: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        Err(Status::unimplemented("no raft here"))
+    }
+}
+
+#[tonic::async_trait]
+impl Discovery for Fake {
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::ProxyMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let inbound = req.into_inner();
+        let out = inbound.map(|m| {
+            let m = m?;
+            match m.msg {
+                Some(pb::proxy_message::Msg::Heartbeat(h)) => Ok(pb::ServerMessage {
+                    msg: Some(pb::server_message::Msg::Heartbeat(h)),
+                }),
+                _ => Err(Status::invalid_argument("heartbeats only")),
+            }
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+#[tokio::test]
+async fn grpc_unary_and_streaming_cross_two_proxies_with_trailers_intact() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_port = l.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RaftServer::new(Fake))
+            .add_service(DiscoveryServer::new(Fake))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l)),
+    );
+    let (b, _db) = server_side(app_port).await;
+    let (a, _da) = static_proxy(&endpoint_doc("grpcsvc", "grpc", b.inbound.unwrap())).await;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", a.outbound))
+        .unwrap()
+        .origin("http://grpcsvc".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+
+    let mut unary = pb::raft_client::RaftClient::new(ch.clone());
+    for _ in 0..10 {
+        let r = unary
+            .node_info(pb::NodeInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.id, 42);
+    }
+    let e = unary.forward(pb::RaftPayload::default()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(e.message(), "a custom status travels in trailers");
+
+    let mut streaming = pb::discovery_client::DiscoveryClient::new(ch);
+    let outgoing = tokio_stream::iter((1..=20u64).map(|i| pb::ProxyMessage {
+        msg: Some(pb::proxy_message::Msg::Heartbeat(pb::Heartbeat {
+            unix_ms: i,
+        })),
+    }));
+    let mut replies = streaming.stream(outgoing).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = replies.message().await.unwrap() {
+        if let Some(pb::server_message::Msg::Heartbeat(h)) = m.msg {
+            got.push(h.unix_ms);
+        }
+    }
+    assert_eq!(
+        got,
+        (1..=20).collect::<Vec<_>>(),
+        "every message, in order, then a clean end"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn slowloris_and_malformed_requests_do_not_harm_other_connections() {
+    let web = Upstream::start("web").await;
+    let (p, _d) = static_proxy(&mesh("web", &[("web-1", web.addr, "v1")], "")).await;
+    // Ten connections that trickle a never-finished request.
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(p.outbound).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // A malformed request gets a 400 and its connection closed.
+    let raw = super::routing::raw_request(p.outbound, "THIS IS NOT HTTP\r\n\r\n").await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw:?}");
+    // Everyone else is served meanwhile.
+    let c = http_client();
+    for _ in 0..50 {
+        for s in &mut slow {
+            let _ = s.write_all(b"a").await;
+        }
+        assert_eq!(get(&c, p.outbound, "web", "/", &[]).await.0, 200);
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn inbound_forwards_http_to_the_local_app_and_explains_when_it_is_down() {
+    let app = Upstream::start("app").await;
+    let (b, _d) = server_side(app.addr.port()).await;
+    let c = http_client();
+    let (s, body, _) = get(&c, b.inbound.unwrap(), "app", "/hello", &[]).await;
+    assert_eq!((s, body.as_str()), (200, "app /hello host=app"));
+    b.shutdown().await;
+    let nothing = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (b, _d) = server_side(nothing).await;
+    let (s, _, e) = get(&c, b.inbound.unwrap(), "app", "/", &[]).await;
+    assert_eq!((s, e.as_deref()), (503, Some("app-unavailable")));
+    b.shutdown().await;
+}
