@@ -39,7 +39,10 @@ pub fn admin(addr: &str, token: &str) -> anyhow::Result<Admin> {
 }
 
 /// Cluster status from the first of `addrs` that answers.
-pub async fn cluster_status(addrs: &[String], token: &str) -> anyhow::Result<pb::ClusterStatusResponse> {
+pub async fn cluster_status(
+    addrs: &[String],
+    token: &str,
+) -> anyhow::Result<pb::ClusterStatusResponse> {
     let mut last = None;
     for a in addrs {
         let mut c = admin(a, token)?;

@@ -10,9 +10,12 @@
 //! Binaries: `check-history` runs the checker over history files; `fleet`
 //! simulates thousands of proxies against a real cluster.
 
+pub mod binaries;
 pub mod client;
+pub mod cluster;
 pub mod history;
 pub mod linearizability;
+pub mod procs;
 
 pub use history::{Event, EventType, Function, History, HistoryWriter, Operation, Outcome};
 pub use linearizability::{

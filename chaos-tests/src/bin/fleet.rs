@@ -22,15 +22,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use prost::Message;
-use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
-use rand::{Rng, SeedableRng};
 use raftmesh_api::v1 as pb;
 use raftmesh_api::v1::discovery_client::DiscoveryClient;
 use raftmesh_api::v1::proxy_message::Msg as In;
 use raftmesh_api::v1::server_message::Msg as Out;
 use raftmesh_api::Resource;
 use raftmesh_chaos_tests::client::{admin, channel, cluster_status};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
 #[derive(Parser, Debug)]
@@ -150,7 +150,9 @@ async fn main() -> anyhow::Result<()> {
     let addrs = args.control_plane.clone();
     let mut adm = admin(&addrs[0], &token)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let services: Vec<String> = (0..args.services).map(|i| format!("fleet-svc-{i}")).collect();
+    let services: Vec<String> = (0..args.services)
+        .map(|i| format!("fleet-svc-{i}"))
+        .collect();
 
     // The mesh: services and their routes, and a bootstrap token per service.
     eprintln!("fleet: creating {} services and routes", services.len());
@@ -169,7 +171,9 @@ async fn main() -> anyhow::Result<()> {
                 expected_revision: None,
             })
             .collect();
-        adm.apply(pb::ApplyRequest { items }).await.context("creating services")?;
+        adm.apply(pb::ApplyRequest { items })
+            .await
+            .context("creating services")?;
     }
     let mut tokens = Vec::new();
     for s in &services {
@@ -200,7 +204,10 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("fleet: connecting {} proxies", args.proxies);
     for i in 0..args.proxies {
         let own = i % args.services;
-        let calls: BTreeSet<usize> = idx.choose_multiple(&mut rng, args.subscriptions).copied().collect();
+        let calls: BTreeSet<usize> = idx
+            .choose_multiple(&mut rng, args.subscriptions)
+            .copied()
+            .collect();
         let node = i % addrs.len();
         per_node[node] += 1;
         let hello = pb::Hello {
@@ -218,7 +225,12 @@ async fn main() -> anyhow::Result<()> {
             last_at_us: AtomicU64::new(0),
         });
         stats.push(st.clone());
-        let (addr, ready, failed, gate) = (addrs[node].clone(), ready.clone(), failed.clone(), gate.clone());
+        let (addr, ready, failed, gate) = (
+            addrs[node].clone(),
+            ready.clone(),
+            failed.clone(),
+            gate.clone(),
+        );
         tokio::spawn(async move {
             // At most `connect_concurrency` proxies are between "connecting"
             // and "has its first config" at once.
@@ -249,7 +261,11 @@ async fn main() -> anyhow::Result<()> {
     let mut last_print = Instant::now();
     while ready.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < args.proxies {
         if last_print.elapsed() > Duration::from_secs(2) {
-            eprintln!("fleet: {}/{} proxies have their config", ready.load(Ordering::Relaxed), args.proxies);
+            eprintln!(
+                "fleet: {}/{} proxies have their config",
+                ready.load(Ordering::Relaxed),
+                args.proxies
+            );
             last_print = Instant::now();
         }
         if start.elapsed() > Duration::from_secs(600) {
@@ -258,18 +274,28 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if failed.load(Ordering::Relaxed) > 0 {
-        bail!("{} proxies failed to connect", failed.load(Ordering::Relaxed));
+        bail!(
+            "{} proxies failed to connect",
+            failed.load(Ordering::Relaxed)
+        );
     }
     let connect_s = start.elapsed().as_secs_f64();
-    eprintln!("fleet: all {} proxies have their config after {connect_s:.1}s", args.proxies);
+    eprintln!(
+        "fleet: all {} proxies have their config after {connect_s:.1}s",
+        args.proxies
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = cluster_status(&addrs, &token).await?;
     let rss_per_stream: Vec<f64> = addrs
         .iter()
         .enumerate()
         .map(|(n, a)| {
-            let find = |s: &pb::ClusterStatusResponse| s.members.iter().find(|m| &m.addr == a).map(|m| m.rss_bytes);
-            let grow = find(&after).unwrap_or(0).saturating_sub(find(&before).unwrap_or(0));
+            let find = |s: &pb::ClusterStatusResponse| {
+                s.members.iter().find(|m| &m.addr == a).map(|m| m.rss_bytes)
+            };
+            let grow = find(&after)
+                .unwrap_or(0)
+                .saturating_sub(find(&before).unwrap_or(0));
             grow as f64 / 1024.0 / per_node[n].max(1) as f64
         })
         .collect();
@@ -279,7 +305,10 @@ async fn main() -> anyhow::Result<()> {
     let (mut sub_bytes, mut unsub_bytes, mut sub_count) = (0u64, 0u64, 0u64);
     for m in 0..args.changes {
         let x = rng.random_range(0..args.services);
-        let bytes_before: Vec<u64> = stats.iter().map(|s| s.bytes.load(Ordering::Relaxed)).collect();
+        let bytes_before: Vec<u64> = stats
+            .iter()
+            .map(|s| s.bytes.load(Ordering::Relaxed))
+            .collect();
         let t0 = start.elapsed().as_micros() as u64;
         let r = adm
             .apply(pb::ApplyRequest {
@@ -291,7 +320,9 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .into_inner();
         let rev = r.results.first().map(|w| w.revision).unwrap_or(r.revision);
-        let subscribed: Vec<usize> = (0..args.proxies).filter(|i| subs[*i].contains(&x)).collect();
+        let subscribed: Vec<usize> = (0..args.proxies)
+            .filter(|i| subs[*i].contains(&x))
+            .collect();
         let deadline = Instant::now() + Duration::from(args.change_timeout);
         loop {
             let done = subscribed
@@ -302,7 +333,10 @@ async fn main() -> anyhow::Result<()> {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("change {m}: only {done}/{} subscribed proxies reached revision {rev}", subscribed.len());
+                bail!(
+                    "change {m}: only {done}/{} subscribed proxies reached revision {rev}",
+                    subscribed.len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

@@ -33,7 +33,7 @@ use raftmesh_api::{
     EndpointSpec, Health, Kind, Metadata, Resource, ResourceKey, Spec, DEFAULT_NAMESPACE,
 };
 use raftmesh_storage::{Command, OpResult, StateReader, WindowError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -116,6 +116,7 @@ struct Admitted {
     scope: Scope,
     endpoint: Option<Resource>,
     last_revision: u64,
+    ready: bool,
 }
 
 fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
@@ -200,6 +201,7 @@ fn check_hello(h: &pb::Hello, node_id: u64) -> Result<Admitted, Status> {
         },
         endpoint,
         last_revision: h.last_revision,
+        ready: h.ready,
     })
 }
 
@@ -357,10 +359,18 @@ impl Discovery for DiscoveryService {
     }
 }
 
-/// Keeps the proxy's Endpoint registered (retrying while there is no
-/// leader) until it is written; returns the write's revision.
-async fn register_endpoint(ctx: &Ctx, endpoint: Resource) {
+/// Registers the proxy's Endpoint (retrying while there is no leader),
+/// then keeps its health in step with what the proxy reports. One task per
+/// stream, so registration and health updates never race.
+async fn keep_endpoint(ctx: &Ctx, mut endpoint: Resource, mut ready: watch::Receiver<bool>) {
     for attempt in 0u32.. {
+        if let Spec::Endpoint(e) = &mut endpoint.spec {
+            e.health = if *ready.borrow_and_update() {
+                Health::Healthy
+            } else {
+                Health::Unhealthy
+            };
+        }
         match ctx
             .write(Command::Put {
                 resource: endpoint.clone(),
@@ -368,7 +378,7 @@ async fn register_endpoint(ctx: &Ctx, endpoint: Resource) {
             })
             .await
         {
-            Ok(_) => return,
+            Ok(_) => break,
             Err(e) => {
                 if attempt % 10 == 0 {
                     tracing::warn!(endpoint = %endpoint.key(), error = %e, "cannot register the endpoint yet; retrying");
@@ -376,6 +386,11 @@ async fn register_endpoint(ctx: &Ctx, endpoint: Resource) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+    let key = endpoint.key();
+    while ready.changed().await.is_ok() {
+        let want = *ready.borrow_and_update();
+        set_health(ctx, &key, want).await;
     }
 }
 
@@ -538,7 +553,7 @@ impl Stream<'_> {
     async fn on_message(
         &mut self,
         msg: pb::ProxyMessage,
-        endpoint: Option<&ResourceKey>,
+        ready: &watch::Sender<bool>,
     ) -> Result<(), Status> {
         match msg.msg {
             Some(In::Ack(a)) => {
@@ -562,9 +577,7 @@ impl Stream<'_> {
                 }
             }
             Some(In::Health(h)) => {
-                if let Some(key) = endpoint {
-                    set_health(self.ctx, key, h.ready).await;
-                }
+                ready.send_replace(h.ready);
             }
             Some(In::Heartbeat(_)) => {}
             Some(In::Subscribe(s)) => {
@@ -614,10 +627,10 @@ async fn run_session(
 ) -> Result<(), Status> {
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let session = Session::new(id, a.info.clone(), a.scope.clone());
-    let endpoint_key = a.endpoint.as_ref().map(Resource::key);
+    let (ready, ready_rx) = watch::channel(a.ready);
     let registration = a.endpoint.clone().map(|e| {
         let ctx = ctx.clone();
-        tokio::spawn(async move { register_endpoint(&ctx, e).await })
+        tokio::spawn(async move { keep_endpoint(&ctx, e, ready_rx).await })
     });
     ctx.hub
         .send(Register(session.clone()))
@@ -642,7 +655,7 @@ async fn run_session(
                     match msg {
                         Ok(Some(m)) => {
                             last_heard = tokio::time::Instant::now();
-                            s.on_message(m, endpoint_key.as_ref()).await?;
+                            s.on_message(m, &ready).await?;
                         }
                         Ok(None) => return Ok(()),
                         Err(e) => return Err(e),

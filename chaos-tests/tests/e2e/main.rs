@@ -1,0 +1,225 @@
+//! The whole path with the built binaries, as a user runs it: three meshd
+//! processes, mesh-proxy processes beside an app, traffic through both
+//! proxies; then every meshd killed mid-traffic, and a proxy restarted while
+//! they are down.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use raftmesh_api::v1 as pb;
+use raftmesh_chaos_tests::binaries;
+use raftmesh_chaos_tests::client::admin;
+use raftmesh_chaos_tests::cluster::{Cluster, ClusterOpts};
+use raftmesh_chaos_tests::procs::{free_port, Proc};
+
+async fn app(name: &'static str) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: hyper::Request<Incoming>| async move {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(name))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct ProxyProc {
+    proc: Proc,
+    outbound: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn mesh_proxy(dir: &Path, name: &str, args: &[String]) -> ProxyProc {
+    let (o, a, i) = (free_port(), free_port(), free_port());
+    let mut cmd = Command::new(binaries::path("mesh-proxy").unwrap());
+    cmd.args([
+        "--outbound",
+        &format!("127.0.0.1:{o}"),
+        "--admin",
+        &format!("127.0.0.1:{a}"),
+        "--inbound",
+        &format!("127.0.0.1:{i}"),
+    ])
+    .args(args)
+    .env("RAFTMESH_LOG", "info");
+    let proc = Proc::spawn(name, cmd, &dir.join(format!("{name}.log"))).unwrap();
+    ProxyProc {
+        proc,
+        outbound: format!("127.0.0.1:{o}").parse().unwrap(),
+        admin: format!("127.0.0.1:{a}").parse().unwrap(),
+    }
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+>;
+
+async fn get(c: &Client, to: SocketAddr, host: &str) -> Result<(u16, String), String> {
+    let req = hyper::Request::get(format!("http://{to}/"))
+        .header("host", host)
+        .body(Empty::new())
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), c.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let s = r.status().as_u16();
+    let b = r
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((s, String::from_utf8_lossy(&b).into_owned()))
+}
+
+async fn until_ok(c: &Client, to: SocketAddr, host: &str, proc: &ProxyProc) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = get(c, to, host).await;
+        if let Ok((200, _)) = last {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no successful request through {} (last: {last:?}):\n{}",
+            proc.proc.name,
+            proc.proc.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_survives_the_death_of_every_meshd_and_a_proxy_restart() {
+    let mut cluster = Cluster::start(3, ClusterOpts::default()).unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let addrs = cluster.addrs();
+    let mut adm = admin(&addrs[0], &cluster.token).unwrap();
+    let mint = |svc: &str| {
+        let svc = svc.to_string();
+        let mut adm = adm.clone();
+        async move {
+            adm.create_token(pb::CreateTokenRequest {
+                scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
+                    service: svc,
+                    namespace: String::new(),
+                })),
+                ttl_ms: 0,
+                max_uses: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+        }
+    };
+    let web_token = mint("web").await;
+    let client_token = mint("client").await;
+    let svc: raftmesh_api::Resource = serde_yaml_ng::from_str(
+        "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}",
+    )
+    .unwrap();
+    adm.apply(pb::ApplyRequest {
+        items: vec![pb::ApplyItem {
+            resource: Some(svc.into()),
+            expected_revision: None,
+        }],
+    })
+    .await
+    .unwrap();
+
+    let dir = cluster.dir.path().to_path_buf();
+    let cp = addrs.join(",");
+    let app_addr = app("web-v1").await;
+    let web = mesh_proxy(
+        &dir,
+        "web-proxy",
+        &[
+            "--control-plane".into(),
+            cp.clone(),
+            "--service".into(),
+            "web".into(),
+            "--instance".into(),
+            "web-1".into(),
+            "--labels".into(),
+            "version=v1".into(),
+            "--app-port".into(),
+            app_addr.port().to_string(),
+            "--token".into(),
+            web_token,
+        ],
+    );
+    let client_args: Vec<String> = vec![
+        "--control-plane".into(),
+        cp,
+        "--service".into(),
+        "client".into(),
+        "--instance".into(),
+        "client-1".into(),
+        "--subscribe".into(),
+        "web".into(),
+        "--token".into(),
+        client_token,
+        "--state-dir".into(),
+        dir.join("client-state").display().to_string(),
+    ];
+    let mut client = mesh_proxy(&dir, "client-proxy", &client_args);
+    let http: Client =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    until_ok(&http, client.outbound, "web", &client).await;
+    let (s, body) = get(&http, client.outbound, "web").await.unwrap();
+    assert_eq!(
+        (s, body.as_str()),
+        (200, "web-v1"),
+        "app → client proxy → web proxy → app"
+    );
+
+    // Every meshd dies mid-traffic: not one request fails.
+    let mut failures = Vec::new();
+    for i in 0..400 {
+        if i == 100 {
+            for id in 1..=3 {
+                cluster.kill(id);
+            }
+        }
+        match get(&http, client.outbound, "web").await {
+            Ok((200, _)) => {}
+            other => failures.push(format!("request {i}: {other:?}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+
+    // The client proxy restarts while every meshd is still down: it serves
+    // from its state directory.
+    client.proc.kill();
+    client = mesh_proxy(&dir, "client-proxy-2", &client_args);
+    until_ok(&http, client.outbound, "web", &client).await;
+    let ready = get(&http, client.admin, "admin").await;
+    assert!(ready.is_ok());
+    drop(web);
+}
