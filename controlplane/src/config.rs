@@ -242,6 +242,9 @@ pub struct ServerArgs {
     /// FAULT INJECTION for chaos tests: serve reads without a read index.
     #[arg(long, hide = true)]
     pub unsafe_local_reads: bool,
+    /// Exit when this process is gone (used by `meshd demo` for its nodes).
+    #[arg(long, hide = true)]
+    pub parent_pid: Option<u32>,
 }
 
 /// Reads a secret from a file, trimmed; refuses an empty one.

@@ -15,6 +15,7 @@ pub mod batcher;
 pub mod cluster;
 pub mod config;
 pub mod ctl;
+pub mod demo;
 pub mod discovery;
 pub mod http;
 pub mod network;

@@ -190,8 +190,11 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         subscriptions.insert(format!("{svc}.{ns}"));
     }
     if control_plane {
+        let mut settings = xds::XdsSettings::from_config(&cfg);
+        // Register the port actually bound (the flag may say :0).
+        settings.hello.port = inbound.map(|a| u32::from(a.port())).unwrap_or(0);
         tasks.push(tokio::spawn(xds::run(
-            xds::XdsSettings::from_config(&cfg),
+            settings,
             config.clone(),
             learn_rx,
             subscriptions,

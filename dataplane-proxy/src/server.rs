@@ -71,6 +71,7 @@ pub async fn serve_outbound(
         };
         let _ = stream.set_nodelay(true);
         let stack = stack.clone();
+        let mut conn_stop = shutdown.clone();
         tokio::spawn(async move {
             let _guard = ConnGuard::open("outbound");
             let svc = service_fn(move |req: Request<Incoming>| {
@@ -94,11 +95,14 @@ pub async fn serve_outbound(
                     Ok::<_, Infallible>(resp)
                 }
             });
-            if let Err(e) = http_server()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "outbound connection ended with an error");
+            let server = http_server();
+            let conn = server.serve_connection(TokioIo::new(stream), svc);
+            // A stopped proxy closes its open connections too.
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(error = %e, "outbound connection ended with an error");
+                },
+                _ = crate::stopped(&mut conn_stop) => {}
             }
         });
     }
@@ -167,6 +171,7 @@ pub async fn serve_inbound(
         };
         let _ = stream.set_nodelay(true);
         let (forward, config) = (forward.clone(), config.clone());
+        let mut conn_stop = shutdown.clone();
         tokio::spawn(async move {
             let _guard = ConnGuard::open("inbound");
             if !sniff(&stream).await {
@@ -195,11 +200,14 @@ pub async fn serve_inbound(
                     Ok::<_, Infallible>(resp)
                 }
             });
-            if let Err(e) = http_server()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "inbound connection ended with an error");
+            let server = http_server();
+            let conn = server.serve_connection(TokioIo::new(stream), svc);
+            // A stopped proxy closes its open connections too.
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(error = %e, "inbound connection ended with an error");
+                },
+                _ = crate::stopped(&mut conn_stop) => {}
             }
         });
     }

@@ -33,7 +33,10 @@ impl Resources {
             self.unindex(o);
         }
         if let Some(ix) = Self::index_key(&r) {
-            self.by_service.entry(ix).or_default().insert(r.metadata.name.clone());
+            self.by_service
+                .entry(ix)
+                .or_default()
+                .insert(r.metadata.name.clone());
         }
         old
     }
@@ -69,7 +72,10 @@ impl Resources {
         self.by_key.values()
     }
 
-    pub(crate) fn range_kind(&self, kind: Kind) -> impl Iterator<Item = (&ResourceKey, &Arc<Resource>)> {
+    pub(crate) fn range_kind(
+        &self,
+        kind: Kind,
+    ) -> impl Iterator<Item = (&ResourceKey, &Arc<Resource>)> {
         self.by_key
             .range(ResourceKey::new(kind, "", "")..)
             .take_while(move |(k, _)| k.kind == kind)
@@ -113,7 +119,12 @@ impl StateView<'_> {
             .map(|names| {
                 names
                     .iter()
-                    .filter_map(|n| self.state.resources.get(&ResourceKey::new(kind, namespace, n.clone())).cloned())
+                    .filter_map(|n| {
+                        self.state
+                            .resources
+                            .get(&ResourceKey::new(kind, namespace, n.clone()))
+                            .cloned()
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -121,7 +132,11 @@ impl StateView<'_> {
 
     /// Every resource of a kind.
     pub fn of_kind(&self, kind: Kind) -> Vec<Arc<Resource>> {
-        self.state.resources.range_kind(kind).map(|(_, v)| v.clone()).collect()
+        self.state
+            .resources
+            .range_kind(kind)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 }
 

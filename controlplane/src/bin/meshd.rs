@@ -27,11 +27,19 @@ enum Command {
     Server(ServerArgs),
     /// A one-node control plane in one command, printing its address and admin token.
     Dev(DevArgs),
+    /// A whole local mesh with traffic: 3 nodes, proxies, a scripted story.
+    Demo(raftmesh_controlplane::demo::DemoArgs),
 }
 
-fn init_tracing() {
+fn init_tracing(quiet: bool) {
+    // The demo draws a table on the terminal: only warnings by default.
+    let default = if quiet {
+        "warn,openraft=error"
+    } else {
+        "info,openraft=warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAFTMESH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -48,13 +56,27 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
     })
 }
 
-async fn serve_until_signal(node: Node) -> anyhow::Result<()> {
-    let sig = wait_for_signal().await?;
-    tracing::info!(signal = sig, "stopping");
+async fn serve_until_signal(node: Node, parent: Option<u32>) -> anyhow::Result<()> {
+    let parent_gone = async move {
+        match parent {
+            Some(pid) => loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    return;
+                }
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        sig = wait_for_signal() => tracing::info!(signal = sig?, "stopping"),
+        _ = parent_gone => tracing::info!("the parent process is gone; stopping"),
+    }
     node.shutdown().await
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let parent = args.parent_pid;
     let (cfg, hooks) = args.into_config().map_err(anyhow::Error::msg)?;
     warn_plaintext();
     if hooks.unsafe_local_reads {
@@ -63,7 +85,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         );
     }
     let node = node::start(cfg, hooks).await?;
-    serve_until_signal(node).await
+    serve_until_signal(node, parent).await
 }
 
 fn warn_plaintext() {
@@ -127,18 +149,19 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  meshctl cluster status");
     println!();
     println!("Ctrl-C stops it.");
-    serve_until_signal(node).await?;
+    serve_until_signal(node, None).await?;
     drop(temp);
     Ok(())
 }
 
 fn main() {
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Demo(_)));
     let result = run_system(async move {
         match cli.command {
             Command::Server(a) => server(a).await,
             Command::Dev(a) => dev(a).await,
+            Command::Demo(a) => raftmesh_controlplane::demo::run(a).await,
         }
     });
     if let Err(e) = result {

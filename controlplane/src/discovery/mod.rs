@@ -245,14 +245,22 @@ impl Ctx {
 
     async fn admit(&self, h: &pb::Hello) -> Result<Admitted, Status> {
         let a = check_hello(h, self.ops.id())?;
-        let b = auth::check_bootstrap(
-            &self.reader,
-            &h.token,
-            &a.info.service,
-            &a.info.namespace,
-            unix_ms(),
-        )
-        .map_err(|e| match e {
+        let check = || {
+            auth::check_bootstrap(
+                &self.reader,
+                &h.token,
+                &a.info.service,
+                &a.info.namespace,
+                unix_ms(),
+            )
+        };
+        let b = match check() {
+            // A token created a moment ago may not have reached this node:
+            // catch up with the leader before calling it unknown.
+            Err(auth::BootstrapError::Unknown) if self.ops.read_barrier().await.is_ok() => check(),
+            other => other,
+        };
+        let b = b.map_err(|e| match e {
             auth::BootstrapError::Missing | auth::BootstrapError::Unknown => {
                 Status::unauthenticated(e.to_string())
             }
@@ -402,6 +410,13 @@ async fn set_health(ctx: &Ctx, key: &ResourceKey, ready: bool) {
         Health::Unhealthy
     };
     for _ in 0..5 {
+        // Read what the leader has: this node may not have applied the
+        // registration (or another node's update) yet.
+        if let Err(e) = ctx.ops.read_barrier().await {
+            tracing::warn!(endpoint = %key, error = %e, "cannot read the endpoint to update its health");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
         let Some(cur) = ctx.reader.get(key).1 else {
             return;
         };

@@ -401,3 +401,88 @@ fn meshd_dev_prints_a_token_that_works() {
     let d = data_dir.expect("no data dir printed");
     assert!(!Path::new(&d).exists(), "{d} was left behind");
 }
+
+/// Runs `meshd demo` with `args`, optionally interrupting it after `sigint_after`,
+/// and returns its stdout, the node pids and the temporary directory it named.
+fn run_demo(args: &[&str], sigint_after: Option<Duration>) -> (String, Vec<u32>, PathBuf) {
+    let base = free_port().saturating_sub(10).max(20000);
+    let child = Command::new(MESHD)
+        .args(["demo", "--base-port", &base.to_string()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    if let Some(d) = sigint_after {
+        std::thread::sleep(d);
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "meshd demo exited with {}",
+        out.status
+    );
+    let stdout = text(&out.stdout);
+    let first = stdout.lines().next().unwrap_or_default().to_string();
+    let pids: Vec<u32> = first
+        .split('[')
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    let dir = PathBuf::from(first.rsplit(" in ").next().unwrap_or_default());
+    (stdout, pids, dir)
+}
+
+fn assert_nothing_left(pids: &[u32], dir: &Path) {
+    assert_eq!(pids.len(), 3, "the demo names its three nodes");
+    // Children of the exited demo are reaped by init: wait a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for pid in pids {
+        while Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            && !std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "meshd node {pid} outlived the demo"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert!(
+        !dir.as_os_str().is_empty() && !dir.exists(),
+        "{} was left behind",
+        dir.display()
+    );
+}
+
+#[test]
+fn meshd_demo_carries_traffic_through_proxies_and_leaves_nothing_behind() {
+    let (out, pids, dir) = run_demo(&["--duration", "20s", "--no-story"], None);
+    let summary = out.lines().find(|l| l.starts_with("summary ")).expect(&out);
+    let field = |k: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    assert!(field("requests") > 500, "{summary}");
+    assert_eq!(field("failed"), 0, "{out}");
+    assert!(
+        out.contains("frontend -> web") && out.contains("batch -> api"),
+        "{out}"
+    );
+    assert_nothing_left(&pids, &dir);
+
+    // Ctrl-C stops everything too.
+    let (out, pids, dir) = run_demo(&["--no-story"], Some(Duration::from_secs(8)));
+    assert!(out.contains("summary requests="), "{out}");
+    assert_nothing_left(&pids, &dir);
+}

@@ -372,12 +372,22 @@ async fn the_service_index_follows_puts_moves_and_deletes() {
     .unwrap();
     assert_eq!(names(&sm, "web"), ["e1", "e2"]);
     // e2 moves to api; e1 is deleted.
-    sm.apply([entry(4, put(endpoint("e2", "api"))), entry(5, delete(Kind::Endpoint, "e1"))])
-        .await
-        .unwrap();
+    sm.apply([
+        entry(4, put(endpoint("e2", "api"))),
+        entry(5, delete(Kind::Endpoint, "e1")),
+    ])
+    .await
+    .unwrap();
     assert!(names(&sm, "web").is_empty());
     assert_eq!(names(&sm, "api"), ["e2", "e3"]);
     let (_, ev) = sm.reader().changes_since(3).unwrap();
-    assert_eq!(ev[0].previous.as_ref().unwrap().spec.service(), Some("web"), "a move carries the old value");
-    assert!(ev[1].value.is_none() && ev[1].previous.is_some(), "a delete carries the old value");
+    assert_eq!(
+        ev[0].previous.as_ref().unwrap().spec.service(),
+        Some("web"),
+        "a move carries the old value"
+    );
+    assert!(
+        ev[1].value.is_none() && ev[1].previous.is_some(),
+        "a delete carries the old value"
+    );
 }
