@@ -1,22 +1,24 @@
-//! A cluster of real `meshd` processes, each with its own data directory
-//! and ports, for end-to-end and chaos tests.
+//! A cluster of real `meshd` processes, each with its own data directory,
+//! address and (as root) network namespace, for end-to-end and chaos tests.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::net::Net;
 use crate::procs::{free_port, Proc};
 
 /// One meshd process and what it needs to restart.
 pub struct Node {
     /// Node id (1-based).
     pub id: u64,
-    /// gRPC port.
-    pub port: u16,
+    /// `ip:port` of its gRPC port.
+    pub addr: String,
     /// Its process, while running.
     pub proc: Option<Proc>,
+    /// Whether it is paused (SIGSTOP).
+    pub paused: bool,
     args: Vec<String>,
 }
 
@@ -25,20 +27,25 @@ pub struct Node {
 pub struct ClusterOpts {
     /// Extra flags for every node (e.g. `--unsafe-local-reads`).
     pub extra_args: Vec<String>,
-    /// Set `FAKETIME` per node (libfaketime offsets), by node index.
-    pub env: Vec<(String, String)>,
 }
 
-/// A running cluster; every process is killed when it is dropped.
+/// A running cluster; every process, namespace and file is removed when it
+/// is dropped.
 pub struct Cluster {
     /// The nodes.
     pub nodes: Vec<Node>,
     /// The admin token's secret.
     pub token: String,
+    /// The network between the nodes.
+    pub net: Net,
+    meshd: PathBuf,
+    // Last: removed after the processes are gone.
     /// Where data and logs live.
     pub dir: TempDir,
-    meshd: PathBuf,
 }
+
+/// Where libfaketime lives on Debian.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 impl Cluster {
     /// Starts `n` meshd nodes forming one cluster.
@@ -48,25 +55,26 @@ impl Cluster {
             .prefix("raftmesh-cluster-")
             .tempdir()
             .map_err(|e| e.to_string())?;
+        let net = Net::new(n, dir.path())?;
         let token = format!("chaos-admin-{}", std::process::id());
         let token_file = dir.path().join("admin.token");
         std::fs::write(&token_file, &token).map_err(|e| e.to_string())?;
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let initial = ports
+        let addrs: Vec<String> = (1..=n).map(|i| format!("{}:{}", net.ip(i), free_port())).collect();
+        let initial = addrs
             .iter()
             .enumerate()
-            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .map(|(i, a)| format!("{}={a}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
         let mut nodes = Vec::new();
-        for (i, port) in ports.iter().enumerate() {
+        for (i, addr) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
             let mut args: Vec<String> = vec![
                 "server".into(),
                 "--id".into(),
                 id.to_string(),
                 "--listen".into(),
-                format!("127.0.0.1:{port}"),
+                addr.clone(),
                 "--http".into(),
                 "off".into(),
                 "--data-dir".into(),
@@ -75,51 +83,86 @@ impl Cluster {
                 initial.clone(),
                 "--admin-token-file".into(),
                 token_file.display().to_string(),
+                "--fault-file".into(),
+                net.fault_file(id).display().to_string(),
+                "--parent-pid".into(),
+                std::process::id().to_string(),
             ];
             args.extend(opts.extra_args.iter().cloned());
             nodes.push(Node {
                 id,
-                port: *port,
+                addr: addr.clone(),
                 proc: None,
+                paused: false,
                 args,
             });
         }
         let mut c = Cluster {
             nodes,
             token,
-            dir,
+            net,
             meshd,
+            dir,
         };
         for id in 1..=n {
-            c.start_node(id)?;
+            c.start_node(id, None)?;
         }
         Ok(c)
     }
 
-    /// (Re)starts node `id` from its data directory.
-    pub fn start_node(&mut self, id: u64) -> Result<(), String> {
+    /// (Re)starts node `id` from its data directory; `faketime` (e.g.
+    /// `"+30s x1.5"`) runs it under libfaketime.
+    pub fn start_node(&mut self, id: u64, faketime: Option<&str>) -> Result<(), String> {
         let log = self.dir.path().join(format!("n{id}.log"));
+        let mut cmd = self.net.command(id, &self.meshd);
         let node = &mut self.nodes[id as usize - 1];
-        let mut cmd = Command::new(&self.meshd);
-        cmd.args(&node.args)
-            .env("RAFTMESH_LOG", "info,openraft=warn");
+        cmd.args(&node.args).env("RAFTMESH_LOG", "info,openraft=warn");
+        if let Some(ft) = faketime {
+            cmd.env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME", ft)
+                .env("FAKETIME_DONT_RESET", "1");
+        }
         node.proc = Some(Proc::spawn(format!("meshd-{id}"), cmd, &log).map_err(|e| e.to_string())?);
+        node.paused = false;
         Ok(())
     }
 
-    /// `host:port` of every node.
+    /// `ip:port` of every node.
     pub fn addrs(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect()
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
     /// SIGKILL node `id`.
     pub fn kill(&mut self, id: u64) {
-        if let Some(mut p) = self.nodes[id as usize - 1].proc.take() {
+        let n = &mut self.nodes[id as usize - 1];
+        if let Some(mut p) = n.proc.take() {
             p.kill();
         }
+        n.paused = false;
+    }
+
+    /// SIGSTOP node `id`.
+    pub fn pause(&mut self, id: u64) {
+        let n = &mut self.nodes[id as usize - 1];
+        if let Some(p) = &n.proc {
+            p.signal("STOP");
+            n.paused = true;
+        }
+    }
+
+    /// SIGCONT node `id`.
+    pub fn resume(&mut self, id: u64) {
+        let n = &mut self.nodes[id as usize - 1];
+        if let Some(p) = &n.proc {
+            p.signal("CONT");
+        }
+        n.paused = false;
+    }
+
+    /// Whether node `id` runs (and is not paused).
+    pub fn up(&self, id: u64) -> bool {
+        let n = &self.nodes[id as usize - 1];
+        n.proc.is_some() && !n.paused
     }
 
     /// The leader, once the cluster answers status with one (and the
@@ -130,16 +173,12 @@ impl Cluster {
             let live: Vec<String> = self
                 .nodes
                 .iter()
-                .filter(|n| n.proc.is_some())
-                .map(|n| format!("127.0.0.1:{}", n.port))
+                .filter(|n| n.proc.is_some() && !n.paused)
+                .map(|n| n.addr.clone())
                 .collect();
             if let Ok(s) = crate::client::cluster_status(&live, &self.token).await {
                 if let Some(l) = s.leader {
-                    if self
-                        .nodes
-                        .get(l as usize - 1)
-                        .is_some_and(|n| n.proc.is_some())
-                    {
+                    if self.nodes.get(l as usize - 1).is_some_and(|n| n.proc.is_some()) {
                         return Ok(l);
                     }
                 }
@@ -148,6 +187,23 @@ impl Cluster {
                 return Err(format!("no leader within {timeout:?}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last lines of node `id`'s log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("n{id}.log"))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut p) = n.proc.take() {
+                p.kill();
+            }
         }
     }
 }

@@ -15,7 +15,12 @@ pub mod client;
 pub mod cluster;
 pub mod history;
 pub mod linearizability;
+pub mod nemesis;
+pub mod net;
 pub mod procs;
+pub mod runner;
+pub mod streams;
+pub mod workload;
 
 pub use history::{Event, EventType, Function, History, HistoryWriter, Operation, Outcome};
 pub use linearizability::{

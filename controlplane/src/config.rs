@@ -242,6 +242,9 @@ pub struct ServerArgs {
     /// FAULT INJECTION for chaos tests: serve reads without a read index.
     #[arg(long, hide = true)]
     pub unsafe_local_reads: bool,
+    /// FAULT INJECTION for chaos tests: delays and drops of outgoing Raft messages.
+    #[arg(long, hide = true)]
+    pub fault_file: Option<PathBuf>,
     /// Exit when this process is gone (used by `meshd demo` for its nodes).
     #[arg(long, hide = true)]
     pub parent_pid: Option<u32>,
@@ -305,6 +308,7 @@ impl ServerArgs {
             c,
             crate::node::TestHooks {
                 unsafe_local_reads: self.unsafe_local_reads,
+                fault_file: self.fault_file,
             },
         ))
     }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod discovery;
+pub mod faults;
 pub mod http;
 pub mod network;
 pub mod node;

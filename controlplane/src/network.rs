@@ -85,12 +85,13 @@ pub fn never_sent(status: &tonic::Status) -> bool {
 #[derive(Clone)]
 pub struct Network {
     pool: ClientPool,
+    faults: Option<Arc<crate::faults::Faults>>,
 }
 
 impl Network {
-    /// A network using `pool`'s clients.
-    pub fn new(pool: ClientPool) -> Self {
-        Self { pool }
+    /// A network using `pool`'s clients, with injected faults if any.
+    pub fn new(pool: ClientPool, faults: Option<Arc<crate::faults::Faults>>) -> Self {
+        Self { pool, faults }
     }
 }
 
@@ -101,6 +102,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             target,
             client: self.pool.get(&node.addr).map_err(|e| e.to_string()),
+            faults: self.faults.clone(),
         }
     }
 }
@@ -109,6 +111,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Connection {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
+    faults: Option<Arc<crate::faults::Faults>>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
@@ -133,6 +136,17 @@ impl Connection {
                 )))
             }
         };
+        if let Some(f) = &self.faults {
+            match f.outgoing(self.target) {
+                None => {
+                    return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                        "dropped by fault injection",
+                    ))))
+                }
+                Some(d) if !d.is_zero() => tokio::time::sleep(d).await,
+                Some(_) => {}
+            }
+        }
         let payload = to_payload(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(payload);
         request.set_timeout(option.hard_ttl());

@@ -69,6 +69,8 @@ pub struct TestHooks {
     /// Serve reads without a read index (a deliberately broken build for
     /// the chaos tests to catch).
     pub unsafe_local_reads: bool,
+    /// A fault-injection file (see `faults.rs`).
+    pub fault_file: Option<std::path::PathBuf>,
 }
 
 fn check_identity(dir: &Path, cfg: &ServerConfig) -> anyhow::Result<()> {
@@ -161,7 +163,7 @@ pub async fn start_with_listener(
     let raft = Raft::new(
         cfg.id,
         Arc::new(raft_config(&cfg)?),
-        Network::new(pool.clone()),
+        Network::new(pool.clone(), hooks.fault_file.clone().map(crate::faults::Faults::watch)),
         log.clone(),
         sm,
     )
