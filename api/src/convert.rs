@@ -334,6 +334,19 @@ impl From<Spec> for pb::resource::Spec {
                 service: e.service,
                 peers: e.peers,
             }),
+            Spec::Authority(a) => P::Authority(pb::AuthoritySpec {
+                roots: a
+                    .roots
+                    .into_iter()
+                    .map(|r| pb::CaRoot {
+                        id: r.id,
+                        cert_pem: r.cert_pem,
+                        key_pem: r.key_pem,
+                        not_after_ms: r.not_after_ms,
+                        signing: r.signing,
+                    })
+                    .collect(),
+            }),
             Spec::Import(i) => P::Import(pb::ImportSpec {
                 peer: i.peer,
                 service: i.service,
@@ -425,6 +438,19 @@ impl TryFrom<pb::resource::Spec> for Spec {
             P::Export(e) => Spec::Export(ExportSpec {
                 service: e.service,
                 peers: e.peers,
+            }),
+            P::Authority(a) => Spec::Authority(AuthoritySpec {
+                roots: a
+                    .roots
+                    .into_iter()
+                    .map(|r| CaRoot {
+                        id: r.id,
+                        cert_pem: r.cert_pem,
+                        key_pem: r.key_pem,
+                        not_after_ms: r.not_after_ms,
+                        signing: r.signing,
+                    })
+                    .collect(),
             }),
             P::Import(i) => Spec::Import(ImportSpec {
                 peer: i.peer,

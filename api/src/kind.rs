@@ -26,11 +26,13 @@ pub enum Kind {
     Export,
     /// A service imported from a peer.
     Import,
+    /// The cluster's workload CA (written by meshd, never applied by users).
+    Authority,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Service,
         Kind::Endpoint,
         Kind::Route,
@@ -40,6 +42,7 @@ impl Kind {
         Kind::Peer,
         Kind::Export,
         Kind::Import,
+        Kind::Authority,
     ];
 
     /// The canonical name, as in `kind: Service`.
@@ -54,6 +57,7 @@ impl Kind {
             Kind::Peer => "Peer",
             Kind::Export => "Export",
             Kind::Import => "Import",
+            Kind::Authority => "Authority",
         }
     }
 
@@ -69,13 +73,17 @@ impl Kind {
             Kind::Peer => "peer",
             Kind::Export => "export",
             Kind::Import => "import",
+            Kind::Authority => "authority",
         }
     }
 
     /// Whether resources of this kind live in a namespace (all but the
     /// cluster-wide ones).
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::MeshConfig | Kind::Token | Kind::Peer)
+        !matches!(
+            self,
+            Kind::MeshConfig | Kind::Token | Kind::Peer | Kind::Authority
+        )
     }
 }
 
@@ -106,6 +114,7 @@ impl FromStr for Kind {
             "peer" | "peers" => Kind::Peer,
             "export" | "exports" => Kind::Export,
             "import" | "imports" => Kind::Import,
+            "authority" | "authorities" | "ca" => Kind::Authority,
             _ => return Err(UnknownKind(s.to_string())),
         };
         Ok(k)

@@ -23,5 +23,21 @@ pub mod v1 {
     tonic::include_proto!("raftmesh.v1");
 }
 
+/// The SPIFFE ID of a workload: `spiffe://<trust-domain>/ns/<ns>/sa/<service>`.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service}")
+}
+
+/// The DNS name in a workload certificate (`<service>.<ns>.svc.<trust-domain>`),
+/// which TLS clients verify the server against.
+pub fn workload_dns_name(trust_domain: &str, namespace: &str, service: &str) -> String {
+    format!("{service}.{namespace}.svc.{trust_domain}")
+}
+
+/// The default trust domain of a cluster.
+pub fn default_trust_domain(cluster_name: &str) -> String {
+    format!("{cluster_name}.mesh")
+}
+
 /// The namespace used when a resource names none.
 pub const DEFAULT_NAMESPACE: &str = "default";

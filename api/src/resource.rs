@@ -430,6 +430,33 @@ pub struct ImportSpec {
     pub service: String,
 }
 
+/// One root of the workload CA.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaRoot {
+    /// Its id (for messages and rotation).
+    pub id: String,
+    /// The root certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM, PKCS#8). Never sent to proxies or shown by
+    /// `meshctl get`; it travels only in Raft and in snapshots.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_pem: String,
+    /// Unix milliseconds after which the root is no longer valid.
+    pub not_after_ms: u64,
+    /// Whether it signs new workload certificates (exactly one does).
+    pub signing: bool,
+}
+
+/// `kind: Authority` — the cluster's workload CA: its roots (all trusted;
+/// one signs). Written by meshd at bootstrap and by `meshctl ca rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthoritySpec {
+    /// The roots, oldest first.
+    pub roots: Vec<CaRoot>,
+}
+
 /// The spec of a resource, by kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::large_enum_variant)]
@@ -452,6 +479,8 @@ pub enum Spec {
     Export(ExportSpec),
     /// `kind: Import`.
     Import(ImportSpec),
+    /// `kind: Authority`.
+    Authority(AuthoritySpec),
 }
 
 impl Spec {
@@ -467,6 +496,7 @@ impl Spec {
             Spec::Peer(_) => Kind::Peer,
             Spec::Export(_) => Kind::Export,
             Spec::Import(_) => Kind::Import,
+            Spec::Authority(_) => Kind::Authority,
         }
     }
 
@@ -588,6 +618,7 @@ impl Resource {
             Kind::Peer => Spec::Peer(spec_of(spec_value, &key)?),
             Kind::Export => Spec::Export(spec_of(spec_value, &key)?),
             Kind::Import => Spec::Import(spec_of(spec_value, &key)?),
+            Kind::Authority => Spec::Authority(spec_of(spec_value, &key)?),
         };
         Ok(Resource {
             metadata: raw.metadata,
@@ -623,6 +654,7 @@ impl Serialize for Resource {
             Spec::Peer(x) => m.serialize_entry("spec", x)?,
             Spec::Export(x) => m.serialize_entry("spec", x)?,
             Spec::Import(x) => m.serialize_entry("spec", x)?,
+            Spec::Authority(x) => m.serialize_entry("spec", x)?,
         }
         m.end()
     }

@@ -347,6 +347,26 @@ impl Resource {
                     c.label(p, &format!("spec.peers[{i}]"));
                 }
             }
+            Spec::Authority(a) => {
+                c.check(
+                    !a.roots.is_empty(),
+                    "spec.roots",
+                    "must hold at least one root",
+                );
+                let signing = a.roots.iter().filter(|r| r.signing).count();
+                c.check(
+                    signing == 1,
+                    "spec.roots",
+                    format!("{signing} roots sign; exactly one must"),
+                );
+                for (i, r) in a.roots.iter().enumerate() {
+                    c.check(
+                        r.cert_pem.contains("BEGIN CERTIFICATE"),
+                        format!("spec.roots[{i}].cert_pem"),
+                        "must be a PEM certificate",
+                    );
+                }
+            }
             Spec::Import(i) => {
                 c.label(&i.peer, "spec.peer");
                 c.label(&i.service, "spec.service");

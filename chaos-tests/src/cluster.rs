@@ -59,7 +59,9 @@ impl Cluster {
         let token = format!("chaos-admin-{}", std::process::id());
         let token_file = dir.path().join("admin.token");
         std::fs::write(&token_file, &token).map_err(|e| e.to_string())?;
-        let addrs: Vec<String> = (1..=n).map(|i| format!("{}:{}", net.ip(i), free_port())).collect();
+        let addrs: Vec<String> = (1..=n)
+            .map(|i| format!("{}:{}", net.ip(i), free_port()))
+            .collect();
         let initial = addrs
             .iter()
             .enumerate()
@@ -116,7 +118,8 @@ impl Cluster {
         let log = self.dir.path().join(format!("n{id}.log"));
         let mut cmd = self.net.command(id, &self.meshd);
         let node = &mut self.nodes[id as usize - 1];
-        cmd.args(&node.args).env("RAFTMESH_LOG", "info,openraft=warn");
+        cmd.args(&node.args)
+            .env("RAFTMESH_LOG", "info,openraft=warn");
         if let Some(ft) = faketime {
             cmd.env("LD_PRELOAD", LIBFAKETIME)
                 .env("FAKETIME", ft)
@@ -178,7 +181,11 @@ impl Cluster {
                 .collect();
             if let Ok(s) = crate::client::cluster_status(&live, &self.token).await {
                 if let Some(l) = s.leader {
-                    if self.nodes.get(l as usize - 1).is_some_and(|n| n.proc.is_some()) {
+                    if self
+                        .nodes
+                        .get(l as usize - 1)
+                        .is_some_and(|n| n.proc.is_some())
+                    {
                         return Ok(l);
                     }
                 }
@@ -192,7 +199,8 @@ impl Cluster {
 
     /// The last lines of node `id`'s log.
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join(format!("n{id}.log"))).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.dir.path().join(format!("n{id}.log"))).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }

@@ -60,7 +60,10 @@ impl Fault {
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
         f.write_str(&s)
     }
 }
@@ -81,13 +84,21 @@ async fn leader_or_random(c: &Cluster, rng: &mut StdRng) -> u64 {
 }
 
 /// Injects `f`; returns a description and what to undo.
-pub async fn inject(c: &mut Cluster, f: Fault, rng: &mut StdRng) -> Result<(String, Injected), String> {
+pub async fn inject(
+    c: &mut Cluster,
+    f: Fault,
+    rng: &mut StdRng,
+) -> Result<(String, Injected), String> {
     let n = c.nodes.len() as u64;
     let all: Vec<u64> = (1..=n).collect();
     let mut undo = Injected::default();
     let what = match f {
         Fault::IsolateOne | Fault::IsolateLeader => {
-            let v = if f == Fault::IsolateLeader { leader_or_random(c, rng).await } else { rng.random_range(1..=n) };
+            let v = if f == Fault::IsolateLeader {
+                leader_or_random(c, rng).await
+            } else {
+                rng.random_range(1..=n)
+            };
             let rest: Vec<u64> = all.iter().copied().filter(|x| *x != v).collect();
             c.net.partition(&[vec![v], rest])?;
             format!("{f} (node {v})")
@@ -130,20 +141,30 @@ pub async fn inject(c: &mut Cluster, f: Fault, rng: &mut StdRng) -> Result<(Stri
             format!("{f} (each node reaches its two neighbours)")
         }
         Fault::KillOne | Fault::KillLeader => {
-            let v = if f == Fault::KillLeader { leader_or_random(c, rng).await } else { rng.random_range(1..=n) };
+            let v = if f == Fault::KillLeader {
+                leader_or_random(c, rng).await
+            } else {
+                rng.random_range(1..=n)
+            };
             c.kill(v);
             undo.killed.push(v);
             format!("{f} (node {v})")
         }
         Fault::PauseOne | Fault::PauseLeader => {
-            let v = if f == Fault::PauseLeader { leader_or_random(c, rng).await } else { rng.random_range(1..=n) };
+            let v = if f == Fault::PauseLeader {
+                leader_or_random(c, rng).await
+            } else {
+                rng.random_range(1..=n)
+            };
             c.pause(v);
             undo.paused.push(v);
             format!("{f} (node {v})")
         }
         Fault::ClockSkew => {
             let v = rng.random_range(1..=n);
-            let offset = *["+30s", "-30s", "+5m", "-2m"].choose(rng).unwrap_or(&"+30s");
+            let offset = *["+30s", "-30s", "+5m", "-2m"]
+                .choose(rng)
+                .unwrap_or(&"+30s");
             let rate = *["x1.0", "x1.5", "x0.7"].choose(rng).unwrap_or(&"x1.0");
             let ft = format!("{offset} {rate}");
             c.kill(v);

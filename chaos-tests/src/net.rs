@@ -53,35 +53,61 @@ fn run(args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 /// Removes namespaces and bridges left by test processes that died without
 /// cleaning up (names carry the owner's pid).
 fn sweep_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         if let Some(rest) = name.strip_prefix("rmc") {
-            let pid = rest.split('x').next().and_then(|p| u32::from_str_radix(p, 36).ok());
+            let pid = rest
+                .split('x')
+                .next()
+                .and_then(|p| u32::from_str_radix(p, 36).ok());
             if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
                 let _ = run(&["ip", "netns", "del", name]);
             }
         }
     }
-    if let Ok(out) = Command::new("ip").args(["-o", "link", "show", "type", "bridge"]).output() {
+    if let Ok(out) = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+    {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split(':').nth(1).unwrap_or("").trim().split('@').next().unwrap_or("");
+            let name = line
+                .split(':')
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .split('@')
+                .next()
+                .unwrap_or("");
             if let Some(rest) = name.strip_prefix("rmb") {
-                let pid = rest.split('x').next().and_then(|p| u32::from_str_radix(p, 36).ok());
+                let pid = rest
+                    .split('x')
+                    .next()
+                    .and_then(|p| u32::from_str_radix(p, 36).ok());
                 if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
                     let _ = run(&["ip", "link", "del", name]);
                 }
@@ -95,7 +121,9 @@ impl Net {
     /// `CHAOS_NET=loopback`), loopback otherwise.
     pub fn new(n: u64, dir: &Path) -> Result<Self, String> {
         static COUNT: AtomicU32 = AtomicU32::new(0);
-        let want_ns = std::env::var("CHAOS_NET").map(|v| v != "loopback").unwrap_or(true);
+        let want_ns = std::env::var("CHAOS_NET")
+            .map(|v| v != "loopback")
+            .unwrap_or(true);
         let mode = if want_ns && is_root() && Command::new("ip").arg("-V").output().is_ok() {
             sweep_stale();
             let k = COUNT.fetch_add(1, Ordering::SeqCst);
@@ -126,10 +154,24 @@ impl Net {
     }
 
     fn setup(m: &Mode, n: u64) -> Result<(), String> {
-        let Mode::Namespaces { bridge, prefix, subnet } = m else { return Ok(()) };
+        let Mode::Namespaces {
+            bridge,
+            prefix,
+            subnet,
+        } = m
+        else {
+            return Ok(());
+        };
         let (a, b) = *subnet;
         run(&["ip", "link", "add", bridge, "type", "bridge"])?;
-        run(&["ip", "addr", "add", &format!("10.{a}.{b}.1/24"), "dev", bridge])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.{a}.{b}.1/24"),
+            "dev",
+            bridge,
+        ])?;
         run(&["ip", "link", "set", bridge, "up"])?;
         for i in 1..=n {
             let ns = format!("{prefix}n{i}");
@@ -139,7 +181,18 @@ impl Net {
             run(&["ip", "link", "set", &p, "netns", &ns])?;
             run(&["ip", "link", "set", &v, "master", bridge])?;
             run(&["ip", "link", "set", &v, "up"])?;
-            run(&["ip", "netns", "exec", &ns, "ip", "addr", "add", &format!("10.{a}.{b}.{}/24", 10 + i), "dev", &p])?;
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "ip",
+                "addr",
+                "add",
+                &format!("10.{a}.{b}.{}/24", 10 + i),
+                "dev",
+                &p,
+            ])?;
             run(&["ip", "netns", "exec", &ns, "ip", "link", "set", &p, "up"])?;
             run(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
         }
@@ -169,7 +222,8 @@ impl Net {
         match &self.mode {
             Mode::Namespaces { prefix, .. } => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", &format!("{prefix}n{i}")]).arg(program);
+                c.args(["netns", "exec", &format!("{prefix}n{i}")])
+                    .arg(program);
                 c
             }
             Mode::Loopback => Command::new(program),
@@ -210,7 +264,9 @@ impl Net {
     }
 
     fn iptables_apply(&self) -> Result<(), String> {
-        let Mode::Namespaces { prefix, .. } = &self.mode else { return Ok(()) };
+        let Mode::Namespaces { prefix, .. } = &self.mode else {
+            return Ok(());
+        };
         let cut = self.cut.lock().map_err(|e| e.to_string())?.clone();
         let loss = self.loss.lock().map_err(|e| e.to_string())?.clone();
         for i in 1..=self.n {
@@ -218,14 +274,41 @@ impl Net {
             run(&["ip", "netns", "exec", &ns, "iptables", "-F", "INPUT"])?;
             for (from, to) in &cut {
                 if *to == i {
-                    run(&["ip", "netns", "exec", &ns, "iptables", "-A", "INPUT", "-s", &self.ip(*from), "-j", "DROP"])?;
+                    run(&[
+                        "ip",
+                        "netns",
+                        "exec",
+                        &ns,
+                        "iptables",
+                        "-A",
+                        "INPUT",
+                        "-s",
+                        &self.ip(*from),
+                        "-j",
+                        "DROP",
+                    ])?;
                 }
             }
             for (from, to, p) in &loss {
                 if *to == i {
                     run(&[
-                        "ip", "netns", "exec", &ns, "iptables", "-A", "INPUT", "-s", &self.ip(*from), "-m", "statistic",
-                        "--mode", "random", "--probability", &format!("{p}"), "-j", "DROP",
+                        "ip",
+                        "netns",
+                        "exec",
+                        &ns,
+                        "iptables",
+                        "-A",
+                        "INPUT",
+                        "-s",
+                        &self.ip(*from),
+                        "-m",
+                        "statistic",
+                        "--mode",
+                        "random",
+                        "--probability",
+                        &format!("{p}"),
+                        "-j",
+                        "DROP",
                     ])?;
                 }
             }

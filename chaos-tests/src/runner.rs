@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use raftmesh_api::v1 as pb;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use raftmesh_api::v1 as pb;
 use serde::Serialize;
 
 use crate::client::admin;
@@ -117,7 +117,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Final register values from linearizable reads (retrying until healed).
-async fn final_registers(addrs: &[String], token: &str, keys: usize) -> Result<BTreeMap<String, Option<u64>>, String> {
+async fn final_registers(
+    addrs: &[String],
+    token: &str,
+    keys: usize,
+) -> Result<BTreeMap<String, Option<u64>>, String> {
     let mut out = BTreeMap::new();
     for k in 0..keys {
         let key = format!("reg-{k}");
@@ -142,7 +146,9 @@ async fn final_registers(addrs: &[String], token: &str, keys: usize) -> Result<B
                             .resource
                             .and_then(|r| raftmesh_api::Resource::try_from(r).ok())
                             .and_then(|r| match r.spec {
-                                raftmesh_api::Spec::Service(s) => s.ports.first().map(|p| u64::from(p.port)),
+                                raftmesh_api::Spec::Service(s) => {
+                                    s.ports.first().map(|p| u64::from(p.port))
+                                }
                                 _ => None,
                             });
                         got = Some(v);
@@ -157,7 +163,10 @@ async fn final_registers(addrs: &[String], token: &str, keys: usize) -> Result<B
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        out.insert(key.clone(), got.ok_or_else(|| format!("cannot read {key} after healing"))?);
+        out.insert(
+            key.clone(),
+            got.ok_or_else(|| format!("cannot read {key} after healing"))?,
+        );
     }
     Ok(out)
 }
@@ -171,10 +180,15 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
         opts.extra_args.push("--unsafe-local-reads".into());
     }
     let mut cluster = Cluster::start(cfg.nodes, opts)?;
-    let net = if cluster.net.real() { "namespaces" } else { "loopback" };
-    cluster.wait_leader(Duration::from_secs(30)).await.map_err(|e| {
-        format!("{e}; node 1 log:\n{}", cluster.log_tail(1, 20))
-    })?;
+    let net = if cluster.net.real() {
+        "namespaces"
+    } else {
+        "loopback"
+    };
+    cluster
+        .wait_leader(Duration::from_secs(30))
+        .await
+        .map_err(|e| format!("{e}; node 1 log:\n{}", cluster.log_tail(1, 20)))?;
     let addrs = cluster.addrs();
     let token = cluster.token.clone();
     let proxy_token = admin(&addrs[0], &token)
@@ -193,7 +207,12 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
         .secret;
 
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| e.to_string())?;
-    let history_path = cfg.out_dir.join(format!("seed-{}-{}n{}.jsonl", cfg.seed, cfg.nodes, if cfg.unsafe_reads { "-unsafe" } else { "" }));
+    let history_path = cfg.out_dir.join(format!(
+        "seed-{}-{}n{}.jsonl",
+        cfg.seed,
+        cfg.nodes,
+        if cfg.unsafe_reads { "-unsafe" } else { "" }
+    ));
     let _ = std::fs::remove_file(&history_path);
     let file = std::fs::File::create(&history_path).map_err(|e| e.to_string())?;
     let recorder = Arc::new(Mutex::new(HistoryWriter::new(BufWriter::new(file))));
@@ -217,13 +236,30 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
     }
     let set = Arc::new(Mutex::new(SetOutcome::default()));
     for w in 0..2 {
-        tasks.push(tokio::spawn(workload::set_worker(w, addrs.clone(), token.clone(), set.clone(), cfg.seed, stop.clone())));
+        tasks.push(tokio::spawn(workload::set_worker(
+            w,
+            addrs.clone(),
+            token.clone(),
+            set.clone(),
+            cfg.seed,
+            stop.clone(),
+        )));
     }
-    let views: Vec<streams::View> = (0..cfg.proxies).map(|_| Arc::new(Mutex::new(ProxyView::default()))).collect();
+    let views: Vec<streams::View> = (0..cfg.proxies)
+        .map(|_| Arc::new(Mutex::new(ProxyView::default())))
+        .collect();
     let (pstop_tx, pstop) = tokio::sync::watch::channel(false);
     let mut ptasks = Vec::new();
     for (i, v) in views.iter().enumerate() {
-        ptasks.push(tokio::spawn(streams::proxy(i, addrs.clone(), proxy_token.clone(), cfg.keys, v.clone(), cfg.seed, pstop.clone())));
+        ptasks.push(tokio::spawn(streams::proxy(
+            i,
+            addrs.clone(),
+            proxy_token.clone(),
+            cfg.keys,
+            v.clone(),
+            cfg.seed,
+            pstop.clone(),
+        )));
     }
 
     // The schedule: healthy a moment, a fault for a few seconds, heal.
@@ -256,10 +292,17 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
     let lost: Vec<u64> = s.acked.difference(&present).copied().collect();
     let unexpected: Vec<u64> = present.difference(&s.attempted).copied().collect();
     if !lost.is_empty() {
-        violations.push(format!("{} acknowledged adds lost: {:?}", lost.len(), &lost[..lost.len().min(10)]));
+        violations.push(format!(
+            "{} acknowledged adds lost: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        ));
     }
     if !unexpected.is_empty() {
-        violations.push(format!("{} elements never added are present", unexpected.len()));
+        violations.push(format!(
+            "{} elements never added are present",
+            unexpected.len()
+        ));
     }
 
     // Streams: converge within 10 s, only written values. The workload runs
@@ -272,7 +315,9 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
     while writes_stopped.elapsed() < Duration::from_secs(10) {
         if views.iter().all(|v| {
             let v = lock(v);
-            finals.iter().all(|(k, want)| v.held.get(k).copied().flatten() == *want)
+            finals
+                .iter()
+                .all(|(k, want)| v.held.get(k).copied().flatten() == *want)
         }) {
             converged = true;
             converged_at = Instant::now();
@@ -289,7 +334,10 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
             .iter()
             .map(|v| {
                 let v = lock(v);
-                format!("{:?} at revision {} after {} connects", v.held, v.revision, v.connects)
+                format!(
+                    "{:?} at revision {} after {} connects",
+                    v.held, v.revision, v.connects
+                )
             })
             .collect();
         violations.push(format!(
@@ -298,7 +346,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
         ));
     }
     drop(recorder);
-    let history = History::from_path(&history_path).map_err(|e| format!("reading the history: {e}"))?;
+    let history =
+        History::from_path(&history_path).map_err(|e| format!("reading the history: {e}"))?;
     let mut written: BTreeSet<(String, u64)> = BTreeSet::new();
     for op in &history.ops {
         match &op.call {
@@ -322,7 +371,10 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
         fulls += v.fulls;
         violations.extend(v.violations.iter().cloned());
         for s in v.seen.difference(&written) {
-            violations.push(format!("a proxy was sent {}={}, a value never written", s.0, s.1));
+            violations.push(format!(
+                "a proxy was sent {}={}, a value never written",
+                s.0, s.1
+            ));
         }
     }
 
@@ -335,8 +387,12 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
     );
     match &verdict {
         Verdict::Linearizable => {}
-        Verdict::NotLinearizable { key, .. } => violations.push(format!("register {key} is not linearizable")),
-        Verdict::Unknown { reason } => violations.push(format!("linearizability unknown: {reason}")),
+        Verdict::NotLinearizable { key, .. } => {
+            violations.push(format!("register {key} is not linearizable"))
+        }
+        Verdict::Unknown { reason } => {
+            violations.push(format!("linearizability unknown: {reason}"))
+        }
     }
     let count = |o: crate::history::Outcome| history.ops.iter().filter(|x| x.outcome == o).count();
     Ok(Summary {
@@ -355,7 +411,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
         stream_deltas: deltas,
         stream_fulls: fulls,
         streams_converged: converged,
-        converged_after_heal_s: (converged_at.duration_since(healed).as_secs_f64() * 10.0).round() / 10.0,
+        converged_after_heal_s: (converged_at.duration_since(healed).as_secs_f64() * 10.0).round()
+            / 10.0,
         violations,
         history: history_path.display().to_string(),
         seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
@@ -366,7 +423,10 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
 /// off, write 2 through the majority, then read from the old leader. A
 /// correct build refuses (no quorum) or waits; the broken one answers 1, a
 /// stale read. Returns the verdict on the recorded history.
-pub async fn stale_read_probe(unsafe_reads: bool, out_dir: &std::path::Path) -> Result<Verdict, String> {
+pub async fn stale_read_probe(
+    unsafe_reads: bool,
+    out_dir: &std::path::Path,
+) -> Result<Verdict, String> {
     let mut opts = ClusterOpts::default();
     if unsafe_reads {
         opts.extra_args.push("--unsafe-local-reads".into());
@@ -376,12 +436,19 @@ pub async fn stale_read_probe(unsafe_reads: bool, out_dir: &std::path::Path) -> 
     let addr = |i: u64| cluster.nodes[i as usize - 1].addr.clone();
     let token = cluster.token.clone();
     std::fs::create_dir_all(out_dir).map_err(|e| e.to_string())?;
-    let path = out_dir.join(format!("stale-read-{}.jsonl", if unsafe_reads { "unsafe" } else { "safe" }));
+    let path = out_dir.join(format!(
+        "stale-read-{}.jsonl",
+        if unsafe_reads { "unsafe" } else { "safe" }
+    ));
     let _ = std::fs::remove_file(&path);
-    let mut w = HistoryWriter::new(BufWriter::new(std::fs::File::create(&path).map_err(|e| e.to_string())?));
+    let mut w = HistoryWriter::new(BufWriter::new(
+        std::fs::File::create(&path).map_err(|e| e.to_string())?,
+    ));
     let reg = |v: u64| -> Result<raftmesh_api::Resource, String> {
-        serde_yaml_ng::from_str(&format!("kind: Service\nmetadata: {{name: reg-0}}\nspec: {{ports: [{{port: {v}}}]}}"))
-            .map_err(|e| e.to_string())
+        serde_yaml_ng::from_str(&format!(
+            "kind: Service\nmetadata: {{name: reg-0}}\nspec: {{ports: [{{port: {v}}}]}}"
+        ))
+        .map_err(|e| e.to_string())
     };
     let write = |c: &mut crate::client::Admin, v: u64| {
         let r = reg(v);
@@ -401,28 +468,35 @@ pub async fn stale_read_probe(unsafe_reads: bool, out_dir: &std::path::Path) -> 
     use serde_json::{json, Value};
     let rec_err = |e: std::io::Error| e.to_string();
     let mut leader_client = admin(&addr(old), &token).map_err(|e| e.to_string())?;
-    w.invoke(0, Function::Write, "reg-0", json!(1)).map_err(rec_err)?;
+    w.invoke(0, Function::Write, "reg-0", json!(1))
+        .map_err(rec_err)?;
     write(&mut leader_client, 1).await?;
-    w.complete(0, EventType::Ok, Function::Write, "reg-0", json!(1)).map_err(rec_err)?;
+    w.complete(0, EventType::Ok, Function::Write, "reg-0", json!(1))
+        .map_err(rec_err)?;
     // Let the followers apply it.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let rest: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
     cluster.net.partition(&[vec![old], rest.clone()])?;
     let mut majority = admin(&addr(rest[0]), &token).map_err(|e| e.to_string())?;
-    w.invoke(1, Function::Write, "reg-0", json!(2)).map_err(rec_err)?;
+    w.invoke(1, Function::Write, "reg-0", json!(2))
+        .map_err(rec_err)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match tokio::time::timeout(Duration::from_secs(3), write(&mut majority, 2)).await {
             Ok(Ok(_)) => break,
-            _ if Instant::now() > deadline => return Err("the majority never accepted the write".into()),
+            _ if Instant::now() > deadline => {
+                return Err("the majority never accepted the write".into())
+            }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    w.complete(1, EventType::Ok, Function::Write, "reg-0", json!(2)).map_err(rec_err)?;
+    w.complete(1, EventType::Ok, Function::Write, "reg-0", json!(2))
+        .map_err(rec_err)?;
 
     // Read from the old leader, which has not heard of 2.
-    w.invoke(2, Function::Read, "reg-0", Value::Null).map_err(rec_err)?;
+    w.invoke(2, Function::Read, "reg-0", Value::Null)
+        .map_err(rec_err)?;
     let r = tokio::time::timeout(
         Duration::from_secs(8),
         leader_client.get(pb::GetRequest {
@@ -443,9 +517,12 @@ pub async fn stale_read_probe(unsafe_reads: bool, out_dir: &std::path::Path) -> 
                     raftmesh_api::Spec::Service(s) => s.ports.first().map(|p| u64::from(p.port)),
                     _ => None,
                 });
-            w.complete(2, EventType::Ok, Function::Read, "reg-0", json!(v)).map_err(rec_err)?;
+            w.complete(2, EventType::Ok, Function::Read, "reg-0", json!(v))
+                .map_err(rec_err)?;
         }
-        _ => w.complete(2, EventType::Fail, Function::Read, "reg-0", Value::Null).map_err(rec_err)?,
+        _ => w
+            .complete(2, EventType::Fail, Function::Read, "reg-0", Value::Null)
+            .map_err(rec_err)?,
     }
     drop(w);
     cluster.net.heal()?;

@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use raftmesh_api::v1 as pb;
 use raftmesh_api::v1::discovery_client::DiscoveryClient;
 use raftmesh_api::v1::proxy_message::Msg as In;
 use raftmesh_api::v1::server_message::Msg as Out;
 use raftmesh_api::{Resource, ResourceKey, Spec};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
 /// What one simulated proxy saw.
@@ -85,13 +85,20 @@ async fn session(
             m = tokio::time::timeout(Duration::from_secs(15), inbound.message()) => m,
             _ = stop.changed() => return Ok(()),
         };
-        let m = m.map_err(|_| "stream silent".to_string())?.map_err(|s| s.message().to_string())?;
-        let Some(m) = m else { return Err("stream ended".into()) };
+        let m = m
+            .map_err(|_| "stream silent".to_string())?
+            .map_err(|s| s.message().to_string())?;
+        let Some(m) = m else {
+            return Err("stream ended".into());
+        };
         let Some(Out::Delta(d)) = m.msg else { continue };
         {
             let mut v = lock(view);
             if d.revision <= v.revision {
-                let msg = format!("proxy {i}: revision went from {} to {} (full: {})", v.revision, d.revision, d.full);
+                let msg = format!(
+                    "proxy {i}: revision went from {} to {} (full: {})",
+                    v.revision, d.revision, d.full
+                );
                 v.violations.push(msg);
             }
             v.revision = v.revision.max(d.revision);
@@ -103,7 +110,9 @@ async fn session(
                 }
             }
             for u in &d.upserts {
-                let Ok(r) = Resource::try_from(u.clone()) else { continue };
+                let Ok(r) = Resource::try_from(u.clone()) else {
+                    continue;
+                };
                 if let Spec::Service(s) = &r.spec {
                     let val = s.ports.first().map(|p| u64::from(p.port));
                     if let Some(x) = val {

@@ -2,15 +2,15 @@
 //! compare-and-set register per key, and a set of unique adds.
 
 use std::collections::BTreeSet;
-use std::io::BufWriter;
 use std::fs::File;
+use std::io::BufWriter;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use raftmesh_api::v1 as pb;
 use raftmesh_api::{Resource, Spec};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tonic::Code;
 
@@ -37,7 +37,8 @@ fn log_event(r: &Recorder, process: u64, kind: EventType, f: Function, key: &str
 
 /// The resource holding register `key` with `value` (a Service whose port is the value).
 fn register(key: &str, value: u64) -> Resource {
-    let y = format!("kind: Service\nmetadata: {{name: {key}}}\nspec: {{ports: [{{port: {value}}}]}}");
+    let y =
+        format!("kind: Service\nmetadata: {{name: {key}}}\nspec: {{ports: [{{port: {value}}}]}}");
     // The document is valid for any value 1-65535.
     #[allow(clippy::expect_used)]
     serde_yaml_ng::from_str(&y).expect("register document")
@@ -56,15 +57,21 @@ fn value_of(r: &pb::Resource) -> Option<(u64, u64)> {
 fn classify(status: &tonic::Status) -> EventType {
     match status.code() {
         // Refused before anything was proposed.
-        Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied | Code::NotFound => EventType::Fail,
-        Code::Unavailable if status.message().starts_with("no leader is available") => EventType::Fail,
+        Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied | Code::NotFound => {
+            EventType::Fail
+        }
+        Code::Unavailable if status.message().starts_with("no leader is available") => {
+            EventType::Fail
+        }
         Code::Unavailable if status.message().contains("tcp connect error") => EventType::Fail,
         // Anything else may or may not have taken effect.
         _ => EventType::Info,
     }
 }
 
-async fn timed<T>(f: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Result<T, tonic::Status> {
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
     tokio::time::timeout(CALL_TIMEOUT, f)
         .await
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("call timed out")))
@@ -86,7 +93,11 @@ async fn read(c: &mut Admin, key: &str) -> Result<Option<(u64, u64)>, tonic::Sta
     }
 }
 
-async fn put(c: &mut Admin, r: Resource, expected: Option<u64>) -> Result<pb::WriteOutcome, tonic::Status> {
+async fn put(
+    c: &mut Admin,
+    r: Resource,
+    expected: Option<u64>,
+) -> Result<pb::WriteOutcome, tonic::Status> {
     let resp = timed(c.apply(pb::ApplyRequest {
         items: vec![pb::ApplyItem {
             resource: Some(r.into()),
@@ -133,21 +144,74 @@ pub async fn register_worker(
         let key = format!("reg-{}", rng.random_range(0..load.keys));
         match rng.random_range(0..3) {
             0 => {
-                log_event(&rec, process, EventType::Invoke, Function::Read, &key, Value::Null);
+                log_event(
+                    &rec,
+                    process,
+                    EventType::Invoke,
+                    Function::Read,
+                    &key,
+                    Value::Null,
+                );
                 match read(c, &key).await {
-                    Ok(v) => log_event(&rec, process, EventType::Ok, Function::Read, &key, v.map(|x| json!(x.0)).unwrap_or(Value::Null)),
-                    Err(_) => log_event(&rec, process, EventType::Fail, Function::Read, &key, Value::Null),
+                    Ok(v) => log_event(
+                        &rec,
+                        process,
+                        EventType::Ok,
+                        Function::Read,
+                        &key,
+                        v.map(|x| json!(x.0)).unwrap_or(Value::Null),
+                    ),
+                    Err(_) => log_event(
+                        &rec,
+                        process,
+                        EventType::Fail,
+                        Function::Read,
+                        &key,
+                        Value::Null,
+                    ),
                 }
             }
             1 => {
                 let v = rng.random_range(1..=load.values);
-                log_event(&rec, process, EventType::Invoke, Function::Write, &key, json!(v));
+                log_event(
+                    &rec,
+                    process,
+                    EventType::Invoke,
+                    Function::Write,
+                    &key,
+                    json!(v),
+                );
                 match put(c, register(&key, v), None).await {
-                    Ok(pb::WriteOutcome::Ok) => log_event(&rec, process, EventType::Ok, Function::Write, &key, json!(v)),
-                    Ok(_) => log_event(&rec, process, EventType::Fail, Function::Write, &key, json!(v)),
+                    Ok(pb::WriteOutcome::Ok) => log_event(
+                        &rec,
+                        process,
+                        EventType::Ok,
+                        Function::Write,
+                        &key,
+                        json!(v),
+                    ),
+                    Ok(_) => log_event(
+                        &rec,
+                        process,
+                        EventType::Fail,
+                        Function::Write,
+                        &key,
+                        json!(v),
+                    ),
                     Err(s) => {
                         let k = classify(&s);
-                        log_event(&rec, process, k, Function::Write, &key, if k == EventType::Info { Value::Null } else { json!(v) });
+                        log_event(
+                            &rec,
+                            process,
+                            k,
+                            Function::Write,
+                            &key,
+                            if k == EventType::Info {
+                                Value::Null
+                            } else {
+                                json!(v)
+                            },
+                        );
                         if k == EventType::Info {
                             process += 1000; // workers < 1000
                         }
@@ -155,9 +219,19 @@ pub async fn register_worker(
                 }
             }
             _ => {
-                let (e, n) = (rng.random_range(1..=load.values), rng.random_range(1..=load.values));
+                let (e, n) = (
+                    rng.random_range(1..=load.values),
+                    rng.random_range(1..=load.values),
+                );
                 let arg = json!([e, n]);
-                log_event(&rec, process, EventType::Invoke, Function::Cas, &key, arg.clone());
+                log_event(
+                    &rec,
+                    process,
+                    EventType::Invoke,
+                    Function::Cas,
+                    &key,
+                    arg.clone(),
+                );
                 // A failed cas is an observation ("the register did not hold
                 // `e` at some moment of the call"), so `fail` only when that
                 // was seen: the read showed another value, or the write lost
@@ -176,7 +250,18 @@ pub async fn register_worker(
                         }
                     }
                 };
-                log_event(&rec, process, k, Function::Cas, &key, if k == EventType::Info { Value::Null } else { arg });
+                log_event(
+                    &rec,
+                    process,
+                    k,
+                    Function::Cas,
+                    &key,
+                    if k == EventType::Info {
+                        Value::Null
+                    } else {
+                        arg
+                    },
+                );
                 if k == EventType::Info {
                     process += 1000; // workers < 1000
                 }
@@ -213,9 +298,17 @@ pub async fn set_worker(
         n += 1;
         let node = rng.random_range(0..clients.len());
         {
-            out.lock().unwrap_or_else(PoisonError::into_inner).attempted.insert(n);
+            out.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .attempted
+                .insert(n);
         }
-        let r = put(&mut clients[node], register(&format!("set-{n}"), 1), Some(0)).await;
+        let r = put(
+            &mut clients[node],
+            register(&format!("set-{n}"), 1),
+            Some(0),
+        )
+        .await;
         {
             let mut o = out.lock().unwrap_or_else(PoisonError::into_inner);
             match r {

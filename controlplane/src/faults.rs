@@ -69,6 +69,8 @@ impl Faults {
                 return None;
             }
         }
-        Some(Duration::from_millis(r.delay_ms.get(&peer).copied().unwrap_or(0)))
+        Some(Duration::from_millis(
+            r.delay_ms.get(&peer).copied().unwrap_or(0),
+        ))
     }
 }

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod auth;
 pub mod batcher;
+pub mod ca;
 pub mod cluster;
 pub mod config;
 pub mod ctl;

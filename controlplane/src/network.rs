@@ -139,9 +139,9 @@ impl Connection {
         if let Some(f) = &self.faults {
             match f.outgoing(self.target) {
                 None => {
-                    return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-                        "dropped by fault injection",
-                    ))))
+                    return Err(RPCError::Unreachable(Unreachable::new(
+                        &std::io::Error::other("dropped by fault injection"),
+                    )))
                 }
                 Some(d) if !d.is_zero() => tokio::time::sleep(d).await,
                 Some(_) => {}

@@ -163,7 +163,10 @@ pub async fn start_with_listener(
     let raft = Raft::new(
         cfg.id,
         Arc::new(raft_config(&cfg)?),
-        Network::new(pool.clone(), hooks.fault_file.clone().map(crate::faults::Faults::watch)),
+        Network::new(
+            pool.clone(),
+            hooks.fault_file.clone().map(crate::faults::Faults::watch),
+        ),
         log.clone(),
         sm,
     )
@@ -218,7 +221,10 @@ pub async fn start_with_listener(
             ops.clone(),
             reader.clone(),
             hub.clone(),
-            DiscoveryConfig::default(),
+            DiscoveryConfig {
+                cluster_name: cfg.cluster_name.clone(),
+                ..DiscoveryConfig::default()
+            },
         );
         let discovery_svc = DiscoveryServer::new(discovery.clone())
             .max_decoding_message_size(discovery.max_message_bytes());

@@ -53,6 +53,7 @@ pub struct ClusterWatcher {
     /// SHA-256 of the bootstrap admin secret, until it is stored.
     bootstrap_hash: Option<String>,
     bootstrap_in_flight: bool,
+    ca_in_flight: bool,
 }
 
 impl ClusterWatcher {
@@ -73,6 +74,7 @@ impl ClusterWatcher {
             in_flight: BTreeMap::new(),
             bootstrap_hash,
             bootstrap_in_flight: false,
+            ca_in_flight: false,
         }
     }
 
@@ -114,7 +116,45 @@ impl ClusterWatcher {
                 }
             }));
         }
-        self.maybe_store_bootstrap_token(ctx, metrics.current_leader == Some(me));
+        let leading = metrics.current_leader == Some(me);
+        self.maybe_store_bootstrap_token(ctx, leading);
+        self.maybe_create_ca(ctx, leading);
+    }
+
+    /// The leader creates the workload CA once (create-only, so a race
+    /// between leaders keeps the first).
+    fn maybe_create_ca(&mut self, ctx: &mut Context<Self>, leader: bool) {
+        if !leader
+            || self.ca_in_flight
+            || crate::discovery::identity::authority(&self.reader).is_some()
+        {
+            return;
+        }
+        self.ca_in_flight = true;
+        let td = crate::discovery::identity::trust_domain(&self.reader, &self.cluster_name);
+        let ops = self.ops.clone();
+        let fut = async move {
+            let root = crate::ca::new_root(&td, procinfo::unix_ms()).map_err(|e| e.to_string())?;
+            let resource = Resource {
+                metadata: Metadata::named(crate::discovery::identity::CA_NAME),
+                spec: Spec::Authority(raftmesh_api::AuthoritySpec { roots: vec![root] }),
+            };
+            ops.submit(LeaderRequest::Write(Command::Put {
+                resource,
+                expected_revision: Some(0),
+            }))
+            .await
+            .map_err(|e| e.to_string())
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, _| {
+            act.ca_in_flight = false;
+            match res {
+                Ok(_) => tracing::info!("created the workload CA"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not create the workload CA yet; will retry")
+                }
+            }
+        }));
     }
 
     fn maybe_store_bootstrap_token(&mut self, ctx: &mut Context<Self>, leader: bool) {

@@ -34,6 +34,9 @@ pub enum ProxyError {
     /// Authorization refused the request.
     #[error("denied: {0}")]
     Denied(String),
+    /// Plaintext to an inbound that requires mutual TLS.
+    #[error("this workload requires mutual TLS (the mesh is in strict mode)")]
+    MtlsRequired,
     /// The local application cannot be reached (inbound).
     #[error("the local application on port {0} cannot be reached")]
     AppUnavailable(u16),
@@ -51,6 +54,7 @@ impl ProxyError {
             ProxyError::Reset(_) => "upstream-reset",
             ProxyError::CircuitOpen(_) => "circuit-open",
             ProxyError::Denied(_) => "denied",
+            ProxyError::MtlsRequired => "mtls-required",
             ProxyError::AppUnavailable(_) => "app-unavailable",
         }
     }
@@ -62,7 +66,7 @@ impl ProxyError {
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Reset(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Denied(_) | ProxyError::MtlsRequired => StatusCode::FORBIDDEN,
             ProxyError::NoHealthyEndpoints(_)
             | ProxyError::Connect(_)
             | ProxyError::CircuitOpen(_)

@@ -8,6 +8,7 @@
 //! openraft, sled or actix: a sidecar stays small (`.ci/run` checks it).
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod config;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod timeout;
+pub mod tls;
 pub mod xds;
 
 #[cfg(test)]
@@ -139,7 +141,14 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     let (initial, saved_subs) = initial_snapshot(&cfg, &me, &stats)?;
     let config = Config::new(me.clone(), initial, control_plane.then_some(learn_tx));
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let forward = Forward::new();
+    // A workload key and certificate belong to proxies in a mesh (a
+    // static-config proxy has no identity and speaks plaintext).
+    let workload = if control_plane {
+        Some(tls::Workload::load_or_generate(cfg.state_dir.clone()).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    let forward = Forward::new(workload.clone());
     let mut tasks = Vec::new();
 
     let outbound_l = bind(cfg.outbound, "outbound").await?;
@@ -165,6 +174,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
                 config.clone(),
                 port,
                 forward.clone(),
+                workload.clone(),
                 shutdown_rx.clone(),
             )));
             Some(a)
@@ -182,6 +192,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
             l,
             (ns.to_string(), svc.to_string()),
             config.clone(),
+            workload.clone(),
             shutdown_rx.clone(),
         )));
     }
@@ -196,6 +207,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         tasks.push(tokio::spawn(xds::run(
             settings,
             config.clone(),
+            workload.clone(),
             learn_rx,
             subscriptions,
             shutdown_rx.clone(),

@@ -24,7 +24,9 @@ use crate::retry::RetryLayer;
 use crate::route::{choose, RouteInfo, RouteLayer};
 use crate::state::Config;
 use crate::timeout::TimeoutLayer;
-use crate::Body;
+use crate::tls::{spiffe_of, Workload, ALPN_TCP};
+use crate::{authz, Body};
+use raftmesh_api::MtlsMode;
 
 /// The outbound request path, outermost first. Route first (everything
 /// after needs the target); the timeout wraps retries (a route's timeout
@@ -151,13 +153,15 @@ async fn sniff(stream: &TcpStream) -> bool {
     }
 }
 
-/// Serves inbound: HTTP goes to the app on `app_port`, anything else is
-/// relayed to it as opaque TCP.
+/// Serves inbound: mutual TLS from other proxies (required in strict mode,
+/// optional in permissive), authorization by the caller's identity, then
+/// HTTP to the app on `app_port`, or opaque TCP.
 pub async fn serve_inbound(
     listener: TcpListener,
     config: Arc<Config>,
     app_port: u16,
     forward: Forward,
+    workload: Option<Arc<Workload>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let app: SocketAddr = SocketAddr::from(([127, 0, 0, 1], app_port));
@@ -170,50 +174,158 @@ pub async fn serve_inbound(
             _ = crate::stopped(&mut shutdown) => return,
         };
         let _ = stream.set_nodelay(true);
-        let (forward, config) = (forward.clone(), config.clone());
+        let (forward, config, workload) = (forward.clone(), config.clone(), workload.clone());
         let mut conn_stop = shutdown.clone();
         tokio::spawn(async move {
             let _guard = ConnGuard::open("inbound");
-            if !sniff(&stream).await {
-                relay_tcp(stream, app).await;
-                return;
-            }
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let (forward, config) = (forward.clone(), config.clone());
-                async move {
-                    let started = Instant::now();
-                    let req = req.map(|b| b.boxed());
-                    let result = forward.send(req, app).await.map_err(|e| match e {
-                        ProxyError::Connect(_) => ProxyError::AppUnavailable(app_port),
-                        other => other,
-                    });
-                    let resp = finish(result);
-                    metrics::request(
-                        RequestLabels {
-                            direction: "inbound",
-                            service: config.identity.service.clone(),
-                            subset: String::new(),
-                            code: resp.status().as_u16(),
-                        },
-                        started.elapsed(),
-                    );
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let server = http_server();
-            let conn = server.serve_connection(TokioIo::new(stream), svc);
-            // A stopped proxy closes its open connections too.
+            let inbound = Inbound {
+                config,
+                forward,
+                app,
+                app_port,
+            };
             tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(error = %e, "inbound connection ended with an error");
-                },
+                _ = inbound.connection(stream, workload) => {}
                 _ = crate::stopped(&mut conn_stop) => {}
             }
         });
     }
 }
 
-async fn relay_tcp(mut client: TcpStream, to: SocketAddr) {
+#[derive(Clone)]
+struct Inbound {
+    config: Arc<Config>,
+    forward: Forward,
+    app: SocketAddr,
+    app_port: u16,
+}
+
+impl Inbound {
+    async fn connection(self, stream: TcpStream, workload: Option<Arc<Workload>>) {
+        let tls = workload.and_then(|w| w.tls());
+        let strict = self.config.snapshot().authz.mtls == MtlsMode::Strict;
+        let mut first = [0u8; 1];
+        let is_tls = matches!(
+            tokio::time::timeout(SNIFF_WAIT, stream.peek(&mut first)).await,
+            Ok(Ok(1)) if first[0] == 0x16
+        );
+        match (is_tls, tls) {
+            (true, Some(tls)) => {
+                let cfg = if strict {
+                    tls.server_strict.clone()
+                } else {
+                    tls.server_permissive.clone()
+                };
+                let accepted = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio_rustls::TlsAcceptor::from(cfg).accept(stream),
+                )
+                .await;
+                let s = match accepted {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "inbound TLS handshake refused");
+                        metrics::error("tls-handshake");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let (_, conn) = s.get_ref();
+                let who = conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| spiffe_of(c));
+                if conn.alpn_protocol() == Some(ALPN_TCP) {
+                    if let Err(why) =
+                        authz::decide(&self.config.snapshot().authz, who.as_deref(), "", "")
+                    {
+                        tracing::info!(reason = %why, "denied an opaque TCP connection");
+                        metrics::error("denied");
+                        return;
+                    }
+                    relay_stream(s, self.app).await;
+                } else {
+                    self.serve_http(s, who, false).await;
+                }
+            }
+            (true, None) => {
+                // TLS, but no certificate here yet to answer with.
+                tracing::debug!("refused a TLS connection: this proxy has no certificate yet");
+                metrics::error("tls-handshake");
+            }
+            (false, tls) => {
+                if sniff(&stream).await {
+                    // Plaintext HTTP: refused per request while the mesh is
+                    // strict (the mode may change on a live connection).
+                    self.serve_http(stream, None, tls.is_some()).await;
+                } else if strict && tls.is_some() {
+                    tracing::debug!(
+                        "closed a plaintext TCP connection: the mesh requires mutual TLS"
+                    );
+                    metrics::error("mtls-required");
+                } else if let Err(why) = authz::decide(&self.config.snapshot().authz, None, "", "")
+                {
+                    tracing::info!(reason = %why, "denied an opaque TCP connection");
+                } else {
+                    relay_stream(stream, self.app).await;
+                }
+            }
+        }
+    }
+
+    async fn serve_http<I>(self, io: I, who: Option<String>, plaintext_with_tls: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let who: Option<Arc<str>> = who.map(Arc::from);
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let (this, who) = (self.clone(), who.clone());
+            async move {
+                let started = Instant::now();
+                let strict = this.config.snapshot().authz.mtls == MtlsMode::Strict;
+                let result = if plaintext_with_tls && strict {
+                    Err(ProxyError::MtlsRequired)
+                } else {
+                    let authz = this.config.snapshot();
+                    match authz::decide(
+                        &authz.authz,
+                        who.as_deref(),
+                        req.method().as_str(),
+                        req.uri().path(),
+                    ) {
+                        Err(why) => Err(ProxyError::Denied(why)),
+                        Ok(()) => {
+                            let req = req.map(|b| b.boxed());
+                            this.forward.send(req, this.app).await.map_err(|e| match e {
+                                ProxyError::Connect(_) => ProxyError::AppUnavailable(this.app_port),
+                                other => other,
+                            })
+                        }
+                    }
+                };
+                let resp = finish(result);
+                metrics::request(
+                    RequestLabels {
+                        direction: "inbound",
+                        service: this.config.identity.service.clone(),
+                        subset: String::new(),
+                        code: resp.status().as_u16(),
+                    },
+                    started.elapsed(),
+                );
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        if let Err(e) = http_server().serve_connection(TokioIo::new(io), svc).await {
+            tracing::debug!(error = %e, "inbound connection ended with an error");
+        }
+    }
+}
+
+async fn relay_stream<S>(mut client: S, to: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(to)).await {
         Ok(Ok(mut upstream)) => {
             let _ = upstream.set_nodelay(true);
@@ -229,6 +341,7 @@ pub async fn serve_tcp_upstream(
     listener: TcpListener,
     service: crate::snapshot::ServiceId,
     config: Arc<Config>,
+    workload: Option<Arc<Workload>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -239,7 +352,7 @@ pub async fn serve_tcp_upstream(
             },
             _ = crate::stopped(&mut shutdown) => return,
         };
-        let (config, service) = (config.clone(), service.clone());
+        let (config, service, workload) = (config.clone(), service.clone(), workload.clone());
         tokio::spawn(async move {
             let _guard = ConnGuard::open("outbound");
             let mut client = stream;
@@ -268,8 +381,26 @@ pub async fn serve_tcp_upstream(
                 {
                     Ok(Ok(mut up)) => {
                         let _ = up.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
-                        return;
+                        let tls = workload.as_ref().and_then(|w| w.tls());
+                        match (&ep.server_name, tls) {
+                            (Some(name), Some(tls)) => {
+                                let c = tokio_rustls::TlsConnector::from(tls.client_tcp.clone());
+                                match c.connect(name.clone(), up).await {
+                                    Ok(mut s) => {
+                                        let _ = tokio::io::copy_bidirectional(&mut client, &mut s)
+                                            .await;
+                                        return;
+                                    }
+                                    Err(e) => {
+                                        tracing::debug!(endpoint = %ep.addr, error = %e, "TCP upstream TLS failed; trying another")
+                                    }
+                                }
+                            }
+                            _ => {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                                return;
+                            }
+                        }
                     }
                     _ => {
                         tracing::debug!(endpoint = %ep.addr, "TCP upstream connect failed; trying another")

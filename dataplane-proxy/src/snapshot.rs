@@ -43,6 +43,8 @@ pub struct Endpoint {
     pub local: bool,
     /// Healthy as the control plane sees it.
     pub healthy: bool,
+    /// For a mesh workload: the name its certificate carries (mTLS).
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
     /// Live statistics (kept across snapshots).
     pub stats: Arc<EndpointStats>,
 }
@@ -277,6 +279,9 @@ pub fn compile(
                     labels: e.labels.clone(),
                     local: e.cluster.is_empty() || e.cluster == me.cluster,
                     healthy: e.health == Health::Healthy,
+                    server_name: (!e.identity.is_empty())
+                        .then(|| crate::tls::server_name_for(&e.identity))
+                        .flatten(),
                     stats: stats.get(addr),
                 });
             }

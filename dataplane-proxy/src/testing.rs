@@ -93,6 +93,7 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
                 labels: BTreeMap::new(),
                 local: true,
                 healthy: true,
+                server_name: None,
                 stats: Arc::new(EndpointStats::default()),
             })
             .collect(),

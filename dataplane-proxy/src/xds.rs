@@ -20,6 +20,7 @@ use tonic::transport::Endpoint;
 use crate::persist::{self, Saved};
 use crate::snapshot::{compile, validate_all, ServiceId, Source};
 use crate::state::Config;
+use crate::tls::Workload;
 use crate::{config::ProxyConfig, metrics};
 
 /// What the client needs from the proxy's configuration.
@@ -96,6 +97,7 @@ pub fn apply_delta(
 pub async fn run(
     settings: XdsSettings,
     config: Arc<Config>,
+    workload: Option<Arc<Workload>>,
     mut learn_rx: mpsc::Receiver<ServiceId>,
     mut subscriptions: BTreeSet<String>,
     mut shutdown: watch::Receiver<bool>,
@@ -112,6 +114,7 @@ pub async fn run(
             &settings,
             &addr,
             &config,
+            workload.as_deref(),
             &mut learn_rx,
             &mut subscriptions,
             &mut shutdown,
@@ -148,6 +151,7 @@ async fn session(
     settings: &XdsSettings,
     addr: &str,
     config: &Arc<Config>,
+    workload: Option<&Workload>,
     learn_rx: &mut mpsc::Receiver<ServiceId>,
     subscriptions: &mut BTreeSet<String>,
     shutdown: &mut watch::Receiver<bool>,
@@ -171,6 +175,21 @@ async fn session(
     };
     hello.subscriptions = subscriptions.iter().cloned().collect();
     hello.ready = snap.source != Source::Empty;
+    // Who the proxy is: its certificate and proof of holding the key once
+    // it has one, the bootstrap token before that.
+    let mut csr_requested = false;
+    if let Some(w) = workload {
+        if let Some((cert, proof, at)) = w.proof(&hello.instance) {
+            hello.certificate_pem = cert;
+            hello.proof = proof;
+            hello.proof_unix_ms = at;
+            hello.token.clear();
+        }
+        if w.needs_renewal() {
+            hello.csr_pem = w.csr().map_err(Ended::Early)?;
+            csr_requested = true;
+        }
+    }
     let was_ready = hello.ready;
     let (tx, rx) = mpsc::channel(16);
     let send = |m: In| {
@@ -194,6 +213,29 @@ async fn session(
                     Ok(None) => return Err(end(got_config, "the control plane closed the stream".into())),
                     Err(s) => return Err(end(got_config, format!("{}: {}", s.code(), s.message()))),
                 };
+                if let (Some(Out::Certificate(c)), Some(w)) = (&m.msg, workload) {
+                    let fresh = !c.certificate_pem.is_empty();
+                    let cert = fresh.then(|| c.certificate_pem.clone());
+                    match w.install(cert, c.trust_bundle_pem.clone(), c.expires_at_ms, unix_ms()) {
+                        Ok(()) if fresh => {
+                            tracing::info!(expires_at_ms = c.expires_at_ms, "installed a workload certificate");
+                            csr_requested = false;
+                        }
+                        Ok(()) => {
+                            // A new trust bundle (the CA is rotating): get a
+                            // certificate from the new signing root soon.
+                            tracing::info!(roots = c.trust_bundle_pem.len(), "installed a new trust bundle");
+                            if !csr_requested {
+                                if let Ok(csr) = w.csr() {
+                                    csr_requested = true;
+                                    send(In::CertificateRequest(pb::CertificateRequest { csr_pem: csr })).await;
+                                }
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot use the certificate meshd sent"),
+                    }
+                    continue;
+                }
                 if let Some(Out::Delta(d)) = m.msg {
                     let snap = config.snapshot();
                     match apply_delta(&snap.resources, &d, snap.revision) {
@@ -234,6 +276,16 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 send(In::Heartbeat(pb::Heartbeat { unix_ms: 0 })).await;
+                // Rotation at half life, over this authenticated stream.
+                if let Some(w) = workload {
+                    if !csr_requested && w.needs_renewal() {
+                        if let Ok(csr) = w.csr() {
+                            csr_requested = true;
+                            tracing::info!("the workload certificate is past half its life; asking for a new one");
+                            send(In::CertificateRequest(pb::CertificateRequest { csr_pem: csr })).await;
+                        }
+                    }
+                }
             }
             _ = crate::stopped(shutdown) => return Ok(()),
         }
@@ -246,4 +298,11 @@ fn end(got_config: bool, e: String) -> Ended {
     } else {
         Ended::Early(e)
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -225,6 +225,20 @@ fn federation() -> impl Strategy<Value = Spec> {
         (name(), vec(name(), 0..3))
             .prop_map(|(service, peers)| Spec::Export(ExportSpec { service, peers })),
         (name(), name()).prop_map(|(peer, service)| Spec::Import(ImportSpec { peer, service })),
+        vec((name(), text(), text(), any::<u64>(), any::<bool>()), 0..3).prop_map(|roots| {
+            Spec::Authority(AuthoritySpec {
+                roots: roots
+                    .into_iter()
+                    .map(|(id, cert_pem, key_pem, not_after_ms, signing)| CaRoot {
+                        id,
+                        cert_pem,
+                        key_pem,
+                        not_after_ms,
+                        signing,
+                    })
+                    .collect(),
+            })
+        }),
     ]
 }
 

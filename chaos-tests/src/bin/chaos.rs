@@ -39,7 +39,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
     let summaries = args.out.join("summaries.jsonl");
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&summaries)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&summaries)?;
     let mut rows = Vec::new();
     let mut failed = 0;
     for k in 0..args.runs {
@@ -50,13 +53,21 @@ async fn main() -> anyhow::Result<()> {
         cfg.nodes = if seed % 5 == 0 { 5 } else { 3 };
         cfg.faults = Fault::ALL.to_vec();
         cfg.unsafe_reads = args.unsafe_reads;
-        eprintln!("chaos: run {}/{} seed {seed} ({} nodes)", k + 1, args.runs, cfg.nodes);
+        eprintln!(
+            "chaos: run {}/{} seed {seed} ({} nodes)",
+            k + 1,
+            args.runs,
+            cfg.nodes
+        );
         match run(&cfg).await {
             Ok(s) => {
                 writeln!(file, "{}", serde_json::to_string(&s)?)?;
                 if !s.passed() {
                     failed += 1;
-                    eprintln!("chaos: seed {seed} FAILED: {:?} (history {})", s.violations, s.history);
+                    eprintln!(
+                        "chaos: seed {seed} FAILED: {:?} (history {})",
+                        s.violations, s.history
+                    );
                 }
                 rows.push(s);
             }
@@ -69,7 +80,11 @@ async fn main() -> anyhow::Result<()> {
     println!("| seed | nodes | net | faults | ops (ok/fail/info) | linearizable | set acked / lost | stream deltas (full) | converged | violations |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for s in &rows {
-        let kinds: Vec<String> = s.faults.iter().map(|f| f.split(' ').next().unwrap_or("").to_string()).collect();
+        let kinds: Vec<String> = s
+            .faults
+            .iter()
+            .map(|f| f.split(' ').next().unwrap_or("").to_string())
+            .collect();
         println!(
             "| {} | {} | {} | {} | {} ({}/{}/{}) | {} | {} / {} | {} ({}) | {} | {} |",
             s.seed,
@@ -89,7 +104,11 @@ async fn main() -> anyhow::Result<()> {
             s.violations.len()
         );
     }
-    eprintln!("chaos: {} runs, {failed} with violations or errors; summaries in {}", args.runs, summaries.display());
+    eprintln!(
+        "chaos: {} runs, {failed} with violations or errors; summaries in {}",
+        args.runs,
+        summaries.display()
+    );
     if failed > 0 {
         std::process::exit(1);
     }

@@ -13,13 +13,21 @@ use raftmesh_chaos_tests::nemesis::Fault;
 use raftmesh_chaos_tests::runner::{run, stale_read_probe, RunConfig};
 
 fn out_dir() -> PathBuf {
-    raftmesh_chaos_tests::binaries::workspace_root().join("target").join("chaos")
+    raftmesh_chaos_tests::binaries::workspace_root()
+        .join("target")
+        .join("chaos")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_runs_under_every_fault_kind_find_no_violation() {
-    let runs: u64 = std::env::var("CHAOS_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    let first: u64 = std::env::var("CHAOS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let runs: u64 = std::env::var("CHAOS_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let first: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let mut failures = Vec::new();
     for k in 0..runs {
         let seed = first + k;
@@ -28,12 +36,24 @@ async fn seeded_runs_under_every_fault_kind_find_no_violation() {
         // From the seed, so a replay gets the same cluster size.
         cfg.nodes = if seed % 4 == 0 { 5 } else { 3 };
         cfg.faults = Fault::ALL.to_vec();
-        eprintln!("chaos: seed {seed}, {} nodes (replay with CHAOS_SEED={seed} CHAOS_RUNS=1)", cfg.nodes);
-        let s = run(&cfg).await.unwrap_or_else(|e| panic!("seed {seed}: the run failed: {e}"));
+        eprintln!(
+            "chaos: seed {seed}, {} nodes (replay with CHAOS_SEED={seed} CHAOS_RUNS=1)",
+            cfg.nodes
+        );
+        let s = run(&cfg)
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: the run failed: {e}"));
         eprintln!("chaos: {}", serde_json::to_string(&s).unwrap());
-        assert!(s.ops > 50, "seed {seed}: too few operations to mean anything: {}", s.ops);
+        assert!(
+            s.ops > 50,
+            "seed {seed}: too few operations to mean anything: {}",
+            s.ops
+        );
         if !s.passed() {
-            failures.push(format!("seed {seed}: {:?} (history {})", s.violations, s.history));
+            failures.push(format!(
+                "seed {seed}: {:?} (history {})",
+                s.violations, s.history
+            ));
         }
     }
     assert!(failures.is_empty(), "violations: {failures:#?}");
@@ -49,5 +69,9 @@ async fn a_build_that_skips_the_read_index_is_caught_serving_a_stale_read() {
         broken.label()
     );
     let correct = stale_read_probe(false, &dir).await.unwrap();
-    assert!(matches!(correct, Verdict::Linearizable), "the correct build failed: {}", correct.label());
+    assert!(
+        matches!(correct, Verdict::Linearizable),
+        "the correct build failed: {}",
+        correct.label()
+    );
 }

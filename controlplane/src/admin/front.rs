@@ -190,6 +190,12 @@ impl Handler<ApplyResources> for AdminFront {
             for (i, (res, expected)) in msg.items.into_iter().enumerate() {
                 res.validate()
                     .map_err(|e| AdminError::Invalid(format!("document {}: {e}", i + 1)))?;
+                if res.kind() == Kind::Authority {
+                    return Err(AdminError::Invalid(format!(
+                        "document {}: the workload CA is managed by meshd; rotate it with `meshctl ca rotate`",
+                        i + 1
+                    )));
+                }
                 if res.kind() == Kind::Token {
                     return Err(AdminError::Invalid(format!(
                         "document {}: tokens are not applied; create them with `meshctl token create`",
@@ -433,5 +439,83 @@ impl Handler<StopFront> for AdminFront {
     fn handle(&mut self, _: StopFront, ctx: &mut Context<Self>) {
         use actix::ActorContext;
         ctx.stop();
+    }
+}
+
+/// Rolls the workload CA to a new root, with overlap: the new root is added
+/// (trusted, not signing) first, proxies get the new bundle, and only then
+/// does it become the signing root. The root before the current one is
+/// dropped (its certificates have had a whole rotation to be renewed).
+#[derive(Message)]
+#[rtype(result = "Result<(u64, String), AdminError>")]
+pub struct RotateCa {
+    /// The cluster's name (default trust domain).
+    pub cluster_name: String,
+    /// How long the new root is trusted before it signs.
+    pub overlap: Duration,
+}
+
+impl Handler<RotateCa> for AdminFront {
+    type Result = ResponseFuture<Result<(u64, String), AdminError>>;
+
+    fn handle(&mut self, msg: RotateCa, _: &mut Context<Self>) -> Self::Result {
+        let (ops, reader) = (self.ops.clone(), self.reader.clone());
+        Box::pin(async move {
+            use crate::discovery::identity;
+            barrier(&ops, false).await?;
+            let (cur, ca) = identity::authority(&reader).ok_or_else(|| {
+                AdminError::Invalid("the workload CA does not exist yet; retry in a moment".into())
+            })?;
+            let td = identity::trust_domain(&reader, &msg.cluster_name);
+            let mut new = crate::ca::new_root(&td, unix_ms())
+                .map_err(|e| AdminError::Internal(e.to_string()))?;
+            new.signing = false;
+            let new_id = new.id.clone();
+            let mut roots: Vec<raftmesh_api::CaRoot> =
+                ca.roots.into_iter().filter(|r| r.signing).collect();
+            roots.push(new);
+            let step1 = Resource {
+                metadata: cur.metadata.clone(),
+                spec: Spec::Authority(raftmesh_api::AuthoritySpec {
+                    roots: roots.clone(),
+                }),
+            };
+            let r = write(
+                &ops,
+                Command::Put {
+                    resource: step1,
+                    expected_revision: cur.metadata.revision,
+                },
+            )
+            .await?;
+            let Some(OpResult::Ok { revision, .. }) = r.results.first() else {
+                return Err(AdminError::Conflict(
+                    "the CA changed meanwhile; run the rotation again".into(),
+                ));
+            };
+            tracing::info!(root = %new_id, "new workload CA root is trusted; it signs after the overlap");
+            tokio::time::sleep(msg.overlap).await;
+            for root in &mut roots {
+                root.signing = root.id == new_id;
+            }
+            let step2 = Resource {
+                metadata: cur.metadata.clone(),
+                spec: Spec::Authority(raftmesh_api::AuthoritySpec { roots }),
+            };
+            let r = write(
+                &ops,
+                Command::Put {
+                    resource: step2,
+                    expected_revision: Some(*revision),
+                },
+            )
+            .await?;
+            match r.results.first() {
+                Some(OpResult::Ok { revision, .. }) => Ok((*revision, new_id)),
+                _ => Err(AdminError::Conflict(
+                    "the CA changed during the rotation; the new root is trusted but not signing; run it again".into(),
+                )),
+            }
+        })
     }
 }

@@ -208,7 +208,7 @@ impl Admin for AdminService {
             .await?
             .map_err(status)?;
         Ok(Response::new(pb::GetResponse {
-            resource: Some((*res).clone().into()),
+            resource: Some(redact(&res)),
             revision,
         }))
     }
@@ -234,7 +234,7 @@ impl Admin for AdminService {
             .await?
             .map_err(status)?;
         Ok(Response::new(pb::ListResponse {
-            resources: items.iter().map(|r| (**r).clone().into()).collect(),
+            resources: items.iter().map(|r| redact(r)).collect(),
             revision,
         }))
     }
@@ -249,6 +249,11 @@ impl Admin for AdminService {
         if kind == Kind::Token {
             return Err(Status::invalid_argument(
                 "tokens are revoked, not deleted: use `meshctl token revoke ID`",
+            ));
+        }
+        if kind == Kind::Authority {
+            return Err(Status::invalid_argument(
+                "the workload CA cannot be deleted; rotate it with `meshctl ca rotate`",
             ));
         }
         let key = ResourceKey::new(kind, ns(&r.namespace), r.name);
@@ -405,7 +410,7 @@ impl Admin for AdminService {
             .await?
             .map_err(status)?;
         Ok(Response::new(pb::ListTokensResponse {
-            tokens: items.iter().map(|r| (**r).clone().into()).collect(),
+            tokens: items.iter().map(|r| redact(r)).collect(),
         }))
     }
 
@@ -437,9 +442,17 @@ impl Admin for AdminService {
         req: Request<pb::RotateCaRequest>,
     ) -> Result<Response<pb::RotateCaResponse>, Status> {
         self.auth(&req, Need::Write)?;
-        Err(Status::unimplemented(
-            "the workload CA is not part of this build yet (issue \"Zero trust\")",
-        ))
+        let (revision, id) = self
+            .ask(RotateCa {
+                cluster_name: self.cluster_name.clone(),
+                overlap: Duration::from_secs(3),
+            })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(pb::RotateCaResponse {
+            revision,
+            new_root_fingerprint: id,
+        }))
     }
 
     async fn list_proxies(
@@ -479,7 +492,7 @@ impl Admin for AdminService {
         let (_, resources) = full_state(&self.reader, &scope_of(s));
         Ok(Response::new(pb::ProxyConfigResponse {
             status: Some(proxy_status(s)),
-            resources: resources.iter().map(|r| (**r).clone().into()).collect(),
+            resources: resources.iter().map(|r| redact(r)).collect(),
         }))
     }
 }
@@ -495,4 +508,16 @@ fn proxy_status(s: &SessionStatus) -> pb::ProxyStatus {
         connected_since_ms: s.info.connected_since_ms,
         subscriptions: s.subscriptions.clone(),
     }
+}
+
+/// The wire form of a resource for clients: the CA's private keys never
+/// leave the cluster through the admin API.
+fn redact(r: &Resource) -> pb::Resource {
+    let mut r = r.clone();
+    if let raftmesh_api::Spec::Authority(a) = &mut r.spec {
+        for root in &mut a.roots {
+            root.key_pem.clear();
+        }
+    }
+    r.into()
 }

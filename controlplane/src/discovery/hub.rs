@@ -82,6 +82,12 @@ impl DiscoveryHub {
 
     /// Hands each session the events it may care about, all in one call.
     fn route(&self, events: &[ChangeEvent]) {
+        if events
+            .iter()
+            .any(|e| e.key.kind == raftmesh_api::Kind::Authority)
+        {
+            self.sessions.values().for_each(|(s, _)| s.bundle_changed());
+        }
         let mut per_session: HashMap<u64, Vec<&ChangeEvent>> = HashMap::new();
         for ev in events {
             let mut targets: HashSet<u64> = HashSet::new();

@@ -14,6 +14,7 @@
 //! slow proxy costs memory bounded by its scope, never by the rate of change.
 
 pub mod hub;
+pub mod identity;
 pub mod leases;
 pub mod scope;
 pub mod session;
@@ -57,6 +58,8 @@ pub struct DiscoveryConfig {
     pub idle_timeout: Duration,
     /// Largest message accepted from a proxy.
     pub max_message_bytes: usize,
+    /// The cluster's name (default trust domain `<name>.mesh`).
+    pub cluster_name: String,
 }
 
 impl Default for DiscoveryConfig {
@@ -67,6 +70,7 @@ impl Default for DiscoveryConfig {
             heartbeat: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(35),
             max_message_bytes: 256 * 1024,
+            cluster_name: "raftmesh".into(),
         }
     }
 }
@@ -83,6 +87,12 @@ struct Ctx {
     hub: Addr<DiscoveryHub>,
     cfg: DiscoveryConfig,
     next_id: AtomicU64,
+}
+
+impl Ctx {
+    fn cluster_name(&self) -> &str {
+        &self.cfg.cluster_name
+    }
 }
 
 impl DiscoveryService {
@@ -117,6 +127,7 @@ struct Admitted {
     endpoint: Option<Resource>,
     last_revision: u64,
     ready: bool,
+    csr_pem: String,
 }
 
 fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
@@ -202,6 +213,7 @@ fn check_hello(h: &pb::Hello, node_id: u64) -> Result<Admitted, Status> {
         endpoint,
         last_revision: h.last_revision,
         ready: h.ready,
+        csr_pem: h.csr_pem.clone(),
     })
 }
 
@@ -244,7 +256,27 @@ impl Ctx {
     }
 
     async fn admit(&self, h: &pb::Hello) -> Result<Admitted, Status> {
-        let a = check_hello(h, self.ops.id())?;
+        let mut a = check_hello(h, self.ops.id())?;
+        let td = identity::trust_domain(&self.reader, self.cluster_name());
+        if let Some(Resource {
+            spec: Spec::Endpoint(e),
+            ..
+        }) = &mut a.endpoint
+        {
+            e.identity = raftmesh_api::spiffe_id(&td, &a.info.namespace, &a.info.service);
+        }
+        if !h.certificate_pem.is_empty() {
+            // A proxy that holds a certificate proves who it is with it.
+            identity::check_certificate(
+                &self.reader,
+                self.cluster_name(),
+                h,
+                &a.info.service,
+                &a.info.namespace,
+                unix_ms(),
+            )?;
+            return self.caught_up(a).await;
+        }
         let check = || {
             auth::check_bootstrap(
                 &self.reader,
@@ -267,7 +299,11 @@ impl Ctx {
             _ => Status::permission_denied(e.to_string()),
         })?;
         self.consume(&b).await?;
-        // Never hand a proxy an older view than it holds.
+        self.caught_up(a).await
+    }
+
+    /// Never hand a proxy an older view than it holds.
+    async fn caught_up(&self, a: Admitted) -> Result<Admitted, Status> {
         if a.last_revision > self.reader.applied_revision() {
             self.ops
                 .wait_applied(a.last_revision, self.cfg.catch_up_timeout)
@@ -495,6 +531,13 @@ impl Stream<'_> {
 
     /// Sends what waits, if nothing is in flight.
     async fn flush(&mut self) -> Result<(), Status> {
+        if self.session.take_bundle_changed() {
+            if let Some(b) = identity::bundle_only(&self.ctx.reader) {
+                if !send(&self.tx, Out::Certificate(b)).await {
+                    return Err(Status::cancelled("the proxy went away"));
+                }
+            }
+        }
         if self.in_flight.is_some() {
             return Ok(());
         }
@@ -623,10 +666,20 @@ impl Stream<'_> {
                     "Hello may only be the first message",
                 ))
             }
-            Some(In::CertificateRequest(_)) => {
-                return Err(Status::unimplemented(
-                    "certificates are not part of this build yet (issue \"Zero trust\")",
-                ))
+            Some(In::CertificateRequest(c)) => {
+                let info = &self.session.info;
+                let cert = identity::certificate(
+                    &self.ctx.reader,
+                    self.ctx.cluster_name(),
+                    &info.service,
+                    &info.namespace,
+                    &c.csr_pem,
+                    unix_ms(),
+                )?;
+                tracing::debug!(instance = %info.instance, "issued a rotated workload certificate");
+                if !send(&self.tx, Out::Certificate(cert)).await {
+                    return Err(Status::cancelled("the proxy went away"));
+                }
             }
             None => return Err(Status::invalid_argument("empty message")),
         }
@@ -660,6 +713,25 @@ async fn run_session(
         in_flight: None,
     };
     let result = async {
+        if !a.csr_pem.is_empty() {
+            let cert = identity::certificate(
+                &ctx.reader,
+                ctx.cluster_name(),
+                &a.info.service,
+                &a.info.namespace,
+                &a.csr_pem,
+                unix_ms(),
+            )?;
+            if !send(&tx, Out::Certificate(cert)).await {
+                return Ok(());
+            }
+        } else if let Some(b) = identity::bundle_only(&ctx.reader) {
+            // A reconnecting proxy gets the current trust bundle (the CA may
+            // have rotated while it was away).
+            if !send(&tx, Out::Certificate(b)).await {
+                return Ok(());
+            }
+        }
         s.initial(a.last_revision).await?;
         let mut heartbeat = tokio::time::interval(ctx.cfg.heartbeat);
         heartbeat.tick().await;
@@ -676,7 +748,18 @@ async fn run_session(
                         Err(e) => return Err(e),
                     }
                 }
-                _ = session.notify.notified(), if s.in_flight.is_none() => s.flush().await?,
+                _ = session.notify.notified() => {
+                    if s.in_flight.is_none() {
+                        s.flush().await?;
+                    } else if session.take_bundle_changed() {
+                        // A new trust bundle goes out at once, delta in flight or not.
+                        if let Some(b) = identity::bundle_only(&ctx.reader) {
+                            if !send(&tx, Out::Certificate(b)).await {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > ctx.cfg.idle_timeout {
                         return Err(Status::deadline_exceeded("no message from the proxy for too long"));

@@ -90,9 +90,21 @@ pub struct Session {
     sent: AtomicU64,
     acked: AtomicU64,
     nack: Mutex<Option<String>>,
+    bundle_changed: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
+    /// The CA's roots changed: the proxy gets the new trust bundle.
+    pub fn bundle_changed(&self) {
+        self.bundle_changed.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// Whether a new trust bundle waits (and clears the flag).
+    pub fn take_bundle_changed(&self) -> bool {
+        self.bundle_changed.swap(false, Ordering::SeqCst)
+    }
+
     /// A new session; `base` is the revision its first delta reflects.
     pub fn new(id: u64, info: ProxyInfo, scope: Scope) -> Arc<Self> {
         Arc::new(Self {
@@ -104,6 +116,7 @@ impl Session {
             sent: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             nack: Mutex::new(None),
+            bundle_changed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -8,4 +8,5 @@ mod discovery;
 mod membership;
 mod proxy;
 mod replication;
+mod security;
 mod support;

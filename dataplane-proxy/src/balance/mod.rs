@@ -166,6 +166,8 @@ pub fn pick(t: &ServiceTable, backend: &Backend, rr: &AtomicUsize) -> Option<usi
 pub struct Upstream {
     /// Where to connect.
     pub addr: SocketAddr,
+    /// The name its certificate carries, for a mesh workload (mTLS).
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 /// Picks an endpoint per attempt and records how it went.
@@ -225,7 +227,10 @@ where
                 })
             })?;
             let ep = &t.endpoints[i];
-            req.extensions_mut().insert(Upstream { addr: ep.addr });
+            req.extensions_mut().insert(Upstream {
+                addr: ep.addr,
+                server_name: ep.server_name.clone(),
+            });
             ep.stats.pending.fetch_add(1, Ordering::Relaxed);
             target.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();

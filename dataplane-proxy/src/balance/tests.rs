@@ -31,6 +31,7 @@ fn table(n: usize, lb: LoadBalancer) -> ServiceTable {
                 labels: BTreeMap::new(),
                 local: true,
                 healthy: true,
+                server_name: None,
                 stats: Arc::new(EndpointStats::default()),
             })
             .collect(),

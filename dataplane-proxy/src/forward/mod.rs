@@ -10,44 +10,66 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+
 use crate::balance::Upstream;
 use crate::error::ProxyError;
+use crate::tls::{Alpn, MeshConnector, Targets, Workload};
 use crate::Body;
 
-/// Pooled HTTP/1.1 and HTTP/2 clients.
+/// Pooled HTTP/1.1 and HTTP/2 clients, mutual TLS to mesh workloads.
 #[derive(Clone)]
 pub struct Forward {
-    h1: Client<HttpConnector, Body>,
-    h2: Client<HttpConnector, Body>,
+    h1: Client<MeshConnector, Body>,
+    h2: Client<MeshConnector, Body>,
+    targets: Targets,
 }
 
 impl Default for Forward {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
 impl Forward {
-    /// Clients with short connect timeouts and pooled idle connections.
-    pub fn new() -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(Duration::from_secs(1)));
+    /// Clients with short connect timeouts and pooled idle connections;
+    /// `workload` gives them a certificate for mTLS.
+    pub fn new(workload: Option<Arc<Workload>>) -> Self {
+        let targets = Targets::default();
+        let conn = |alpn| MeshConnector {
+            workload: workload.clone(),
+            targets: targets.clone(),
+            alpn,
+        };
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(conn.clone());
+            .build(conn(Alpn::H1));
         let h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(conn);
-        Self { h1, h2 }
+            .build(conn(Alpn::H2));
+        Self { h1, h2, targets }
     }
 
-    /// Sends `req` to `addr`.
+    /// Sends `req` to `addr`; with `server_name` (a mesh workload) over mTLS.
+    pub async fn send_to(
+        &self,
+        req: Request<Body>,
+        addr: SocketAddr,
+        server_name: Option<ServerName<'static>>,
+    ) -> Result<Response<Body>, ProxyError> {
+        if let Some(n) = server_name {
+            self.targets.set(addr, n);
+        }
+        self.send(req, addr).await
+    }
+
+    /// Sends `req` to `addr` (plaintext unless `addr` is a known mesh workload).
     pub async fn send(
         &self,
         mut req: Request<Body>,
@@ -106,12 +128,12 @@ impl tower::Service<Request<Body>> for Forward {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let addr = req
+            let up = req
                 .extensions()
                 .get::<Upstream>()
-                .map(|u| u.addr)
+                .cloned()
                 .ok_or(ProxyError::BadRequest)?;
-            this.send(req, addr).await
+            this.send_to(req, up.addr, up.server_name).await
         })
     }
 }

@@ -1,0 +1,616 @@
+//! Zero trust end to end: the CA, bootstrap tokens, workload certificates,
+//! mutual TLS between proxies, authorization, rotation.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use raftmesh_api::v1 as pb;
+use raftmesh_api::{Resource, Spec};
+use raftmesh_dataplane_proxy::config::ProxyConfig;
+use raftmesh_dataplane_proxy::Proxy;
+
+use super::proxy::{hello, FakeProxy};
+use super::support::*;
+
+fn doc(y: &str) -> Resource {
+    serde_yaml_ng::from_str(y).unwrap()
+}
+
+async fn app(name: &'static str) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_r: hyper::Request<hyper::body::Incoming>| async move {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(name))))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn proxy(
+    c: &TestCluster,
+    dir: &std::path::Path,
+    service: &str,
+    instance: &str,
+    app: Option<SocketAddr>,
+    token: String,
+    subs: &[&str],
+) -> Proxy {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    raftmesh_dataplane_proxy::start(ProxyConfig {
+        control_plane: c.addrs.values().map(|a| a.to_string()).collect(),
+        service: service.into(),
+        instance: instance.into(),
+        namespace: "default".into(),
+        labels: Default::default(),
+        app_port: app.map(|a| a.port()),
+        advertise: "127.0.0.1".into(),
+        inbound: any,
+        outbound: any,
+        admin: any,
+        upstreams: vec![],
+        token: Some(token),
+        state_dir: Some(dir.join(instance)),
+        config_file: None,
+        cluster: String::new(),
+        locality: String::new(),
+        subscribe: subs.iter().map(|s| s.to_string()).collect(),
+        workers: None,
+    })
+    .await
+    .unwrap()
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+>;
+
+fn http() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+async fn get(c: &Client, to: SocketAddr, host: &str) -> (u16, String, String) {
+    let req = hyper::Request::get(format!("http://{to}/x"))
+        .header("host", host)
+        .body(Empty::new())
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    let code = r
+        .headers()
+        .get("x-raftmesh-error")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let s = r.status().as_u16();
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    (s, String::from_utf8_lossy(&b).into_owned(), code)
+}
+
+/// A mesh of one web app behind its proxy and two callers.
+struct Mesh {
+    c: TestCluster,
+    _dir: tempfile::TempDir,
+    web: Proxy,
+    frontend: Proxy,
+    batch: Proxy,
+}
+
+async fn mesh() -> Mesh {
+    let c = TestCluster::start(1).await;
+    let mut admin = c.client(1).await;
+    admin
+        .apply(apply_req(vec![doc(
+            "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}",
+        )]))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let web_app = app("web").await;
+    let web = proxy(
+        &c,
+        dir.path(),
+        "web",
+        "web-1",
+        Some(web_app),
+        bootstrap_token(&mut admin, "web").await,
+        &[],
+    )
+    .await;
+    let frontend = proxy(
+        &c,
+        dir.path(),
+        "frontend",
+        "frontend-1",
+        None,
+        bootstrap_token(&mut admin, "frontend").await,
+        &["web"],
+    )
+    .await;
+    let batch = proxy(
+        &c,
+        dir.path(),
+        "batch",
+        "batch-1",
+        None,
+        bootstrap_token(&mut admin, "batch").await,
+        &["web"],
+    )
+    .await;
+    let h = http();
+    for p in [&frontend, &batch] {
+        eventually("traffic through the mesh", Duration::from_secs(15), || {
+            let (h, out) = (h.clone(), p.outbound);
+            async move { (get(&h, out, "web").await.0 == 200).then_some(()) }
+        })
+        .await;
+    }
+    Mesh {
+        c,
+        _dir: dir,
+        web,
+        frontend,
+        batch,
+    }
+}
+
+#[test]
+fn proxies_talk_over_mutual_tls_and_plaintext_to_a_strict_inbound_is_refused() {
+    run(async {
+        let m = mesh().await;
+        let h = http();
+        let (s, body, _) = get(&h, m.frontend.outbound, "web").await;
+        assert_eq!((s, body.as_str()), (200, "web"));
+        // The endpoint was registered with the workload's SPIFFE ID.
+        let ep = m.c.nodes[&1]
+            .reader
+            .get(&raftmesh_api::ResourceKey::new(
+                raftmesh_api::Kind::Endpoint,
+                "default",
+                "web-1",
+            ))
+            .1
+            .unwrap();
+        let Spec::Endpoint(e) = &ep.spec else {
+            panic!()
+        };
+        assert_eq!(e.identity, "spiffe://test.mesh/ns/default/sa/web");
+        // The web proxy holds a certificate for that identity.
+        let tls = m.web.config.snapshot();
+        let _ = tls;
+        // Plaintext straight to the web proxy's inbound: refused (strict by default).
+        let (s, _, code) = get(&h, m.web.inbound.unwrap(), "web").await;
+        assert_eq!((s, code.as_str()), (403, "mtls-required"));
+        // Permissive mode accepts it, for migration.
+        let mut admin = m.c.client(1).await;
+        admin
+            .apply(apply_req(vec![doc(
+                "kind: MeshConfig\nmetadata: {name: mesh}\nspec: {mtls: permissive}",
+            )]))
+            .await
+            .unwrap();
+        let inbound = m.web.inbound.unwrap();
+        eventually("permissive mode", Duration::from_secs(10), || {
+            let h = h.clone();
+            async move { (get(&h, inbound, "web").await.0 == 200).then_some(()) }
+        })
+        .await;
+        m.c.shutdown().await;
+    });
+}
+
+#[test]
+fn a_client_certificate_from_another_ca_is_refused() {
+    run(async {
+        let m = mesh().await;
+        // A CA of our own, a certificate for "frontend" signed by it.
+        let ca = raftmesh_api::AuthoritySpec {
+            roots: vec![raftmesh_controlplane::ca::new_root(
+                "test.mesh",
+                raftmesh_controlplane::procinfo::unix_ms(),
+            )
+            .unwrap()],
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let cert = raftmesh_controlplane::ca::issue(
+            &ca,
+            "test.mesh",
+            "default",
+            "frontend",
+            &csr,
+            Duration::from_secs(3600),
+            raftmesh_controlplane::procinfo::unix_ms(),
+        )
+        .unwrap();
+        use rustls_pki_types::pem::PemObject;
+        let chain =
+            vec![
+                rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes())
+                    .unwrap(),
+            ];
+        let pkey = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+            .unwrap();
+        // Trust anything from the server (we test the server's check).
+        let mut roots = rustls::RootCertStore::empty();
+        let real = raftmesh_controlplane::discovery::identity::authority(&m.c.nodes[&1].reader)
+            .unwrap()
+            .1;
+        for r in &real.roots {
+            roots
+                .add(
+                    rustls::pki_types::CertificateDer::from_pem_slice(r.cert_pem.as_bytes())
+                        .unwrap(),
+                )
+                .unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, pkey)
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(m.web.inbound.unwrap())
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("web.default.svc.test.mesh").unwrap();
+        let r = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await;
+        // TLS 1.3: the client may finish its side; the server refuses at the
+        // first read.
+        let refused = match r {
+            Err(_) => true,
+            Ok(mut s) => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n").await;
+                let mut buf = [0u8; 16];
+                !matches!(tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await, Ok(Ok(n)) if n > 0)
+            }
+        };
+        assert!(refused, "a certificate from another CA was accepted");
+        m.c.shutdown().await;
+    });
+}
+
+#[test]
+fn a_deny_policy_reaches_live_keep_alive_connections_within_a_second() {
+    run(async {
+        let m = mesh().await;
+        let h = http(); // one client: its connections to the proxy stay open
+        assert_eq!(get(&h, m.batch.outbound, "web").await.0, 200);
+        assert_eq!(get(&h, m.frontend.outbound, "web").await.0, 200);
+        let mut admin = m.c.client(1).await;
+        let t0 = std::time::Instant::now();
+        admin
+            .apply(apply_req(vec![doc(
+                "kind: Policy\nmetadata: {name: no-batch}\nspec: {service: web, action: deny, from: ['spiffe://test.mesh/ns/default/sa/batch']}",
+            )]))
+            .await
+            .unwrap();
+        let denied = eventually("the deny to apply", Duration::from_secs(5), || {
+            let h = h.clone();
+            let out = m.batch.outbound;
+            async move {
+                let r = get(&h, out, "web").await;
+                (r.0 == 403).then_some(r)
+            }
+        })
+        .await;
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(denied.2, "denied");
+        assert!(denied.1.contains("deny policy"), "{}", denied.1);
+        // Others are unaffected.
+        assert_eq!(get(&h, m.frontend.outbound, "web").await.0, 200);
+        m.c.shutdown().await;
+    });
+}
+
+#[test]
+fn a_ca_rotation_under_load_fails_no_request() {
+    run(async {
+        let m = mesh().await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut tasks = Vec::new();
+        for out in [m.frontend.outbound, m.batch.outbound] {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tasks.push(tokio::spawn(async move {
+                let h = http();
+                while !stop.load(Ordering::Relaxed) {
+                    if get(&h, out, "web").await.0 == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = raftmesh_controlplane::discovery::identity::authority(&m.c.nodes[&1].reader)
+            .unwrap()
+            .1;
+        let mut admin = m.c.client(1).await;
+        let r = admin
+            .rotate_ca(pb::RotateCaRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        // Proxies fetch certificates from the new root; traffic goes on.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let after = raftmesh_controlplane::discovery::identity::authority(&m.c.nodes[&1].reader)
+            .unwrap()
+            .1;
+        assert_ne!(before.roots, after.roots);
+        assert_eq!(after.roots.iter().filter(|r| r.signing).count(), 1);
+        assert_eq!(
+            after.roots.iter().find(|r| r.signing).unwrap().id,
+            r.new_root_fingerprint
+        );
+        assert!(
+            ok.load(Ordering::Relaxed) > 100,
+            "too little traffic: {}",
+            ok.load(Ordering::Relaxed)
+        );
+        assert_eq!(
+            failed.load(Ordering::Relaxed),
+            0,
+            "requests failed during the rotation"
+        );
+        // The CA's key never leaves through the admin API.
+        let g = admin
+            .get(pb::GetRequest {
+                kind: "authority".into(),
+                namespace: String::new(),
+                name: "workload-ca".into(),
+                stale: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let res = Resource::try_from(g.resource.unwrap()).unwrap();
+        let Spec::Authority(a) = res.spec else {
+            panic!()
+        };
+        assert!(a.roots.iter().all(|r| r.key_pem.is_empty()));
+        m.c.shutdown().await;
+    });
+}
+
+#[test]
+fn workload_certificates_rotate_at_half_life_under_load() {
+    run(async {
+        let c = TestCluster::start(1).await;
+        let mut admin = c.client(1).await;
+        admin
+            .apply(apply_req(vec![
+                doc("kind: Service\nmetadata: {name: web}\nspec: {}"),
+                doc("kind: MeshConfig\nmetadata: {name: mesh}\nspec: {cert_ttl: 1m}"),
+            ]))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let web_app = app("web").await;
+        let web = proxy(
+            &c,
+            dir.path(),
+            "web",
+            "web-1",
+            Some(web_app),
+            bootstrap_token(&mut admin, "web").await,
+            &[],
+        )
+        .await;
+        let fe = proxy(
+            &c,
+            dir.path(),
+            "frontend",
+            "fe-1",
+            None,
+            bootstrap_token(&mut admin, "frontend").await,
+            &["web"],
+        )
+        .await;
+        let h = http();
+        eventually("traffic", Duration::from_secs(15), || {
+            let (h, out) = (h.clone(), fe.outbound);
+            async move { (get(&h, out, "web").await.0 == 200).then_some(()) }
+        })
+        .await;
+        let cert_file = dir.path().join("web-1").join("identity").join("cert.pem");
+        let first = std::fs::read_to_string(&cert_file).unwrap();
+        // Owner-only files.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&cert_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("web-1").join("identity").join("key.pem"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        let mut failed = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(50);
+        let mut rotated = false;
+        while std::time::Instant::now() < deadline {
+            if get(&h, fe.outbound, "web").await.0 != 200 {
+                failed += 1;
+            }
+            if std::fs::read_to_string(&cert_file).unwrap() != first {
+                rotated = true;
+                // A few more requests on the new certificate.
+                for _ in 0..50 {
+                    if get(&h, fe.outbound, "web").await.0 != 200 {
+                        failed += 1;
+                    }
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            rotated,
+            "the certificate was not renewed at half its 1-minute life"
+        );
+        assert_eq!(failed, 0);
+        drop(web);
+        c.shutdown().await;
+    });
+}
+
+#[test]
+fn bootstrap_tokens_are_refused_when_expired_revoked_used_up_or_for_another_service() {
+    run(async {
+        let c = TestCluster::start(3).await;
+        let leader = c.wait_ready().await;
+        let mut admin = c.client(leader).await;
+        let mk = |ttl_ms: u64, uses: u32| pb::CreateTokenRequest {
+            scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
+                service: "web".into(),
+                namespace: String::new(),
+            })),
+            ttl_ms,
+            max_uses: uses,
+        };
+        let addr = c.addrs[&leader];
+        // Expired.
+        let t = admin.create_token(mk(1, 0)).await.unwrap().into_inner();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let e = FakeProxy::connect(addr, hello("web", "w1", &t.secret, &[]))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.message().contains("has expired"), "{}", e.message());
+        // Revoked.
+        let t = admin.create_token(mk(0, 0)).await.unwrap().into_inner();
+        admin
+            .revoke_token(pb::RevokeTokenRequest { id: t.id.clone() })
+            .await
+            .unwrap();
+        let e = FakeProxy::connect(addr, hello("web", "w1", &t.secret, &[]))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.message().contains("has been revoked"), "{}", e.message());
+        // Another service's.
+        let e = FakeProxy::connect(
+            addr,
+            hello("api", "a1", &bootstrap_token(&mut admin, "web").await, &[]),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        // Single use, tried at once against two different nodes: one wins.
+        let t = admin.create_token(mk(0, 1)).await.unwrap().into_inner();
+        let ids: Vec<u64> = c.nodes.keys().copied().collect();
+        let (a, b) = (c.addrs[&ids[0]], c.addrs[&ids[1]]);
+        let (s1, s2) = (t.secret.clone(), t.secret.clone());
+        let (r1, r2) = tokio::join!(
+            FakeProxy::connect(a, hello("web", "w-a", &s1, &[])),
+            FakeProxy::connect(b, hello("web", "w-b", &s2, &[]))
+        );
+        let wins = [r1.is_ok(), r2.is_ok()].iter().filter(|x| **x).count();
+        assert_eq!(wins, 1, "a single-use token worked {wins} times");
+        let e = FakeProxy::connect(c.addrs[&ids[2]], hello("web", "w-c", &t.secret, &[]))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.message().contains("used"), "{}", e.message());
+        c.shutdown().await;
+    });
+}
+
+#[test]
+fn a_certificate_signing_request_yields_a_certificate_for_the_token_s_service_only() {
+    run(async {
+        let c = TestCluster::start(1).await;
+        let mut admin = c.client(1).await;
+        let token = bootstrap_token(&mut admin, "web").await;
+        let key = rcgen::KeyPair::generate().unwrap();
+        // The CSR asks for "admin": meshd ignores its names.
+        let csr = rcgen::CertificateParams::new(vec!["admin.default.svc.test.mesh".to_string()])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let mut h = hello("web", "web-1", &token, &[]);
+        h.csr_pem = csr;
+        let mut p = FakeProxy::connect(c.addrs[&1], h).await.unwrap();
+        let cert = loop {
+            match p.rx.message().await.unwrap().unwrap().msg {
+                Some(pb::server_message::Msg::Certificate(c)) => break c,
+                _ => continue,
+            }
+        };
+        let ca = raftmesh_controlplane::discovery::identity::authority(&c.nodes[&1].reader)
+            .unwrap()
+            .1;
+        let id = raftmesh_controlplane::ca::verify_workload(
+            &ca,
+            &cert.certificate_pem,
+            raftmesh_controlplane::procinfo::unix_ms(),
+        )
+        .unwrap();
+        assert_eq!(id, "spiffe://test.mesh/ns/default/sa/web");
+        assert!(!cert.certificate_pem.contains("admin"));
+        assert_eq!(cert.trust_bundle_pem.len(), 1);
+        let ttl = cert.expires_at_ms - raftmesh_controlplane::procinfo::unix_ms();
+        assert!(
+            (23 * 3_600_000..=24 * 3_600_000).contains(&ttl),
+            "default TTL is 24h: {ttl}"
+        );
+        // The proxy reconnects with its certificate and a proof, no token.
+        let now = raftmesh_controlplane::procinfo::unix_ms();
+        let mut h = hello("web", "web-1", "", &[]);
+        h.certificate_pem = cert.certificate_pem.clone();
+        h.proof_unix_ms = now;
+        h.proof = rcgen::SigningKey::sign(&key, format!("raftmesh-hello|web-1|{now}").as_bytes())
+            .unwrap();
+        assert!(FakeProxy::connect(c.addrs[&1], h.clone()).await.is_ok());
+        // Someone else's proof (another key) is refused.
+        let other = rcgen::KeyPair::generate().unwrap();
+        h.proof = rcgen::SigningKey::sign(&other, format!("raftmesh-hello|web-1|{now}").as_bytes())
+            .unwrap();
+        let e = FakeProxy::connect(c.addrs[&1], h).await.err().unwrap();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        c.shutdown().await;
+    });
+}

@@ -1,0 +1,138 @@
+//! Inbound authorization: Policy resources of this proxy's service against
+//! the caller's identity (from its mTLS certificate), method and path.
+//!
+//! Deny wins. If any allow policy exists, a request must match one; with
+//! no policy, MeshConfig's `default_policy` decides (allow unless set).
+//! `from` entries are exact SPIFFE IDs, prefixes ending in `*`, or `*` (any
+//! authenticated caller); a policy without `from` matches every caller,
+//! anonymous ones too. `to` lists methods and path prefixes (empty = all).
+
+use raftmesh_api::{Action, PolicySpec};
+
+use crate::snapshot::Authz;
+
+fn from_matches(from: &[String], who: Option<&str>) -> bool {
+    if from.is_empty() {
+        return true;
+    }
+    let Some(who) = who else { return false };
+    from.iter().any(|f| {
+        f == "*"
+            || f == who
+            || f.strip_suffix('*')
+                .is_some_and(|prefix| who.starts_with(prefix))
+    })
+}
+
+fn to_matches(p: &PolicySpec, method: &str, path: &str) -> bool {
+    p.to.is_empty()
+        || p.to.iter().any(|t| {
+            (t.methods.is_empty() || t.methods.iter().any(|m| m == method))
+                && (t.paths.is_empty() || t.paths.iter().any(|x| path.starts_with(x.as_str())))
+        })
+}
+
+/// Whether a request may pass; the error says why not.
+pub fn decide(a: &Authz, who: Option<&str>, method: &str, path: &str) -> Result<(), String> {
+    let caller = who.unwrap_or("an unauthenticated caller");
+    let applies = |p: &&PolicySpec| from_matches(&p.from, who) && to_matches(p, method, path);
+    if a.policies
+        .iter()
+        .filter(|p| p.action == Action::Deny)
+        .any(|p| applies(&p))
+    {
+        return Err(format!("a deny policy matches {caller} {method} {path}"));
+    }
+    let allows: Vec<&PolicySpec> = a
+        .policies
+        .iter()
+        .filter(|p| p.action == Action::Allow)
+        .collect();
+    if !allows.is_empty() {
+        return if allows.iter().any(applies) {
+            Ok(())
+        } else {
+            Err(format!("no allow policy matches {caller} {method} {path}"))
+        };
+    }
+    match a.default {
+        Action::Allow => Ok(()),
+        Action::Deny => Err(format!(
+            "no policy allows {caller} and the mesh default is deny"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftmesh_api::PolicyTarget;
+
+    fn pol(action: Action, from: &[&str], methods: &[&str], paths: &[&str]) -> PolicySpec {
+        PolicySpec {
+            service: "api".into(),
+            action,
+            from: from.iter().map(|s| s.to_string()).collect(),
+            to: if methods.is_empty() && paths.is_empty() {
+                vec![]
+            } else {
+                vec![PolicyTarget {
+                    methods: methods.iter().map(|s| s.to_string()).collect(),
+                    paths: paths.iter().map(|s| s.to_string()).collect(),
+                }]
+            },
+        }
+    }
+
+    const FRONT: &str = "spiffe://east.mesh/ns/default/sa/frontend";
+    const BATCH: &str = "spiffe://east.mesh/ns/default/sa/batch";
+
+    #[test]
+    fn deny_wins_over_allow() {
+        let a = Authz {
+            policies: vec![
+                pol(Action::Allow, &["*"], &[], &[]),
+                pol(Action::Deny, &[BATCH], &[], &[]),
+            ],
+            ..Default::default()
+        };
+        assert!(decide(&a, Some(FRONT), "GET", "/").is_ok());
+        assert!(decide(&a, Some(BATCH), "GET", "/")
+            .unwrap_err()
+            .contains("deny policy"));
+    }
+
+    #[test]
+    fn allow_policies_must_match_methods_paths_and_callers() {
+        let a = Authz {
+            policies: vec![pol(
+                Action::Allow,
+                &["spiffe://east.mesh/ns/default/*"],
+                &["GET"],
+                &["/api/"],
+            )],
+            ..Default::default()
+        };
+        assert!(decide(&a, Some(FRONT), "GET", "/api/x").is_ok());
+        assert!(decide(&a, Some(FRONT), "POST", "/api/x").is_err());
+        assert!(decide(&a, Some(FRONT), "GET", "/admin").is_err());
+        assert!(decide(&a, Some("spiffe://east.mesh/ns/prod/sa/x"), "GET", "/api/x").is_err());
+        assert!(
+            decide(&a, None, "GET", "/api/x").is_err(),
+            "anonymous callers match no from list"
+        );
+    }
+
+    #[test]
+    fn with_no_policy_the_mesh_default_decides() {
+        let mut a = Authz::default();
+        assert!(decide(&a, None, "GET", "/").is_ok());
+        a.default = Action::Deny;
+        assert!(decide(&a, Some(FRONT), "GET", "/")
+            .unwrap_err()
+            .contains("default is deny"));
+        // A policy without `from` matches anonymous callers too.
+        a.policies = vec![pol(Action::Allow, &[], &[], &[])];
+        assert!(decide(&a, None, "GET", "/").is_ok());
+    }
+}

@@ -1,0 +1,502 @@
+//! Workload identity and mutual TLS: the proxy's key (made here, never
+//! sent anywhere), the certificate and trust bundle meshd issues, rustls
+//! configurations built from them, and the connector outbound connections
+//! use (mTLS to endpoints that have a mesh identity, plaintext otherwise).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use rcgen::{CertificateParams, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// ALPN of opaque TCP carried over mTLS.
+pub const ALPN_TCP: &[u8] = b"raftmesh-tcp";
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// rustls configurations for one certificate and trust bundle.
+pub struct Tls {
+    /// Inbound, client certificates required (strict).
+    pub server_strict: Arc<ServerConfig>,
+    /// Inbound, client certificates optional (permissive).
+    pub server_permissive: Arc<ServerConfig>,
+    /// Outbound, ALPN http/1.1.
+    pub client_h1: Arc<ClientConfig>,
+    /// Outbound, ALPN h2.
+    pub client_h2: Arc<ClientConfig>,
+    /// Outbound, ALPN raftmesh-tcp.
+    pub client_tcp: Arc<ClientConfig>,
+    /// This workload's SPIFFE ID.
+    pub spiffe: String,
+}
+
+#[derive(Default)]
+struct State {
+    cert_pem: Option<String>,
+    bundle: Vec<String>,
+    expires_at_ms: u64,
+    received_at_ms: u64,
+}
+
+/// The workload's key, certificate and trust bundle.
+pub struct Workload {
+    key: KeyPair,
+    dir: Option<PathBuf>,
+    state: Mutex<State>,
+    tls: ArcSwapOption<Tls>,
+}
+
+fn write_private(path: &std::path::Path, data: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+impl Workload {
+    /// The key from `state_dir/identity/` (with its certificate and bundle),
+    /// or a new key when there is none.
+    pub fn load_or_generate(state_dir: Option<PathBuf>) -> Result<Arc<Self>, String> {
+        let dir = state_dir.map(|d| d.join("identity"));
+        let dir_read = dir.clone();
+        let read = move |name: &str| {
+            dir_read
+                .as_ref()
+                .and_then(|d| std::fs::read_to_string(d.join(name)).ok())
+        };
+        let key = match read("key.pem") {
+            Some(pem) => KeyPair::from_pem(&pem)
+                .map_err(|e| format!("the saved workload key is unusable: {e}"))?,
+            None => KeyPair::generate().map_err(|e| format!("cannot make a workload key: {e}"))?,
+        };
+        if let Some(d) = &dir {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(d)
+                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+            write_private(&d.join("key.pem"), &key.serialize_pem()).map_err(|e| e.to_string())?;
+        }
+        let w = Arc::new(Self {
+            key,
+            dir,
+            state: Mutex::new(State::default()),
+            tls: ArcSwapOption::empty(),
+        });
+        if let (Some(cert), Some(bundle)) = (read("cert.pem"), read("bundle.pem")) {
+            let meta: serde_json::Value = read("meta.json")
+                .and_then(|m| serde_json::from_str(&m).ok())
+                .unwrap_or_default();
+            let expires = meta["expires_at_ms"].as_u64().unwrap_or(0);
+            let received = meta["received_at_ms"].as_u64().unwrap_or(0);
+            if expires > unix_ms() {
+                let bundle: Vec<String> = split_pem(&bundle);
+                if let Err(e) = w.install(Some(cert), bundle, expires, received) {
+                    tracing::warn!(error = %e, "the saved workload certificate is unusable; asking for a new one");
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    /// A certificate signing request for this key (meshd sets the names).
+    pub fn csr(&self) -> Result<String, String> {
+        CertificateParams::new(Vec::<String>::new())
+            .and_then(|p| p.serialize_request(&self.key))
+            .and_then(|c| c.pem())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The current certificate and a proof of holding its key, if it is
+    /// valid for at least another minute.
+    pub fn proof(&self, instance: &str) -> Option<(String, Vec<u8>, u64)> {
+        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let cert = s.cert_pem.clone()?;
+        let now = unix_ms();
+        if s.expires_at_ms < now + 60_000 {
+            return None;
+        }
+        let msg = format!("raftmesh-hello|{instance}|{now}");
+        let sig = rcgen::SigningKey::sign(&self.key, msg.as_bytes()).ok()?;
+        Some((cert, sig, now))
+    }
+
+    /// Whether the certificate is past half its life (or missing).
+    pub fn needs_renewal(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &s.cert_pem {
+            None => true,
+            Some(_) => {
+                let half =
+                    s.received_at_ms + (s.expires_at_ms.saturating_sub(s.received_at_ms)) / 2;
+                unix_ms() >= half
+            }
+        }
+    }
+
+    /// Installs a certificate (or, with `None`, a new trust bundle only),
+    /// rebuilds the TLS configurations and saves them.
+    pub fn install(
+        &self,
+        cert_pem: Option<String>,
+        bundle: Vec<String>,
+        expires_at_ms: u64,
+        received_at_ms: u64,
+    ) -> Result<(), String> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = cert_pem {
+            s.cert_pem = Some(c);
+            s.expires_at_ms = expires_at_ms;
+            s.received_at_ms = received_at_ms;
+        }
+        if !bundle.is_empty() {
+            s.bundle = bundle;
+        }
+        let Some(cert) = s.cert_pem.clone() else {
+            return Ok(());
+        };
+        let tls = build(&cert, &self.key.serialize_pem(), &s.bundle)?;
+        self.tls.store(Some(Arc::new(tls)));
+        if let Some(d) = &self.dir {
+            let meta = serde_json::json!({"expires_at_ms": s.expires_at_ms, "received_at_ms": s.received_at_ms});
+            write_private(&d.join("cert.pem"), &cert).map_err(|e| e.to_string())?;
+            write_private(&d.join("bundle.pem"), &s.bundle.join("")).map_err(|e| e.to_string())?;
+            write_private(&d.join("meta.json"), &meta.to_string()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The TLS configurations, once the proxy has a certificate.
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.load_full()
+    }
+}
+
+fn split_pem(s: &str) -> Vec<String> {
+    s.split_inclusive("-----END CERTIFICATE-----")
+        .map(|p| p.trim().to_string())
+        .filter(|p| p.contains("BEGIN CERTIFICATE"))
+        .map(|p| p + "\n")
+        .collect()
+}
+
+fn build(cert_pem: &str, key_pem: &str, bundle: &[String]) -> Result<Tls, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate: {e}"))?;
+    let spiffe = chain
+        .first()
+        .and_then(|c| spiffe_of(c))
+        .ok_or("the certificate has no SPIFFE ID")?;
+    let key =
+        || PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("bad key: {e}"));
+    let mut roots = RootCertStore::empty();
+    for pem in bundle {
+        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots
+                .add(c.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let roots = Arc::new(roots);
+    let tls13 = &[&rustls::version::TLS13];
+    let server = |required: bool| -> Result<Arc<ServerConfig>, String> {
+        let b =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+        let verifier = if required {
+            b.build()
+        } else {
+            b.allow_unauthenticated().build()
+        }
+        .map_err(|e| e.to_string())?;
+        let mut c = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(tls13)
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key()?)
+            .map_err(|e| e.to_string())?;
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ALPN_TCP.to_vec()];
+        Ok(Arc::new(c))
+    };
+    let client = |alpn: &[u8]| -> Result<Arc<ClientConfig>, String> {
+        let mut c = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(tls13)
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(chain.clone(), key()?)
+            .map_err(|e| e.to_string())?;
+        c.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(c))
+    };
+    Ok(Tls {
+        server_strict: server(true)?,
+        server_permissive: server(false)?,
+        client_h1: client(b"http/1.1")?,
+        client_h2: client(b"h2")?,
+        client_tcp: client(ALPN_TCP)?,
+        spiffe,
+    })
+}
+
+/// The SPIFFE ID (URI SAN) of a DER certificate.
+pub fn spiffe_of(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
+            Some(u.to_string())
+        }
+        _ => None,
+    })
+}
+
+/// The DNS name a workload's certificate carries, from its SPIFFE ID
+/// (`spiffe://td/ns/NS/sa/SVC` → `SVC.NS.svc.td`).
+pub fn server_name_for(spiffe: &str) -> Option<ServerName<'static>> {
+    let rest = spiffe.strip_prefix("spiffe://")?;
+    let mut parts = rest.split('/');
+    let td = parts.next()?;
+    let (_, ns, _, svc) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    ServerName::try_from(raftmesh_api::workload_dns_name(td, ns, svc)).ok()
+}
+
+/// A stream that is plaintext or TLS.
+pub enum MeshStream {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// Client side of mutual TLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for MeshStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MeshStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MeshStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MeshStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MeshStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MeshStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MeshStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MeshStream::Plain(s) => s.is_write_vectored(),
+            MeshStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Which endpoints speak mutual TLS, and the name their certificate carries.
+#[derive(Clone, Default)]
+pub struct Targets(Arc<Mutex<HashMap<SocketAddr, ServerName<'static>>>>);
+
+impl Targets {
+    /// Records that `addr` is a mesh workload named `name`.
+    pub fn set(&self, addr: SocketAddr, name: ServerName<'static>) {
+        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if m.get(&addr) != Some(&name) {
+            m.insert(addr, name);
+        }
+    }
+
+    fn get(&self, addr: &SocketAddr) -> Option<ServerName<'static>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(addr)
+            .cloned()
+    }
+}
+
+/// Which ALPN an outbound connection offers.
+#[derive(Clone, Copy, Debug)]
+pub enum Alpn {
+    /// http/1.1.
+    H1,
+    /// h2.
+    H2,
+}
+
+/// Connects to endpoints: TCP, then mutual TLS when the endpoint is a mesh
+/// workload and this proxy has a certificate.
+#[derive(Clone)]
+pub struct MeshConnector {
+    /// The workload identity (none for a static-config proxy).
+    pub workload: Option<Arc<Workload>>,
+    /// Mesh endpoints.
+    pub targets: Targets,
+    /// ALPN offered.
+    pub alpn: Alpn,
+}
+
+impl MeshConnector {
+    /// Opens a connection to `addr`.
+    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<MeshStream> {
+        let tcp = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+        tcp.set_nodelay(true)?;
+        let (Some(name), Some(tls)) = (
+            self.targets.get(&addr),
+            self.workload.as_ref().and_then(|w| w.tls()),
+        ) else {
+            return Ok(MeshStream::Plain(tcp));
+        };
+        let cfg = match self.alpn {
+            Alpn::H1 => tls.client_h1.clone(),
+            Alpn::H2 => tls.client_h2.clone(),
+        };
+        let s = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await?;
+        Ok(MeshStream::Tls(Box::new(s)))
+    }
+}
+
+/// hyper's view of a [`MeshStream`].
+pub struct MeshIo(hyper_util::rt::TokioIo<MeshStream>);
+
+impl hyper::rt::Read for MeshIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for MeshIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for MeshIo {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl tower::Service<http::Uri> for MeshConnector {
+    type Response = MeshIo;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = std::io::Result<MeshIo>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "endpoint is not IP:port")
+                })?;
+            Ok(MeshIo(hyper_util::rt::TokioIo::new(
+                this.connect(addr).await?,
+            )))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_spiffe_id_maps_to_the_dns_name_in_its_certificate() {
+        let n = super::server_name_for("spiffe://east.mesh/ns/default/sa/web").unwrap();
+        assert_eq!(
+            format!("{n:?}"),
+            format!(
+                "{:?}",
+                rustls::pki_types::ServerName::try_from("web.default.svc.east.mesh").unwrap()
+            )
+        );
+        assert!(super::server_name_for("http://x").is_none());
+    }
+}
