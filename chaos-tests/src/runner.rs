@@ -329,14 +329,26 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
     for t in ptasks {
         let _ = t.await;
     }
+    if !converged && std::env::var_os("CHAOS_KEEP").is_some() {
+        let copy = cfg.out_dir.join(format!("seed-{}-cluster", cfg.seed));
+        eprintln!(
+            "chaos: keeping the cluster's files in {} (CHAOS_KEEP)",
+            copy.display()
+        );
+        let _ = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(cluster.dir.path())
+            .arg(&copy)
+            .status();
+    }
     if !converged && cfg.proxies > 0 {
         let held: Vec<String> = views
             .iter()
             .map(|v| {
                 let v = lock(v);
                 format!(
-                    "{:?} at revision {} after {} connects",
-                    v.held, v.revision, v.connects
+                    "{:?} at revision {} after {} connects, on {}",
+                    v.held, v.revision, v.connects, v.node
                 )
             })
             .collect();

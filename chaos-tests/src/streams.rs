@@ -32,6 +32,8 @@ pub struct ProxyView {
     pub connects: u64,
     /// Broken promises (revision not increasing, ...).
     pub violations: Vec<String>,
+    /// The node it is connected to now.
+    pub node: String,
 }
 
 /// A proxy's shared view.
@@ -79,7 +81,11 @@ async fn session(
     .map_err(|_| "hello timed out".to_string())?
     .map_err(|s| s.message().to_string())?
     .into_inner();
-    lock(view).connects += 1;
+    {
+        let mut v = lock(view);
+        v.connects += 1;
+        v.node = addr.to_string();
+    }
     loop {
         let m = tokio::select! {
             m = tokio::time::timeout(Duration::from_secs(15), inbound.message()) => m,

@@ -56,6 +56,10 @@ pub struct LeaseKeeper {
     /// Since when this node leads, if it does.
     leading_since: Option<Instant>,
     last_seen: HashMap<(String, String), Instant>,
+    /// The revision each endpoint had at the last check: a proxy's own
+    /// write (registration on a new stream, a ready report) counts as a
+    /// sign of life even before the next lease report arrives.
+    revisions: HashMap<(String, String), Option<u64>>,
     in_flight: HashSet<(String, String)>,
 }
 
@@ -74,6 +78,7 @@ impl LeaseKeeper {
             cfg,
             leading_since: None,
             last_seen: HashMap::new(),
+            revisions: HashMap::new(),
             in_flight: HashSet::new(),
         }
     }
@@ -109,11 +114,13 @@ impl LeaseKeeper {
                 // Took over: everyone gets a fresh grace period.
                 self.leading_since = Some(Instant::now());
                 self.last_seen.clear();
+                self.revisions.clear();
                 return;
             }
             (false, Some(_)) => {
                 self.leading_since = None;
                 self.last_seen.clear();
+                self.revisions.clear();
                 return;
             }
             (false, None) => return,
@@ -121,6 +128,11 @@ impl LeaseKeeper {
         }
         let since = self.leading_since.unwrap_or_else(Instant::now);
         let (_, endpoints) = self.reader.list(Some(Kind::Endpoint), None);
+        self.revisions.retain(|(ns, name), _| {
+            endpoints
+                .iter()
+                .any(|r| r.metadata.namespace == *ns && r.metadata.name == *name)
+        });
         for r in endpoints {
             let Spec::Endpoint(e) = &r.spec else { continue };
             if e.lease_node.is_none() {
@@ -129,6 +141,17 @@ impl LeaseKeeper {
             let id = (r.metadata.namespace.clone(), r.metadata.name.clone());
             if self.in_flight.contains(&id) {
                 continue;
+            }
+            let rev = r.metadata.revision;
+            if self
+                .revisions
+                .insert(id.clone(), rev)
+                .is_some_and(|old| old != rev)
+                && e.health == Health::Healthy
+            {
+                // Written since the last check and healthy: the proxy
+                // (re)registered or reported ready, so it is alive.
+                self.last_seen.insert(id.clone(), Instant::now());
             }
             let seen = self.last_seen.get(&id).copied().unwrap_or(since).max(since);
             let gone = seen.elapsed();
