@@ -124,7 +124,28 @@ impl Net {
         let want_ns = std::env::var("CHAOS_NET")
             .map(|v| v != "loopback")
             .unwrap_or(true);
-        let mode = if want_ns && is_root() && Command::new("ip").arg("-V").output().is_ok() {
+        let tools = || {
+            let ok = |t: &str| {
+                Command::new(t)
+                    .arg("-V")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            let (ip, iptables) = (ok("ip"), ok("iptables"));
+            if !(ip && iptables) {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    eprintln!(
+                        "chaos: running as root but `{}` is missing: nodes share loopback and \
+                         partitions are injected in meshd (install iproute2 and iptables for \
+                         real packet drops)",
+                        if ip { "iptables" } else { "ip" }
+                    )
+                });
+            }
+            ip && iptables
+        };
+        let mode = if want_ns && is_root() && tools() {
             sweep_stale();
             let k = COUNT.fetch_add(1, Ordering::SeqCst);
             let pid = std::process::id();

@@ -117,6 +117,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Final register values from linearizable reads (retrying until healed).
+/// A bootstrap token for the simulated proxies, from whichever node
+/// answers (a node may still be catching up right after the election).
+async fn mint_proxy_token(addrs: &[String], token: &str) -> Result<String, String> {
+    let mut last = String::new();
+    for attempt in 0..30 {
+        let addr = &addrs[attempt % addrs.len()];
+        let answer = admin(addr, token)
+            .map_err(|e| e.to_string())?
+            .create_token(pb::CreateTokenRequest {
+                scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
+                    service: "chaos-proxy".into(),
+                    namespace: String::new(),
+                })),
+                ttl_ms: 3_600_000,
+                max_uses: 0,
+            })
+            .await;
+        match answer {
+            Ok(r) => return Ok(r.into_inner().secret),
+            Err(e) => last = format!("{addr}: {}", e.message()),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(format!("minting a proxy token: {last}"))
+}
+
 async fn final_registers(
     addrs: &[String],
     token: &str,
@@ -191,20 +217,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
         .map_err(|e| format!("{e}; node 1 log:\n{}", cluster.log_tail(1, 20)))?;
     let addrs = cluster.addrs();
     let token = cluster.token.clone();
-    let proxy_token = admin(&addrs[0], &token)
-        .map_err(|e| e.to_string())?
-        .create_token(pb::CreateTokenRequest {
-            scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
-                service: "chaos-proxy".into(),
-                namespace: String::new(),
-            })),
-            ttl_ms: 3_600_000,
-            max_uses: 0,
-        })
-        .await
-        .map_err(|e| format!("minting a proxy token: {}", e.message()))?
-        .into_inner()
-        .secret;
+    let proxy_token = mint_proxy_token(&addrs, &token).await?;
 
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| e.to_string())?;
     let history_path = cfg.out_dir.join(format!(
@@ -308,11 +321,21 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
     // Streams: converge within 10 s, only written values. The workload runs
     // on after healing, so the state is final only once it has stopped:
     // the 10 s count from then (and the time since healing is reported).
-    let finals = final_registers(&addrs, &token, cfg.keys).await?;
+    // A write whose client gave up (timed out, indeterminate) may still
+    // commit after this first read, so the state is read again each round:
+    // the proxies must match what the cluster holds now.
+    let mut finals = final_registers(&addrs, &token, cfg.keys).await?;
     let writes_stopped = Instant::now();
     let mut converged = false;
     let mut converged_at = Instant::now();
+    let mut last_read = Instant::now();
     while writes_stopped.elapsed() < Duration::from_secs(10) {
+        if last_read.elapsed() > Duration::from_secs(1) {
+            if let Ok(now) = final_registers(&addrs, &token, cfg.keys).await {
+                finals = now;
+            }
+            last_read = Instant::now();
+        }
         if views.iter().all(|v| {
             let v = lock(v);
             finals

@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub election_timeout_min_ms: u64,
     /// Raft election timeout range, high end.
     pub election_timeout_max_ms: u64,
+    /// Server TLS files (`meshd tls init`); plaintext when `None`.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -66,6 +68,7 @@ impl ServerConfig {
             heartbeat_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
+            tls_dir: None,
         }
     }
 
@@ -277,11 +280,6 @@ pub fn parse_http(s: &str) -> Result<Option<SocketAddr>, String> {
 impl ServerArgs {
     /// The node config these flags describe.
     pub fn into_config(self) -> Result<(ServerConfig, crate::node::TestHooks), String> {
-        if self.tls_dir.is_some() {
-            return Err(
-                "--tls-dir: server TLS is not part of this build yet (issue \"Zero trust\")".into(),
-            );
-        }
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from("data").join(self.id.to_string()));
@@ -297,6 +295,7 @@ impl ServerArgs {
             _ => None,
         };
         c.restore = self.restore;
+        c.tls_dir = self.tls_dir;
         c.snapshot_logs = self.snapshot_logs;
         c.endpoint_grace = self.endpoint_grace.into();
         c.endpoint_expiry = self.endpoint_expiry.into();

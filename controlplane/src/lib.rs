@@ -24,6 +24,7 @@ pub mod network;
 pub mod node;
 pub mod procinfo;
 pub mod rpc;
+pub mod server_tls;
 pub mod watcher;
 
 pub use raftmesh_storage::{NodeId, TypeConfig};

@@ -18,7 +18,7 @@ use raftmesh_api::v1::raft_client::RaftClient;
 use raftmesh_api::v1::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::{NodeId, TypeConfig};
 
@@ -29,9 +29,18 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct ClientPool {
     clients: Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl ClientPool {
+    /// A pool whose connections use `tls` (server TLS on) or plaintext.
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            clients: Arc::default(),
+            tls,
+        }
+    }
+
     /// A client for `addr` (`host:port`), created on first use; the
     /// connection is made, and remade after failures, by tonic.
     pub fn get(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
@@ -39,7 +48,7 @@ impl ClientPool {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let channel = endpoint(addr)?.connect_lazy();
+        let channel = endpoint(addr, self.tls.as_ref())?.connect_lazy();
         let client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -48,14 +57,22 @@ impl ClientPool {
     }
 }
 
-/// The tonic endpoint for a node address, with the timeouts every
-/// node-to-node and client connection uses.
-pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// The tonic endpoint for a node address (`https` when `tls` is given),
+/// with the timeouts every node-to-node and client connection uses.
+pub fn endpoint(
+    addr: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let ep = Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5)))
+        .keep_alive_timeout(Duration::from_secs(5));
+    match tls {
+        Some(t) => ep.tls_config(t.clone()),
+        None => Ok(ep),
+    }
 }
 
 /// Encodes a value as a JSON payload.

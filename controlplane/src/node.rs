@@ -159,7 +159,11 @@ pub async fn start_with_listener(
         restore(&cfg, file, &mut log, &mut sm).await?;
     }
 
-    let pool = ClientPool::default();
+    let tls = match &cfg.tls_dir {
+        Some(dir) => Some(crate::server_tls::load(dir, cfg.id)?),
+        None => None,
+    };
+    let pool = ClientPool::new(tls.as_ref().map(|t| t.client.clone()));
     let raft = Raft::new(
         cfg.id,
         Arc::new(raft_config(&cfg)?),
@@ -206,7 +210,9 @@ pub async fn start_with_listener(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let server = {
         let mut rx = shutdown_rx.clone();
-        let raft_svc = RaftServer::new(RaftService::new(ops.clone(), hub.clone()))
+        let raft_svc = RaftServer::new(
+            RaftService::new(ops.clone(), hub.clone()).nodes_only(tls.is_some()),
+        )
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let admin_svc = AdminServer::new(AdminService::new(
@@ -229,8 +235,14 @@ pub async fn start_with_listener(
         let discovery_svc = DiscoveryServer::new(discovery.clone())
             .max_decoding_message_size(discovery.max_message_bytes());
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = &tls {
+            builder = builder
+                .tls_config(t.server.clone())
+                .context("--tls-dir: the node's certificate or key is unusable")?;
+        }
         tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .add_service(raft_svc)
                 .add_service(admin_svc)
                 .add_service(discovery_svc)

@@ -15,6 +15,9 @@ use crate::procinfo;
 pub struct RaftService {
     ops: Arc<ClusterOps>,
     hub: actix::Addr<crate::discovery::hub::DiscoveryHub>,
+    /// With server TLS: every call but `node_info` must come from a node
+    /// (a client certificate the server CA signed, which tonic verified).
+    nodes_only: bool,
 }
 
 impl RaftService {
@@ -23,7 +26,26 @@ impl RaftService {
         ops: Arc<ClusterOps>,
         hub: actix::Addr<crate::discovery::hub::DiscoveryHub>,
     ) -> Self {
-        Self { ops, hub }
+        Self {
+            ops,
+            hub,
+            nodes_only: false,
+        }
+    }
+
+    /// Demands a node certificate on node-to-node calls (server TLS on).
+    pub fn nodes_only(mut self, yes: bool) -> Self {
+        self.nodes_only = yes;
+        self
+    }
+
+    fn from_node<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.nodes_only && req.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(Status::permission_denied(
+                "node-to-node calls need a node certificate signed by the server CA (meshd tls init)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -39,11 +61,13 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.from_node(&req)?;
         let r = from_payload(req.get_ref(), "append-entries request")?;
         reply(&self.ops.raft().append_entries(r).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.from_node(&req)?;
         let r = from_payload(req.get_ref(), "vote request")?;
         reply(&self.ops.raft().vote(r).await)
     }
@@ -52,29 +76,34 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.from_node(&req)?;
         let r = from_payload(req.get_ref(), "install-snapshot request")?;
         reply(&self.ops.raft().install_snapshot(r).await)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.from_node(&req)?;
         let r: LeaderRequest = from_payload(req.get_ref(), "leader request")?;
         let res: Result<LeaderResponse, ClusterError> = self.ops.execute_local(r).await;
         reply(&res)
     }
 
     async fn relay(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.from_node(&req)?;
         let r: LeaderRequest = from_payload(req.get_ref(), "leader request")?;
         let res: Result<LeaderResponse, ClusterError> = self.ops.submit(r).await;
         reply(&res)
     }
 
     async fn control(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.from_node(&req)?;
         let c: Control = from_payload(req.get_ref(), "control message")?;
         let res = self.ops.handle_control(c).await;
         reply(&res)
     }
 
-    async fn sessions(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn sessions(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.from_node(&req)?;
         let sessions = self
             .hub
             .send(crate::discovery::hub::ListSessions)

@@ -71,12 +71,18 @@ impl AdminService {
         }
     }
 
-    fn auth<T>(&self, req: &Request<T>, need: Need) -> Result<Caller, Status> {
+    async fn auth<T>(&self, req: &Request<T>, need: Need) -> Result<Caller, Status> {
         let header = req
             .metadata()
             .get("authorization")
             .map(|v| v.to_str().unwrap_or(""));
-        let caller = auth::authenticate(&self.reader, header, unix_ms()).map_err(|e| match e {
+        let mut checked = auth::authenticate(&self.reader, header, unix_ms());
+        if checked == Err(AuthError::Invalid) && self.ops.read_barrier().await.is_ok() {
+            // A token created a moment ago may not have reached this
+            // node yet: look again once it has caught up with the leader.
+            checked = auth::authenticate(&self.reader, header, unix_ms());
+        }
+        let caller = checked.map_err(|e| match e {
             AuthError::NotAdmin(_) => Status::permission_denied(e.to_string()),
             _ => Status::unauthenticated(e.to_string()),
         })?;
@@ -167,7 +173,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        self.auth(&req, Need::Write)?;
+        self.auth(&req, Need::Write).await?;
         let mut items = Vec::new();
         for (i, item) in req.into_inner().items.into_iter().enumerate() {
             let r = item.resource.ok_or_else(|| {
@@ -197,7 +203,7 @@ impl Admin for AdminService {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        self.auth(&req, Need::Read)?;
+        self.auth(&req, Need::Read).await?;
         let r = req.into_inner();
         let key = ResourceKey::new(parse_kind(&r.kind)?, ns(&r.namespace), r.name);
         let (revision, res) = self
@@ -217,7 +223,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        self.auth(&req, Need::Read)?;
+        self.auth(&req, Need::Read).await?;
         let r = req.into_inner();
         let kind = if r.kind.is_empty() {
             None
@@ -243,7 +249,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.auth(&req, Need::Write)?;
+        self.auth(&req, Need::Write).await?;
         let r = req.into_inner();
         let kind = parse_kind(&r.kind)?;
         if kind == Kind::Token {
@@ -271,7 +277,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        self.auth(&req, Need::Read)?;
+        self.auth(&req, Need::Read).await?;
         let s = self
             .watcher
             .send(GetStatus)
@@ -284,7 +290,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.auth(&req, Need::Write)?;
+        self.auth(&req, Need::Write).await?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("node ids start at 1"));
@@ -314,7 +320,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.auth(&req, Need::Write)?;
+        self.auth(&req, Need::Write).await?;
         let id = req.into_inner().id;
         let v = self
             .ask(ChangeMembership(LeaderRequest::RemoveNode { id }))
@@ -327,7 +333,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.auth(&req, Need::Write)?;
+        self.auth(&req, Need::Write).await?;
         let id = req.into_inner().id;
         let v = self
             .ask(ChangeMembership(LeaderRequest::TransferLeader { id }))
@@ -343,7 +349,7 @@ impl Admin for AdminService {
         req: Request<pb::SaveSnapshotRequest>,
     ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
         // A snapshot holds every secret hash (and later the CA key): admins only.
-        let caller = self.auth(&req, Need::Write)?;
+        let caller = self.auth(&req, Need::Write).await?;
         let (revision, bytes) = self.ask(TakeSnapshot).await?.map_err(status)?;
         tracing::info!(revision, bytes = bytes.len(), token = %caller.token_id, "snapshot saved by a client");
         let chunks: Vec<Result<pb::SnapshotChunk, Status>> = bytes
@@ -357,7 +363,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        self.auth(&req, Need::Write)?;
+        self.auth(&req, Need::Write).await?;
         let r = req.into_inner();
         let scope = match r.scope {
             Some(pb::create_token_request::Scope::Service(s)) => {
@@ -400,7 +406,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        self.auth(&req, Need::Read)?;
+        self.auth(&req, Need::Read).await?;
         let (_, items) = self
             .ask(ListResources {
                 kind: Some(Kind::Token),
@@ -418,7 +424,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        self.auth(&req, Need::Write)?;
+        self.auth(&req, Need::Write).await?;
         let id = req.into_inner().id;
         let revision = self.ask(RevokeToken { id }).await?.map_err(status)?;
         Ok(Response::new(pb::RevokeTokenResponse { revision }))
@@ -428,7 +434,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        let caller = self.auth(&req, Need::Read)?;
+        let caller = self.auth(&req, Need::Read).await?;
         Ok(Response::new(pb::WhoAmIResponse {
             token_id: caller.token_id,
             role: pb_role(caller.role) as i32,
@@ -441,7 +447,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RotateCaRequest>,
     ) -> Result<Response<pb::RotateCaResponse>, Status> {
-        self.auth(&req, Need::Write)?;
+        self.auth(&req, Need::Write).await?;
         let (revision, id) = self
             .ask(RotateCa {
                 cluster_name: self.cluster_name.clone(),
@@ -459,7 +465,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListProxiesRequest>,
     ) -> Result<Response<pb::ListProxiesResponse>, Status> {
-        self.auth(&req, Need::Read)?;
+        self.auth(&req, Need::Read).await?;
         let (sessions, missing) = cluster_sessions(&self.ops, &self.hub).await;
         if !missing.is_empty() {
             tracing::warn!(?missing, "some nodes did not report their proxies");
@@ -473,7 +479,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ProxyConfigRequest>,
     ) -> Result<Response<pb::ProxyConfigResponse>, Status> {
-        self.auth(&req, Need::Read)?;
+        self.auth(&req, Need::Read).await?;
         let instance = req.into_inner().instance;
         let (sessions, missing) = cluster_sessions(&self.ops, &self.hub).await;
         let s = sessions

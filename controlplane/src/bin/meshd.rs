@@ -29,6 +29,60 @@ enum Command {
     Dev(DevArgs),
     /// A whole local mesh with traffic: 3 nodes, proxies, a scripted story.
     Demo(raftmesh_controlplane::demo::DemoArgs),
+    /// Server TLS files for `meshd server --tls-dir`.
+    #[command(subcommand)]
+    Tls(TlsCmd),
+}
+
+#[derive(Subcommand)]
+enum TlsCmd {
+    /// Make a server CA and one certificate per node (node-1.pem, node-1-key.pem, ...).
+    Init {
+        /// The folder to write; it must not already hold a CA.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// How many nodes (ids 1..=N).
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Names and IP addresses clients use to reach the nodes (every node
+        /// certificate carries them all).
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+        hosts: Vec<String>,
+        /// Lifetime of the node certificates.
+        #[arg(long, default_value = "365days")]
+        validity: humantime::Duration,
+    },
+}
+
+fn tls(cmd: TlsCmd) -> anyhow::Result<()> {
+    match cmd {
+        TlsCmd::Init {
+            out,
+            nodes,
+            hosts,
+            validity,
+        } => {
+            let files = raftmesh_controlplane::server_tls::init(
+                &raftmesh_controlplane::server_tls::InitOptions {
+                    out: out.clone(),
+                    nodes,
+                    hosts,
+                    validity: validity.into(),
+                },
+            )?;
+            for f in &files {
+                println!("wrote {}", f.display());
+            }
+            println!(
+                "start each node with `meshd server --id N --tls-dir {dir}`; clients verify meshd with \
+                 `--ca-file {dir}/{ca}`. Keep {dir}/{key} offline: only new node certificates need it.",
+                dir = out.display(),
+                ca = raftmesh_controlplane::server_tls::CA_CERT,
+                key = raftmesh_controlplane::server_tls::CA_KEY,
+            );
+            Ok(())
+        }
+    }
 }
 
 fn init_tracing(quiet: bool) {
@@ -78,7 +132,9 @@ async fn serve_until_signal(node: Node, parent: Option<u32>) -> anyhow::Result<(
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let parent = args.parent_pid;
     let (cfg, hooks) = args.into_config().map_err(anyhow::Error::msg)?;
-    warn_plaintext();
+    if cfg.tls_dir.is_none() {
+        warn_plaintext();
+    }
     if hooks.unsafe_local_reads {
         tracing::error!(
             "--unsafe-local-reads: reads are NOT linearizable (fault injection for chaos tests)"
@@ -162,6 +218,7 @@ fn main() {
             Command::Server(a) => server(a).await,
             Command::Dev(a) => dev(a).await,
             Command::Demo(a) => raftmesh_controlplane::demo::run(a).await,
+            Command::Tls(c) => tls(c),
         }
     });
     if let Err(e) = result {

@@ -32,6 +32,7 @@ pub type Client = AdminClient<InterceptedService<Channel, Bearer>>;
 pub struct Conn {
     servers: Vec<String>,
     bearer: Bearer,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Conn {
@@ -49,11 +50,31 @@ impl Conn {
             }
             None => Bearer(None),
         };
-        Ok(Self { servers, bearer })
+        Ok(Self {
+            servers,
+            bearer,
+            tls: None,
+        })
+    }
+
+    /// Verifies meshd with this TLS setting (`--ca-file`).
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The addresses, in the order they are tried.
+    pub fn servers(&self) -> &[String] {
+        &self.servers
+    }
+
+    /// The TLS setting, if any.
+    pub fn tls(&self) -> Option<&tonic::transport::ClientTlsConfig> {
+        self.tls.as_ref()
     }
 
     fn client(&self, server: &str) -> Result<Client, Status> {
-        let ep = endpoint(server)
+        let ep = endpoint(server, self.tls.as_ref())
             .map_err(|e| Status::invalid_argument(format!("bad server address {server}: {e}")))?;
         Ok(
             AdminClient::with_interceptor(ep.connect_lazy(), self.bearer.clone())

@@ -153,13 +153,16 @@ pub enum Command {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> CtlResult {
-    if cli.ca_file.is_some() {
-        return Err(CtlError::new(
-            ExitCode::Usage,
-            "--ca-file: TLS to meshd is not part of this build yet (issue \"Zero trust\")",
-        ));
-    }
-    let conn = Conn::new(cli.server, cli.token).map_err(|m| CtlError::new(ExitCode::Usage, m))?;
+    let tls = match &cli.ca_file {
+        Some(f) => Some(
+            crate::server_tls::client(f)
+                .map_err(|e| CtlError::new(ExitCode::Usage, format!("{e:#}")))?,
+        ),
+        None => None,
+    };
+    let conn = Conn::new(cli.server, cli.token)
+        .map_err(|m| CtlError::new(ExitCode::Usage, m))?
+        .with_tls(tls);
     match cli.command {
         Command::Apply(a) => resources::apply(&conn, a).await,
         Command::Get(a) => resources::get(&conn, a).await,

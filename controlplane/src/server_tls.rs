@@ -1,0 +1,265 @@
+//! Server TLS: the files `meshd tls init` makes (a server CA and one
+//! certificate per node), and the tonic TLS settings built from them for
+//! meshd's gRPC port, for node-to-node calls, and for clients that verify
+//! meshd with `--ca-file`.
+//!
+//! This CA is not the workload CA (which lives in the Raft state and signs
+//! proxies): it is made once by an operator, kept in files, and only
+//! authenticates meshd nodes. See docs/security.md.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// The server CA's certificate, in a `--tls-dir`.
+pub const CA_CERT: &str = "ca.pem";
+/// The server CA's key (only `meshd tls init` needs it; keep it offline).
+pub const CA_KEY: &str = "ca-key.pem";
+
+/// File name of node `id`'s certificate.
+pub fn node_cert(id: u64) -> String {
+    format!("node-{id}.pem")
+}
+
+/// File name of node `id`'s key.
+pub fn node_key(id: u64) -> String {
+    format!("node-{id}-key.pem")
+}
+
+/// What `meshd tls init` makes.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// The folder to write (created; must not already hold a CA).
+    pub out: PathBuf,
+    /// Node ids 1..=nodes.
+    pub nodes: u64,
+    /// Names and IP addresses every node certificate is valid for.
+    pub hosts: Vec<String>,
+    /// Lifetime of node certificates.
+    pub validity: Duration,
+}
+
+fn san(host: &str) -> anyhow::Result<SanType> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    raftmesh_api::validate::dns_subdomain(host)
+        .map_err(|e| anyhow::anyhow!("--hosts: {host:?} is neither an IP address nor a DNS name: {e}"))?;
+    Ok(SanType::DnsName(host.try_into().with_context(|| {
+        format!("--hosts: {host:?} is not a valid DNS name")
+    })?))
+}
+
+fn write_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Makes a server CA and `nodes` node certificates in `out`; answers the
+/// files written. Refuses to overwrite an existing CA.
+pub fn init(o: &InitOptions) -> anyhow::Result<Vec<PathBuf>> {
+    if o.nodes == 0 || o.nodes > 99 {
+        bail!("--nodes must be between 1 and 99, got {}", o.nodes);
+    }
+    if o.hosts.is_empty() {
+        bail!("--hosts must name at least one host");
+    }
+    let sans = o.hosts.iter().map(|h| san(h)).collect::<anyhow::Result<Vec<_>>>()?;
+    if o.out.join(CA_CERT).exists() {
+        bail!(
+            "{} already holds a server CA ({CA_CERT}); choose another --out or remove it first",
+            o.out.display()
+        );
+    }
+    std::fs::create_dir_all(&o.out)
+        .with_context(|| format!("cannot create {}", o.out.display()))?;
+    let now = time::OffsetDateTime::now_utc();
+
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Raftmesh meshd server CA");
+    dn.push(DnType::OrganizationName, "Raftmesh");
+    ca.distinguished_name = dn;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = now - time::Duration::minutes(5);
+    ca.not_after = now + time::Duration::days(3650);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let mut written = Vec::new();
+    let ca_path = o.out.join(CA_CERT);
+    write_file(&ca_path, &ca_cert.pem(), false)?;
+    written.push(ca_path);
+    let key_path = o.out.join(CA_KEY);
+    write_file(&key_path, &ca_key.serialize_pem(), true)?;
+    written.push(key_path);
+
+    let issuer = Issuer::new(ca, ca_key);
+    let validity = time::Duration::try_from(o.validity).context("validity out of range")?;
+    for id in 1..=o.nodes {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("meshd node {id}"));
+        dn.push(DnType::OrganizationName, "Raftmesh");
+        p.distinguished_name = dn;
+        p.subject_alt_names = sans.clone();
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + validity;
+        let cert = p.signed_by(&key, &issuer)?;
+        let c = o.out.join(node_cert(id));
+        write_file(&c, &cert.pem(), false)?;
+        written.push(c);
+        let k = o.out.join(node_key(id));
+        write_file(&k, &key.serialize_pem(), true)?;
+        written.push(k);
+    }
+    Ok(written)
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if !s.contains("-----BEGIN") {
+        bail!("{what} {} is not a PEM file", path.display());
+    }
+    Ok(s)
+}
+
+/// A certificate's expiry (Unix seconds), checking that the PEM parses.
+pub fn not_after(pem: &str, what: &str) -> anyhow::Result<i64> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{what}: not a PEM certificate: {e}"))?;
+    let c = p
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("{what}: not an X.509 certificate: {e}"))?;
+    Ok(c.validity().not_after.timestamp())
+}
+
+/// TLS for one meshd node: what its gRPC port serves with, and what it
+/// connects to other nodes with.
+#[derive(Clone)]
+pub struct NodeTls {
+    /// The server side (client certificates optional here; the Raft
+    /// service demands one).
+    pub server: ServerTlsConfig,
+    /// The client side: verifies other nodes, presents this node's pair.
+    pub client: ClientTlsConfig,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeTls")
+    }
+}
+
+/// Loads node `id`'s TLS from a `--tls-dir`, checking every file.
+pub fn load(dir: &Path, id: u64) -> anyhow::Result<NodeTls> {
+    let ca = read(&dir.join(CA_CERT), "--tls-dir: the server CA")?;
+    let cert = read(&dir.join(node_cert(id)), "--tls-dir: this node's certificate")?;
+    let key = read(&dir.join(node_key(id)), "--tls-dir: this node's key")?;
+    not_after(&ca, &format!("{}", dir.join(CA_CERT).display()))?;
+    let expires = not_after(&cert, &format!("{}", dir.join(node_cert(id)).display()))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if expires <= now {
+        bail!(
+            "--tls-dir: {} expired; make new node certificates with `meshd tls init`",
+            dir.join(node_cert(id)).display()
+        );
+    }
+    let identity = Identity::from_pem(cert, key);
+    let root = Certificate::from_pem(ca);
+    Ok(NodeTls {
+        server: ServerTlsConfig::new()
+            .identity(identity.clone())
+            .client_ca_root(root.clone())
+            .client_auth_optional(true),
+        client: ClientTlsConfig::new().ca_certificate(root).identity(identity),
+    })
+}
+
+/// TLS for a client of meshd (meshctl, mesh-proxy): verify the server
+/// against `ca_file`.
+pub fn client(ca_file: &Path) -> anyhow::Result<ClientTlsConfig> {
+    let ca = read(ca_file, "--ca-file")?;
+    not_after(&ca, &format!("--ca-file {}", ca_file.display()))?;
+    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_a_ca_and_node_pairs_that_load_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = InitOptions {
+            out: dir.path().join("tls"),
+            nodes: 3,
+            hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            validity: Duration::from_secs(86_400),
+        };
+        let files = init(&o).unwrap();
+        assert_eq!(files.len(), 2 + 3 * 2);
+        for id in 1..=3 {
+            load(&o.out, id).unwrap();
+        }
+        let e = load(&o.out, 4).unwrap_err().to_string();
+        assert!(e.contains("node-4.pem"), "{e}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let m = std::fs::metadata(o.out.join(CA_KEY)).unwrap().permissions().mode();
+            assert_eq!(m & 0o777, 0o600);
+        }
+        let e = init(&o).unwrap_err().to_string();
+        assert!(e.contains("already holds a server CA"), "{e}");
+    }
+
+    #[test]
+    fn bad_options_and_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = InitOptions {
+            out: dir.path().to_path_buf(),
+            nodes: 0,
+            hosts: vec!["localhost".into()],
+            validity: Duration::from_secs(60),
+        };
+        assert!(init(&o).unwrap_err().to_string().contains("--nodes"));
+        o.nodes = 1;
+        o.hosts = vec!["not a host!".into()];
+        assert!(init(&o).unwrap_err().to_string().contains("--hosts"));
+        std::fs::write(dir.path().join("junk.pem"), "hello").unwrap();
+        let e = client(&dir.path().join("junk.pem")).unwrap_err().to_string();
+        assert!(e.contains("not a PEM"), "{e}");
+        let e = client(&dir.path().join("absent.pem")).unwrap_err().to_string();
+        assert!(e.contains("cannot read --ca-file"), "{e}");
+    }
+}
