@@ -210,11 +210,10 @@ pub async fn start_with_listener(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let server = {
         let mut rx = shutdown_rx.clone();
-        let raft_svc = RaftServer::new(
-            RaftService::new(ops.clone(), hub.clone()).nodes_only(tls.is_some()),
-        )
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let raft_svc =
+            RaftServer::new(RaftService::new(ops.clone(), hub.clone()).nodes_only(tls.is_some()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let admin_svc = AdminServer::new(AdminService::new(
             front.clone(),
             watcher.clone(),

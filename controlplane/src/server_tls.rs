@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -50,8 +50,9 @@ fn san(host: &str) -> anyhow::Result<SanType> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
-    raftmesh_api::validate::dns_subdomain(host)
-        .map_err(|e| anyhow::anyhow!("--hosts: {host:?} is neither an IP address nor a DNS name: {e}"))?;
+    raftmesh_api::validate::dns_subdomain(host).map_err(|e| {
+        anyhow::anyhow!("--hosts: {host:?} is neither an IP address nor a DNS name: {e}")
+    })?;
     Ok(SanType::DnsName(host.try_into().with_context(|| {
         format!("--hosts: {host:?} is not a valid DNS name")
     })?))
@@ -83,7 +84,11 @@ pub fn init(o: &InitOptions) -> anyhow::Result<Vec<PathBuf>> {
     if o.hosts.is_empty() {
         bail!("--hosts must name at least one host");
     }
-    let sans = o.hosts.iter().map(|h| san(h)).collect::<anyhow::Result<Vec<_>>>()?;
+    let sans = o
+        .hosts
+        .iter()
+        .map(|h| san(h))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if o.out.join(CA_CERT).exists() {
         bail!(
             "{} already holds a server CA ({CA_CERT}); choose another --out or remove it first",
@@ -183,7 +188,10 @@ impl std::fmt::Debug for NodeTls {
 /// Loads node `id`'s TLS from a `--tls-dir`, checking every file.
 pub fn load(dir: &Path, id: u64) -> anyhow::Result<NodeTls> {
     let ca = read(&dir.join(CA_CERT), "--tls-dir: the server CA")?;
-    let cert = read(&dir.join(node_cert(id)), "--tls-dir: this node's certificate")?;
+    let cert = read(
+        &dir.join(node_cert(id)),
+        "--tls-dir: this node's certificate",
+    )?;
     let key = read(&dir.join(node_key(id)), "--tls-dir: this node's key")?;
     not_after(&ca, &format!("{}", dir.join(CA_CERT).display()))?;
     let expires = not_after(&cert, &format!("{}", dir.join(node_cert(id)).display()))?;
@@ -201,7 +209,9 @@ pub fn load(dir: &Path, id: u64) -> anyhow::Result<NodeTls> {
             .identity(identity.clone())
             .client_ca_root(root.clone())
             .client_auth_optional(true),
-        client: ClientTlsConfig::new().ca_certificate(root).identity(identity),
+        client: ClientTlsConfig::new()
+            .ca_certificate(root)
+            .identity(identity),
     })
 }
 
@@ -236,7 +246,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let m = std::fs::metadata(o.out.join(CA_KEY)).unwrap().permissions().mode();
+            let m = std::fs::metadata(o.out.join(CA_KEY))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(m & 0o777, 0o600);
         }
         let e = init(&o).unwrap_err().to_string();
@@ -257,9 +270,13 @@ mod tests {
         o.hosts = vec!["not a host!".into()];
         assert!(init(&o).unwrap_err().to_string().contains("--hosts"));
         std::fs::write(dir.path().join("junk.pem"), "hello").unwrap();
-        let e = client(&dir.path().join("junk.pem")).unwrap_err().to_string();
+        let e = client(&dir.path().join("junk.pem"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a PEM"), "{e}");
-        let e = client(&dir.path().join("absent.pem")).unwrap_err().to_string();
+        let e = client(&dir.path().join("absent.pem"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot read --ca-file"), "{e}");
     }
 }

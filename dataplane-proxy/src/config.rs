@@ -117,6 +117,8 @@ pub struct ProxyConfig {
     pub upstreams: Vec<(String, SocketAddr)>,
     /// Bootstrap token.
     pub token: Option<String>,
+    /// The server CA meshd is verified with (`--ca-file`); plaintext to meshd when `None`.
+    pub ca_pem: Option<String>,
     /// State directory.
     pub state_dir: Option<PathBuf>,
     /// Static config file.
@@ -138,12 +140,20 @@ fn label(s: &str) -> Result<(), String> {
 impl Args {
     /// Checks the flags and reads the token file.
     pub fn into_config(self) -> Result<ProxyConfig, String> {
-        if self.ca_file.is_some() {
-            return Err(
-                "--ca-file: TLS to meshd is not part of this build yet (issue \"Zero trust\")"
-                    .into(),
-            );
-        }
+        let ca_pem = match &self.ca_file {
+            Some(f) => {
+                let pem = std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read --ca-file {}: {e}", f.display()))?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(format!(
+                        "--ca-file {} holds no PEM certificate (expected the ca.pem of `meshd tls init`)",
+                        f.display()
+                    ));
+                }
+                Some(pem)
+            }
+            None => None,
+        };
         if self.mode == Mode::Gateway {
             return Err(
                 "--mode gateway: the east-west gateway is not part of this build yet (federation)"
@@ -216,6 +226,7 @@ impl Args {
             admin: self.admin,
             upstreams,
             token,
+            ca_pem,
             state_dir: self.state_dir,
             config_file: self.config_file,
             cluster: self.cluster,

@@ -32,6 +32,8 @@ pub struct XdsSettings {
     pub hello: pb::Hello,
     /// State directory.
     pub state_dir: Option<PathBuf>,
+    /// TLS to meshd (`--ca-file`), plaintext when `None`.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl XdsSettings {
@@ -56,6 +58,10 @@ impl XdsSettings {
                 ..Default::default()
             },
             state_dir: c.state_dir.clone(),
+            tls: c.ca_pem.as_ref().map(|pem| {
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            }),
         }
     }
 }
@@ -156,12 +162,22 @@ async fn session(
     subscriptions: &mut BTreeSet<String>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), Ended> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| Ended::Early(format!("bad address: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
+    if let Some(tls) = &settings.tls {
+        ep = ep
+            .tls_config(tls.clone())
+            .map_err(|e| Ended::Early(format!("TLS to meshd (--ca-file): {e}")))?;
+    }
     let channel = ep
         .connect()
         .await

@@ -228,6 +228,7 @@ fn proxy_config(
         admin: any,
         upstreams: vec![],
         token: Some(token),
+        ca_pem: None,
         state_dir: Some(dir.join(format!("proxy-{instance}"))),
         config_file: None,
         cluster: String::new(),

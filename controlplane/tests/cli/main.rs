@@ -41,10 +41,16 @@ struct Cluster {
     ports: Vec<u16>,
     dir: PathBuf,
     token_file: PathBuf,
+    /// `--tls-dir` of every node (and `--ca-file` of meshctl), if any.
+    tls: Option<PathBuf>,
 }
 
 impl Cluster {
     fn start(dir: &Path, n: u64, restore: Option<&Path>) -> Self {
+        Self::start_with_tls(dir, n, restore, None)
+    }
+
+    fn start_with_tls(dir: &Path, n: u64, restore: Option<&Path>, tls: Option<PathBuf>) -> Self {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let initial = ports
             .iter()
@@ -59,6 +65,7 @@ impl Cluster {
             ports,
             dir: dir.to_path_buf(),
             token_file,
+            tls,
         };
         for id in 1..=n {
             c.spawn(id, &initial, restore);
@@ -87,6 +94,9 @@ impl Cluster {
         .stderr(std::fs::File::create(self.dir.join(format!("n{id}.log"))).unwrap());
         if let Some(r) = restore {
             cmd.arg("--restore").arg(r);
+        }
+        if let Some(t) = &self.tls {
+            cmd.arg("--tls-dir").arg(t);
         }
         self.procs.children.push((id, cmd.spawn().unwrap()));
     }
@@ -118,13 +128,16 @@ impl Cluster {
     /// Waits until cluster status names a leader; returns it.
     fn wait_leader(&self, except: Option<u64>) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(15);
+        let ca = self
+            .tls
+            .as_ref()
+            .map(|t| t.join("ca.pem").display().to_string());
+        let mut args = vec!["cluster", "status", "-o", "json"];
+        if let Some(ca) = &ca {
+            args.extend(["--ca-file", ca.as_str()]);
+        }
         loop {
-            let o = ctl(
-                &self.servers(),
-                Some(TOKEN),
-                &["cluster", "status", "-o", "json"],
-                None,
-            );
+            let o = ctl(&self.servers(), Some(TOKEN), &args, None);
             if o.status.success() {
                 let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
                 if let Some(l) = v["leader"].as_u64() {
@@ -485,4 +498,162 @@ fn meshd_demo_carries_traffic_through_proxies_and_leaves_nothing_behind() {
     let (out, pids, dir) = run_demo(&["--no-story"], Some(Duration::from_secs(8)));
     assert!(out.contains("summary requests="), "{out}");
     assert_nothing_left(&pids, &dir);
+}
+
+#[test]
+fn server_tls_between_nodes_and_to_clients() {
+    let tmp = TempDir::new().unwrap();
+    let tls = tmp.path().join("tls");
+    let init = |out: &Path| {
+        Command::new(MESHD)
+            .args(["tls", "init", "--nodes", "3", "--out"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let o = init(&tls);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("node-3-key.pem"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = init(&tls);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("already holds a server CA"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // The cluster forms over mutual TLS (plaintext Raft could not reach a TLS port).
+    let c = Cluster::start_with_tls(tmp.path(), 3, None, Some(tls.clone()));
+    let leader = c.wait_leader(None);
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let ca = tls.join("ca.pem").display().to_string();
+    let o = ctl(
+        &c.server(follower),
+        Some(TOKEN),
+        &["--ca-file", &ca, "apply", "-f", "-"],
+        Some(RESOURCES),
+    );
+    assert!(
+        o.status.success(),
+        "a write forwarded over TLS: {}",
+        text(&o.stderr)
+    );
+
+    // Plaintext to a TLS port fails, as does a server CA meshctl does not trust.
+    let o = ctl(&c.servers(), Some(TOKEN), &["get", "svc"], None);
+    assert!(
+        !o.status.success(),
+        "plaintext got through: {}",
+        text(&o.stdout)
+    );
+    let other = tmp.path().join("other-tls");
+    assert!(init(&other).status.success());
+    let wrong = other.join("ca.pem").display().to_string();
+    let o = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &["--ca-file", &wrong, "get", "svc"],
+        None,
+    );
+    assert!(!o.status.success(), "an unknown server CA was accepted");
+    let o = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &["--ca-file", "/nonexistent/ca.pem", "get", "svc"],
+        None,
+    );
+    assert!(text(&o.stderr).contains("--ca-file"), "{}", text(&o.stderr));
+
+    // A client that verifies the server but has no node certificate cannot
+    // speak Raft (or forward writes) to a node.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        let tls_cfg = tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(std::fs::read(tls.join("ca.pem")).unwrap()),
+        );
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", c.server(leader)))
+            .unwrap()
+            .tls_config(tls_cfg)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut raft = raftmesh_api::v1::raft_client::RaftClient::new(ch);
+        raft.vote(raftmesh_api::v1::RaftPayload {
+            json: b"{}".to_vec(),
+        })
+        .await
+        .unwrap_err()
+    });
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("node certificate"), "{status:?}");
+
+    // A proxy verifies meshd with --ca-file and gets its config over TLS.
+    let o = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &["--ca-file", &ca, "token", "create", "--service", "web"],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let secret = text(&o.stdout).lines().last().unwrap().to_string();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let proxy = rt
+        .block_on(raftmesh_dataplane_proxy::start(
+            raftmesh_dataplane_proxy::config::ProxyConfig {
+                control_plane: c.servers().split(',').map(String::from).collect(),
+                service: "web".into(),
+                instance: "web-tls-1".into(),
+                namespace: "default".into(),
+                labels: Default::default(),
+                app_port: None,
+                advertise: "127.0.0.1".into(),
+                inbound: any,
+                outbound: any,
+                admin: any,
+                upstreams: vec![],
+                token: Some(secret),
+                ca_pem: Some(std::fs::read_to_string(tls.join("ca.pem")).unwrap()),
+                state_dir: Some(tmp.path().join("proxy")),
+                config_file: None,
+                cluster: String::new(),
+                locality: String::new(),
+                subscribe: vec!["web".into()],
+                workers: None,
+            },
+        ))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = ctl(
+            &c.servers(),
+            Some(TOKEN),
+            &["--ca-file", &ca, "proxies", "-o", "json"],
+            None,
+        );
+        let out = text(&o.stdout);
+        let acked = serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| {
+                v.as_array()?
+                    .iter()
+                    .find(|p| p["instance"] == "web-tls-1")
+                    .and_then(|p| p["acked_revision"].as_u64())
+            })
+            .unwrap_or(0);
+        if acked > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never acked a config over TLS: {out} {}",
+            text(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    rt.block_on(proxy.shutdown());
 }

@@ -67,6 +67,7 @@ async fn proxy(
         admin: any,
         upstreams: vec![],
         token: Some(token),
+        ca_pem: None,
         state_dir: Some(dir.join(instance)),
         config_file: None,
         cluster: String::new(),

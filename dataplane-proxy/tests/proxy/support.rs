@@ -98,6 +98,7 @@ pub fn base_config() -> ProxyConfig {
         admin: any,
         upstreams: vec![],
         token: None,
+        ca_pem: None,
         state_dir: None,
         config_file: None,
         cluster: String::new(),
