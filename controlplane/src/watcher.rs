@@ -30,6 +30,8 @@ const TICK: Duration = Duration::from_millis(500);
 struct Seen {
     at: Instant,
     info: pb::NodeInfoResponse,
+    /// Its clock minus ours (midpoint of the round trip).
+    offset_ms: i64,
 }
 
 /// Cluster status, as the admin API returns it.
@@ -101,16 +103,24 @@ impl ClusterWatcher {
             let fut = async move {
                 let mut req = tonic::Request::new(pb::NodeInfoRequest {});
                 req.set_timeout(Duration::from_millis(400));
-                client.node_info(req).await.map(|r| r.into_inner())
+                let sent = procinfo::unix_ms();
+                let r = client.node_info(req).await.map(|r| r.into_inner());
+                let mid = (sent + procinfo::unix_ms()) / 2;
+                r.map(|info| {
+                    let offset = i64::try_from(info.unix_ms).unwrap_or(i64::MAX)
+                        - i64::try_from(mid).unwrap_or(i64::MAX);
+                    (info, offset)
+                })
             };
             ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
                 act.in_flight.remove(&id);
-                if let Ok(info) = res {
+                if let Ok((info, offset_ms)) = res {
                     act.seen.insert(
                         id,
                         Seen {
                             at: Instant::now(),
                             info,
+                            offset_ms,
                         },
                     );
                 }
@@ -235,6 +245,7 @@ impl Handler<GetStatus> for ClusterWatcher {
                         rss_bytes: procinfo::rss_bytes(),
                         state: state_name(m.state).to_string(),
                         applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+                        clock_offset_ms: Some(0),
                     };
                 }
                 match self.seen.get(id) {
@@ -254,6 +265,7 @@ impl Handler<GetStatus> for ClusterWatcher {
                             rss_bytes: s.info.rss_bytes,
                             state,
                             applied_index: s.info.applied_index,
+                            clock_offset_ms: Some(s.offset_ms),
                         }
                     }
                     None => pb::Member {
@@ -264,6 +276,7 @@ impl Handler<GetStatus> for ClusterWatcher {
                         rss_bytes: 0,
                         state: "unreachable".into(),
                         applied_index: 0,
+                        clock_offset_ms: None,
                     },
                 }
             })

@@ -67,6 +67,7 @@ pub fn status_json(s: &pb::ClusterStatusResponse) -> serde_json::Value {
             "applied_index": m.applied_index,
             "last_contact_ms": m.last_contact_ms,
             "rss_bytes": m.rss_bytes,
+            "clock_offset_ms": m.clock_offset_ms,
         })).collect::<Vec<_>>(),
     })
 }

@@ -11,6 +11,7 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::ctl::output::emit(&(format!($($t)*) + "\n")) };
 }
 
+mod check;
 mod client;
 mod cluster;
 mod output;
@@ -135,6 +136,12 @@ pub enum Command {
     Token(token::TokenCmd),
     /// Show which token you are using.
     Whoami,
+    /// The workload CA.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Check reachability, clock skew, the workload CA and server certificates;
+    /// exits non-zero when a check fails.
+    Check,
     /// Connected proxies and the revision each has acknowledged.
     Proxies {
         /// Output format.
@@ -151,6 +158,14 @@ pub enum Command {
     },
 }
 
+/// `meshctl ca`.
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Roll to a new workload CA root: trusted everywhere first, then signing;
+    /// the old root stays trusted until what it signed expires.
+    Rotate,
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> CtlResult {
     let tls = match &cli.ca_file {
@@ -160,6 +175,7 @@ pub async fn run(cli: Cli) -> CtlResult {
         ),
         None => None,
     };
+    let cli_ca_file = cli.ca_file.clone();
     let conn = Conn::new(cli.server, cli.token)
         .map_err(|m| CtlError::new(ExitCode::Usage, m))?
         .with_tls(tls);
@@ -171,6 +187,33 @@ pub async fn run(cli: Cli) -> CtlResult {
         Command::Snapshot(c) => cluster::snapshot(&conn, c).await,
         Command::Token(c) => token::run(&conn, c).await,
         Command::Whoami => token::whoami(&conn).await,
+        Command::Ca(CaCmd::Rotate) => {
+            let r = conn
+                .call(false, |mut c| async move {
+                    c.rotate_ca(raftmesh_api::v1::RotateCaRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?;
+            outln!(
+                "new workload CA root {} (revision {}): trusted by every proxy now, signing shortly",
+                r.new_root_fingerprint,
+                r.revision
+            );
+            Ok(())
+        }
+        Command::Check => {
+            let pem = match &cli_ca_file {
+                Some(f) => Some(std::fs::read_to_string(f).map_err(|e| {
+                    CtlError::new(
+                        ExitCode::Usage,
+                        format!("cannot read --ca-file {}: {e}", f.display()),
+                    )
+                })?),
+                None => None,
+            };
+            check::run(&conn, pem.as_deref()).await
+        }
         Command::Proxies { output } => proxies::proxies(&conn, output).await,
         Command::ProxyConfig { instance, output } => {
             proxies::proxy_config(&conn, instance, output).await

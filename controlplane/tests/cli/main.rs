@@ -286,11 +286,41 @@ fn a_three_node_cluster_from_the_shell() {
         text(&o.stderr)
     );
 
+    // meshctl check: all well, then a dead node is named and fails it.
+    let servers = c.servers();
+    let check_until = |want_ok: bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let o = ctl(&servers, Some(TOKEN), &["check"], None);
+            if o.status.success() == want_ok {
+                return text(&o.stdout);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meshctl check never {}: {} {}",
+                if want_ok { "passed" } else { "failed" },
+                text(&o.stdout),
+                text(&o.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let out = check_until(true);
+    assert!(
+        out.contains("clock skew") && out.contains("trust bundle"),
+        "{out}"
+    );
+
     // kill -9 the leader: a new one is elected and writes go on, through
     // meshctl's fail-over across --server addresses.
     c.kill9(leader);
     let new = c.wait_leader(Some(leader));
     assert_ne!(new, leader);
+    let out = check_until(false);
+    assert!(
+        out.contains(&format!("FAIL  node {leader}")) && out.contains("unreachable"),
+        "{out}"
+    );
     let o = ctl(
         &c.servers(),
         Some(TOKEN),
@@ -591,6 +621,55 @@ fn server_tls_between_nodes_and_to_clients() {
     });
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("node certificate"), "{status:?}");
+
+    // meshctl check reads each node's server certificate.
+    let o = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &["--ca-file", &ca, "check"],
+        None,
+    );
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("node 3 server certificate"),
+        "{out} {}",
+        text(&o.stderr)
+    );
+    assert!(!out.contains("FAIL  node 3 server"), "{out}");
+
+    // meshctl ca rotate: a second root, trusted before it signs.
+    let o = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &["--ca-file", &ca, "ca", "rotate"],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("new workload CA root"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &[
+            "--ca-file",
+            &ca,
+            "get",
+            "authority",
+            "workload-ca",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["spec"]["roots"].as_array().unwrap().len(), 2, "{v}");
+    assert!(
+        !text(&o.stdout).contains("PRIVATE KEY"),
+        "the CA key must never be shown"
+    );
 
     // A proxy verifies meshd with --ca-file and gets its config over TLS.
     let o = ctl(
