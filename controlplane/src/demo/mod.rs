@@ -631,6 +631,48 @@ async fn run_story(mesh: &Mesh) -> anyhow::Result<()> {
         ));
         pause(8).await;
     }
+    // Deny one caller.
+    let batch = raftmesh_api::spiffe_id(
+        &raftmesh_api::default_trust_domain("demo"),
+        "default",
+        "batch",
+    );
+    say(&format!(
+        "deny: a Policy on api refuses {batch} (batch); frontend is not named"
+    ));
+    let rev = apply(
+        &mesh.conn,
+        vec![doc(&format!(
+            "kind: Policy\nmetadata: {{name: api-no-batch}}\nspec: {{service: api, action: deny, from: ['{batch}']}}\n"
+        ))?],
+    )
+    .await?;
+    say(&format!(
+        "  committed at revision {rev}; api's proxy checks each caller's certificate"
+    ));
+    pause(2).await;
+    let t = Instant::now();
+    pause(5).await;
+    let (n, denied, _) = traffic::outcomes_since(&mesh.flows, "batch", "api", t);
+    let (m, _, failed) = traffic::outcomes_since(&mesh.flows, "frontend", "api", t);
+    say(&format!(
+        "  batch -> api: {denied} of {n} requests denied (403 denied); frontend -> api: {failed} of {m} failed"
+    ));
+    say("lift the deny (meshctl delete policy api-no-batch)");
+    mesh.conn
+        .call(false, |mut c| async move {
+            c.delete(pb::DeleteRequest {
+                kind: "Policy".into(),
+                namespace: String::new(),
+                name: "api-no-batch".into(),
+                expected_revision: None,
+            })
+            .await
+            .map(|r| r.into_inner())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("deleting the policy: {}", e.message()))?;
+    pause(4).await;
     // Kill the leader.
     let Some(leader) = mesh.leader(None, Duration::from_secs(5)).await else {
         bail!("no leader to kill");

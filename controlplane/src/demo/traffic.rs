@@ -131,6 +131,30 @@ pub fn failed_since(flows: &Flows, since: Instant) -> u64 {
         .count() as u64
 }
 
+/// What `caller` saw calling `service` since `since`: (requests, denied,
+/// other failures).
+pub fn outcomes_since(
+    flows: &Flows,
+    caller: &str,
+    service: &str,
+    since: Instant,
+) -> (u64, u64, u64) {
+    let flows = lock(flows);
+    let Some(f) = flows.get(&(caller.to_string(), service.to_string())) else {
+        return (0, 0, 0);
+    };
+    f.samples
+        .iter()
+        .filter(|s| s.at >= since)
+        .fold((0, 0, 0), |(n, d, x), s| {
+            (
+                n + 1,
+                d + u64::from(s.denied),
+                x + u64::from(!s.ok && !s.denied),
+            )
+        })
+}
+
 /// Starts a caller sending `rps` requests per second for `service`
 /// through the proxy at `outbound`.
 pub fn start(

@@ -736,3 +736,35 @@ fn server_tls_between_nodes_and_to_clients() {
     }
     rt.block_on(proxy.shutdown());
 }
+
+#[test]
+fn meshd_demo_story_shifts_denies_and_survives_the_leader_and_an_endpoint_dying() {
+    let (out, pids, dir) = run_demo(&["--duration", "110s"], None);
+    assert!(out.contains("the story is over"), "{out}");
+    assert!(
+        out.contains("canary: route web 0% to v1, 100% to v2"),
+        "{out}"
+    );
+    // The deny: batch's calls to api are refused, frontend's are not.
+    let line = out
+        .lines()
+        .find(|l| l.contains("batch -> api:") && l.contains("denied"))
+        .expect(&out);
+    let num = |after: &str| -> u64 {
+        line.split(after)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(num("batch -> api: ") > 10, "{line}");
+    assert_eq!(num("frontend -> api: "), 0, "{line}");
+    // The leader's death fails no request; the dead endpoint is ejected.
+    assert!(out.contains("is the new leader after"), "{out}");
+    assert!(out.contains("failed requests since the kill: 0"), "{out}");
+    assert!(out.contains("(0 in the last 6 s)"), "{out}");
+    assert_nothing_left(&pids, &dir);
+}
