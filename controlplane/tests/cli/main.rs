@@ -768,3 +768,75 @@ fn meshd_demo_story_shifts_denies_and_survives_the_leader_and_an_endpoint_dying(
     assert!(out.contains("(0 in the last 6 s)"), "{out}");
     assert_nothing_left(&pids, &dir);
 }
+
+/// `docs/reference/meshd.md` and `meshctl.md` are clap's help, generated:
+/// this test fails when they are stale, and rewrites them with
+/// `UPDATE_DOCS=1 cargo test -p raftmesh-controlplane --test cli reference`.
+#[test]
+fn reference_docs_match_the_commands_help() {
+    let commands: [(&str, &str, &[&[&str]]); 2] = [
+        (
+            MESHD,
+            "meshd",
+            &[&[], &["server"], &["dev"], &["demo"], &["tls", "init"]],
+        ),
+        (
+            MESHCTL,
+            "meshctl",
+            &[
+                &[],
+                &["apply"],
+                &["get"],
+                &["delete"],
+                &["cluster", "status"],
+                &["cluster", "add-node"],
+                &["cluster", "remove-node"],
+                &["cluster", "transfer-leader"],
+                &["snapshot", "save"],
+                &["token", "create"],
+                &["token", "list"],
+                &["token", "revoke"],
+                &["whoami"],
+                &["ca", "rotate"],
+                &["check"],
+                &["proxies"],
+                &["proxy-config"],
+            ],
+        ),
+    ];
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference");
+    for (bin, name, subs) in commands {
+        let mut md = format!(
+            "# `{name}` reference\n\nGenerated from `{name} --help` by the test \
+             `reference_docs_match_the_commands_help` (controlplane/tests/cli); \
+             do not edit by hand.\n"
+        );
+        for sub in subs {
+            let o = Command::new(bin)
+                .args(*sub)
+                .arg("--help")
+                .env_remove("RAFTMESH_SERVER")
+                .env_remove("RAFTMESH_TOKEN")
+                .env_remove("RAFTMESH_CA_FILE")
+                .env_remove("RAFTMESH_ADMIN_TOKEN")
+                .env("COLUMNS", "100")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{name} {sub:?} --help failed");
+            let title = std::iter::once(name).chain(sub.iter().copied()).collect::<Vec<_>>().join(" ");
+            md.push_str(&format!("\n## `{title}`\n\n```text\n{}```\n", text(&o.stdout)));
+        }
+        let path = docs.join(format!("{name}.md"));
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::create_dir_all(&docs).unwrap();
+            std::fs::write(&path, &md).unwrap();
+        } else {
+            let have = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                have == md,
+                "{} is stale: run UPDATE_DOCS=1 cargo test -p raftmesh-controlplane --test cli reference",
+                path.display()
+            );
+        }
+    }
+}

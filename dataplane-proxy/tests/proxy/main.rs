@@ -8,3 +8,35 @@ mod resilience;
 mod routing;
 mod support;
 mod transport;
+
+/// `docs/reference/mesh-proxy.md` is clap's help, generated: this test
+/// fails when it is stale, and rewrites it with
+/// `UPDATE_DOCS=1 cargo test -p raftmesh-dataplane-proxy --test proxy reference`.
+#[test]
+fn reference_doc_matches_the_help() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
+        .arg("--help")
+        .env_remove("RAFTMESH_CONTROL_PLANE")
+        .env_remove("RAFTMESH_TOKEN")
+        .env_remove("RAFTMESH_CA_FILE")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let md = format!(
+        "# `mesh-proxy` reference\n\nGenerated from `mesh-proxy --help` by the test \
+         `reference_doc_matches_the_help` (dataplane-proxy/tests/proxy); do not edit by hand.\n\n\
+         ```text\n{}```\n",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference/mesh-proxy.md");
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &md).unwrap();
+    } else {
+        assert!(
+            std::fs::read_to_string(&path).unwrap_or_default() == md,
+            "{} is stale: run UPDATE_DOCS=1 cargo test -p raftmesh-dataplane-proxy --test proxy reference",
+            path.display()
+        );
+    }
+}
