@@ -97,6 +97,9 @@ pub struct Summary {
     pub streams_converged: bool,
     /// Seconds from healing to convergence.
     pub converged_after_heal_s: f64,
+    /// Times the cluster's final register state changed after the clients
+    /// stopped (writes whose clients gave up, committed late).
+    pub final_state_moved: u32,
     /// Broken guarantees, in words (empty = none).
     pub violations: Vec<String>,
     /// The history file.
@@ -329,9 +332,13 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
     let mut converged = false;
     let mut converged_at = Instant::now();
     let mut last_read = Instant::now();
+    let mut final_state_moved = 0;
     while writes_stopped.elapsed() < Duration::from_secs(10) {
         if last_read.elapsed() > Duration::from_secs(1) {
             if let Ok(now) = final_registers(&addrs, &token, cfg.keys).await {
+                if now != finals {
+                    final_state_moved += 1;
+                }
                 finals = now;
             }
             last_read = Instant::now();
@@ -446,6 +453,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
         stream_deltas: deltas,
         stream_fulls: fulls,
         streams_converged: converged,
+        final_state_moved,
         converged_after_heal_s: (converged_at.duration_since(healed).as_secs_f64() * 10.0).round()
             / 10.0,
         violations,
