@@ -39,7 +39,7 @@ impl RaftService {
         self
     }
 
-    fn from_node<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    fn check_node<T>(&self, req: &Request<T>) -> Result<(), Status> {
         if self.nodes_only && req.peer_certs().is_none_or(|c| c.is_empty()) {
             return Err(Status::permission_denied(
                 "node-to-node calls need a node certificate signed by the server CA (meshd tls init)",
@@ -61,13 +61,13 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.from_node(&req)?;
+        self.check_node(&req)?;
         let r = from_payload(req.get_ref(), "append-entries request")?;
         reply(&self.ops.raft().append_entries(r).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.from_node(&req)?;
+        self.check_node(&req)?;
         let r = from_payload(req.get_ref(), "vote request")?;
         reply(&self.ops.raft().vote(r).await)
     }
@@ -76,34 +76,34 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.from_node(&req)?;
+        self.check_node(&req)?;
         let r = from_payload(req.get_ref(), "install-snapshot request")?;
         reply(&self.ops.raft().install_snapshot(r).await)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.from_node(&req)?;
+        self.check_node(&req)?;
         let r: LeaderRequest = from_payload(req.get_ref(), "leader request")?;
         let res: Result<LeaderResponse, ClusterError> = self.ops.execute_local(r).await;
         reply(&res)
     }
 
     async fn relay(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.from_node(&req)?;
+        self.check_node(&req)?;
         let r: LeaderRequest = from_payload(req.get_ref(), "leader request")?;
         let res: Result<LeaderResponse, ClusterError> = self.ops.submit(r).await;
         reply(&res)
     }
 
     async fn control(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.from_node(&req)?;
+        self.check_node(&req)?;
         let c: Control = from_payload(req.get_ref(), "control message")?;
         let res = self.ops.handle_control(c).await;
         reply(&res)
     }
 
     async fn sessions(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.from_node(&req)?;
+        self.check_node(&req)?;
         let sessions = self
             .hub
             .send(crate::discovery::hub::ListSessions)

@@ -370,7 +370,7 @@ async fn main() -> anyhow::Result<()> {
         "p50_ms": (pct(&latencies_ms, 0.5) * 100.0).round() / 100.0,
         "p99_ms": (pct(&latencies_ms, 0.99) * 100.0).round() / 100.0,
         "max_ms": (latencies_ms.last().copied().unwrap_or(0.0) * 100.0).round() / 100.0,
-        "bytes_per_change_subscribed": if sub_count == 0 { 0 } else { sub_bytes / sub_count },
+        "bytes_per_change_subscribed": sub_bytes.checked_div(sub_count).unwrap_or(0),
         "bytes_per_change_subscribed_total": (sub_bytes as f64 / changes).round(),
         "bytes_per_change_unsubscribed": (unsub_bytes as f64 / changes).round(),
         "meshd_rss_kb_per_stream": (rss_per_stream.iter().copied().fold(0.0, f64::max) * 10.0).round() / 10.0,

@@ -34,7 +34,7 @@ async fn seeded_runs_under_every_fault_kind_find_no_violation() {
         let mut cfg = RunConfig::new(seed, out_dir());
         cfg.duration = Duration::from_secs(15);
         // From the seed, so a replay gets the same cluster size.
-        cfg.nodes = if seed % 4 == 0 { 5 } else { 3 };
+        cfg.nodes = if seed.is_multiple_of(4) { 5 } else { 3 };
         cfg.faults = Fault::ALL.to_vec();
         eprintln!(
             "chaos: seed {seed}, {} nodes (replay with CHAOS_SEED={seed} CHAOS_RUNS=1)",

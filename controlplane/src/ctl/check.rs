@@ -404,10 +404,7 @@ mod tests {
         let root = crate::ca::new_root("east.mesh", now_ms).unwrap();
         let mk = |roots| Resource {
             metadata: raftmesh_api::Metadata::named("workload-ca"),
-            spec: Spec::Authority(raftmesh_api::AuthoritySpec {
-                roots,
-                ..Default::default()
-            }),
+            spec: Spec::Authority(raftmesh_api::AuthoritySpec { roots }),
         };
         let now_s = (now_ms / 1000) as i64;
         let f = ca_findings(Some(&mk(vec![root.clone()])), now_s);

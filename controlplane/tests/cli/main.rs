@@ -823,8 +823,14 @@ fn reference_docs_match_the_commands_help() {
                 .output()
                 .unwrap();
             assert!(o.status.success(), "{name} {sub:?} --help failed");
-            let title = std::iter::once(name).chain(sub.iter().copied()).collect::<Vec<_>>().join(" ");
-            md.push_str(&format!("\n## `{title}`\n\n```text\n{}```\n", text(&o.stdout)));
+            let title = std::iter::once(name)
+                .chain(sub.iter().copied())
+                .collect::<Vec<_>>()
+                .join(" ");
+            md.push_str(&format!(
+                "\n## `{title}`\n\n```text\n{}```\n",
+                text(&o.stdout)
+            ));
         }
         let path = docs.join(format!("{name}.md"));
         if std::env::var_os("UPDATE_DOCS").is_some() {
