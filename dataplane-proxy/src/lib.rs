@@ -127,6 +127,24 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// A timer that fires every second, for the timer wheel's sake: tokio
+/// wakes its I/O driver (an eventfd write and an extra epoll round) when a
+/// timer is armed earlier than the driver's next scheduled wake-up, and with
+/// no timer pending that is every time hyper arms a request's header-read
+/// timeout. With this tick pending, the next wake-up is always under a
+/// second away and arming a 10 s timeout never wakes the driver: about one
+/// system call fewer per request (docs/benchmarks.md).
+async fn housekeeping_tick(mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
 /// Starts a proxy: binds every listener, then serves. Errors say which
 /// flag to fix.
 pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
@@ -150,6 +168,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     };
     let forward = Forward::new(workload.clone());
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(housekeeping_tick(shutdown_rx.clone())));
 
     let outbound_l = bind(cfg.outbound, "outbound").await?;
     let admin_l = bind(cfg.admin, "admin").await?;

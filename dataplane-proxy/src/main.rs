@@ -17,10 +17,17 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cfg.workers {
-        rt.worker_threads(n);
-    }
+    // One worker: a current-thread runtime (no work-stealing machinery, no
+    // wake-ups across threads); more: a multi-thread one.
+    let mut rt = match cfg.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -278,8 +278,9 @@ impl Inbound {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let who: Option<Arc<str>> = who.map(Arc::from);
+        let recorder = Arc::new(metrics::InboundRecorder::new(&self.config.identity.service));
         let svc = service_fn(move |req: Request<Incoming>| {
-            let (this, who) = (self.clone(), who.clone());
+            let (this, who, recorder) = (self.clone(), who.clone(), recorder.clone());
             async move {
                 let started = Instant::now();
                 let strict = this.config.snapshot().authz.mtls == MtlsMode::Strict;
@@ -304,15 +305,7 @@ impl Inbound {
                     }
                 };
                 let resp = finish(result);
-                metrics::request(
-                    RequestLabels {
-                        direction: "inbound",
-                        service: this.config.identity.service.clone(),
-                        subset: String::new(),
-                        code: resp.status().as_u16(),
-                    },
-                    started.elapsed(),
-                );
+                recorder.record(resp.status().as_u16(), started.elapsed());
                 Ok::<_, Infallible>(resp)
             }
         });
