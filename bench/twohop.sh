@@ -74,3 +74,28 @@ for r in $(seq "$ROUNDS"); do
   printf '%s\t%s\t%s\t%s\n' "$r" added $((t50 - d50)) $((t99 - d99))
 done
 echo "# RSS after the run: server sidecar $(ps -o rss= -p "${pids[1]}") KiB, client sidecar $(ps -o rss= -p "${pids[2]}") KiB"
+
+# The same two hops in plaintext: static configs, no identities.
+printf 'kind: Service\nmetadata: {name: bench}\nspec: {ports: [{port: 80, protocol: http}]}\n' > "$RUN_DIR/server.yaml"
+{ cat "$RUN_DIR/server.yaml"
+  printf -- '---\nkind: Endpoint\nmetadata: {name: bench-plain}\nspec: {service: bench, address: 127.0.0.1, port: 18087}\n'; } > "$RUN_DIR/client.yaml"
+( exec taskset -c "$SERVER_CPU" "$bin/mesh-proxy" --service bench --instance bench-plain --config-file "$RUN_DIR/server.yaml" \
+    --app-port 18080 --inbound 127.0.0.1:18087 --outbound 127.0.0.1:18187 --admin 127.0.0.1:18287 --workers 1 \
+    > "$RUN_DIR/server-plain.log" 2>&1 ) & pids+=($!)
+( exec taskset -c "$SERVER_CPU" "$bin/mesh-proxy" --service loadgen --instance loadgen-plain --config-file "$RUN_DIR/client.yaml" \
+    --inbound 127.0.0.1:18188 --outbound 127.0.0.1:18088 --admin 127.0.0.1:18288 --workers 1 \
+    > "$RUN_DIR/client-plain.log" 2>&1 ) & pids+=($!)
+for _ in $(seq 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: bench' http://127.0.0.1:18088/)" = 200 ] && break; sleep 0.1
+done
+for r in $(seq "$ROUNDS"); do
+  read -r p50 p99 ok <<< "$(run plain http://127.0.0.1:18088/ bench)"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$r" two-hop-plaintext "$p50" "$p99" "$ok"
+done
+echo "# throughput, wrk -t1 -c64 ${DUR}s with Host: bench (both sidecars and nginx share CPU $SERVER_CPU)"
+for r in $(seq "$ROUNDS"); do
+  for t in mtls:18086 plaintext:18088; do
+    rps=$(taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d"${DUR}s" -H 'Host: bench' "http://127.0.0.1:${t#*:}/" | awk '/Requests\/sec/ {print $2}')
+    printf '%s\ttwo-hop-%s\trps\t%s\n' "$r" "${t%%:*}" "$rps"
+  done
+done
