@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -124,6 +124,54 @@ pub struct ServiceStats {
 /// Picks an endpoint of `backend`, or None when none is usable: healthy,
 /// not ejected, and in this cluster when any such is.
 pub fn pick(t: &ServiceTable, backend: &Backend, rr: &AtomicUsize) -> Option<usize> {
+    pick_avoiding(t, backend, rr, &[])
+}
+
+/// The endpoints a request's earlier attempts went to: a retry goes to
+/// another endpoint when there is one (a dead endpoint answers a connect
+/// failure fast, so its latency alone would not steer P2C away from it).
+#[derive(Debug, Clone, Default)]
+pub struct Tried(Arc<Mutex<Vec<usize>>>);
+
+impl Tried {
+    fn list(&self) -> Vec<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn add(&self, i: usize) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(i);
+    }
+}
+
+/// [`pick`], leaving out `avoid` unless nothing else is usable.
+pub fn pick_avoiding(
+    t: &ServiceTable,
+    backend: &Backend,
+    rr: &AtomicUsize,
+    avoid: &[usize],
+) -> Option<usize> {
+    if !avoid.is_empty() {
+        let rest = Backend {
+            label: String::new(),
+            subset: Default::default(),
+            weight: backend.weight,
+            endpoints: backend
+                .endpoints
+                .iter()
+                .filter(|i| !avoid.contains(i))
+                .copied()
+                .collect(),
+        };
+        if let Some(i) = pick_avoiding(t, &rest, rr, &[]) {
+            return Some(i);
+        }
+    }
     let usable = |i: &&usize| {
         let e: &Endpoint = &t.endpoints[**i];
         e.healthy && !e.stats.ejected()
@@ -219,13 +267,18 @@ where
                     return Err(ProxyError::CircuitOpen(name.clone()));
                 }
             }
-            let i = pick(t, backend, &target.stats.rr).ok_or_else(|| {
+            let tried = req.extensions().get::<Tried>().cloned();
+            let avoid = tried.as_ref().map(Tried::list).unwrap_or_default();
+            let i = pick_avoiding(t, backend, &target.stats.rr, &avoid).ok_or_else(|| {
                 ProxyError::NoHealthyEndpoints(if backend.label.is_empty() {
                     name.clone()
                 } else {
                     format!("{name} (subset {})", backend.label)
                 })
             })?;
+            if let Some(tried) = &tried {
+                tried.add(i);
+            }
             let ep = &t.endpoints[i];
             req.extensions_mut().insert(Upstream {
                 addr: ep.addr,

@@ -105,3 +105,19 @@ fn ejection_time_doubles_and_success_resets_the_count() {
     assert!(!s.fail(&o, true), "a success in between resets the streak");
     assert!(!s.fail(&o, false), "ejection can be refused (max percent)");
 }
+
+#[test]
+fn a_retry_goes_to_an_endpoint_not_tried_yet_when_there_is_one() {
+    for lb in [LoadBalancer::P2cEwma, LoadBalancer::RoundRobin] {
+        let t = table(3, lb);
+        let rr = AtomicUsize::new(0);
+        for _ in 0..50 {
+            let i = pick_avoiding(&t, &all(3), &rr, &[0, 2]).unwrap();
+            assert_eq!(i, 1, "{lb:?}");
+            let j = pick_avoiding(&t, &all(3), &rr, &[1]).unwrap();
+            assert_ne!(j, 1, "{lb:?}");
+        }
+        // Every endpoint tried: pick among all again rather than fail.
+        assert!(pick_avoiding(&t, &all(3), &rr, &[0, 1, 2]).is_some());
+    }
+}

@@ -126,6 +126,7 @@ where
                 _ => return inner.call(req).await,
             };
             let (parts, _) = req.into_parts();
+            let tried = crate::balance::Tried::default();
             let rebuild = || {
                 let mut r = Request::new(empty());
                 *r.method_mut() = parts.method.clone();
@@ -133,6 +134,7 @@ where
                 *r.version_mut() = parts.version;
                 *r.headers_mut() = parts.headers.clone();
                 r.extensions_mut().insert(target.clone());
+                r.extensions_mut().insert(tried.clone());
                 r
             };
             let mut attempt = 0;

@@ -126,6 +126,20 @@ async fn a_connect_failure_is_explained_and_retried_when_asked() {
         assert_eq!(get(&c, p.outbound, "web", "/", &[]).await.0, 200);
     }
     p.shutdown().await;
+
+    // P2C, no ejection to hide behind: a dead endpoint fails fast, so its
+    // latency looks good; the retry must still go to the other endpoint.
+    let route = "kind: Route\nmetadata: {name: web}\nspec: {service: web, retries: {attempts: 1, on: [connect-failure]}, outlier: {consecutive_failures: 100000}}\n";
+    let (p, _d) = static_proxy(&mesh(
+        "web",
+        &[("web-1", gone, "v1"), ("web-2", good.addr, "v1")],
+        route,
+    ))
+    .await;
+    for _ in 0..100 {
+        assert_eq!(get(&c, p.outbound, "web", "/", &[]).await.0, 200);
+    }
+    p.shutdown().await;
 }
 
 #[tokio::test]
