@@ -279,8 +279,10 @@ impl Inbound {
     {
         let who: Option<Arc<str>> = who.map(Arc::from);
         let recorder = Arc::new(metrics::InboundRecorder::new(&self.config.identity.service));
+        let link = Arc::new(crate::forward::AppLink::new(self.app));
         let svc = service_fn(move |req: Request<Incoming>| {
-            let (this, who, recorder) = (self.clone(), who.clone(), recorder.clone());
+            let (this, who, recorder, link) =
+                (self.clone(), who.clone(), recorder.clone(), link.clone());
             async move {
                 let started = Instant::now();
                 let strict = this.config.snapshot().authz.mtls == MtlsMode::Strict;
@@ -297,7 +299,12 @@ impl Inbound {
                         Err(why) => Err(ProxyError::Denied(why)),
                         Ok(()) => {
                             let req = req.map(|b| b.boxed());
-                            this.forward.send(req, this.app).await.map_err(|e| match e {
+                            let sent = if req.version() == http::Version::HTTP_2 {
+                                this.forward.send(req, this.app).await
+                            } else {
+                                link.send(req).await
+                            };
+                            sent.map_err(|e| match e {
                                 ProxyError::Connect(_) => ProxyError::AppUnavailable(this.app_port),
                                 other => other,
                             })

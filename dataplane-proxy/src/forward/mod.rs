@@ -137,3 +137,92 @@ impl tower::Service<Request<Body>> for Forward {
         })
     }
 }
+
+/// The inbound side's link to the local app for one downstream HTTP/1
+/// connection: one upstream HTTP/1.1 connection of its own, made on first
+/// use and remade when the app closes it. Requests on an HTTP/1 connection
+/// come one at a time, so this needs no pool: no checkout, no pool key to
+/// hash, and a smaller future per request than the pooled client's
+/// (`docs/benchmarks.md`). HTTP/2 downstream connections use the pool.
+pub struct AppLink {
+    app: SocketAddr,
+    authority: http::HeaderValue,
+    sender: tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<Body>>>,
+}
+
+impl AppLink {
+    /// A link to the app at `app` (nothing is connected yet).
+    pub fn new(app: SocketAddr) -> Self {
+        let authority = http::HeaderValue::try_from(app.to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
+        Self {
+            app,
+            authority,
+            sender: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Body>, ProxyError> {
+        let connect_error = || ProxyError::Connect(self.app.to_string());
+        let stream = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(self.app),
+        )
+        .await
+        .map_err(|_| connect_error())?
+        .map_err(|_| connect_error())?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|_| connect_error())?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection to the app ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` to the app. A request the connection could not take
+    /// (the app had closed it while idle) goes out again on a new one.
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+        *req.version_mut() = Version::HTTP_11;
+        strip_hop_by_hop(req.headers_mut());
+        if !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut()
+                .insert(http::header::HOST, self.authority.clone());
+        }
+        let mut slot = self.sender.lock().await;
+        for fresh in [false, true] {
+            let usable = slot.as_ref().is_some_and(|s| !s.is_closed());
+            if fresh || !usable {
+                *slot = Some(self.connect().await?);
+            }
+            let Some(sender) = slot.as_mut() else {
+                return Err(ProxyError::Connect(self.app.to_string()));
+            };
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(|b| b.boxed())),
+                Err(mut e) => match e.take_message() {
+                    // Never written: safe to send on a new connection.
+                    Some(r) if !fresh => req = r,
+                    _ => {
+                        tracing::debug!(app = %self.app, error = %e.error(), "request to the app failed");
+                        return Err(ProxyError::Reset(self.app.to_string()));
+                    }
+                },
+            }
+        }
+        Err(ProxyError::Reset(self.app.to_string()))
+    }
+}

@@ -251,3 +251,50 @@ async fn inbound_forwards_http_to_the_local_app_and_explains_when_it_is_down() {
     assert_eq!((s, e.as_deref()), (503, Some("app-unavailable")));
     b.shutdown().await;
 }
+
+/// An app that answers one request per connection, then closes it without
+/// saying so (no `connection: close`): the inbound side's own upstream
+/// connection goes stale between requests, and each request must still
+/// reach the app, on a new connection.
+#[tokio::test]
+async fn inbound_survives_an_app_that_closes_idle_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // and close
+            });
+        }
+    });
+    let (b, _d) = server_side(port).await;
+    let c = http_client(); // one keep-alive connection to the inbound side
+    for i in 0..20 {
+        let (s, body, e) = get(&c, b.inbound.unwrap(), "app", "/", &[]).await;
+        assert_eq!((s, body.as_str(), e), (200, "ok", None), "request {i}");
+        if i % 2 == 0 {
+            // Give the close time to arrive, so some requests find the
+            // connection known-closed and some find it closing.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 20);
+    b.shutdown().await;
+}
