@@ -7,6 +7,7 @@
 #   bench/h2.sh            # ROUNDS=2 DUR=10
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/lib.sh"
 ROUNDS=${ROUNDS:-2}; DUR=${DUR:-10}; RATE=${RATE:-2000}
 ENVOY_BIN=${ENVOY_BIN:-/opt/bench-envoy/envoy}
 RUN_DIR=${RUN_DIR:-/tmp/mesh-h2-run}
@@ -14,19 +15,12 @@ CLIENT_CPU=${CLIENT_CPU:-0}; SERVER_CPU=${SERVER_CPU:-1}
 command -v h2load >/dev/null && command -v nginx >/dev/null && [ -x "$ENVOY_BIN" ] \
   || { echo "needs h2load (apt-get install nghttp2-client), nginx and Envoy (../shared/bench/setup.sh)" >&2; exit 2; }
 (cd "$root" && cargo build --release -q -p raftmesh-dataplane-proxy --bin mesh-proxy)
-rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR/nginx/tmp"
+rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-            [ -f "$RUN_DIR/nginx/nginx.pid" ] && kill "$(cat "$RUN_DIR/nginx/nginx.pid")" 2>/dev/null || true; }
+            nginx_stop "$RUN_DIR/nginx"; }
 trap cleanup EXIT
-cat > "$RUN_DIR/nginx/nginx.conf" <<CONF
-worker_processes 1; pid $RUN_DIR/nginx/nginx.pid; error_log $RUN_DIR/nginx/error.log;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $RUN_DIR/nginx/tmp;
-  keepalive_requests 100000000;
-  server { listen 127.0.0.1:18180 http2; location / { return 200 "ok"; } } }
-CONF
-taskset -c "$SERVER_CPU" nginx -p "$RUN_DIR/nginx/" -c "$RUN_DIR/nginx/nginx.conf"
+nginx_upstream "$RUN_DIR/nginx" 18180 http2 "$SERVER_CPU"
 printf 'kind: Service\nmetadata: {name: bench}\nspec: {ports: [{port: 80, protocol: http2}]}\n' > "$RUN_DIR/mesh.yaml"
 ( exec taskset -c "$SERVER_CPU" "$root/target/release/mesh-proxy" --service bench --instance bench-h2 \
     --config-file "$RUN_DIR/mesh.yaml" --inbound 127.0.0.1:18185 --app-port 18180 \

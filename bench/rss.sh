@@ -4,23 +4,18 @@
 #   bench/rss.sh            # DUR=600 RATE=2000
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/lib.sh"
 DUR=${DUR:-600}; RATE=${RATE:-2000}; OHA_BIN=${OHA_BIN:-$HOME/.cargo/bin/oha}
 RUN_DIR=${RUN_DIR:-/tmp/mesh-rss-run}
-rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR/nginx/tmp"
+rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR"
 (cd "$root" && cargo build --release -q -p raftmesh-dataplane-proxy --bin mesh-proxy)
-cat > "$RUN_DIR/nginx/nginx.conf" <<CONF
-worker_processes 1; pid $RUN_DIR/nginx/nginx.pid; error_log $RUN_DIR/nginx/error.log;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $RUN_DIR/nginx/tmp;
-  server { listen 127.0.0.1:18090; keepalive_requests 1000000; location / { return 200 "ok"; } } }
-CONF
-nginx -p "$RUN_DIR/nginx/" -c "$RUN_DIR/nginx/nginx.conf"
+nginx_upstream "$RUN_DIR/nginx" 18090
 printf 'kind: Service\nmetadata: {name: bench}\nspec: {ports: [{port: 80}]}\n' > "$RUN_DIR/mesh.yaml"
 "$root/target/release/mesh-proxy" --service bench --instance bench-rss --config-file "$RUN_DIR/mesh.yaml" \
   --inbound 127.0.0.1:18091 --app-port 18090 --outbound 127.0.0.1:18092 --admin 127.0.0.1:18093 --workers 1 \
   > "$RUN_DIR/proxy.log" 2>&1 &
 px=$!
-trap 'kill $px 2>/dev/null; kill "$(cat "$RUN_DIR/nginx/nginx.pid")" 2>/dev/null || true' EXIT
+trap 'kill $px 2>/dev/null; nginx_stop "$RUN_DIR/nginx"' EXIT
 sleep 0.5
 echo "t_s rss_kib"
 echo "0 $(ps -o rss= -p $px)"

@@ -11,6 +11,7 @@
 # direct); raw oha JSON in $RUN_DIR.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/lib.sh"
 RUN_DIR=${RUN_DIR:-/tmp/mesh-twohop-run}
 ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}; RATE=${RATE:-2000}; CONNS=${CONNS:-32}
 OHA_BIN=${OHA_BIN:-$HOME/.cargo/bin/oha}
@@ -18,20 +19,14 @@ CLIENT_CPU=${CLIENT_CPU:-0}; SERVER_CPU=${SERVER_CPU:-1}
 command -v nginx >/dev/null && [ -x "$OHA_BIN" ] || { echo "needs nginx and oha: run ../shared/bench/setup.sh" >&2; exit 2; }
 (cd "$root" && cargo build --release -q -p raftmesh-controlplane -p raftmesh-dataplane-proxy --bins)
 bin=$root/target/release
-rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR/nginx/tmp"
+rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done;
-            [ -f "$RUN_DIR/nginx/nginx.pid" ] && kill "$(cat "$RUN_DIR/nginx/nginx.pid")" 2>/dev/null || true; }
+            nginx_stop "$RUN_DIR/nginx"; }
 trap cleanup EXIT
 
 # Upstream: nginx, one worker, 2-byte answer, on 18080.
-cat > "$RUN_DIR/nginx/nginx.conf" <<CONF
-worker_processes 1; pid $RUN_DIR/nginx/nginx.pid; error_log $RUN_DIR/nginx/error.log;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $RUN_DIR/nginx/tmp;
-  server { listen 127.0.0.1:18080; keepalive_requests 1000000; location / { return 200 "ok"; } } }
-CONF
-taskset -c "$SERVER_CPU" nginx -p "$RUN_DIR/nginx/" -c "$RUN_DIR/nginx/nginx.conf"
+nginx_upstream "$RUN_DIR/nginx" 18080 "" "$SERVER_CPU"
 
 # Control plane.
 echo "bench-admin-$$" > "$RUN_DIR/admin.token"

@@ -119,7 +119,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Final register values from linearizable reads (retrying until healed).
 /// A bootstrap token for the simulated proxies, from whichever node
 /// answers (a node may still be catching up right after the election).
 async fn mint_proxy_token(addrs: &[String], token: &str) -> Result<String, String> {
@@ -146,6 +145,7 @@ async fn mint_proxy_token(addrs: &[String], token: &str) -> Result<String, Strin
     Err(format!("minting a proxy token: {last}"))
 }
 
+/// Final register values from linearizable reads (retrying until healed).
 async fn final_registers(
     addrs: &[String],
     token: &str,

@@ -38,15 +38,17 @@ fn at(ms: u64) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// A new root for `trust_domain`, valid from `now_ms`.
-pub fn new_root(trust_domain: &str, now_ms: u64) -> Result<CaRoot, CaError> {
-    let key = KeyPair::generate().map_err(err)?;
+/// The parameters of a root that signs leaves only (no intermediates),
+/// named `common_name` in organization Raftmesh. Both CAs use it: the
+/// workload CA here and the server CA of `meshd tls init`.
+pub(crate) fn root_params(
+    common_name: String,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
-        format!("Raftmesh workload CA {trust_domain} {now_ms}"),
-    );
+    dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "Raftmesh");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -55,9 +57,45 @@ pub fn new_root(trust_domain: &str, now_ms: u64) -> Result<CaRoot, CaError> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    p.not_before = at(now_ms.saturating_sub(60_000));
+    p.not_before = not_before;
+    p.not_after = not_after;
+    p
+}
+
+/// The parameters of a leaf that both serves and calls over mutual TLS
+/// (workload certificates, meshd node certificates).
+pub(crate) fn mtls_leaf_params(
+    dn: DistinguishedName,
+    sans: Vec<SanType>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn;
+    p.subject_alt_names = sans;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.not_before = not_before;
+    p.not_after = not_after;
+    p
+}
+
+/// A new root for `trust_domain`, valid from `now_ms`.
+pub fn new_root(trust_domain: &str, now_ms: u64) -> Result<CaRoot, CaError> {
+    let key = KeyPair::generate().map_err(err)?;
     let not_after_ms = now_ms + ROOT_TTL.as_millis() as u64;
-    p.not_after = at(not_after_ms);
+    let p = root_params(
+        format!("Raftmesh workload CA {trust_domain} {now_ms}"),
+        at(now_ms.saturating_sub(60_000)),
+        at(not_after_ms),
+    );
     let cert = p.self_signed(&key).map_err(err)?;
     Ok(CaRoot {
         id: format!("root-{now_ms}"),
@@ -98,28 +136,21 @@ pub fn issue(
         .map_err(|e| CaError(format!("the CA certificate is unusable: {e}")))?;
     let csr = CertificateSigningRequestParams::from_pem(csr_pem)
         .map_err(|e| CaError(format!("the certificate signing request is invalid: {e}")))?;
-    let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("{service}.{namespace}"));
-    p.distinguished_name = dn;
     let id = raftmesh_api::spiffe_id(trust_domain, namespace, service);
     let dns = raftmesh_api::workload_dns_name(trust_domain, namespace, service);
-    p.subject_alt_names = vec![
+    let sans = vec![
         SanType::URI(id.try_into().map_err(err)?),
         SanType::DnsName(dns.try_into().map_err(err)?),
     ];
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    p.not_before = at(now_ms.saturating_sub(60_000));
     let not_after_ms = (now_ms + ttl.as_millis() as u64).min(root.not_after_ms);
-    p.not_after = at(not_after_ms);
+    let mut p = mtls_leaf_params(
+        dn,
+        sans,
+        at(now_ms.saturating_sub(60_000)),
+        at(not_after_ms),
+    );
     p.use_authority_key_identifier_extension = true;
     let csr = CertificateSigningRequestParams {
         params: p,

@@ -12,10 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{DistinguishedName, DnType, Issuer, KeyPair, SanType};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// The server CA's certificate, in a `--tls-dir`.
@@ -100,15 +97,11 @@ pub fn init(o: &InitOptions) -> anyhow::Result<Vec<PathBuf>> {
     let now = time::OffsetDateTime::now_utc();
 
     let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "Raftmesh meshd server CA");
-    dn.push(DnType::OrganizationName, "Raftmesh");
-    ca.distinguished_name = dn;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.not_before = now - time::Duration::minutes(5);
-    ca.not_after = now + time::Duration::days(3650);
+    let ca = crate::ca::root_params(
+        "Raftmesh meshd server CA".into(),
+        now - time::Duration::minutes(5),
+        now + time::Duration::days(3650),
+    );
     let ca_cert = ca.self_signed(&ca_key)?;
     let mut written = Vec::new();
     let ca_path = o.out.join(CA_CERT);
@@ -122,22 +115,15 @@ pub fn init(o: &InitOptions) -> anyhow::Result<Vec<PathBuf>> {
     let validity = time::Duration::try_from(o.validity).context("validity out of range")?;
     for id in 1..=o.nodes {
         let key = KeyPair::generate()?;
-        let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("meshd node {id}"));
         dn.push(DnType::OrganizationName, "Raftmesh");
-        p.distinguished_name = dn;
-        p.subject_alt_names = sans.clone();
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        p.not_before = now - time::Duration::minutes(5);
-        p.not_after = now + validity;
+        let p = crate::ca::mtls_leaf_params(
+            dn,
+            sans.clone(),
+            now - time::Duration::minutes(5),
+            now + validity,
+        );
         let cert = p.signed_by(&key, &issuer)?;
         let c = o.out.join(node_cert(id));
         write_file(&c, &cert.pem(), false)?;
@@ -159,7 +145,7 @@ fn read(path: &Path, what: &str) -> anyhow::Result<String> {
 }
 
 /// A certificate's expiry (Unix seconds), checking that the PEM parses.
-pub fn not_after(pem: &str, what: &str) -> anyhow::Result<i64> {
+fn not_after(pem: &str, what: &str) -> anyhow::Result<i64> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|e| anyhow::anyhow!("{what}: not a PEM certificate: {e}"))?;
     let c = p
@@ -215,12 +201,16 @@ pub fn load(dir: &Path, id: u64) -> anyhow::Result<NodeTls> {
     })
 }
 
-/// TLS for a client of meshd (meshctl, mesh-proxy): verify the server
-/// against `ca_file`.
-pub fn client(ca_file: &Path) -> anyhow::Result<ClientTlsConfig> {
+/// Reads `--ca-file`, checking that it holds a certificate.
+pub fn read_ca_file(ca_file: &Path) -> anyhow::Result<String> {
     let ca = read(ca_file, "--ca-file")?;
     not_after(&ca, &format!("--ca-file {}", ca_file.display()))?;
-    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+    Ok(ca)
+}
+
+/// TLS for a client of meshd (meshctl): verify the server against `ca_pem`.
+pub fn client(ca_pem: &str) -> ClientTlsConfig {
+    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem))
 }
 
 #[cfg(test)]
@@ -270,11 +260,11 @@ mod tests {
         o.hosts = vec!["not a host!".into()];
         assert!(init(&o).unwrap_err().to_string().contains("--hosts"));
         std::fs::write(dir.path().join("junk.pem"), "hello").unwrap();
-        let e = client(&dir.path().join("junk.pem"))
+        let e = read_ca_file(&dir.path().join("junk.pem"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a PEM"), "{e}");
-        let e = client(&dir.path().join("absent.pem"))
+        let e = read_ca_file(&dir.path().join("absent.pem"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot read --ca-file"), "{e}");

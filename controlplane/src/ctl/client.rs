@@ -68,11 +68,6 @@ impl Conn {
         &self.servers
     }
 
-    /// The TLS setting, if any.
-    pub fn tls(&self) -> Option<&tonic::transport::ClientTlsConfig> {
-        self.tls.as_ref()
-    }
-
     fn client(&self, server: &str) -> Result<Client, Status> {
         let ep = endpoint(server, self.tls.as_ref())
             .map_err(|e| Status::invalid_argument(format!("bad server address {server}: {e}")))?;

@@ -162,23 +162,22 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum CaCmd {
     /// Roll to a new workload CA root: trusted everywhere first, then signing;
-    /// the old root stays trusted until what it signed expires.
+    /// the previous root stays trusted until the next rotation.
     Rotate,
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> CtlResult {
-    let tls = match &cli.ca_file {
+    let ca_pem = match &cli.ca_file {
         Some(f) => Some(
-            crate::server_tls::client(f)
+            crate::server_tls::read_ca_file(f)
                 .map_err(|e| CtlError::new(ExitCode::Usage, format!("{e:#}")))?,
         ),
         None => None,
     };
-    let cli_ca_file = cli.ca_file.clone();
     let conn = Conn::new(cli.server, cli.token)
         .map_err(|m| CtlError::new(ExitCode::Usage, m))?
-        .with_tls(tls);
+        .with_tls(ca_pem.as_deref().map(crate::server_tls::client));
     match cli.command {
         Command::Apply(a) => resources::apply(&conn, a).await,
         Command::Get(a) => resources::get(&conn, a).await,
@@ -202,18 +201,7 @@ pub async fn run(cli: Cli) -> CtlResult {
             );
             Ok(())
         }
-        Command::Check => {
-            let pem = match &cli_ca_file {
-                Some(f) => Some(std::fs::read_to_string(f).map_err(|e| {
-                    CtlError::new(
-                        ExitCode::Usage,
-                        format!("cannot read --ca-file {}: {e}", f.display()),
-                    )
-                })?),
-                None => None,
-            };
-            check::run(&conn, pem.as_deref()).await
-        }
+        Command::Check => check::run(&conn, ca_pem.as_deref()).await,
         Command::Proxies { output } => proxies::proxies(&conn, output).await,
         Command::ProxyConfig { instance, output } => {
             proxies::proxy_config(&conn, instance, output).await

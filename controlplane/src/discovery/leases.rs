@@ -128,27 +128,24 @@ impl LeaseKeeper {
         }
         let since = self.leading_since.unwrap_or_else(Instant::now);
         let (_, endpoints) = self.reader.list(Some(Kind::Endpoint), None);
-        self.revisions.retain(|(ns, name), _| {
-            endpoints
-                .iter()
-                .any(|r| r.metadata.namespace == *ns && r.metadata.name == *name)
-        });
+        // Rebuilt each check, so endpoints that are gone drop out.
+        let mut revisions = HashMap::with_capacity(endpoints.len());
         for r in endpoints {
             let Spec::Endpoint(e) = &r.spec else { continue };
             if e.lease_node.is_none() {
                 continue; // written by hand: not ours to expire
             }
             let id = (r.metadata.namespace.clone(), r.metadata.name.clone());
+            let previous = self.revisions.get(&id).copied();
             if self.in_flight.contains(&id) {
+                if let Some(old) = previous {
+                    revisions.insert(id, old);
+                }
                 continue;
             }
             let rev = r.metadata.revision;
-            if self
-                .revisions
-                .insert(id.clone(), rev)
-                .is_some_and(|old| old != rev)
-                && e.health == Health::Healthy
-            {
+            revisions.insert(id.clone(), rev);
+            if previous.is_some_and(|old| old != rev) && e.health == Health::Healthy {
                 // Written since the last check and healthy: the proxy
                 // (re)registered or reported ready, so it is alive.
                 self.last_seen.insert(id.clone(), Instant::now());
@@ -184,6 +181,7 @@ impl LeaseKeeper {
                     }),
             );
         }
+        self.revisions = revisions;
     }
 }
 

@@ -156,35 +156,27 @@ pub fn pick_avoiding(
     rr: &AtomicUsize,
     avoid: &[usize],
 ) -> Option<usize> {
-    if !avoid.is_empty() {
-        let rest = Backend {
-            label: String::new(),
-            subset: Default::default(),
-            weight: backend.weight,
-            endpoints: backend
-                .endpoints
-                .iter()
-                .filter(|i| !avoid.contains(i))
-                .copied()
-                .collect(),
-        };
-        if let Some(i) = pick_avoiding(t, &rest, rr, &[]) {
-            return Some(i);
-        }
-    }
-    let usable = |i: &&usize| {
-        let e: &Endpoint = &t.endpoints[**i];
-        e.healthy && !e.stats.ejected()
+    let usable = |i: &usize, avoid: &[usize]| {
+        let e: &Endpoint = &t.endpoints[*i];
+        e.healthy && !e.stats.ejected() && !avoid.contains(i)
     };
-    let mut cands: Vec<usize> = backend
-        .endpoints
-        .iter()
-        .filter(usable)
-        .filter(|i| t.endpoints[**i].local)
-        .copied()
-        .collect();
-    if cands.is_empty() {
-        cands = backend.endpoints.iter().filter(usable).copied().collect();
+    // Usable endpoints, those in this cluster when there are any.
+    let candidates = |avoid: &[usize]| -> Vec<usize> {
+        let ok = backend
+            .endpoints
+            .iter()
+            .copied()
+            .filter(|i| usable(i, avoid));
+        let local: Vec<usize> = ok.clone().filter(|i| t.endpoints[*i].local).collect();
+        if local.is_empty() {
+            ok.collect()
+        } else {
+            local
+        }
+    };
+    let mut cands = candidates(avoid);
+    if cands.is_empty() && !avoid.is_empty() {
+        cands = candidates(&[]);
     }
     match cands.len() {
         0 => None,
