@@ -3,13 +3,13 @@
 # nginx_upstream DIR PORT [LISTEN_FLAGS] [CPU]: a one-worker nginx answering
 # "ok" on 127.0.0.1:PORT (LISTEN_FLAGS e.g. "http2" for h2c), pinned to CPU
 # when given; config, logs and DIR/nginx.pid in DIR. Stop it with
-# nginx_stop DIR.
+# nginx_stop DIR. NGINX_CONNS sets worker_connections (default 4096).
 nginx_upstream() {
   local dir=$1 port=$2 flags=${3:-} cpu=${4:-}
   mkdir -p "$dir/tmp"
   cat > "$dir/nginx.conf" <<CONF
 worker_processes 1; pid $dir/nginx.pid; error_log $dir/error.log;
-events { worker_connections 4096; }
+events { worker_connections ${NGINX_CONNS:-4096}; }
 http { access_log off; client_body_temp_path $dir/tmp; keepalive_requests 100000000;
   server { listen 127.0.0.1:$port $flags; location / { return 200 "ok"; } } }
 CONF

@@ -165,6 +165,7 @@ pub async fn serve_inbound(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let app: SocketAddr = SocketAddr::from(([127, 0, 0, 1], app_port));
+    let link = Arc::new(crate::forward::AppLink::new(app));
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -175,12 +176,14 @@ pub async fn serve_inbound(
         };
         let _ = stream.set_nodelay(true);
         let (forward, config, workload) = (forward.clone(), config.clone(), workload.clone());
+        let link = link.clone();
         let mut conn_stop = shutdown.clone();
         tokio::spawn(async move {
             let _guard = ConnGuard::open("inbound");
             let inbound = Inbound {
                 config,
                 forward,
+                link,
                 app,
                 app_port,
             };
@@ -196,6 +199,8 @@ pub async fn serve_inbound(
 struct Inbound {
     config: Arc<Config>,
     forward: Forward,
+    /// HTTP/1.1 connections to the app, shared by all inbound connections.
+    link: Arc<crate::forward::AppLink>,
     app: SocketAddr,
     app_port: u16,
 }
@@ -210,44 +215,10 @@ impl Inbound {
             Ok(Ok(1)) if first[0] == 0x16
         );
         match (is_tls, tls) {
-            (true, Some(tls)) => {
-                let cfg = if strict {
-                    tls.server_strict.clone()
-                } else {
-                    tls.server_permissive.clone()
-                };
-                let accepted = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    tokio_rustls::TlsAcceptor::from(cfg).accept(stream),
-                )
-                .await;
-                let s = match accepted {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "inbound TLS handshake refused");
-                        metrics::error("tls-handshake");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let (_, conn) = s.get_ref();
-                let who = conn
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| spiffe_of(c));
-                if conn.alpn_protocol() == Some(ALPN_TCP) {
-                    if let Err(why) =
-                        authz::decide(&self.config.snapshot().authz, who.as_deref(), "", "")
-                    {
-                        tracing::info!(reason = %why, "denied an opaque TCP connection");
-                        metrics::error("denied");
-                        return;
-                    }
-                    relay_stream(s, self.app).await;
-                } else {
-                    self.serve_http(s, who, false).await;
-                }
-            }
+            // Boxed: a TLS connection's state is large, and a plaintext
+            // connection's future (the other branches) should not carry
+            // room for it.
+            (true, Some(tls)) => Box::pin(self.serve_tls(stream, tls, strict)).await,
             (true, None) => {
                 // TLS, but no certificate here yet to answer with.
                 tracing::debug!("refused a TLS connection: this proxy has no certificate yet");
@@ -273,16 +244,54 @@ impl Inbound {
         }
     }
 
+    /// A connection that opened with a TLS ClientHello: the handshake, then
+    /// HTTP or (ALPN `raftmesh-tcp`) opaque TCP, authorized by the peer's
+    /// identity.
+    async fn serve_tls(self, stream: TcpStream, tls: Arc<crate::tls::Tls>, strict: bool) {
+        let cfg = if strict {
+            tls.server_strict.clone()
+        } else {
+            tls.server_permissive.clone()
+        };
+        let accepted = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_rustls::TlsAcceptor::from(cfg).accept(stream),
+        )
+        .await;
+        let s = match accepted {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "inbound TLS handshake refused");
+                metrics::error("tls-handshake");
+                return;
+            }
+            Err(_) => return,
+        };
+        let (_, conn) = s.get_ref();
+        let who = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| spiffe_of(c));
+        if conn.alpn_protocol() == Some(ALPN_TCP) {
+            if let Err(why) = authz::decide(&self.config.snapshot().authz, who.as_deref(), "", "") {
+                tracing::info!(reason = %why, "denied an opaque TCP connection");
+                metrics::error("denied");
+                return;
+            }
+            relay_stream(s, self.app).await;
+        } else {
+            self.serve_http(s, who, false).await;
+        }
+    }
+
     async fn serve_http<I>(self, io: I, who: Option<String>, plaintext_with_tls: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let who: Option<Arc<str>> = who.map(Arc::from);
         let recorder = Arc::new(metrics::InboundRecorder::new(&self.config.identity.service));
-        let link = Arc::new(crate::forward::AppLink::new(self.app));
         let svc = service_fn(move |req: Request<Incoming>| {
-            let (this, who, recorder, link) =
-                (self.clone(), who.clone(), recorder.clone(), link.clone());
+            let (this, who, recorder) = (self.clone(), who.clone(), recorder.clone());
             async move {
                 let started = Instant::now();
                 let strict = this.config.snapshot().authz.mtls == MtlsMode::Strict;
@@ -302,7 +311,7 @@ impl Inbound {
                             let sent = if req.version() == http::Version::HTTP_2 {
                                 this.forward.send(req, this.app).await
                             } else {
-                                link.send(req).await
+                                this.link.send(req).await
                             };
                             sent.map_err(|e| match e {
                                 ProxyError::Connect(_) => ProxyError::AppUnavailable(this.app_port),

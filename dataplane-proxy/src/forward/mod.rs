@@ -138,17 +138,25 @@ impl tower::Service<Request<Body>> for Forward {
     }
 }
 
-/// The inbound side's link to the local app for one downstream HTTP/1
-/// connection: one upstream HTTP/1.1 connection of its own, made on first
-/// use and remade when the app closes it. Requests on an HTTP/1 connection
-/// come one at a time, so this needs no pool: no checkout, no pool key to
-/// hash, and a smaller future per request than the pooled client's
-/// (`docs/benchmarks.md`). HTTP/2 downstream connections use the pool.
+/// The inbound side's link to the local app: HTTP/1.1 connections kept in
+/// a small stack of idle ones, shared by every downstream connection. A
+/// request takes an idle connection that is ready for one (or makes a new
+/// one) and puts it back as soon as the answer's head is in; the connection
+/// becomes ready again once the answer's body has been read. The app sees
+/// about as many connections as there are requests in flight, not one per
+/// downstream connection, which keeps memory per idle downstream connection
+/// small (`bench/conns.sh`). Taking and giving back is a short lock around
+/// a `Vec` — no pool key to hash, no checkout future — so the per-request
+/// cost stays that of a dedicated connection (`docs/benchmarks.md`).
+/// HTTP/2 downstream connections use the pooled client instead.
 pub struct AppLink {
     app: SocketAddr,
     authority: http::HeaderValue,
-    sender: tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<Body>>>,
+    idle: std::sync::Mutex<Vec<hyper::client::conn::http1::SendRequest<Body>>>,
 }
+
+/// Idle connections to the app kept at most; more are closed.
+const APP_IDLE_MAX: usize = 256;
 
 impl AppLink {
     /// A link to the app at `app` (nothing is connected yet).
@@ -158,7 +166,30 @@ impl AppLink {
         Self {
             app,
             authority,
-            sender: tokio::sync::Mutex::new(None),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The most recently used kept connection that can take a request now;
+    /// closed ones are dropped on the way.
+    fn take(&self) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].is_closed() {
+                idle.swap_remove(i);
+            } else if idle[i].is_ready() {
+                return Some(idle.swap_remove(i));
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, sender: hyper::client::conn::http1::SendRequest<Body>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < APP_IDLE_MAX && !sender.is_closed() {
+            idle.push(sender);
         }
     }
 
@@ -184,7 +215,7 @@ impl AppLink {
         Ok(sender)
     }
 
-    /// Sends `req` to the app. A request the connection could not take
+    /// Sends `req` to the app. A request a kept connection could not take
     /// (the app had closed it while idle) goes out again on a new one.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let path = req
@@ -199,23 +230,27 @@ impl AppLink {
             req.headers_mut()
                 .insert(http::header::HOST, self.authority.clone());
         }
-        let mut slot = self.sender.lock().await;
-        for fresh in [false, true] {
-            let usable = slot.as_ref().is_some_and(|s| !s.is_closed());
-            if fresh || !usable {
-                *slot = Some(self.connect().await?);
-            }
-            let Some(sender) = slot.as_mut() else {
-                return Err(ProxyError::Connect(self.app.to_string()));
+        let mut kept = self.take();
+        loop {
+            let reused = kept.is_some();
+            let mut sender = match kept.take() {
+                Some(s) => s,
+                None => self.connect().await?,
             };
             if sender.ready().await.is_err() {
-                continue;
+                if reused {
+                    continue;
+                }
+                return Err(ProxyError::Reset(self.app.to_string()));
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(|b| b.boxed())),
+                Ok(resp) => {
+                    self.give_back(sender);
+                    return Ok(resp.map(|b| b.boxed()));
+                }
                 Err(mut e) => match e.take_message() {
                     // Never written: safe to send on a new connection.
-                    Some(r) if !fresh => req = r,
+                    Some(r) if reused => req = r,
                     _ => {
                         tracing::debug!(app = %self.app, error = %e.error(), "request to the app failed");
                         return Err(ProxyError::Reset(self.app.to_string()));
@@ -223,6 +258,5 @@ impl AppLink {
                 },
             }
         }
-        Err(ProxyError::Reset(self.app.to_string()))
     }
 }

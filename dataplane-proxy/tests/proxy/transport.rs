@@ -298,3 +298,64 @@ async fn inbound_survives_an_app_that_closes_idle_connections() {
     assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 20);
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn idle_downstream_connections_share_the_connections_to_the_app() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A keep-alive app that counts the connections it accepts.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                loop {
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    got.clear();
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (b, _d) = server_side(port).await;
+    // Twenty client connections, one request each, all kept open.
+    let mut held = Vec::new();
+    for i in 0..20 {
+        let mut c = tokio::net::TcpStream::connect(b.inbound.unwrap())
+            .await
+            .unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"ok") {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection {i} closed before its answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "connection {i}: {got:?}");
+        held.push(c);
+    }
+    // One request at a time: the app needs one connection, not twenty.
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        n <= 2,
+        "the app saw {n} connections for 20 sequential requests"
+    );
+    b.shutdown().await;
+}
