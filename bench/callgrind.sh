@@ -31,10 +31,10 @@ for _ in $(seq 60); do curl -sf http://127.0.0.1:18185/ > /dev/null && break; sl
 curl -sf http://127.0.0.1:18185/ > /dev/null || { echo "mesh-proxy did not start under valgrind: $RUN_DIR/proxy.log" >&2; exit 1; }
 echo "# warming up (2,000 requests), then counting $K requests (oha -c8, HTTP/1.1 keep-alive)"
 "$OHA_BIN" --no-tui -n 2000 -c 8 http://127.0.0.1:18185/ > /dev/null
-callgrind_control -z "$proxy" > /dev/null
+callgrind_control -z "$proxy" > /dev/null 2>&1
 "$OHA_BIN" --no-tui -n "$K" -c 8 --output-format json http://127.0.0.1:18185/ > "$RUN_DIR/oha.json"
 [ "$(jq '.summary.successRate' "$RUN_DIR/oha.json")" = 1 ] || echo "# WARN: not every request succeeded"
-callgrind_control -d "$proxy" > /dev/null
+callgrind_control -d "$proxy" > /dev/null 2>&1
 sleep 1
 out=$(ls -t "$RUN_DIR"/callgrind.out."$proxy".* | head -1)
 total=$(awk '/^(summary|totals):/ {print $2; exit}' "$out")

@@ -170,10 +170,20 @@ impl AppLink {
         }
     }
 
+    fn idle(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<hyper::client::conn::http1::SendRequest<Body>>> {
+        // Nothing panics while holding it; if something did, the Vec is
+        // still a valid list of connections.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The most recently used kept connection that can take a request now;
     /// closed ones are dropped on the way.
     fn take(&self) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle();
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
@@ -187,7 +197,7 @@ impl AppLink {
     }
 
     fn give_back(&self, sender: hyper::client::conn::http1::SendRequest<Body>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle();
         if idle.len() < APP_IDLE_MAX && !sender.is_closed() {
             idle.push(sender);
         }

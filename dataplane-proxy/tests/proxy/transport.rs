@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -252,65 +254,19 @@ async fn inbound_forwards_http_to_the_local_app_and_explains_when_it_is_down() {
     b.shutdown().await;
 }
 
-/// An app that answers one request per connection, then closes it without
-/// saying so (no `connection: close`): the inbound side's own upstream
-/// connection goes stale between requests, and each request must still
-/// reach the app, on a new connection.
-#[tokio::test]
-async fn inbound_survives_an_app_that_closes_idle_connections() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// An HTTP/1.1 app on a free port answering "ok" to every request, that
+/// counts the connections it accepts: keep-alive, or (`close_after_one`)
+/// closing each connection after one answer without saying so (no
+/// `connection: close`).
+async fn counting_app(close_after_one: bool) -> (u16, Arc<AtomicU32>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let accepted = Arc::new(AtomicU32::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
         loop {
             let (mut s, _) = l.accept().await.unwrap();
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                // and close
-            });
-        }
-    });
-    let (b, _d) = server_side(port).await;
-    let c = http_client(); // one keep-alive connection to the inbound side
-    for i in 0..20 {
-        let (s, body, e) = get(&c, b.inbound.unwrap(), "app", "/", &[]).await;
-        assert_eq!((s, body.as_str(), e), (200, "ok", None), "request {i}");
-        if i % 2 == 0 {
-            // Give the close time to arrive, so some requests find the
-            // connection known-closed and some find it closing.
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    }
-    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 20);
-    b.shutdown().await;
-}
-
-#[tokio::test]
-async fn idle_downstream_connections_share_the_connections_to_the_app() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A keep-alive app that counts the connections it accepts.
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let mut got = Vec::new();
@@ -324,13 +280,40 @@ async fn idle_downstream_connections_share_the_connections_to_the_app() {
                     }
                     got.clear();
                     let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if s.write_all(ok).await.is_err() {
+                    if s.write_all(ok).await.is_err() || close_after_one {
                         return;
                     }
                 }
             });
         }
     });
+    (port, accepted)
+}
+
+/// An app that closes each connection after one answer: the inbound
+/// side's kept connection goes stale between requests, and each request
+/// must still reach the app, on a new connection.
+#[tokio::test]
+async fn inbound_survives_an_app_that_closes_idle_connections() {
+    let (port, accepted) = counting_app(true).await;
+    let (b, _d) = server_side(port).await;
+    let c = http_client(); // one keep-alive connection to the inbound side
+    for i in 0..20 {
+        let (s, body, e) = get(&c, b.inbound.unwrap(), "app", "/", &[]).await;
+        assert_eq!((s, body.as_str(), e), (200, "ok", None), "request {i}");
+        if i % 2 == 0 {
+            // Give the close time to arrive, so some requests find the
+            // connection known-closed and some find it closing.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    assert!(accepted.load(Ordering::SeqCst) >= 20);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_downstream_connections_share_the_connections_to_the_app() {
+    let (port, accepted) = counting_app(false).await;
     let (b, _d) = server_side(port).await;
     // Twenty client connections, one request each, all kept open.
     let mut held = Vec::new();
@@ -352,7 +335,7 @@ async fn idle_downstream_connections_share_the_connections_to_the_app() {
         held.push(c);
     }
     // One request at a time: the app needs one connection, not twenty.
-    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let n = accepted.load(Ordering::SeqCst);
     assert!(
         n <= 2,
         "the app saw {n} connections for 20 sequential requests"
