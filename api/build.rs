@@ -11,7 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["proto"])?;
+    // No transport: `api` holds message types and service traits only; the
+    // crates that connect or serve bring tonic's transport themselves.
     tonic_prost_build::configure()
+        .build_transport(false)
         .btree_map(".")
         .compile_fds(fds)?;
     Ok(())

@@ -1,5 +1,6 @@
-//! Typed configuration of a meshd node. Only the binary reads flags and
-//! environment; everything else takes a [`ServerConfig`].
+//! Typed configuration of a meshd node. This module is the one place that
+//! reads flags, environment and files; everything else takes a
+//! [`ServerConfig`] (and, in tests and chaos runs, [`TestHooks`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,6 +8,48 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::NodeId;
+
+/// Why a configuration was refused; the message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag's value, or a combination of flags, is wrong.
+    #[error("{0}")]
+    Flag(String),
+    /// A file named by a flag cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin token file is empty.
+    #[error("{path} is empty; it must hold the admin token's secret")]
+    EmptySecret {
+        /// The file.
+        path: String,
+    },
+}
+
+fn flag(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Flag(msg.into())
+}
+
+/// Options tests and fault injection use; off in production.
+#[derive(Debug, Clone, Default)]
+pub struct TestHooks {
+    /// Serve reads without a read index (a deliberately broken build for
+    /// the chaos tests to catch).
+    pub unsafe_local_reads: bool,
+    /// A fault-injection file (see `cluster/faults.rs`).
+    pub fault_file: Option<PathBuf>,
+}
+
+/// Checks a cluster name: a DNS-1123 label (it becomes part of the trust domain).
+pub fn validate_cluster_name(name: &str) -> Result<(), ConfigError> {
+    raftmesh_api::validate::dns_label(name).map_err(|e| flag(format!("--cluster-name: {e}")))
+}
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -73,57 +116,62 @@ impl ServerConfig {
     }
 
     /// Checks the combination of settings; the error says what to change.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
-            return Err("--id must be 1 or more".into());
+            return Err(flag("--id must be 1 or more"));
         }
         if !self.initial_cluster.is_empty() && !self.join.is_empty() {
-            return Err("give either --initial-cluster (a new cluster) or --join (an existing one), not both".into());
+            return Err(flag("give either --initial-cluster (a new cluster) or --join (an existing one), not both"));
         }
         if let Some(addr) = self.initial_cluster.get(&self.id) {
             if *addr != self.advertise {
-                return Err(format!(
+                return Err(flag(format!(
                     "--initial-cluster names node {} at {addr}, but this node listens/advertises {}",
                     self.id, self.advertise
-                ));
+                )));
             }
         } else if !self.initial_cluster.is_empty() {
-            return Err(format!(
+            return Err(flag(format!(
                 "--initial-cluster does not name this node (--id {})",
                 self.id
-            ));
+            )));
         }
         if self.restore.is_some() && self.initial_cluster.is_empty() {
-            return Err("--restore starts a new cluster: give --initial-cluster too (the same on every node)".into());
+            return Err(flag("--restore starts a new cluster: give --initial-cluster too (the same on every node)"));
         }
         if self.election_timeout_min_ms <= self.heartbeat_ms * 2
             || self.election_timeout_max_ms <= self.election_timeout_min_ms
         {
-            return Err("election timeouts must exceed twice the heartbeat and min < max".into());
+            return Err(flag(
+                "election timeouts must exceed twice the heartbeat and min < max",
+            ));
         }
         if self.endpoint_expiry <= self.endpoint_grace {
-            return Err("--endpoint-expiry must be longer than --endpoint-grace".into());
+            return Err(flag(
+                "--endpoint-expiry must be longer than --endpoint-grace",
+            ));
         }
         if self.snapshot_logs < 10 {
-            return Err("--snapshot-logs must be at least 10".into());
+            return Err(flag("--snapshot-logs must be at least 10"));
         }
-        crate::admin::validate_cluster_name(&self.cluster_name)
+        validate_cluster_name(&self.cluster_name)
     }
 }
 
 /// Parses `1=127.0.0.1:7101,2=127.0.0.1:7102`.
-pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, String> {
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part
             .split_once('=')
-            .ok_or_else(|| format!("\"{part}\" is not ID=HOST:PORT"))?;
-        let id: NodeId = id
-            .trim()
-            .parse()
-            .map_err(|_| format!("\"{id}\" in \"{part}\" is not a node id (a number)"))?;
+            .ok_or_else(|| flag(format!("\"{part}\" is not ID=HOST:PORT")))?;
+        let id: NodeId = id.trim().parse().map_err(|_| {
+            flag(format!(
+                "\"{id}\" in \"{part}\" is not a node id (a number)"
+            ))
+        })?;
         if id == 0 {
-            return Err(format!("node ids start at 1 (\"{part}\")"));
+            return Err(flag(format!("node ids start at 1 (\"{part}\")")));
         }
         let addr = addr.trim();
         if addr
@@ -131,14 +179,14 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, String
             .and_then(|(_, p)| p.parse::<u16>().ok())
             .is_none()
         {
-            return Err(format!("\"{addr}\" in \"{part}\" is not HOST:PORT"));
+            return Err(flag(format!("\"{addr}\" in \"{part}\" is not HOST:PORT")));
         }
         if out.insert(id, addr.to_string()).is_some() {
-            return Err(format!("node {id} is listed twice"));
+            return Err(flag(format!("node {id} is listed twice")));
         }
     }
     if out.is_empty() {
-        return Err("no node listed (expected ID=HOST:PORT,...)".into());
+        return Err(flag("no node listed (expected ID=HOST:PORT,...)"));
     }
     Ok(out)
 }
@@ -154,12 +202,15 @@ mod tests {
         assert_eq!(m[&3], "host:7103");
         assert!(parse_initial_cluster("1=a:1,1=b:2")
             .unwrap_err()
+            .to_string()
             .contains("listed twice"));
         assert!(parse_initial_cluster("x=a:1")
             .unwrap_err()
+            .to_string()
             .contains("not a node id"));
         assert!(parse_initial_cluster("1=a")
             .unwrap_err()
+            .to_string()
             .contains("HOST:PORT"));
         assert!(parse_initial_cluster("").is_err());
     }
@@ -171,11 +222,12 @@ mod tests {
         assert!(c
             .validate()
             .unwrap_err()
+            .to_string()
             .contains("does not name this node"));
         c.initial_cluster = parse_initial_cluster("1=127.0.0.1:7101").unwrap();
         c.validate().unwrap();
         c.join = vec!["x:1".into()];
-        assert!(c.validate().unwrap_err().contains("not both"));
+        assert!(c.validate().unwrap_err().to_string().contains("not both"));
     }
 }
 
@@ -254,32 +306,33 @@ pub struct ServerArgs {
 }
 
 /// Reads a secret from a file, trimmed; refuses an empty one.
-pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
-    let s = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    let s = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     let s = s.trim().to_string();
     if s.is_empty() {
-        return Err(format!(
-            "{} is empty; it must hold the admin token's secret",
-            path.display()
-        ));
+        return Err(ConfigError::EmptySecret {
+            path: path.display().to_string(),
+        });
     }
     Ok(s)
 }
 
 /// Parses `--http`: an address, or `off`.
-pub fn parse_http(s: &str) -> Result<Option<SocketAddr>, String> {
+pub fn parse_http(s: &str) -> Result<Option<SocketAddr>, ConfigError> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
     s.parse()
         .map(Some)
-        .map_err(|_| format!("--http \"{s}\" is not HOST:PORT or off"))
+        .map_err(|_| flag(format!("--http \"{s}\" is not HOST:PORT or off")))
 }
 
 impl ServerArgs {
     /// The node config these flags describe.
-    pub fn into_config(self) -> Result<(ServerConfig, crate::node::TestHooks), String> {
+    pub fn into_config(self) -> Result<(ServerConfig, TestHooks), ConfigError> {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from("data").join(self.id.to_string()));
@@ -305,7 +358,7 @@ impl ServerArgs {
         c.validate()?;
         Ok((
             c,
-            crate::node::TestHooks {
+            TestHooks {
                 unsafe_local_reads: self.unsafe_local_reads,
                 fault_file: self.fault_file,
             },

@@ -1,30 +1,32 @@
-//! meshd, the Raftmesh control-plane node, and the library behind meshctl.
+//! meshd, the Raftmesh control-plane node.
 //!
 //! A node is an openraft `Raft` over the sled store of `raftmesh-storage`,
-//! reached through one gRPC port that serves the Raft RPCs, the admin API
-//! and (later) discovery. Long-lived stateful components are actix actors
-//! ([`admin::AdminFront`], [`watcher::ClusterWatcher`]); openraft's `Raft`
-//! handle is used directly. Wiring lives in [`node`], so tests start nodes
-//! in-process; `src/bin/*` only parse flags and call into it.
+//! reached through one gRPC port that serves the node-to-node RPCs
+//! ([`rpc`]), the admin API ([`admin`]) and discovery ([`discovery`]).
+//! The code is organised by concept: [`cluster`] (the write path, reads,
+//! membership), [`tokens`], [`ca`], [`discovery`]. Actors exist where a
+//! component owns state and a mailbox: the discovery hub, the lease keeper,
+//! the cluster watcher; openraft's `Raft` handle is used directly. Wiring
+//! lives in [`node`], so tests start nodes in-process; `src/bin/meshd.rs`
+//! only parses flags and calls into it.
 //!
-//! Must not be linked by the proxy (`dataplane-proxy` depends on `api` only).
+//! Must not be linked by the proxy (`dataplane-proxy` depends on `api`
+//! only), and must not link the proxy: `meshd demo` starts `mesh-proxy` as
+//! a program (`.ci/run` checks both with `cargo tree`).
 
 pub mod admin;
-pub mod auth;
-pub mod batcher;
 pub mod ca;
 pub mod cluster;
 pub mod config;
-pub mod ctl;
 pub mod demo;
 pub mod discovery;
-pub mod faults;
 pub mod http;
-pub mod network;
+pub mod meshconfig;
 pub mod node;
 pub mod procinfo;
 pub mod rpc;
 pub mod server_tls;
+pub mod tokens;
 pub mod watcher;
 
 pub use raftmesh_storage::{NodeId, TypeConfig};

@@ -1,7 +1,6 @@
 //! Starting and stopping one meshd node: storage, Raft, the gRPC server
 //! (Raft, admin), the actors, cluster formation and joining.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +8,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr};
 use anyhow::{bail, Context as _};
-use openraft::{BasicNode, SnapshotPolicy};
+use openraft::SnapshotPolicy;
 use raftmesh_api::v1::admin_server::AdminServer;
 use raftmesh_api::v1::raft_server::RaftServer;
 use raftmesh_storage::{LogStore, SnapshotData, StateReader, StoreConfig};
@@ -19,18 +18,20 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
-use crate::admin::{AdminFront, AdminService, StopFront};
-use crate::auth;
-use crate::cluster::{ClusterOps, LeaderRequest};
-use crate::config::ServerConfig;
+use crate::admin::AdminService;
+use crate::cluster::faults::Faults;
+use crate::cluster::network::{ClientPool, Network};
+use crate::cluster::{membership, ClusterOps};
+use crate::config::{ServerConfig, TestHooks};
 use crate::discovery::hub::DiscoveryHub;
 use crate::discovery::leases::{LeaseConfig, LeaseKeeper};
 use crate::discovery::{DiscoveryConfig, DiscoveryService};
-use crate::network::{from_payload, to_payload, ClientPool, Network, MAX_MESSAGE_BYTES};
 use crate::rpc::RaftService;
+use crate::tokens;
 use crate::watcher::{ClusterWatcher, Stop};
 use crate::{NodeId, Raft};
 use raftmesh_api::v1::discovery_server::DiscoveryServer;
+use raftmesh_client::MAX_MESSAGE_BYTES;
 
 /// What a data directory records about its node, checked at every start.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -57,20 +58,9 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http: Option<JoinHandle<std::io::Result<()>>>,
-    front: Addr<AdminFront>,
     watcher: Addr<ClusterWatcher>,
     hub: Addr<DiscoveryHub>,
     leases: Addr<LeaseKeeper>,
-}
-
-/// Options tests and fault injection use; off in production.
-#[derive(Debug, Clone, Default)]
-pub struct TestHooks {
-    /// Serve reads without a read index (a deliberately broken build for
-    /// the chaos tests to catch).
-    pub unsafe_local_reads: bool,
-    /// A fault-injection file (see `faults.rs`).
-    pub fault_file: Option<std::path::PathBuf>,
 }
 
 fn check_identity(dir: &Path, cfg: &ServerConfig) -> anyhow::Result<()> {
@@ -142,7 +132,7 @@ pub async fn start_with_listener(
     listener: TcpListener,
     hooks: TestHooks,
 ) -> anyhow::Result<Node> {
-    cfg.validate().map_err(anyhow::Error::msg)?;
+    cfg.validate()?;
     let addr = listener.local_addr()?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
         format!(
@@ -167,10 +157,7 @@ pub async fn start_with_listener(
     let raft = Raft::new(
         cfg.id,
         Arc::new(raft_config(&cfg)?),
-        Network::new(
-            pool.clone(),
-            hooks.fault_file.clone().map(crate::faults::Faults::watch),
-        ),
+        Network::new(pool.clone(), hooks.fault_file.clone().map(Faults::watch)),
         log.clone(),
         sm,
     )
@@ -184,7 +171,7 @@ pub async fn start_with_listener(
         hooks.unsafe_local_reads,
     );
 
-    let bootstrap_hash = cfg.admin_token.as_deref().map(auth::hash_secret);
+    let bootstrap_hash = cfg.admin_token.as_deref().map(tokens::hash_secret);
     let watcher = ClusterWatcher::new(
         ops.clone(),
         pool.clone(),
@@ -193,7 +180,6 @@ pub async fn start_with_listener(
         bootstrap_hash,
     )
     .start();
-    let front = AdminFront::new(ops.clone(), reader.clone()).start();
     let hub = DiscoveryHub::new(reader.clone()).start();
     let leases = LeaseKeeper::new(
         ops.clone(),
@@ -205,7 +191,7 @@ pub async fn start_with_listener(
         },
     )
     .start();
-    ops.set_lease_keeper(leases.clone());
+    ops.set_lease_sink(leases.clone().recipient());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let server = {
@@ -215,11 +201,9 @@ pub async fn start_with_listener(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let admin_svc = AdminServer::new(AdminService::new(
-            front.clone(),
             watcher.clone(),
             hub.clone(),
             ops.clone(),
-            reader.clone(),
             cfg.cluster_name.clone(),
         ));
         let discovery = DiscoveryService::new(
@@ -271,11 +255,7 @@ pub async fn start_with_listener(
     };
 
     if !cfg.initial_cluster.is_empty() && !raft.is_initialized().await? {
-        let members: BTreeMap<NodeId, BasicNode> = cfg
-            .initial_cluster
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-            .collect();
+        let members = membership::members(&cfg.initial_cluster);
         // Every node of a new cluster does this with the same members; the
         // first entry is identical everywhere, so whichever lands first wins.
         if let Err(e) = raft.initialize(members).await {
@@ -283,7 +263,7 @@ pub async fn start_with_listener(
         }
     }
     if !cfg.join.is_empty() && !raft.is_initialized().await? {
-        tokio::spawn(join(
+        tokio::spawn(membership::join(
             pool.clone(),
             cfg.join.clone(),
             cfg.id,
@@ -303,7 +283,6 @@ pub async fn start_with_listener(
         shutdown,
         server,
         http,
-        front,
         watcher,
         hub,
         leases,
@@ -324,67 +303,10 @@ async fn restore(
         std::fs::read(file).with_context(|| format!("cannot read --restore {}", file.display()))?;
     let data =
         SnapshotData::decode(&bytes).with_context(|| format!("--restore {}", file.display()))?;
-    let members = cfg
-        .initial_cluster
-        .iter()
-        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-        .collect();
+    let members = membership::members(&cfg.initial_cluster);
     let rev = raftmesh_storage::restore(log, sm, data, members, cfg.id).await?;
     tracing::info!(revision = rev, file = %file.display(), "restored the state from a snapshot");
     Ok(())
-}
-
-/// Asks the cluster (through any of `seeds`) to add this node, until it does.
-async fn join(
-    pool: ClientPool,
-    seeds: Vec<String>,
-    id: NodeId,
-    addr: String,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let req = LeaderRequest::AddNode {
-        id,
-        addr,
-        learner_only: false,
-    };
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1u32.. {
-        for seed in &seeds {
-            let Ok(mut client) = pool.get(seed) else {
-                continue;
-            };
-            let Ok(payload) = to_payload(&req) else {
-                return;
-            };
-            let mut r = tonic::Request::new(payload);
-            r.set_timeout(Duration::from_secs(60));
-            match client.relay(r).await {
-                Ok(reply) => match from_payload::<
-                    Result<crate::cluster::LeaderResponse, crate::cluster::ClusterError>,
-                >(reply.get_ref(), "join reply")
-                {
-                    Ok(Ok(_)) => {
-                        tracing::info!(node = id, via = %seed, "joined the cluster");
-                        return;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(attempt, via = %seed, error = %e, "join refused; retrying")
-                    }
-                    Err(e) => {
-                        tracing::warn!(attempt, via = %seed, error = %e, "bad join reply; retrying")
-                    }
-                },
-                Err(s) => {
-                    tracing::warn!(attempt, via = %seed, error = %s.message(), "cannot reach the cluster to join; retrying")
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
 }
 
 impl Node {
@@ -392,7 +314,6 @@ impl Node {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!(node = self.id, "shutting down");
         let _ = self.shutdown.send(true);
-        self.front.do_send(StopFront);
         self.watcher.do_send(Stop);
         self.hub.do_send(crate::discovery::hub::StopHub);
         self.leases.do_send(crate::discovery::leases::StopLeases);

@@ -7,8 +7,8 @@ use raftmesh_api::v1::raft_server::Raft as RaftRpc;
 use raftmesh_api::v1::{NodeInfoRequest, NodeInfoResponse, RaftPayload};
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{ClusterError, ClusterOps, Control, LeaderRequest, LeaderResponse};
-use crate::network::{from_payload, to_payload};
+use crate::cluster::network::{from_payload, to_payload};
+use crate::cluster::{ClusterOps, Control, LeaderRequest};
 use crate::procinfo;
 
 /// Serves one node's side of the node-to-node protocol.
@@ -50,8 +50,11 @@ impl RaftService {
 }
 
 fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
-    to_payload(v)
-        .map(Response::new)
+    encoded(to_payload(v))
+}
+
+fn encoded(p: Result<RaftPayload, serde_json::Error>) -> Result<Response<RaftPayload>, Status> {
+    p.map(Response::new)
         .map_err(|e| Status::internal(format!("encoding the reply: {e}")))
 }
 
@@ -84,15 +87,13 @@ impl RaftRpc for RaftService {
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.check_node(&req)?;
         let r: LeaderRequest = from_payload(req.get_ref(), "leader request")?;
-        let res: Result<LeaderResponse, ClusterError> = self.ops.execute_local(r).await;
-        reply(&res)
+        encoded(self.ops.serve_forwarded(r).await)
     }
 
     async fn relay(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.check_node(&req)?;
         let r: LeaderRequest = from_payload(req.get_ref(), "leader request")?;
-        let res: Result<LeaderResponse, ClusterError> = self.ops.submit(r).await;
-        reply(&res)
+        encoded(self.ops.serve_relayed(r).await)
     }
 
     async fn control(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -1,13 +1,12 @@
 //! Server TLS: the files `meshd tls init` makes (a server CA and one
 //! certificate per node), and the tonic TLS settings built from them for
-//! meshd's gRPC port, for node-to-node calls, and for clients that verify
-//! meshd with `--ca-file`.
+//! meshd's gRPC port and node-to-node calls. Clients verify meshd with
+//! `--ca-file` through `raftmesh_client::client_tls`.
 //!
 //! This CA is not the workload CA (which lives in the Raft state and signs
 //! proxies): it is made once by an operator, kept in files, and only
 //! authenticates meshd nodes. See docs/security.md.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,20 +55,8 @@ fn san(host: &str) -> anyhow::Result<SanType> {
 }
 
 fn write_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut f = o
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(contents.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
+    raftmesh_api::files::create_new(path, contents.as_bytes(), secret)
+        .with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// Makes a server CA and `nodes` node certificates in `out`; answers the
@@ -97,7 +84,7 @@ pub fn init(o: &InitOptions) -> anyhow::Result<Vec<PathBuf>> {
     let now = time::OffsetDateTime::now_utc();
 
     let ca_key = KeyPair::generate()?;
-    let ca = crate::ca::root_params(
+    let ca = crate::ca::crypto::root_params(
         "Raftmesh meshd server CA".into(),
         now - time::Duration::minutes(5),
         now + time::Duration::days(3650),
@@ -118,7 +105,7 @@ pub fn init(o: &InitOptions) -> anyhow::Result<Vec<PathBuf>> {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("meshd node {id}"));
         dn.push(DnType::OrganizationName, "Raftmesh");
-        let p = crate::ca::mtls_leaf_params(
+        let p = crate::ca::crypto::mtls_leaf_params(
             dn,
             sans.clone(),
             now - time::Duration::minutes(5),
@@ -201,18 +188,6 @@ pub fn load(dir: &Path, id: u64) -> anyhow::Result<NodeTls> {
     })
 }
 
-/// Reads `--ca-file`, checking that it holds a certificate.
-pub fn read_ca_file(ca_file: &Path) -> anyhow::Result<String> {
-    let ca = read(ca_file, "--ca-file")?;
-    not_after(&ca, &format!("--ca-file {}", ca_file.display()))?;
-    Ok(ca)
-}
-
-/// TLS for a client of meshd (meshctl): verify the server against `ca_pem`.
-pub fn client(ca_pem: &str) -> ClientTlsConfig {
-    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,14 +234,6 @@ mod tests {
         o.nodes = 1;
         o.hosts = vec!["not a host!".into()];
         assert!(init(&o).unwrap_err().to_string().contains("--hosts"));
-        std::fs::write(dir.path().join("junk.pem"), "hello").unwrap();
-        let e = read_ca_file(&dir.path().join("junk.pem"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not a PEM"), "{e}");
-        let e = read_ca_file(&dir.path().join("absent.pem"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("cannot read --ca-file"), "{e}");
+        // A bad --ca-file is refused by raftmesh-client (tls.rs tests).
     }
 }

@@ -1,27 +1,25 @@
 //! The cluster watcher: an actor that keeps track of every member (last
-//! contact, memory, applied index, role), answers cluster status, and
-//! writes the first admin token once the cluster has a leader.
+//! contact, memory, applied index, clock offset, role) and answers cluster
+//! status. On the leader its tick also runs the first leader's duties: the
+//! workload CA is created (`ca::create_if_missing`) and the first admin
+//! token stored (`tokens::store_first_admin`), each once, retried until done.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use actix::prelude::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseFuture, WrapFuture,
 };
 use raftmesh_api::v1 as pb;
-use raftmesh_api::{
-    Kind, Metadata, Resource, ResourceKey, Role, Spec, TokenSpec, DEFAULT_NAMESPACE,
-};
-use raftmesh_storage::{Command, StateReader};
+use raftmesh_storage::StateReader;
 
-use crate::cluster::{state_name, ClusterOps, LeaderRequest};
-use crate::network::ClientPool;
-use crate::procinfo;
+use crate::cluster::network::ClientPool;
+use crate::cluster::{state_name, ClusterOps};
 use crate::NodeId;
-
-/// Name of the admin token created from `--admin-token-file`.
-pub const BOOTSTRAP_TOKEN_ID: &str = "admin-bootstrap";
+use crate::{procinfo, tokens};
 
 /// How often members are polled.
 const TICK: Duration = Duration::from_millis(500);
@@ -131,31 +129,15 @@ impl ClusterWatcher {
         self.maybe_create_ca(ctx, leading);
     }
 
-    /// The leader creates the workload CA once (create-only, so a race
-    /// between leaders keeps the first).
+    /// The leader creates the workload CA once.
     fn maybe_create_ca(&mut self, ctx: &mut Context<Self>, leader: bool) {
-        if !leader
-            || self.ca_in_flight
-            || crate::discovery::identity::authority(&self.reader).is_some()
-        {
+        if !leader || self.ca_in_flight || crate::ca::authority(&self.reader).is_some() {
             return;
         }
         self.ca_in_flight = true;
-        let td = crate::discovery::identity::trust_domain(&self.reader, &self.cluster_name);
         let ops = self.ops.clone();
-        let fut = async move {
-            let root = crate::ca::new_root(&td, procinfo::unix_ms()).map_err(|e| e.to_string())?;
-            let resource = Resource {
-                metadata: Metadata::named(crate::discovery::identity::CA_NAME),
-                spec: Spec::Authority(raftmesh_api::AuthoritySpec { roots: vec![root] }),
-            };
-            ops.submit(LeaderRequest::Write(Command::Put {
-                resource,
-                expected_revision: Some(0),
-            }))
-            .await
-            .map_err(|e| e.to_string())
-        };
+        let cluster_name = self.cluster_name.clone();
+        let fut = async move { crate::ca::create_if_missing(&ops, &cluster_name).await };
         ctx.spawn(fut.into_actor(self).map(|res, act, _| {
             act.ca_in_flight = false;
             match res {
@@ -167,12 +149,12 @@ impl ClusterWatcher {
         }));
     }
 
+    /// The leader stores the first admin token once.
     fn maybe_store_bootstrap_token(&mut self, ctx: &mut Context<Self>, leader: bool) {
         let Some(hash) = self.bootstrap_hash.clone() else {
             return;
         };
-        let key = ResourceKey::new(Kind::Token, DEFAULT_NAMESPACE, BOOTSTRAP_TOKEN_ID);
-        if self.reader.get(&key).1.is_some() {
+        if tokens::first_admin_stored(&self.reader) {
             self.bootstrap_hash = None;
             return;
         }
@@ -180,24 +162,8 @@ impl ClusterWatcher {
             return;
         }
         self.bootstrap_in_flight = true;
-        let resource = Resource {
-            metadata: Metadata::named(BOOTSTRAP_TOKEN_ID),
-            spec: Spec::Token(TokenSpec {
-                secret_sha256: hash,
-                role: Some(Role::Admin),
-                created_at_ms: procinfo::unix_ms(),
-                ..Default::default()
-            }),
-        };
         let ops = self.ops.clone();
-        let fut = async move {
-            // Create-only: if another node stored one first, that one stands.
-            ops.submit(LeaderRequest::Write(Command::Put {
-                resource,
-                expected_revision: Some(0),
-            }))
-            .await
-        };
+        let fut = async move { tokens::store_first_admin(&ops, hash).await };
         ctx.spawn(fut.into_actor(self).map(|res, act, _| {
             act.bootstrap_in_flight = false;
             match res {

@@ -88,6 +88,9 @@ pub struct Args {
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Exit when this process is gone (used by `meshd demo` for its proxies).
+    #[arg(long, hide = true)]
+    pub parent_pid: Option<u32>,
 }
 
 /// The validated configuration.

@@ -1,7 +1,8 @@
-//! The snapshot format: the whole mesh state at one revision, as JSON.
+//! The Raft snapshot: the whole mesh state at one revision, as JSON.
 //!
-//! The same bytes are openraft's snapshot data and the payload of
-//! `meshctl snapshot save`, so a backup restores exactly what Raft would ship.
+//! The same bytes are a backup (`meshctl backup save`, `--restore`), so a
+//! backup restores exactly what Raft would ship; the format tag and the
+//! summary clients read are `raftmesh_api::backup`.
 
 use openraft::{BasicNode, LogId, StoredMembership};
 use raftmesh_api::Resource;
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{NodeId, StoreError};
 
 /// Format tag; bumped on any incompatible change.
-pub const SNAPSHOT_FORMAT: &str = "raftmesh-snapshot/v1";
+pub const SNAPSHOT_FORMAT: &str = raftmesh_api::backup::FORMAT;
 
 /// The state machine at one point of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

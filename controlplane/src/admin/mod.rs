@@ -1,6 +1,7 @@
 //! The admin gRPC API: authentication, conversion between the wire and the
-//! domain, and the mapping of errors to gRPC statuses. The work itself is
-//! done by the [`AdminFront`] actor and the [`ClusterWatcher`].
+//! domain, and the mapping of errors to gRPC statuses (one function,
+//! [`status`]). The work itself is done by the [`AdminFront`] and, for
+//! cluster status, the [`ClusterWatcher`] actor.
 
 mod front;
 
@@ -14,23 +15,17 @@ use raftmesh_api::v1 as pb;
 use raftmesh_api::v1::admin_server::Admin;
 use raftmesh_api::{Kind, Resource, ResourceKey, Role, DEFAULT_NAMESPACE};
 use raftmesh_storage::{OpResult, StateReader};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub use front::*;
 
-use crate::auth::{self, AuthError, Caller};
-use crate::cluster::{ClusterError, ClusterOps, LeaderRequest, MembershipView};
+use crate::cluster::{ClusterError, ClusterOps, MembershipView};
 use crate::discovery::hub::DiscoveryHub;
 use crate::discovery::session::SessionStatus;
 use crate::discovery::{cluster_sessions, full_state, scope_of};
-use crate::procinfo::unix_ms;
+use crate::tokens::{self, AuthError, Caller, TokenScope};
 use crate::watcher::{ClusterWatcher, GetStatus};
-use std::sync::Arc;
-
-/// Checks a cluster name: a DNS-1123 label (it becomes part of the trust domain).
-pub fn validate_cluster_name(name: &str) -> Result<(), String> {
-    raftmesh_api::validate::dns_label(name).map_err(|e| format!("--cluster-name: {e}"))
-}
 
 /// What a call needs from its caller's role.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -41,7 +36,7 @@ enum Need {
 
 /// The admin gRPC service of one node.
 pub struct AdminService {
-    front: Addr<AdminFront>,
+    front: Arc<AdminFront>,
     watcher: Addr<ClusterWatcher>,
     hub: Addr<DiscoveryHub>,
     ops: Arc<ClusterOps>,
@@ -53,20 +48,18 @@ pub struct AdminService {
 impl AdminService {
     /// The service over a node's actors and state.
     pub fn new(
-        front: Addr<AdminFront>,
         watcher: Addr<ClusterWatcher>,
         hub: Addr<DiscoveryHub>,
         ops: Arc<ClusterOps>,
-        reader: StateReader,
         cluster_name: String,
     ) -> Self {
         Self {
-            front,
+            front: Arc::new(AdminFront::new(ops.clone(), cluster_name.clone())),
             watcher,
             hub,
             node_id: ops.id(),
+            reader: ops.reader().clone(),
             ops,
-            reader,
             cluster_name,
         }
     }
@@ -76,16 +69,12 @@ impl AdminService {
             .metadata()
             .get("authorization")
             .map(|v| v.to_str().unwrap_or(""));
-        let mut checked = auth::authenticate(&self.reader, header, unix_ms());
-        if checked == Err(AuthError::Invalid) && self.ops.read_barrier().await.is_ok() {
-            // A token created a moment ago may not have reached this
-            // node yet: look again once it has caught up with the leader.
-            checked = auth::authenticate(&self.reader, header, unix_ms());
-        }
-        let caller = checked.map_err(|e| match e {
-            AuthError::NotAdmin(_) => Status::permission_denied(e.to_string()),
-            _ => Status::unauthenticated(e.to_string()),
-        })?;
+        let caller = tokens::authenticate_admin(&self.ops, header)
+            .await
+            .map_err(|e| match e {
+                AuthError::NotAdmin(_) => Status::permission_denied(e.to_string()),
+                _ => Status::unauthenticated(e.to_string()),
+            })?;
         if need == Need::Write && caller.role == Role::ReadOnly {
             return Err(Status::permission_denied(format!(
                 "token {} is read-only; this call changes the cluster",
@@ -93,18 +82,6 @@ impl AdminService {
             )));
         }
         Ok(caller)
-    }
-
-    async fn ask<M>(&self, msg: M) -> Result<M::Result, Status>
-    where
-        M: actix::Message + Send + 'static,
-        M::Result: Send,
-        AdminFront: actix::Handler<M>,
-    {
-        self.front
-            .send(msg)
-            .await
-            .map_err(|e| Status::unavailable(format!("the node is shutting down: {e}")))
     }
 }
 
@@ -163,9 +140,9 @@ fn outcome(r: &OpResult) -> (pb::WriteOutcome, u64, bool) {
     }
 }
 
-type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
+type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
 
-const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+const BACKUP_CHUNK: usize = 1024 * 1024;
 
 #[tonic::async_trait]
 impl Admin for AdminService {
@@ -183,7 +160,7 @@ impl Admin for AdminService {
                 .map_err(|e| Status::invalid_argument(format!("item {}: {e}", i + 1)))?;
             items.push((r, item.expected_revision));
         }
-        let out = self.ask(ApplyResources { items }).await?.map_err(status)?;
+        let out = self.front.apply(items).await.map_err(status)?;
         Ok(Response::new(pb::ApplyResponse {
             revision: out.revision,
             results: out
@@ -206,13 +183,7 @@ impl Admin for AdminService {
         self.auth(&req, Need::Read).await?;
         let r = req.into_inner();
         let key = ResourceKey::new(parse_kind(&r.kind)?, ns(&r.namespace), r.name);
-        let (revision, res) = self
-            .ask(GetResource {
-                key,
-                stale: r.stale,
-            })
-            .await?
-            .map_err(status)?;
+        let (revision, res) = self.front.get(&key, r.stale).await.map_err(status)?;
         Ok(Response::new(pb::GetResponse {
             resource: Some(redact(&res)),
             revision,
@@ -232,12 +203,9 @@ impl Admin for AdminService {
         };
         let namespace = (!r.namespace.is_empty()).then_some(r.namespace);
         let (revision, items) = self
-            .ask(ListResources {
-                kind,
-                namespace,
-                stale: r.stale,
-            })
-            .await?
+            .front
+            .list(kind, namespace.as_deref(), r.stale)
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::ListResponse {
             resources: items.iter().map(|r| redact(r)).collect(),
@@ -264,11 +232,9 @@ impl Admin for AdminService {
         }
         let key = ResourceKey::new(kind, ns(&r.namespace), r.name);
         let revision = self
-            .ask(DeleteResource {
-                key,
-                expected_revision: r.expected_revision,
-            })
-            .await?
+            .front
+            .delete(key, r.expected_revision)
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::DeleteResponse { revision }))
     }
@@ -306,12 +272,13 @@ impl Admin for AdminService {
             )));
         }
         let v = self
-            .ask(ChangeMembership(LeaderRequest::AddNode {
+            .front
+            .change_membership(MembershipChange::Add {
                 id: r.id,
                 addr: r.addr,
                 learner_only: r.learner_only,
-            }))
-            .await?
+            })
+            .await
             .map_err(status)?;
         Ok(Response::new(membership(v)))
     }
@@ -323,8 +290,9 @@ impl Admin for AdminService {
         self.auth(&req, Need::Write).await?;
         let id = req.into_inner().id;
         let v = self
-            .ask(ChangeMembership(LeaderRequest::RemoveNode { id }))
-            .await?
+            .front
+            .change_membership(MembershipChange::Remove(id))
+            .await
             .map_err(status)?;
         Ok(Response::new(membership(v)))
     }
@@ -336,25 +304,26 @@ impl Admin for AdminService {
         self.auth(&req, Need::Write).await?;
         let id = req.into_inner().id;
         let v = self
-            .ask(ChangeMembership(LeaderRequest::TransferLeader { id }))
-            .await?
+            .front
+            .change_membership(MembershipChange::TransferLeader(id))
+            .await
             .map_err(status)?;
         Ok(Response::new(membership(v)))
     }
 
-    type SaveSnapshotStream = SnapshotStream;
+    type SaveBackupStream = BackupStream;
 
-    async fn save_snapshot(
+    async fn save_backup(
         &self,
-        req: Request<pb::SaveSnapshotRequest>,
-    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
-        // A snapshot holds every secret hash (and later the CA key): admins only.
+        req: Request<pb::SaveBackupRequest>,
+    ) -> Result<Response<Self::SaveBackupStream>, Status> {
+        // A backup holds every secret hash and the CA key: admins only.
         let caller = self.auth(&req, Need::Write).await?;
-        let (revision, bytes) = self.ask(TakeSnapshot).await?.map_err(status)?;
-        tracing::info!(revision, bytes = bytes.len(), token = %caller.token_id, "snapshot saved by a client");
-        let chunks: Vec<Result<pb::SnapshotChunk, Status>> = bytes
-            .chunks(SNAPSHOT_CHUNK)
-            .map(|c| Ok(pb::SnapshotChunk { data: c.to_vec() }))
+        let (revision, bytes) = self.front.backup().await.map_err(status)?;
+        tracing::info!(revision, bytes = bytes.len(), token = %caller.token_id, "backup saved by a client");
+        let chunks: Vec<Result<pb::BackupChunk, Status>> = bytes
+            .chunks(BACKUP_CHUNK)
+            .map(|c| Ok(pb::BackupChunk { data: c.to_vec() }))
             .collect();
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
@@ -388,12 +357,9 @@ impl Admin for AdminService {
         };
         let ttl = (r.ttl_ms != 0).then(|| Duration::from_millis(r.ttl_ms));
         let created = self
-            .ask(CreateToken {
-                scope,
-                ttl,
-                max_uses: (r.max_uses != 0).then_some(r.max_uses),
-            })
-            .await?
+            .front
+            .create_token(scope, ttl, (r.max_uses != 0).then_some(r.max_uses))
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::CreateTokenResponse {
             id: created.id,
@@ -408,12 +374,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         self.auth(&req, Need::Read).await?;
         let (_, items) = self
-            .ask(ListResources {
-                kind: Some(Kind::Token),
-                namespace: None,
-                stale: false,
-            })
-            .await?
+            .front
+            .list(Some(Kind::Token), None, false)
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::ListTokensResponse {
             tokens: items.iter().map(|r| redact(r)).collect(),
@@ -426,7 +389,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         self.auth(&req, Need::Write).await?;
         let id = req.into_inner().id;
-        let revision = self.ask(RevokeToken { id }).await?.map_err(status)?;
+        let revision = self.front.revoke_token(&id).await.map_err(status)?;
         Ok(Response::new(pb::RevokeTokenResponse { revision }))
     }
 
@@ -449,11 +412,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RotateCaResponse>, Status> {
         self.auth(&req, Need::Write).await?;
         let (revision, id) = self
-            .ask(RotateCa {
-                cluster_name: self.cluster_name.clone(),
-                overlap: Duration::from_secs(3),
-            })
-            .await?
+            .front
+            .rotate_ca(Duration::from_secs(3))
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::RotateCaResponse {
             revision,

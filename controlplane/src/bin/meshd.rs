@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use raftmesh_controlplane::config::{parse_http, DevArgs, ServerArgs, ServerConfig};
-use raftmesh_controlplane::node::{self, Node, TestHooks};
-use raftmesh_controlplane::{auth, run_system};
+use raftmesh_controlplane::config::{parse_http, DevArgs, ServerArgs, ServerConfig, TestHooks};
+use raftmesh_controlplane::node::{self, Node};
+use raftmesh_controlplane::{run_system, tokens};
 
 #[derive(Parser)]
 #[command(
@@ -131,7 +131,7 @@ async fn serve_until_signal(node: Node, parent: Option<u32>) -> anyhow::Result<(
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let parent = args.parent_pid;
-    let (cfg, hooks) = args.into_config().map_err(anyhow::Error::msg)?;
+    let (cfg, hooks) = args.into_config()?;
     if cfg.tls_dir.is_none() {
         warn_plaintext();
     }
@@ -161,9 +161,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
         .context("no data directory")?;
-    let token = args.admin_token.clone().unwrap_or_else(auth::new_secret);
+    let token = args.admin_token.clone().unwrap_or_else(tokens::new_secret);
     let mut cfg = ServerConfig::new(1, args.listen, data_dir.clone());
-    cfg.http = parse_http(&args.http).map_err(anyhow::Error::msg)?;
+    cfg.http = parse_http(&args.http)?;
     cfg.cluster_name = args.cluster_name.clone();
     cfg.initial_cluster = [(1, args.listen.to_string())].into_iter().collect();
     cfg.admin_token = Some(token.clone());
@@ -171,7 +171,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let node = node::start(cfg, TestHooks::default()).await?;
     // Ready once the admin token is stored, so the printed token works.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while auth::authenticate(
+    while tokens::authenticate(
         &node.reader,
         Some(&format!("Bearer {token}")),
         raftmesh_controlplane::procinfo::unix_ms(),

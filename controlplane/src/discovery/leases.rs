@@ -11,16 +11,19 @@
 //! See docs/adr/0002-discovery.md.
 
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use actix::prelude::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
 use actix::Addr;
 use raftmesh_api::{Health, Kind, ResourceKey, Spec};
-use raftmesh_storage::{Command, StateReader};
+use raftmesh_storage::StateReader;
 
 use super::hub::{DiscoveryHub, ListSessions};
-use crate::cluster::{ClusterOps, LeaderRequest};
+use crate::cluster::{Change, ClusterOps, LeaseReport};
 
 /// How often a node reports its streams to the leader: a quarter of the
 /// grace period (so a few reports can be lost), at most every 2 s.
@@ -35,16 +38,6 @@ pub struct LeaseConfig {
     pub grace: Duration,
     /// Unreported for this long: removed.
     pub expiry: Duration,
-}
-
-/// A node's report: the endpoints (namespace, name) it holds streams for.
-#[derive(Message, Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[rtype(result = "()")]
-pub struct LeaseReport {
-    /// The reporting node.
-    pub node: u64,
-    /// Endpoints with a live stream there.
-    pub endpoints: Vec<(String, String)>,
 }
 
 /// Keeps endpoint leases (on the leader) and reports this node's streams.
@@ -96,10 +89,7 @@ impl LeaseKeeper {
                     .iter()
                     .map(|s| (s.info.namespace.clone(), s.info.instance.clone()))
                     .collect();
-                if let Err(e) = ops
-                    .submit(LeaderRequest::LeaseReport(LeaseReport { node, endpoints }))
-                    .await
-                {
+                if let Err(e) = ops.report_leases(LeaseReport { node, endpoints }).await {
                     tracing::debug!(error = %e, "cannot report endpoint leases to the leader");
                 }
             }
@@ -152,33 +142,36 @@ impl LeaseKeeper {
             }
             let seen = self.last_seen.get(&id).copied().unwrap_or(since).max(since);
             let gone = seen.elapsed();
-            let cmd = if gone > self.cfg.expiry {
+            let change = if gone > self.cfg.expiry {
                 tracing::info!(endpoint = %r.key(), gone = ?gone, "removing an endpoint whose proxy has been gone past the expiry");
-                Command::Delete {
-                    key: ResourceKey::new(Kind::Endpoint, id.0.clone(), id.1.clone()),
-                    expected_revision: r.metadata.revision,
-                }
+                Change::<Infallible>::Delete
             } else if gone > self.cfg.grace && e.health == Health::Healthy {
                 tracing::info!(endpoint = %r.key(), gone = ?gone, "marking an endpoint unhealthy: its proxy has no stream");
                 let mut u = (*r).clone();
                 if let Spec::Endpoint(ue) = &mut u.spec {
                     ue.health = Health::Unhealthy;
                 }
-                Command::Put {
-                    resource: u,
-                    expected_revision: r.metadata.revision,
-                }
+                Change::Put(u)
             } else {
                 continue;
             };
             self.in_flight.insert(id.clone());
             let ops = self.ops.clone();
+            let key = ResourceKey::new(Kind::Endpoint, id.0.clone(), id.1.clone());
+            // Compare-and-set on the revision checked: a proxy that wrote
+            // meanwhile is alive, and its write stands.
+            let mut change = Some(change);
             ctx.spawn(
-                async move { ops.submit(LeaderRequest::Write(cmd)).await }
-                    .into_actor(self)
-                    .map(move |_, act, _| {
-                        act.in_flight.remove(&id);
-                    }),
+                async move {
+                    ops.update_from(&key, Some(Some(r)), 1, |_| {
+                        change.take().unwrap_or(Change::Keep)
+                    })
+                    .await
+                }
+                .into_actor(self)
+                .map(move |_, act, _| {
+                    act.in_flight.remove(&id);
+                }),
             );
         }
         self.revisions = revisions;

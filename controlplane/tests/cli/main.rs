@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 const MESHD: &str = env!("CARGO_BIN_EXE_meshd");
-const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+/// meshctl lives in its own package (`raftmesh-ctl`): found, or built, the
+/// way the demo finds mesh-proxy.
+fn meshctl() -> PathBuf {
+    raftmesh_client::bins::find("meshctl", true).expect("meshctl")
+}
 const TOKEN: &str = "cli-test-admin-secret";
 
 fn free_port() -> u16 {
@@ -157,7 +161,7 @@ impl Cluster {
 }
 
 fn ctl(server: &str, token: Option<&str>, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(MESHCTL);
+    let mut cmd = Command::new(meshctl());
     cmd.arg("--server")
         .arg(server)
         .args(args)
@@ -774,14 +778,15 @@ fn meshd_demo_story_shifts_denies_and_survives_the_leader_and_an_endpoint_dying(
 /// `UPDATE_DOCS=1 cargo test -p raftmesh-controlplane --test cli reference`.
 #[test]
 fn reference_docs_match_the_commands_help() {
-    let commands: [(&str, &str, &[&[&str]]); 2] = [
+    let meshctl = meshctl();
+    let commands: [(&Path, &str, &[&[&str]]); 2] = [
         (
-            MESHD,
+            Path::new(MESHD),
             "meshd",
             &[&[], &["server"], &["dev"], &["demo"], &["tls", "init"]],
         ),
         (
-            MESHCTL,
+            &meshctl,
             "meshctl",
             &[
                 &[],
@@ -792,7 +797,7 @@ fn reference_docs_match_the_commands_help() {
                 &["cluster", "add-node"],
                 &["cluster", "remove-node"],
                 &["cluster", "transfer-leader"],
-                &["snapshot", "save"],
+                &["backup", "save"],
                 &["token", "create"],
                 &["token", "list"],
                 &["token", "revoke"],

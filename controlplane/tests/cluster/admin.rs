@@ -2,7 +2,8 @@
 
 use raftmesh_api::v1 as pb;
 use raftmesh_api::{Kind, Resource};
-use raftmesh_controlplane::node::{self, TestHooks};
+use raftmesh_controlplane::config::TestHooks;
+use raftmesh_controlplane::node;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
@@ -43,7 +44,7 @@ fn missing_or_wrong_admin_token_is_refused() {
         let (_, tokens) = c.nodes[&1].reader.list(Some(Kind::Token), None);
         let json = serde_json::to_string(&tokens).unwrap();
         assert!(!json.contains(TOKEN));
-        assert!(json.contains(&raftmesh_controlplane::auth::hash_secret(TOKEN)));
+        assert!(json.contains(&raftmesh_controlplane::tokens::hash_secret(TOKEN)));
         c.shutdown().await;
     });
 }
@@ -171,7 +172,7 @@ fn snapshot_save_wipe_restore_gives_the_same_state_and_revisions() {
         .await
         .unwrap();
         let mut stream = cl
-            .save_snapshot(pb::SaveSnapshotRequest {})
+            .save_backup(pb::SaveBackupRequest {})
             .await
             .unwrap()
             .into_inner();

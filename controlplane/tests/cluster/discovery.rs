@@ -5,7 +5,7 @@ use std::time::Duration;
 use raftmesh_api::v1 as pb;
 use raftmesh_api::v1::proxy_message::Msg as In;
 use raftmesh_api::{Health, Kind, Resource, ResourceKey, Spec};
-use raftmesh_controlplane::ctl::Parser as _;
+use raftmesh_ctl::Parser as _;
 
 use super::proxy::{hello, msg, FakeProxy};
 use super::support::*;
@@ -548,7 +548,7 @@ fn proxies_are_listed_with_their_acked_revision_and_apply_wait_waits_for_them() 
         let file = dir.path().join("r.yaml");
         std::fs::write(&file, serde_yaml_ng::to_string(&route("api", 20)).unwrap()).unwrap();
         let cli = |timeout: &str| {
-            raftmesh_controlplane::ctl::Cli::try_parse_from([
+            raftmesh_ctl::Cli::try_parse_from([
                 "meshctl",
                 "--server",
                 &servers,
@@ -563,7 +563,7 @@ fn proxies_are_listed_with_their_acked_revision_and_apply_wait_waits_for_them() 
             ])
             .unwrap()
         };
-        let waiter = tokio::spawn(raftmesh_controlplane::ctl::run(cli("20s")));
+        let waiter = tokio::spawn(raftmesh_ctl::run(cli("20s")));
         for p in &mut proxies {
             p.expect_acked().await;
         }
@@ -574,7 +574,7 @@ fn proxies_are_listed_with_their_acked_revision_and_apply_wait_waits_for_them() 
 
         // A proxy that never acks makes --wait time out.
         std::fs::write(&file, serde_yaml_ng::to_string(&route("api", 30)).unwrap()).unwrap();
-        let waiter = tokio::spawn(raftmesh_controlplane::ctl::run(cli("2s")));
+        let waiter = tokio::spawn(raftmesh_ctl::run(cli("2s")));
         for p in proxies.iter_mut().take(2) {
             p.expect_acked().await;
         }

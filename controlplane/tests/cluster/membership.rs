@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use raftmesh_api::v1 as pb;
-use raftmesh_controlplane::node::{self, TestHooks};
+use raftmesh_controlplane::config::TestHooks;
+use raftmesh_controlplane::node;
 use tokio::net::TcpListener;
 
 use super::support::*;

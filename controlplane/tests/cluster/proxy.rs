@@ -50,10 +50,12 @@ impl FakeProxy {
         addr: SocketAddr,
         first: Vec<pb::ProxyMessage>,
     ) -> Result<Self, tonic::Status> {
-        let mut client = DiscoveryClient::connect(format!("http://{addr}"))
+        let channel = raftmesh_client::endpoint(&addr.to_string(), None)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+            .connect()
             .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-            .max_encoding_message_size(16 * 1024 * 1024);
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client = DiscoveryClient::new(channel).max_encoding_message_size(16 * 1024 * 1024);
         let (tx, rx) = mpsc::channel(16);
         for m in first {
             tx.send(m).await.unwrap();

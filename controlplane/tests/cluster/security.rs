@@ -235,7 +235,7 @@ fn a_client_certificate_from_another_ca_is_refused() {
             .unwrap()
             .pem()
             .unwrap();
-        let cert = raftmesh_controlplane::ca::issue(
+        let cert = raftmesh_controlplane::ca::crypto::issue(
             &ca,
             "test.mesh",
             "default",
@@ -255,7 +255,7 @@ fn a_client_certificate_from_another_ca_is_refused() {
             .unwrap();
         // Trust anything from the server (we test the server's check).
         let mut roots = rustls::RootCertStore::empty();
-        let real = raftmesh_controlplane::discovery::identity::authority(&m.c.nodes[&1].reader)
+        let real = raftmesh_controlplane::ca::authority(&m.c.nodes[&1].reader)
             .unwrap()
             .1;
         for r in &real.roots {
@@ -356,7 +356,7 @@ fn a_ca_rotation_under_load_fails_no_request() {
             }));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = raftmesh_controlplane::discovery::identity::authority(&m.c.nodes[&1].reader)
+        let before = raftmesh_controlplane::ca::authority(&m.c.nodes[&1].reader)
             .unwrap()
             .1;
         let mut admin = m.c.client(1).await;
@@ -371,7 +371,7 @@ fn a_ca_rotation_under_load_fails_no_request() {
         for t in tasks {
             t.await.unwrap();
         }
-        let after = raftmesh_controlplane::discovery::identity::authority(&m.c.nodes[&1].reader)
+        let after = raftmesh_controlplane::ca::authority(&m.c.nodes[&1].reader)
             .unwrap()
             .1;
         assert_ne!(before.roots, after.roots);
@@ -581,10 +581,10 @@ fn a_certificate_signing_request_yields_a_certificate_for_the_token_s_service_on
                 _ => continue,
             }
         };
-        let ca = raftmesh_controlplane::discovery::identity::authority(&c.nodes[&1].reader)
+        let ca = raftmesh_controlplane::ca::authority(&c.nodes[&1].reader)
             .unwrap()
             .1;
-        let id = raftmesh_controlplane::ca::verify_workload(
+        let id = raftmesh_controlplane::ca::crypto::verify_workload(
             &ca,
             &cert.certificate_pem,
             raftmesh_controlplane::procinfo::unix_ms(),

@@ -1,6 +1,7 @@
-//! The workload CA: roots kept in the replicated state (so any node can
-//! sign), workload certificates issued from proxies' CSRs, and checks of the
-//! certificates proxies present later.
+//! The workload CA's cryptography: roots, workload certificates issued
+//! from proxies' CSRs, checks of the certificates proxies present later and
+//! of their proofs of key possession. Pure functions of their inputs; the
+//! CA's life in the cluster is `ca/mod.rs`.
 //!
 //! A workload certificate names the workload twice: its SPIFFE ID as a URI
 //! SAN (`spiffe://<td>/ns/<ns>/sa/<service>`, what authorization reads) and
@@ -24,13 +25,45 @@ use time::OffsetDateTime;
 /// Lifetime of a root.
 pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
 
-/// Why a certificate could not be issued or checked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct CaError(pub String);
-
-fn err(e: impl std::fmt::Display) -> CaError {
-    CaError(e.to_string())
+/// Why a certificate could not be made, issued or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// rcgen could not make a key or certificate.
+    #[error("cannot make the certificate: {0}")]
+    Make(#[source] rcgen::Error),
+    /// The CA has no root marked signing.
+    #[error("the workload CA has no signing root")]
+    NoSigningRoot,
+    /// The signing root's key does not load.
+    #[error("the CA key is unusable: {0}")]
+    BadKey(#[source] rcgen::Error),
+    /// The signing root's certificate does not load.
+    #[error("the CA certificate is unusable: {0}")]
+    BadRoot(#[source] rcgen::Error),
+    /// The proxy's CSR does not parse.
+    #[error("the certificate signing request is invalid: {0}")]
+    BadCsr(#[source] rcgen::Error),
+    /// A certificate (or root) is not PEM.
+    #[error("the certificate is not PEM: {0}")]
+    NotPem(#[source] rustls_pki_types::pem::Error),
+    /// The roots do not make a trust store.
+    #[error("the CA's roots are unusable: {0}")]
+    BadTrustStore(String),
+    /// The certificate does not chain to a root, or is not valid now.
+    #[error("the certificate is not valid here: {0}")]
+    Untrusted(#[source] rustls::Error),
+    /// The certificate names no workload.
+    #[error("the certificate carries no SPIFFE ID")]
+    NoSpiffeId,
+    /// The proof is older than five minutes (or from the future).
+    #[error("the proof of key possession is stale (check the clocks)")]
+    StaleProof,
+    /// The certificate's key cannot be read.
+    #[error("the certificate has no public key")]
+    NoPublicKey,
+    /// The signature does not match the certificate's key.
+    #[error("the proof of key possession does not verify")]
+    BadProof,
 }
 
 fn at(ms: u64) -> OffsetDateTime {
@@ -89,14 +122,14 @@ pub(crate) fn mtls_leaf_params(
 
 /// A new root for `trust_domain`, valid from `now_ms`.
 pub fn new_root(trust_domain: &str, now_ms: u64) -> Result<CaRoot, CaError> {
-    let key = KeyPair::generate().map_err(err)?;
+    let key = KeyPair::generate().map_err(CaError::Make)?;
     let not_after_ms = now_ms + ROOT_TTL.as_millis() as u64;
     let p = root_params(
         format!("Raftmesh workload CA {trust_domain} {now_ms}"),
         at(now_ms.saturating_sub(60_000)),
         at(not_after_ms),
     );
-    let cert = p.self_signed(&key).map_err(err)?;
+    let cert = p.self_signed(&key).map_err(CaError::Make)?;
     Ok(CaRoot {
         id: format!("root-{now_ms}"),
         cert_pem: cert.pem(),
@@ -129,20 +162,17 @@ pub fn issue(
         .roots
         .iter()
         .find(|r| r.signing)
-        .ok_or_else(|| CaError("the workload CA has no signing root".into()))?;
-    let key = KeyPair::from_pem(&root.key_pem)
-        .map_err(|e| CaError(format!("the CA key is unusable: {e}")))?;
-    let issuer = Issuer::from_ca_cert_pem(&root.cert_pem, key)
-        .map_err(|e| CaError(format!("the CA certificate is unusable: {e}")))?;
-    let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-        .map_err(|e| CaError(format!("the certificate signing request is invalid: {e}")))?;
+        .ok_or(CaError::NoSigningRoot)?;
+    let key = KeyPair::from_pem(&root.key_pem).map_err(CaError::BadKey)?;
+    let issuer = Issuer::from_ca_cert_pem(&root.cert_pem, key).map_err(CaError::BadRoot)?;
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("{service}.{namespace}"));
     let id = raftmesh_api::spiffe_id(trust_domain, namespace, service);
     let dns = raftmesh_api::workload_dns_name(trust_domain, namespace, service);
     let sans = vec![
-        SanType::URI(id.try_into().map_err(err)?),
-        SanType::DnsName(dns.try_into().map_err(err)?),
+        SanType::URI(id.try_into().map_err(CaError::Make)?),
+        SanType::DnsName(dns.try_into().map_err(CaError::Make)?),
     ];
     let not_after_ms = (now_ms + ttl.as_millis() as u64).min(root.not_after_ms);
     let mut p = mtls_leaf_params(
@@ -156,7 +186,7 @@ pub fn issue(
         params: p,
         public_key: csr.public_key,
     };
-    let cert = csr.signed_by(&issuer).map_err(err)?;
+    let cert = csr.signed_by(&issuer).map_err(CaError::Make)?;
     Ok(Issued {
         cert_pem: cert.pem(),
         not_after_ms,
@@ -171,35 +201,24 @@ pub fn bundle(ca: &AuthoritySpec) -> Vec<String> {
 /// The identity a certificate proves, once it chains to one of `ca`'s
 /// roots and is valid at `now_ms`: its SPIFFE ID.
 pub fn verify_workload(ca: &AuthoritySpec, cert_pem: &str, now_ms: u64) -> Result<String, CaError> {
-    let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-        .map_err(|e| CaError(format!("the certificate is not PEM: {e}")))?;
+    let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(CaError::NotPem)?;
     let mut roots = rustls::RootCertStore::empty();
     for r in &ca.roots {
-        let der = CertificateDer::from_pem_slice(r.cert_pem.as_bytes()).map_err(err)?;
-        roots.add(der).map_err(err)?;
+        let der = CertificateDer::from_pem_slice(r.cert_pem.as_bytes()).map_err(CaError::NotPem)?;
+        roots
+            .add(der)
+            .map_err(|e| CaError::BadTrustStore(e.to_string()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
-            .map_err(err)?;
+            .map_err(|e| CaError::BadTrustStore(e.to_string()))?;
     let now = UnixTime::since_unix_epoch(Duration::from_millis(now_ms));
     verifier
         .verify_client_cert(&leaf, &[], now)
-        .map_err(|e| CaError(format!("the certificate is not valid here: {e}")))?;
-    spiffe_of(&leaf).ok_or_else(|| CaError("the certificate carries no SPIFFE ID".into()))
-}
-
-/// The SPIFFE ID (URI SAN) of a DER certificate.
-pub fn spiffe_of(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
-            Some(u.to_string())
-        }
-        _ => None,
-    })
+        .map_err(CaError::Untrusted)?;
+    raftmesh_api::identity::spiffe_of_der(&leaf).ok_or(CaError::NoSpiffeId)
 }
 
 /// The public key (SubjectPublicKeyInfo's key bits) of a DER certificate.
@@ -219,17 +238,14 @@ pub fn verify_proof(
     now_ms: u64,
 ) -> Result<(), CaError> {
     if now_ms.abs_diff(unix_ms) > 300_000 {
-        return Err(CaError(
-            "the proof of key possession is stale (check the clocks)".into(),
-        ));
+        return Err(CaError::StaleProof);
     }
-    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(err)?;
-    let key =
-        public_key_of(&der).ok_or_else(|| CaError("the certificate has no public key".into()))?;
-    let msg = format!("raftmesh-hello|{instance}|{unix_ms}");
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(CaError::NotPem)?;
+    let key = public_key_of(&der).ok_or(CaError::NoPublicKey)?;
+    let msg = raftmesh_api::identity::hello_proof_message(instance, unix_ms);
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key)
         .verify(msg.as_bytes(), proof)
-        .map_err(|_| CaError("the proof of key possession does not verify".into()))
+        .map_err(|_| CaError::BadProof)
 }
 
 #[cfg(test)]
@@ -274,7 +290,7 @@ mod tests {
             "another CA"
         );
         // Proof of possession.
-        let msg = format!("raftmesh-hello|web-1|{now}");
+        let msg = raftmesh_api::identity::hello_proof_message("web-1", now);
         let sig = rcgen::SigningKey::sign(&key, msg.as_bytes()).unwrap();
         verify_proof(&issued.cert_pem, "web-1", now, &sig, now).unwrap();
         assert!(verify_proof(&issued.cert_pem, "web-2", now, &sig, now).is_err());

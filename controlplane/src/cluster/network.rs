@@ -1,9 +1,10 @@
-//! openraft's network over tonic: a pool of gRPC clients to other nodes and
-//! the `RaftNetwork` that frames openraft's messages as JSON.
+//! openraft's network over tonic: a pool of gRPC clients to other nodes, the
+//! JSON payload every node-to-node message travels in, and the
+//! `RaftNetwork` that sends openraft's messages (with injected faults, for
+//! the chaos tests, when `--fault-file` is given).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -16,14 +17,15 @@ use openraft::raft::{
 use openraft::BasicNode;
 use raftmesh_api::v1::raft_client::RaftClient;
 use raftmesh_api::v1::RaftPayload;
+use raftmesh_client::{endpoint, never_sent, ClientError, MAX_MESSAGE_BYTES};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::{NodeId, TypeConfig};
 
-/// Largest message between nodes (log batches and snapshot chunks).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// A gRPC client to another node.
+pub type RaftRpcClient = RaftClient<Channel>;
 
 /// Lazily connected gRPC clients to other nodes, by address. Cheap to clone.
 #[derive(Clone, Default)]
@@ -43,7 +45,7 @@ impl ClientPool {
 
     /// A client for `addr` (`host:port`), created on first use; the
     /// connection is made, and remade after failures, by tonic.
-    pub fn get(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    pub fn get(&self, addr: &str) -> Result<RaftRpcClient, ClientError> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
@@ -54,24 +56,6 @@ impl ClientPool {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         clients.insert(addr.to_string(), client.clone());
         Ok(client)
-    }
-}
-
-/// The tonic endpoint for a node address (`https` when `tls` is given),
-/// with the timeouts every node-to-node and client connection uses.
-pub fn endpoint(
-    addr: &str,
-    tls: Option<&ClientTlsConfig>,
-) -> Result<Endpoint, tonic::transport::Error> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let ep = Endpoint::from_shared(format!("{scheme}://{addr}"))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
-    match tls {
-        Some(t) => ep.tls_config(t.clone()),
-        None => Ok(ep),
     }
 }
 
@@ -88,26 +72,16 @@ pub fn from_payload<T: DeserializeOwned>(p: &RaftPayload, what: &str) -> Result<
         .map_err(|e| tonic::Status::invalid_argument(format!("malformed {what}: {e}")))
 }
 
-/// Whether a failed call certainly never reached the other node (so a
-/// retry cannot apply a write twice).
-pub fn never_sent(status: &tonic::Status) -> bool {
-    let m = status.message();
-    status.code() == tonic::Code::Unavailable
-        && (m.contains("tcp connect error")
-            || m.contains("Connection refused")
-            || m.contains("connect timeout"))
-}
-
 /// Creates a connection per target node.
 #[derive(Clone)]
 pub struct Network {
     pool: ClientPool,
-    faults: Option<Arc<crate::faults::Faults>>,
+    faults: Option<Arc<super::faults::Faults>>,
 }
 
 impl Network {
     /// A network using `pool`'s clients, with injected faults if any.
-    pub fn new(pool: ClientPool, faults: Option<Arc<crate::faults::Faults>>) -> Self {
+    pub fn new(pool: ClientPool, faults: Option<Arc<super::faults::Faults>>) -> Self {
         Self { pool, faults }
     }
 }
@@ -128,7 +102,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Connection {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
-    faults: Option<Arc<crate::faults::Faults>>,
+    faults: Option<Arc<super::faults::Faults>>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;

@@ -15,6 +15,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{NodeId, Raft};
 
+/// What openraft answers a write.
+type WriteResult =
+    Result<Response, RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>>;
+
 /// Most commands in one entry.
 const MAX_GROUP: usize = 256;
 /// Groups in flight at once.
@@ -22,9 +26,7 @@ const IN_FLIGHT: usize = 2;
 /// Writes waiting for a group; callers wait when it is full (bounded).
 const QUEUE: usize = 4096;
 
-type Reply = oneshot::Sender<
-    Result<Response, RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>>,
->;
+type Reply = oneshot::Sender<WriteResult>;
 
 /// A handle to submit writes; cheap to clone.
 #[derive(Clone)]
@@ -41,10 +43,7 @@ impl Batcher {
     }
 
     /// Proposes `cmd` and returns its own response.
-    pub async fn write(
-        &self,
-        cmd: Command,
-    ) -> Result<Response, RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>> {
+    pub async fn write(&self, cmd: Command) -> WriteResult {
         let (reply, rx) = oneshot::channel();
         let stopped = || RaftError::Fatal(openraft::error::Fatal::Stopped);
         self.tx.send((cmd, reply)).await.map_err(|_| stopped())?;

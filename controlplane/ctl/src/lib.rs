@@ -1,18 +1,22 @@
 //! meshctl: the admin CLI. One module per command group, in the istioctl
 //! style; exit status says what went wrong (see [`ExitCode`]).
+//!
+//! A client of meshd's admin API through `raftmesh-client` only: this crate
+//! must not depend on openraft, sled, actix or the proxy (`.ci/run` checks
+//! it with `cargo tree`).
 
 /// `print!` that ends quietly when stdout is a closed pipe (`meshctl ... | head`).
 macro_rules! out {
-    ($($t:tt)*) => { $crate::ctl::output::emit(&format!($($t)*)) };
+    ($($t:tt)*) => { $crate::output::emit(&format!($($t)*)) };
 }
 
 /// `println!` that ends quietly when stdout is a closed pipe.
 macro_rules! outln {
-    ($($t:tt)*) => { $crate::ctl::output::emit(&(format!($($t)*) + "\n")) };
+    ($($t:tt)*) => { $crate::output::emit(&(format!($($t)*) + "\n")) };
 }
 
+mod backup;
 mod check;
-mod client;
 mod cluster;
 mod output;
 mod proxies;
@@ -22,8 +26,8 @@ mod token;
 pub use clap::Parser;
 use clap::Subcommand;
 
-pub use client::Conn;
 pub use output::Format;
+pub use raftmesh_client::Conn;
 
 /// Exit status of meshctl.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,9 +132,9 @@ pub enum Command {
     /// Cluster membership and health.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
-    /// Backups of the whole state.
-    #[command(subcommand)]
-    Snapshot(cluster::SnapshotCmd),
+    /// Backups of the whole state (also `meshctl snapshot`).
+    #[command(subcommand, alias = "snapshot")]
+    Backup(backup::BackupCmd),
     /// Bootstrap and admin tokens.
     #[command(subcommand)]
     Token(token::TokenCmd),
@@ -170,20 +174,20 @@ pub enum CaCmd {
 pub async fn run(cli: Cli) -> CtlResult {
     let ca_pem = match &cli.ca_file {
         Some(f) => Some(
-            crate::server_tls::read_ca_file(f)
-                .map_err(|e| CtlError::new(ExitCode::Usage, format!("{e:#}")))?,
+            raftmesh_client::read_ca_file(f, "--ca-file")
+                .map_err(|e| CtlError::new(ExitCode::Usage, e.to_string()))?,
         ),
         None => None,
     };
-    let conn = Conn::new(cli.server, cli.token)
-        .map_err(|m| CtlError::new(ExitCode::Usage, m))?
-        .with_tls(ca_pem.as_deref().map(crate::server_tls::client));
+    let conn = Conn::new(cli.server, cli.token.as_deref())
+        .map_err(|e| CtlError::new(ExitCode::Usage, e.to_string()))?
+        .with_tls(ca_pem.as_deref().map(raftmesh_client::client_tls));
     match cli.command {
         Command::Apply(a) => resources::apply(&conn, a).await,
         Command::Get(a) => resources::get(&conn, a).await,
         Command::Delete(a) => resources::delete(&conn, a).await,
         Command::Cluster(c) => cluster::run(&conn, c).await,
-        Command::Snapshot(c) => cluster::snapshot(&conn, c).await,
+        Command::Backup(c) => backup::run(&conn, c).await,
         Command::Token(c) => token::run(&conn, c).await,
         Command::Whoami => token::whoami(&conn).await,
         Command::Ca(CaCmd::Rotate) => {

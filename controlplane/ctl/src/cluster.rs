@@ -1,7 +1,4 @@
-//! `meshctl cluster ...` and `meshctl snapshot save`.
-
-use std::io::Write as _;
-use std::path::PathBuf;
+//! `meshctl cluster ...`: status, membership, leadership.
 
 use raftmesh_api::v1 as pb;
 use serde_json::json;
@@ -37,16 +34,6 @@ pub enum ClusterCmd {
     TransferLeader {
         /// The voter to lead.
         id: u64,
-    },
-}
-
-/// `meshctl snapshot`.
-#[derive(Debug, clap::Subcommand)]
-pub enum SnapshotCmd {
-    /// Write a consistent snapshot of the whole state to FILE.
-    Save {
-        /// Where to write it.
-        file: PathBuf,
     },
 }
 
@@ -188,51 +175,5 @@ pub async fn run(conn: &Conn, cmd: ClusterCmd) -> CtlResult {
             print_membership(&m);
         }
     }
-    Ok(())
-}
-
-/// Saves a snapshot: written to `FILE.tmp`, then renamed, so a partial
-/// download never looks like a backup.
-pub async fn snapshot(conn: &Conn, cmd: SnapshotCmd) -> CtlResult {
-    let SnapshotCmd::Save { file } = cmd;
-    let data = conn
-        .call(true, |mut c| async move {
-            let mut stream = c
-                .save_snapshot(pb::SaveSnapshotRequest {})
-                .await?
-                .into_inner();
-            let mut data = Vec::new();
-            while let Some(chunk) = stream.message().await? {
-                data.extend_from_slice(&chunk.data);
-            }
-            Ok(data)
-        })
-        .await?;
-    let snap = raftmesh_storage::SnapshotData::decode(&data).map_err(|e| {
-        CtlError::new(
-            ExitCode::Failed,
-            format!("the server sent a bad snapshot: {e}"),
-        )
-    })?;
-    let tmp = file.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &file)
-    };
-    write().map_err(|e| {
-        CtlError::new(
-            ExitCode::Failed,
-            format!("cannot write {}: {e}", file.display()),
-        )
-    })?;
-    outln!(
-        "saved revision {} ({} resources, {} bytes) to {}",
-        snap.revision(),
-        snap.resources.len(),
-        data.len(),
-        file.display()
-    );
     Ok(())
 }

@@ -264,7 +264,7 @@ pub async fn run(conn: &Conn, ca_pem: Option<&str>) -> CtlResult {
                 c.get(pb::GetRequest {
                     kind: "Authority".into(),
                     namespace: String::new(),
-                    name: crate::discovery::identity::CA_NAME.into(),
+                    name: raftmesh_api::identity::CA_NAME.into(),
                     stale: false,
                 })
                 .await
@@ -398,7 +398,7 @@ mod tests {
     #[test]
     fn ca_roots_are_checked_for_a_signer_and_expiry() {
         let now_ms = 1_800_000_000_000;
-        let root = crate::ca::new_root("east.mesh", now_ms).unwrap();
+        let root = raftmesh_controlplane::ca::new_root("east.mesh", now_ms).unwrap();
         let mk = |roots| Resource {
             metadata: raftmesh_api::Metadata::named("workload-ca"),
             spec: Spec::Authority(raftmesh_api::AuthoritySpec { roots }),

@@ -1,0 +1,113 @@
+//! Finding the mesh's programs — `meshd`, `meshctl`, `mesh-proxy` — to
+//! start them as processes: `meshd demo` starts proxies, the CLI tests and
+//! the chaos harness start all three.
+//!
+//! Where they are looked for, in order:
+//! 1. `RAFTMESH_BIN_DIR`, when set (e.g. a release build for the chaos
+//!    suite);
+//! 2. when running under cargo (`cargo run`, `cargo test`: `CARGO` is set),
+//!    the workspace's target directory, after one `cargo build` of the
+//!    programs in the caller's profile (a no-op when they are up to date),
+//!    so a fresh clone needs no other step;
+//! 3. next to the running program, then on `PATH` (an installed mesh).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The packages that own the programs, for `cargo build -p`.
+const PACKAGES: [&str; 3] = [
+    "raftmesh-controlplane",
+    "raftmesh-ctl",
+    "raftmesh-dataplane-proxy",
+];
+
+/// Why a program could not be found.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BinError {
+    /// cargo could not be run, or the build failed.
+    #[error("building the mesh's programs with cargo failed: {0}")]
+    Build(String),
+    /// Not where it was looked for.
+    #[error("cannot find {name} (looked in {looked}); build it with `cargo build --release --bin {name}`, or set RAFTMESH_BIN_DIR to the folder holding it")]
+    NotFound {
+        /// The program.
+        name: String,
+        /// The places looked in.
+        looked: String,
+    },
+}
+
+/// The workspace's root folder (this crate sits at `api/client`).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| here.to_path_buf())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds every program once per process, in this build's profile; cargo's
+/// own progress shows unless `quiet`.
+fn build(cargo: &std::ffi::OsStr, quiet: bool) -> Result<PathBuf, BinError> {
+    let release = !cfg!(debug_assertions);
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root()).arg("build");
+    if quiet {
+        cmd.arg("--quiet");
+    }
+    for p in PACKAGES {
+        cmd.args(["-p", p]);
+    }
+    cmd.arg("--bins");
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| BinError::Build(format!("cannot run cargo: {e}")))?;
+    if !status.success() {
+        return Err(BinError::Build(format!("cargo build exited with {status}")));
+    }
+    Ok(target_dir().join(if release { "release" } else { "debug" }))
+}
+
+/// The path of program `name` (`meshd`, `meshctl`, `mesh-proxy`), built
+/// first when running under cargo. `quiet` hides cargo's progress.
+pub fn find(name: &str, quiet: bool) -> Result<PathBuf, BinError> {
+    static BUILT: OnceLock<Result<PathBuf, BinError>> = OnceLock::new();
+    let mut looked = Vec::new();
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("RAFTMESH_BIN_DIR") {
+        dirs.push(PathBuf::from(d));
+    } else if let Some(cargo) = std::env::var_os("CARGO") {
+        dirs.push(BUILT.get_or_init(|| build(&cargo, quiet)).clone()?);
+    } else {
+        if let Some(d) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+        {
+            dirs.push(d);
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            dirs.extend(std::env::split_paths(&path));
+        }
+    }
+    for d in dirs {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+        looked.push(d.display().to_string());
+    }
+    Err(BinError::NotFound {
+        name: name.to_string(),
+        looked: looked.join(", "),
+    })
+}
