@@ -1,41 +1,25 @@
-//! Clients the harness and simulators use: the admin API with a bearer
-//! token, failing over between addresses, and helpers to read cluster status.
+//! The harness's view of meshd's admin API: one client per node (the
+//! client itself is `raftmesh-client`'s), and reading cluster status from
+//! whichever node answers.
 
 use std::time::Duration;
 
 use raftmesh_api::v1 as pb;
-use raftmesh_api::v1::admin_client::AdminClient;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-/// Adds `authorization: Bearer <token>`.
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
+pub use raftmesh_client::Admin;
 
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
-/// An admin client to one node.
-pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
-
-/// A lazily connected channel to `addr` (`host:port`).
+/// A lazily connected channel to `addr` (`host:port`), for discovery
+/// streams; the harness waits a little longer to connect than meshctl.
 pub fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    Ok(raftmesh_client::endpoint(addr, None)?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
         .connect_lazy())
 }
 
 /// An admin client to `addr` with `token`.
 pub fn admin(addr: &str, token: &str) -> anyhow::Result<Admin> {
-    let v: MetadataValue<Ascii> = format!("Bearer {}", token.trim()).parse()?;
-    Ok(AdminClient::with_interceptor(channel(addr)?, Bearer(v)))
+    Ok(raftmesh_client::admin_client(addr, Some(token), None)?)
 }
 
 /// Cluster status from the first of `addrs` that answers.

@@ -50,7 +50,7 @@ pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.
 impl Cluster {
     /// Starts `n` meshd nodes forming one cluster.
     pub fn start(n: u64, opts: ClusterOpts) -> Result<Self, String> {
-        let meshd = crate::binaries::path("meshd")?;
+        let meshd = raftmesh_client::bins::find("meshd", true).map_err(|e| e.to_string())?;
         let dir = tempfile::Builder::new()
             .prefix("raftmesh-cluster-")
             .tempdir()

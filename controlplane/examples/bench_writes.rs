@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use raftmesh_api::v1 as pb;
-use raftmesh_api::v1::admin_client::AdminClient;
 use raftmesh_api::{Resource, ServicePort, ServiceSpec, Spec};
-use tonic::transport::Channel;
 
 #[derive(Parser)]
 struct Args {
@@ -55,22 +53,8 @@ impl Drop for Procs {
 
 const TOKEN: &str = "bench-admin-secret";
 
-fn client(
-    addr: &str,
-) -> AdminClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        impl tonic::service::Interceptor + Clone,
-    >,
-> {
-    let ch = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
-    let h: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse().unwrap();
-    AdminClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", h.clone());
-        Ok(r)
-    })
+fn client(addr: &str) -> raftmesh_client::Admin {
+    raftmesh_client::admin_client(addr, Some(TOKEN), None).unwrap()
 }
 
 fn service(name: String, port: u32) -> pb::ApplyRequest {

@@ -144,17 +144,10 @@ impl Args {
     /// Checks the flags and reads the token file.
     pub fn into_config(self) -> Result<ProxyConfig, String> {
         let ca_pem = match &self.ca_file {
-            Some(f) => {
-                let pem = std::fs::read_to_string(f)
-                    .map_err(|e| format!("cannot read --ca-file {}: {e}", f.display()))?;
-                if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(format!(
-                        "--ca-file {} holds no PEM certificate (expected the ca.pem of `meshd tls init`)",
-                        f.display()
-                    ));
-                }
-                Some(pem)
-            }
+            Some(f) => Some(
+                raftmesh_client::read_ca_file(f, "--ca-file")
+                    .map_err(|e| format!("{e} (expected the ca.pem of `meshd tls init`)"))?,
+            ),
             None => None,
         };
         if self.mode == Mode::Gateway {

@@ -15,7 +15,6 @@ use raftmesh_api::v1::server_message::Msg as Out;
 use raftmesh_api::{Resource, ResourceKey};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Endpoint;
 
 use crate::persist::{self, Saved};
 use crate::snapshot::{compile, validate_all, ServiceId, Source};
@@ -58,10 +57,7 @@ impl XdsSettings {
                 ..Default::default()
             },
             state_dir: c.state_dir.clone(),
-            tls: c.ca_pem.as_ref().map(|pem| {
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(pem))
-            }),
+            tls: c.ca_pem.as_deref().map(raftmesh_client::client_tls),
         }
     }
 }
@@ -162,23 +158,9 @@ async fn session(
     subscriptions: &mut BTreeSet<String>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), Ended> {
-    let scheme = if settings.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
-        .map_err(|e| Ended::Early(format!("bad address: {e}")))?
+    let channel = raftmesh_client::endpoint(addr, settings.tls.as_ref())
+        .map_err(|e| Ended::Early(format!("{e} (TLS to meshd: --ca-file)")))?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
-    if let Some(tls) = &settings.tls {
-        ep = ep
-            .tls_config(tls.clone())
-            .map_err(|e| Ended::Early(format!("TLS to meshd (--ca-file): {e}")))?;
-    }
-    let channel = ep
         .connect()
         .await
         .map_err(|e| Ended::Early(format!("connect: {e}")))?;

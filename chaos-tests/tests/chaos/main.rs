@@ -13,7 +13,7 @@ use raftmesh_chaos_tests::nemesis::Fault;
 use raftmesh_chaos_tests::runner::{run, stale_read_probe, RunConfig};
 
 fn out_dir() -> PathBuf {
-    raftmesh_chaos_tests::binaries::workspace_root()
+    raftmesh_client::bins::workspace_root()
         .join("target")
         .join("chaos")
 }

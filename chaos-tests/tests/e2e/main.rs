@@ -17,7 +17,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use raftmesh_api::v1 as pb;
-use raftmesh_chaos_tests::binaries;
 use raftmesh_chaos_tests::client::admin;
 use raftmesh_chaos_tests::cluster::{Cluster, ClusterOpts};
 use raftmesh_chaos_tests::procs::{free_port, Proc};
@@ -49,7 +48,7 @@ struct ProxyProc {
 
 fn mesh_proxy(dir: &Path, name: &str, args: &[String]) -> ProxyProc {
     let (o, a, i) = (free_port(), free_port(), free_port());
-    let mut cmd = Command::new(binaries::path("mesh-proxy").unwrap());
+    let mut cmd = Command::new(raftmesh_client::bins::find("mesh-proxy", true).unwrap());
     cmd.args([
         "--outbound",
         &format!("127.0.0.1:{o}"),

@@ -6,14 +6,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use raftmesh_api::v1 as pb;
-use raftmesh_api::v1::admin_client::AdminClient;
 use raftmesh_api::{Resource, ServicePort, ServiceSpec, Spec};
 use raftmesh_controlplane::config::ServerConfig;
 use raftmesh_controlplane::config::TestHooks;
 use raftmesh_controlplane::node::{self, Node};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 
 pub const TOKEN: &str = "test-admin-secret";
 
@@ -174,29 +172,10 @@ pub async fn bind_retry(addr: SocketAddr) -> TcpListener {
     .await
 }
 
-/// Adds a bearer token to every call.
-#[derive(Clone)]
-pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(h) = &self.0 {
-            req.metadata_mut().insert("authorization", h.clone());
-        }
-        Ok(req)
-    }
-}
-
-pub type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+pub type Admin = raftmesh_client::Admin;
 
 pub fn client(addr: SocketAddr, token: Option<&str>) -> Admin {
-    let ch = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
-    AdminClient::with_interceptor(
-        ch,
-        Auth(token.map(|t| format!("Bearer {t}").parse().unwrap())),
-    )
+    raftmesh_client::admin_client(&addr.to_string(), token, None).unwrap()
 }
 
 pub fn service(name: &str, port: u32) -> Resource {
