@@ -11,7 +11,8 @@ use std::hint::black_box;
 use std::sync::atomic::AtomicUsize;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use raftmesh_dataplane_proxy::snapshot::{compile, Identity, Source, StatsRegistry};
+use raftmesh_dataplane_proxy::compiled::{compile, Identity, Source};
+use raftmesh_dataplane_proxy::stats::StatsRegistry;
 
 fn mesh(lb: &str) -> String {
     let mut y = String::from("kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n");
@@ -28,7 +29,7 @@ fn mesh(lb: &str) -> String {
     y
 }
 
-fn snapshot(lb: &str) -> raftmesh_dataplane_proxy::snapshot::Snapshot {
+fn snapshot(lb: &str) -> raftmesh_dataplane_proxy::compiled::CompiledConfig {
     let resources: BTreeMap<_, _> = raftmesh_api::parse_documents(&mesh(lb))
         .unwrap()
         .into_iter()

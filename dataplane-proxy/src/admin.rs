@@ -12,9 +12,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::snapshot::Source;
+use crate::compiled::Source;
 use crate::state::Config;
-use crate::{metrics, Body};
+use crate::Body;
 
 fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Body> {
     let mut r = Response::new(
@@ -35,7 +35,7 @@ pub fn handle(config: &Config, path: &str) -> Response<Body> {
     match path {
         "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
         "/ready" => {
-            let s = config.snapshot();
+            let s = config.current();
             if s.source == Source::Empty {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -53,10 +53,10 @@ pub fn handle(config: &Config, path: &str) -> Response<Body> {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            metrics::render(),
+            config.metrics.render(),
         ),
         "/config_dump" => {
-            let s = config.snapshot();
+            let s = config.current();
             let v = serde_json::json!({
                 "revision": s.revision,
                 "source": s.source,

@@ -9,7 +9,7 @@
 
 use raftmesh_api::{Action, PolicySpec};
 
-use crate::snapshot::Authz;
+use crate::compiled::Authz;
 
 fn from_matches(from: &[String], who: Option<&str>) -> bool {
     if from.is_empty() {

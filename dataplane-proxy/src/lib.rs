@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod authz;
 pub mod balance;
+pub mod compiled;
 pub mod config;
 pub mod error;
 pub mod forward;
@@ -18,8 +19,9 @@ pub mod persist;
 pub mod retry;
 pub mod route;
 pub mod server;
-pub mod snapshot;
 pub mod state;
+pub mod stats;
+pub mod target;
 pub mod timeout;
 pub mod tls;
 pub mod xds;
@@ -38,10 +40,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::compiled::{compile, validate_all, CompiledConfig, Identity, Source};
 use crate::config::ProxyConfig;
 use crate::forward::Forward;
-use crate::snapshot::{compile, validate_all, Identity, Snapshot, Source};
 use crate::state::Config;
+
+/// A service, by (namespace, name).
+pub type ServiceId = (String, String);
 
 /// The body type every layer passes along.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -84,11 +89,11 @@ impl Proxy {
     }
 }
 
-fn initial_snapshot(
+fn initial_config(
     cfg: &ProxyConfig,
     me: &Identity,
-    config_stats: &snapshot::StatsRegistry,
-) -> anyhow::Result<(Snapshot, BTreeSet<String>)> {
+    config_stats: &stats::StatsRegistry,
+) -> anyhow::Result<(CompiledConfig, BTreeSet<String>)> {
     if let Some(file) = &cfg.config_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read --config-file {}", file.display()))?;
@@ -118,7 +123,7 @@ fn initial_snapshot(
             Err(e) => tracing::warn!(error = %e, "ignoring the state directory's config"),
         }
     }
-    Ok((Snapshot::empty(), BTreeSet::new()))
+    Ok((CompiledConfig::empty(), BTreeSet::new()))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -155,8 +160,8 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     };
     let control_plane = cfg.config_file.is_none();
     let (learn_tx, learn_rx) = mpsc::channel(64);
-    let stats = snapshot::StatsRegistry::default();
-    let (initial, saved_subs) = initial_snapshot(&cfg, &me, &stats)?;
+    let stats = stats::StatsRegistry::default();
+    let (initial, saved_subs) = initial_config(&cfg, &me, &stats)?;
     let config = Config::new(me.clone(), initial, control_plane.then_some(learn_tx));
     let (shutdown, shutdown_rx) = watch::channel(false);
     // A workload key and certificate belong to proxies in a mesh (a
@@ -177,6 +182,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     tasks.push(tokio::spawn(server::serve_outbound(
         outbound_l,
         server::outbound_stack(config.clone(), forward.clone()),
+        config.metrics.clone(),
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(admin::serve(

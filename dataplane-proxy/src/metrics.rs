@@ -1,7 +1,8 @@
-//! Prometheus metrics of the proxy (one process-wide registry).
+//! Prometheus metrics of one proxy: each [`Metrics`] has its own registry,
+//! so proxies running in one process (tests, benchmarks) count apart.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -46,7 +47,8 @@ struct DirectionLabel {
     direction: &'static str,
 }
 
-struct Metrics {
+/// The metrics of one proxy.
+pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
@@ -57,9 +59,9 @@ struct Metrics {
     nacks: Counter<u64, AtomicU64>,
 }
 
-fn m() -> &'static Metrics {
-    static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(|| {
+impl Metrics {
+    /// A registry with every series of the proxy.
+    pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("raftmesh_proxy");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
@@ -98,7 +100,7 @@ fn m() -> &'static Metrics {
             connections.clone(),
         );
         registry.register("config_nacks", "Configurations refused", nacks.clone());
-        Metrics {
+        Arc::new(Metrics {
             registry,
             requests,
             latency,
@@ -107,21 +109,56 @@ fn m() -> &'static Metrics {
             errors,
             connections,
             nacks,
-        }
-    })
-}
-
-/// Counts a finished request.
-pub fn request(labels: RequestLabels, took: Duration) {
-    let metrics = m();
-    metrics
-        .latency
-        .get_or_create(&LatencyLabels {
-            direction: labels.direction,
-            service: labels.service.clone(),
         })
-        .observe(took.as_secs_f64());
-    metrics.requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts a finished request.
+    pub fn request(&self, labels: RequestLabels, took: Duration) {
+        self.latency
+            .get_or_create(&LatencyLabels {
+                direction: labels.direction,
+                service: labels.service.clone(),
+            })
+            .observe(took.as_secs_f64());
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts a retry.
+    pub fn retry(&self, service: &str) {
+        self.retries
+            .get_or_create(&ServiceLabel {
+                service: service.into(),
+            })
+            .inc();
+    }
+
+    /// Counts an ejection.
+    pub fn ejection(&self, service: &str) {
+        self.ejections
+            .get_or_create(&ServiceLabel {
+                service: service.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a response the proxy made itself.
+    pub fn error(&self, code: &'static str) {
+        self.errors.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// Counts a refused configuration.
+    pub fn nack(&self) {
+        self.nacks.inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
 }
 
 /// The metrics of one inbound connection, looked up once: every request
@@ -129,6 +166,7 @@ pub fn request(labels: RequestLabels, took: Duration) {
 /// status code, so the per-request cost is an atomic add or two instead of
 /// label allocations and hash lookups.
 pub struct InboundRecorder {
+    metrics: Arc<Metrics>,
     service: String,
     latency: Histogram,
     last: std::sync::Mutex<Option<(u16, Counter)>>,
@@ -136,8 +174,8 @@ pub struct InboundRecorder {
 
 impl InboundRecorder {
     /// For the proxy's own service.
-    pub fn new(service: &str) -> Self {
-        let latency = m()
+    pub fn new(metrics: &Arc<Metrics>, service: &str) -> Self {
+        let latency = metrics
             .latency
             .get_or_create(&LatencyLabels {
                 direction: "inbound",
@@ -145,6 +183,7 @@ impl InboundRecorder {
             })
             .clone();
         Self {
+            metrics: metrics.clone(),
             service: service.to_string(),
             latency,
             last: std::sync::Mutex::new(None),
@@ -163,7 +202,8 @@ impl InboundRecorder {
                 counter.inc();
             }
             _ => {
-                let counter = m()
+                let counter = self
+                    .metrics
                     .requests
                     .get_or_create(&RequestLabels {
                         direction: "inbound",
@@ -179,60 +219,23 @@ impl InboundRecorder {
     }
 }
 
-/// Counts a retry.
-pub fn retry(service: &str) {
-    m().retries
-        .get_or_create(&ServiceLabel {
-            service: service.into(),
-        })
-        .inc();
-}
-
-/// Counts an ejection.
-pub fn ejection(service: &str) {
-    m().ejections
-        .get_or_create(&ServiceLabel {
-            service: service.into(),
-        })
-        .inc();
-}
-
-/// Counts a response the proxy made itself.
-pub fn error(code: &'static str) {
-    m().errors.get_or_create(&CodeLabel { code }).inc();
-}
-
-/// Counts a refused configuration.
-pub fn nack() {
-    m().nacks.inc();
-}
-
 /// Tracks an open connection until dropped.
-pub struct ConnGuard(&'static str);
+pub struct ConnGuard(Gauge<i64, std::sync::atomic::AtomicI64>);
 
 impl ConnGuard {
     /// A connection opened on `direction`.
-    pub fn open(direction: &'static str) -> Self {
-        m().connections
+    pub fn open(metrics: &Metrics, direction: &'static str) -> Self {
+        let g = metrics
+            .connections
             .get_or_create(&DirectionLabel { direction })
-            .inc();
-        Self(direction)
+            .clone();
+        g.inc();
+        Self(g)
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        m().connections
-            .get_or_create(&DirectionLabel { direction: self.0 })
-            .dec();
+        self.0.dec();
     }
-}
-
-/// The Prometheus text exposition.
-pub fn render() -> String {
-    let mut out = String::new();
-    if encode(&mut out, &m().registry).is_err() {
-        out.clear();
-    }
-    out
 }

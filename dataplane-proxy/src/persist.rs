@@ -1,10 +1,9 @@
 //! The state directory: what a restarted proxy needs to serve before it
 //! reaches any meshd. Files are written atomically and readable by the
-//! proxy's user only.
+//! proxy's user only (`raftmesh_api::files`; the workload key and
+//! certificate are saved by `tls.rs` the same way).
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use raftmesh_api::Resource;
@@ -27,20 +26,9 @@ fn file(dir: &Path) -> PathBuf {
 
 /// Writes `saved` to `dir` (created owner-only if needed).
 pub fn save(dir: &Path, saved: &Saved) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let tmp = dir.join("config.json.tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec(saved).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, file(dir))
+    raftmesh_api::files::create_private_dir(dir)?;
+    let bytes = serde_json::to_vec(saved).map_err(std::io::Error::other)?;
+    raftmesh_api::files::write_private(&file(dir), &bytes)
 }
 
 /// Reads the saved config, if any; a corrupt file is an error that names it.
@@ -75,6 +63,7 @@ mod tests {
         };
         save(&d, &s).unwrap();
         assert_eq!(load(&d).unwrap(), Some(s));
+        use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(file(&d)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         std::fs::write(file(&d), b"garbage").unwrap();

@@ -19,13 +19,15 @@ use tower::{Service, ServiceBuilder};
 use crate::balance::BalanceLayer;
 use crate::error::ProxyError;
 use crate::forward::Forward;
-use crate::metrics::{self, ConnGuard, RequestLabels};
+use crate::metrics::{ConnGuard, InboundRecorder, Metrics, RequestLabels};
 use crate::retry::RetryLayer;
-use crate::route::{choose, RouteInfo, RouteLayer};
+use crate::route::{choose, RouteLayer};
 use crate::state::Config;
+use crate::target::RouteInfo;
 use crate::timeout::TimeoutLayer;
-use crate::tls::{spiffe_of, Workload, ALPN_TCP};
+use crate::tls::{Workload, ALPN_TCP};
 use crate::{authz, Body};
+use raftmesh_api::identity::spiffe_of_der;
 use raftmesh_api::MtlsMode;
 
 /// The outbound request path, outermost first. Route first (everything
@@ -33,11 +35,12 @@ use raftmesh_api::MtlsMode;
 /// covers the whole request); retry wraps balance (each attempt may pick
 /// another endpoint); forward last.
 pub fn outbound_stack(config: Arc<Config>, forward: Forward) -> OutboundStack {
+    let metrics = config.metrics.clone();
     ServiceBuilder::new()
         .layer(RouteLayer::new(config))
         .layer(TimeoutLayer)
-        .layer(RetryLayer)
-        .layer(BalanceLayer)
+        .layer(RetryLayer::new(metrics.clone()))
+        .layer(BalanceLayer::new(metrics))
         .service(forward)
 }
 
@@ -46,11 +49,11 @@ pub type OutboundStack = crate::route::Route<
     crate::timeout::Timeout<crate::retry::Retry<crate::balance::Balance<Forward>>>,
 >;
 
-fn finish(result: Result<Response<Body>, ProxyError>) -> Response<Body> {
+fn finish(result: Result<Response<Body>, ProxyError>, metrics: &Metrics) -> Response<Body> {
     match result {
         Ok(r) => r,
         Err(e) => {
-            metrics::error(e.code());
+            metrics.error(e.code());
             tracing::debug!(code = e.code(), error = %e, "answered with an error");
             e.into_response()
         }
@@ -61,6 +64,7 @@ fn finish(result: Result<Response<Body>, ProxyError>) -> Response<Body> {
 pub async fn serve_outbound(
     listener: TcpListener,
     stack: OutboundStack,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -73,19 +77,21 @@ pub async fn serve_outbound(
         };
         let _ = stream.set_nodelay(true);
         let stack = stack.clone();
+        let metrics = metrics.clone();
         let mut conn_stop = shutdown.clone();
         tokio::spawn(async move {
-            let _guard = ConnGuard::open("outbound");
+            let _guard = ConnGuard::open(&metrics, "outbound");
             let svc = service_fn(move |req: Request<Incoming>| {
                 let mut stack = stack.clone();
+                let metrics = metrics.clone();
                 async move {
                     let started = Instant::now();
                     let info = RouteInfo::default();
                     let mut req = req.map(|b| b.boxed());
                     req.extensions_mut().insert(info.clone());
-                    let resp = finish(stack.call(req).await);
+                    let resp = finish(stack.call(req).await, &metrics);
                     let (service, subset) = info.0.get().cloned().unwrap_or_default();
-                    metrics::request(
+                    metrics.request(
                         RequestLabels {
                             direction: "outbound",
                             service,
@@ -179,7 +185,7 @@ pub async fn serve_inbound(
         let link = link.clone();
         let mut conn_stop = shutdown.clone();
         tokio::spawn(async move {
-            let _guard = ConnGuard::open("inbound");
+            let _guard = ConnGuard::open(&config.metrics, "inbound");
             let inbound = Inbound {
                 config,
                 forward,
@@ -208,7 +214,7 @@ struct Inbound {
 impl Inbound {
     async fn connection(self, stream: TcpStream, workload: Option<Arc<Workload>>) {
         let tls = workload.and_then(|w| w.tls());
-        let strict = self.config.snapshot().authz.mtls == MtlsMode::Strict;
+        let strict = self.config.current().authz.mtls == MtlsMode::Strict;
         let mut first = [0u8; 1];
         let is_tls = matches!(
             tokio::time::timeout(SNIFF_WAIT, stream.peek(&mut first)).await,
@@ -222,7 +228,7 @@ impl Inbound {
             (true, None) => {
                 // TLS, but no certificate here yet to answer with.
                 tracing::debug!("refused a TLS connection: this proxy has no certificate yet");
-                metrics::error("tls-handshake");
+                self.config.metrics.error("tls-handshake");
             }
             (false, tls) => {
                 if sniff(&stream).await {
@@ -233,9 +239,8 @@ impl Inbound {
                     tracing::debug!(
                         "closed a plaintext TCP connection: the mesh requires mutual TLS"
                     );
-                    metrics::error("mtls-required");
-                } else if let Err(why) = authz::decide(&self.config.snapshot().authz, None, "", "")
-                {
+                    self.config.metrics.error("mtls-required");
+                } else if let Err(why) = authz::decide(&self.config.current().authz, None, "", "") {
                     tracing::info!(reason = %why, "denied an opaque TCP connection");
                 } else {
                     relay_stream(stream, self.app).await;
@@ -262,7 +267,7 @@ impl Inbound {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "inbound TLS handshake refused");
-                metrics::error("tls-handshake");
+                self.config.metrics.error("tls-handshake");
                 return;
             }
             Err(_) => return,
@@ -271,11 +276,11 @@ impl Inbound {
         let who = conn
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|c| spiffe_of(c));
+            .and_then(|c| spiffe_of_der(c));
         if conn.alpn_protocol() == Some(ALPN_TCP) {
-            if let Err(why) = authz::decide(&self.config.snapshot().authz, who.as_deref(), "", "") {
+            if let Err(why) = authz::decide(&self.config.current().authz, who.as_deref(), "", "") {
                 tracing::info!(reason = %why, "denied an opaque TCP connection");
-                metrics::error("denied");
+                self.config.metrics.error("denied");
                 return;
             }
             relay_stream(s, self.app).await;
@@ -289,16 +294,19 @@ impl Inbound {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let who: Option<Arc<str>> = who.map(Arc::from);
-        let recorder = Arc::new(metrics::InboundRecorder::new(&self.config.identity.service));
+        let recorder = Arc::new(InboundRecorder::new(
+            &self.config.metrics,
+            &self.config.identity.service,
+        ));
         let svc = service_fn(move |req: Request<Incoming>| {
             let (this, who, recorder) = (self.clone(), who.clone(), recorder.clone());
             async move {
                 let started = Instant::now();
-                let strict = this.config.snapshot().authz.mtls == MtlsMode::Strict;
+                let strict = this.config.current().authz.mtls == MtlsMode::Strict;
                 let result = if plaintext_with_tls && strict {
                     Err(ProxyError::MtlsRequired)
                 } else {
-                    let authz = this.config.snapshot();
+                    let authz = this.config.current();
                     match authz::decide(
                         &authz.authz,
                         who.as_deref(),
@@ -320,7 +328,7 @@ impl Inbound {
                         }
                     }
                 };
-                let resp = finish(result);
+                let resp = finish(result, &this.config.metrics);
                 recorder.record(resp.status().as_u16(), started.elapsed());
                 Ok::<_, Infallible>(resp)
             }
@@ -348,7 +356,7 @@ where
 /// an endpoint of the service (trying up to three on connect failure).
 pub async fn serve_tcp_upstream(
     listener: TcpListener,
-    service: crate::snapshot::ServiceId,
+    service: crate::compiled::ServiceId,
     config: Arc<Config>,
     workload: Option<Arc<Workload>>,
     mut shutdown: watch::Receiver<bool>,
@@ -363,15 +371,15 @@ pub async fn serve_tcp_upstream(
         };
         let (config, service, workload) = (config.clone(), service.clone(), workload.clone());
         tokio::spawn(async move {
-            let _guard = ConnGuard::open("outbound");
+            let _guard = ConnGuard::open(&config.metrics, "outbound");
             let mut client = stream;
-            let table = match config.snapshot().service(&service).cloned() {
+            let table = match config.current().service(&service).cloned() {
                 Some(t) => Some(t),
                 None => config.learn(&service, Duration::from_secs(2)).await,
             };
             let Some(t) = table else {
                 tracing::warn!(service = ?service, "TCP upstream: no route; closing the connection");
-                metrics::error("no-route");
+                config.metrics.error("no-route");
                 return;
             };
             let stats = config.stats.service(&t.id);
@@ -381,7 +389,7 @@ pub async fn serve_tcp_upstream(
                 };
                 let Some(i) = crate::balance::pick(&t, &t.rules[rule].backends[b], &stats.rr)
                 else {
-                    metrics::error("no-healthy-endpoints");
+                    config.metrics.error("no-healthy-endpoints");
                     return;
                 };
                 let ep = &t.endpoints[i];
@@ -416,7 +424,7 @@ pub async fn serve_tcp_upstream(
                     }
                 }
             }
-            metrics::error("upstream-connect");
+            config.metrics.error("upstream-connect");
         });
     }
 }

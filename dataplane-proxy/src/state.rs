@@ -1,4 +1,4 @@
-//! The proxy's live configuration: the current snapshot (swapped
+//! The proxy's live configuration: the current compiled config (swapped
 //! atomically), change notification, and the queue of services to learn.
 
 use std::sync::Arc;
@@ -7,7 +7,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 
-use crate::snapshot::{Identity, ServiceId, ServiceTable, Snapshot, StatsRegistry};
+use crate::compiled::{CompiledConfig, Identity, ServiceId, ServiceTable};
+use crate::metrics::Metrics;
+use crate::stats::StatsRegistry;
 
 /// Shared by every listener and the discovery client.
 pub struct Config {
@@ -17,17 +19,19 @@ pub struct Config {
     pub identity: Identity,
     /// Live endpoint and service counters.
     pub stats: StatsRegistry,
-    current: ArcSwap<Snapshot>,
+    /// This proxy's metrics.
+    pub metrics: Arc<Metrics>,
+    current: ArcSwap<CompiledConfig>,
     changed: watch::Sender<u64>,
     learn_tx: Option<mpsc::Sender<ServiceId>>,
 }
 
 impl Config {
     /// A config holding `initial`; `learn_tx` receives services requests
-    /// ask for that the snapshot lacks (none with a static config).
+    /// ask for that the compiled config lacks (none with a static config).
     pub fn new(
         identity: Identity,
-        initial: Snapshot,
+        initial: CompiledConfig,
         learn_tx: Option<mpsc::Sender<ServiceId>>,
     ) -> Arc<Self> {
         let (changed, _) = watch::channel(initial.revision);
@@ -35,19 +39,20 @@ impl Config {
             namespace: identity.namespace.clone(),
             identity,
             stats: StatsRegistry::default(),
+            metrics: Metrics::new(),
             current: ArcSwap::from_pointee(initial),
             changed,
             learn_tx,
         })
     }
 
-    /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    /// The compiled config in force.
+    pub fn current(&self) -> Arc<CompiledConfig> {
         self.current.load_full()
     }
 
-    /// Makes `s` the current snapshot.
-    pub fn install(&self, s: Snapshot) {
+    /// Makes `s` the compiled config in force.
+    pub fn install(&self, s: CompiledConfig) {
         let rev = s.revision;
         self.current.store(Arc::new(s));
         self.changed
@@ -68,7 +73,7 @@ impl Config {
         }
         let found = tokio::time::timeout(wait, async {
             loop {
-                if let Some(t) = self.snapshot().service(id).cloned() {
+                if let Some(t) = self.current().service(id).cloned() {
                     return Some(t);
                 }
                 if rx.changed().await.is_err() {

@@ -11,10 +11,10 @@ use std::time::Duration;
 use http::{Request, Response};
 use raftmesh_api::{LoadBalancer, Protocol, RetryOn};
 
-use crate::balance::{EndpointStats, ServiceStats};
+use crate::compiled::{Backend, Endpoint, Outlier, Retries, Rule, ServiceTable};
 use crate::error::ProxyError;
-use crate::route::Target;
-use crate::snapshot::{Backend, Endpoint, Outlier, Retries, Rule, ServiceTable};
+use crate::stats::{EndpointStats, ServiceStats};
+use crate::target::Target;
 use crate::Body;
 
 type Handler = dyn Fn(Request<Body>) -> Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>

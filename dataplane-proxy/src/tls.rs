@@ -3,6 +3,7 @@
 //! configurations built from them, and the connector outbound connections
 //! use (mTLS to endpoints that have a mesh identity, plaintext otherwise).
 
+use raftmesh_api::{files, identity};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,21 +66,6 @@ pub struct Workload {
     tls: ArcSwapOption<Tls>,
 }
 
-fn write_private(path: &std::path::Path, data: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
-}
-
 impl Workload {
     /// The key from `state_dir/identity/` (with its certificate and bundle),
     /// or a new key when there is none.
@@ -97,11 +83,10 @@ impl Workload {
             None => KeyPair::generate().map_err(|e| format!("cannot make a workload key: {e}"))?,
         };
         if let Some(d) = &dir {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::create_dir_all(d)
+            files::create_private_dir(d)
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
-            write_private(&d.join("key.pem"), &key.serialize_pem()).map_err(|e| e.to_string())?;
+            files::write_private(&d.join("key.pem"), key.serialize_pem().as_bytes())
+                .map_err(|e| e.to_string())?;
         }
         let w = Arc::new(Self {
             key,
@@ -142,7 +127,7 @@ impl Workload {
         if s.expires_at_ms < now + 60_000 {
             return None;
         }
-        let msg = format!("raftmesh-hello|{instance}|{now}");
+        let msg = identity::hello_proof_message(instance, now);
         let sig = rcgen::SigningKey::sign(&self.key, msg.as_bytes()).ok()?;
         Some((cert, sig, now))
     }
@@ -185,9 +170,13 @@ impl Workload {
         self.tls.store(Some(Arc::new(tls)));
         if let Some(d) = &self.dir {
             let meta = serde_json::json!({"expires_at_ms": s.expires_at_ms, "received_at_ms": s.received_at_ms});
-            write_private(&d.join("cert.pem"), &cert).map_err(|e| e.to_string())?;
-            write_private(&d.join("bundle.pem"), &s.bundle.join("")).map_err(|e| e.to_string())?;
-            write_private(&d.join("meta.json"), &meta.to_string()).map_err(|e| e.to_string())?;
+            for (name, data) in [
+                ("cert.pem", cert),
+                ("bundle.pem", s.bundle.join("")),
+                ("meta.json", meta.to_string()),
+            ] {
+                files::write_private(&d.join(name), data.as_bytes()).map_err(|e| e.to_string())?;
+            }
         }
         Ok(())
     }
@@ -212,7 +201,7 @@ fn build(cert_pem: &str, key_pem: &str, bundle: &[String]) -> Result<Tls, String
         .map_err(|e| format!("bad certificate: {e}"))?;
     let spiffe = chain
         .first()
-        .and_then(|c| spiffe_of(c))
+        .and_then(|c| identity::spiffe_of_der(c))
         .ok_or("the certificate has no SPIFFE ID")?;
     let key =
         || PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("bad key: {e}"));
@@ -264,26 +253,10 @@ fn build(cert_pem: &str, key_pem: &str, bundle: &[String]) -> Result<Tls, String
     })
 }
 
-/// The SPIFFE ID (URI SAN) of a DER certificate.
-pub fn spiffe_of(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
-            Some(u.to_string())
-        }
-        _ => None,
-    })
-}
-
 /// The DNS name a workload's certificate carries, from its SPIFFE ID
 /// (`spiffe://td/ns/NS/sa/SVC` → `SVC.NS.svc.td`).
 pub fn server_name_for(spiffe: &str) -> Option<ServerName<'static>> {
-    let rest = spiffe.strip_prefix("spiffe://")?;
-    let mut parts = rest.split('/');
-    let td = parts.next()?;
-    let (_, ns, _, svc) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    ServerName::try_from(raftmesh_api::workload_dns_name(td, ns, svc)).ok()
+    ServerName::try_from(identity::parse_spiffe_id(spiffe)?.dns_name()).ok()
 }
 
 /// A stream that is plaintext or TLS.

@@ -16,11 +16,11 @@ use raftmesh_api::{Resource, ResourceKey};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
+use crate::compiled::{compile, validate_all, ServiceId, Source};
+use crate::config::ProxyConfig;
 use crate::persist::{self, Saved};
-use crate::snapshot::{compile, validate_all, ServiceId, Source};
 use crate::state::Config;
 use crate::tls::Workload;
-use crate::{config::ProxyConfig, metrics};
 
 /// What the client needs from the proxy's configuration.
 #[derive(Clone)]
@@ -165,7 +165,7 @@ async fn session(
         .await
         .map_err(|e| Ended::Early(format!("connect: {e}")))?;
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    let snap = config.snapshot();
+    let snap = config.current();
     let mut hello = settings.hello.clone();
     hello.last_revision = match snap.source {
         Source::ControlPlane | Source::StateDir => snap.revision,
@@ -235,7 +235,7 @@ async fn session(
                     continue;
                 }
                 if let Some(Out::Delta(d)) = m.msg {
-                    let snap = config.snapshot();
+                    let snap = config.current();
                     match apply_delta(&snap.resources, &d, snap.revision) {
                         Ok(next) => {
                             let saved = settings.state_dir.as_ref().map(|_| Saved {
@@ -259,7 +259,7 @@ async fn session(
                         }
                         Err(e) => {
                             tracing::error!(revision = d.revision, error = %e, "refusing a configuration; keeping the last good one");
-                            metrics::nack();
+                            config.metrics.nack();
                             send(In::Nack(pb::Nack { nonce: d.nonce, error: e })).await;
                         }
                     }

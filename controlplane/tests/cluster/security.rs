@@ -193,7 +193,7 @@ fn proxies_talk_over_mutual_tls_and_plaintext_to_a_strict_inbound_is_refused() {
         };
         assert_eq!(e.identity, "spiffe://test.mesh/ns/default/sa/web");
         // The web proxy holds a certificate for that identity.
-        let tls = m.web.config.snapshot();
+        let tls = m.web.config.current();
         let _ = tls;
         // Plaintext straight to the web proxy's inbound: refused (strict by default).
         let (s, _, code) = get(&h, m.web.inbound.unwrap(), "web").await;

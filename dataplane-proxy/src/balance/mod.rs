@@ -1,152 +1,29 @@
 //! Endpoint selection: power of two choices over peak-EWMA latency (or
 //! round robin), locality preference, outlier ejection and circuit breaking.
-//! `Balance` is the tower service that picks an endpoint for each attempt.
+//! `Balance` is the tower service that picks an endpoint for each attempt;
+//! the statistics it decides on are `stats.rs`.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Request, Response};
 use raftmesh_api::LoadBalancer;
 use rand::Rng;
 
+use crate::compiled::{Backend, Endpoint, ServiceTable};
 use crate::error::ProxyError;
-use crate::route::Target;
-use crate::snapshot::{Backend, Endpoint, Outlier, ServiceTable};
-use crate::{metrics, Body};
-
-fn now_us() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_micros() as u64
-}
-
-/// Decay time of the peak-EWMA latency estimate.
-const DECAY_US: f64 = 10_000_000.0;
-/// Latency assumed for an endpoint never measured.
-const DEFAULT_RTT_US: f64 = 1_000.0;
-/// Longest ejection.
-const MAX_EJECTION: Duration = Duration::from_secs(300);
-
-/// Live statistics of one endpoint.
-#[derive(Debug)]
-pub struct EndpointStats {
-    pending: AtomicU32,
-    ewma_bits: AtomicU64,
-    stamp_us: AtomicU64,
-    failures: AtomicU32,
-    ejected_until_us: AtomicU64,
-    ejections: AtomicU32,
-}
-
-impl Default for EndpointStats {
-    fn default() -> Self {
-        Self {
-            pending: AtomicU32::new(0),
-            ewma_bits: AtomicU64::new(DEFAULT_RTT_US.to_bits()),
-            stamp_us: AtomicU64::new(now_us()),
-            failures: AtomicU32::new(0),
-            ejected_until_us: AtomicU64::new(0),
-            ejections: AtomicU32::new(0),
-        }
-    }
-}
-
-impl EndpointStats {
-    fn ewma(&self) -> f64 {
-        f64::from_bits(self.ewma_bits.load(Ordering::Relaxed))
-    }
-
-    /// Expected cost of sending one more request here.
-    pub fn cost(&self) -> f64 {
-        self.ewma() * f64::from(self.pending.load(Ordering::Relaxed) + 1)
-    }
-
-    /// Whether the endpoint is ejected now.
-    pub fn ejected(&self) -> bool {
-        self.ejected_until_us.load(Ordering::Relaxed) > now_us()
-    }
-
-    /// Peak-sensitive: a slower sample takes over at once, faster ones
-    /// pull the estimate down with exponential decay.
-    fn observe(&self, rtt: Duration) {
-        let now = now_us();
-        let rtt = rtt.as_micros() as f64;
-        let prev = self.ewma();
-        let dt = now.saturating_sub(self.stamp_us.swap(now, Ordering::Relaxed)) as f64;
-        let next = if rtt > prev {
-            rtt
-        } else {
-            let w = (-dt / DECAY_US).exp();
-            prev * w + rtt * (1.0 - w)
-        };
-        self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
-    }
-
-    /// Records a failed attempt; returns true when it ejects the endpoint.
-    fn fail(&self, outlier: &Outlier, may_eject: bool) -> bool {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n < outlier.consecutive_failures || !may_eject {
-            return false;
-        }
-        self.failures.store(0, Ordering::Relaxed);
-        let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
-        let d = (outlier.base_ejection * 2u32.saturating_pow(k)).min(MAX_EJECTION);
-        self.ejected_until_us
-            .store(now_us() + d.as_micros() as u64, Ordering::Relaxed);
-        true
-    }
-
-    fn succeed(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        if !self.ejected() && self.ejected_until_us.load(Ordering::Relaxed) != 0 {
-            // Back from an ejection and answering well: forget the history.
-            self.ejected_until_us.store(0, Ordering::Relaxed);
-            self.ejections.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Per-service counters that outlive snapshots.
-#[derive(Debug, Default)]
-pub struct ServiceStats {
-    /// Requests in flight (circuit breaking).
-    pub in_flight: AtomicU32,
-    /// Round-robin position.
-    pub rr: AtomicUsize,
-    /// Retry budget.
-    pub budget: crate::retry::Budget,
-}
+use crate::metrics::Metrics;
+use crate::target::{Target, Tried, Upstream};
+use crate::Body;
 
 /// Picks an endpoint of `backend`, or None when none is usable: healthy,
 /// not ejected, and in this cluster when any such is.
 pub fn pick(t: &ServiceTable, backend: &Backend, rr: &AtomicUsize) -> Option<usize> {
     pick_avoiding(t, backend, rr, &[])
-}
-
-/// The endpoints a request's earlier attempts went to: a retry goes to
-/// another endpoint when there is one (a dead endpoint answers a connect
-/// failure fast, so its latency alone would not steer P2C away from it).
-#[derive(Debug, Clone, Default)]
-pub struct Tried(Arc<Mutex<Vec<usize>>>);
-
-impl Tried {
-    fn list(&self) -> Vec<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn add(&self, i: usize) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(i);
-    }
 }
 
 /// [`pick`], leaving out `avoid` unless nothing else is usable.
@@ -201,29 +78,33 @@ pub fn pick_avoiding(
     }
 }
 
-/// The endpoint chosen for an attempt.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// Where to connect.
-    pub addr: SocketAddr,
-    /// The name its certificate carries, for a mesh workload (mTLS).
-    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
-}
-
 /// Picks an endpoint per attempt and records how it went.
 #[derive(Clone)]
 pub struct Balance<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 /// Layer for [`Balance`].
-#[derive(Clone, Default)]
-pub struct BalanceLayer;
+#[derive(Clone)]
+pub struct BalanceLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl BalanceLayer {
+    /// Counts ejections in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
 
 impl<S> tower::Layer<S> for BalanceLayer {
     type Service = Balance<S>;
     fn layer(&self, inner: S) -> Balance<S> {
-        Balance { inner }
+        Balance {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -247,6 +128,7 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> BoxFut {
         let mut inner = self.inner.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let Some(target) = req.extensions().get::<Target>().cloned() else {
                 return Err(ProxyError::BadRequest);
@@ -292,7 +174,7 @@ where
                     <= t.endpoints.len() * t.outlier.max_ejection_percent as usize;
                 if ep.stats.fail(&t.outlier, may_eject) {
                     tracing::warn!(service = %name, endpoint = %ep.name, addr = %ep.addr, "ejecting an endpoint after consecutive failures");
-                    metrics::ejection(name);
+                    metrics.ejection(name);
                 }
             } else {
                 ep.stats.observe(started.elapsed());

@@ -8,7 +8,8 @@ use std::time::Duration;
 use raftmesh_api::{LoadBalancer, Protocol};
 
 use super::*;
-use crate::snapshot::{Backend, Endpoint, Outlier, ServiceTable};
+use crate::compiled::{Backend, Endpoint, Outlier, ServiceTable};
+use crate::stats::EndpointStats;
 
 fn table(n: usize, lb: LoadBalancer) -> ServiceTable {
     ServiceTable {
@@ -87,23 +88,6 @@ fn unhealthy_and_ejected_endpoints_are_skipped_and_remote_ones_are_a_fallback() 
     assert_eq!(pick(&t, &all(3), &rr), Some(2), "then another cluster");
     t.endpoints[2].healthy = false;
     assert_eq!(pick(&t, &all(3), &rr), None);
-}
-
-#[test]
-fn ejection_time_doubles_and_success_resets_the_count() {
-    let t = table(1, LoadBalancer::RoundRobin);
-    let s = &t.endpoints[0].stats;
-    let o = Outlier {
-        consecutive_failures: 2,
-        base_ejection: Duration::from_millis(0),
-        max_ejection_percent: 100,
-    };
-    assert!(!s.fail(&o, true));
-    assert!(s.fail(&o, true), "the second consecutive failure ejects");
-    assert_eq!(s.ejections.load(Ordering::Relaxed), 1);
-    s.succeed();
-    assert!(!s.fail(&o, true), "a success in between resets the streak");
-    assert!(!s.fail(&o, false), "ejection can be refused (max percent)");
 }
 
 #[test]

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 
-use crate::balance::Upstream;
 use crate::error::ProxyError;
+use crate::target::Upstream;
 use crate::tls::{Alpn, MeshConnector, Targets, Workload};
 use crate::Body;
 

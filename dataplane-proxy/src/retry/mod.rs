@@ -1,9 +1,10 @@
-//! Retries of safe requests, within a budget: retries may add at most 20 %
-//! to the load a service receives (plus a small reserve for low traffic).
+//! Retries of safe requests, within a budget (`stats::Budget`): retries may
+//! add at most 20 % to the load a service receives (plus a small reserve
+//! for low traffic).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Method, Request, Response};
@@ -11,47 +12,9 @@ use hyper::body::Body as _;
 use raftmesh_api::RetryOn;
 
 use crate::error::ProxyError;
-use crate::route::Target;
-use crate::{empty, metrics, Body};
-
-/// Milli-tokens a request deposits (0.2 of a retry).
-const DEPOSIT: u64 = 200;
-/// Milli-tokens a retry costs.
-const COST: u64 = 1_000;
-/// Most milli-tokens held (100 retries).
-const CAP: u64 = 100_000;
-/// Milli-tokens at start (10 retries), so low traffic can still retry.
-pub const RESERVE: u64 = 10_000;
-
-/// A service's retry budget.
-#[derive(Debug)]
-pub struct Budget(AtomicU64);
-
-impl Default for Budget {
-    fn default() -> Self {
-        Self(AtomicU64::new(RESERVE))
-    }
-}
-
-impl Budget {
-    /// A request passed: it earns 0.2 of a retry.
-    pub fn deposit(&self) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some((v + DEPOSIT).min(CAP))
-            });
-    }
-
-    /// Takes one retry's worth, if there is one.
-    pub fn withdraw(&self) -> bool {
-        self.0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                v.checked_sub(COST)
-            })
-            .is_ok()
-    }
-}
+use crate::metrics::Metrics;
+use crate::target::{Target, Tried};
+use crate::{empty, Body};
 
 /// Whether the request may be sent twice: a safe method and no body.
 fn safe(req: &Request<Body>) -> bool {
@@ -83,16 +46,29 @@ fn retryable(r: &Result<Response<Body>, ProxyError>, on: &[RetryOn]) -> bool {
 #[derive(Clone)]
 pub struct Retry<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 /// Layer for [`Retry`].
-#[derive(Clone, Default)]
-pub struct RetryLayer;
+#[derive(Clone)]
+pub struct RetryLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RetryLayer {
+    /// Counts retries in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
 
 impl<S> tower::Layer<S> for RetryLayer {
     type Service = Retry<S>;
     fn layer(&self, inner: S) -> Retry<S> {
-        Retry { inner }
+        Retry {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -116,6 +92,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> BoxFut {
         let mut inner = self.inner.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let Some(target) = req.extensions().get::<Target>().cloned() else {
                 return inner.call(req).await;
@@ -126,7 +103,7 @@ where
                 _ => return inner.call(req).await,
             };
             let (parts, _) = req.into_parts();
-            let tried = crate::balance::Tried::default();
+            let tried = Tried::default();
             let rebuild = || {
                 let mut r = Request::new(empty());
                 *r.method_mut() = parts.method.clone();
@@ -153,7 +130,7 @@ where
                     return result;
                 }
                 attempt += 1;
-                metrics::retry(&target.table.id.1);
+                metrics.retry(&target.table.id.1);
                 tracing::debug!(service = %target.table.id.1, attempt, "retrying");
             }
         })

@@ -12,36 +12,11 @@ use http::{Request, Response};
 use raftmesh_api::RouteMatch;
 use rand::Rng;
 
-use crate::balance::ServiceStats;
+use crate::compiled::{Rule, ServiceId};
 use crate::error::ProxyError;
-use crate::snapshot::{Rule, ServiceId, ServiceTable};
 use crate::state::Config;
+use crate::target::{RouteInfo, Target};
 use crate::Body;
-
-/// A slot the outermost handler passes down to learn where a request went
-/// (service and subset), for metrics.
-#[derive(Debug, Clone, Default)]
-pub struct RouteInfo(pub Arc<std::sync::OnceLock<(String, String)>>);
-
-/// Where a request goes: its service, rule and backend.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// The service's table in the snapshot the request was routed with.
-    pub table: Arc<ServiceTable>,
-    /// Index of the matched rule.
-    pub rule: usize,
-    /// Index of the chosen backend in the rule.
-    pub backend: usize,
-    /// Counters of the service.
-    pub stats: Arc<ServiceStats>,
-}
-
-impl Target {
-    /// `k=v,...` of the chosen subset (for metrics).
-    pub fn subset(&self) -> &str {
-        &self.table.rules[self.rule].backends[self.backend].label
-    }
-}
 
 /// The service a request names: the absolute URI's host, else the Host
 /// header; `name` or `name.namespace` (further labels and the port ignored).
@@ -150,7 +125,7 @@ where
         let config = self.config.clone();
         Box::pin(async move {
             let id = service_of(&req, &config.namespace).ok_or(ProxyError::BadRequest)?;
-            let mut table = config.snapshot().service(&id).cloned();
+            let mut table = config.current().service(&id).cloned();
             if table.is_none() {
                 // A service not seen before: ask the control plane for it and
                 // give it a moment to arrive.

@@ -6,7 +6,7 @@ use http::Request;
 use raftmesh_api::RouteMatch;
 
 use super::*;
-use crate::snapshot::{Backend, Rule};
+use crate::compiled::{Backend, Rule};
 
 fn backend(label: &str, weight: u32) -> Backend {
     Backend {

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 
 use crate::error::ProxyError;
-use crate::route::Target;
+use crate::target::Target;
 use crate::Body;
 
 /// Ends a request with `upstream-timeout` past the route's timeout.

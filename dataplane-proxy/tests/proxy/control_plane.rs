@@ -158,7 +158,7 @@ async fn a_config_that_fails_validation_is_nacked_and_the_old_one_kept() {
         nack.error
     );
     // The old config still routes, at its revision.
-    assert_eq!(p.config.snapshot().revision, 5);
+    assert_eq!(p.config.current().revision, 5);
     assert_eq!(
         get(&http_client(), p.outbound, "web", "/", &[]).await.0,
         200
@@ -184,7 +184,7 @@ async fn with_the_control_plane_gone_traffic_goes_on_and_a_restart_serves_from_t
         .await
         .unwrap();
     let c = http_client();
-    eventually("the first config", || p.config.snapshot().revision == 9).await;
+    eventually("the first config", || p.config.current().revision == 9).await;
     // The control plane dies mid-traffic: not one request fails.
     let mut failed = 0;
     for i in 0..300 {
@@ -201,7 +201,7 @@ async fn with_the_control_plane_gone_traffic_goes_on_and_a_restart_serves_from_t
     let p = raftmesh_dataplane_proxy::start(cp_config(addr, state.path()))
         .await
         .unwrap();
-    assert_eq!(p.config.snapshot().revision, 9);
+    assert_eq!(p.config.current().revision, 9);
     assert_eq!(get(&c, p.outbound, "web", "/", &[]).await.0, 200);
     let ready = get(&c, p.admin, "admin", "/ready", &[]).await;
     assert_eq!(ready.0, 200, "{ready:?}");

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftmesh_api::{
@@ -11,9 +11,9 @@ use raftmesh_api::{
     ResourceKey, RetryOn, RouteMatch, Spec,
 };
 
-use crate::balance::EndpointStats;
+use crate::stats::{EndpointStats, StatsRegistry};
 
-/// Where a snapshot came from.
+/// Where a compiled config came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
@@ -27,8 +27,8 @@ pub enum Source {
     ConfigFile,
 }
 
-/// A service, by (namespace, name).
-pub type ServiceId = (String, String);
+pub use crate::stats::Outlier;
+pub use crate::ServiceId;
 
 /// One endpoint as routing sees it.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub struct Endpoint {
     pub healthy: bool,
     /// For a mesh workload: the name its certificate carries (mTLS).
     pub server_name: Option<rustls::pki_types::ServerName<'static>>,
-    /// Live statistics (kept across snapshots).
+    /// Live statistics (kept across compiled configs).
     pub stats: Arc<EndpointStats>,
 }
 
@@ -80,27 +80,6 @@ pub struct Retries {
     pub on: Vec<RetryOn>,
     /// Time limit per attempt.
     pub per_try_timeout: Option<Duration>,
-}
-
-/// Outlier ejection settings.
-#[derive(Debug, Clone, Copy)]
-pub struct Outlier {
-    /// Consecutive failures before ejection.
-    pub consecutive_failures: u32,
-    /// First ejection time.
-    pub base_ejection: Duration,
-    /// At most this share ejected.
-    pub max_ejection_percent: u32,
-}
-
-impl Default for Outlier {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            base_ejection: Duration::from_secs(30),
-            max_ejection_percent: 50,
-        }
-    }
 }
 
 /// Everything needed to route to one service.
@@ -139,7 +118,7 @@ pub struct Authz {
 
 /// The compiled configuration.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct CompiledConfig {
     /// Revision of the last delta applied.
     pub revision: u64,
     /// Where it came from.
@@ -152,7 +131,7 @@ pub struct Snapshot {
     pub authz: Authz,
 }
 
-impl Snapshot {
+impl CompiledConfig {
     /// No configuration.
     pub fn empty() -> Self {
         Self {
@@ -167,40 +146,6 @@ impl Snapshot {
     /// The table of a service.
     pub fn service(&self, id: &ServiceId) -> Option<&Arc<ServiceTable>> {
         self.services.get(id)
-    }
-}
-
-/// Live statistics per endpoint address, kept across snapshots so a config
-/// change does not forget ejections and latencies.
-#[derive(Debug, Default)]
-pub struct StatsRegistry {
-    by_addr: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
-    by_service: Mutex<HashMap<ServiceId, Arc<crate::balance::ServiceStats>>>,
-}
-
-impl StatsRegistry {
-    /// Counters of a service.
-    pub fn service(&self, id: &ServiceId) -> Arc<crate::balance::ServiceStats> {
-        let mut m = self
-            .by_service
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = m.get(id) {
-            return s.clone();
-        }
-        m.entry(id.clone()).or_default().clone()
-    }
-
-    fn get(&self, addr: SocketAddr) -> Arc<EndpointStats> {
-        let mut m = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
-        m.entry(addr)
-            .or_insert_with(|| Arc::new(EndpointStats::default()))
-            .clone()
-    }
-
-    fn retain(&self, live: &std::collections::HashSet<SocketAddr>) {
-        let mut m = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
-        m.retain(|a, _| live.contains(a));
     }
 }
 
@@ -233,7 +178,7 @@ pub struct Identity {
     pub cluster: String,
 }
 
-/// Compiles held resources into a snapshot. Every resource must already be
+/// Compiles held resources into a routing configuration. Every resource must already be
 /// valid (the caller validates and NACKs otherwise).
 pub fn compile(
     revision: u64,
@@ -241,7 +186,7 @@ pub fn compile(
     resources: BTreeMap<ResourceKey, Resource>,
     me: &Identity,
     stats: &StatsRegistry,
-) -> Snapshot {
+) -> CompiledConfig {
     let mut services: HashMap<ServiceId, ServiceTable> = HashMap::new();
     let mut live = std::collections::HashSet::new();
     let mut authz = Authz::default();
@@ -390,7 +335,7 @@ pub fn compile(
         }
     }
     stats.retain(&live);
-    Snapshot {
+    CompiledConfig {
         revision,
         source,
         resources,
