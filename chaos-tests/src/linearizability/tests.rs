@@ -1,5 +1,8 @@
 //! Unit tests of the linearizability search internals.
 
+use super::minimise::*;
+use super::model::*;
+use super::search::*;
 use super::*;
 
 fn op(step: Step, invoke: usize, complete: Option<usize>, origin: usize) -> KOp {
