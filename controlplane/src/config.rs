@@ -73,9 +73,9 @@ pub struct ServerConfig {
     pub cluster_name: String,
     /// The secret of the first admin token; only its SHA-256 is stored.
     pub admin_token: Option<String>,
-    /// A snapshot file to start a new cluster from.
+    /// A backup file (`meshctl backup save`) to start a new cluster from.
     pub restore: Option<PathBuf>,
-    /// Build a snapshot (and purge the log) every this many entries.
+    /// Build a Raft snapshot (and purge the log) every this many entries.
     pub snapshot_logs: u64,
     /// How long a proxy's stream may be gone before its endpoint is unhealthy.
     pub endpoint_grace: Duration,
@@ -279,7 +279,7 @@ pub struct ServerArgs {
     /// How long before an endpoint whose proxy is gone is removed.
     #[arg(long, default_value = "5m")]
     pub endpoint_expiry: humantime::Duration,
-    /// Start a new cluster from a snapshot file (give it to every node).
+    /// Start a new cluster from a backup file (give it to every node).
     #[arg(long)]
     pub restore: Option<PathBuf>,
     /// Snapshot and purge the log every this many entries.

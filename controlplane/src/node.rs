@@ -305,7 +305,7 @@ async fn restore(
         SnapshotData::decode(&bytes).with_context(|| format!("--restore {}", file.display()))?;
     let members = membership::members(&cfg.initial_cluster);
     let rev = raftmesh_storage::restore(log, sm, data, members, cfg.id).await?;
-    tracing::info!(revision = rev, file = %file.display(), "restored the state from a snapshot");
+    tracing::info!(revision = rev, file = %file.display(), "restored the state from a backup");
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //! that *is* the mesh state.
 //!
 //! This crate knows nothing of networking and must not depend on actix,
-//! tonic or the control plane. Every sled type stays inside it: callers see
+//! tonic's transport (hyper, h2, axum) or the control plane (`.ci/run`
+//! checks it with `cargo tree`). Every sled type stays inside it: callers see
 //! [`LogStore`], [`StateMachine`] and [`StateReader`].
 //!
 //! Layout on disk, key encoding and the durability rules are described in

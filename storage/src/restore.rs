@@ -1,4 +1,4 @@
-//! Seeding a fresh store from a snapshot file (`meshd server --restore`).
+//! Seeding a fresh store from a backup (`meshd server --restore`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;

@@ -226,7 +226,8 @@ impl AdminFront {
         })
     }
 
-    /// A backup: the whole state at one revision, encoded.
+    /// A backup: the whole state at one revision, encoded (the same bytes
+    /// as a Raft snapshot, see `raftmesh_api::backup`).
     pub async fn backup(&self) -> Result<(u64, Vec<u8>), AdminError> {
         self.barrier(false).await?;
         let data = self.reader.snapshot_data();

@@ -121,7 +121,7 @@ impl DiscoveryHub {
                 self.cursor = applied;
             }
             Err(WindowError::TooOld { .. }) => {
-                // The window moved past us (a snapshot was installed): every
+                // The window moved past us (a Raft snapshot was installed): every
                 // proxy gets a full state.
                 tracing::warn!(
                     cursor = self.cursor,
@@ -155,7 +155,7 @@ impl Handler<Register> for DiscoveryHub {
     type Result = u64;
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> u64 {
         // Deliver what is already applied first, so the new session's
-        // snapshot (taken after this) is never behind what it will get.
+        // full state (taken after this) is never behind what it will get.
         self.catch_up();
         let scope = msg.0.scope();
         self.index(msg.0.id, &scope);

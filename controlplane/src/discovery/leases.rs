@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use actix::prelude::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
 use actix::Addr;
-use raftmesh_api::{Health, Kind, ResourceKey, Spec};
+use raftmesh_api::{Health, Kind, Resource, ResourceKey, Spec};
 use raftmesh_storage::StateReader;
 
 use super::hub::{DiscoveryHub, ListSessions};
@@ -40,34 +40,30 @@ pub struct LeaseConfig {
     pub expiry: Duration,
 }
 
-/// Keeps endpoint leases (on the leader) and reports this node's streams.
-pub struct LeaseKeeper {
-    ops: Arc<ClusterOps>,
-    reader: StateReader,
-    hub: Addr<DiscoveryHub>,
+/// An endpoint, by (namespace, name).
+pub type EndpointId = (String, String);
+
+/// The leader's lease clocks: when each endpoint's proxy was last seen, and
+/// what becomes of endpoints whose proxies are gone. No I/O: the clock is
+/// tokio's, so tests pause and advance it.
+#[derive(Debug)]
+pub struct Leases {
     cfg: LeaseConfig,
     /// Since when this node leads, if it does.
     leading_since: Option<Instant>,
-    last_seen: HashMap<(String, String), Instant>,
+    last_seen: HashMap<EndpointId, Instant>,
     /// The revision each endpoint had at the last check: a proxy's own
     /// write (registration on a new stream, a ready report) counts as a
     /// sign of life even before the next lease report arrives.
-    revisions: HashMap<(String, String), Option<u64>>,
-    in_flight: HashSet<(String, String)>,
+    revisions: HashMap<EndpointId, Option<u64>>,
+    /// Endpoints with a change being written.
+    in_flight: HashSet<EndpointId>,
 }
 
-impl LeaseKeeper {
-    /// A keeper for the node behind `ops`.
-    pub fn new(
-        ops: Arc<ClusterOps>,
-        reader: StateReader,
-        hub: Addr<DiscoveryHub>,
-        cfg: LeaseConfig,
-    ) -> Self {
+impl Leases {
+    /// No clocks yet.
+    pub fn new(cfg: LeaseConfig) -> Self {
         Self {
-            ops,
-            reader,
-            hub,
             cfg,
             leading_since: None,
             last_seen: HashMap::new(),
@@ -76,48 +72,46 @@ impl LeaseKeeper {
         }
     }
 
-    fn report(&mut self, ctx: &mut Context<Self>) {
-        let hub = self.hub.clone();
-        let ops = self.ops.clone();
-        let node = ops.id();
-        ctx.spawn(
-            async move {
-                let Ok(sessions) = hub.send(ListSessions).await else {
-                    return;
-                };
-                let endpoints = sessions
-                    .iter()
-                    .map(|s| (s.info.namespace.clone(), s.info.instance.clone()))
-                    .collect();
-                if let Err(e) = ops.report_leases(LeaseReport { node, endpoints }).await {
-                    tracing::debug!(error = %e, "cannot report endpoint leases to the leader");
-                }
-            }
-            .into_actor(self),
-        );
+    /// A node reported streams for these endpoints.
+    pub fn reported(&mut self, endpoints: Vec<EndpointId>) {
+        let now = Instant::now();
+        for id in endpoints {
+            self.last_seen.insert(id, now);
+        }
     }
 
-    fn check(&mut self, ctx: &mut Context<Self>) {
-        let leading = self.ops.leader() == Some(self.ops.id());
+    /// The change written for `id` finished (either way).
+    pub fn done(&mut self, id: &EndpointId) {
+        self.in_flight.remove(id);
+    }
+
+    /// One check: whether this node leads, and the endpoints in the state.
+    /// Answers the changes to write (each compare-and-set on the revision
+    /// given), marking them in flight until [`done`](Self::done).
+    pub fn check(
+        &mut self,
+        leading: bool,
+        endpoints: Vec<Arc<Resource>>,
+    ) -> Vec<(EndpointId, Arc<Resource>, Change<Infallible>)> {
         match (leading, self.leading_since) {
             (true, None) => {
                 // Took over: everyone gets a fresh grace period.
                 self.leading_since = Some(Instant::now());
                 self.last_seen.clear();
                 self.revisions.clear();
-                return;
+                return Vec::new();
             }
             (false, Some(_)) => {
                 self.leading_since = None;
                 self.last_seen.clear();
                 self.revisions.clear();
-                return;
+                return Vec::new();
             }
-            (false, None) => return,
+            (false, None) => return Vec::new(),
             (true, Some(_)) => {}
         }
         let since = self.leading_since.unwrap_or_else(Instant::now);
-        let (_, endpoints) = self.reader.list(Some(Kind::Endpoint), None);
+        let mut out = Vec::new();
         // Rebuilt each check, so endpoints that are gone drop out.
         let mut revisions = HashMap::with_capacity(endpoints.len());
         for r in endpoints {
@@ -144,7 +138,7 @@ impl LeaseKeeper {
             let gone = seen.elapsed();
             let change = if gone > self.cfg.expiry {
                 tracing::info!(endpoint = %r.key(), gone = ?gone, "removing an endpoint whose proxy has been gone past the expiry");
-                Change::<Infallible>::Delete
+                Change::Delete
             } else if gone > self.cfg.grace && e.health == Health::Healthy {
                 tracing::info!(endpoint = %r.key(), gone = ?gone, "marking an endpoint unhealthy: its proxy has no stream");
                 let mut u = (*r).clone();
@@ -156,6 +150,66 @@ impl LeaseKeeper {
                 continue;
             };
             self.in_flight.insert(id.clone());
+            out.push((id, r, change));
+        }
+        self.revisions = revisions;
+        out
+    }
+}
+
+/// Keeps endpoint leases (on the leader) and reports this node's streams.
+pub struct LeaseKeeper {
+    ops: Arc<ClusterOps>,
+    reader: StateReader,
+    hub: Addr<DiscoveryHub>,
+    leases: Leases,
+}
+
+impl LeaseKeeper {
+    /// A keeper for the node behind `ops`.
+    pub fn new(
+        ops: Arc<ClusterOps>,
+        reader: StateReader,
+        hub: Addr<DiscoveryHub>,
+        cfg: LeaseConfig,
+    ) -> Self {
+        Self {
+            ops,
+            reader,
+            hub,
+            leases: Leases::new(cfg),
+        }
+    }
+
+    fn report(&mut self, ctx: &mut Context<Self>) {
+        let hub = self.hub.clone();
+        let ops = self.ops.clone();
+        let node = ops.id();
+        ctx.spawn(
+            async move {
+                let Ok(sessions) = hub.send(ListSessions).await else {
+                    return;
+                };
+                let endpoints = sessions
+                    .iter()
+                    .map(|s| (s.info.namespace.clone(), s.info.instance.clone()))
+                    .collect();
+                if let Err(e) = ops.report_leases(LeaseReport { node, endpoints }).await {
+                    tracing::debug!(error = %e, "cannot report endpoint leases to the leader");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn check(&mut self, ctx: &mut Context<Self>) {
+        let leading = self.ops.leader() == Some(self.ops.id());
+        let endpoints = if leading {
+            self.reader.list(Some(Kind::Endpoint), None).1
+        } else {
+            Vec::new()
+        };
+        for (id, current, change) in self.leases.check(leading, endpoints) {
             let ops = self.ops.clone();
             let key = ResourceKey::new(Kind::Endpoint, id.0.clone(), id.1.clone());
             // Compare-and-set on the revision checked: a proxy that wrote
@@ -163,18 +217,15 @@ impl LeaseKeeper {
             let mut change = Some(change);
             ctx.spawn(
                 async move {
-                    ops.update_from(&key, Some(Some(r)), 1, |_| {
+                    ops.update_from(&key, Some(Some(current)), 1, |_| {
                         change.take().unwrap_or(Change::Keep)
                     })
                     .await
                 }
                 .into_actor(self)
-                .map(move |_, act, _| {
-                    act.in_flight.remove(&id);
-                }),
+                .map(move |_, act, _| act.leases.done(&id)),
             );
         }
-        self.revisions = revisions;
     }
 }
 
@@ -182,7 +233,7 @@ impl Actor for LeaseKeeper {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(report_every(self.cfg.grace), |act, ctx| act.report(ctx));
+        ctx.run_interval(report_every(self.leases.cfg.grace), |act, ctx| act.report(ctx));
         ctx.run_interval(Duration::from_millis(500), |act, ctx| act.check(ctx));
     }
 }
@@ -190,10 +241,7 @@ impl Actor for LeaseKeeper {
 impl Handler<LeaseReport> for LeaseKeeper {
     type Result = ();
     fn handle(&mut self, msg: LeaseReport, _: &mut Context<Self>) {
-        let now = Instant::now();
-        for id in msg.endpoints {
-            self.last_seen.insert(id, now);
-        }
+        self.leases.reported(msg.endpoints);
     }
 }
 
@@ -207,5 +255,113 @@ impl Handler<StopLeases> for LeaseKeeper {
     fn handle(&mut self, _: StopLeases, ctx: &mut Context<Self>) {
         use actix::ActorContext;
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(10);
+    const EXPIRY: Duration = Duration::from_secs(60);
+
+    fn endpoint(revision: u64, health: Health) -> Arc<Resource> {
+        let mut r: Resource = serde_yaml_ng::from_str(
+            "kind: Endpoint\nmetadata: {name: web-1}\nspec: {service: web, address: 10.0.0.1, port: 80, lease_node: 1}",
+        )
+        .unwrap();
+        if let Spec::Endpoint(e) = &mut r.spec {
+            e.health = health;
+        }
+        Arc::new(r.with_revision(revision))
+    }
+
+    fn leases() -> Leases {
+        Leases::new(LeaseConfig {
+            grace: GRACE,
+            expiry: EXPIRY,
+        })
+    }
+
+    fn id() -> EndpointId {
+        ("default".into(), "web-1".into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gone_proxy_s_endpoint_turns_unhealthy_after_the_grace_then_goes_after_the_expiry() {
+        let mut l = leases();
+        assert!(
+            l.check(true, vec![endpoint(5, Health::Healthy)]).is_empty(),
+            "took over"
+        );
+        tokio::time::advance(GRACE / 2).await;
+        l.reported(vec![id()]);
+        tokio::time::advance(GRACE - Duration::from_secs(1)).await;
+        assert!(
+            l.check(true, vec![endpoint(5, Health::Healthy)]).is_empty(),
+            "reported within the grace"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let changes = l.check(true, vec![endpoint(5, Health::Healthy)]);
+        assert_eq!(changes.len(), 1);
+        let Change::Put(r) = &changes[0].2 else {
+            panic!("expected unhealthy, got {:?}", changes[0].2);
+        };
+        assert!(matches!(&r.spec, Spec::Endpoint(e) if e.health == Health::Unhealthy));
+        assert!(
+            l.check(true, vec![endpoint(5, Health::Healthy)]).is_empty(),
+            "nothing more while the change is in flight"
+        );
+        l.done(&id());
+        tokio::time::advance(EXPIRY).await;
+        let changes = l.check(true, vec![endpoint(6, Health::Unhealthy)]);
+        assert!(
+            matches!(changes[..], [(_, _, Change::Delete)]),
+            "{changes:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_leader_gives_every_endpoint_a_fresh_grace_period() {
+        let mut l = leases();
+        assert!(l.check(true, vec![endpoint(5, Health::Healthy)]).is_empty());
+        tokio::time::advance(GRACE * 2).await;
+        assert!(l.check(false, vec![]).is_empty(), "lost the lead");
+        assert!(
+            l.check(true, vec![endpoint(5, Health::Healthy)]).is_empty(),
+            "leads again"
+        );
+        tokio::time::advance(GRACE - Duration::from_secs(1)).await;
+        assert!(l.check(true, vec![endpoint(5, Health::Healthy)]).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_proxy_s_own_healthy_write_counts_as_a_sign_of_life() {
+        let mut l = leases();
+        assert!(l.check(true, vec![endpoint(5, Health::Healthy)]).is_empty());
+        assert!(l.check(true, vec![endpoint(5, Health::Healthy)]).is_empty());
+        tokio::time::advance(GRACE - Duration::from_secs(1)).await;
+        // Re-registered (a new revision) without a lease report yet.
+        assert!(l.check(true, vec![endpoint(9, Health::Healthy)]).is_empty());
+        tokio::time::advance(GRACE - Duration::from_secs(1)).await;
+        assert!(
+            l.check(true, vec![endpoint(9, Health::Healthy)]).is_empty(),
+            "the write renewed the lease"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(l.check(true, vec![endpoint(9, Health::Healthy)]).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_written_by_hand_is_never_expired() {
+        let mut l = leases();
+        let mut r = (*endpoint(5, Health::Healthy)).clone();
+        if let Spec::Endpoint(e) = &mut r.spec {
+            e.lease_node = None;
+        }
+        let r = Arc::new(r);
+        assert!(l.check(true, vec![r.clone()]).is_empty());
+        tokio::time::advance(EXPIRY * 2).await;
+        assert!(l.check(true, vec![r]).is_empty());
     }
 }

@@ -60,15 +60,31 @@ impl Scope {
 
 /// Parses a subscription, `name` or `name.namespace`, relative to the
 /// proxy's namespace.
-pub fn parse_subscription(s: &str, default_ns: &str) -> Result<ServiceId, String> {
+pub fn parse_subscription(s: &str, default_ns: &str) -> Result<ServiceId, BadSubscription> {
     let (name, ns) = match s.split_once('.') {
         Some((n, ns)) => (n, ns),
         None => (s, default_ns),
     };
-    raftmesh_api::validate::dns_label(name).map_err(|e| format!("subscription \"{s}\": {e}"))?;
-    raftmesh_api::validate::dns_label(ns)
-        .map_err(|e| format!("subscription \"{s}\": namespace {e}"))?;
+    let bad = |part: &'static str, rule: String| BadSubscription {
+        subscription: s.to_string(),
+        part,
+        rule,
+    };
+    raftmesh_api::validate::dns_label(name).map_err(|e| bad("", e))?;
+    raftmesh_api::validate::dns_label(ns).map_err(|e| bad("namespace ", e))?;
     Ok((ns.to_string(), name.to_string()))
+}
+
+/// A subscription that does not name a service.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("subscription \"{subscription}\": {part}{rule}")]
+pub struct BadSubscription {
+    /// What the proxy sent.
+    pub subscription: String,
+    /// Which part is wrong (`""` for the name, `"namespace "`).
+    pub part: &'static str,
+    /// The rule it breaks.
+    pub rule: String,
 }
 
 #[cfg(test)]

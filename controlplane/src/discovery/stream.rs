@@ -209,7 +209,8 @@ impl Stream<'_> {
                 let mut scope = self.session.scope();
                 for name in &s.services {
                     scope.calls.insert(
-                        parse_subscription(name, &scope.own.0).map_err(Status::invalid_argument)?,
+                        parse_subscription(name, &scope.own.0)
+                            .map_err(|e| Status::invalid_argument(e.to_string()))?,
                     );
                 }
                 if scope.calls.len() > MAX_SUBSCRIPTIONS {
