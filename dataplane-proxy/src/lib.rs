@@ -19,6 +19,7 @@ pub mod persist;
 pub mod retry;
 pub mod route;
 pub mod server;
+pub mod stack;
 pub mod state;
 pub mod stats;
 pub mod target;

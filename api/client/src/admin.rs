@@ -4,7 +4,9 @@
 
 use std::future::Future;
 
+use raftmesh_api::v1 as pb;
 use raftmesh_api::v1::admin_client::AdminClient;
+use raftmesh_api::Resource;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -130,6 +132,27 @@ impl Conn {
             }
         }
         Err(last.unwrap_or_else(|| Status::unavailable("no server could be reached")))
+    }
+
+    /// Applies `resources`, all or none, each compare-and-set on its
+    /// `metadata.revision` when it has one. A write: sent once.
+    pub async fn apply(&self, resources: &[Resource]) -> Result<pb::ApplyResponse, Status> {
+        let items: Vec<pb::ApplyItem> = resources
+            .iter()
+            .map(|r| pb::ApplyItem {
+                expected_revision: r.metadata.revision,
+                resource: Some(r.clone().into()),
+            })
+            .collect();
+        self.call(false, |mut c| {
+            let items = items.clone();
+            async move {
+                c.apply(pb::ApplyRequest { items })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
     }
 }
 

@@ -93,23 +93,7 @@ pub async fn apply(conn: &Conn, args: ApplyArgs) -> CtlResult {
             format!("{name}: {e}; nothing was applied"),
         )
     })?;
-    let items: Vec<pb::ApplyItem> = docs
-        .iter()
-        .map(|r| pb::ApplyItem {
-            expected_revision: r.metadata.revision,
-            resource: Some(r.clone().into()),
-        })
-        .collect();
-    let resp = conn
-        .call(false, |mut c| {
-            let items = items.clone();
-            async move {
-                c.apply(pb::ApplyRequest { items })
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await?;
+    let resp = conn.apply(&docs).await?;
     let mut failed = Vec::new();
     for (doc, res) in docs.iter().zip(&resp.results) {
         let what = format!("{}/{}", doc.kind().lower(), doc.metadata.name);

@@ -63,24 +63,7 @@ fn route(v1: u32, v2: u32) -> anyhow::Result<Resource> {
 }
 
 async fn apply(conn: &Conn, docs: Vec<Resource>) -> anyhow::Result<u64> {
-    let items: Vec<pb::ApplyItem> = docs
-        .into_iter()
-        .map(|r| pb::ApplyItem {
-            resource: Some(r.into()),
-            expected_revision: None,
-        })
-        .collect();
-    let r = conn
-        .call(false, |mut c| {
-            let items = items.clone();
-            async move {
-                c.apply(pb::ApplyRequest { items })
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await?;
-    Ok(r.revision)
+    Ok(conn.apply(&docs).await?.revision)
 }
 
 async fn mint(conn: &Conn, service: &str) -> anyhow::Result<String> {
@@ -289,20 +272,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             addrs.join(",")
         );
     }
-
-    apply(
-        &mesh.conn,
-        vec![
-            doc(
-                "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80, protocol: http}]}",
-            )?,
-            doc(
-                "kind: Service\nmetadata: {name: api}\nspec: {ports: [{port: 80, protocol: http}]}",
-            )?,
-            route(100, 0)?,
-        ],
-    )
-    .await?;
 
     apply(
         &mesh.conn,

@@ -233,7 +233,9 @@ impl Actor for LeaseKeeper {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(report_every(self.leases.cfg.grace), |act, ctx| act.report(ctx));
+        ctx.run_interval(report_every(self.leases.cfg.grace), |act, ctx| {
+            act.report(ctx)
+        });
         ctx.run_interval(Duration::from_millis(500), |act, ctx| act.check(ctx));
     }
 }

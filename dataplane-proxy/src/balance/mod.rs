@@ -3,8 +3,6 @@
 //! `Balance` is the tower service that picks an endpoint for each attempt;
 //! the statistics it decides on are `stats.rs`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,6 +15,7 @@ use rand::Rng;
 use crate::compiled::{Backend, Endpoint, ServiceTable};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::stack::{BoxFuture, Next};
 use crate::target::{Target, Tried, Upstream};
 use crate::Body;
 
@@ -108,25 +107,16 @@ impl<S> tower::Layer<S> for BalanceLayer {
     }
 }
 
-type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
-
-impl<S> tower::Service<Request<Body>> for Balance<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFut;
+    type Future = BoxFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> BoxFut {
+    fn call(&mut self, mut req: Request<Body>) -> BoxFuture {
         let mut inner = self.inner.clone();
         let metrics = self.metrics.clone();
         Box::pin(async move {

@@ -1,9 +1,7 @@
 //! The last step: send the request to the chosen endpoint over a pooled
 //! connection (HTTP/1.1 or HTTP/2 prior knowledge, as the request came).
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 
 use crate::error::ProxyError;
+use crate::stack::BoxFuture;
 use crate::target::Upstream;
 use crate::tls::{Alpn, MeshConnector, Targets, Workload};
 use crate::Body;
@@ -119,7 +118,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 impl tower::Service<Request<Body>> for Forward {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+    type Future = BoxFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))

@@ -2,8 +2,6 @@
 //! add at most 20 % to the load a service receives (plus a small reserve
 //! for low traffic).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -13,6 +11,7 @@ use raftmesh_api::RetryOn;
 
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::stack::{BoxFuture, Next};
 use crate::target::{Target, Tried};
 use crate::{empty, Body};
 
@@ -72,25 +71,16 @@ impl<S> tower::Layer<S> for RetryLayer {
     }
 }
 
-type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
-
-impl<S> tower::Service<Request<Body>> for Retry<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+impl<S: Next> tower::Service<Request<Body>> for Retry<S> {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFut;
+    type Future = BoxFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> BoxFut {
+    fn call(&mut self, req: Request<Body>) -> BoxFuture {
         let mut inner = self.inner.clone();
         let metrics = self.metrics.clone();
         Box::pin(async move {

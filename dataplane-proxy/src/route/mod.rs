@@ -2,8 +2,6 @@
 //! rule, and a weighted backend subset. `Route` is the tower service that
 //! attaches the [`Target`] every later layer reads.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,6 +12,7 @@ use rand::Rng;
 
 use crate::compiled::{Rule, ServiceId};
 use crate::error::ProxyError;
+use crate::stack::{BoxFuture, Next};
 use crate::state::Config;
 use crate::target::{RouteInfo, Target};
 use crate::Body;
@@ -102,25 +101,16 @@ impl<S> tower::Layer<S> for RouteLayer {
     }
 }
 
-type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
-
-impl<S> tower::Service<Request<Body>> for Route<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+impl<S: Next> tower::Service<Request<Body>> for Route<S> {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFut;
+    type Future = BoxFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> BoxFut {
+    fn call(&mut self, mut req: Request<Body>) -> BoxFuture {
         let mut inner = self.inner.clone();
         let config = self.config.clone();
         Box::pin(async move {

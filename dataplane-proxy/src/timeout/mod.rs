@@ -1,12 +1,11 @@
 //! The route's whole-request time limit (retries included).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
 
 use crate::error::ProxyError;
+use crate::stack::{BoxFuture, Next};
 use crate::target::Target;
 use crate::Body;
 
@@ -27,25 +26,16 @@ impl<S> tower::Layer<S> for TimeoutLayer {
     }
 }
 
-type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
-
-impl<S> tower::Service<Request<Body>> for Timeout<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+impl<S: Next> tower::Service<Request<Body>> for Timeout<S> {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFut;
+    type Future = BoxFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> BoxFut {
+    fn call(&mut self, req: Request<Body>) -> BoxFuture {
         let limit = req
             .extensions()
             .get::<Target>()
