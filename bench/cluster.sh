@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 meshd=$root/target/release/meshd
 case $cmd in
 start)
-  [ -x "$meshd" ] || (cd "$root" && cargo build --release -p raftmesh-controlplane --bins >&2)
+  [ -x "$meshd" ] && [ -x "$root/target/release/meshctl" ] || (cd "$root" && cargo build --release -p raftmesh-controlplane -p raftmesh-ctl --bins >&2)
   mkdir -p "$dir"
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/admin.token"
   initial=1=127.0.0.1:7301,2=127.0.0.1:7302,3=127.0.0.1:7303

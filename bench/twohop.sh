@@ -17,7 +17,7 @@ ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}; RATE=${RATE:-2000}; CONNS=${CONNS:-32}
 OHA_BIN=${OHA_BIN:-$HOME/.cargo/bin/oha}
 CLIENT_CPU=${CLIENT_CPU:-0}; SERVER_CPU=${SERVER_CPU:-1}
 command -v nginx >/dev/null && [ -x "$OHA_BIN" ] || { echo "needs nginx and oha: run ../shared/bench/setup.sh" >&2; exit 2; }
-(cd "$root" && cargo build --release -q -p raftmesh-controlplane -p raftmesh-dataplane-proxy --bins)
+(cd "$root" && cargo build --release -q -p raftmesh-controlplane -p raftmesh-ctl -p raftmesh-dataplane-proxy --bins)
 bin=$root/target/release
 rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR"
 pids=()
