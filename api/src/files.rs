@@ -3,8 +3,9 @@
 //! folder), atomically (a temporary file, synced, then renamed over the
 //! old one), so a crash leaves the old file or the new one, never half.
 //!
-//! meshd (tokens, server TLS files), mesh-proxy (its state directory) and
-//! `meshd demo` all write through here.
+//! `meshctl backup save`, `meshd tls init`, mesh-proxy (its state
+//! directory: saved config, workload key and certificate) and `meshd demo`
+//! (token files) write through here.
 
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -10,9 +10,9 @@
 //! lives in [`node`], so tests start nodes in-process; `src/bin/meshd.rs`
 //! only parses flags and calls into it.
 //!
-//! Must not be linked by the proxy (`dataplane-proxy` depends on `api`
-//! only), and must not link the proxy: `meshd demo` starts `mesh-proxy` as
-//! a program (`.ci/run` checks both with `cargo tree`).
+//! Must not be linked by the proxy (`dataplane-proxy` depends on `api` and
+//! `api/client` only), and must not link the proxy: `meshd demo` starts
+//! `mesh-proxy` as a program (`.ci/run` checks both with `cargo tree`).
 
 pub mod admin;
 pub mod ca;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use raftmesh_client::{read_certificate, read_pem};
 use rcgen::{DistinguishedName, DnType, Issuer, KeyPair, SanType};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -122,25 +123,6 @@ pub fn init(o: &InitOptions) -> anyhow::Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-fn read(path: &Path, what: &str) -> anyhow::Result<String> {
-    let s = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {what} {}", path.display()))?;
-    if !s.contains("-----BEGIN") {
-        bail!("{what} {} is not a PEM file", path.display());
-    }
-    Ok(s)
-}
-
-/// A certificate's expiry (Unix seconds), checking that the PEM parses.
-fn not_after(pem: &str, what: &str) -> anyhow::Result<i64> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|e| anyhow::anyhow!("{what}: not a PEM certificate: {e}"))?;
-    let c = p
-        .parse_x509()
-        .map_err(|e| anyhow::anyhow!("{what}: not an X.509 certificate: {e}"))?;
-    Ok(c.validity().not_after.timestamp())
-}
-
 /// TLS for one meshd node: what its gRPC port serves with, and what it
 /// connects to other nodes with.
 #[derive(Clone)]
@@ -160,22 +142,20 @@ impl std::fmt::Debug for NodeTls {
 
 /// Loads node `id`'s TLS from a `--tls-dir`, checking every file.
 pub fn load(dir: &Path, id: u64) -> anyhow::Result<NodeTls> {
-    let ca = read(&dir.join(CA_CERT), "--tls-dir: the server CA")?;
-    let cert = read(
+    let ca = read_certificate(&dir.join(CA_CERT), "--tls-dir: the server CA")?.pem;
+    let cert = read_certificate(
         &dir.join(node_cert(id)),
         "--tls-dir: this node's certificate",
     )?;
-    let key = read(&dir.join(node_key(id)), "--tls-dir: this node's key")?;
-    not_after(&ca, &format!("{}", dir.join(CA_CERT).display()))?;
-    let expires = not_after(&cert, &format!("{}", dir.join(node_cert(id)).display()))?;
+    let key = read_pem(&dir.join(node_key(id)), "--tls-dir: this node's key")?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if expires <= now {
+    if cert.not_after_unix <= now {
         bail!(
             "--tls-dir: {} expired; make new node certificates with `meshd tls init`",
             dir.join(node_cert(id)).display()
         );
     }
-    let identity = Identity::from_pem(cert, key);
+    let identity = Identity::from_pem(cert.pem, key);
     let root = Certificate::from_pem(ca);
     Ok(NodeTls {
         server: ServerTlsConfig::new()

@@ -442,12 +442,17 @@ pub async fn store_first_admin(
         }),
     };
     let current = ops.reader().get(&key).1;
-    Ok(ops
+    let r = ops
         .update_from(&key, Some(current), 1, |cur| match cur {
             Some(_) => Change::<TokenError>::Keep,
             None => Change::Put(resource.clone()),
         })
-        .await?)
+        .await;
+    match r {
+        // Another leader stored it first: that one stands.
+        Err(UpdateError::Conflict { .. }) => Ok(Updated::Kept(None)),
+        other => Ok(other?),
+    }
 }
 
 /// Whether the first admin token is stored.

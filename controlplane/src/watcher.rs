@@ -17,7 +17,7 @@ use raftmesh_api::v1 as pb;
 use raftmesh_storage::StateReader;
 
 use crate::cluster::network::ClientPool;
-use crate::cluster::{state_name, ClusterOps};
+use crate::cluster::{state_name, ClusterOps, Updated};
 use crate::NodeId;
 use crate::{procinfo, tokens};
 
@@ -141,7 +141,8 @@ impl ClusterWatcher {
         ctx.spawn(fut.into_actor(self).map(|res, act, _| {
             act.ca_in_flight = false;
             match res {
-                Ok(_) => tracing::info!("created the workload CA"),
+                Ok(Updated::Written(_)) => tracing::info!("created the workload CA"),
+                Ok(Updated::Kept(_)) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "could not create the workload CA yet; will retry")
                 }
@@ -167,7 +168,10 @@ impl ClusterWatcher {
         ctx.spawn(fut.into_actor(self).map(|res, act, _| {
             act.bootstrap_in_flight = false;
             match res {
-                Ok(_) => tracing::info!("stored the bootstrap admin token (its SHA-256 only)"),
+                Ok(Updated::Written(_)) => {
+                    tracing::info!("stored the bootstrap admin token (its SHA-256 only)")
+                }
+                Ok(Updated::Kept(_)) => {}
                 Err(e) => tracing::warn!(error = %e, "could not store the bootstrap admin token yet; will retry"),
             }
         }));

@@ -42,21 +42,12 @@ fn main() {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let parent_gone = async move {
-            match parent {
-                // Polled: a child is not told when its parent dies.
-                Some(pid) => {
-                    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    }
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
-            _ = parent_gone => tracing::info!("the parent process is gone"),
+            _ = raftmesh_client::bins::parent_gone(parent) => {
+                tracing::info!("the parent process is gone")
+            }
         }
         tracing::info!("stopping");
         proxy.shutdown().await;

@@ -1,6 +1,7 @@
 //! Finding the mesh's programs — `meshd`, `meshctl`, `mesh-proxy` — to
-//! start them as processes: `meshd demo` starts proxies, the CLI tests and
-//! the chaos harness start all three.
+//! start them as processes (`meshd demo` starts proxies, the CLI tests and
+//! the chaos harness start all three), and letting a child started that way
+//! stop with its parent ([`parent_gone`]).
 //!
 //! Where they are looked for, in order:
 //! 1. `RAFTMESH_BIN_DIR`, when set (e.g. a release build for the chaos
@@ -47,10 +48,24 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| here.to_path_buf())
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+/// Where cargo put this build's programs: the folder of the running one
+/// (a test runs from its `deps/` folder, one below). Under cargo, the
+/// nested build below uses the same configuration, so the same folder.
+fn profile_dir(release: bool) -> PathBuf {
+    let own = std::env::current_exe().ok().and_then(|e| {
+        let dir = e.parent()?;
+        Some(if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.parent()?.to_path_buf()
+        } else {
+            dir.to_path_buf()
+        })
+    });
+    own.unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"))
+            .join(if release { "release" } else { "debug" })
+    })
 }
 
 /// Builds every program once per process, in this build's profile; cargo's
@@ -75,7 +90,7 @@ fn build(cargo: &std::ffi::OsStr, quiet: bool) -> Result<PathBuf, BinError> {
     if !status.success() {
         return Err(BinError::Build(format!("cargo build exited with {status}")));
     }
-    Ok(target_dir().join(if release { "release" } else { "debug" }))
+    Ok(profile_dir(release))
 }
 
 /// The path of program `name` (`meshd`, `meshctl`, `mesh-proxy`), built
@@ -110,4 +125,19 @@ pub fn find(name: &str, quiet: bool) -> Result<PathBuf, BinError> {
         name: name.to_string(),
         looked: looked.join(", "),
     })
+}
+
+/// Resolves once process `pid` is gone; never when `pid` is `None`. A
+/// program started with `--parent-pid` (the demo's nodes and proxies)
+/// selects on this to stop with its parent: a child is not told when its
+/// parent dies, so it looks every half second.
+pub async fn parent_gone(pid: Option<u32>) {
+    match pid {
+        Some(pid) => {
+            while Path::new(&format!("/proc/{pid}")).exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }

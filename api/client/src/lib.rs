@@ -16,7 +16,7 @@ use std::time::Duration;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 pub use admin::{admin_client, Admin, Bearer, Conn};
-pub use tls::{client_tls, read_ca_file};
+pub use tls::{client_tls, read_ca_file, read_certificate, read_pem, PemCertificate};
 
 /// Largest gRPC message between meshd nodes and from meshd to its admin
 /// clients (Raft log batches, snapshot chunks, large lists).
@@ -51,7 +51,7 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    /// The CA file does not hold a usable certificate.
+    /// The file does not hold a usable certificate (or PEM block).
     #[error("{what} {path} is not a PEM certificate: {reason}")]
     NotCertificate {
         /// Which flag or file.

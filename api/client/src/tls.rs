@@ -10,24 +10,53 @@ use crate::ClientError;
 /// Reads a PEM file holding a certificate (a `--ca-file`), checking that it
 /// parses; the error names `what` and the path.
 pub fn read_ca_file(path: &Path, what: &'static str) -> Result<String, ClientError> {
-    let shown = path.display().to_string();
-    let pem = std::fs::read_to_string(path).map_err(|source| ClientError::Read {
-        what,
-        path: shown.clone(),
-        source,
-    })?;
+    Ok(read_certificate(path, what)?.pem)
+}
+
+/// A certificate read from a PEM file.
+#[derive(Debug, Clone)]
+pub struct PemCertificate {
+    /// The file's text.
+    pub pem: String,
+    /// Its expiry, Unix seconds.
+    pub not_after_unix: i64,
+}
+
+/// Reads a PEM file holding a certificate, checking that it parses, with
+/// its expiry; the error names `what` and the path.
+pub fn read_certificate(path: &Path, what: &'static str) -> Result<PemCertificate, ClientError> {
+    let pem = read_pem(path, what)?;
     let not_cert = |reason: String| ClientError::NotCertificate {
         what,
-        path: shown.clone(),
+        path: path.display().to_string(),
         reason,
     };
-    if !pem.contains("-----BEGIN") {
-        return Err(not_cert("no PEM block".into()));
-    }
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|e| not_cert(format!("not PEM: {e}")))?;
-    p.parse_x509()
+    let cert = p
+        .parse_x509()
         .map_err(|e| not_cert(format!("not an X.509 certificate: {e}")))?;
+    let not_after_unix = cert.validity().not_after.timestamp();
+    Ok(PemCertificate {
+        pem,
+        not_after_unix,
+    })
+}
+
+/// Reads a file that must hold a PEM block (a certificate or a key).
+pub fn read_pem(path: &Path, what: &'static str) -> Result<String, ClientError> {
+    let pem = std::fs::read_to_string(path).map_err(|source| ClientError::Read {
+        what,
+        path: path.display().to_string(),
+        source,
+    })?;
+    if !pem.contains("-----BEGIN") {
+        return Err(ClientError::NotCertificate {
+            what,
+            path: path.display().to_string(),
+            reason: "no PEM block".into(),
+        });
+    }
     Ok(pem)
 }
 

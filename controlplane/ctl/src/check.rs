@@ -184,48 +184,73 @@ pub fn ca_findings(authority: Option<&Resource>, now_s: i64) -> Vec<Finding> {
     out
 }
 
+/// Why a node's server certificate could not be checked.
+#[derive(Debug, thiserror::Error)]
+enum CertCheckError {
+    #[error("--ca-file: {0}")]
+    CaFile(String),
+    #[error("{0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{host}: {why}")]
+    Name { host: String, why: String },
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+    #[error("TLS handshake: {0}")]
+    Handshake(#[source] std::io::Error),
+    #[error("no certificate presented")]
+    NoCertificate,
+    #[error("unparsable certificate: {0}")]
+    Unparsable(String),
+}
+
 /// The server certificate `addr` presents, checked against `ca_pem`: days
 /// to its expiry.
-async fn server_cert_days(addr: &str, ca_pem: &str, now_s: i64) -> Result<i64, String> {
+async fn server_cert_days(addr: &str, ca_pem: &str, now_s: i64) -> Result<i64, CertCheckError> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots
-            .add(c.map_err(|e| format!("--ca-file: {e}"))?)
-            .map_err(|e| format!("--ca-file: {e}"))?;
+            .add(c.map_err(|e| CertCheckError::CaFile(e.to_string()))?)
+            .map_err(|e| CertCheckError::CaFile(e.to_string()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let host = addr
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
         .unwrap_or(addr);
-    let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| CertCheckError::Name {
+        host: host.to_string(),
+        why: e.to_string(),
+    })?;
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         tokio::net::TcpStream::connect(addr),
     )
     .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| format!("connect: {e}"))?;
+    .map_err(|_| CertCheckError::ConnectTimeout)?
+    .map_err(CertCheckError::Connect)?;
     let tls = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
     )
     .await
-    .map_err(|_| "TLS handshake timed out".to_string())?
-    .map_err(|e| format!("TLS handshake: {e}"))?;
+    .map_err(|_| CertCheckError::HandshakeTimeout)?
+    .map_err(CertCheckError::Handshake)?;
     let (_, conn) = tls.get_ref();
     let leaf = conn
         .peer_certificates()
         .and_then(|c| c.first())
-        .ok_or("no certificate presented")?;
+        .ok_or(CertCheckError::NoCertificate)?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| format!("unparsable certificate: {e}"))?;
+        .map_err(|e| CertCheckError::Unparsable(e.to_string()))?;
     Ok(days_left(cert.validity().not_after.timestamp(), now_s))
 }
 
@@ -294,7 +319,7 @@ pub async fn run(conn: &Conn, ca_pem: Option<&str>) -> CtlResult {
                         };
                         all.push(finding(lvl, check, format!("expires in {days} days{hint}")));
                     }
-                    Err(e) => all.push(finding(Level::Fail, check, e)),
+                    Err(e) => all.push(finding(Level::Fail, check, e.to_string())),
                 }
             }
         }

@@ -111,20 +111,11 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
 }
 
 async fn serve_until_signal(node: Node, parent: Option<u32>) -> anyhow::Result<()> {
-    let parent_gone = async move {
-        match parent {
-            Some(pid) => loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    return;
-                }
-            },
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         sig = wait_for_signal() => tracing::info!(signal = sig?, "stopping"),
-        _ = parent_gone => tracing::info!("the parent process is gone; stopping"),
+        _ = raftmesh_client::bins::parent_gone(parent) => {
+            tracing::info!("the parent process is gone; stopping")
+        }
     }
     node.shutdown().await
 }

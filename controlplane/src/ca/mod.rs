@@ -181,12 +181,17 @@ pub async fn create_if_missing(
     let td = trust_domain(ops.reader(), cluster_name);
     let root = new_root(&td, unix_ms())?;
     let resource = authority_resource(Metadata::named(CA_NAME), vec![root]);
-    Ok(ops
+    let r = ops
         .update_from(&ca_key(), Some(None), 1, |cur| match cur {
             Some(_) => Change::<LifecycleError>::Keep,
             None => Change::Put(resource.clone()),
         })
-        .await?)
+        .await;
+    match r {
+        // Another leader created it first: that one stands.
+        Err(UpdateError::Conflict { .. }) => Ok(Updated::Kept(None)),
+        other => Ok(other?),
+    }
 }
 
 /// Rolls the workload CA to a new root, with overlap: the new root is added

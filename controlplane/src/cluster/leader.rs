@@ -3,14 +3,22 @@
 //! travels as one [`LeaderRequest`] and comes back as
 //! `Result<Reply, ClusterError>`, so the caller decodes exactly the answer
 //! it asked for.
+//!
+//! The JSON on the wire is the shape earlier versions of meshd speak
+//! (`{"Write": …}`, `"ReadIndex"`; replies `{"Ok": {"Written": …}}`,
+//! `{"Ok": "Done"}`), so a rolling upgrade can forward between old and new
+//! nodes (docs/operations.md, "Upgrade"); a test pins it.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use raftmesh_api::v1::RaftPayload;
 use raftmesh_storage::{Command, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::membership::{AddNode, MembershipView, RemoveNode, TransferLeader};
 use super::network::{from_payload, to_payload, RaftRpcClient};
@@ -35,8 +43,8 @@ pub struct ReadIndex;
 pub enum LeaderRequest {
     /// [`Write`].
     Write(Write),
-    /// [`ReadIndex`].
-    ReadIndex(ReadIndex),
+    /// [`ReadIndex`] (a unit variant on the wire).
+    ReadIndex,
     /// [`AddNode`].
     AddNode(AddNode),
     /// [`RemoveNode`].
@@ -51,6 +59,8 @@ pub enum LeaderRequest {
 pub(crate) trait LeaderCall: Clone + Into<LeaderRequest> + Send + Sync {
     /// What the leader answers.
     type Reply: Serialize + DeserializeOwned + Send;
+    /// The reply's name on the wire (`Done` for `()`).
+    const REPLY: &'static str;
     /// A write may not be sent again once it may have reached a leader.
     const WRITE: bool;
     /// Serves the request on this node, which must lead (never forwards).
@@ -61,14 +71,10 @@ pub(crate) trait LeaderCall: Clone + Into<LeaderRequest> + Send + Sync {
 }
 
 macro_rules! leader_call {
-    ($t:ident, $reply:ty, $write:expr, |$c:ident, $ops:ident| $body:expr) => {
-        impl From<$t> for LeaderRequest {
-            fn from(c: $t) -> Self {
-                LeaderRequest::$t(c)
-            }
-        }
+    ($t:ident, $reply:ty, $tag:literal, $write:expr, |$c:ident, $ops:ident| $body:expr) => {
         impl LeaderCall for $t {
             type Reply = $reply;
+            const REPLY: &'static str = $tag;
             const WRITE: bool = $write;
             #[allow(clippy::manual_async_fn)]
             fn serve_local(
@@ -82,20 +88,84 @@ macro_rules! leader_call {
     };
 }
 
-leader_call!(Write, Response, true, |c, ops| ops.write_local(c.0).await);
-leader_call!(ReadIndex, u64, false, |_c, ops| ops
+leader_call!(Write, Response, "Written", true, |c, ops| ops
+    .write_local(c.0)
+    .await);
+leader_call!(ReadIndex, u64, "ReadIndex", false, |_c, ops| ops
     .read_index_local()
     .await);
-leader_call!(AddNode, MembershipView, false, |c, ops| ops
+leader_call!(AddNode, MembershipView, "Membership", false, |c, ops| ops
     .add_node_local(c)
     .await);
-leader_call!(RemoveNode, MembershipView, false, |c, ops| ops
-    .remove_node_local(c.id)
-    .await);
-leader_call!(TransferLeader, MembershipView, false, |c, ops| ops
-    .transfer_leader_local(c.id)
-    .await);
-leader_call!(LeaseReport, (), false, |c, ops| ops.leases_local(c));
+leader_call!(RemoveNode, MembershipView, "Membership", false, |c, ops| {
+    ops.remove_node_local(c.id).await
+});
+leader_call!(
+    TransferLeader,
+    MembershipView,
+    "Membership",
+    false,
+    |c, ops| ops.transfer_leader_local(c.id).await
+);
+leader_call!(LeaseReport, (), "Done", false, |c, ops| ops.leases_local(c));
+
+macro_rules! into_request {
+    ($($t:ident),*) => {
+        $(impl From<$t> for LeaderRequest {
+            fn from(c: $t) -> Self {
+                LeaderRequest::$t(c)
+            }
+        })*
+    };
+}
+into_request!(Write, AddNode, RemoveNode, TransferLeader, LeaseReport);
+
+impl From<ReadIndex> for LeaderRequest {
+    fn from(_: ReadIndex) -> Self {
+        LeaderRequest::ReadIndex
+    }
+}
+
+/// A reply as earlier versions put it on the wire: `{"Ok": {"<REPLY>": v}}`
+/// (`{"Ok": "<REPLY>"}` when `v` is `()`), or `{"Err": e}`.
+fn encode<C: LeaderCall>(
+    r: &Result<C::Reply, ClusterError>,
+) -> Result<RaftPayload, serde_json::Error> {
+    let one = |k: &str, v: Value| Value::Object([(k.to_string(), v)].into_iter().collect());
+    let v = match r {
+        Ok(reply) => {
+            let inner = serde_json::to_value(reply)?;
+            let tagged = if inner.is_null() {
+                Value::String(C::REPLY.into())
+            } else {
+                one(C::REPLY, inner)
+            };
+            one("Ok", tagged)
+        }
+        Err(e) => one("Err", serde_json::to_value(e)?),
+    };
+    to_payload(&v)
+}
+
+/// Reads a reply [`encode`] wrote; one of another kind is refused.
+fn decode<C: LeaderCall>(p: &RaftPayload) -> Result<Result<C::Reply, ClusterError>, tonic::Status> {
+    let malformed =
+        |why: String| tonic::Status::invalid_argument(format!("malformed leader response: {why}"));
+    let tagged = match from_payload::<Result<Value, ClusterError>>(p, "leader response")? {
+        Err(e) => return Ok(Err(e)),
+        Ok(v) => v,
+    };
+    let inner = match tagged {
+        Value::String(s) if s == C::REPLY => Value::Null,
+        Value::Object(mut m) if m.len() == 1 => m
+            .remove(C::REPLY)
+            .ok_or_else(|| malformed(format!("expected {}", C::REPLY)))?,
+        other => return Err(malformed(format!("expected {}, got {other}", C::REPLY))),
+    };
+    serde_json::from_value(inner)
+        .map(Ok)
+        .map_err(|e| malformed(e.to_string()))
+}
 
 /// Which node-to-node RPC carries a leader request.
 #[derive(Debug, Clone, Copy)]
@@ -122,7 +192,7 @@ pub(crate) async fn call_remote<C: LeaderCall>(
         Via::Forward => client.forward(request).await?,
         Via::Relay => client.relay(request).await?,
     };
-    from_payload(reply.get_ref(), "leader response")
+    decode::<C>(reply.get_ref())
 }
 
 enum Forwarded {
@@ -130,20 +200,19 @@ enum Forwarded {
     Final(ClusterError),
 }
 
-fn encode<T: Serialize>(v: &Result<T, ClusterError>) -> Result<RaftPayload, serde_json::Error> {
-    to_payload(v)
-}
-
 /// Applies `$f` to the typed call inside a [`LeaderRequest`].
 macro_rules! dispatch {
     ($req:expr, |$c:ident| $body:expr) => {
         match $req {
-            LeaderRequest::Write($c) => encode(&$body),
-            LeaderRequest::ReadIndex($c) => encode(&$body),
-            LeaderRequest::AddNode($c) => encode(&$body),
-            LeaderRequest::RemoveNode($c) => encode(&$body),
-            LeaderRequest::TransferLeader($c) => encode(&$body),
-            LeaderRequest::LeaseReport($c) => encode(&$body),
+            LeaderRequest::Write($c) => encode::<Write>(&$body),
+            LeaderRequest::ReadIndex => {
+                let $c = ReadIndex;
+                encode::<ReadIndex>(&$body)
+            }
+            LeaderRequest::AddNode($c) => encode::<AddNode>(&$body),
+            LeaderRequest::RemoveNode($c) => encode::<RemoveNode>(&$body),
+            LeaderRequest::TransferLeader($c) => encode::<TransferLeader>(&$body),
+            LeaderRequest::LeaseReport($c) => encode::<LeaseReport>(&$body),
         }
     };
 }
@@ -229,5 +298,73 @@ impl ClusterOps {
         req: LeaderRequest,
     ) -> Result<RaftPayload, serde_json::Error> {
         dispatch!(req, |c| self.submit(c).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The payload as JSON, to compare with what earlier versions send
+    /// (field order aside).
+    fn json(p: &RaftPayload) -> Value {
+        serde_json::from_slice(&p.json).unwrap()
+    }
+
+    fn was(s: &str) -> Value {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn requests_and_replies_keep_the_wire_shape_of_earlier_versions() {
+        let req = |r: LeaderRequest| serde_json::to_string(&r).unwrap();
+        assert_eq!(req(ReadIndex.into()), r#""ReadIndex""#);
+        assert_eq!(
+            req(RemoveNode { id: 3 }.into()),
+            r#"{"RemoveNode":{"id":3}}"#
+        );
+        assert_eq!(
+            req(AddNode {
+                id: 4,
+                addr: "a:1".into(),
+                learner_only: false
+            }
+            .into()),
+            r#"{"AddNode":{"id":4,"addr":"a:1","learner_only":false}}"#
+        );
+        assert!(req(Write(Command::Group(vec![])).into()).starts_with(r#"{"Write":"#));
+
+        let p = encode::<ReadIndex>(&Ok(7)).unwrap();
+        assert_eq!(json(&p), was(r#"{"Ok":{"ReadIndex":7}}"#));
+        assert_eq!(decode::<ReadIndex>(&p).unwrap(), Ok(7));
+        let p = encode::<LeaseReport>(&Ok(())).unwrap();
+        assert_eq!(json(&p), was(r#"{"Ok":"Done"}"#));
+        assert_eq!(decode::<LeaseReport>(&p).unwrap(), Ok(()));
+        let p = encode::<RemoveNode>(&Err(ClusterError::NoLeader)).unwrap();
+        assert_eq!(json(&p), was(r#"{"Err":"NoLeader"}"#));
+        assert_eq!(
+            decode::<RemoveNode>(&p).unwrap(),
+            Err(ClusterError::NoLeader)
+        );
+        let view = MembershipView {
+            voters: vec![1, 2],
+            learners: vec![],
+            leader: Some(1),
+        };
+        let p = encode::<TransferLeader>(&Ok(view.clone())).unwrap();
+        assert_eq!(
+            json(&p),
+            was(r#"{"Ok":{"Membership":{"voters":[1,2],"learners":[],"leader":1}}}"#)
+        );
+        assert_eq!(decode::<AddNode>(&p).unwrap(), Ok(view));
+    }
+
+    #[test]
+    fn a_reply_of_another_kind_is_refused_not_misread() {
+        let p = encode::<ReadIndex>(&Ok(7)).unwrap();
+        let e = decode::<TransferLeader>(&p).unwrap_err();
+        assert!(e.message().contains("expected Membership"), "{e}");
+        let p = encode::<LeaseReport>(&Ok(())).unwrap();
+        assert!(decode::<ReadIndex>(&p).is_err());
     }
 }

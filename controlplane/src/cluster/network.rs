@@ -92,7 +92,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
         Connection {
             target,
-            client: self.pool.get(&node.addr).map_err(|e| e.to_string()),
+            client: self.pool.get(&node.addr).map_err(Arc::new),
             faults: self.faults.clone(),
         }
     }
@@ -101,7 +101,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// openraft's view of one other node.
 pub struct Connection {
     target: NodeId,
-    client: Result<RaftClient<Channel>, String>,
+    client: Result<RaftRpcClient, Arc<ClientError>>,
     faults: Option<Arc<super::faults::Faults>>,
 }
 
@@ -121,11 +121,7 @@ impl Connection {
     {
         let client = match &self.client {
             Ok(c) => c.clone(),
-            Err(e) => {
-                return Err(RPCError::Unreachable(Unreachable::new(
-                    &std::io::Error::other(e.clone()),
-                )))
-            }
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e.as_ref()))),
         };
         if let Some(f) = &self.faults {
             match f.outgoing(self.target) {

@@ -92,7 +92,7 @@ struct Mesh {
     procs: Mutex<Procs>,
     flows: Flows,
     story: Story,
-    status: Mutex<Option<pb::ClusterStatusResponse>>,
+    last_status: Mutex<Option<pb::ClusterStatusResponse>>,
 }
 
 impl Mesh {
@@ -100,18 +100,22 @@ impl Mesh {
         self.procs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Cluster status from whichever node answers.
+    async fn status(&self) -> Option<pb::ClusterStatusResponse> {
+        self.conn
+            .call(true, |mut c| async move {
+                c.cluster_status(pb::ClusterStatusRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await
+            .ok()
+    }
+
     async fn leader(&self, not: Option<u64>, timeout: Duration) -> Option<u64> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            let r = self
-                .conn
-                .call(true, |mut c| async move {
-                    c.cluster_status(pb::ClusterStatusRequest {})
-                        .await
-                        .map(|r| r.into_inner())
-                })
-                .await;
-            if let Ok(s) = r {
+            if let Some(s) = self.status().await {
                 if let Some(l) = s.leader.filter(|l| Some(*l) != not) {
                     return Some(l);
                 }
@@ -170,6 +174,10 @@ fn check_free(addrs: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
 /// Runs the demo until its duration ends or Ctrl-C.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Ctrl-C is taken from the start, so one pressed while the mesh comes
+    // up still stops everything cleanly (the children are in their own
+    // process group and do not get it from the terminal).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     if args.base_port > u16::MAX - 40 {
         bail!(
             "--base-port {} leaves no room for the demo's ports (at most {})",
@@ -242,7 +250,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         procs: Mutex::new(procs),
         flows: Default::default(),
         story: Story::new(started),
-        status: Mutex::new(None),
+        last_status: Mutex::new(None),
     });
     // The admin token works once the cluster has a leader and stored it.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -364,16 +372,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let m = mesh.clone();
         tokio::spawn(async move {
             loop {
-                let r = m
-                    .conn
-                    .call(true, |mut c| async move {
-                        c.cluster_status(pb::ClusterStatusRequest {})
-                            .await
-                            .map(|r| r.into_inner())
-                    })
-                    .await
-                    .ok();
-                *m.status.lock().unwrap_or_else(PoisonError::into_inner) = r;
+                let r = m.status().await;
+                *m.last_status.lock().unwrap_or_else(PoisonError::into_inner) = r;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         })
@@ -386,7 +386,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => { println!(); break; }
+            _ = interrupt.recv() => { println!(); break; }
         }
         if tty {
             table::draw(&mesh, started);

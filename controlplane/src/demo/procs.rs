@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -55,6 +56,9 @@ impl Procs {
             .with_context(|| format!("no demo process is called {name}"))?;
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
         let child = Command::new(exe)
+            // Its own process group: Ctrl-C in the terminal reaches only
+            // the demo, which then stops the traffic before the mesh.
+            .process_group(0)
             .args(args)
             .arg("--parent-pid")
             .arg(std::process::id().to_string())

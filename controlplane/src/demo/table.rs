@@ -53,7 +53,7 @@ pub fn draw(mesh: &Mesh, started: Instant) {
         "\n{total} requests so far, {failed} failed, {denied} denied\n\n"
     ));
     match mesh
-        .status
+        .last_status
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .as_ref()

@@ -450,7 +450,8 @@ fn meshd_dev_prints_a_token_that_works() {
 }
 
 /// Runs `meshd demo` with `args`, optionally interrupting it after `sigint_after`,
-/// and returns its stdout, the node pids and the temporary directory it named.
+/// and returns its stdout, the pids of its nodes then its proxies, and the
+/// temporary directory it named.
 fn run_demo(args: &[&str], sigint_after: Option<Duration>) -> (String, Vec<u32>, PathBuf) {
     let base = free_port().saturating_sub(10).max(20000);
     let child = Command::new(MESHD)
@@ -475,18 +476,32 @@ fn run_demo(args: &[&str], sigint_after: Option<Duration>) -> (String, Vec<u32>,
     );
     let stdout = text(&out.stdout);
     let first = stdout.lines().next().unwrap_or_default().to_string();
-    let pids: Vec<u32> = first
-        .split('[')
-        .nth(1)
-        .and_then(|s| s.split(']').next())
-        .map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect())
-        .unwrap_or_default();
+    let pids_in = |line: &str| -> Vec<u32> {
+        line.split('[')
+            .nth(1)
+            .and_then(|s| s.split(']').next())
+            .map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    let mut pids = pids_in(&first);
     let dir = PathBuf::from(first.rsplit(" in ").next().unwrap_or_default());
+    // The proxies are processes too: none may outlive the demo either.
+    let proxies = stdout
+        .lines()
+        .find(|l| l.contains("mesh-proxy processes"))
+        .map(pids_in)
+        .unwrap_or_default();
+    assert_eq!(proxies.len(), 6, "the demo names its six proxies: {stdout}");
+    pids.extend(proxies);
     (stdout, pids, dir)
 }
 
 fn assert_nothing_left(pids: &[u32], dir: &Path) {
-    assert_eq!(pids.len(), 3, "the demo names its three nodes");
+    assert_eq!(
+        pids.len(),
+        3 + 6,
+        "the demo names its three nodes and six proxies"
+    );
     // Children of the exited demo are reaped by init: wait a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
     for pid in pids {
@@ -497,7 +512,7 @@ fn assert_nothing_left(pids: &[u32], dir: &Path) {
         {
             assert!(
                 Instant::now() < deadline,
-                "meshd node {pid} outlived the demo"
+                "process {pid} (a meshd node or a mesh-proxy) outlived the demo"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
