@@ -367,6 +367,11 @@ fn a_three_node_cluster_from_the_shell() {
         None,
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a backup holds the CA key: owner-only");
+    }
     let before = ctl(
         &c.servers(),
         Some(TOKEN),
