@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The packages that own the programs, for `cargo build -p`.
-const PACKAGES: [&str; 3] = [
-    "raftmesh-controlplane",
-    "raftmesh-ctl",
-    "raftmesh-dataplane-proxy",
+/// The programs and the packages that build them (`cargo build -p`).
+const PROGRAMS: [(&str, &str); 3] = [
+    ("meshd", "raftmesh-controlplane"),
+    ("meshctl", "raftmesh-ctl"),
+    ("mesh-proxy", "raftmesh-dataplane-proxy"),
 ];
 
 /// Why a program could not be found.
@@ -68,19 +68,23 @@ fn profile_dir(release: bool) -> PathBuf {
     })
 }
 
-/// Builds every program once per process, in this build's profile; cargo's
-/// own progress shows unless `quiet`.
-fn build(cargo: &std::ffi::OsStr, quiet: bool) -> Result<PathBuf, BinError> {
+/// Builds program `name` of `package` in this build's profile; cargo's own
+/// progress shows unless `quiet`. Only that program: rebuilding the one
+/// that runs this (its features may differ under `cargo test`) would
+/// replace it on disk under its feet.
+fn build(
+    cargo: &std::ffi::OsStr,
+    name: &str,
+    package: &str,
+    quiet: bool,
+) -> Result<PathBuf, BinError> {
     let release = !cfg!(debug_assertions);
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root()).arg("build");
     if quiet {
         cmd.arg("--quiet");
     }
-    for p in PACKAGES {
-        cmd.args(["-p", p]);
-    }
-    cmd.arg("--bins");
+    cmd.args(["-p", package, "--bin", name]);
     if release {
         cmd.arg("--release");
     }
@@ -96,13 +100,21 @@ fn build(cargo: &std::ffi::OsStr, quiet: bool) -> Result<PathBuf, BinError> {
 /// The path of program `name` (`meshd`, `meshctl`, `mesh-proxy`), built
 /// first when running under cargo. `quiet` hides cargo's progress.
 pub fn find(name: &str, quiet: bool) -> Result<PathBuf, BinError> {
-    static BUILT: OnceLock<Result<PathBuf, BinError>> = OnceLock::new();
+    // Each program is built at most once per process.
+    static BUILT: [OnceLock<Result<PathBuf, BinError>>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
     let mut looked = Vec::new();
     let mut dirs = Vec::new();
+    let program = PROGRAMS.iter().position(|(n, _)| *n == name);
     if let Some(d) = std::env::var_os("RAFTMESH_BIN_DIR") {
         dirs.push(PathBuf::from(d));
-    } else if let Some(cargo) = std::env::var_os("CARGO") {
-        dirs.push(BUILT.get_or_init(|| build(&cargo, quiet)).clone()?);
+    } else if let (Some(cargo), Some(i)) = (std::env::var_os("CARGO"), program) {
+        let (name, package) = PROGRAMS[i];
+        dirs.push(
+            BUILT[i]
+                .get_or_init(|| build(&cargo, name, package, quiet))
+                .clone()?,
+        );
     } else {
         if let Some(d) = std::env::current_exe()
             .ok()

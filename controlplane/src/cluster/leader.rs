@@ -20,9 +20,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::membership::{AddNode, MembershipView, RemoveNode, TransferLeader};
 use super::network::{from_payload, to_payload, RaftRpcClient};
-use super::{ClusterError, ClusterOps, LeaseReport};
+use super::{ClusterError, ClusterOps, LeaseReport, MembershipView};
 use crate::NodeId;
 
 /// How long a request may look for a leader.
@@ -36,6 +35,32 @@ pub struct Write(pub Command);
 /// read must wait for.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ReadIndex;
+
+/// Add a node: as a learner, then (unless `learner_only`) promote it to
+/// voter once it has caught up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddNode {
+    /// The new node's id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: String,
+    /// Stop after adding it as a learner.
+    pub learner_only: bool,
+}
+
+/// Remove a node from the cluster.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct RemoveNode {
+    /// Which node.
+    pub id: NodeId,
+}
+
+/// Hand leadership to another voter.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TransferLeader {
+    /// The voter to lead.
+    pub id: NodeId,
+}
 
 /// A request only the leader serves, as it travels between nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,47 +9,10 @@ use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::leader::{call_remote, Via};
+use super::leader::{call_remote, AddNode, RemoveNode, TransferLeader, Via};
 use super::network::{to_payload, ClientPool};
-use super::{fatal, ClusterError, ClusterOps};
+use super::{fatal, ClusterError, ClusterOps, MembershipView};
 use crate::NodeId;
-
-/// Add a node: as a learner, then (unless `learner_only`) promote it to
-/// voter once it has caught up.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AddNode {
-    /// The new node's id.
-    pub id: NodeId,
-    /// Its address.
-    pub addr: String,
-    /// Stop after adding it as a learner.
-    pub learner_only: bool,
-}
-
-/// Remove a node from the cluster.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct RemoveNode {
-    /// Which node.
-    pub id: NodeId,
-}
-
-/// Hand leadership to another voter.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct TransferLeader {
-    /// The voter to lead.
-    pub id: NodeId,
-}
-
-/// Voters, learners and leader after a membership change.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MembershipView {
-    /// Voting members.
-    pub voters: Vec<NodeId>,
-    /// Non-voting members.
-    pub learners: Vec<NodeId>,
-    /// The leader, if known.
-    pub leader: Option<NodeId>,
-}
 
 /// Node-local control messages (leadership transfer).
 #[derive(Debug, Clone, Serialize, Deserialize)]

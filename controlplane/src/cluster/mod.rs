@@ -34,8 +34,8 @@ use crate::{NodeId, Raft};
 use batcher::Batcher;
 use network::ClientPool;
 
-pub use leader::{LeaderRequest, LEADER_DEADLINE};
-pub use membership::{Control, MembershipView};
+pub use leader::{AddNode, LeaderRequest, RemoveNode, TransferLeader, LEADER_DEADLINE};
+pub use membership::Control;
 pub use update::{Change, UpdateError, Updated};
 
 /// Why a cluster request failed. It travels between nodes (a forwarded
@@ -65,6 +65,17 @@ pub enum ClusterError {
     /// This node is stopping.
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+/// Voters, learners and leader after a membership change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipView {
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members.
+    pub learners: Vec<NodeId>,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
 }
 
 /// A node's endpoint-lease report to the leader: the endpoints whose

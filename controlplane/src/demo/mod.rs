@@ -190,9 +190,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "meshd demo: making sure mesh-proxy is built (cargo build; a no-op when up to date)"
         );
     }
-    let proxy_exe = raftmesh_client::bins::find("mesh-proxy", false)?;
+    // This program's path first: a build below must not be able to change
+    // what it resolves to.
     let meshd_exe =
         std::env::current_exe().context("cannot find the meshd binary to start nodes")?;
+    let proxy_exe = raftmesh_client::bins::find("mesh-proxy", false)?;
     let dir = tempfile::Builder::new()
         .prefix("raftmesh-demo-")
         .tempdir()?;

@@ -463,7 +463,7 @@ fn run_demo(args: &[&str], sigint_after: Option<Duration>) -> (String, Vec<u32>,
         .args(["demo", "--base-port", &base.to_string()])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     if let Some(d) = sigint_after {
@@ -476,8 +476,9 @@ fn run_demo(args: &[&str], sigint_after: Option<Duration>) -> (String, Vec<u32>,
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "meshd demo exited with {}",
-        out.status
+        "meshd demo exited with {}: {}",
+        out.status,
+        text(&out.stderr)
     );
     let stdout = text(&out.stdout);
     let first = stdout.lines().next().unwrap_or_default().to_string();
