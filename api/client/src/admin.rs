@@ -52,7 +52,7 @@ pub fn admin_client(
     token: Option<&str>,
     tls: Option<&ClientTlsConfig>,
 ) -> Result<Admin, ClientError> {
-    Ok(with_bearer(addr, Bearer::new(token)?, tls)?)
+    with_bearer(addr, Bearer::new(token)?, tls)
 }
 
 fn with_bearer(

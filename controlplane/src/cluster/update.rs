@@ -13,8 +13,10 @@ use raftmesh_storage::{Command, OpResult};
 
 use super::{ClusterError, ClusterOps};
 
-/// What a resource becomes, decided from its current value.
+/// What a resource becomes, decided from its current value (made once per
+/// attempt and consumed at once, so its size does not matter).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Change<E> {
     /// Write this value (created if the resource does not exist).
     Put(Resource),
