@@ -29,7 +29,7 @@ fn mesh(lb: &str) -> String {
     y
 }
 
-fn snapshot(lb: &str) -> raftmesh_dataplane_proxy::compiled::CompiledConfig {
+fn config_for(lb: &str) -> raftmesh_dataplane_proxy::compiled::CompiledConfig {
     let resources: BTreeMap<_, _> = raftmesh_api::parse_documents(&mesh(lb))
         .unwrap()
         .into_iter()
@@ -51,7 +51,7 @@ fn snapshot(lb: &str) -> raftmesh_dataplane_proxy::compiled::CompiledConfig {
 fn hot_path(c: &mut Criterion) {
     use raftmesh_dataplane_proxy::{balance, route};
     for lb in ["p2c-ewma", "round-robin"] {
-        let snap = snapshot(lb);
+        let compiled = config_for(lb);
         let rr = AtomicUsize::new(0);
         let req = http::Request::get("http://web/api/items?id=7")
             .header("user-agent", "bench")
@@ -60,7 +60,7 @@ fn hot_path(c: &mut Criterion) {
         c.bench_function(&format!("route+pick ({lb})"), |b| {
             b.iter(|| {
                 let id = route::service_of(black_box(&req), "default").unwrap();
-                let t = snap.service(&id).unwrap();
+                let t = compiled.service(&id).unwrap();
                 let (ri, bi) = route::choose(&t.rules, black_box(&req)).unwrap();
                 let backend = &t.rules[ri].backends[bi];
                 black_box(balance::pick(t, backend, &rr))

@@ -165,14 +165,14 @@ async fn session(
         .await
         .map_err(|e| Ended::Early(format!("connect: {e}")))?;
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    let snap = config.current();
+    let current = config.current();
     let mut hello = settings.hello.clone();
-    hello.last_revision = match snap.source {
-        Source::ControlPlane | Source::StateDir => snap.revision,
+    hello.last_revision = match current.source {
+        Source::ControlPlane | Source::StateDir => current.revision,
         _ => 0,
     };
     hello.subscriptions = subscriptions.iter().cloned().collect();
-    hello.ready = snap.source != Source::Empty;
+    hello.ready = current.source != Source::Empty;
     // Who the proxy is: its certificate and proof of holding the key once
     // it has one, the bootstrap token before that.
     let mut csr_requested = false;
@@ -235,8 +235,8 @@ async fn session(
                     continue;
                 }
                 if let Some(Out::Delta(d)) = m.msg {
-                    let snap = config.current();
-                    match apply_delta(&snap.resources, &d, snap.revision) {
+                    let current = config.current();
+                    match apply_delta(&current.resources, &d, current.revision) {
                         Ok(next) => {
                             let saved = settings.state_dir.as_ref().map(|_| Saved {
                                 revision: d.revision,
