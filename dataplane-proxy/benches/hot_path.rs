@@ -44,7 +44,7 @@ fn config_for(lb: &str) -> raftmesh_dataplane_proxy::compiled::CompiledConfig {
             service: "web".into(),
             cluster: String::new(),
         },
-        &StatsRegistry::default(),
+        &StatsRegistry::new(raftmesh_dataplane_proxy::metrics::Metrics::new()),
     )
 }
 

@@ -161,9 +161,14 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     };
     let control_plane = cfg.config_file.is_none();
     let (learn_tx, learn_rx) = mpsc::channel(64);
-    let stats = stats::StatsRegistry::default();
+    let stats = stats::StatsRegistry::new(metrics::Metrics::new());
     let (initial, saved_subs) = initial_config(&cfg, &me, &stats)?;
-    let config = Config::new(me.clone(), initial, control_plane.then_some(learn_tx));
+    let config = Config::new(
+        me.clone(),
+        initial,
+        stats,
+        control_plane.then_some(learn_tx),
+    );
     let (shutdown, shutdown_rx) = watch::channel(false);
     // A workload key and certificate belong to proxies in a mesh (a
     // static-config proxy has no identity and speaks plaintext).

@@ -59,6 +59,12 @@ pub struct Metrics {
     nacks: Counter<u64, AtomicU64>,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
 impl Metrics {
     /// A registry with every series of the proxy.
     pub fn new() -> Arc<Self> {

@@ -35,12 +35,11 @@ use raftmesh_api::MtlsMode;
 /// covers the whole request); retry wraps balance (each attempt may pick
 /// another endpoint); forward last.
 pub fn outbound_stack(config: Arc<Config>, forward: Forward) -> OutboundStack {
-    let metrics = config.metrics.clone();
     ServiceBuilder::new()
         .layer(RouteLayer::new(config))
         .layer(TimeoutLayer)
-        .layer(RetryLayer::new(metrics.clone()))
-        .layer(BalanceLayer::new(metrics))
+        .layer(RetryLayer)
+        .layer(BalanceLayer)
         .service(forward)
 }
 

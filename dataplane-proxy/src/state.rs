@@ -32,14 +32,15 @@ impl Config {
     pub fn new(
         identity: Identity,
         initial: CompiledConfig,
+        stats: StatsRegistry,
         learn_tx: Option<mpsc::Sender<ServiceId>>,
     ) -> Arc<Self> {
         let (changed, _) = watch::channel(initial.revision);
         Arc::new(Self {
             namespace: identity.namespace.clone(),
             identity,
-            stats: StatsRegistry::default(),
-            metrics: Metrics::new(),
+            metrics: stats.metrics().clone(),
+            stats,
             current: ArcSwap::from_pointee(initial),
             changed,
             learn_tx,

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::metrics::Metrics;
 use crate::ServiceId;
 
 /// Outlier ejection settings.
@@ -126,7 +127,7 @@ impl EndpointStats {
 }
 
 /// Per-service counters that outlive compiled configs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServiceStats {
     /// Requests in flight (circuit breaking).
     pub in_flight: AtomicU32,
@@ -134,6 +135,22 @@ pub struct ServiceStats {
     pub rr: AtomicUsize,
     /// Retry budget.
     pub budget: Budget,
+    /// Where the layers count what happens to this service's requests
+    /// (retries, ejections): the proxy's metrics, reached through the
+    /// target a request already carries rather than cloned per request.
+    pub metrics: Arc<Metrics>,
+}
+
+impl ServiceStats {
+    /// Fresh counters reporting to `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            rr: AtomicUsize::new(0),
+            budget: Budget::default(),
+            metrics,
+        }
+    }
 }
 
 /// Milli-tokens a request deposits (0.2 of a retry).
@@ -175,15 +192,31 @@ impl Budget {
     }
 }
 
-/// Live statistics per endpoint address, kept across compiled configs so a
-/// config change does not forget ejections and latencies.
-#[derive(Debug, Default)]
+/// Live statistics per endpoint address and per service, kept across
+/// compiled configs so a config change does not forget ejections and
+/// latencies; one per proxy.
+#[derive(Debug)]
 pub struct StatsRegistry {
     by_addr: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
     by_service: Mutex<HashMap<ServiceId, Arc<ServiceStats>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl StatsRegistry {
+    /// An empty registry whose services report to `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            by_addr: Mutex::default(),
+            by_service: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Counters of a service.
     pub fn service(&self, id: &ServiceId) -> Arc<ServiceStats> {
         let mut m = self
@@ -193,7 +226,9 @@ impl StatsRegistry {
         if let Some(s) = m.get(id) {
             return s.clone();
         }
-        m.entry(id.clone()).or_default().clone()
+        m.entry(id.clone())
+            .or_insert_with(|| Arc::new(ServiceStats::new(self.metrics.clone())))
+            .clone()
     }
 
     pub(crate) fn get(&self, addr: SocketAddr) -> Arc<EndpointStats> {

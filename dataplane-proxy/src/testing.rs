@@ -102,6 +102,6 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
         table: Arc::new(table),
         rule: 0,
         backend: 0,
-        stats: Arc::new(ServiceStats::default()),
+        stats: Arc::new(ServiceStats::new(crate::metrics::Metrics::new())),
     }
 }

@@ -4,7 +4,6 @@
 //! the statistics it decides on are `stats.rs`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -14,7 +13,6 @@ use rand::Rng;
 
 use crate::compiled::{Backend, Endpoint, ServiceTable};
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
 use crate::stack::{BoxFuture, Next};
 use crate::target::{Target, Tried, Upstream};
 use crate::Body;
@@ -81,29 +79,16 @@ pub fn pick_avoiding(
 #[derive(Clone)]
 pub struct Balance<S> {
     inner: S,
-    metrics: Arc<Metrics>,
 }
 
 /// Layer for [`Balance`].
-#[derive(Clone)]
-pub struct BalanceLayer {
-    metrics: Arc<Metrics>,
-}
-
-impl BalanceLayer {
-    /// Counts ejections in `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
-    }
-}
+#[derive(Clone, Default)]
+pub struct BalanceLayer;
 
 impl<S> tower::Layer<S> for BalanceLayer {
     type Service = Balance<S>;
     fn layer(&self, inner: S) -> Balance<S> {
-        Balance {
-            inner,
-            metrics: self.metrics.clone(),
-        }
+        Balance { inner }
     }
 }
 
@@ -118,7 +103,6 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
 
     fn call(&mut self, mut req: Request<Body>) -> BoxFuture {
         let mut inner = self.inner.clone();
-        let metrics = self.metrics.clone();
         Box::pin(async move {
             let Some(target) = req.extensions().get::<Target>().cloned() else {
                 return Err(ProxyError::BadRequest);
@@ -164,7 +148,7 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
                     <= t.endpoints.len() * t.outlier.max_ejection_percent as usize;
                 if ep.stats.fail(&t.outlier, may_eject) {
                     tracing::warn!(service = %name, endpoint = %ep.name, addr = %ep.addr, "ejecting an endpoint after consecutive failures");
-                    metrics.ejection(name);
+                    target.stats.metrics.ejection(name);
                 }
             } else {
                 ep.stats.observe(started.elapsed());

@@ -2,7 +2,6 @@
 //! add at most 20 % to the load a service receives (plus a small reserve
 //! for low traffic).
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Method, Request, Response};
@@ -10,7 +9,6 @@ use hyper::body::Body as _;
 use raftmesh_api::RetryOn;
 
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
 use crate::stack::{BoxFuture, Next};
 use crate::target::{Target, Tried};
 use crate::{empty, Body};
@@ -45,29 +43,16 @@ fn retryable(r: &Result<Response<Body>, ProxyError>, on: &[RetryOn]) -> bool {
 #[derive(Clone)]
 pub struct Retry<S> {
     inner: S,
-    metrics: Arc<Metrics>,
 }
 
 /// Layer for [`Retry`].
-#[derive(Clone)]
-pub struct RetryLayer {
-    metrics: Arc<Metrics>,
-}
-
-impl RetryLayer {
-    /// Counts retries in `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
-    }
-}
+#[derive(Clone, Default)]
+pub struct RetryLayer;
 
 impl<S> tower::Layer<S> for RetryLayer {
     type Service = Retry<S>;
     fn layer(&self, inner: S) -> Retry<S> {
-        Retry {
-            inner,
-            metrics: self.metrics.clone(),
-        }
+        Retry { inner }
     }
 }
 
@@ -82,7 +67,6 @@ impl<S: Next> tower::Service<Request<Body>> for Retry<S> {
 
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
         let mut inner = self.inner.clone();
-        let metrics = self.metrics.clone();
         Box::pin(async move {
             let Some(target) = req.extensions().get::<Target>().cloned() else {
                 return inner.call(req).await;
@@ -120,7 +104,7 @@ impl<S: Next> tower::Service<Request<Body>> for Retry<S> {
                     return result;
                 }
                 attempt += 1;
-                metrics.retry(&target.table.id.1);
+                target.stats.metrics.retry(&target.table.id.1);
                 tracing::debug!(service = %target.table.id.1, attempt, "retrying");
             }
         })

@@ -26,7 +26,7 @@ async fn a_failing_get_is_retried_until_it_succeeds() {
             async move { Ok(status(if i < 2 { 503 } else { 200 })) }
         }
     });
-    let mut svc = RetryLayer::new(crate::metrics::Metrics::new()).layer(mock.clone());
+    let mut svc = RetryLayer.layer(mock.clone());
     let mut req = get();
     req.extensions_mut()
         .insert(target(None, Some((2, vec![RetryOn::Status5xx]))));
@@ -38,7 +38,7 @@ async fn a_failing_get_is_retried_until_it_succeeds() {
 #[tokio::test]
 async fn unsafe_requests_and_unlisted_conditions_are_not_retried() {
     let mock = Mock::new(|_| async { Ok(status(503)) });
-    let mut svc = RetryLayer::new(crate::metrics::Metrics::new()).layer(mock.clone());
+    let mut svc = RetryLayer.layer(mock.clone());
     let t = target(None, Some((3, vec![RetryOn::Status5xx])));
     let mut post = Request::post("/").body(empty()).unwrap();
     post.extensions_mut().insert(t.clone());
@@ -46,7 +46,7 @@ async fn unsafe_requests_and_unlisted_conditions_are_not_retried() {
     assert_eq!(mock.count(), 1, "POST is not safe to repeat");
 
     let mock = Mock::new(|_| async { Err(ProxyError::Connect("x".into())) });
-    let mut svc = RetryLayer::new(crate::metrics::Metrics::new()).layer(mock.clone());
+    let mut svc = RetryLayer.layer(mock.clone());
     let mut req = get();
     req.extensions_mut()
         .insert(target(None, Some((3, vec![RetryOn::Status5xx]))));
@@ -57,7 +57,7 @@ async fn unsafe_requests_and_unlisted_conditions_are_not_retried() {
 #[tokio::test]
 async fn the_budget_caps_retries_at_a_fifth_of_the_traffic() {
     let mock = Mock::new(|_| async { Ok(status(500)) });
-    let mut svc = RetryLayer::new(crate::metrics::Metrics::new()).layer(mock.clone());
+    let mut svc = RetryLayer.layer(mock.clone());
     let t = target(None, Some((1, vec![RetryOn::Status5xx])));
     let n = 1_000;
     for _ in 0..n {
