@@ -89,6 +89,8 @@ impl Cluster {
                 net.fault_file(id).display().to_string(),
                 "--parent-pid".into(),
                 std::process::id().to_string(),
+                // The harness's own network namespaces: no TLS on purpose.
+                "--insecure-plaintext".into(),
             ];
             args.extend(opts.extra_args.iter().cloned());
             nodes.push(Node {

@@ -25,7 +25,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The admin token file is empty.
-    #[error("{path} is empty; it must hold the admin token's secret")]
+    #[error("{path} is empty; it must hold a secret")]
     EmptySecret {
         /// The file.
         path: String,
@@ -89,6 +89,11 @@ pub struct ServerConfig {
     pub election_timeout_max_ms: u64,
     /// Server TLS files (`meshd tls init`); plaintext when `None`.
     pub tls_dir: Option<PathBuf>,
+    /// The cluster secret (`--cluster-secret-file`): the node credential
+    /// without TLS. When `None`, one is derived from `admin_token`.
+    pub cluster_secret: Option<String>,
+    /// Listen off loopback without TLS (`--insecure-plaintext`).
+    pub insecure_plaintext: bool,
 }
 
 impl ServerConfig {
@@ -112,6 +117,23 @@ impl ServerConfig {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
             tls_dir: None,
+            cluster_secret: None,
+            insecure_plaintext: false,
+        }
+    }
+
+    /// The node credential on node-to-node calls without TLS: the cluster
+    /// secret's, else one derived from the first admin token's secret.
+    /// `None` with TLS (the node certificate is the credential).
+    pub fn node_secret(&self) -> Option<crate::cluster::credential::ClusterSecret> {
+        use crate::cluster::credential::ClusterSecret;
+        if self.tls_dir.is_some() {
+            return None;
+        }
+        match (&self.cluster_secret, &self.admin_token) {
+            (Some(s), _) => Some(ClusterSecret::from_file_contents(s)),
+            (None, Some(t)) => Some(ClusterSecret::from_admin_token(t)),
+            (None, None) => None,
         }
     }
 
@@ -153,6 +175,23 @@ impl ServerConfig {
         }
         if self.snapshot_logs < 10 {
             return Err(flag("--snapshot-logs must be at least 10"));
+        }
+        if self.tls_dir.is_none() {
+            if self.cluster_secret.is_none() && self.admin_token.is_none() {
+                return Err(flag(
+                    "without --tls-dir, node-to-node calls need a cluster secret every node holds: \
+                     give every node the same --cluster-secret-file (`meshd tls init` makes one) \
+                     or the same --admin-token-file",
+                ));
+            }
+            if !self.listen.ip().is_loopback() && !self.insecure_plaintext {
+                return Err(flag(format!(
+                    "refusing to listen on {} without TLS: anyone on the network could read \
+                     the cluster's traffic and admin tokens. Give --tls-dir (`meshd tls init` \
+                     makes one), or --insecure-plaintext to accept that",
+                    self.listen
+                )));
+            }
         }
         validate_cluster_name(&self.cluster_name)
     }
@@ -216,8 +255,39 @@ mod tests {
     }
 
     #[test]
+    fn without_tls_a_node_needs_a_credential_and_loopback() {
+        let mut c = ServerConfig::new(1, "127.0.0.1:7101".parse().unwrap(), "d".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--cluster-secret-file"), "{e}");
+        c.cluster_secret = Some("shared".into());
+        c.validate().unwrap();
+        assert!(c.node_secret().is_some());
+        c.cluster_secret = None;
+        c.admin_token = Some("first-admin-secret".into());
+        c.validate().unwrap();
+        assert!(c.node_secret().is_some(), "derived from the admin token");
+        c.listen = "0.0.0.0:7101".parse().unwrap();
+        c.advertise = c.listen.to_string();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--insecure-plaintext") && e.contains("--tls-dir"),
+            "{e}"
+        );
+        c.insecure_plaintext = true;
+        c.validate().unwrap();
+        c.insecure_plaintext = false;
+        c.tls_dir = Some("tls".into());
+        c.validate().unwrap();
+        assert!(
+            c.node_secret().is_none(),
+            "with TLS the certificate is the credential"
+        );
+    }
+
+    #[test]
     fn config_must_name_this_node_in_initial_cluster() {
         let mut c = ServerConfig::new(1, "127.0.0.1:7101".parse().unwrap(), "d".into());
+        c.admin_token = Some("a-secret-every-node-holds".into());
         c.initial_cluster = parse_initial_cluster("2=127.0.0.1:7102").unwrap();
         assert!(c
             .validate()
@@ -273,6 +343,15 @@ pub struct ServerArgs {
     /// Server TLS files made by `meshd tls init`.
     #[arg(long)]
     pub tls_dir: Option<PathBuf>,
+    /// Without --tls-dir: a file holding the secret every node of the
+    /// cluster shares, which node-to-node calls prove they know (default:
+    /// one derived from --admin-token-file).
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without --tls-dir (the traffic and
+    /// the tokens in it travel in clear: never in production).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
     /// How long a proxy may be gone before its endpoint is unhealthy.
     #[arg(long, default_value = "10s")]
     pub endpoint_grace: humantime::Duration,
@@ -349,6 +428,12 @@ impl ServerArgs {
         };
         c.restore = self.restore;
         c.tls_dir = self.tls_dir;
+        c.cluster_secret = self
+            .cluster_secret_file
+            .as_deref()
+            .map(read_secret_file)
+            .transpose()?;
+        c.insecure_plaintext = self.insecure_plaintext;
         c.snapshot_logs = self.snapshot_logs;
         c.endpoint_grace = self.endpoint_grace.into();
         c.endpoint_expiry = self.endpoint_expiry.into();

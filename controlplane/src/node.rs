@@ -26,7 +26,7 @@ use crate::config::{ServerConfig, TestHooks};
 use crate::discovery::hub::DiscoveryHub;
 use crate::discovery::leases::{LeaseConfig, LeaseKeeper};
 use crate::discovery::{DiscoveryConfig, DiscoveryService};
-use crate::rpc::RaftService;
+use crate::rpc::{NodeCheck, RaftService};
 use crate::tokens;
 use crate::watcher::{ClusterWatcher, Stop};
 use crate::{NodeId, Raft};
@@ -153,7 +153,16 @@ pub async fn start_with_listener(
         Some(dir) => Some(crate::server_tls::load(dir, cfg.id)?),
         None => None,
     };
-    let pool = ClientPool::new(tls.as_ref().map(|t| t.client.clone()));
+    let secret = cfg.node_secret();
+    let pool = ClientPool::new(tls.as_ref().map(|t| t.client.clone()), secret.clone());
+    let node_check = match (&tls, secret) {
+        (Some(_), _) => NodeCheck::Certificate,
+        (None, Some(s)) => NodeCheck::Secret(s),
+        // validate() refuses a config with neither.
+        (None, None) => {
+            bail!("no node credential: give --tls-dir, --cluster-secret-file or --admin-token-file")
+        }
+    };
     let raft = Raft::new(
         cfg.id,
         Arc::new(raft_config(&cfg)?),
@@ -196,10 +205,9 @@ pub async fn start_with_listener(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let server = {
         let mut rx = shutdown_rx.clone();
-        let raft_svc =
-            RaftServer::new(RaftService::new(ops.clone(), hub.clone()).nodes_only(tls.is_some()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let raft_svc = RaftServer::new(RaftService::new(ops.clone(), hub.clone(), node_check))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let admin_svc = AdminServer::new(AdminService::new(
             watcher.clone(),
             hub.clone(),

@@ -7,45 +7,49 @@ use raftmesh_api::v1::raft_server::Raft as RaftRpc;
 use raftmesh_api::v1::{NodeInfoRequest, NodeInfoResponse, RaftPayload};
 use tonic::{Request, Response, Status};
 
+use crate::cluster::credential::{self, ClusterSecret};
 use crate::cluster::network::{from_payload, to_payload};
 use crate::cluster::{ClusterOps, Control, LeaderRequest};
 use crate::procinfo;
 
-/// Serves one node's side of the node-to-node protocol.
+/// What a caller must present to be served as a node.
+#[derive(Debug, Clone)]
+pub enum NodeCheck {
+    /// Server TLS: a client certificate the server CA signed, which tonic
+    /// verified.
+    Certificate,
+    /// Plaintext: a fresh proof under the cluster secret.
+    Secret(ClusterSecret),
+}
+
+/// Serves one node's side of the node-to-node protocol. Every call must
+/// come from a node; `node_info` answers strangers with nothing.
 pub struct RaftService {
     ops: Arc<ClusterOps>,
     hub: actix::Addr<crate::discovery::hub::DiscoveryHub>,
-    /// With server TLS: every call but `node_info` must come from a node
-    /// (a client certificate the server CA signed, which tonic verified).
-    nodes_only: bool,
+    check: NodeCheck,
 }
 
 impl RaftService {
-    /// The service for the node behind `ops`.
+    /// The service for the node behind `ops`, admitting callers by `check`.
     pub fn new(
         ops: Arc<ClusterOps>,
         hub: actix::Addr<crate::discovery::hub::DiscoveryHub>,
+        check: NodeCheck,
     ) -> Self {
-        Self {
-            ops,
-            hub,
-            nodes_only: false,
-        }
-    }
-
-    /// Demands a node certificate on node-to-node calls (server TLS on).
-    pub fn nodes_only(mut self, yes: bool) -> Self {
-        self.nodes_only = yes;
-        self
+        Self { ops, hub, check }
     }
 
     fn check_node<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if self.nodes_only && req.peer_certs().is_none_or(|c| c.is_empty()) {
-            return Err(Status::permission_denied(
-                "node-to-node calls need a node certificate signed by the server CA (meshd tls init)",
-            ));
+        match &self.check {
+            NodeCheck::Certificate if req.peer_certs().is_none_or(|c| c.is_empty()) => {
+                Err(Status::permission_denied(
+                    "node-to-node calls need a node certificate signed by the server CA (meshd tls init)",
+                ))
+            }
+            NodeCheck::Certificate => Ok(()),
+            NodeCheck::Secret(s) => Ok(credential::check(s, req)?),
         }
-        Ok(())
     }
 }
 
@@ -116,8 +120,13 @@ impl RaftRpc for RaftService {
 
     async fn node_info(
         &self,
-        _req: Request<NodeInfoRequest>,
+        req: Request<NodeInfoRequest>,
     ) -> Result<Response<NodeInfoResponse>, Status> {
+        if self.check_node(&req).is_err() {
+            // A stranger learns nothing: no id, role, term, leader, index
+            // or memory to plan an attack with.
+            return Ok(Response::new(NodeInfoResponse::default()));
+        }
         let m = self.ops.raft().metrics().borrow().clone();
         Ok(Response::new(NodeInfoResponse {
             id: self.ops.id(),

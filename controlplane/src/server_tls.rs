@@ -19,6 +19,9 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 pub const CA_CERT: &str = "ca.pem";
 /// The server CA's key (only `meshd tls init` needs it; keep it offline).
 pub const CA_KEY: &str = "ca-key.pem";
+/// A cluster secret (`--cluster-secret-file`), for clusters run without
+/// `--tls-dir`.
+pub const CLUSTER_SECRET: &str = "cluster.secret";
 
 /// File name of node `id`'s certificate.
 pub fn node_cert(id: u64) -> String {
@@ -98,6 +101,9 @@ pub fn init(o: &InitOptions) -> anyhow::Result<Vec<PathBuf>> {
     let key_path = o.out.join(CA_KEY);
     write_file(&key_path, &ca_key.serialize_pem(), true)?;
     written.push(key_path);
+    let secret_path = o.out.join(CLUSTER_SECRET);
+    write_file(&secret_path, &crate::tokens::new_secret(), true)?;
+    written.push(secret_path);
 
     let issuer = Issuer::new(ca, ca_key);
     let validity = time::Duration::try_from(o.validity).context("validity out of range")?;
@@ -182,7 +188,11 @@ mod tests {
             validity: Duration::from_secs(86_400),
         };
         let files = init(&o).unwrap();
-        assert_eq!(files.len(), 2 + 3 * 2);
+        assert_eq!(
+            files.len(),
+            3 + 3 * 2,
+            "CA, CA key, cluster secret, node pairs"
+        );
         for id in 1..=3 {
             load(&o.out, id).unwrap();
         }
@@ -191,11 +201,13 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let m = std::fs::metadata(o.out.join(CA_KEY))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(m & 0o777, 0o600);
+            for secret in [CA_KEY, CLUSTER_SECRET] {
+                let m = std::fs::metadata(o.out.join(secret))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(m & 0o777, 0o600, "{secret}");
+            }
         }
         let e = init(&o).unwrap_err().to_string();
         assert!(e.contains("already holds a server CA"), "{e}");

@@ -73,7 +73,8 @@ pub fn hash_secret(secret: &str) -> String {
     hex(&Sha256::digest(secret.trim().as_bytes()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
         .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {

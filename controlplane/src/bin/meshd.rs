@@ -36,7 +36,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TlsCmd {
-    /// Make a server CA and one certificate per node (node-1.pem, node-1-key.pem, ...).
+    /// Make a server CA and one certificate per node (node-1.pem, node-1-key.pem, ...),
+    /// and a cluster secret (cluster.secret) for clusters run without TLS.
     Init {
         /// The folder to write; it must not already hold a CA.
         #[arg(long)]
@@ -75,10 +76,12 @@ fn tls(cmd: TlsCmd) -> anyhow::Result<()> {
             }
             println!(
                 "start each node with `meshd server --id N --tls-dir {dir}`; clients verify meshd with \
-                 `--ca-file {dir}/{ca}`. Keep {dir}/{key} offline: only new node certificates need it.",
+                 `--ca-file {dir}/{ca}`. Keep {dir}/{key} offline: only new node certificates need it. \
+                 Without TLS, give every node `--cluster-secret-file {dir}/{secret}` instead.",
                 dir = out.display(),
                 ca = raftmesh_controlplane::server_tls::CA_CERT,
                 key = raftmesh_controlplane::server_tls::CA_KEY,
+                secret = raftmesh_controlplane::server_tls::CLUSTER_SECRET,
             );
             Ok(())
         }

@@ -15,6 +15,7 @@
 //! applied twice (`leader.rs`).
 
 mod batcher;
+pub mod credential;
 pub mod faults;
 mod leader;
 pub mod membership;
@@ -34,7 +35,7 @@ use crate::{NodeId, Raft};
 use batcher::Batcher;
 use network::ClientPool;
 
-pub use leader::{AddNode, LeaderRequest, RemoveNode, TransferLeader, LEADER_DEADLINE};
+pub use leader::{AddNode, LeaderRequest, RemoveNode, TransferLeader, Write, LEADER_DEADLINE};
 pub use membership::Control;
 pub use update::{Change, UpdateError, Updated};
 

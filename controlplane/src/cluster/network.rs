@@ -20,26 +20,33 @@ use raftmesh_api::v1::RaftPayload;
 use raftmesh_client::{endpoint, never_sent, ClientError, MAX_MESSAGE_BYTES};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig};
+
+use super::credential::{ClusterSecret, NodeAuth};
 
 use crate::{NodeId, TypeConfig};
 
-/// A gRPC client to another node.
-pub type RaftRpcClient = RaftClient<Channel>;
+/// A gRPC client to another node, carrying this node's credential.
+pub type RaftRpcClient = RaftClient<InterceptedService<Channel, NodeAuth>>;
 
 /// Lazily connected gRPC clients to other nodes, by address. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct ClientPool {
-    clients: Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
+    clients: Arc<Mutex<HashMap<String, RaftRpcClient>>>,
     tls: Option<ClientTlsConfig>,
+    auth: NodeAuth,
 }
 
 impl ClientPool {
-    /// A pool whose connections use `tls` (server TLS on) or plaintext.
-    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+    /// A pool whose connections use `tls` (server TLS on: the node
+    /// certificate is the credential) or plaintext with proofs under
+    /// `secret` on every call.
+    pub fn new(tls: Option<ClientTlsConfig>, secret: Option<ClusterSecret>) -> Self {
         Self {
             clients: Arc::default(),
             tls,
+            auth: NodeAuth::new(secret),
         }
     }
 
@@ -51,7 +58,7 @@ impl ClientPool {
             return Ok(c.clone());
         }
         let channel = endpoint(addr, self.tls.as_ref())?.connect_lazy();
-        let client = RaftClient::new(channel)
+        let client = RaftClient::with_interceptor(channel, self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         clients.insert(addr.to_string(), client.clone());

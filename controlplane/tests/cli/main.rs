@@ -872,3 +872,36 @@ fn reference_docs_match_the_commands_help() {
         }
     }
 }
+
+#[test]
+fn meshd_refuses_plaintext_off_loopback_and_a_node_without_a_credential() {
+    let tmp = TempDir::new().unwrap();
+    let token = tmp.path().join("admin.token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let port = free_port();
+    let run = |listen: &str, extra: &[&str]| {
+        Command::new(MESHD)
+            .args(["server", "--id", "1", "--http", "off", "--listen", listen])
+            .arg("--data-dir")
+            .arg(tmp.path().join("n1"))
+            .args(["--initial-cluster", &format!("1={listen}")])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = run(
+        &format!("0.0.0.0:{port}"),
+        &["--admin-token-file", token.to_str().unwrap()],
+    );
+    assert!(!o.status.success());
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("refusing to listen on 0.0.0.0") && e.contains("--insecure-plaintext"),
+        "{e}"
+    );
+    let o = run(&format!("127.0.0.1:{port}"), &[]);
+    assert!(!o.status.success());
+    let e = text(&o.stderr);
+    assert!(e.contains("--cluster-secret-file"), "{e}");
+}

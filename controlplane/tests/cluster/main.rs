@@ -6,6 +6,7 @@
 mod admin;
 mod discovery;
 mod membership;
+mod node_auth;
 mod proxy;
 mod replication;
 mod security;
