@@ -58,6 +58,9 @@ pub struct Leases {
     revisions: HashMap<EndpointId, Option<u64>>,
     /// Endpoints with a change being written.
     in_flight: HashSet<EndpointId>,
+    /// A check has run since this node took over (endpoints it sees for
+    /// the first time after that were registered while it leads).
+    checked_once: bool,
 }
 
 impl Leases {
@@ -69,6 +72,7 @@ impl Leases {
             last_seen: HashMap::new(),
             revisions: HashMap::new(),
             in_flight: HashSet::new(),
+            checked_once: false,
         }
     }
 
@@ -99,6 +103,7 @@ impl Leases {
                 self.leading_since = Some(Instant::now());
                 self.last_seen.clear();
                 self.revisions.clear();
+                self.checked_once = false;
                 return Vec::new();
             }
             (false, Some(_)) => {
@@ -129,10 +134,20 @@ impl Leases {
             }
             let rev = r.metadata.revision;
             revisions.insert(id.clone(), rev);
-            if previous.is_some_and(|old| old != rev) && e.health == Health::Healthy {
+            match previous {
                 // Written since the last check and healthy: the proxy
                 // (re)registered or reported ready, so it is alive.
-                self.last_seen.insert(id.clone(), Instant::now());
+                Some(old) if old != rev && e.health == Health::Healthy => {
+                    self.last_seen.insert(id.clone(), Instant::now());
+                }
+                // First seen while this node leads: just registered, so its
+                // grace period starts now, not when this node took over.
+                None if self.checked_once => {
+                    self.last_seen
+                        .entry(id.clone())
+                        .or_insert_with(Instant::now);
+                }
+                _ => {}
             }
             let seen = self.last_seen.get(&id).copied().unwrap_or(since).max(since);
             let gone = seen.elapsed();
@@ -153,6 +168,7 @@ impl Leases {
             out.push((id, r, change));
         }
         self.revisions = revisions;
+        self.checked_once = true;
         out
     }
 }
@@ -352,6 +368,30 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(l.check(true, vec![endpoint(9, Health::Healthy)]).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_registered_long_after_the_takeover_gets_a_whole_grace_period() {
+        let mut l = leases();
+        assert!(l.check(true, vec![]).is_empty(), "took over");
+        assert!(l.check(true, vec![]).is_empty());
+        tokio::time::advance(GRACE * 3).await;
+        // A proxy registers now; its node's next lease report is yet to come.
+        assert!(
+            l.check(true, vec![endpoint(40, Health::Healthy)])
+                .is_empty(),
+            "a new endpoint is not marked unhealthy for the leader's age"
+        );
+        tokio::time::advance(GRACE - Duration::from_secs(1)).await;
+        assert!(l
+            .check(true, vec![endpoint(40, Health::Healthy)])
+            .is_empty());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            l.check(true, vec![endpoint(40, Health::Healthy)]).len(),
+            1,
+            "but it is once a whole grace period passes without a report"
+        );
     }
 
     #[tokio::test(start_paused = true)]
