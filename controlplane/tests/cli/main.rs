@@ -454,11 +454,30 @@ fn meshd_dev_prints_a_token_that_works() {
     assert!(!Path::new(&d).exists(), "{d} was left behind");
 }
 
+/// A `--base-port` whose 28 ports are free, below the kernel's ephemeral
+/// range (32768 and up), so no test's outgoing connection takes one of
+/// them while the demo starts; demos running side by side get different
+/// ones.
+fn demo_base_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 97) as u16;
+    for _ in 0..100 {
+        let k = NEXT.fetch_add(1, Ordering::SeqCst);
+        let base = 20_000 + ((seed + k * 31) % 400) * 30;
+        let free = (base + 1..=base + 28).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free range of 28 ports for the demo below 32000");
+}
+
 /// Runs `meshd demo` with `args`, optionally interrupting it after `sigint_after`,
 /// and returns its stdout, the pids of its nodes then its proxies, and the
 /// temporary directory it named.
 fn run_demo(args: &[&str], sigint_after: Option<Duration>) -> (String, Vec<u32>, PathBuf) {
-    let base = free_port().saturating_sub(10).max(20000);
+    let base = demo_base_port();
     let child = Command::new(MESHD)
         .args(["demo", "--base-port", &base.to_string()])
         .args(args)
