@@ -18,18 +18,26 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Replaces `path` with `data`, atomically, readable by its owner only.
+///
+/// Symlinks are never followed: the temporary file is created anew
+/// (`O_EXCL`, after removing a stale one — `remove_file` removes a link,
+/// not what it points to), and the rename replaces `path` itself, so a
+/// link planted at either name cannot redirect the write.
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = Path::new(&tmp);
+    match std::fs::remove_file(tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(tmp)?;
-        // An existing temporary file keeps its old mode: set it again.
+        // The mode passed at creation is filtered by the umask: set it exactly.
         f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(data)?;
         f.sync_all()?;
@@ -70,6 +78,24 @@ mod tests {
         assert_eq!(std::fs::read(&f).unwrap(), b"new");
         assert_eq!(mode(&f), 0o600);
         assert!(!dir.join("key.pem.tmp").exists());
+    }
+
+    #[test]
+    fn a_symlink_at_the_file_or_its_temporary_is_replaced_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        let f = tmp.path().join("config.json");
+        std::os::unix::fs::symlink(&victim, &f).unwrap();
+        std::os::unix::fs::symlink(&victim, tmp.path().join("config.json.tmp")).unwrap();
+        write_private(&f, b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert!(!std::fs::symlink_metadata(&f)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&f).unwrap(), b"new");
+        assert_eq!(mode(&f), 0o600);
     }
 
     #[test]

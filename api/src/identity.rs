@@ -8,6 +8,10 @@
 /// Name of the Authority resource holding the workload CA.
 pub const CA_NAME: &str = "workload-ca";
 
+/// What a bootstrap token's secret starts with, so a program can tell one
+/// from an admin secret (`rmt_...`) before sending it anywhere.
+pub const BOOTSTRAP_TOKEN_PREFIX: &str = "rmb_";
+
 /// The SPIFFE ID of a workload: `spiffe://<trust-domain>/ns/<ns>/sa/<service>`.
 pub fn spiffe_id(trust_domain: &str, namespace: &str, service: &str) -> String {
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service}")

@@ -56,7 +56,11 @@ impl Cluster {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let net = Net::new(n, dir.path())?;
-        let token = format!("chaos-admin-{}", std::process::id());
+        let token = format!(
+            "chaos-admin-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
         let token_file = dir.path().join("admin.token");
         std::fs::write(&token_file, &token).map_err(|e| e.to_string())?;
         let addrs: Vec<String> = (1..=n)

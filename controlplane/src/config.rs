@@ -32,6 +32,10 @@ pub enum ConfigError {
     },
 }
 
+/// The shortest secret accepted for the first admin token or the cluster
+/// secret: 16 bytes, 128 bits.
+pub const MIN_SECRET_BYTES: usize = 16;
+
 fn flag(msg: impl Into<String>) -> ConfigError {
     ConfigError::Flag(msg.into())
 }
@@ -176,6 +180,26 @@ impl ServerConfig {
         if self.snapshot_logs < 10 {
             return Err(flag("--snapshot-logs must be at least 10"));
         }
+        for (what, secret) in [
+            (
+                "the first admin token's secret (--admin-token-file)",
+                &self.admin_token,
+            ),
+            (
+                "the cluster secret (--cluster-secret-file)",
+                &self.cluster_secret,
+            ),
+        ] {
+            if let Some(s) = secret.as_deref().map(str::trim) {
+                if s.len() < MIN_SECRET_BYTES {
+                    return Err(flag(format!(
+                        "{what} is {} bytes; at least {MIN_SECRET_BYTES} (128 bits) are needed: \
+                         make one with `head -c 32 /dev/urandom | base64`",
+                        s.len()
+                    )));
+                }
+            }
+        }
         if self.tls_dir.is_none() {
             if self.cluster_secret.is_none() && self.admin_token.is_none() {
                 return Err(flag(
@@ -259,7 +283,7 @@ mod tests {
         let mut c = ServerConfig::new(1, "127.0.0.1:7101".parse().unwrap(), "d".into());
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("--cluster-secret-file"), "{e}");
-        c.cluster_secret = Some("shared".into());
+        c.cluster_secret = Some("shared-by-every-node".into());
         c.validate().unwrap();
         assert!(c.node_secret().is_some());
         c.cluster_secret = None;
@@ -282,6 +306,19 @@ mod tests {
             c.node_secret().is_none(),
             "with TLS the certificate is the credential"
         );
+    }
+
+    #[test]
+    fn a_secret_shorter_than_128_bits_is_refused() {
+        let mut c = ServerConfig::new(1, "127.0.0.1:7101".parse().unwrap(), "d".into());
+        c.admin_token = Some("fifteen-bytes!!".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("15 bytes") && e.contains("128 bits"), "{e}");
+        c.admin_token = Some("sixteen-bytes!!!".into());
+        c.validate().unwrap();
+        c.cluster_secret = Some("short".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--cluster-secret-file"), "{e}");
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn check_identity(dir: &Path, cfg: &ServerConfig) -> anyhow::Result<()> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, serde_json::to_vec(&want)?)
+            raftmesh_api::files::write_private(&path, &serde_json::to_vec(&want)?)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -134,7 +134,8 @@ pub async fn start_with_listener(
 ) -> anyhow::Result<Node> {
     cfg.validate()?;
     let addr = listener.local_addr()?;
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+    // Owner-only: the state holds token hashes and the workload CA.
+    raftmesh_api::files::create_private_dir(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
             cfg.data_dir.display()

@@ -54,11 +54,16 @@ pub enum AuthError {
     NotAdmin(String),
 }
 
-/// A new random secret (`rmt_` + 64 hex digits).
+/// A new random secret (`rmt_` + 64 hex digits): admin tokens, the
+/// demo's and `meshd dev`'s first admin token, cluster secrets.
 pub fn new_secret() -> String {
+    secret_with_prefix("rmt_")
+}
+
+fn secret_with_prefix(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!("rmt_{}", hex(&bytes))
+    format!("{prefix}{}", hex(&bytes))
 }
 
 /// A new token id (`tok-` + 12 hex digits), a DNS label.
@@ -349,7 +354,12 @@ pub async fn create(
     ttl: Option<Duration>,
     max_uses: Option<u32>,
 ) -> Result<CreatedToken, TokenError> {
-    let secret = new_secret();
+    let secret = match scope {
+        TokenScope::Service { .. } => {
+            secret_with_prefix(raftmesh_api::identity::BOOTSTRAP_TOKEN_PREFIX)
+        }
+        TokenScope::Role(_) => new_secret(),
+    };
     let id = new_token_id();
     let now = unix_ms();
     let (service, namespace, role, default_ttl) = match scope {

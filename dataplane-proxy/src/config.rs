@@ -61,8 +61,10 @@ pub struct Args {
     /// File holding the bootstrap token.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// The bootstrap token itself (prefer --token-file).
-    #[arg(long, env = "RAFTMESH_TOKEN", hide_env_values = true)]
+    /// The bootstrap token itself (prefer --token-file). RAFTMESH_TOKEN, the
+    /// old name (meshctl's admin token too), is read only when it holds a
+    /// bootstrap token (`rmb_...`), with a warning.
+    #[arg(long, env = "RAFTMESH_BOOTSTRAP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// CA certificate to verify meshd with.
     #[arg(long, env = "RAFTMESH_CA_FILE")]
@@ -140,6 +142,29 @@ fn label(s: &str) -> Result<(), String> {
     raftmesh_api::validate::dns_label(s)
 }
 
+/// What the proxy takes from the old `RAFTMESH_TOKEN`: a bootstrap token,
+/// with a warning to use `RAFTMESH_BOOTSTRAP_TOKEN`, and never anything
+/// else — a shell that exported meshctl's admin token must not send it to
+/// the discovery endpoint.
+pub fn legacy_token(value: Option<String>) -> Option<String> {
+    let v = value?.trim().to_string();
+    if v.is_empty() {
+        return None;
+    }
+    if v.starts_with(raftmesh_api::identity::BOOTSTRAP_TOKEN_PREFIX) {
+        tracing::warn!(
+            "RAFTMESH_TOKEN is deprecated for mesh-proxy: set RAFTMESH_BOOTSTRAP_TOKEN instead"
+        );
+        Some(v)
+    } else {
+        tracing::warn!(
+            "ignoring RAFTMESH_TOKEN: it is not a bootstrap token (rmb_...) and may be meshctl's admin token, \
+             which mesh-proxy never sends; pass --token-file or RAFTMESH_BOOTSTRAP_TOKEN"
+        );
+        None
+    }
+}
+
 impl Args {
     /// Checks the flags and reads the token file.
     pub fn into_config(self) -> Result<ProxyConfig, String> {
@@ -204,7 +229,7 @@ impl Args {
                 Some(t.trim().to_string())
             }
             (None, Some(t)) => Some(t.trim().to_string()),
-            (None, None) => None,
+            (None, None) => legacy_token(std::env::var("RAFTMESH_TOKEN").ok()),
         };
         if self.workers == Some(0) {
             return Err("--workers must be at least 1".into());
@@ -230,5 +255,23 @@ impl Args {
             subscribe: self.subscribe,
             workers: self.workers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_old_token_variable_never_hands_over_an_admin_secret() {
+        assert_eq!(
+            legacy_token(Some("rmb_0123abcd".into())).as_deref(),
+            Some("rmb_0123abcd"),
+            "a bootstrap token is still read from RAFTMESH_TOKEN, for one release"
+        );
+        assert_eq!(legacy_token(Some("rmt_admin-secret".into())), None);
+        assert_eq!(legacy_token(Some("any-admin-secret-at-all".into())), None);
+        assert_eq!(legacy_token(Some("  ".into())), None);
+        assert_eq!(legacy_token(None), None);
     }
 }

@@ -366,8 +366,8 @@ pub struct ImportSpec {
     pub service: String,
 }
 
-/// One root of the workload CA.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// One root of the workload CA. Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaRoot {
     /// Its id (for messages and rotation).
@@ -384,6 +384,25 @@ pub struct CaRoot {
     pub signing: bool,
 }
 
+impl std::fmt::Debug for CaRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaRoot")
+            .field("id", &self.id)
+            .field("cert_pem", &self.cert_pem)
+            .field(
+                "key_pem",
+                &if self.key_pem.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("not_after_ms", &self.not_after_ms)
+            .field("signing", &self.signing)
+            .finish()
+    }
+}
+
 /// `kind: Authority` — the cluster's workload CA: its roots (all trusted;
 /// one signs). Written by meshd at bootstrap and by `meshctl ca rotate`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -391,4 +410,34 @@ pub struct CaRoot {
 pub struct AuthoritySpec {
     /// The roots, oldest first.
     pub roots: Vec<CaRoot>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debug_form_of_a_ca_root_never_shows_its_key() {
+        let root = CaRoot {
+            id: "root-1".into(),
+            cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49".into(),
+            not_after_ms: 1,
+            signing: true,
+        };
+        let shown = format!(
+            "{root:?} {:?}",
+            AuthoritySpec {
+                roots: vec![root.clone()]
+            }
+        );
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains("MIGHAgEA"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("<redacted>") && shown.contains("root-1"),
+            "{shown}"
+        );
+    }
 }

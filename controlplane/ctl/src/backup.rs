@@ -51,5 +51,9 @@ pub async fn run(conn: &Conn, cmd: BackupCmd) -> CtlResult {
         data.len(),
         file.display()
     );
+    eprintln!(
+        "meshctl: {} holds the workload CA's private key and every token's hash: it is readable by you only; keep it that way (store it like a CA key)",
+        file.display()
+    );
     Ok(())
 }

@@ -180,12 +180,12 @@ impl Admin for AdminService {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        self.auth(&req, Need::Read).await?;
+        let caller = self.auth(&req, Need::Read).await?;
         let r = req.into_inner();
         let key = ResourceKey::new(parse_kind(&r.kind)?, ns(&r.namespace), r.name);
         let (revision, res) = self.front.get(&key, r.stale).await.map_err(status)?;
         Ok(Response::new(pb::GetResponse {
-            resource: Some(redact(&res)),
+            resource: Some(redact(&res, caller.role)),
             revision,
         }))
     }
@@ -194,7 +194,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        self.auth(&req, Need::Read).await?;
+        let caller = self.auth(&req, Need::Read).await?;
         let r = req.into_inner();
         let kind = if r.kind.is_empty() {
             None
@@ -208,7 +208,7 @@ impl Admin for AdminService {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListResponse {
-            resources: items.iter().map(|r| redact(r)).collect(),
+            resources: items.iter().map(|r| redact(r, caller.role)).collect(),
             revision,
         }))
     }
@@ -372,14 +372,14 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        self.auth(&req, Need::Read).await?;
+        let caller = self.auth(&req, Need::Read).await?;
         let (_, items) = self
             .front
             .list(Some(Kind::Token), None, false)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListTokensResponse {
-            tokens: items.iter().map(|r| redact(r)).collect(),
+            tokens: items.iter().map(|r| redact(r, caller.role)).collect(),
         }))
     }
 
@@ -440,7 +440,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ProxyConfigRequest>,
     ) -> Result<Response<pb::ProxyConfigResponse>, Status> {
-        self.auth(&req, Need::Read).await?;
+        let caller = self.auth(&req, Need::Read).await?;
         let instance = req.into_inner().instance;
         let (sessions, missing) = cluster_sessions(&self.ops, &self.hub).await;
         let s = sessions
@@ -459,7 +459,7 @@ impl Admin for AdminService {
         let (_, resources) = full_state(&self.reader, &scope_of(s));
         Ok(Response::new(pb::ProxyConfigResponse {
             status: Some(proxy_status(s)),
-            resources: resources.iter().map(|r| redact(r)).collect(),
+            resources: resources.iter().map(|r| redact(r, caller.role)).collect(),
         }))
     }
 }
@@ -477,14 +477,20 @@ fn proxy_status(s: &SessionStatus) -> pb::ProxyStatus {
     }
 }
 
-/// The wire form of a resource for clients: the CA's private keys never
-/// leave the cluster through the admin API.
-fn redact(r: &Resource) -> pb::Resource {
+/// The wire form of a resource for a caller: the CA's private keys never
+/// leave the cluster through the admin API, and a read-only caller does
+/// not see token hashes either (a hash is what an offline guess of a
+/// secret would be checked against).
+fn redact(r: &Resource, role: Role) -> pb::Resource {
     let mut r = r.clone();
-    if let raftmesh_api::Spec::Authority(a) = &mut r.spec {
-        for root in &mut a.roots {
-            root.key_pem.clear();
+    match &mut r.spec {
+        raftmesh_api::Spec::Authority(a) => {
+            for root in &mut a.roots {
+                root.key_pem.clear();
+            }
         }
+        raftmesh_api::Spec::Token(t) if role != Role::Admin => t.secret_sha256.clear(),
+        _ => {}
     }
     r.into()
 }

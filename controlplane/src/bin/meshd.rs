@@ -205,6 +205,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 }
 
 fn main() {
+    // Everything meshd writes — its data directory, sled's files, TLS files,
+    // backups of the demo — is its user's only.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     init_tracing(matches!(cli.command, Command::Demo(_)));
     let result = run_system(async move {

@@ -371,6 +371,30 @@ fn a_three_node_cluster_from_the_shell() {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "a backup holds the CA key: owner-only");
+        assert!(
+            text(&o.stderr).contains("private key"),
+            "meshctl says what the file holds: {}",
+            text(&o.stderr)
+        );
+        // Secrets at rest: a node's data directory, and everything sled and
+        // meshd wrote in it, are the node's user's only.
+        let mut dirs = vec![c.dir.join("n1")];
+        let mut seen = 0;
+        while let Some(d) = dirs.pop() {
+            let m = std::fs::metadata(&d).unwrap().permissions().mode();
+            assert_eq!(m & 0o077, 0, "{} is {:o}", d.display(), m & 0o777);
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    let m = std::fs::metadata(&p).unwrap().permissions().mode();
+                    assert_eq!(m & 0o077, 0, "{} is {:o}", p.display(), m & 0o777);
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 3, "node.json and sled's files were checked");
     }
     let before = ctl(
         &c.servers(),

@@ -67,6 +67,46 @@ fn read_only_token_cannot_write_and_revoked_token_stops_working() {
             .into_inner();
         let mut ro = client(c.addrs[&1], Some(&t.secret));
         ro.list(pb::ListRequest::default()).await.unwrap();
+        // A read-only caller sees the tokens, not their hashes; an admin does.
+        let hashes = |tokens: Vec<pb::Resource>| -> Vec<String> {
+            tokens
+                .into_iter()
+                .filter_map(|r| match raftmesh_api::Resource::try_from(r).ok()?.spec {
+                    raftmesh_api::Spec::Token(t) => Some(t.secret_sha256),
+                    _ => None,
+                })
+                .collect()
+        };
+        let seen = hashes(
+            ro.list_tokens(pb::ListTokensRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .tokens,
+        );
+        assert!(
+            seen.len() >= 2 && seen.iter().all(String::is_empty),
+            "{seen:?}"
+        );
+        let listed = ro
+            .list(pb::ListRequest {
+                kind: "token".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .resources;
+        assert!(hashes(listed).iter().all(String::is_empty));
+        let seen = hashes(
+            admin
+                .list_tokens(pb::ListTokensRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .tokens,
+        );
+        assert!(seen.iter().all(|h| h.len() == 64), "{seen:?}");
         let e = ro
             .apply(apply_req(vec![service("x", 1)]))
             .await

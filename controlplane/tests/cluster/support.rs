@@ -218,7 +218,7 @@ pub fn run<F: Future<Output = ()>>(f: F) {
 
 /// A bootstrap token for `service` in the default namespace.
 pub async fn bootstrap_token(admin: &mut Admin, service: &str) -> String {
-    admin
+    let secret = admin
         .create_token(pb::CreateTokenRequest {
             scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
                 service: service.into(),
@@ -229,6 +229,11 @@ pub async fn bootstrap_token(admin: &mut Admin, service: &str) -> String {
         })
         .await
         .unwrap()
-        .into_inner()
-        .secret
+        .into_inner();
+    assert!(
+        secret.secret.starts_with("rmb_"),
+        "a bootstrap secret says what it is: {}",
+        secret.secret
+    );
+    secret.secret
 }
