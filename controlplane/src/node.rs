@@ -310,8 +310,8 @@ async fn restore(
     }
     let bytes =
         std::fs::read(file).with_context(|| format!("cannot read --restore {}", file.display()))?;
-    let data =
-        SnapshotData::decode(&bytes).with_context(|| format!("--restore {}", file.display()))?;
+    let data = SnapshotData::decode_backup(&bytes)
+        .with_context(|| format!("--restore {}", file.display()))?;
     let members = membership::members(&cfg.initial_cluster);
     let rev = raftmesh_storage::restore(log, sm, data, members, cfg.id).await?;
     tracing::info!(revision = rev, file = %file.display(), "restored the state from a backup");

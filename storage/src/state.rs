@@ -257,6 +257,7 @@ impl StateReader {
             last_applied: s.last_applied,
             membership: s.membership.clone(),
             resources: s.resources.values().map(|r| (**r).clone()).collect(),
+            integrity: None,
         }
     }
 

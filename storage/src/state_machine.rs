@@ -277,6 +277,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_applied,
             membership: membership.clone(),
             resources: resources.iter().map(|r| (**r).clone()).collect(),
+            integrity: None,
         };
         let bytes = data.encode().map_err(sm_err(ErrorVerb::Read))?;
         let nanos = SystemTime::now()

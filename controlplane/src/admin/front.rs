@@ -232,7 +232,7 @@ impl AdminFront {
         self.barrier(false).await?;
         let data = self.reader.snapshot_data();
         let bytes = data
-            .encode()
+            .encode_backup()
             .map_err(|e| AdminError::Internal(e.to_string()))?;
         Ok((data.revision(), bytes))
     }

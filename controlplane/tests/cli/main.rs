@@ -403,6 +403,39 @@ fn a_three_node_cluster_from_the_shell() {
         None,
     );
     drop(c);
+    // A changed backup is refused with the reason, and no node starts.
+    let bad_dir = TempDir::new().unwrap();
+    let tampered = bad_dir.path().join("tampered.json");
+    let text_backup = std::fs::read_to_string(&backup).unwrap();
+    std::fs::write(
+        &tampered,
+        text_backup.replacen("\"port\":", "\"port\": 1", 1),
+    )
+    .unwrap();
+    let port = free_port();
+    let o = Command::new(MESHD)
+        .args(["server", "--id", "1", "--http", "off"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--initial-cluster", &format!("1=127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(bad_dir.path().join("n1"))
+        .arg("--admin-token-file")
+        .arg({
+            let f = bad_dir.path().join("admin.token");
+            std::fs::write(&f, TOKEN).unwrap();
+            f
+        })
+        .arg("--restore")
+        .arg(&tampered)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "a tampered backup was restored");
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("--restore") && e.contains("does not match its contents"),
+        "{e}"
+    );
     let tmp2 = TempDir::new().unwrap();
     let c2 = Cluster::start(tmp2.path(), 3, Some(&backup));
     c2.wait_leader(None);

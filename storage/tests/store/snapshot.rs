@@ -116,6 +116,7 @@ fn snapshot_decode_refuses_foreign_or_inconsistent_data() {
         last_applied: Some(log_id(1, 3)),
         membership: Default::default(),
         resources: vec![service("web", 80).with_revision(2)],
+        integrity: None,
     };
     let e = SnapshotData::decode(&s.encode().unwrap())
         .unwrap_err()
@@ -129,4 +130,42 @@ fn snapshot_decode_refuses_foreign_or_inconsistent_data() {
     assert!(e.contains("must be at most the snapshot's 3"), "{e}");
     s.resources[0].metadata.revision = Some(3);
     assert_eq!(SnapshotData::decode(&s.encode().unwrap()).unwrap(), s);
+}
+
+#[test]
+fn a_backup_is_restored_only_when_it_is_whole_unchanged_and_valid() {
+    let s = SnapshotData {
+        format: "raftmesh-snapshot/v1".into(),
+        last_applied: Some(log_id(1, 5)),
+        membership: Default::default(),
+        resources: vec![
+            service("web", 80).with_revision(2),
+            endpoint("web-1", "web").with_revision(4),
+        ],
+        integrity: None,
+    };
+    let bytes = s.encode_backup().unwrap();
+    let back = SnapshotData::decode_backup(&bytes).unwrap();
+    assert_eq!(back.resources, s.resources);
+    assert!(String::from_utf8_lossy(&bytes).contains("\"integrity\":\"sha256:"));
+
+    let refused = |b: &[u8]| SnapshotData::decode_backup(b).unwrap_err().to_string();
+    // Changed: a port edited by hand.
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let tampered = text.replacen("\"port\":80", "\"port\":81", 1);
+    assert_ne!(tampered, text);
+    assert!(refused(tampered.as_bytes()).contains("does not match its contents"));
+    // Truncated.
+    assert!(refused(&bytes[..bytes.len() / 2]).contains("not a Raftmesh snapshot"));
+    // No digest at all (a Raft snapshot's bytes, or an older backup).
+    assert!(refused(&s.encode().unwrap()).contains("no integrity digest"));
+    // A resource twice, or an invalid one, even with a matching digest.
+    let mut twice = s.clone();
+    twice.resources.push(service("web", 80).with_revision(3));
+    assert!(refused(&twice.encode_backup().unwrap()).contains("twice"));
+    let mut invalid = s.clone();
+    invalid
+        .resources
+        .push(service("NOT_A_NAME", 80).with_revision(3));
+    assert!(refused(&invalid.encode_backup().unwrap()).contains("invalid resource"));
 }
