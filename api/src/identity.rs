@@ -74,9 +74,18 @@ pub fn spiffe_of_der(der: &[u8]) -> Option<String> {
 }
 
 /// The bytes a proxy signs with its workload key in `Hello.proof`, and
-/// meshd verifies against the certificate it presents.
-pub fn hello_proof_message(instance: &str, unix_ms: u64) -> String {
-    format!("raftmesh-hello|{instance}|{unix_ms}")
+/// meshd verifies against the certificate it presents: the instance, the
+/// single-use nonce meshd handed out (`Discovery/Challenge`) and the
+/// Hello's CSR (empty when none). A captured Hello is useless later (the
+/// nonce is spent) and with another key (the CSR is signed over).
+pub fn hello_proof_message(instance: &str, nonce: &[u8], csr_pem: &str) -> Vec<u8> {
+    let mut m = format!("raftmesh-hello-v2|{instance}|");
+    for b in nonce {
+        m.push_str(&format!("{b:02x}"));
+    }
+    m.push('|');
+    m.push_str(csr_pem);
+    m.into_bytes()
 }
 
 /// The default trust domain of a cluster.
@@ -114,7 +123,14 @@ mod tests {
     }
 
     #[test]
-    fn the_proof_message_names_the_instance_and_time() {
-        assert_eq!(hello_proof_message("web-1", 7), "raftmesh-hello|web-1|7");
+    fn the_proof_message_binds_the_instance_the_nonce_and_the_csr() {
+        assert_eq!(
+            hello_proof_message("web-1", &[0xab, 0x01], "CSR"),
+            b"raftmesh-hello-v2|web-1|ab01|CSR"
+        );
+        assert_ne!(
+            hello_proof_message("web-1", &[1], ""),
+            hello_proof_message("web-1", &[1], "CSR")
+        );
     }
 }

@@ -118,18 +118,25 @@ impl Workload {
             .map_err(|e| e.to_string())
     }
 
-    /// The current certificate and a proof of holding its key, if it is
-    /// valid for at least another minute.
-    pub fn proof(&self, instance: &str) -> Option<(String, Vec<u8>, u64)> {
+    /// The current certificate and a proof of holding its key over meshd's
+    /// `nonce` and the Hello's CSR, if the certificate is valid for at
+    /// least another minute.
+    pub fn proof(&self, instance: &str, nonce: &[u8], csr_pem: &str) -> Option<(String, Vec<u8>)> {
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let cert = s.cert_pem.clone()?;
-        let now = unix_ms();
-        if s.expires_at_ms < now + 60_000 {
+        if s.expires_at_ms < unix_ms() + 60_000 {
             return None;
         }
-        let msg = identity::hello_proof_message(instance, now);
-        let sig = rcgen::SigningKey::sign(&self.key, msg.as_bytes()).ok()?;
-        Some((cert, sig, now))
+        let msg = identity::hello_proof_message(instance, nonce, csr_pem);
+        let sig = rcgen::SigningKey::sign(&self.key, &msg).ok()?;
+        Some((cert, sig))
+    }
+
+    /// Whether the proxy holds a certificate valid for at least another
+    /// minute (then it proves itself with it instead of a token).
+    pub fn has_usable_certificate(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.cert_pem.is_some() && s.expires_at_ms >= unix_ms() + 60_000
     }
 
     /// Whether the certificate is past half its life (or missing).

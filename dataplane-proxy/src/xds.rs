@@ -177,15 +177,24 @@ async fn session(
     // it has one, the bootstrap token before that.
     let mut csr_requested = false;
     if let Some(w) = workload {
-        if let Some((cert, proof, at)) = w.proof(&hello.instance) {
-            hello.certificate_pem = cert;
-            hello.proof = proof;
-            hello.proof_unix_ms = at;
-            hello.token.clear();
-        }
         if w.needs_renewal() {
             hello.csr_pem = w.csr().map_err(Ended::Early)?;
             csr_requested = true;
+        }
+        if w.has_usable_certificate() {
+            // The proof signs a nonce of this node's, good once.
+            let nonce = client
+                .challenge(pb::ChallengeRequest {})
+                .await
+                .map_err(|s| Ended::Early(format!("challenge: {}: {}", s.code(), s.message())))?
+                .into_inner()
+                .nonce;
+            if let Some((cert, proof)) = w.proof(&hello.instance, &nonce, &hello.csr_pem) {
+                hello.certificate_pem = cert;
+                hello.proof = proof;
+                hello.proof_nonce = nonce;
+                hello.token.clear();
+            }
         }
     }
     let was_ready = hello.ready;

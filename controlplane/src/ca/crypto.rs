@@ -55,9 +55,6 @@ pub enum CaError {
     /// The certificate names no workload.
     #[error("the certificate carries no SPIFFE ID")]
     NoSpiffeId,
-    /// The proof is older than five minutes (or from the future).
-    #[error("the proof of key possession is stale (check the clocks)")]
-    StaleProof,
     /// The certificate's key cannot be read.
     #[error("the certificate has no public key")]
     NoPublicKey,
@@ -228,23 +225,21 @@ pub fn public_key_of(der: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Checks a proxy's proof that it holds its certificate's key: an ECDSA
-/// P-256 signature over `raftmesh-hello|<instance>|<unix_ms>`, at most five
-/// minutes old.
+/// P-256 signature over the instance, the node's nonce and the Hello's CSR
+/// (`raftmesh_api::identity::hello_proof_message`). The nonce's freshness
+/// and single use are the caller's (`discovery::challenge`).
 pub fn verify_proof(
     cert_pem: &str,
     instance: &str,
-    unix_ms: u64,
+    nonce: &[u8],
+    csr_pem: &str,
     proof: &[u8],
-    now_ms: u64,
 ) -> Result<(), CaError> {
-    if now_ms.abs_diff(unix_ms) > 300_000 {
-        return Err(CaError::StaleProof);
-    }
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(CaError::NotPem)?;
     let key = public_key_of(&der).ok_or(CaError::NoPublicKey)?;
-    let msg = raftmesh_api::identity::hello_proof_message(instance, unix_ms);
+    let msg = raftmesh_api::identity::hello_proof_message(instance, nonce, csr_pem);
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key)
-        .verify(msg.as_bytes(), proof)
+        .verify(&msg, proof)
         .map_err(|_| CaError::BadProof)
 }
 
@@ -290,12 +285,21 @@ mod tests {
             "another CA"
         );
         // Proof of possession.
-        let msg = raftmesh_api::identity::hello_proof_message("web-1", now);
-        let sig = rcgen::SigningKey::sign(&key, msg.as_bytes()).unwrap();
-        verify_proof(&issued.cert_pem, "web-1", now, &sig, now).unwrap();
-        assert!(verify_proof(&issued.cert_pem, "web-2", now, &sig, now).is_err());
+        let nonce = [7u8; 56];
+        let msg = raftmesh_api::identity::hello_proof_message("web-1", &nonce, "CSR");
+        let sig = rcgen::SigningKey::sign(&key, &msg).unwrap();
+        verify_proof(&issued.cert_pem, "web-1", &nonce, "CSR", &sig).unwrap();
+        assert!(verify_proof(&issued.cert_pem, "web-2", &nonce, "CSR", &sig).is_err());
+        assert!(
+            verify_proof(&issued.cert_pem, "web-1", &[8u8; 56], "CSR", &sig).is_err(),
+            "another nonce"
+        );
+        assert!(
+            verify_proof(&issued.cert_pem, "web-1", &nonce, "ATTACKER'S CSR", &sig).is_err(),
+            "another CSR"
+        );
         let other_key = KeyPair::generate().unwrap();
-        let bad = rcgen::SigningKey::sign(&other_key, msg.as_bytes()).unwrap();
-        assert!(verify_proof(&issued.cert_pem, "web-1", now, &bad, now).is_err());
+        let bad = rcgen::SigningKey::sign(&other_key, &msg).unwrap();
+        assert!(verify_proof(&issued.cert_pem, "web-1", &nonce, "CSR", &bad).is_err());
     }
 }

@@ -87,9 +87,9 @@ pub fn check_certificate(
     crypto::verify_proof(
         &h.certificate_pem,
         &h.instance,
-        h.proof_unix_ms,
+        &h.proof_nonce,
+        &h.csr_pem,
         &h.proof,
-        now_ms,
     )
     .map_err(IdentityError::Proof)
 }

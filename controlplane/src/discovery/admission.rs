@@ -152,16 +152,24 @@ impl Ctx {
             e.identity = raftmesh_api::spiffe_id(&td, &a.info.namespace, &a.info.service);
         }
         if !h.certificate_pem.is_empty() {
-            // A proxy that holds a certificate proves who it is with it.
+            // A proxy that holds a certificate proves who it is with it,
+            // over a nonce of this node's that it can use once.
+            let now = unix_ms();
+            self.challenges
+                .check(&h.proof_nonce, now)
+                .map_err(|e| Status::unauthenticated(e.to_string()))?;
             ca::check_certificate(
                 &self.reader,
                 self.cluster_name(),
                 h,
                 &a.info.service,
                 &a.info.namespace,
-                unix_ms(),
+                now,
             )
             .map_err(identity_status)?;
+            self.challenges
+                .spend(&h.proof_nonce, now)
+                .map_err(|e| Status::unauthenticated(e.to_string()))?;
         } else {
             tokens::admit_bootstrap(&self.ops, &h.token, &a.info.service, &a.info.namespace)
                 .await

@@ -19,6 +19,7 @@
 //! slow proxy costs memory bounded by its scope, never by the rate of change.
 
 mod admission;
+pub mod challenge;
 pub mod hub;
 pub mod leases;
 mod registration;
@@ -86,6 +87,7 @@ struct Ctx {
     hub: Addr<DiscoveryHub>,
     cfg: DiscoveryConfig,
     next_id: AtomicU64,
+    challenges: challenge::Challenges,
 }
 
 impl Ctx {
@@ -109,6 +111,7 @@ impl DiscoveryService {
                 hub,
                 cfg,
                 next_id: AtomicU64::new(1),
+                challenges: challenge::Challenges::default(),
             }),
         }
     }
@@ -170,6 +173,16 @@ impl Discovery for DiscoveryService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn challenge(
+        &self,
+        _req: Request<pb::ChallengeRequest>,
+    ) -> Result<Response<pb::ChallengeResponse>, Status> {
+        Ok(Response::new(pb::ChallengeResponse {
+            nonce: self.ctx.challenges.issue(crate::procinfo::unix_ms()),
+            valid_for_ms: challenge::VALID_FOR.as_millis() as u64,
+        }))
     }
 }
 

@@ -559,7 +559,8 @@ fn bootstrap_tokens_are_refused_when_expired_revoked_used_up_or_for_another_serv
 }
 
 #[test]
-fn a_certificate_signing_request_yields_a_certificate_for_the_token_s_service_only() {
+fn a_certificate_signing_request_yields_a_certificate_for_the_token_s_service_only_and_a_captured_hello_is_useless(
+) {
     run(async {
         let c = TestCluster::start(1).await;
         let mut admin = c.client(1).await;
@@ -598,20 +599,105 @@ fn a_certificate_signing_request_yields_a_certificate_for_the_token_s_service_on
             (23 * 3_600_000..=24 * 3_600_000).contains(&ttl),
             "default TTL is 24h: {ttl}"
         );
-        // The proxy reconnects with its certificate and a proof, no token.
-        let now = raftmesh_controlplane::procinfo::unix_ms();
+        // The proxy reconnects with its certificate and a proof over a
+        // nonce of the node's, no token.
+        let addr = c.addrs[&1];
+        let sign = |k: &rcgen::KeyPair, nonce: &[u8], csr: &str| {
+            rcgen::SigningKey::sign(
+                k,
+                &raftmesh_api::identity::hello_proof_message("web-1", nonce, csr),
+            )
+            .unwrap()
+        };
         let mut h = hello("web", "web-1", "", &[]);
         h.certificate_pem = cert.certificate_pem.clone();
-        h.proof_unix_ms = now;
-        h.proof = rcgen::SigningKey::sign(&key, format!("raftmesh-hello|web-1|{now}").as_bytes())
+        h.proof_nonce = challenge(addr).await;
+        h.proof = sign(&key, &h.proof_nonce, "");
+        assert!(FakeProxy::connect(addr, h.clone()).await.is_ok());
+        // The same Hello again (captured on the wire): the nonce is spent.
+        let e = FakeProxy::connect(addr, h.clone()).await.err().unwrap();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(e.message().contains("already used"), "{}", e.message());
+        // The captured proof with a fresh nonce does not verify.
+        let mut replay = h.clone();
+        replay.proof_nonce = challenge(addr).await;
+        let e = FakeProxy::connect(addr, replay).await.err().unwrap();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        // An attacker's CSR under a proof the proxy made for its own (or
+        // none): no certificate for the attacker's key.
+        let attacker = rcgen::KeyPair::generate().unwrap();
+        let attacker_csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&attacker)
+            .unwrap()
+            .pem()
             .unwrap();
-        assert!(FakeProxy::connect(c.addrs[&1], h.clone()).await.is_ok());
+        let mut stolen = hello("web", "web-1", "", &[]);
+        stolen.certificate_pem = cert.certificate_pem.clone();
+        stolen.proof_nonce = challenge(addr).await;
+        stolen.proof = sign(&key, &stolen.proof_nonce, "");
+        stolen.csr_pem = attacker_csr.clone();
+        let e = FakeProxy::connect(addr, stolen).await.err().unwrap();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        // A nonce that is not the node's, or none.
+        let mut forged = h.clone();
+        forged.proof_nonce = vec![0u8; 56];
+        forged.proof = sign(&key, &forged.proof_nonce, "");
+        let e = FakeProxy::connect(addr, forged.clone())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.message().contains("not issued by this node"),
+            "{}",
+            e.message()
+        );
+        forged.proof_nonce.clear();
+        forged.proof = sign(&key, &[], "");
+        let e = FakeProxy::connect(addr, forged).await.err().unwrap();
+        assert!(e.message().contains("no proof nonce"), "{}", e.message());
+        // The real proxy renewing binds its own CSR and gets a certificate.
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let mut renew = hello("web", "web-1", "", &[]);
+        renew.certificate_pem = cert.certificate_pem.clone();
+        renew.proof_nonce = challenge(addr).await;
+        renew.csr_pem = csr.clone();
+        renew.proof = sign(&key, &renew.proof_nonce, &csr);
+        let mut p = FakeProxy::connect(addr, renew).await.unwrap();
+        loop {
+            if let Some(pb::server_message::Msg::Certificate(c)) =
+                p.rx.message().await.unwrap().unwrap().msg
+            {
+                assert!(!c.certificate_pem.is_empty());
+                break;
+            }
+        }
         // Someone else's proof (another key) is refused.
         let other = rcgen::KeyPair::generate().unwrap();
-        h.proof = rcgen::SigningKey::sign(&other, format!("raftmesh-hello|web-1|{now}").as_bytes())
-            .unwrap();
-        let e = FakeProxy::connect(c.addrs[&1], h).await.err().unwrap();
+        h.proof_nonce = challenge(addr).await;
+        h.proof = sign(&other, &h.proof_nonce, "");
+        let e = FakeProxy::connect(addr, h).await.err().unwrap();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         c.shutdown().await;
     });
+}
+
+/// A fresh proof nonce from the node at `addr`.
+async fn challenge(addr: SocketAddr) -> Vec<u8> {
+    let channel = raftmesh_client::endpoint(&addr.to_string(), None)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    pb::discovery_client::DiscoveryClient::new(channel)
+        .challenge(pb::ChallengeRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nonce
 }

@@ -26,6 +26,12 @@ struct Scripted {
 #[tonic::async_trait]
 impl Discovery for Scripted {
     type StreamStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
+    async fn challenge(
+        &self,
+        _: Request<pb::ChallengeRequest>,
+    ) -> Result<Response<pb::ChallengeResponse>, Status> {
+        Err(Status::unimplemented("this fake admits no certificates"))
+    }
     async fn stream(
         &self,
         req: Request<Streaming<pb::ProxyMessage>>,
