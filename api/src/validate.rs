@@ -9,7 +9,7 @@ use crate::{Kind, Resource, Spec};
 
 /// One broken rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} \"{}\": {field}: {rule}", kind.lower(), display_name(namespace, name))]
+#[error("{} {}: {field}: {rule}", kind.lower(), display_name(namespace, name))]
 pub struct ValidationError {
     /// Kind of the resource.
     pub kind: Kind,
@@ -25,9 +25,9 @@ pub struct ValidationError {
 
 fn display_name(namespace: &str, name: &str) -> String {
     if namespace == crate::DEFAULT_NAMESPACE || namespace.is_empty() {
-        name.to_string()
+        shown(name)
     } else {
-        format!("{namespace}/{name}")
+        shown(&format!("{namespace}/{name}"))
     }
 }
 
@@ -101,7 +101,8 @@ impl Checker<'_> {
             HTTP_METHODS.contains(&m),
             field,
             format!(
-                "\"{m}\" is not an HTTP method (one of {})",
+                "{} is not an HTTP method (one of {})",
+                shown(m),
                 HTTP_METHODS.join(", ")
             ),
         );
@@ -111,7 +112,7 @@ impl Checker<'_> {
         self.check(
             p.starts_with('/') && !p.chars().any(|c| c.is_control() || c == ' '),
             field,
-            format!("\"{p}\" must start with '/' and hold no spaces"),
+            format!("{} must start with '/' and hold no spaces", shown(p)),
         );
     }
 }
@@ -119,6 +120,18 @@ impl Checker<'_> {
 const HTTP_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
+
+/// A value as an error shows it: quoted, and cut to 64 characters with its
+/// length when longer, so an error never echoes a huge value.
+pub fn shown(v: &str) -> String {
+    const MAX: usize = 64;
+    if v.chars().count() <= MAX {
+        format!("{v:?}")
+    } else {
+        let head: String = v.chars().take(MAX).collect();
+        format!("{head:?}… ({} bytes)", v.len())
+    }
+}
 
 /// Checks a DNS-1123 label: 1–63 characters of `a-z`, `0-9`, `-`, starting
 /// and ending with a letter or digit.
@@ -128,7 +141,8 @@ pub fn dns_label(s: &str) -> Result<(), String> {
     }
     if s.len() > 63 {
         return Err(format!(
-            "\"{s}\" is {} characters, must be at most 63",
+            "{} is {} characters, must be at most 63",
+            shown(s),
             s.len()
         ));
     }
@@ -138,7 +152,8 @@ pub fn dns_label(s: &str) -> Result<(), String> {
     let ends_ok = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if !ok_chars || !ends_ok(s.bytes().next()) || !ends_ok(s.bytes().last()) {
         return Err(format!(
-            "\"{s}\" is not a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)"
+            "{} is not a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)",
+            shown(s)
         ));
     }
     Ok(())
@@ -147,11 +162,15 @@ pub fn dns_label(s: &str) -> Result<(), String> {
 /// Checks a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
 pub fn dns_subdomain(s: &str) -> Result<(), String> {
     if s.len() > 253 {
-        return Err(format!("\"{s}\" is longer than 253 characters"));
+        return Err(format!("{} is longer than 253 characters", shown(s)));
     }
     for part in s.split('.') {
-        dns_label(part)
-            .map_err(|_| format!("\"{s}\" is not a DNS name (dot-separated DNS-1123 labels)"))?;
+        dns_label(part).map_err(|_| {
+            format!(
+                "{} is not a DNS name (dot-separated DNS-1123 labels)",
+                shown(s)
+            )
+        })?;
     }
     Ok(())
 }
@@ -167,7 +186,8 @@ fn label_key(k: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "label key \"{k}\" must be letters, digits, '-', '_', '.', '/', starting and ending with a letter or digit"
+            "label key {} must be letters, digits, '-', '_', '.', '/', starting and ending with a letter or digit",
+            shown(k)
         ))
     }
 }
@@ -180,7 +200,8 @@ fn label_value(v: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "label value \"{v}\" must be at most 63 letters, digits, '-', '_' or '.'"
+            "label value {} must be at most 63 letters, digits, '-', '_' or '.'",
+            shown(v)
         ))
     }
 }
@@ -255,7 +276,7 @@ impl Resource {
                     c.check(
                         ok,
                         format!("spec.from[{i}]"),
-                        format!("\"{f}\" must be \"*\", a SPIFFE ID (spiffe://...), or a SPIFFE ID prefix ending in '*'"),
+                        format!("{} must be \"*\", a SPIFFE ID (spiffe://...), or a SPIFFE ID prefix ending in '*'", shown(f)),
                     );
                 }
                 for (i, t) in p.to.iter().enumerate() {
@@ -395,7 +416,7 @@ fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
                 c.check(
                     header_name(h),
                     format!("{f}.headers"),
-                    format!("\"{h}\" is not a valid HTTP header name"),
+                    format!("{} is not a valid HTTP header name", shown(h)),
                 );
             }
         }

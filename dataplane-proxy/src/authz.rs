@@ -20,8 +20,16 @@ fn from_matches(from: &[String], who: Option<&str>) -> bool {
         f == "*"
             || f == who
             || f.strip_suffix('*')
-                .is_some_and(|prefix| who.starts_with(prefix))
+                .is_some_and(|prefix| on_boundary(who, prefix))
     })
+}
+
+/// Whether `who` starts with `prefix` on a segment boundary: the prefix
+/// `spiffe://td/ns/prod*` (or `.../prod/*`) covers `spiffe://td/ns/prod/sa/x`,
+/// never `spiffe://td/ns/production/sa/x`.
+fn on_boundary(who: &str, prefix: &str) -> bool {
+    who.strip_prefix(prefix)
+        .is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
 }
 
 fn to_matches(p: &PolicySpec, method: &str, path: &str) -> bool {
@@ -134,5 +142,29 @@ mod tests {
         // A policy without `from` matches anonymous callers too.
         a.policies = vec![pol(Action::Allow, &[], &[], &[])];
         assert!(decide(&a, None, "GET", "/").is_ok());
+    }
+
+    #[test]
+    fn identity_prefixes_end_on_a_segment_boundary() {
+        for prefix in [
+            "spiffe://east.mesh/ns/prod*",
+            "spiffe://east.mesh/ns/prod/*",
+        ] {
+            let a = Authz {
+                policies: vec![pol(Action::Allow, &[prefix], &[], &[])],
+                ..Default::default()
+            };
+            assert!(decide(&a, Some("spiffe://east.mesh/ns/prod/sa/x"), "GET", "/").is_ok());
+            assert!(
+                decide(
+                    &a,
+                    Some("spiffe://east.mesh/ns/production/sa/x"),
+                    "GET",
+                    "/"
+                )
+                .is_err(),
+                "{prefix} must not cover another namespace"
+            );
+        }
     }
 }

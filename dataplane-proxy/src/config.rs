@@ -87,6 +87,9 @@ pub struct Args {
     /// Services this proxy calls, known up front (more are learned as requests come).
     #[arg(long, value_delimiter = ',')]
     pub subscribe: Vec<String>,
+    /// A service learned from traffic is unsubscribed after this long with no request.
+    #[arg(long, default_value = "10m")]
+    pub subscription_idle: humantime::Duration,
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -134,6 +137,8 @@ pub struct ProxyConfig {
     pub locality: String,
     /// Services known up front.
     pub subscribe: Vec<String>,
+    /// How long a learned subscription may go unused.
+    pub subscription_idle: std::time::Duration,
     /// Worker threads.
     pub workers: Option<usize>,
 }
@@ -253,6 +258,7 @@ impl Args {
             cluster: self.cluster,
             locality: self.locality,
             subscribe: self.subscribe,
+            subscription_idle: self.subscription_idle.into(),
             workers: self.workers,
         })
     }

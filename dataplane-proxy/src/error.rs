@@ -13,6 +13,12 @@ pub enum ProxyError {
     /// The request names no service (no Host, no absolute URI).
     #[error("the request names no service: send it with Host: <service> or as an absolute URI")]
     BadRequest,
+    /// The path is ambiguous (`crate::path`).
+    #[error("{0}")]
+    BadPath(crate::path::PathError),
+    /// The Host names no valid service.
+    #[error("the Host {0:?} is not a service name (name or name.namespace, DNS labels)")]
+    BadHost(String),
     /// No service or rule matches.
     #[error("no route to {0}")]
     NoRoute(String),
@@ -46,7 +52,8 @@ impl ProxyError {
     /// The `x-raftmesh-error` code.
     pub fn code(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest => "bad-request",
+            ProxyError::BadRequest | ProxyError::BadHost(_) => "bad-request",
+            ProxyError::BadPath(_) => "bad-path",
             ProxyError::NoRoute(_) => "no-route",
             ProxyError::NoHealthyEndpoints(_) => "no-healthy-endpoints",
             ProxyError::Connect(_) => "upstream-connect",
@@ -62,7 +69,9 @@ impl ProxyError {
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest | ProxyError::BadPath(_) | ProxyError::BadHost(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Reset(_) => StatusCode::BAD_GATEWAY,

@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod metrics;
+pub mod path;
 pub mod persist;
 pub mod retry;
 pub mod route;
@@ -22,6 +23,7 @@ pub mod server;
 pub mod stack;
 pub mod state;
 pub mod stats;
+pub mod subscriptions;
 pub mod target;
 pub mod timeout;
 pub mod tls;
@@ -213,7 +215,8 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         None => None,
     };
     let mut upstreams = Vec::new();
-    let mut subscriptions: BTreeSet<String> = saved_subs;
+    // Fixed subscriptions (never expire); saved ones are learned ones.
+    let mut subscriptions: BTreeSet<String> = BTreeSet::new();
     for (name, addr) in &cfg.upstreams {
         let l = bind(*addr, "upstream").await?;
         upstreams.push((name.clone(), l.local_addr()?));
@@ -240,7 +243,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
             config.clone(),
             workload.clone(),
             learn_rx,
-            subscriptions,
+            subscriptions::Subscriptions::new(subscriptions, saved_subs),
             shutdown_rx.clone(),
         )));
     }

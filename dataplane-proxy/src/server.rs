@@ -302,9 +302,17 @@ impl Inbound {
             async move {
                 let started = Instant::now();
                 let strict = this.config.current().authz.mtls == MtlsMode::Strict;
+                let mut req = req;
+                let normal = crate::path::normalise_uri(req.uri());
                 let result = if plaintext_with_tls && strict {
                     Err(ProxyError::MtlsRequired)
+                } else if let Err(e) = normal {
+                    Err(ProxyError::BadPath(e))
                 } else {
+                    // Authorization and the app see the one normal path.
+                    if let Ok(Some(uri)) = normal {
+                        *req.uri_mut() = uri;
+                    }
                     let authz = this.config.current();
                     match authz::decide(
                         &authz.authz,

@@ -135,6 +135,9 @@ pub struct ServiceStats {
     pub rr: AtomicUsize,
     /// Retry budget.
     pub budget: Budget,
+    /// A request used this service since the subscription sweep last
+    /// looked (`subscriptions.rs`).
+    pub used: std::sync::atomic::AtomicBool,
     /// Where the layers count what happens to this service's requests
     /// (retries, ejections): the proxy's metrics, reached through the
     /// target a request already carries rather than cloned per request.
@@ -148,6 +151,7 @@ impl ServiceStats {
             in_flight: AtomicU32::new(0),
             rr: AtomicUsize::new(0),
             budget: Budget::default(),
+            used: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }
     }

@@ -3,7 +3,7 @@
 //! good config, and ACKs or NACKs. With every node gone, the proxy goes on
 //! with the config it holds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use crate::compiled::{compile, validate_all, ServiceId, Source};
 use crate::config::ProxyConfig;
 use crate::persist::{self, Saved};
 use crate::state::Config;
+use crate::subscriptions::{Learned, Subscriptions, MAX_SUBSCRIPTIONS};
 use crate::tls::Workload;
 
 /// What the client needs from the proxy's configuration.
@@ -33,6 +34,8 @@ pub struct XdsSettings {
     pub state_dir: Option<PathBuf>,
     /// TLS to meshd (`--ca-file`), plaintext when `None`.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// How long a learned subscription may go unused.
+    pub subscription_idle: Duration,
 }
 
 impl XdsSettings {
@@ -58,12 +61,9 @@ impl XdsSettings {
             },
             state_dir: c.state_dir.clone(),
             tls: c.ca_pem.as_deref().map(raftmesh_client::client_tls),
+            subscription_idle: c.subscription_idle,
         }
     }
-}
-
-fn sub_name(id: &ServiceId) -> String {
-    format!("{}.{}", id.1, id.0)
 }
 
 /// Applies a delta to what the proxy holds; the error is the NACK reason.
@@ -101,7 +101,7 @@ pub async fn run(
     config: Arc<Config>,
     workload: Option<Arc<Workload>>,
     mut learn_rx: mpsc::Receiver<ServiceId>,
-    mut subscriptions: BTreeSet<String>,
+    mut subscriptions: Subscriptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -155,7 +155,7 @@ async fn session(
     config: &Arc<Config>,
     workload: Option<&Workload>,
     learn_rx: &mut mpsc::Receiver<ServiceId>,
-    subscriptions: &mut BTreeSet<String>,
+    subscriptions: &mut Subscriptions,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), Ended> {
     let channel = raftmesh_client::endpoint(addr, settings.tls.as_ref())
@@ -171,7 +171,7 @@ async fn session(
         Source::ControlPlane | Source::StateDir => current.revision,
         _ => 0,
     };
-    hello.subscriptions = subscriptions.iter().cloned().collect();
+    hello.subscriptions = subscriptions.all().iter().cloned().collect();
     hello.ready = current.source != Source::Empty;
     // Who the proxy is: its certificate and proof of holding the key once
     // it has one, the bootstrap token before that.
@@ -212,6 +212,9 @@ async fn session(
     let mut got_config = false;
     let mut reported_ready = was_ready;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
+    let mut sweep = tokio::time::interval(settings.subscription_idle / 2);
+    sweep.tick().await;
+    let mut full_warned = false;
     loop {
         tokio::select! {
             m = inbound.message() => {
@@ -243,13 +246,21 @@ async fn session(
                     }
                     continue;
                 }
+                if let Some(Out::Error(e)) = &m.msg {
+                    // About one message; the stream goes on.
+                    tracing::warn!(code = %e.code, error = %e.message, "meshd refused a request of this proxy");
+                    if let Some(name) = e.message.split('"').nth(1) {
+                        subscriptions.refused(name);
+                    }
+                    continue;
+                }
                 if let Some(Out::Delta(d)) = m.msg {
                     let current = config.current();
                     match apply_delta(&current.resources, &d, current.revision) {
                         Ok(next) => {
                             let saved = settings.state_dir.as_ref().map(|_| Saved {
                                 revision: d.revision,
-                                subscriptions: subscriptions.clone(),
+                                subscriptions: subscriptions.all().clone(),
                                 resources: next.values().cloned().collect(),
                             });
                             config.install(compile(d.revision, Source::ControlPlane, next, &config.identity, &config.stats));
@@ -275,10 +286,26 @@ async fn session(
                 }
             }
             Some(id) = learn_rx.recv() => {
-                let name = sub_name(&id);
-                if subscriptions.insert(name.clone()) {
-                    tracing::info!(service = %name, "subscribing to a service seen in traffic");
-                    send(In::Subscribe(pb::Subscribe { services: vec![name] })).await;
+                match subscriptions.learn(&id) {
+                    Learned::New(name) => {
+                        tracing::info!(service = %name, "subscribing to a service seen in traffic");
+                        send(In::Subscribe(pb::Subscribe { services: vec![name] })).await;
+                    }
+                    Learned::Full if !full_warned => {
+                        full_warned = true;
+                        tracing::warn!(max = MAX_SUBSCRIPTIONS, "not subscribing to more services seen in traffic: the set is full until idle ones expire");
+                    }
+                    Learned::Full | Learned::Known => {}
+                }
+            }
+            _ = sweep.tick() => {
+                let expired = subscriptions.sweep(|id| {
+                    config.stats.service(id).used.swap(false, std::sync::atomic::Ordering::Relaxed)
+                });
+                full_warned = false;
+                if !expired.is_empty() {
+                    tracing::info!(services = ?expired, "unsubscribing from services no request used for {}", humantime::format_duration(settings.subscription_idle));
+                    send(In::Unsubscribe(pb::Subscribe { services: expired })).await;
                 }
             }
             _ = heartbeat.tick() => {

@@ -278,3 +278,17 @@ fn yaml_output_parses_back() {
     let text = yaml::to_yaml(&rs).unwrap();
     assert_eq!(parse_documents(&text).unwrap(), rs);
 }
+
+#[test]
+fn an_error_never_echoes_a_huge_value() {
+    let huge = "X".repeat(100_000);
+    let e = super::dns_label(&huge).unwrap_err();
+    assert!(e.len() < 200, "{} bytes", e.len());
+    assert!(e.contains("(100000 bytes)"), "{e}");
+    let r = Resource::new(
+        huge.to_lowercase(),
+        Spec::Service(crate::ServiceSpec::default()),
+    );
+    let e = r.validate().unwrap_err().to_string();
+    assert!(e.len() < 400, "{} bytes", e.len());
+}

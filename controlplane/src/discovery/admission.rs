@@ -27,6 +27,8 @@ pub(super) struct Admitted {
     pub(super) last_revision: u64,
     pub(super) ready: bool,
     pub(super) csr_pem: String,
+    /// Why subscriptions of the Hello were refused, one line each.
+    pub(super) refused: Vec<String>,
 }
 
 fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
@@ -51,12 +53,18 @@ fn check_hello(h: &pb::Hello, node_id: u64) -> Result<Admitted, Status> {
             ),
         ));
     }
-    let calls = h
-        .subscriptions
-        .iter()
-        .map(|s| parse_subscription(s, &namespace))
-        .collect::<Result<BTreeSet<_>, _>>()
-        .map_err(|e| invalid("subscriptions", e))?;
+    // A bad name is refused on its own (told after admission), never the
+    // whole stream: a proxy that saved one would otherwise never reconnect.
+    let mut calls = BTreeSet::new();
+    let mut refused = Vec::new();
+    for s in &h.subscriptions {
+        match parse_subscription(s, &namespace) {
+            Ok(id) => {
+                calls.insert(id);
+            }
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
     let endpoint = if h.port == 0 {
         None
     } else {
@@ -113,6 +121,7 @@ fn check_hello(h: &pb::Hello, node_id: u64) -> Result<Admitted, Status> {
         last_revision: h.last_revision,
         ready: h.ready,
         csr_pem: h.csr_pem.clone(),
+        refused,
     })
 }
 

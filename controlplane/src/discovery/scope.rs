@@ -66,7 +66,8 @@ pub fn parse_subscription(s: &str, default_ns: &str) -> Result<ServiceId, BadSub
         None => (s, default_ns),
     };
     let bad = |part: &'static str, rule: String| BadSubscription {
-        subscription: s.to_string(),
+        // Never echo a huge value.
+        subscription: s.chars().take(256).collect(),
         part,
         rule,
     };

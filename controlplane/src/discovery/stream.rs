@@ -208,26 +208,42 @@ impl Stream<'_> {
             Some(In::Subscribe(s)) => {
                 let mut scope = self.session.scope();
                 for name in &s.services {
-                    scope.calls.insert(
-                        parse_subscription(name, &scope.own.0)
-                            .map_err(|e| Status::invalid_argument(e.to_string()))?,
-                    );
+                    // One bad name is refused on its own; the stream goes on.
+                    let refused = match parse_subscription(name, &scope.own.0) {
+                        Err(e) => Some(("bad-subscription", e.to_string())),
+                        Ok(id) if scope.calls.contains(&id) => None,
+                        Ok(_) if scope.calls.len() >= MAX_SUBSCRIPTIONS => Some((
+                            "subscription-limit",
+                            format!(
+                                "subscription \"{}\" refused: a proxy may subscribe to at most {MAX_SUBSCRIPTIONS} services",
+                                name.chars().take(256).collect::<String>()
+                            ),
+                        )),
+                        Ok(id) => {
+                            scope.calls.insert(id);
+                            None
+                        }
+                    };
+                    if let Some((code, message)) = refused {
+                        let e = pb::StreamError {
+                            code: code.into(),
+                            message,
+                        };
+                        if !send(&self.tx, Out::Error(e)).await {
+                            return Err(Status::cancelled("the proxy went away"));
+                        }
+                    }
                 }
-                if scope.calls.len() > MAX_SUBSCRIPTIONS {
-                    return Err(Status::invalid_argument(format!(
-                        "more than {MAX_SUBSCRIPTIONS} subscriptions"
-                    )));
+                self.rescope(scope).await?;
+            }
+            Some(In::Unsubscribe(s)) => {
+                let mut scope = self.session.scope();
+                for name in &s.services {
+                    if let Ok(id) = parse_subscription(name, &scope.own.0) {
+                        scope.calls.remove(&id);
+                    }
                 }
-                if scope != self.session.scope() {
-                    self.session.set_scope(scope);
-                    self.ctx
-                        .hub
-                        .send(Rescope(self.session.id))
-                        .await
-                        .map_err(|_| Status::unavailable("the node is shutting down"))?;
-                    self.session.request_resync();
-                    self.flush().await?;
-                }
+                self.rescope(scope).await?;
             }
             Some(In::Hello(_)) => {
                 return Err(Status::invalid_argument(
@@ -253,6 +269,24 @@ impl Stream<'_> {
             None => return Err(Status::invalid_argument("empty message")),
         }
         Ok(())
+    }
+}
+
+impl Stream<'_> {
+    /// Puts a changed scope in force: the hub's index, then a resync of
+    /// what the proxy now receives.
+    async fn rescope(&mut self, scope: super::scope::Scope) -> Result<(), Status> {
+        if scope == self.session.scope() {
+            return Ok(());
+        }
+        self.session.set_scope(scope);
+        self.ctx
+            .hub
+            .send(Rescope(self.session.id))
+            .await
+            .map_err(|_| Status::unavailable("the node is shutting down"))?;
+        self.session.request_resync();
+        self.flush().await
     }
 }
 
@@ -299,6 +333,15 @@ pub(super) async fn run_session(
             // A reconnecting proxy gets the current trust bundle (the CA may
             // have rotated while it was away).
             if !send(&tx, Out::Certificate(b)).await {
+                return Ok(());
+            }
+        }
+        for message in &a.refused {
+            let e = pb::StreamError {
+                code: "bad-subscription".into(),
+                message: message.clone(),
+            };
+            if !send(&tx, Out::Error(e)).await {
                 return Ok(());
             }
         }

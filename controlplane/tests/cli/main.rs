@@ -803,6 +803,7 @@ fn server_tls_between_nodes_and_to_clients() {
                 cluster: String::new(),
                 locality: String::new(),
                 subscribe: vec!["web".into()],
+                subscription_idle: std::time::Duration::from_secs(600),
                 workers: None,
             },
         ))

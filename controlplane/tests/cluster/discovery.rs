@@ -320,6 +320,80 @@ fn a_subscription_added_at_run_time_brings_that_service() {
 }
 
 #[test]
+fn one_bad_subscription_is_refused_by_name_the_set_is_capped_and_unsubscribing_drops_a_service() {
+    run(async {
+        let c = TestCluster::start(1).await;
+        let mut admin = c.client(1).await;
+        seed(&mut admin).await;
+        let token = bootstrap_token(&mut admin, "web").await;
+        // A bad name in the Hello: refused by name (not echoed whole), and
+        // the stream opens with the rest.
+        let huge = "Bad_".repeat(1000);
+        let mut p = FakeProxy::connect(c.addrs[&1], hello("web", "web-1", &token, &["api", &huge]))
+            .await
+            .unwrap();
+        let e = p.next(Duration::from_secs(10)).await.unwrap_err();
+        assert!(
+            e.message().starts_with("bad-subscription:"),
+            "{}",
+            e.message()
+        );
+        assert!(
+            e.message().len() < 600,
+            "echoed a huge value: {} bytes",
+            e.message().len()
+        );
+        p.expect_acked().await;
+        assert!(p.names().contains(&"Endpoint/api-1".to_string()));
+        // At run time: the bad name alone is refused, the good one taken.
+        p.tx.send(msg(In::Subscribe(pb::Subscribe {
+            services: vec!["no/such".into(), "db".into()],
+        })))
+        .await
+        .unwrap();
+        let e = p.next(Duration::from_secs(10)).await.unwrap_err();
+        assert!(e.message().contains("no/such"), "{}", e.message());
+        p.expect_acked().await;
+        assert!(p.names().contains(&"Endpoint/db-1".to_string()));
+        // The set is capped: what exceeds it is refused, name by name.
+        let max = raftmesh_controlplane::discovery::scope::MAX_SUBSCRIPTIONS;
+        p.tx.send(msg(In::Subscribe(pb::Subscribe {
+            services: (0..max + 5).map(|i| format!("svc-{i}")).collect(),
+        })))
+        .await
+        .unwrap();
+        let mut refused = 0;
+        loop {
+            match p.next(Duration::from_secs(10)).await {
+                Err(e) if e.message().starts_with("subscription-limit:") => refused += 1,
+                Ok(Some(d)) => {
+                    p.ack(&d).await;
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            refused,
+            7,
+            "api and db held, {} of {} new fit",
+            max - 2,
+            max + 5
+        );
+        // Unsubscribing drops a service from what the proxy receives.
+        p.tx.send(msg(In::Unsubscribe(pb::Subscribe {
+            services: vec!["db".into()],
+        })))
+        .await
+        .unwrap();
+        p.expect_acked().await;
+        assert!(!p.names().contains(&"Endpoint/db-1".to_string()));
+        assert!(p.names().contains(&"Endpoint/api-1".to_string()));
+        c.shutdown().await;
+    });
+}
+
+#[test]
 fn bad_hellos_and_oversized_messages_close_only_that_stream() {
     run(async {
         let c = TestCluster::start(1).await;

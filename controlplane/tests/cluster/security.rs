@@ -73,6 +73,7 @@ async fn proxy(
         cluster: String::new(),
         locality: String::new(),
         subscribe: subs.iter().map(|s| s.to_string()).collect(),
+        subscription_idle: std::time::Duration::from_secs(600),
         workers: None,
     })
     .await

@@ -19,21 +19,39 @@ use crate::Body;
 
 /// The service a request names: the absolute URI's host, else the Host
 /// header; `name` or `name.namespace` (further labels and the port ignored).
-pub fn service_of<B>(req: &Request<B>, default_ns: &str) -> Option<ServiceId> {
+/// No name is a bad request; a name that is not a DNS label never becomes a
+/// lookup or a subscription.
+pub fn service_of<B>(req: &Request<B>, default_ns: &str) -> Result<ServiceId, ProxyError> {
     let host = match req.uri().authority() {
         Some(a) => a.host().to_string(),
         None => {
-            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            let h = req
+                .headers()
+                .get(http::header::HOST)
+                .ok_or(ProxyError::BadRequest)?;
+            let h = h
+                .to_str()
+                .map_err(|_| ProxyError::BadHost(String::from_utf8_lossy(h.as_bytes()).into()))?;
             h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string()
         }
     };
+    let bad = || {
+        let mut shown = host.clone();
+        shown.truncate(64);
+        ProxyError::BadHost(shown)
+    };
     let mut parts = host.split('.');
-    let name = parts.next().filter(|n| !n.is_empty())?.to_ascii_lowercase();
+    let name = parts.next().unwrap_or_default().to_ascii_lowercase();
     let ns = parts
         .next()
         .map(str::to_ascii_lowercase)
         .unwrap_or_else(|| default_ns.to_string());
-    Some((ns, name))
+    if raftmesh_api::validate::dns_label(&name).is_err()
+        || raftmesh_api::validate::dns_label(&ns).is_err()
+    {
+        return Err(bad());
+    }
+    Ok((ns, name))
 }
 
 fn matches<B>(m: &RouteMatch, req: &Request<B>) -> bool {
@@ -114,7 +132,11 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
         let mut inner = self.inner.clone();
         let config = self.config.clone();
         Box::pin(async move {
-            let id = service_of(&req, &config.namespace).ok_or(ProxyError::BadRequest)?;
+            // Rules match, and the callee receives, the one normal path.
+            if let Some(uri) = crate::path::normalise_uri(req.uri()).map_err(ProxyError::BadPath)? {
+                *req.uri_mut() = uri;
+            }
+            let id = service_of(&req, &config.namespace)?;
             let mut table = config.current().service(&id).cloned();
             if table.is_none() {
                 // A service not seen before: ask the control plane for it and
@@ -125,6 +147,7 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
             let table = table.ok_or_else(|| ProxyError::NoRoute(label.clone()))?;
             let (rule, backend) = choose(&table.rules, &req).ok_or(ProxyError::NoRoute(label))?;
             let stats = config.stats.service(&table.id);
+            stats.used.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(info) = req.extensions().get::<RouteInfo>() {
                 let _ = info.0.set((
                     table.id.1.clone(),

@@ -21,19 +21,37 @@ fn backend(label: &str, weight: u32) -> Backend {
 fn authority_comes_from_the_absolute_uri_or_the_host_header() {
     let r = Request::get("http://web/x").body(()).unwrap();
     assert_eq!(
-        service_of(&r, "default"),
-        Some(("default".into(), "web".into()))
+        service_of(&r, "default").unwrap(),
+        ("default".to_string(), "web".to_string())
     );
     let r = Request::get("/x")
         .header("host", "api.prod:8080")
         .body(())
         .unwrap();
     assert_eq!(
-        service_of(&r, "default"),
-        Some(("prod".into(), "api".into()))
+        service_of(&r, "default").unwrap(),
+        ("prod".to_string(), "api".to_string())
     );
     let r = Request::get("/x").body(()).unwrap();
-    assert_eq!(service_of(&r, "default"), None);
+    assert!(matches!(
+        service_of(&r, "default"),
+        Err(ProxyError::BadRequest)
+    ));
+    // Not a service name: refused here, never looked up or subscribed to.
+    for host in [
+        "we_b",
+        "-web",
+        "web.pr*d",
+        "",
+        ".prod",
+        "a".repeat(64).as_str(),
+    ] {
+        let r = Request::get("/x").header("host", host).body(()).unwrap();
+        assert!(
+            matches!(service_of(&r, "default"), Err(ProxyError::BadHost(_))),
+            "{host:?}"
+        );
+    }
 }
 
 #[test]

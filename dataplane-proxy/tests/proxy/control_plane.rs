@@ -217,3 +217,65 @@ async fn with_the_control_plane_gone_traffic_goes_on_and_a_restart_serves_from_t
     assert_eq!(v["source"], "state-dir");
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_service_learned_from_traffic_is_unsubscribed_once_idle_and_bad_hosts_never_subscribe() {
+    let web = Upstream::start("web").await;
+    let cp = Scripted {
+        script: Arc::new(vec![delta(
+            3,
+            true,
+            &mesh("web", &[("web-1", web.addr, "v1")], ""),
+        )]),
+        ..Default::default()
+    };
+    let (addr, server) = serve(cp.clone()).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut c = cp_config(addr, state.path());
+    c.subscription_idle = Duration::from_secs(1);
+    let p = raftmesh_dataplane_proxy::start(c).await.unwrap();
+    eventually("the first config", || p.config.current().revision == 3).await;
+    let client = http_client();
+    // A made-up name that is not a service name: 400, no subscription.
+    assert_eq!(get(&client, p.outbound, "no_such", "/", &[]).await.0, 400);
+    // A service name meshd has not sent: learned (404 after the wait).
+    assert_eq!(get(&client, p.outbound, "api", "/", &[]).await.0, 404);
+    let said = |want: fn(&pb::proxy_message::Msg) -> Option<Vec<String>>| {
+        cp.said
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(want)
+            .flatten()
+            .collect::<Vec<_>>()
+    };
+    let subscribed = || {
+        said(|m| match m {
+            pb::proxy_message::Msg::Subscribe(s) => Some(s.services.clone()),
+            _ => None,
+        })
+    };
+    let unsubscribed = || {
+        said(|m| match m {
+            pb::proxy_message::Msg::Unsubscribe(s) => Some(s.services.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(subscribed(), ["api.default"]);
+    // web keeps being used and is fixed (--subscribe); api goes idle.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while unsubscribed().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "api was never unsubscribed"
+        );
+        assert_eq!(get(&client, p.outbound, "web", "/", &[]).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(unsubscribed(), ["api.default"]);
+    // Asked for again, it is subscribed again.
+    get(&client, p.outbound, "api", "/", &[]).await;
+    eventually("the second subscription", || subscribed().len() == 2).await;
+    p.shutdown().await;
+    server.abort();
+}

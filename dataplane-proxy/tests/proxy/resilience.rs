@@ -136,8 +136,9 @@ async fn a_connect_failure_is_explained_and_retried_when_asked() {
         route,
     ))
     .await;
-    for _ in 0..100 {
-        assert_eq!(get(&c, p.outbound, "web", "/", &[]).await.0, 200);
+    for i in 0..100 {
+        let (s, body, e) = get(&c, p.outbound, "web", "/", &[]).await;
+        assert_eq!(s, 200, "request {i}: {e:?} {body}");
     }
     p.shutdown().await;
 }

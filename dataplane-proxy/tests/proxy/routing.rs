@@ -128,3 +128,65 @@ pub async fn reqwest_metrics(admin: std::net::SocketAddr) -> String {
         .unwrap();
     String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
+
+#[tokio::test]
+async fn authorization_and_the_app_see_one_normal_path_and_ambiguous_ones_are_refused() {
+    let app = Upstream::start("app").await;
+    let y = format!(
+        "{}---\nkind: Policy\nmetadata: {{name: no-admin}}\nspec: {{service: client, action: deny, to: [{{paths: [/admin]}}]}}\n",
+        mesh("web", &[], "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("static.yaml");
+    std::fs::write(&f, y).unwrap();
+    let mut c = base_config();
+    c.config_file = Some(f);
+    c.app_port = Some(app.addr.port());
+    let p = raftmesh_dataplane_proxy::start(c).await.unwrap();
+    let inbound = p.inbound.unwrap();
+    let req =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: client\r\nConnection: close\r\n\r\n");
+    // Every spelling of /admin is denied.
+    for path in [
+        "/admin",
+        "/%61dmin",
+        "//admin",
+        "/x/../admin",
+        "/./admin/",
+        "/%2e%2e/admin",
+    ] {
+        let r = raw_request(inbound, &req(path)).await;
+        assert!(r.starts_with("HTTP/1.1 403"), "{path}: {r}");
+        assert!(r.contains("x-raftmesh-error: denied"), "{path}: {r}");
+    }
+    // Ambiguous encodings are refused before anyone reads them.
+    for path in ["/public%2F..%2Fadmin", "/a%5cb", "/a%zz"] {
+        let r = raw_request(inbound, &req(path)).await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{path}: {r}");
+        assert!(r.contains("x-raftmesh-error: bad-path"), "{path}: {r}");
+    }
+    // The app receives the normal path, the query untouched.
+    let r = raw_request(inbound, &req("/docs//a/./b/../%63?q=%2F")).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.ends_with("app /docs/a/c host=client"), "{r}");
+    assert_eq!(app.hits(), 1, "nothing refused reached the app");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_host_that_is_not_a_service_name_gets_400_and_is_never_looked_up() {
+    let web = Upstream::start("web").await;
+    let (p, _d) = static_proxy(&mesh("web", &[("web-1", web.addr, "v1")], "")).await;
+    for host in ["we_b", "web.pr%d", "-x", "a..b"] {
+        let r = raw_request(
+            p.outbound,
+            &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{host}: {r}");
+        assert!(r.contains("x-raftmesh-error: bad-request"), "{host}: {r}");
+    }
+    let (s, _, _) = get(&http_client(), p.outbound, "web", "/", &[]).await;
+    assert_eq!(s, 200);
+    p.shutdown().await;
+}

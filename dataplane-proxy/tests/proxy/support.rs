@@ -104,6 +104,7 @@ pub fn base_config() -> ProxyConfig {
         cluster: String::new(),
         locality: String::new(),
         subscribe: vec![],
+        subscription_idle: std::time::Duration::from_secs(600),
         workers: None,
     }
 }
