@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::durable::DiskSync;
 use crate::{LogStore, StateMachine, StoreError};
 
 /// Storage settings.
@@ -36,16 +37,24 @@ pub(crate) struct Trees {
     pub(crate) state: sled::Tree,
     /// The current snapshot: `meta` and `data`.
     pub(crate) snapshot: sled::Tree,
+    /// What sled's flush leaves out (`durable.rs`).
+    pub(crate) disk: Arc<DiskSync>,
 }
 
 impl Trees {
-    /// Writes every buffered change to disk; returns once it is durable.
+    /// Writes every buffered change to disk; returns once it survives a
+    /// power cut (sled's flush, then `DiskSync::sync`).
     pub(crate) async fn flush(&self, doing: &'static str) -> Result<(), StoreError> {
         self.db
             .flush_async()
             .await
-            .map(|_| ())
-            .map_err(|source| StoreError::Io { doing, source })
+            .map_err(|source| StoreError::Io { doing, source })?;
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || disk.sync())
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|source| StoreError::Sync { doing, source })
     }
 }
 
@@ -65,7 +74,12 @@ pub fn open(dir: &Path, config: &StoreConfig) -> Result<(LogStore, StateMachine)
             source,
         })
     };
+    let disk = DiskSync::open(dir).map_err(|source| StoreError::Sync {
+        doing: "syncing the data directory at open",
+        source,
+    })?;
     let trees = Arc::new(Trees {
+        disk: Arc::new(disk),
         log: tree("log")?,
         raft: tree("raft")?,
         state: tree("state")?,

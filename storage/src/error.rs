@@ -23,6 +23,15 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    /// Making flushed data durable (`fdatasync`) failed.
+    #[error("cannot sync the data directory to disk while {doing}: {source} (is the disk full or failing?)")]
+    Sync {
+        /// What was being done.
+        doing: &'static str,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Stored bytes could not be decoded.
     #[error("stored {what} is corrupt: {source}")]
     Corrupt {

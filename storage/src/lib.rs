@@ -11,6 +11,7 @@
 
 mod command;
 mod db;
+mod durable;
 mod error;
 mod log_store;
 mod restore;

@@ -5,9 +5,15 @@
 //! clients, each on its own connection, applying one Service per request
 //! for `--duration`, and prints a table of writes/s and p50/p99 latency.
 //!
+//! With `--etcd`, a three-member etcd cluster (Debian's `etcd-server`) runs
+//! beside it and each client count is measured on both, one after the
+//! other, with the same number of clients and the same value bytes (the
+//! encoded apply request) per write, each to its cluster's leader.
+//!
 //! ```sh
 //! cargo build --release -p raftmesh-controlplane
 //! cargo run --release -p raftmesh-controlplane --example bench_writes -- --clients 1,16,64
+//! cargo run --release -p raftmesh-controlplane --example bench_writes -- --etcd
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -38,9 +44,102 @@ struct Args {
     /// Send writes to a follower (forwarded) instead of the leader.
     #[arg(long)]
     via_follower: bool,
+    /// Measure a three-member etcd cluster too, in the same run.
+    #[arg(long)]
+    etcd: bool,
+    /// The etcd binary.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd_bin: PathBuf,
+    /// Rounds: each client count measured this many times (alternating
+    /// meshd and etcd with --etcd).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
-struct Procs(Vec<Child>);
+mod etcd;
+
+/// The processes of the run, killed at the end.
+pub struct Procs(Vec<Child>);
+
+/// A free port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Makes one client's writer.
+type MakeWriter<'a> = Box<dyn Fn() -> Writer + 'a>;
+
+/// One writer per client: meshd's admin API or etcd's KV.
+enum Writer {
+    Mesh(raftmesh_client::Admin),
+    Etcd(etcd::Etcd),
+}
+
+impl Writer {
+    async fn write(&mut self, name: String, port: u32) -> bool {
+        let req = service(name.clone(), port);
+        match self {
+            Writer::Mesh(c) => c.apply(req).await.is_ok(),
+            Writer::Etcd(e) => {
+                // The bytes meshd's apply request carries.
+                let value = prost::Message::encode_to_vec(&req);
+                e.put(format!("/bench/{name}").into_bytes(), value)
+                    .await
+                    .is_ok()
+            }
+        }
+    }
+}
+
+/// `n` clients writing for `dur` after a second of warm-up: writes/s, p50,
+/// p99, errors.
+async fn measure(
+    n: usize,
+    dur: Duration,
+    make: impl Fn() -> Writer,
+) -> (f64, Duration, Duration, u64) {
+    let warmup = Duration::from_secs(1);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..n {
+        let mut w = make();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut i = 0u32;
+            while start.elapsed() < warmup + dur {
+                let t0 = Instant::now();
+                let ok = w
+                    .write(format!("bench-{n}-{t}-{}", i % 50), 1 + (i % 60000))
+                    .await;
+                let took = t0.elapsed();
+                if t0 >= start + warmup {
+                    if ok {
+                        lat.push(took)
+                    } else {
+                        errors += 1
+                    }
+                }
+                i += 1;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    all.sort();
+    let rate = all.len() as f64 / dur.as_secs_f64();
+    (rate, pct(&all, 0.5), pct(&all, 0.99), errors)
+}
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -93,15 +192,7 @@ async fn main() {
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let initial = ports
         .iter()
         .enumerate()
@@ -167,53 +258,32 @@ async fn main() {
             "the leader"
         }
     );
-    println!("| clients | writes/s | p50 | p99 | errors |");
-    println!("|---|---|---|---|---|");
-    for &n in &args.clients {
-        let dur: Duration = args.duration.into();
-        let warmup = Duration::from_secs(1);
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for t in 0..n {
-            let mut c = client(&target);
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut errors = 0u64;
-                let mut i = 0u32;
-                while start.elapsed() < warmup + dur {
-                    let t0 = Instant::now();
-                    let r = c
-                        .apply(service(
-                            format!("bench-{n}-{t}-{}", i % 50),
-                            1 + (i % 60000),
-                        ))
-                        .await;
-                    let took = t0.elapsed();
-                    if t0 >= start + warmup {
-                        match r {
-                            Ok(_) => lat.push(took),
-                            Err(_) => errors += 1,
-                        }
-                    }
-                    i += 1;
-                }
-                (lat, errors)
-            }));
+    let etcd_leader = if args.etcd {
+        let a = etcd::start(&args.etcd_bin, dir.path(), &mut procs).await;
+        eprintln!("3 etcd members up; writing to the leader {a}");
+        Some(a)
+    } else {
+        None
+    };
+    println!("| clients | store | writes/s | p50 | p99 | errors |");
+    println!("|---|---|---|---|---|---|");
+    let dur: Duration = args.duration.into();
+    for _ in 0..args.rounds {
+        for &n in &args.clients {
+            let mut runs: Vec<(&str, MakeWriter)> =
+                vec![("meshd", Box::new(|| Writer::Mesh(client(&target))))];
+            if let Some(a) = &etcd_leader {
+                runs.push(("etcd", Box::new(move || Writer::Etcd(etcd::Etcd::new(a)))));
+            }
+            for (store, make) in runs {
+                let (rate, p50, p99, errors) = measure(n, dur, make).await;
+                println!(
+                    "| {n} | {store} | {rate:.0} | {:.2} ms | {:.2} ms | {errors} |",
+                    p50.as_secs_f64() * 1e3,
+                    p99.as_secs_f64() * 1e3
+                );
+            }
         }
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            let (l, e) = t.await.unwrap();
-            all.extend(l);
-            errors += e;
-        }
-        all.sort();
-        let rate = all.len() as f64 / dur.as_secs_f64();
-        println!(
-            "| {n} | {rate:.0} | {:.2} ms | {:.2} ms | {errors} |",
-            pct(&all, 0.5).as_secs_f64() * 1e3,
-            pct(&all, 0.99).as_secs_f64() * 1e3
-        );
     }
     // Memory and disk after the run (sled's growth is a known risk).
     if let Ok(s) = client(&target)
