@@ -27,6 +27,88 @@ pub struct Node {
 pub struct ClusterOpts {
     /// Extra flags for every node (e.g. `--unsafe-local-reads`).
     pub extra_args: Vec<String>,
+    /// Data directories on a `lazyfs` mount, so power cuts can be
+    /// simulated ([`Cluster::power_cut`]); needs [`power_loss_available`].
+    pub power_loss: bool,
+}
+
+/// Whether this machine can simulate power loss: root, `/dev/fuse`.
+pub fn power_loss_available() -> Result<(), String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("power-loss runs need root (a FUSE mount)".into());
+    }
+    if !std::path::Path::new("/dev/fuse").exists() {
+        return Err("power-loss runs need /dev/fuse".into());
+    }
+    Ok(())
+}
+
+/// The `lazyfs` mount the data directories live on.
+struct LazyMount {
+    proc: Proc,
+    mountpoint: PathBuf,
+    cuts: PathBuf,
+}
+
+impl LazyMount {
+    fn start(dir: &std::path::Path) -> Result<Self, String> {
+        let bin = raftmesh_client::bins::find("lazyfs", true).map_err(|e| e.to_string())?;
+        let (backing, mountpoint) = (dir.join("backing"), dir.join("disk"));
+        let cuts = dir.join("lazyfs.cuts");
+        for d in [&backing, &mountpoint] {
+            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+        }
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg(&backing)
+            .arg(&mountpoint)
+            .arg("--cuts-file")
+            .arg(&cuts);
+        let proc =
+            Proc::spawn("lazyfs", cmd, &dir.join("lazyfs.log")).map_err(|e| e.to_string())?;
+        let m = Self {
+            proc,
+            mountpoint,
+            cuts,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !m.mounted() {
+            if Instant::now() > deadline {
+                return Err("lazyfs did not mount within 10 s (see lazyfs.log)".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(m)
+    }
+
+    fn mounted(&self) -> bool {
+        std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == Some(&*self.mountpoint.to_string_lossy()))
+        })
+    }
+
+    fn cuts(&self) -> usize {
+        std::fs::read_to_string(&self.cuts)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for LazyMount {
+    fn drop(&mut self) {
+        self.proc.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.mounted() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.mounted() {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+        self.proc.kill();
+    }
 }
 
 /// A running cluster; every process, namespace and file is removed when it
@@ -39,6 +121,7 @@ pub struct Cluster {
     /// The network between the nodes.
     pub net: Net,
     meshd: PathBuf,
+    lazy: Option<LazyMount>,
     // Last: removed after the processes are gone.
     /// Where data and logs live.
     pub dir: TempDir,
@@ -56,6 +139,16 @@ impl Cluster {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let net = Net::new(n, dir.path())?;
+        let lazy = if opts.power_loss {
+            power_loss_available()?;
+            Some(LazyMount::start(dir.path())?)
+        } else {
+            None
+        };
+        let data_root = match &lazy {
+            Some(l) => l.mountpoint.clone(),
+            None => dir.path().to_path_buf(),
+        };
         let token = format!(
             "chaos-admin-{}-{:016x}",
             std::process::id(),
@@ -84,7 +177,7 @@ impl Cluster {
                 "--http".into(),
                 "off".into(),
                 "--data-dir".into(),
-                dir.path().join(format!("n{id}")).display().to_string(),
+                data_root.join(format!("n{id}")).display().to_string(),
                 "--initial-cluster".into(),
                 initial.clone(),
                 "--admin-token-file".into(),
@@ -110,6 +203,7 @@ impl Cluster {
             token,
             net,
             meshd,
+            lazy,
             dir,
         };
         for id in 1..=n {
@@ -203,6 +297,29 @@ impl Cluster {
         }
     }
 
+    /// Cuts the power under every node: each must be down already (a
+    /// killed process); every write not synced is lost. Returns once the
+    /// file system says it is done.
+    pub fn power_cut(&mut self) -> Result<(), String> {
+        if self.nodes.iter().any(|n| n.proc.is_some()) {
+            return Err("power_cut with nodes still running".into());
+        }
+        let lazy = self
+            .lazy
+            .as_ref()
+            .ok_or("this cluster was not started with power_loss")?;
+        let before = lazy.cuts();
+        lazy.proc.signal("USR1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lazy.cuts() == before {
+            if Instant::now() > deadline {
+                return Err("lazyfs did not report the power cut within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
     /// The last lines of node `id`'s log.
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
         let text =
@@ -219,5 +336,7 @@ impl Drop for Cluster {
                 p.kill();
             }
         }
+        // Unmounted before the directory under it is removed.
+        self.lazy = None;
     }
 }

@@ -21,6 +21,7 @@
 pub mod client;
 pub mod cluster;
 pub mod history;
+pub mod lazyfs;
 pub mod linearizability;
 pub mod nemesis;
 pub mod net;

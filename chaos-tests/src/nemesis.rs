@@ -38,11 +38,14 @@ pub enum Fault {
     Lossy,
     /// Delay every message between nodes by 100 ms.
     Slow,
+    /// kill -9 every node and lose every write not synced to disk (lazyfs),
+    /// as a power cut does; restart them all at heal. Root only.
+    PowerLoss,
 }
 
 impl Fault {
     /// Every fault kind.
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::IsolateOne,
         Fault::IsolateLeader,
         Fault::MajorityMinority,
@@ -55,7 +58,23 @@ impl Fault {
         Fault::ClockSkew,
         Fault::Lossy,
         Fault::Slow,
+        Fault::PowerLoss,
     ];
+
+    /// Every fault kind this machine can inject (power loss needs root and
+    /// `/dev/fuse`; without them it is left out, with a line saying so).
+    pub fn available() -> Vec<Fault> {
+        match crate::cluster::power_loss_available() {
+            Ok(()) => Self::ALL.to_vec(),
+            Err(why) => {
+                eprintln!("chaos: no power-loss faults: {why}");
+                Self::ALL
+                    .into_iter()
+                    .filter(|f| *f != Fault::PowerLoss)
+                    .collect()
+            }
+        }
+    }
 }
 
 impl fmt::Display for Fault {
@@ -179,6 +198,14 @@ pub async fn inject(
         Fault::Slow => {
             c.net.slow(100)?;
             format!("{f} (100 ms)")
+        }
+        Fault::PowerLoss => {
+            for v in all {
+                c.kill(v);
+                undo.killed.push(v);
+            }
+            c.power_cut()?;
+            format!("{f} (every node)")
         }
     };
     Ok((what, undo))

@@ -51,7 +51,7 @@ impl RunConfig {
             seed,
             nodes: 3,
             duration: Duration::from_secs(20),
-            faults: Fault::ALL.to_vec(),
+            faults: Fault::available(),
             unsafe_reads: false,
             workers: 5,
             keys: 3,
@@ -208,6 +208,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
     if cfg.unsafe_reads {
         opts.extra_args.push("--unsafe-local-reads".into());
     }
+    opts.power_loss = cfg.faults.contains(&Fault::PowerLoss);
     let mut cluster = Cluster::start(cfg.nodes, opts)?;
     let net = if cluster.net.real() {
         "namespaces"

@@ -2,7 +2,7 @@
 //! with `pwrite` and `sync_file_range`, which pushes the written pages to
 //! the drive but neither the file's size (the log grows at its end) nor the
 //! drive's write cache, and it writes values over its blob threshold into
-//! files under `blobs/` that it never syncs at all. So after every flush
+//! files under `blobs/` — and its `conf` — that it never syncs at all. So after every flush
 //! that acknowledges something (a log append, a vote, a truncation, a
 //! purge, a snapshot), [`DiskSync::sync`] `fdatasync`s the database file,
 //! syncs every blob file written since the last time and the `blobs`
@@ -34,6 +34,13 @@ impl DiskSync {
             synced_blobs: Mutex::default(),
         };
         s.sync()?;
+        // sled writes its `conf` once, at creation, and never syncs it; a
+        // power cut that empties it leaves a database sled will not open.
+        match File::open(dir.join("conf")) {
+            Ok(f) => f.sync_all()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         sync_dir(dir)?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;

@@ -16,11 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The programs and the packages that build them (`cargo build -p`).
-const PROGRAMS: [(&str, &str); 3] = [
+/// The programs and the packages that build them (`cargo build -p`);
+/// `lazyfs` is the chaos suite's power-loss file system.
+const PROGRAMS: [(&str, &str); 4] = [
     ("meshd", "raftmesh-controlplane"),
     ("meshctl", "raftmesh-ctl"),
     ("mesh-proxy", "raftmesh-dataplane-proxy"),
+    ("lazyfs", "raftmesh-chaos-tests"),
 ];
 
 /// Why a program could not be found.
@@ -97,12 +99,12 @@ fn build(
     Ok(profile_dir(release))
 }
 
-/// The path of program `name` (`meshd`, `meshctl`, `mesh-proxy`), built
+/// The path of program `name` (`meshd`, `meshctl`, `mesh-proxy`, `lazyfs`), built
 /// first when running under cargo. `quiet` hides cargo's progress.
 pub fn find(name: &str, quiet: bool) -> Result<PathBuf, BinError> {
     // Each program is built at most once per process.
-    static BUILT: [OnceLock<Result<PathBuf, BinError>>; 3] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static BUILT: [OnceLock<Result<PathBuf, BinError>>; PROGRAMS.len()] =
+        [const { OnceLock::new() }; PROGRAMS.len()];
     let mut looked = Vec::new();
     let mut dirs = Vec::new();
     let program = PROGRAMS.iter().position(|(n, _)| *n == name);

@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         cfg.duration = Duration::from(args.duration);
         // Every fifth run uses five nodes (rings and bridges need them).
         cfg.nodes = if seed % 5 == 0 { 5 } else { 3 };
-        cfg.faults = Fault::ALL.to_vec();
+        cfg.faults = Fault::available();
         cfg.unsafe_reads = args.unsafe_reads;
         eprintln!(
             "chaos: run {}/{} seed {seed} ({} nodes)",
