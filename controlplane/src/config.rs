@@ -141,6 +141,18 @@ impl ServerConfig {
         }
     }
 
+    /// The key-encryption key of the workload CA key, from the cluster
+    /// secret, else the first admin token's secret (TLS or not). `None`
+    /// when the node has neither (`validate` refuses that).
+    pub fn kek(&self) -> Option<crate::ca::seal::Kek> {
+        use crate::ca::seal::Kek;
+        match (&self.cluster_secret, &self.admin_token) {
+            (Some(s), _) => Some(Kek::derive("file", s)),
+            (None, Some(t)) => Some(Kek::derive("admin-token", t)),
+            (None, None) => None,
+        }
+    }
+
     /// Checks the combination of settings; the error says what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
@@ -199,6 +211,13 @@ impl ServerConfig {
                     )));
                 }
             }
+        }
+        if self.tls_dir.is_some() && self.cluster_secret.is_none() && self.admin_token.is_none() {
+            return Err(flag(
+                "the workload CA key is encrypted under a key derived from a cluster secret every \
+                 node holds: give every node the same --cluster-secret-file (`meshd tls init` makes \
+                 one) or the same --admin-token-file",
+            ));
         }
         if self.tls_dir.is_none() {
             if self.cluster_secret.is_none() && self.admin_token.is_none() {
@@ -305,6 +324,14 @@ mod tests {
         assert!(
             c.node_secret().is_none(),
             "with TLS the certificate is the credential"
+        );
+        assert!(c.kek().is_some(), "the CA key is sealed with TLS too");
+        // With TLS a secret is still needed: it seals the CA key.
+        c.admin_token = None;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("encrypted") && e.contains("--cluster-secret-file"),
+            "{e}"
         );
     }
 

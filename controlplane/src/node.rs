@@ -173,12 +173,16 @@ pub async fn start_with_listener(
     )
     .await
     .context("starting raft")?;
+    let kek = cfg.kek().context(
+        "no cluster secret: give --cluster-secret-file or --admin-token-file (the workload CA key is encrypted under a key derived from it)",
+    )?;
     let ops = ClusterOps::new(
         raft.clone(),
         cfg.id,
         pool.clone(),
         reader.clone(),
         hooks.unsafe_local_reads,
+        kek,
     );
 
     let bootstrap_hash = cfg.admin_token.as_deref().map(tokens::hash_secret);

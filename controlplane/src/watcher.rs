@@ -54,6 +54,8 @@ pub struct ClusterWatcher {
     bootstrap_hash: Option<String>,
     bootstrap_in_flight: bool,
     ca_in_flight: bool,
+    /// The signing root whose key this node last checked it can open.
+    ca_checked: Option<String>,
 }
 
 impl ClusterWatcher {
@@ -75,6 +77,7 @@ impl ClusterWatcher {
             bootstrap_hash,
             bootstrap_in_flight: false,
             ca_in_flight: false,
+            ca_checked: None,
         }
     }
 
@@ -129,9 +132,40 @@ impl ClusterWatcher {
         self.maybe_create_ca(ctx, leading);
     }
 
-    /// The leader creates the workload CA once.
+    /// The leader creates the workload CA once, and seals a key an
+    /// earlier version stored in clear; every node says, once per signing
+    /// root, when it cannot open the key (another cluster secret).
     fn maybe_create_ca(&mut self, ctx: &mut Context<Self>, leader: bool) {
-        if !leader || self.ca_in_flight || crate::ca::authority(&self.reader).is_some() {
+        if let Some((_, ca)) = crate::ca::authority(&self.reader) {
+            let signing = ca.roots.iter().find(|r| r.signing).map(|r| r.id.clone());
+            if signing.is_some() && signing != self.ca_checked {
+                self.ca_checked = signing;
+                if let Err(e) = crate::ca::can_sign(self.ops.kek(), &ca) {
+                    tracing::error!(error = %e, "this node serves everything but new workload certificates");
+                }
+            }
+            let plain = ca
+                .roots
+                .iter()
+                .any(|r| !crate::ca::seal::is_sealed(&r.key_pem));
+            if leader && plain && !self.ca_in_flight {
+                self.ca_in_flight = true;
+                let ops = self.ops.clone();
+                let fut = async move { crate::ca::seal_plain_keys(&ops).await };
+                ctx.spawn(fut.into_actor(self).map(|res, act, _| {
+                    act.ca_in_flight = false;
+                    match res {
+                        Ok(Updated::Written(_)) => tracing::info!(
+                            "sealed the workload CA key an earlier version stored in clear"
+                        ),
+                        Ok(Updated::Kept(_)) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not seal the workload CA key yet; will retry"),
+                    }
+                }));
+            }
+            return;
+        }
+        if !leader || self.ca_in_flight {
             return;
         }
         self.ca_in_flight = true;

@@ -52,7 +52,7 @@ pub async fn run(conn: &Conn, cmd: BackupCmd) -> CtlResult {
         file.display()
     );
     eprintln!(
-        "meshctl: {} holds the workload CA's private key and every token's hash: it is readable by you only; keep it that way (store it like a CA key)",
+        "meshctl: {} holds the workload CA's private key (encrypted under the cluster secret) and every token's hash: it is readable by you only; keep it that way, and keep the cluster secret apart from it",
         file.display()
     );
     Ok(())

@@ -5,9 +5,11 @@
 //! certificates proxies reconnect with, and to send trust bundles.
 //!
 //! The cryptography itself is in [`crypto`]. The names it gives are chosen
-//! here from the checked token or certificate, never from the CSR.
+//! here from the checked token or certificate, never from the CSR. The
+//! CA key is stored sealed under the cluster secret ([`seal`]).
 
 pub mod crypto;
+pub mod seal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +67,9 @@ pub enum IdentityError {
     /// The CSR could not be signed.
     #[error("{0}")]
     Issue(#[source] CaError),
+    /// This node cannot open the CA key (another cluster secret).
+    #[error("{0}; it serves everything but new certificates: try another node")]
+    Sealed(#[source] seal::SealError),
 }
 
 /// Checks a Hello that presents a certificate instead of a token: it must
@@ -97,13 +102,20 @@ pub fn check_certificate(
 /// Issues a certificate for a CSR and packs it with the trust bundle.
 pub fn certificate(
     reader: &StateReader,
+    kek: &seal::Kek,
     cluster_name: &str,
     service: &str,
     namespace: &str,
     csr_pem: &str,
     now_ms: u64,
 ) -> Result<pb::CertificateResponse, IdentityError> {
-    let (_, ca) = authority(reader).ok_or(IdentityError::NotReady)?;
+    let (_, mut ca) = authority(reader).ok_or(IdentityError::NotReady)?;
+    for r in ca.roots.iter_mut().filter(|r| r.signing) {
+        r.key_pem = seal::key_pem(Some(kek), &r.id, &r.key_pem).map_err(|e| {
+            tracing::error!(error = %e, "cannot sign a workload certificate");
+            IdentityError::Sealed(e)
+        })?;
+    }
     let td = trust_domain(reader, cluster_name);
     let issued = crypto::issue(
         &ca,
@@ -161,6 +173,53 @@ impl From<UpdateError<LifecycleError>> for LifecycleError {
     }
 }
 
+fn sealed(kek: &seal::Kek, mut root: CaRoot) -> CaRoot {
+    root.key_pem = kek.seal(&root.id, &root.key_pem);
+    root
+}
+
+/// Whether this node can open the signing root's key: the error says why
+/// not (a backup restored under another cluster secret). Every node's
+/// watcher asks once per signing root, and logs the answer when it is no.
+pub fn can_sign(kek: &seal::Kek, ca: &AuthoritySpec) -> Result<(), seal::SealError> {
+    for r in ca.roots.iter().filter(|r| r.signing) {
+        seal::key_pem(Some(kek), &r.id, &r.key_pem)?;
+    }
+    Ok(())
+}
+
+/// Seals the keys of a CA written before keys were sealed (the leader's
+/// watcher calls this when it sees one in clear).
+pub async fn seal_plain_keys(ops: &ClusterOps) -> Result<Updated, LifecycleError> {
+    let r = ops
+        .update(&ca_key(), 1, |cur| {
+            let Some(cur) = cur else {
+                return Change::<LifecycleError>::Keep;
+            };
+            let Spec::Authority(ca) = &cur.spec else {
+                return Change::Keep;
+            };
+            if ca.roots.iter().all(|r| seal::is_sealed(&r.key_pem)) {
+                return Change::Keep;
+            }
+            let roots = ca
+                .roots
+                .iter()
+                .map(|r| match seal::is_sealed(&r.key_pem) {
+                    true => r.clone(),
+                    false => sealed(ops.kek(), r.clone()),
+                })
+                .collect();
+            Change::Put(authority_resource(cur.metadata.clone(), roots))
+        })
+        .await;
+    match r {
+        // Changed meanwhile (a rotation): the next look seals it.
+        Err(UpdateError::Conflict { .. }) => Ok(Updated::Kept(None)),
+        other => Ok(other?),
+    }
+}
+
 fn authority_resource(metadata: Metadata, roots: Vec<CaRoot>) -> Resource {
     Resource {
         metadata,
@@ -179,7 +238,7 @@ pub async fn create_if_missing(
         return Ok(Updated::Kept(current));
     }
     let td = trust_domain(ops.reader(), cluster_name);
-    let root = new_root(&td, unix_ms())?;
+    let root = sealed(ops.kek(), new_root(&td, unix_ms())?);
     let resource = authority_resource(Metadata::named(CA_NAME), vec![root]);
     let r = ops
         .update_from(&ca_key(), Some(None), 1, |cur| match cur {
@@ -219,6 +278,7 @@ pub async fn rotate(
                 Err(e) => return Change::Refuse(e.into()),
             };
             new.signing = false;
+            let new = sealed(ops.kek(), new);
             let mut roots: Vec<CaRoot> = ca.roots.iter().filter(|r| r.signing).cloned().collect();
             roots.push(new.clone());
             let resource = authority_resource(cur.metadata.clone(), roots);

@@ -104,6 +104,8 @@ pub struct ClusterOps {
     unsafe_local_reads: bool,
     /// Where lease reports go on this node once it leads (the lease keeper).
     leases: std::sync::OnceLock<actix::Recipient<LeaseReport>>,
+    /// Seals and opens the workload CA key (`ca::seal`).
+    kek: crate::ca::seal::Kek,
 }
 
 impl ClusterOps {
@@ -114,6 +116,7 @@ impl ClusterOps {
         pool: ClientPool,
         reader: StateReader,
         unsafe_local_reads: bool,
+        kek: crate::ca::seal::Kek,
     ) -> Arc<Self> {
         Arc::new(Self {
             writes: Batcher::start(raft.clone()),
@@ -125,7 +128,13 @@ impl ClusterOps {
             hold_generation: Arc::new(AtomicU64::new(0)),
             unsafe_local_reads,
             leases: std::sync::OnceLock::new(),
+            kek,
         })
+    }
+
+    /// The key-encryption key of the workload CA key.
+    pub fn kek(&self) -> &crate::ca::seal::Kek {
+        &self.kek
     }
 
     /// Delivers lease reports that reach this node (as leader) to `to`.

@@ -128,7 +128,7 @@ fn check_hello(h: &pb::Hello, node_id: u64) -> Result<Admitted, Status> {
 /// How a refused identity looks to the proxy (the one mapping at this edge).
 pub(super) fn identity_status(e: IdentityError) -> Status {
     match e {
-        IdentityError::NotReady => Status::unavailable(e.to_string()),
+        IdentityError::NotReady | IdentityError::Sealed(_) => Status::unavailable(e.to_string()),
         IdentityError::Refused(_) | IdentityError::Proof(_) => {
             Status::unauthenticated(e.to_string())
         }

@@ -254,6 +254,7 @@ impl Stream<'_> {
                 let info = &self.session.info;
                 let cert = ca::certificate(
                     &self.ctx.reader,
+                    self.ctx.ops.kek(),
                     self.ctx.cluster_name(),
                     &info.service,
                     &info.namespace,
@@ -319,6 +320,7 @@ pub(super) async fn run_session(
         if !a.csr_pem.is_empty() {
             let cert = ca::certificate(
                 &ctx.reader,
+                ctx.ops.kek(),
                 ctx.cluster_name(),
                 &a.info.service,
                 &a.info.namespace,

@@ -951,6 +951,118 @@ fn reference_docs_match_the_commands_help() {
 }
 
 #[test]
+fn the_ca_key_is_sealed_at_rest_and_a_restore_under_another_secret_cannot_sign() {
+    let tmp = TempDir::new().unwrap();
+    let c = Cluster::start(tmp.path(), 1, None);
+    c.wait_leader(None);
+    // Wait for the CA (the first leader creates it).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !text(
+        &ctl(
+            &c.servers(),
+            Some(TOKEN),
+            &["get", "authority", "-o", "json"],
+            None,
+        )
+        .stdout,
+    )
+    .contains("BEGIN CERTIFICATE")
+    {
+        assert!(Instant::now() < deadline, "no workload CA");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let backup = tmp.path().join("backup.json");
+    let o = ctl(
+        &c.servers(),
+        Some(TOKEN),
+        &["backup", "save", backup.to_str().unwrap()],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let b = std::fs::read_to_string(&backup).unwrap();
+    assert!(b.contains("sealed:v1:"), "the backup holds the sealed key");
+    assert!(
+        !b.contains("PRIVATE KEY"),
+        "the backup holds the CA key in clear"
+    );
+    drop(c);
+    // Nothing meshd wrote holds the key in clear either.
+    let mut dirs = vec![tmp.path().join("n1")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(
+                    !bytes.windows(11).any(|w| w == b"PRIVATE KEY"),
+                    "{} holds the CA key in clear",
+                    p.display()
+                );
+            }
+        }
+    }
+    // Restored under another cluster secret: it serves, cannot sign, says so.
+    let other = TempDir::new().unwrap();
+    let secret = other.path().join("cluster.secret");
+    std::fs::write(&secret, "another-cluster-secret-of-32-byte").unwrap();
+    let token = other.path().join("admin.token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let port = free_port();
+    let log = other.path().join("n1.log");
+    let mut node = Procs { children: vec![] };
+    node.children.push((
+        1,
+        Command::new(MESHD)
+            .args([
+                "server",
+                "--id",
+                "1",
+                "--http",
+                "off",
+                "--cluster-name",
+                "east",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--initial-cluster", &format!("1=127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(other.path().join("n1"))
+            .arg("--admin-token-file")
+            .arg(&token)
+            .arg("--cluster-secret-file")
+            .arg(&secret)
+            .arg("--restore")
+            .arg(&backup)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    let server = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = ctl(
+            &server,
+            Some(TOKEN),
+            &["get", "authority", "-o", "json"],
+            None,
+        );
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        if o.status.success() && said.contains("cannot decrypt the workload CA key") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored node did not serve and say it cannot sign: {} / {said}",
+            text(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(node);
+}
+
+#[test]
 fn meshd_refuses_plaintext_off_loopback_and_a_node_without_a_credential() {
     let tmp = TempDir::new().unwrap();
     let token = tmp.path().join("admin.token");

@@ -702,3 +702,91 @@ async fn challenge(addr: SocketAddr) -> Vec<u8> {
         .into_inner()
         .nonce
 }
+
+#[test]
+fn a_node_with_another_cluster_secret_cannot_open_the_ca_key_and_says_why() {
+    run(async {
+        let c = TestCluster::start(1).await;
+        let node = &c.nodes[&1];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while raftmesh_controlplane::ca::authority(&node.reader).is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "no CA");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (_, ca) = raftmesh_controlplane::ca::authority(&node.reader).unwrap();
+        assert!(
+            ca.roots
+                .iter()
+                .all(|r| raftmesh_controlplane::ca::seal::is_sealed(&r.key_pem)),
+            "the CA key is sealed in the Raft state"
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let sign = |kek| {
+            raftmesh_controlplane::ca::certificate(
+                &node.reader,
+                kek,
+                "test",
+                "web",
+                "default",
+                &csr,
+                raftmesh_controlplane::procinfo::unix_ms(),
+            )
+        };
+        assert!(sign(node.ops.kek()).is_ok());
+        let other = raftmesh_controlplane::ca::seal::Kek::derive(
+            "file",
+            "another-cluster-secret-32-bytes.",
+        );
+        let e = sign(&other).unwrap_err();
+        assert!(
+            matches!(e, raftmesh_controlplane::ca::IdentityError::Sealed(_)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("cannot decrypt"), "{e}");
+        // A key an earlier version stored in clear is sealed by the leader.
+        let kek = node.ops.kek();
+        let plain: Vec<raftmesh_api::CaRoot> = ca
+            .roots
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.key_pem = kek.open(&r.id, &r.key_pem).unwrap();
+                r
+            })
+            .collect();
+        node.ops
+            .update(&raftmesh_controlplane::ca::ca_key(), 1, |cur| {
+                let mut next = (**cur.unwrap()).clone();
+                next.spec = Spec::Authority(raftmesh_api::AuthoritySpec {
+                    roots: plain.clone(),
+                });
+                raftmesh_controlplane::cluster::Change::<std::io::Error>::Put(next)
+            })
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, ca) = raftmesh_controlplane::ca::authority(&node.reader).unwrap();
+            if ca
+                .roots
+                .iter()
+                .all(|r| raftmesh_controlplane::ca::seal::is_sealed(&r.key_pem))
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the leader never sealed a key stored in clear"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(sign(node.ops.kek()).is_ok());
+        c.shutdown().await;
+    });
+}
