@@ -308,6 +308,11 @@ impl From<Spec> for pb::resource::Spec {
                 } as i32,
                 default_policy: pb_action(m.default_policy),
                 cert_ttl_ms: ms(m.cert_ttl),
+                discovery_scope: match m.discovery_scope {
+                    None => String::new(),
+                    Some(DiscoveryScope::Namespace) => "namespace".into(),
+                    Some(DiscoveryScope::Mesh) => "mesh".into(),
+                },
             }),
             Spec::Token(t) => P::Token(pb::TokenSpec {
                 secret_sha256: t.secret_sha256,
@@ -409,6 +414,17 @@ impl TryFrom<pb::resource::Spec> for Spec {
                 },
                 default_policy: action(m.default_policy, "meshconfig.default_policy")?,
                 cert_ttl: opt_ms(m.cert_ttl_ms),
+                discovery_scope: match m.discovery_scope.as_str() {
+                    "" => None,
+                    "namespace" => Some(DiscoveryScope::Namespace),
+                    "mesh" => Some(DiscoveryScope::Mesh),
+                    other => {
+                        return Err(err(
+                            "meshconfig.discovery_scope",
+                            format!("unknown value {}", crate::validate::shown(other)),
+                        ))
+                    }
+                },
             }),
             P::Token(t) => {
                 let (service, namespace, role) = match t.scope {

@@ -11,27 +11,6 @@ use raftmesh_api::{Action, PolicySpec};
 
 use crate::compiled::Authz;
 
-fn from_matches(from: &[String], who: Option<&str>) -> bool {
-    if from.is_empty() {
-        return true;
-    }
-    let Some(who) = who else { return false };
-    from.iter().any(|f| {
-        f == "*"
-            || f == who
-            || f.strip_suffix('*')
-                .is_some_and(|prefix| on_boundary(who, prefix))
-    })
-}
-
-/// Whether `who` starts with `prefix` on a segment boundary: the prefix
-/// `spiffe://td/ns/prod*` (or `.../prod/*`) covers `spiffe://td/ns/prod/sa/x`,
-/// never `spiffe://td/ns/production/sa/x`.
-fn on_boundary(who: &str, prefix: &str) -> bool {
-    who.strip_prefix(prefix)
-        .is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
-}
-
 fn to_matches(p: &PolicySpec, method: &str, path: &str) -> bool {
     p.to.is_empty()
         || p.to.iter().any(|t| {
@@ -43,7 +22,7 @@ fn to_matches(p: &PolicySpec, method: &str, path: &str) -> bool {
 /// Whether a request may pass; the error says why not.
 pub fn decide(a: &Authz, who: Option<&str>, method: &str, path: &str) -> Result<(), String> {
     let caller = who.unwrap_or("an unauthenticated caller");
-    let applies = |p: &&PolicySpec| from_matches(&p.from, who) && to_matches(p, method, path);
+    let applies = |p: &&PolicySpec| p.covers(who) && to_matches(p, method, path);
     if a.policies
         .iter()
         .filter(|p| p.action == Action::Deny)

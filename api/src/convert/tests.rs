@@ -160,15 +160,22 @@ fn mesh_config() -> impl Strategy<Value = Spec> {
         ]),
         option::of(action()),
         dur(),
+        option::of(prop_oneof![
+            Just(DiscoveryScope::Namespace),
+            Just(DiscoveryScope::Mesh)
+        ]),
     )
-        .prop_map(|(trust_domain, mtls, default_policy, cert_ttl)| {
-            Spec::MeshConfig(MeshConfigSpec {
-                trust_domain,
-                mtls,
-                default_policy,
-                cert_ttl,
-            })
-        })
+        .prop_map(
+            |(trust_domain, mtls, default_policy, cert_ttl, discovery_scope)| {
+                Spec::MeshConfig(MeshConfigSpec {
+                    trust_domain,
+                    mtls,
+                    default_policy,
+                    cert_ttl,
+                    discovery_scope,
+                })
+            },
+        )
 }
 
 fn token() -> impl Strategy<Value = Spec> {

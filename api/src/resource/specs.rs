@@ -259,6 +259,28 @@ pub struct PolicySpec {
     pub to: Vec<PolicyTarget>,
 }
 
+impl PolicySpec {
+    /// Whether `from` covers a caller (`None`: one without an identity).
+    /// Empty covers everyone; `*` any identity; `prefix*` an identity
+    /// under that prefix on a `/` boundary (`spiffe://td/ns/prod*` covers
+    /// `…/ns/prod/sa/x`, never `…/ns/production/…`); else exact.
+    pub fn covers(&self, who: Option<&str>) -> bool {
+        if self.from.is_empty() {
+            return true;
+        }
+        let Some(who) = who else { return false };
+        self.from.iter().any(|f| {
+            f == "*"
+                || f == who
+                || f.strip_suffix('*').is_some_and(|prefix| {
+                    who.strip_prefix(prefix).is_some_and(|rest| {
+                        prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
+                    })
+                })
+        })
+    }
+}
+
 /// Mutual-TLS mode at inbound listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -286,6 +308,22 @@ pub struct MeshConfigSpec {
     /// Lifetime of workload certificates; default 24h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_ttl: Option<HumanDuration>,
+    /// Which services a proxy may subscribe to: its own namespace's
+    /// (`namespace`, the default) or every namespace's (`mesh`); a Policy
+    /// allowing its identity opens a service of another namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_scope: Option<DiscoveryScope>,
+}
+
+/// How far a proxy's discovery reaches (`MeshConfig.discovery_scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryScope {
+    /// Services of the proxy's own namespace, and those a Policy opens.
+    #[default]
+    Namespace,
+    /// Every service.
+    Mesh,
 }
 
 /// Role of an admin token.

@@ -12,7 +12,7 @@ use raftmesh_api::v1 as pb;
 use raftmesh_api::{EndpointSpec, Health, Metadata, Resource, Spec, DEFAULT_NAMESPACE};
 use tonic::Status;
 
-use super::scope::{parse_subscription, Scope, MAX_SUBSCRIPTIONS};
+use super::scope::{denied_message, may_subscribe, parse_subscription, Scope, MAX_SUBSCRIPTIONS};
 use super::session::ProxyInfo;
 use super::Ctx;
 use crate::ca::{self, IdentityError};
@@ -27,8 +27,9 @@ pub(super) struct Admitted {
     pub(super) last_revision: u64,
     pub(super) ready: bool,
     pub(super) csr_pem: String,
-    /// Why subscriptions of the Hello were refused, one line each.
-    pub(super) refused: Vec<String>,
+    /// Subscriptions of the Hello refused, one error each (told once the
+    /// stream is open).
+    pub(super) refused: Vec<pb::StreamError>,
 }
 
 fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
@@ -62,7 +63,10 @@ fn check_hello(h: &pb::Hello, node_id: u64) -> Result<Admitted, Status> {
             Ok(id) => {
                 calls.insert(id);
             }
-            Err(e) => refused.push(e.to_string()),
+            Err(e) => refused.push(pb::StreamError {
+                code: "bad-subscription".into(),
+                message: e.to_string(),
+            }),
         }
     }
     let endpoint = if h.port == 0 {
@@ -160,6 +164,23 @@ impl Ctx {
         {
             e.identity = raftmesh_api::spiffe_id(&td, &a.info.namespace, &a.info.service);
         }
+        // Only services its identity may call (its namespace's by default).
+        let who = raftmesh_api::spiffe_id(&td, &a.info.namespace, &a.info.service);
+        let own = a.scope.own.clone();
+        let denied: Vec<_> = a
+            .scope
+            .calls
+            .iter()
+            .filter(|t| !may_subscribe(&self.reader, &own, &who, t))
+            .cloned()
+            .collect();
+        for t in denied {
+            a.scope.calls.remove(&t);
+            a.refused.push(pb::StreamError {
+                code: "subscription-denied".into(),
+                message: denied_message(&who, &t),
+            });
+        }
         if !h.certificate_pem.is_empty() {
             // A proxy that holds a certificate proves who it is with it,
             // over a nonce of this node's that it can use once.
@@ -183,6 +204,16 @@ impl Ctx {
             tokens::admit_bootstrap(&self.ops, &h.token, &a.info.service, &a.info.namespace)
                 .await
                 .map_err(token_status)?;
+        }
+        // Its Endpoint replaces only one its own identity registered.
+        if let Some(ep) = &a.endpoint {
+            if let Some(cur) = self.reader.get(&ep.key()).1 {
+                if !super::registration::owned_by(&cur, &who) {
+                    return Err(Status::permission_denied(super::registration::not_owned(
+                        &cur,
+                    )));
+                }
+            }
         }
         self.caught_up(a).await
     }

@@ -7,11 +7,31 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use raftmesh_api::{Health, Resource, ResourceKey, Spec};
-use raftmesh_storage::Command;
 use tokio::sync::watch;
 
 use super::Ctx;
 use crate::cluster::{Change, UpdateError};
+
+/// Whether `current` may be replaced by a proxy of identity `who`: one
+/// this identity's proxies registered (an admin's Endpoint has no lease
+/// node), never another service's or another identity's.
+pub(super) fn owned_by(current: &Resource, who: &str) -> bool {
+    matches!(&current.spec, Spec::Endpoint(e) if e.identity == who && e.lease_node.is_some())
+}
+
+/// Why a proxy may not register over `current`.
+pub(super) fn not_owned(current: &Resource) -> String {
+    let whose = match &current.spec {
+        Spec::Endpoint(e) if e.lease_node.is_none() => "an admin".to_string(),
+        Spec::Endpoint(e) if !e.identity.is_empty() => e.identity.clone(),
+        Spec::Endpoint(e) => format!("service {}", e.service),
+        _ => "something else".to_string(),
+    };
+    format!(
+        "endpoint {} was registered by {whose}; a proxy may replace only its own identity's: give this one another --instance",
+        current.key()
+    )
+}
 
 /// Registers the proxy's Endpoint (retrying while there is no leader),
 /// then keeps its health in step with what the proxy reports. One task per
@@ -21,6 +41,10 @@ pub(super) async fn keep_endpoint(
     mut endpoint: Resource,
     mut ready: watch::Receiver<bool>,
 ) {
+    let who = match &endpoint.spec {
+        Spec::Endpoint(e) => e.identity.clone(),
+        _ => return,
+    };
     for attempt in 0u32.. {
         if let Spec::Endpoint(e) = &mut endpoint.spec {
             e.health = if *ready.borrow_and_update() {
@@ -29,15 +53,22 @@ pub(super) async fn keep_endpoint(
                 Health::Unhealthy
             };
         }
-        match ctx
+        // Compare-and-set on what the leader has: never over another
+        // identity's or an admin's Endpoint.
+        let r = ctx
             .ops
-            .write(Command::Put {
-                resource: endpoint.clone(),
-                expected_revision: None,
+            .update(&endpoint.key(), 1, |cur| match cur {
+                Some(cur) if !owned_by(cur, &who) => Change::Refuse(NotOwned(not_owned(cur))),
+                _ => Change::Put(endpoint.clone()),
             })
-            .await
-        {
+            .await;
+        match r {
             Ok(_) => break,
+            Err(UpdateError::Refused(NotOwned(why))) => {
+                tracing::warn!(endpoint = %endpoint.key(), %why, "not registering the proxy's endpoint");
+                return;
+            }
+            Err(UpdateError::Conflict { .. }) => continue,
             Err(e) => {
                 if attempt % 10 == 0 {
                     tracing::warn!(endpoint = %endpoint.key(), error = %e, "cannot register the endpoint yet; retrying");
@@ -49,14 +80,19 @@ pub(super) async fn keep_endpoint(
     let key = endpoint.key();
     while ready.changed().await.is_ok() {
         let want = *ready.borrow_and_update();
-        set_health(ctx, &key, want).await;
+        set_health(ctx, &key, Some(who.clone()), want).await;
     }
 }
+
+/// A registration refused: the Endpoint is someone else's.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotOwned(String);
 
 /// Sets the Endpoint's health, and this node as its lease holder, by
 /// compare-and-set on what the leader has (this node may not have applied
 /// the registration, or another node's update, yet).
-async fn set_health(ctx: &Ctx, key: &ResourceKey, ready: bool) {
+async fn set_health(ctx: &Ctx, key: &ResourceKey, own: Option<String>, ready: bool) {
     let want = if ready {
         Health::Healthy
     } else {
@@ -74,6 +110,10 @@ async fn set_health(ctx: &Ctx, key: &ResourceKey, ready: bool) {
                 let Spec::Endpoint(e) = &mut updated.spec else {
                     return Change::Keep;
                 };
+                // Replaced meanwhile by an admin or another identity: not ours.
+                if e.lease_node.is_none() || Some(&e.identity) != own.as_ref() {
+                    return Change::Keep;
+                }
                 if e.health == want && e.lease_node == Some(node) {
                     return Change::Keep;
                 }

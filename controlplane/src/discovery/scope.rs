@@ -3,7 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use raftmesh_api::{Resource, Spec};
+use raftmesh_api::{Action, DiscoveryScope, Kind, Resource, Spec};
+use raftmesh_storage::StateReader;
 
 /// A service, by namespace and name.
 pub type ServiceId = (String, String);
@@ -56,6 +57,34 @@ impl Scope {
             Interest::Nobody => false,
         }
     }
+}
+
+/// Whether a proxy of service `own` with identity `who` may subscribe to
+/// `target`: a service of its own namespace; of another only when the
+/// MeshConfig's `discovery_scope` is `mesh`, or an allow Policy of that
+/// service covers `who` (it may call it, so it may find it).
+pub fn may_subscribe(reader: &StateReader, own: &ServiceId, who: &str, target: &ServiceId) -> bool {
+    if target.0 == own.0 {
+        return true;
+    }
+    reader.view(|v| {
+        let mesh_wide = v.of_kind(Kind::MeshConfig).iter().any(|r| {
+            matches!(&r.spec, Spec::MeshConfig(m) if m.discovery_scope == Some(DiscoveryScope::Mesh))
+        });
+        mesh_wide
+            || v.for_service(Kind::Policy, &target.0, &target.1)
+                .iter()
+                .any(|r| matches!(&r.spec, Spec::Policy(p) if p.action == Action::Allow && p.covers(Some(who))))
+    })
+}
+
+/// Why a subscription across namespaces is refused.
+pub fn denied_message(who: &str, target: &ServiceId) -> String {
+    format!(
+        "subscription \"{}.{}\" refused: {who} may not discover services of namespace {} \
+         (an allow Policy of that service for it, or MeshConfig discovery_scope: mesh, opens it)",
+        target.1, target.0, target.0
+    )
 }
 
 /// Parses a subscription, `name` or `name.namespace`, relative to the

@@ -19,7 +19,7 @@ use tonic::{Status, Streaming};
 use super::admission::{identity_status, Admitted};
 use super::hub::{Register, Rescope, Unregister};
 use super::registration::keep_endpoint;
-use super::scope::{parse_subscription, MAX_SUBSCRIPTIONS};
+use super::scope::{denied_message, may_subscribe, parse_subscription, MAX_SUBSCRIPTIONS};
 use super::session::{Next, Session};
 use super::{full_state, Ctx};
 use crate::ca;
@@ -207,11 +207,17 @@ impl Stream<'_> {
             Some(In::Heartbeat(_)) => {}
             Some(In::Subscribe(s)) => {
                 let mut scope = self.session.scope();
+                let info = &self.session.info;
+                let td = crate::meshconfig::trust_domain(&self.ctx.reader, self.ctx.cluster_name());
+                let who = raftmesh_api::spiffe_id(&td, &info.namespace, &info.service);
                 for name in &s.services {
                     // One bad name is refused on its own; the stream goes on.
                     let refused = match parse_subscription(name, &scope.own.0) {
                         Err(e) => Some(("bad-subscription", e.to_string())),
                         Ok(id) if scope.calls.contains(&id) => None,
+                        Ok(id) if !may_subscribe(&self.ctx.reader, &scope.own, &who, &id) => {
+                            Some(("subscription-denied", denied_message(&who, &id)))
+                        }
                         Ok(_) if scope.calls.len() >= MAX_SUBSCRIPTIONS => Some((
                             "subscription-limit",
                             format!(
@@ -338,12 +344,8 @@ pub(super) async fn run_session(
                 return Ok(());
             }
         }
-        for message in &a.refused {
-            let e = pb::StreamError {
-                code: "bad-subscription".into(),
-                message: message.clone(),
-            };
-            if !send(&tx, Out::Error(e)).await {
+        for e in &a.refused {
+            if !send(&tx, Out::Error(e.clone())).await {
                 return Ok(());
             }
         }

@@ -675,3 +675,126 @@ fn proxies_are_listed_with_their_acked_revision_and_apply_wait_waits_for_them() 
         c.shutdown().await;
     });
 }
+
+#[test]
+fn a_proxy_registers_only_its_own_identity_s_endpoints_and_discovers_only_what_it_may_call() {
+    run(async {
+        let c = TestCluster::start(1).await;
+        let mut admin = c.client(1).await;
+        seed(&mut admin).await;
+        let addr = c.addrs[&1];
+        let get = |name: &str| {
+            c.nodes[&1]
+                .reader
+                .get(&ResourceKey::new(Kind::Endpoint, "default", name))
+                .1
+        };
+        // web's proxy claiming instance "api-1" (an admin's Endpoint of api).
+        let token = bootstrap_token(&mut admin, "web").await;
+        let mut h = hello("web", "api-1", &token, &[]);
+        h.port = 9999;
+        let e = FakeProxy::connect(addr, h).await.err().unwrap();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message().contains("registered by an admin"),
+            "{}",
+            e.message()
+        );
+        let Spec::Endpoint(ep) = &get("api-1").unwrap().spec else {
+            panic!()
+        };
+        assert_eq!((ep.service.as_str(), ep.port), ("api", 9001), "unchanged");
+        // web's own instance registers; api's proxy cannot take it over.
+        let mut h = hello("web", "web-1", &token, &[]);
+        h.port = 9999;
+        let mut web = FakeProxy::connect(addr, h).await.unwrap();
+        web.expect_acked().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while get("web-1").is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "web-1 never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let api_token = bootstrap_token(&mut admin, "api").await;
+        let mut h = hello("api", "web-1", &api_token, &[]);
+        h.port = 7777;
+        let e = FakeProxy::connect(addr, h).await.err().unwrap();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message().contains("spiffe://test.mesh/ns/default/sa/web"),
+            "{}",
+            e.message()
+        );
+        let Spec::Endpoint(ep) = &get("web-1").unwrap().spec else {
+            panic!()
+        };
+        assert_eq!((ep.service.as_str(), ep.port), ("web", 9999));
+
+        // Another namespace's service is not discovered by default...
+        admin
+            .apply(apply_req(vec![
+                doc("kind: Service\nmetadata: {name: pay, namespace: prod}\nspec: {}"),
+                doc("kind: Endpoint\nmetadata: {name: pay-1, namespace: prod}\nspec: {service: pay, address: 10.0.0.9, port: 9009}"),
+            ]))
+            .await
+            .unwrap();
+        let mut p = FakeProxy::connect(addr, hello("web", "web-2", &token, &["api", "pay.prod"]))
+            .await
+            .unwrap();
+        let e = p.next(Duration::from_secs(10)).await.unwrap_err();
+        assert!(
+            e.message().starts_with("subscription-denied:"),
+            "{}",
+            e.message()
+        );
+        p.expect_acked().await;
+        assert!(p.names().contains(&"Endpoint/api-1".to_string()));
+        assert!(!p.names().contains(&"Endpoint/pay-1".to_string()));
+        // ...until an allow Policy of that service covers the caller.
+        admin
+            .apply(apply_req(vec![doc(
+                "kind: Policy\nmetadata: {name: pay-in, namespace: prod}\nspec: {service: pay, action: allow, from: ['spiffe://test.mesh/ns/default/*']}",
+            )]))
+            .await
+            .unwrap();
+        p.tx.send(msg(In::Subscribe(pb::Subscribe {
+            services: vec!["pay.prod".into()],
+        })))
+        .await
+        .unwrap();
+        p.expect_acked().await;
+        assert!(p.names().contains(&"Endpoint/pay-1".to_string()));
+        // MeshConfig discovery_scope: mesh opens every namespace.
+        admin
+            .apply(apply_req(vec![doc(
+                "kind: Endpoint\nmetadata: {name: ledger-1, namespace: prod}\nspec: {service: ledger, address: 10.0.0.8, port: 9008}",
+            )]))
+            .await
+            .unwrap();
+        let ledger = || {
+            msg(In::Subscribe(pb::Subscribe {
+                services: vec!["ledger.prod".into()],
+            }))
+        };
+        p.tx.send(ledger()).await.unwrap();
+        let e = p.next(Duration::from_secs(10)).await.unwrap_err();
+        assert!(
+            e.message().starts_with("subscription-denied:"),
+            "{}",
+            e.message()
+        );
+        admin
+            .apply(apply_req(vec![doc(
+                "kind: MeshConfig\nmetadata: {name: mesh}\nspec: {mtls: permissive, discovery_scope: mesh}",
+            )]))
+            .await
+            .unwrap();
+        p.expect_acked().await;
+        p.tx.send(ledger()).await.unwrap();
+        p.expect_acked().await;
+        assert!(p.names().contains(&"Endpoint/ledger-1".to_string()));
+        c.shutdown().await;
+    });
+}
