@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::compiled::Source;
 use crate::state::Config;
+use crate::tls::Workload;
 use crate::Body;
 
 fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Body> {
@@ -30,13 +31,20 @@ fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Body
     r
 }
 
-/// Answers one admin request.
-pub fn handle(config: &Config, path: &str) -> Response<Body> {
+/// Answers one admin request; `workload` is the proxy's identity (none
+/// for a `--config-file` proxy).
+pub fn handle(config: &Config, workload: Option<&Workload>, path: &str) -> Response<Body> {
     match path {
         "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
         "/ready" => {
             let s = config.current();
-            if s.source == Source::Empty {
+            if let Some(why) = crate::server::refusing_all(config, workload) {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {why}\n"),
+                )
+            } else if s.source == Source::Empty {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
@@ -80,6 +88,7 @@ pub fn handle(config: &Config, path: &str) -> Response<Body> {
 pub async fn serve(
     listener: TcpListener,
     config: Arc<Config>,
+    workload: Option<Arc<Workload>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -87,10 +96,10 @@ pub async fn serve(
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = crate::stopped(&mut shutdown) => return,
         };
-        let config = config.clone();
+        let (config, workload) = (config.clone(), workload.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let r = handle(&config, req.uri().path());
+                let r = handle(&config, workload.as_deref(), req.uri().path());
                 async move { Ok::<_, Infallible>(r) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

@@ -43,6 +43,10 @@ pub enum ProxyError {
     /// Plaintext to an inbound that requires mutual TLS.
     #[error("this workload requires mutual TLS (the mesh is in strict mode)")]
     MtlsRequired,
+    /// A mesh workload, and this proxy has no certificate to reach it with
+    /// (it never falls back to plaintext).
+    #[error("this proxy has no workload certificate yet, and {0} is reached over mutual TLS only")]
+    NoIdentity(String),
     /// The local application cannot be reached (inbound).
     #[error("the local application on port {0} cannot be reached")]
     AppUnavailable(u16),
@@ -63,6 +67,7 @@ impl ProxyError {
             ProxyError::Denied(_) => "denied",
             ProxyError::MtlsRequired => "mtls-required",
             ProxyError::AppUnavailable(_) => "app-unavailable",
+            ProxyError::NoIdentity(_) => "no-identity",
         }
     }
 
@@ -79,7 +84,8 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoints(_)
             | ProxyError::Connect(_)
             | ProxyError::CircuitOpen(_)
-            | ProxyError::AppUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::AppUnavailable(_)
+            | ProxyError::NoIdentity(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

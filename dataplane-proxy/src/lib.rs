@@ -196,6 +196,8 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     tasks.push(tokio::spawn(admin::serve(
         admin_l,
         config.clone(),
+        // /ready reports an inbound that refuses everything (no certificate).
+        workload.clone().filter(|_| cfg.app_port.is_some()),
         shutdown_rx.clone(),
     )));
     let inbound = match cfg.app_port {

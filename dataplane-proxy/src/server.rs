@@ -171,6 +171,7 @@ pub async fn serve_inbound(
 ) {
     let app: SocketAddr = SocketAddr::from(([127, 0, 0, 1], app_port));
     let link = Arc::new(crate::forward::AppLink::new(app));
+    let last_refusal_log = Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -182,11 +183,14 @@ pub async fn serve_inbound(
         let _ = stream.set_nodelay(true);
         let (forward, config, workload) = (forward.clone(), config.clone(), workload.clone());
         let link = link.clone();
+        let last_refusal_log = last_refusal_log.clone();
         let mut conn_stop = shutdown.clone();
         tokio::spawn(async move {
             let _guard = ConnGuard::open(&config.metrics, "inbound");
             let inbound = Inbound {
                 config,
+                member: workload.is_some(),
+                last_refusal_log,
                 forward,
                 link,
                 app,
@@ -203,6 +207,10 @@ pub async fn serve_inbound(
 #[derive(Clone)]
 struct Inbound {
     config: Arc<Config>,
+    /// A mesh proxy (with a control plane), not a `--config-file` one.
+    member: bool,
+    /// When a refused connection was last logged (unix ms).
+    last_refusal_log: Arc<std::sync::atomic::AtomicU64>,
     forward: Forward,
     /// HTTP/1.1 connections to the app, shared by all inbound connections.
     link: Arc<crate::forward::AppLink>,
@@ -210,8 +218,59 @@ struct Inbound {
     app_port: u16,
 }
 
+/// Why the inbound refuses every connection now, if it does: a mesh proxy
+/// in strict mode has no workload certificate yet (it never falls back to
+/// plaintext). Shown on `/ready` too.
+pub fn refusing_all(config: &Config, workload: Option<&Workload>) -> Option<&'static str> {
+    let w = workload?;
+    (config.current().authz.mtls == MtlsMode::Strict && w.tls().is_none()).then_some(
+        "no workload certificate yet: strict mutual TLS refuses every inbound connection until meshd issues one",
+    )
+}
+
+/// Resolves when the mesh switches from permissive to strict, for a
+/// connection that presented no client certificate to a mesh proxy
+/// (`applies`): such a connection is then closed. (One opened while strict
+/// has each request refused with 403 instead, which says why.)
+async fn until_strict(config: &Config, applies: bool) {
+    if !applies || config.current().authz.mtls == MtlsMode::Strict {
+        return std::future::pending().await;
+    }
+    let mut changes = config.watch();
+    loop {
+        if config.current().authz.mtls == MtlsMode::Strict {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 impl Inbound {
+    /// Logs a refusal at most every 10 s (a flood of them says nothing new).
+    fn refused(&self, why: &str) {
+        self.config.metrics.error("mtls-required");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let last = self
+            .last_refusal_log
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000 {
+            self.last_refusal_log
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(reason = why, "refused an inbound connection");
+        }
+    }
+
     async fn connection(self, stream: TcpStream, workload: Option<Arc<Workload>>) {
+        if let Some(why) = refusing_all(&self.config, workload.as_deref()) {
+            self.refused(why);
+            return;
+        }
+        let member = workload.is_some();
         let tls = workload.and_then(|w| w.tls());
         let strict = self.config.current().authz.mtls == MtlsMode::Strict;
         let mut first = [0u8; 1];
@@ -229,20 +288,24 @@ impl Inbound {
                 tracing::debug!("refused a TLS connection: this proxy has no certificate yet");
                 self.config.metrics.error("tls-handshake");
             }
-            (false, tls) => {
+            (false, _) => {
                 if sniff(&stream).await {
-                    // Plaintext HTTP: refused per request while the mesh is
-                    // strict (the mode may change on a live connection).
-                    self.serve_http(stream, None, tls.is_some()).await;
-                } else if strict && tls.is_some() {
-                    tracing::debug!(
-                        "closed a plaintext TCP connection: the mesh requires mutual TLS"
-                    );
-                    self.config.metrics.error("mtls-required");
+                    // Plaintext HTTP: a mesh proxy refuses each request
+                    // while the mesh is strict, and closes the connection
+                    // when it turns strict.
+                    self.serve_http(stream, None).await;
+                } else if strict && member {
+                    self.refused("plaintext TCP to a strict mTLS mesh");
                 } else if let Err(why) = authz::decide(&self.config.current().authz, None, "", "") {
                     tracing::info!(reason = %why, "denied an opaque TCP connection");
                 } else {
-                    relay_stream(stream, self.app).await;
+                    let config = self.config.clone();
+                    tokio::select! {
+                        _ = relay_stream(stream, self.app) => {}
+                        _ = until_strict(&config, member) => {
+                            tracing::info!("closed a plaintext TCP connection: the mesh switched to strict mTLS");
+                        }
+                    }
                 }
             }
         }
@@ -282,16 +345,23 @@ impl Inbound {
                 self.config.metrics.error("denied");
                 return;
             }
-            relay_stream(s, self.app).await;
+            let config = self.config.clone();
+            tokio::select! {
+                _ = relay_stream(s, self.app) => {}
+                _ = until_strict(&config, who.is_none()) => {
+                    tracing::info!("closed a TCP tunnel without a client certificate: the mesh switched to strict mTLS");
+                }
+            }
         } else {
-            self.serve_http(s, who, false).await;
+            self.serve_http(s, who).await;
         }
     }
 
-    async fn serve_http<I>(self, io: I, who: Option<String>, plaintext_with_tls: bool)
+    async fn serve_http<I>(self, io: I, who: Option<String>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let (config, member, who_none) = (self.config.clone(), self.member, who.is_none());
         let who: Option<Arc<str>> = who.map(Arc::from);
         let recorder = Arc::new(InboundRecorder::new(
             &self.config.metrics,
@@ -304,7 +374,10 @@ impl Inbound {
                 let strict = this.config.current().authz.mtls == MtlsMode::Strict;
                 let mut req = req;
                 let normal = crate::path::normalise_uri(req.uri());
-                let result = if plaintext_with_tls && strict {
+                // A mesh proxy in strict mode serves no request without a
+                // client certificate (plaintext, or TLS accepted while
+                // permissive).
+                let result = if this.member && strict && who.is_none() {
                     Err(ProxyError::MtlsRequired)
                 } else if let Err(e) = normal {
                     Err(ProxyError::BadPath(e))
@@ -340,8 +413,15 @@ impl Inbound {
                 Ok::<_, Infallible>(resp)
             }
         });
-        if let Err(e) = http_server().serve_connection(TokioIo::new(io), svc).await {
-            tracing::debug!(error = %e, "inbound connection ended with an error");
+        let server = http_server();
+        let conn = server.serve_connection(TokioIo::new(io), svc);
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                tracing::debug!(error = %e, "inbound connection ended with an error");
+            },
+            _ = until_strict(&config, member && who_none) => {
+                tracing::info!("closed a connection without a client certificate: the mesh switched to strict mTLS");
+            }
         }
     }
 }

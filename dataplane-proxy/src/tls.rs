@@ -378,10 +378,17 @@ impl MeshConnector {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
         tcp.set_nodelay(true)?;
-        let (Some(name), Some(tls)) = (
-            self.targets.get(&addr),
-            self.workload.as_ref().and_then(|w| w.tls()),
-        ) else {
+        let Some(name) = self.targets.get(&addr) else {
+            return Ok(MeshStream::Plain(tcp));
+        };
+        let Some(tls) = self.workload.as_ref().and_then(|w| w.tls()) else {
+            if self.workload.is_some() {
+                // Never plaintext to a mesh workload from a mesh proxy.
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "no workload certificate yet: a mesh workload is reached over mutual TLS only",
+                ));
+            }
             return Ok(MeshStream::Plain(tcp));
         };
         let cfg = match self.alpn {

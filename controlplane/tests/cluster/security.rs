@@ -213,6 +213,41 @@ fn proxies_talk_over_mutual_tls_and_plaintext_to_a_strict_inbound_is_refused() {
             async move { (get(&h, inbound, "web").await.0 == 200).then_some(()) }
         })
         .await;
+        // A plaintext keep-alive connection, served while permissive...
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(inbound).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        // ...is closed when the mesh switches to strict.
+        admin
+            .apply(apply_req(vec![doc(
+                "kind: MeshConfig\nmetadata: {name: mesh}\nspec: {mtls: strict}",
+            )]))
+            .await
+            .unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a connection without a client certificate stayed open in strict mode"
+        );
+        let (s, _, code) = get(&h, inbound, "web").await;
+        assert_eq!((s, code.as_str()), (403, "mtls-required"));
         m.c.shutdown().await;
     });
 }

@@ -27,6 +27,7 @@ pub struct Forward {
     h1: Client<MeshConnector, Body>,
     h2: Client<MeshConnector, Body>,
     targets: Targets,
+    workload: Option<Arc<Workload>>,
 }
 
 impl Default for Forward {
@@ -52,7 +53,12 @@ impl Forward {
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build(conn(Alpn::H2));
-        Self { h1, h2, targets }
+        Self {
+            h1,
+            h2,
+            targets,
+            workload,
+        }
     }
 
     /// Sends `req` to `addr`; with `server_name` (a mesh workload) over mTLS.
@@ -63,6 +69,10 @@ impl Forward {
         server_name: Option<ServerName<'static>>,
     ) -> Result<Response<Body>, ProxyError> {
         if let Some(n) = server_name {
+            // A mesh workload is reached over mTLS or not at all.
+            if self.workload.as_ref().is_some_and(|w| w.tls().is_none()) {
+                return Err(ProxyError::NoIdentity(addr.to_string()));
+            }
             self.targets.set(addr, n);
         }
         self.send(req, addr).await

@@ -279,3 +279,51 @@ async fn a_service_learned_from_traffic_is_unsubscribed_once_idle_and_bad_hosts_
     p.shutdown().await;
     server.abort();
 }
+
+#[tokio::test]
+async fn without_a_certificate_a_strict_mesh_proxy_refuses_inbound_and_never_sends_plaintext_to_the_mesh(
+) {
+    // A control plane that sends config but never a certificate.
+    let web = Upstream::start("web").await;
+    let app = Upstream::start("app").await;
+    let mesh_yaml = format!(
+        "kind: Service\nmetadata: {{name: web}}\nspec: {{}}\n---\nkind: Endpoint\nmetadata: {{name: web-1}}\nspec: {{service: web, address: '127.0.0.1', port: {}, identity: 'spiffe://test.mesh/ns/default/sa/web'}}\n",
+        web.addr.port()
+    );
+    let cp = Scripted {
+        script: Arc::new(vec![delta(4, true, &mesh_yaml)]),
+        ..Default::default()
+    };
+    let (addr, server) = serve(cp.clone()).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut c = cp_config(addr, state.path());
+    c.app_port = Some(app.addr.port());
+    let p = raftmesh_dataplane_proxy::start(c).await.unwrap();
+    eventually("the first config", || p.config.current().revision == 4).await;
+    let client = http_client();
+    // Outbound to a workload with an identity: 503 no-identity, nothing sent.
+    let (s, _, e) = get(&client, p.outbound, "web", "/", &[]).await;
+    assert_eq!((s, e.as_deref()), (503, Some("no-identity")));
+    assert_eq!(web.hits(), 0, "plaintext reached a mesh workload");
+    // Inbound: plaintext HTTP and TCP are closed unanswered; the app sees nothing.
+    let inbound = p.inbound.unwrap();
+    let r = super::routing::raw_request(
+        inbound,
+        "GET / HTTP/1.1\r\nHost: client\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r, "", "answered without a certificate: {r}");
+    let r = super::routing::raw_request(inbound, "\x00\x01binary").await;
+    assert_eq!(r, "");
+    assert_eq!(app.hits(), 0);
+    // /ready says why.
+    let r = super::routing::raw_request(
+        p.admin,
+        "GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("no workload certificate"), "{r}");
+    p.shutdown().await;
+    server.abort();
+}
