@@ -194,7 +194,7 @@ pub async fn start_with_listener(
         bootstrap_hash,
     )
     .start();
-    let hub = DiscoveryHub::new(reader.clone()).start();
+    let hub = DiscoveryHub::new(reader.clone(), cfg.endpoint_expiry).start();
     let leases = LeaseKeeper::new(
         ops.clone(),
         reader.clone(),

@@ -114,7 +114,13 @@ impl RaftRpc for RaftService {
             .send(crate::discovery::hub::ListSessions)
             .await
             .map_err(|_| Status::unavailable("the node is shutting down"))?;
-        let statuses: Vec<_> = sessions.iter().map(|s| s.status()).collect();
+        let mut statuses: Vec<_> = sessions.iter().map(|s| s.status()).collect();
+        statuses.extend(
+            self.hub
+                .send(crate::discovery::hub::ListDeparted)
+                .await
+                .unwrap_or_default(),
+        );
         reply(&statuses)
     }
 

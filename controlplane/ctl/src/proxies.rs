@@ -10,15 +10,18 @@ use serde_json::json;
 use super::output::{resource_table, rfc3339, table, Format};
 use super::{Conn, CtlError, CtlResult, ExitCode};
 
-async fn list(conn: &Conn) -> Result<Vec<pb::ProxyStatus>, CtlError> {
+async fn list_all(conn: &Conn) -> Result<pb::ListProxiesResponse, CtlError> {
     Ok(conn
         .call(true, |mut c| async move {
             c.list_proxies(pb::ListProxiesRequest {})
                 .await
                 .map(|r| r.into_inner())
         })
-        .await?
-        .proxies)
+        .await?)
+}
+
+async fn list(conn: &Conn) -> Result<Vec<pb::ProxyStatus>, CtlError> {
+    Ok(list_all(conn).await?.proxies)
 }
 
 fn proxy_json(p: &pb::ProxyStatus) -> serde_json::Value {
@@ -30,6 +33,7 @@ fn proxy_json(p: &pb::ProxyStatus) -> serde_json::Value {
         "acked_revision": p.acked_revision,
         "sent_revision": p.sent_revision,
         "connected_since": rfc3339(p.connected_since_ms),
+        "disconnected_since": (p.disconnected_since_ms != 0).then(|| rfc3339(p.disconnected_since_ms)),
         "subscriptions": p.subscriptions,
     })
 }
@@ -53,7 +57,11 @@ pub async fn proxies(conn: &Conn, output: Format) -> CtlResult {
                         p.node_id.to_string(),
                         p.acked_revision.to_string(),
                         p.sent_revision.to_string(),
-                        rfc3339(p.connected_since_ms),
+                        if p.disconnected_since_ms == 0 {
+                            rfc3339(p.connected_since_ms)
+                        } else {
+                            format!("gone since {}", rfc3339(p.disconnected_since_ms))
+                        },
                         p.subscriptions.join(","),
                     ]
                 })
@@ -203,18 +211,31 @@ pub async fn wait(conn: &Conn, affected: &Affected, revision: u64, timeout: Dura
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
-        let ps = list(conn).await?;
-        let relevant: Vec<&pb::ProxyStatus> = ps.iter().filter(|p| affected.concerns(p)).collect();
+        let all = list_all(conn).await?;
+        // A proxy gone from its node (until it reconnects or its lease
+        // ends) counts too: it has not acknowledged the change.
+        let relevant: Vec<&pb::ProxyStatus> = all
+            .proxies
+            .iter()
+            .filter(|p| affected.concerns(p))
+            .collect();
         let done = relevant
             .iter()
             .filter(|p| p.acked_revision >= revision)
             .count();
-        let line = format!("{done}/{} proxies at revision {revision}", relevant.len());
+        let mut line = format!("{done}/{} proxies at revision {revision}", relevant.len());
+        // A node that did not report may hold proxies not counted above.
+        if !all.unreported_nodes.is_empty() {
+            line += &format!(
+                "; nodes {:?} did not report their proxies",
+                all.unreported_nodes
+            );
+        }
         if line != last {
             eprintln!("{line}");
-            last = line;
+            last = line.clone();
         }
-        if done == relevant.len() {
+        if done == relevant.len() && all.unreported_nodes.is_empty() {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -222,14 +243,20 @@ pub async fn wait(conn: &Conn, affected: &Affected, revision: u64, timeout: Dura
                 .iter()
                 .filter(|p| p.acked_revision < revision)
                 .take(10)
-                .map(|p| format!("{} (acked {})", p.instance, p.acked_revision))
+                .map(|p| {
+                    let gone = if p.disconnected_since_ms != 0 {
+                        "disconnected, "
+                    } else {
+                        ""
+                    };
+                    format!("{} ({gone}acked {})", p.instance, p.acked_revision)
+                })
                 .collect();
             return Err(CtlError::new(
                 ExitCode::Failed,
                 format!(
-                    "timed out after {}: {done}/{} proxies at revision {revision}; behind: {}",
+                    "timed out after {}: {line}; behind: {}",
                     humantime::format_duration(timeout),
-                    relevant.len(),
                     behind.join(", ")
                 ),
             ));

@@ -433,6 +433,7 @@ impl Admin for AdminService {
         }
         Ok(Response::new(pb::ListProxiesResponse {
             proxies: sessions.iter().map(proxy_status).collect(),
+            unreported_nodes: missing,
         }))
     }
 
@@ -474,6 +475,7 @@ fn proxy_status(s: &SessionStatus) -> pb::ProxyStatus {
         sent_revision: s.sent_revision,
         connected_since_ms: s.info.connected_since_ms,
         subscriptions: s.subscriptions.clone(),
+        disconnected_since_ms: s.disconnected_since_ms.unwrap_or(0),
     }
 }
 

@@ -32,22 +32,36 @@ pub struct Rescope(pub u64);
 #[rtype(result = "Vec<Arc<Session>>")]
 pub struct ListSessions;
 
+/// The proxies whose stream on this node ended less than a lease ago (each
+/// until it reconnects here or its lease ends): not converged, for
+/// `apply --wait`.
+#[derive(Message)]
+#[rtype(result = "Vec<super::session::SessionStatus>")]
+pub struct ListDeparted;
+
 /// The hub of one node.
 pub struct DiscoveryHub {
     reader: StateReader,
     cursor: u64,
     sessions: HashMap<u64, (Arc<Session>, Scope)>,
+    /// Sessions that ended, by `namespace/instance`, kept for `departed_ttl`.
+    departed: HashMap<String, (super::session::SessionStatus, std::time::Instant)>,
+    departed_ttl: std::time::Duration,
     callers: HashMap<ServiceId, HashSet<u64>>,
     members: HashMap<ServiceId, HashSet<u64>>,
 }
 
 impl DiscoveryHub {
-    /// A hub reading from `reader`, starting at its current revision.
-    pub fn new(reader: StateReader) -> Self {
+    /// A hub reading from `reader`, starting at its current revision; a
+    /// proxy whose stream ended is remembered for `departed_ttl` (its
+    /// endpoint lease).
+    pub fn new(reader: StateReader, departed_ttl: std::time::Duration) -> Self {
         Self {
             cursor: reader.applied_revision(),
             reader,
             sessions: HashMap::new(),
+            departed: HashMap::new(),
+            departed_ttl,
             callers: HashMap::new(),
             members: HashMap::new(),
         }
@@ -159,6 +173,8 @@ impl Handler<Register> for DiscoveryHub {
         self.catch_up();
         let scope = msg.0.scope();
         self.index(msg.0.id, &scope);
+        self.departed
+            .remove(&format!("{}/{}", msg.0.info.namespace, msg.0.info.instance));
         self.sessions.insert(msg.0.id, (msg.0, scope));
         self.cursor
     }
@@ -167,8 +183,20 @@ impl Handler<Register> for DiscoveryHub {
 impl Handler<Unregister> for DiscoveryHub {
     type Result = ();
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
-        if let Some((_, scope)) = self.sessions.remove(&msg.0) {
+        if let Some((session, scope)) = self.sessions.remove(&msg.0) {
             self.unindex(msg.0, &scope);
+            let key = format!("{}/{}", session.info.namespace, session.info.instance);
+            // Another stream of the same proxy still open here: not gone.
+            let live = self.sessions.values().any(|(s, _)| {
+                s.info.namespace == session.info.namespace
+                    && s.info.instance == session.info.instance
+            });
+            if !live {
+                let mut status = session.status();
+                status.disconnected_since_ms = Some(crate::procinfo::unix_ms());
+                self.departed
+                    .insert(key, (status, std::time::Instant::now()));
+            }
         }
     }
 }
@@ -191,6 +219,15 @@ impl Handler<ListSessions> for DiscoveryHub {
     type Result = Vec<Arc<Session>>;
     fn handle(&mut self, _: ListSessions, _: &mut Context<Self>) -> Self::Result {
         self.sessions.values().map(|(s, _)| s.clone()).collect()
+    }
+}
+
+impl Handler<ListDeparted> for DiscoveryHub {
+    type Result = Vec<super::session::SessionStatus>;
+    fn handle(&mut self, _: ListDeparted, _: &mut Context<Self>) -> Self::Result {
+        let ttl = self.departed_ttl;
+        self.departed.retain(|_, (_, at)| at.elapsed() < ttl);
+        self.departed.values().map(|(s, _)| s.clone()).collect()
     }
 }
 

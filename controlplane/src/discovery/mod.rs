@@ -196,6 +196,7 @@ pub async fn cluster_sessions(
         Ok(s) => s.iter().map(|s| s.status()).collect(),
         Err(_) => Vec::new(),
     };
+    out.extend(hub.send(hub::ListDeparted).await.unwrap_or_default());
     let mut missing = Vec::new();
     let view = ops.membership_view();
     for id in view.voters.iter().chain(view.learners.iter()).copied() {
@@ -218,8 +219,26 @@ pub async fn cluster_sessions(
             Err(()) => missing.push(id),
         }
     }
+    // A proxy connected anywhere is not gone; of several departures of one
+    // proxy, the latest counts.
+    let connected: std::collections::HashSet<(String, String)> = out
+        .iter()
+        .filter(|s| s.disconnected_since_ms.is_none())
+        .map(|s| (s.info.namespace.clone(), s.info.instance.clone()))
+        .collect();
+    out.retain(|s| {
+        s.disconnected_since_ms.is_none()
+            || !connected.contains(&(s.info.namespace.clone(), s.info.instance.clone()))
+    });
     out.sort_by(|a, b| {
-        (&a.info.namespace, &a.info.instance).cmp(&(&b.info.namespace, &b.info.instance))
+        (&a.info.namespace, &a.info.instance, b.disconnected_since_ms).cmp(&(
+            &b.info.namespace,
+            &b.info.instance,
+            a.disconnected_since_ms,
+        ))
+    });
+    out.dedup_by(|later, first| {
+        later.info.namespace == first.info.namespace && later.info.instance == first.info.instance
     });
     (out, missing)
 }

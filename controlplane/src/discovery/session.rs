@@ -46,6 +46,11 @@ pub struct SessionStatus {
     pub subscriptions: Vec<String>,
     /// The last NACK's error, if the last delta was refused.
     pub nack: Option<String>,
+    /// When its stream ended, for a proxy gone from this node whose lease
+    /// has not ended yet (`None`: connected). Nodes of earlier versions
+    /// send none.
+    #[serde(default)]
+    pub disconnected_since_ms: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -234,6 +239,7 @@ impl Session {
                 .map(|(ns, n)| format!("{n}.{ns}"))
                 .collect(),
             nack: lock(&self.nack).clone(),
+            disconnected_since_ms: None,
         }
     }
 }

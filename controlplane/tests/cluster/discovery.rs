@@ -661,6 +661,35 @@ fn proxies_are_listed_with_their_acked_revision_and_apply_wait_waits_for_them() 
         );
         assert!(e.message.contains("web-2"), "{}", e.message);
 
+        // A proxy that dropped is not converged, and is named, until it
+        // acknowledges or its lease ends ("0/0 proxies", exit 0, before).
+        let gone = proxies.pop().unwrap();
+        drop(gone);
+        std::fs::write(&file, serde_yaml_ng::to_string(&route("api", 40)).unwrap()).unwrap();
+        let waiter = tokio::spawn(raftmesh_ctl::run(cli("2s")));
+        for p in proxies.iter_mut() {
+            p.expect_acked().await;
+        }
+        let e = waiter
+            .await
+            .unwrap()
+            .expect_err("a dropped proxy never acked");
+        assert!(
+            e.message.contains("2/3 proxies at revision"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("web-2 (disconnected"), "{}", e.message);
+        let listed = admin
+            .list_proxies(pb::ListProxiesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .proxies;
+        assert!(listed
+            .iter()
+            .any(|p| p.instance == "web-2" && p.disconnected_since_ms > 0));
+
         // proxy-config shows what one proxy holds.
         let pc = admin
             .proxy_config(pb::ProxyConfigRequest {
