@@ -106,7 +106,7 @@ impl Dirty {
         if size < self.size {
             let keep = size.div_ceil(PAGE);
             self.pages.retain(|n, _| *n < keep);
-            if size % PAGE != 0 {
+            if !size.is_multiple_of(PAGE) {
                 let within = (size % PAGE) as usize;
                 self.page(file, size / PAGE)?[within..].fill(0);
             }

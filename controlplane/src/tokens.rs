@@ -52,6 +52,48 @@ pub enum AuthError {
     /// A bootstrap token was used on the admin API.
     #[error("token {0} is a bootstrap token for proxies; the admin API needs an admin token")]
     NotAdmin(String),
+    /// This node cannot confirm with the leader that the token is still
+    /// live (a revocation may be committed that it has not applied).
+    #[error("cannot confirm the token with the leader: {0}; try another node")]
+    Unconfirmed(String),
+}
+
+/// How many look-ups of tokens a node does not know may cost a Raft round
+/// (a read barrier) per second: a stranger sending made-up tokens gets
+/// refused without costing the cluster more than this.
+pub const UNKNOWN_LOOKUPS_PER_SEC: f64 = 20.0;
+
+/// The budget of read barriers for unknown tokens (a token bucket).
+#[derive(Debug)]
+pub struct LookupBudget(std::sync::Mutex<(f64, std::time::Instant)>);
+
+impl Default for LookupBudget {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new((
+            UNKNOWN_LOOKUPS_PER_SEC,
+            std::time::Instant::now(),
+        )))
+    }
+}
+
+impl LookupBudget {
+    /// Takes one look-up if the budget allows it.
+    pub fn try_take(&self) -> bool {
+        let mut b = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(b.1).as_secs_f64() * UNKNOWN_LOOKUPS_PER_SEC;
+        b.0 = (b.0 + refill).min(UNKNOWN_LOOKUPS_PER_SEC);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A new random secret (`rmt_` + 64 hex digits): admin tokens, the
@@ -226,18 +268,33 @@ pub fn check_bootstrap(
     Ok(Bootstrap { token })
 }
 
-/// Checks an admin call's `authorization` header; a token this node does
-/// not know is looked up again once the node has caught up with the leader
-/// (it may have been created a moment ago).
+/// Checks an admin call's `authorization` header against the leader's
+/// commit: a token this node accepts is confirmed after a read barrier (a
+/// revocation committed but not applied here yet is seen: a lagging
+/// follower never lets a revoked token in); a token it does not know is
+/// looked up again the same way (it may have been created a moment ago),
+/// within [`LookupBudget`], so made-up tokens cannot make every call cost
+/// a Raft round.
 pub async fn authenticate_admin(
     ops: &ClusterOps,
     header: Option<&str>,
 ) -> Result<Caller, AuthError> {
     let checked = authenticate(ops.reader(), header, unix_ms());
-    if checked == Err(AuthError::Invalid) && ops.read_barrier().await.is_ok() {
-        return authenticate(ops.reader(), header, unix_ms());
+    match checked {
+        Ok(_) => {
+            ops.read_barrier()
+                .await
+                .map_err(|e| AuthError::Unconfirmed(e.to_string()))?;
+            authenticate(ops.reader(), header, unix_ms())
+        }
+        Err(AuthError::Invalid) if ops.token_lookups().try_take() => {
+            match ops.read_barrier().await {
+                Ok(_) => authenticate(ops.reader(), header, unix_ms()),
+                Err(_) => Err(AuthError::Invalid),
+            }
+        }
+        other => other,
     }
-    checked
 }
 
 /// Admits a proxy with its bootstrap token: checks it (again after a read
@@ -249,8 +306,19 @@ pub async fn admit_bootstrap(
     namespace: &str,
 ) -> Result<(), TokenError> {
     let check = || check_bootstrap(ops.reader(), secret, service, namespace, unix_ms());
+    // As for admin tokens: confirmed against the leader's commit, and
+    // unknown ones looked up within the budget.
     let b = match check() {
-        Err(BootstrapError::Unknown) if ops.read_barrier().await.is_ok() => check(),
+        Ok(_) => {
+            ops.read_barrier().await?;
+            check()
+        }
+        Err(BootstrapError::Unknown) if ops.token_lookups().try_take() => {
+            match ops.read_barrier().await {
+                Ok(_) => check(),
+                Err(_) => Err(BootstrapError::Unknown),
+            }
+        }
         other => other,
     }?;
     consume(ops, &b).await
@@ -480,6 +548,16 @@ pub fn first_admin_stored(reader: &StateReader) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn made_up_tokens_get_a_bounded_number_of_raft_lookups() {
+        let b = LookupBudget::default();
+        let granted = (0..1000).filter(|_| b.try_take()).count();
+        assert_eq!(
+            granted, UNKNOWN_LOOKUPS_PER_SEC as usize,
+            "a burst gets the budget, no more"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -14,6 +14,7 @@ pub mod compiled;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod guard;
 pub mod metrics;
 pub mod path;
 pub mod persist;

@@ -305,6 +305,9 @@ impl Inbound {
                         _ = until_strict(&config, member) => {
                             tracing::info!("closed a plaintext TCP connection: the mesh switched to strict mTLS");
                         }
+                        _ = crate::guard::until_denied(config.clone(), None) => {
+                            tracing::info!("closed a TCP connection a committed policy now denies");
+                        }
                     }
                 }
             }
@@ -351,6 +354,9 @@ impl Inbound {
                 _ = until_strict(&config, who.is_none()) => {
                     tracing::info!("closed a TCP tunnel without a client certificate: the mesh switched to strict mTLS");
                 }
+                _ = crate::guard::until_denied(config.clone(), who.clone()) => {
+                    tracing::info!(caller = ?who, "closed a TCP tunnel a committed policy now denies");
+                }
             }
         } else {
             self.serve_http(s, who).await;
@@ -377,6 +383,7 @@ impl Inbound {
                 // A mesh proxy in strict mode serves no request without a
                 // client certificate (plaintext, or TLS accepted while
                 // permissive).
+                let mut decided: Option<(http::Method, http::Uri)> = None;
                 let result = if this.member && strict && who.is_none() {
                     Err(ProxyError::MtlsRequired)
                 } else if let Err(e) = normal {
@@ -395,6 +402,9 @@ impl Inbound {
                     ) {
                         Err(why) => Err(ProxyError::Denied(why)),
                         Ok(()) => {
+                            // Cheap clones (shared bytes): kept to decide again
+                            // while a streaming answer flows.
+                            decided = Some((req.method().clone(), req.uri().clone()));
                             let req = req.map(|b| b.boxed());
                             let sent = if req.version() == http::Version::HTTP_2 {
                                 this.forward.send(req, this.app).await
@@ -410,6 +420,27 @@ impl Inbound {
                 };
                 let resp = finish(result, &this.config.metrics);
                 recorder.record(resp.status().as_u16(), started.elapsed());
+                // A streaming answer (no known length) ends when a committed
+                // policy stops allowing it; a sized one cannot outlive the
+                // decision by much.
+                let streaming = hyper::body::Body::size_hint(resp.body()).exact().is_none()
+                    && !hyper::body::Body::is_end_stream(resp.body());
+                let resp = match decided {
+                    Some((method, uri)) if streaming => {
+                        let (config, who) = (this.config.clone(), who.clone());
+                        let still = move || {
+                            authz::decide(
+                                &config.current().authz,
+                                who.as_deref(),
+                                method.as_str(),
+                                uri.path(),
+                            )
+                            .is_ok()
+                        };
+                        resp.map(|b| crate::guard::Guarded::new(b, &this.config, Box::new(still)))
+                    }
+                    _ => resp.map(crate::guard::Guarded::plain),
+                };
                 Ok::<_, Infallible>(resp)
             }
         });

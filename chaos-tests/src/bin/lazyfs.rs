@@ -43,21 +43,16 @@ fn main() -> anyhow::Result<()> {
         args.backing.display()
     );
     let mut cuts = 0u64;
-    loop {
-        match sigs.wait()? {
-            Signal::SIGUSR1 => {
-                let (files, pages) = handle.power_cut();
-                cuts += 1;
-                eprintln!("lazyfs: power cut {cuts}: lost unsynced pages of {files} files ({pages} pages)");
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&args.cuts_file)?;
-                writeln!(f, "power-cut {cuts} files={files} pages={pages}")?;
-                f.sync_all()?;
-            }
-            _ => break,
-        }
+    while sigs.wait()? == Signal::SIGUSR1 {
+        let (files, pages) = handle.power_cut();
+        cuts += 1;
+        eprintln!("lazyfs: power cut {cuts}: lost unsynced pages of {files} files ({pages} pages)");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&args.cuts_file)?;
+        writeln!(f, "power-cut {cuts} files={files} pages={pages}")?;
+        f.sync_all()?;
     }
     session.umount_and_join()?;
     Ok(())

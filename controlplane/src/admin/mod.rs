@@ -73,6 +73,7 @@ impl AdminService {
             .await
             .map_err(|e| match e {
                 AuthError::NotAdmin(_) => Status::permission_denied(e.to_string()),
+                AuthError::Unconfirmed(_) => Status::unavailable(e.to_string()),
                 _ => Status::unauthenticated(e.to_string()),
             })?;
         if need == Need::Write && caller.role == Role::ReadOnly {

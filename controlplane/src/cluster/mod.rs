@@ -106,6 +106,8 @@ pub struct ClusterOps {
     leases: std::sync::OnceLock<actix::Recipient<LeaseReport>>,
     /// Seals and opens the workload CA key (`ca::seal`).
     kek: crate::ca::seal::Kek,
+    /// Read barriers left for tokens this node does not know.
+    token_lookups: crate::tokens::LookupBudget,
 }
 
 impl ClusterOps {
@@ -129,7 +131,13 @@ impl ClusterOps {
             unsafe_local_reads,
             leases: std::sync::OnceLock::new(),
             kek,
+            token_lookups: crate::tokens::LookupBudget::default(),
         })
+    }
+
+    /// The budget of read barriers for unknown tokens.
+    pub fn token_lookups(&self) -> &crate::tokens::LookupBudget {
+        &self.token_lookups
     }
 
     /// The key-encryption key of the workload CA key.

@@ -1,5 +1,7 @@
 //! The admin API's rules: tokens, validation, snapshots.
 
+use std::time::Duration;
+
 use raftmesh_api::v1 as pb;
 use raftmesh_api::{Kind, Resource};
 use raftmesh_controlplane::config::TestHooks;
@@ -269,5 +271,71 @@ fn snapshot_save_wipe_restore_gives_the_same_state_and_revisions() {
         for n in nodes {
             n.shutdown().await.unwrap();
         }
+    });
+}
+
+#[test]
+fn a_revoked_token_is_refused_from_the_commit_on_even_by_a_lagging_follower() {
+    run(async {
+        let c = TestCluster::start(3).await;
+        let leader = c.wait_leader().await;
+        let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
+        let mut admin = c.client(leader).await;
+        let t = admin
+            .create_token(pb::CreateTokenRequest {
+                scope: Some(pb::create_token_request::Scope::Role(
+                    pb::TokenRole::Admin as i32,
+                )),
+                ttl_ms: 0,
+                max_uses: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut on_follower = client(c.addrs[&follower], Some(&t.secret));
+        eventually(
+            "the follower knows the token",
+            Duration::from_secs(10),
+            || {
+                let mut f = on_follower.clone();
+                async move { f.list(pb::ListRequest::default()).await.ok().map(|_| ()) }
+            },
+        )
+        .await;
+        // The follower stops hearing from the leader (it still reaches it).
+        c.faults(leader, &format!("{{\"drop\": {{\"{follower}\": 1.0}}}}"))
+            .await;
+        admin
+            .revoke_token(pb::RevokeTokenRequest { id: t.id.clone() })
+            .await
+            .unwrap();
+        // Its state still holds the token live; it must not let it in.
+        let e = on_follower
+            .list(pb::ListRequest::default())
+            .await
+            .expect_err("a lagging follower accepted a revoked token");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(
+            e.message().contains("cannot confirm the token"),
+            "{}",
+            e.message()
+        );
+        // Caught up, it refuses it as revoked.
+        c.faults(leader, "{}").await;
+        eventually(
+            "the follower refuses the revoked token",
+            Duration::from_secs(15),
+            || {
+                let mut f = on_follower.clone();
+                async move {
+                    match f.list(pb::ListRequest::default()).await {
+                        Err(e) if e.code() == tonic::Code::Unauthenticated => Some(()),
+                        _ => None,
+                    }
+                }
+            },
+        )
+        .await;
+        c.shutdown().await;
     });
 }

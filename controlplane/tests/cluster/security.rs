@@ -825,3 +825,156 @@ fn a_node_with_another_cluster_secret_cannot_open_the_ca_key_and_says_why() {
         c.shutdown().await;
     });
 }
+
+/// An app that answers every request with an endless chunked stream
+/// (a line every 100 ms).
+async fn streaming_app() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_r: hyper::Request<hyper::body::Incoming>| async move {
+                        let ticks = tokio_stream::StreamExt::map(
+                            tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(
+                                Duration::from_millis(100),
+                            )),
+                            |_| {
+                                Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from("tick\n")))
+                            },
+                        );
+                        Ok::<_, Infallible>(hyper::Response::new(http_body_util::StreamBody::new(
+                            ticks,
+                        )))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads from `s` until it ends; how long after `since` that was.
+async fn ended_after<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    since: std::time::Instant,
+) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let r = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "still flowing 10 s after the deny");
+    since.elapsed()
+}
+
+#[test]
+fn a_committed_deny_ends_live_tcp_tunnels_and_streaming_answers() {
+    run(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let c = TestCluster::start(1).await;
+        let mut admin = c.client(1).await;
+        admin
+            .apply(apply_req(vec![doc(
+                "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}",
+            )]))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let web = proxy(
+            &c,
+            dir.path(),
+            "web",
+            "web-1",
+            Some(streaming_app().await),
+            bootstrap_token(&mut admin, "web").await,
+            &[],
+        )
+        .await;
+        // A caller with a TCP upstream to web, and its outbound for HTTP.
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let front = raftmesh_dataplane_proxy::start(ProxyConfig {
+            control_plane: c.addrs.values().map(|a| a.to_string()).collect(),
+            service: "frontend".into(),
+            instance: "frontend-1".into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            app_port: None,
+            advertise: "127.0.0.1".into(),
+            inbound: any,
+            outbound: any,
+            admin: any,
+            upstreams: vec![("web".into(), any)],
+            token: Some(bootstrap_token(&mut admin, "frontend").await),
+            ca_pem: None,
+            state_dir: Some(dir.path().join("frontend-1")),
+            config_file: None,
+            cluster: String::new(),
+            locality: String::new(),
+            subscribe: vec!["web".into()],
+            subscription_idle: Duration::from_secs(600),
+            workers: None,
+        })
+        .await
+        .unwrap();
+        let request = b"GET /stream HTTP/1.1\r\nHost: web\r\n\r\n";
+        // A TCP tunnel (mTLS between the proxies) carrying a stream...
+        let mut tunnel = eventually("a TCP tunnel to web", Duration::from_secs(15), || {
+            let up = front.upstreams[0].1;
+            async move {
+                let mut s = tokio::net::TcpStream::connect(up).await.ok()?;
+                s.write_all(request).await.ok()?;
+                let mut buf = [0u8; 64];
+                let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+                    .await
+                    .ok()?
+                    .ok()?;
+                (n > 0 && buf.starts_with(b"HTTP/1.1 200")).then_some(s)
+            }
+        })
+        .await;
+        // ...and an HTTP streaming answer through the outbound port.
+        let mut http_stream = tokio::net::TcpStream::connect(front.outbound)
+            .await
+            .unwrap();
+        http_stream.write_all(request).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = http_stream.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        // A deny for the caller, committed: both end.
+        let t0 = std::time::Instant::now();
+        admin
+            .apply(apply_req(vec![doc(
+                "kind: Policy\nmetadata: {name: no-front}\nspec: {service: web, action: deny, from: ['spiffe://test.mesh/ns/default/sa/frontend']}",
+            )]))
+            .await
+            .unwrap();
+        let tcp = ended_after(&mut tunnel, t0).await;
+        let http = ended_after(&mut http_stream, t0).await;
+        eprintln!("tunnel ended {tcp:?}, stream ended {http:?} after the deny was sent");
+        assert!(
+            tcp < Duration::from_secs(2) && http < Duration::from_secs(2),
+            "{tcp:?} {http:?}"
+        );
+        front.shutdown().await;
+        web.shutdown().await;
+        c.shutdown().await;
+    });
+}

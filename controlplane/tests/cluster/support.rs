@@ -83,7 +83,7 @@ impl TestCluster {
             tweak(&mut c);
             nodes.insert(
                 id,
-                node::start_with_listener(c, l, TestHooks::default())
+                node::start_with_listener(c, l, hooks(&dir, id))
                     .await
                     .unwrap(),
             );
@@ -150,10 +150,17 @@ impl TestCluster {
         let l = bind_retry(self.addrs[&id]).await;
         let mut c = config(id, self.addrs[&id], &self.dir, self.snapshot_logs);
         (self.tweak)(&mut c);
-        let n = node::start_with_listener(c, l, TestHooks::default())
+        let n = node::start_with_listener(c, l, hooks(&self.dir, id))
             .await
             .unwrap();
         self.nodes.insert(id, n);
+    }
+
+    /// Sets node `id`'s fault rules (`cluster/faults.rs`: JSON of
+    /// `delay_ms` and `drop` by peer); they apply within 100 ms.
+    pub async fn faults(&self, id: u64, rules: &str) {
+        std::fs::write(self.dir.path().join(format!("faults-{id}.json")), rules).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     pub async fn shutdown(self) {
@@ -214,6 +221,14 @@ pub fn get_req(name: &str, stale: bool) -> pb::GetRequest {
 /// Runs a test body inside an actix System on a multi-thread runtime.
 pub fn run<F: Future<Output = ()>>(f: F) {
     raftmesh_controlplane::run_system(f);
+}
+
+/// Each node watches its own fault file (none at first: no faults).
+fn hooks(dir: &TempDir, id: u64) -> TestHooks {
+    TestHooks {
+        fault_file: Some(dir.path().join(format!("faults-{id}.json"))),
+        ..TestHooks::default()
+    }
 }
 
 /// A bootstrap token for `service` in the default namespace.

@@ -1,0 +1,94 @@
+//! Answers that end when authorization no longer allows them. A request is
+//! authorized once, when it arrives; a streaming answer (HTTP/2 streams,
+//! gRPC streams, chunked HTTP/1) can outlive that decision. [`Guarded`]
+//! decides again at every config change while the answer flows, and ends
+//! it (a reset for HTTP/2, a closed connection for HTTP/1) once a
+//! committed policy forbids it. Opaque TCP tunnels get the same from
+//! [`until_denied`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio_stream::wrappers::WatchStream;
+
+use crate::state::Config;
+use crate::Body;
+
+/// The error a guarded answer ends with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether the request is still allowed (decided again on each change).
+pub type StillAllowed = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// A response body that ends once `still_allowed` says no.
+pub struct Guarded {
+    inner: Body,
+    changes: Option<WatchStream<u64>>,
+    still_allowed: Option<StillAllowed>,
+}
+
+impl Guarded {
+    /// `inner` as is: an answer that cannot outlive its decision.
+    pub fn plain(inner: Body) -> Self {
+        Self {
+            inner,
+            changes: None,
+            still_allowed: None,
+        }
+    }
+
+    /// `inner`, ended when a config change makes `still_allowed` false.
+    pub fn new(inner: Body, config: &Config, still_allowed: StillAllowed) -> Self {
+        Self {
+            inner,
+            changes: Some(WatchStream::from_changes(config.watch())),
+            still_allowed: Some(still_allowed),
+        }
+    }
+}
+
+impl HttpBody for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let (Some(changes), Some(allowed)) = (&mut this.changes, &this.still_allowed) {
+            while let Poll::Ready(Some(_)) = Pin::new(&mut *changes).poll_next(cx) {
+                if !allowed() {
+                    this.changes = None;
+                    return Poll::Ready(Some(Err(
+                        "ended: a committed policy no longer allows this request".into(),
+                    )));
+                }
+            }
+        }
+        Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Resolves once a config change denies an opaque TCP connection from `who`.
+pub async fn until_denied(config: Arc<Config>, who: Option<String>) {
+    let mut changes = config.watch();
+    while changes.changed().await.is_ok() {
+        if crate::authz::decide(&config.current().authz, who.as_deref(), "", "").is_err() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
