@@ -63,6 +63,39 @@ pub struct Node {
     leases: Addr<LeaseKeeper>,
 }
 
+/// Limits on meshd's one gRPC port (proxies, clients and nodes alike):
+/// requests in flight per connection and HTTP/2 streams per connection are
+/// bounded, a peer that stops answering keep-alive pings is dropped, a
+/// burst of reset streams (the "rapid reset" attack) closes the
+/// connection, and header blocks are bounded. Documented in
+/// `docs/reference/meshd.md`.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Requests (and streams) in flight per connection; more wait.
+    pub const CONCURRENCY_PER_CONNECTION: usize = 256;
+    /// HTTP/2 streams a peer may open on one connection.
+    pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+    /// A keep-alive ping this often on every connection...
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+    /// ...which must be answered within this.
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Streams a peer may reset before they are accepted.
+    pub const MAX_PENDING_RESETS: usize = 32;
+    /// Largest header block accepted.
+    pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+}
+
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(limits::CONCURRENCY_PER_CONNECTION)
+        .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
+        .http2_max_pending_accept_reset_streams(Some(limits::MAX_PENDING_RESETS))
+        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+}
+
 fn check_identity(dir: &Path, cfg: &ServerConfig) -> anyhow::Result<()> {
     let path = dir.join("node.json");
     let want = Identity {
@@ -230,8 +263,10 @@ pub async fn start_with_listener(
         );
         let discovery_svc = DiscoveryServer::new(discovery.clone())
             .max_decoding_message_size(discovery.max_message_bytes());
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let mut builder = tonic::transport::Server::builder();
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(std::time::Duration::from_secs(60)));
+        let mut builder = grpc_server();
         if let Some(t) = &tls {
             builder = builder
                 .tls_config(t.server.clone())

@@ -161,7 +161,8 @@ fn endpoint_addr(e: &EndpointSpec) -> Option<SocketAddr> {
     if let Ok(ip) = e.address.parse::<std::net::IpAddr>() {
         return Some(SocketAddr::new(ip, port));
     }
-    // Host names are resolved once, when the config is compiled.
+    // Host names are resolved once, when the config is compiled (off the
+    // runtime's threads: xds.rs compiles in spawn_blocking).
     std::net::ToSocketAddrs::to_socket_addrs(&(e.address.as_str(), port))
         .ok()
         .and_then(|mut it| it.next())

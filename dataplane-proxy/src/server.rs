@@ -66,12 +66,10 @@ pub async fn serve_outbound(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "outbound accept failed"); continue; }
-            },
+        let stream = tokio::select! {
+            s = accept(&listener, &mut backoff, "outbound") => s,
             _ = crate::stopped(&mut shutdown) => return,
         };
         let _ = stream.set_nodelay(true);
@@ -112,6 +110,51 @@ pub async fn serve_outbound(
                 _ = crate::stopped(&mut conn_stop) => {}
             }
         });
+    }
+}
+
+/// Backs off after failed accepts (out of file descriptors, ...), so a
+/// listener never spins: 5 ms, doubling to 1 s, reset by a success.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    delay: Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// The wait after a failure.
+    pub fn failed(&mut self) -> Duration {
+        let d = self.delay.max(Self::FIRST);
+        self.delay = (d * 2).min(Self::MAX);
+        d
+    }
+
+    /// A success resets it.
+    pub fn succeeded(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+}
+
+/// The next connection on `listener`, backing off after errors.
+async fn accept(
+    listener: &TcpListener,
+    backoff: &mut AcceptBackoff,
+    what: &'static str,
+) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                backoff.succeeded();
+                return s;
+            }
+            Err(e) => {
+                let wait = backoff.failed();
+                tracing::warn!(error = %e, retry_in = ?wait, listener = what, "accept failed; backing off");
+                tokio::time::sleep(wait).await;
+            }
+        }
     }
 }
 
@@ -172,12 +215,10 @@ pub async fn serve_inbound(
     let app: SocketAddr = SocketAddr::from(([127, 0, 0, 1], app_port));
     let link = Arc::new(crate::forward::AppLink::new(app));
     let last_refusal_log = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "inbound accept failed"); continue; }
-            },
+        let stream = tokio::select! {
+            s = accept(&listener, &mut backoff, "inbound") => s,
             _ = crate::stopped(&mut shutdown) => return,
         };
         let _ = stream.set_nodelay(true);
@@ -479,12 +520,10 @@ pub async fn serve_tcp_upstream(
     workload: Option<Arc<Workload>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "upstream accept failed"); continue; }
-            },
+        let stream = tokio::select! {
+            s = accept(&listener, &mut backoff, "upstream") => s,
             _ = crate::stopped(&mut shutdown) => return,
         };
         let (config, service, workload) = (config.clone(), service.clone(), workload.clone());
@@ -549,7 +588,17 @@ pub async fn serve_tcp_upstream(
 
 #[cfg(test)]
 mod tests {
-    use super::looks_like_http;
+    use super::{looks_like_http, AcceptBackoff};
+    use std::time::Duration;
+
+    #[test]
+    fn failed_accepts_back_off_to_a_second_and_a_success_resets() {
+        let mut b = AcceptBackoff::default();
+        let waits: Vec<u64> = (0..10).map(|_| b.failed().as_millis() as u64).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.succeeded();
+        assert_eq!(b.failed(), Duration::from_millis(5));
+    }
 
     #[test]
     fn http_is_told_from_other_protocols_by_its_first_bytes() {

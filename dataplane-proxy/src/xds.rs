@@ -263,7 +263,15 @@ async fn session(
                                 subscriptions: subscriptions.all().clone(),
                                 resources: next.values().cloned().collect(),
                             });
-                            config.install(compile(d.revision, Source::ControlPlane, next, &config.identity, &config.stats));
+                            // Compiling may resolve endpoint host names:
+                            // never on the runtime's threads.
+                            let (c, rev) = (config.clone(), d.revision);
+                            let compiled = tokio::task::spawn_blocking(move || {
+                                compile(rev, Source::ControlPlane, next, &c.identity, &c.stats)
+                            })
+                            .await
+                            .map_err(|e| end(got_config, format!("compiling the config failed: {e}")))?;
+                            config.install(compiled);
                             if let (Some(dir), Some(s)) = (&settings.state_dir, saved) {
                                 if let Err(e) = persist::save(dir, &s) {
                                     tracing::warn!(dir = %dir.display(), error = %e, "cannot save the config to the state directory");

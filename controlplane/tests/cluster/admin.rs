@@ -339,3 +339,29 @@ fn a_revoked_token_is_refused_from_the_commit_on_even_by_a_lagging_follower() {
         c.shutdown().await;
     });
 }
+
+#[test]
+fn a_huge_header_block_is_refused_by_the_transport() {
+    run(async {
+        let c = TestCluster::start(1).await;
+        let mut admin = c.client(1).await;
+        admin.list(pb::ListRequest::default()).await.unwrap();
+        let mut req = tonic::Request::new(pb::ListRequest::default());
+        let huge = "x".repeat(200 * 1024);
+        req.metadata_mut().insert("x-filler", huge.parse().unwrap());
+        let e = admin
+            .list(req)
+            .await
+            .expect_err("a 200 KiB header block was read");
+        assert_ne!(e.code(), tonic::Code::Ok, "{e:?}");
+        assert!(
+            !e.message().contains("admin token"),
+            "the header block reached the handler: {e:?}"
+        );
+        // The node goes on serving.
+        let mut again = c.client(1).await;
+        again.list(pb::ListRequest::default()).await.unwrap();
+        assert!(raftmesh_controlplane::node::limits::MAX_HEADER_LIST_BYTES < 200 * 1024);
+        c.shutdown().await;
+    });
+}
