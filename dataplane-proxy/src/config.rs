@@ -90,6 +90,12 @@ pub struct Args {
     /// A service learned from traffic is unsubscribed after this long with no request.
     #[arg(long, default_value = "10m")]
     pub subscription_idle: humantime::Duration,
+    /// A client connection with no request in flight and no bytes for this long is closed (HTTP/1 keep-alive and HTTP/2).
+    #[arg(long, default_value = "60s")]
+    pub idle_timeout: humantime::Duration,
+    /// A request's head must arrive whole within this of its first byte (slowloris).
+    #[arg(long, default_value = "10s")]
+    pub header_timeout: humantime::Duration,
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -139,6 +145,10 @@ pub struct ProxyConfig {
     pub subscribe: Vec<String>,
     /// How long a learned subscription may go unused.
     pub subscription_idle: std::time::Duration,
+    /// How long an idle client connection is kept.
+    pub idle_timeout: std::time::Duration,
+    /// How long a request head may take.
+    pub header_timeout: std::time::Duration,
     /// Worker threads.
     pub workers: Option<usize>,
 }
@@ -259,6 +269,8 @@ impl Args {
             locality: self.locality,
             subscribe: self.subscribe,
             subscription_idle: self.subscription_idle.into(),
+            idle_timeout: self.idle_timeout.into(),
+            header_timeout: self.header_timeout.into(),
             workers: self.workers,
         })
     }

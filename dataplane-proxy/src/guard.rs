@@ -29,6 +29,9 @@ pub struct Guarded {
     inner: Body,
     changes: Option<WatchStream<u64>>,
     still_allowed: Option<StillAllowed>,
+    /// The request counts as in flight on its connection until the answer
+    /// is done (a quiet stream is not an idle connection).
+    in_flight: Option<crate::conn::InFlight>,
 }
 
 impl Guarded {
@@ -38,7 +41,16 @@ impl Guarded {
             inner,
             changes: None,
             still_allowed: None,
+            in_flight: None,
         }
+    }
+
+    /// Keeps the request in flight on its connection until the answer ends.
+    pub fn holding(mut self, in_flight: crate::conn::InFlight) -> Self {
+        if !self.inner.is_end_stream() {
+            self.in_flight = Some(in_flight);
+        }
+        self
     }
 
     /// `inner`, ended when a config change makes `still_allowed` false.
@@ -47,6 +59,7 @@ impl Guarded {
             inner,
             changes: Some(WatchStream::from_changes(config.watch())),
             still_allowed: Some(still_allowed),
+            in_flight: None,
         }
     }
 }
@@ -70,7 +83,11 @@ impl HttpBody for Guarded {
                 }
             }
         }
-        Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into)
+        let r = Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.in_flight = None;
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

@@ -12,6 +12,7 @@ pub mod authz;
 pub mod balance;
 pub mod compiled;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod forward;
 pub mod guard;
@@ -171,6 +172,10 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         initial,
         stats,
         control_plane.then_some(learn_tx),
+        crate::conn::ConnLimits {
+            header: cfg.header_timeout,
+            idle: cfg.idle_timeout,
+        },
     );
     let (shutdown, shutdown_rx) = watch::channel(false);
     // A workload key and certificate belong to proxies in a mesh (a
@@ -192,6 +197,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         outbound_l,
         server::outbound_stack(config.clone(), forward.clone()),
         config.metrics.clone(),
+        config.conn_limits,
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(admin::serve(

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tower::{Service, ServiceBuilder};
 
 use crate::balance::BalanceLayer;
+use crate::conn::{ConnClock, ConnLimits, Watched};
 use crate::error::ProxyError;
 use crate::forward::Forward;
 use crate::metrics::{ConnGuard, InboundRecorder, Metrics, RequestLabels};
@@ -64,6 +65,7 @@ pub async fn serve_outbound(
     listener: TcpListener,
     stack: OutboundStack,
     metrics: Arc<Metrics>,
+    limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = AcceptBackoff::default();
@@ -76,11 +78,15 @@ pub async fn serve_outbound(
         let stack = stack.clone();
         let metrics = metrics.clone();
         let mut conn_stop = shutdown.clone();
+        let clock = ConnClock::new(limits);
         tokio::spawn(async move {
             let _guard = ConnGuard::open(&metrics, "outbound");
+            let io = Watched::new(stream, clock.clone());
+            let svc_clock = clock.clone();
             let svc = service_fn(move |req: Request<Incoming>| {
                 let mut stack = stack.clone();
                 let metrics = metrics.clone();
+                let in_flight = svc_clock.request();
                 async move {
                     let started = Instant::now();
                     let info = RouteInfo::default();
@@ -97,16 +103,21 @@ pub async fn serve_outbound(
                         },
                         started.elapsed(),
                     );
-                    Ok::<_, Infallible>(resp)
+                    Ok::<_, Infallible>(
+                        resp.map(|b| crate::guard::Guarded::plain(b).holding(in_flight)),
+                    )
                 }
             });
             let server = http_server();
-            let conn = server.serve_connection(TokioIo::new(stream), svc);
+            let conn = server.serve_connection(TokioIo::new(io), svc);
             // A stopped proxy closes its open connections too.
             tokio::select! {
                 r = conn => if let Err(e) = r {
                     tracing::debug!(error = %e, "outbound connection ended with an error");
                 },
+                why = clock.expired() => {
+                    tracing::debug!(?why, "closed an outbound client connection");
+                }
                 _ = crate::stopped(&mut conn_stop) => {}
             }
         });
@@ -158,16 +169,15 @@ async fn accept(
     }
 }
 
-/// How long a client may take to send a request's headers (slowloris).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The HTTP/1.1 + h2c server every listener uses: header read time limit,
 /// small HTTP/2 windows (memory per connection stays bounded).
 fn http_server() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // Request-head and idle limits are `conn.rs`'s: hyper's header-read
+    // timer also runs while a keep-alive connection waits.
     b.http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(None);
     b.http2().timer(hyper_util::rt::TokioTimer::new());
     b
 }
@@ -409,6 +419,9 @@ impl Inbound {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (config, member, who_none) = (self.config.clone(), self.member, who.is_none());
+        let clock = ConnClock::new(config.conn_limits);
+        let io = Watched::new(io, clock.clone());
+        let svc_clock = clock.clone();
         let who: Option<Arc<str>> = who.map(Arc::from);
         let recorder = Arc::new(InboundRecorder::new(
             &self.config.metrics,
@@ -416,6 +429,7 @@ impl Inbound {
         ));
         let svc = service_fn(move |req: Request<Incoming>| {
             let (this, who, recorder) = (self.clone(), who.clone(), recorder.clone());
+            let in_flight = svc_clock.request();
             async move {
                 let started = Instant::now();
                 let strict = this.config.current().authz.mtls == MtlsMode::Strict;
@@ -482,6 +496,7 @@ impl Inbound {
                     }
                     _ => resp.map(crate::guard::Guarded::plain),
                 };
+                let resp = resp.map(|b| b.holding(in_flight));
                 Ok::<_, Infallible>(resp)
             }
         });
@@ -493,6 +508,9 @@ impl Inbound {
             },
             _ = until_strict(&config, member && who_none) => {
                 tracing::info!("closed a connection without a client certificate: the mesh switched to strict mTLS");
+            }
+            why = clock.expired() => {
+                tracing::debug!(?why, "closed an inbound connection");
             }
         }
     }

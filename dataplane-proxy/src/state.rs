@@ -21,6 +21,8 @@ pub struct Config {
     pub stats: StatsRegistry,
     /// This proxy's metrics.
     pub metrics: Arc<Metrics>,
+    /// How long client connections may take and idle (`conn.rs`).
+    pub conn_limits: crate::conn::ConnLimits,
     current: ArcSwap<CompiledConfig>,
     changed: watch::Sender<u64>,
     learn_tx: Option<mpsc::Sender<ServiceId>>,
@@ -34,6 +36,7 @@ impl Config {
         initial: CompiledConfig,
         stats: StatsRegistry,
         learn_tx: Option<mpsc::Sender<ServiceId>>,
+        conn_limits: crate::conn::ConnLimits,
     ) -> Arc<Self> {
         let (changed, _) = watch::channel(initial.revision);
         Arc::new(Self {
@@ -41,6 +44,7 @@ impl Config {
             identity,
             metrics: stats.metrics().clone(),
             stats,
+            conn_limits,
             current: ArcSwap::from_pointee(initial),
             changed,
             learn_tx,

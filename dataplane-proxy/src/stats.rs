@@ -43,6 +43,8 @@ fn now_us() -> u64 {
 const DECAY_US: f64 = 10_000_000.0;
 /// Latency assumed for an endpoint never measured.
 const DEFAULT_RTT_US: f64 = 1_000.0;
+/// The latency a failed attempt counts as.
+const FAILURE_RTT: Duration = Duration::from_secs(1);
 /// Longest ejection.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
 
@@ -103,7 +105,11 @@ impl EndpointStats {
     }
 
     /// Records a failed attempt; returns true when it ejects the endpoint.
+    /// A failure also counts as a very slow answer in the latency estimate
+    /// (as Finagle's and Linkerd's peak-EWMA balancers do): an endpoint
+    /// that fails fast must not look like the fastest one.
     pub(crate) fn fail(&self, outlier: &Outlier, may_eject: bool) -> bool {
+        self.observe(FAILURE_RTT);
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n < outlier.consecutive_failures || !may_eject {
             return false;
@@ -266,5 +272,22 @@ mod tests {
         s.succeed();
         assert!(!s.fail(&o, true), "a success in between resets the streak");
         assert!(!s.fail(&o, false), "ejection can be refused (max percent)");
+    }
+
+    #[test]
+    fn a_failing_endpoint_costs_more_than_a_slow_answering_one() {
+        let (failing, slow) = (EndpointStats::default(), EndpointStats::default());
+        slow.observe(Duration::from_millis(50));
+        let o = Outlier {
+            consecutive_failures: 1_000,
+            ..Outlier::default()
+        };
+        failing.fail(&o, false);
+        assert!(
+            failing.cost() > slow.cost(),
+            "{} <= {}",
+            failing.cost(),
+            slow.cost()
+        );
     }
 }

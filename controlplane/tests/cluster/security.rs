@@ -74,6 +74,8 @@ async fn proxy(
         locality: String::new(),
         subscribe: subs.iter().map(|s| s.to_string()).collect(),
         subscription_idle: std::time::Duration::from_secs(600),
+        idle_timeout: std::time::Duration::from_secs(60),
+        header_timeout: std::time::Duration::from_secs(10),
         workers: None,
     })
     .await
@@ -926,6 +928,8 @@ fn a_committed_deny_ends_live_tcp_tunnels_and_streaming_answers() {
             locality: String::new(),
             subscribe: vec!["web".into()],
             subscription_idle: Duration::from_secs(600),
+            idle_timeout: std::time::Duration::from_secs(60),
+            header_timeout: std::time::Duration::from_secs(10),
             workers: None,
         })
         .await

@@ -348,3 +348,48 @@ async fn idle_downstream_connections_share_the_connections_to_the_app() {
     );
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_keep_alive_connection_may_wait_past_the_header_limit_and_a_slow_head_may_not() {
+    let web = Upstream::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("s.yaml");
+    std::fs::write(&f, mesh("web", &[("web-1", web.addr, "v1")], "")).unwrap();
+    let mut c = base_config();
+    c.config_file = Some(f);
+    c.header_timeout = Duration::from_secs(1);
+    c.idle_timeout = Duration::from_secs(3);
+    let p = raftmesh_dataplane_proxy::start(c).await.unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: web\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(p.outbound).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..2 {
+        s.write_all(req).await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        // Waiting between requests longer than the header limit is fine
+        // (it closed the connection here before).
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+    // Idle past the idle limit: closed.
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "still open after the idle limit: {closed:?}"
+    );
+    // A request head that trickles in: cut at the header limit.
+    let mut slow = tokio::net::TcpStream::connect(p.outbound).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let t0 = std::time::Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await;
+    assert!(
+        matches!(cut, Ok(Ok(0)) | Ok(Err(_))),
+        "a slow head was kept: {cut:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    p.shutdown().await;
+}

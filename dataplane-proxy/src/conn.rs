@@ -1,0 +1,268 @@
+//! How long a client connection may take and may idle. Two limits that
+//! hyper keeps as one (its HTTP/1 header-read timer also runs while a
+//! keep-alive connection waits for its next request, so a client pool's
+//! idle connection was closed after 10 s):
+//! - **request head**: once the first byte of a request arrives, its whole
+//!   head must follow within `header` (slowloris; default 10 s);
+//! - **idle**: a connection with no request in flight and no bytes either
+//!   way for `idle` is closed (default 60 s, `--idle-timeout`), HTTP/1
+//!   keep-alive and HTTP/2 alike.
+//!
+//! [`Watched`] wraps the socket and notes when bytes move; the service
+//! marks requests in flight ([`ConnClock::request`]); [`ConnClock::expired`]
+//! resolves when either limit is passed.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The limits of a client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// A request head must be complete this long after its first byte.
+    pub header: Duration,
+    /// A connection with nothing in flight and no bytes for this long is closed.
+    pub idle: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What one connection is doing, in milliseconds since it opened.
+#[derive(Debug)]
+pub struct ConnClock {
+    opened: Instant,
+    limits: ConnLimits,
+    last_io: AtomicU64,
+    /// When a request head began (+1; 0 = none pending).
+    head_since: AtomicU64,
+    in_flight: AtomicUsize,
+    /// HTTP/2: frames flow without heads; only the idle limit applies.
+    h2: AtomicBool,
+    seen_bytes: AtomicBool,
+}
+
+/// Why a connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// A request head took too long.
+    SlowHead,
+    /// Nothing happened for the idle limit.
+    Idle,
+}
+
+impl ConnClock {
+    /// A clock for a connection opened now.
+    pub fn new(limits: ConnLimits) -> Arc<Self> {
+        Arc::new(Self {
+            opened: Instant::now(),
+            limits,
+            last_io: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            h2: AtomicBool::new(false),
+            seen_bytes: AtomicBool::new(false),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    fn read(&self, first: &[u8]) {
+        let now = self.now();
+        self.last_io.store(now, Ordering::Relaxed);
+        if !self.seen_bytes.swap(true, Ordering::Relaxed) && first.starts_with(b"PRI ") {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.h2.load(Ordering::Relaxed)
+            && self.head_since.load(Ordering::Relaxed) == 0
+        {
+            self.head_since.store(now + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn wrote(&self) {
+        self.last_io.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Marks a request in flight (its head is complete) until the guard
+    /// is dropped.
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Resolves when a limit is passed.
+    pub async fn expired(&self) -> Expired {
+        loop {
+            let now = self.now();
+            let head = self.head_since.load(Ordering::Relaxed);
+            let mut next = self.limits.idle.as_millis() as u64;
+            if head != 0 {
+                let deadline = head - 1 + self.limits.header.as_millis() as u64;
+                if now >= deadline {
+                    return Expired::SlowHead;
+                }
+                next = next.min(deadline - now);
+            } else if self.in_flight.load(Ordering::Relaxed) == 0 {
+                let deadline =
+                    self.last_io.load(Ordering::Relaxed) + self.limits.idle.as_millis() as u64;
+                if now >= deadline {
+                    return Expired::Idle;
+                }
+                next = next.min(deadline - now);
+            }
+            tokio::time::sleep(Duration::from_millis(next.clamp(10, 1_000))).await;
+        }
+    }
+}
+
+/// A request in flight on a connection.
+pub struct InFlight(Arc<ConnClock>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.wrote();
+    }
+}
+
+/// A socket whose reads and writes are noted on a [`ConnClock`].
+pub struct Watched<I> {
+    io: I,
+    clock: Arc<ConnClock>,
+}
+
+impl<I> Watched<I> {
+    /// Wraps `io`.
+    pub fn new(io: I, clock: Arc<ConnClock>) -> Self {
+        Self { io, clock }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let first = &buf.filled()[before..];
+            self.clock.read(first);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.clock.wrote();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.clock.wrote();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnLimits {
+        ConnLimits {
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_keep_alive_connection_lives_until_the_idle_limit() {
+        let c = ConnClock::new(limits());
+        c.read(b"GET / HTTP/1.1\r\n");
+        drop(c.request());
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(c.expired().await, Expired::Idle);
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_secs(59) && waited <= Duration::from_secs(61),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_request_head_is_cut_at_the_header_limit() {
+        let c = ConnClock::new(limits());
+        c.read(b"GET / HT");
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(c.expired().await, Expired::SlowHead);
+        assert!(
+            t0.elapsed() <= Duration::from_secs(11),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_and_requests_in_flight_are_not_slow_heads() {
+        let c = ConnClock::new(limits());
+        c.read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        c.read(b"frames");
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(
+            c.expired().await,
+            Expired::Idle,
+            "h2 has only the idle limit"
+        );
+        assert!(t0.elapsed() >= Duration::from_secs(59));
+        let c = ConnClock::new(limits());
+        let r = c.request();
+        let busy = tokio::time::timeout(Duration::from_secs(300), c.expired()).await;
+        assert!(busy.is_err(), "a request in flight is never idle");
+        drop(r);
+    }
+}
