@@ -118,6 +118,10 @@ impl Dirty {
 
     /// Writes the changed pages and the size to `file`, and syncs it.
     pub fn sync(&self, file: &File) -> io::Result<()> {
+        // What a truncation hid must not come back as the file regrows.
+        if self.backing_valid < file.metadata()?.len() {
+            file.set_len(self.backing_valid)?;
+        }
         for (n, p) in &self.pages {
             let start = n * PAGE;
             if start >= self.size {
