@@ -356,6 +356,11 @@ impl From<Spec> for pb::resource::Spec {
                 peer: i.peer,
                 service: i.service,
             }),
+            Spec::Revocation(r) => P::Revocation(pb::RevocationSpec {
+                identity: r.identity,
+                instance: r.instance,
+                reason: r.reason,
+            }),
         }
     }
 }
@@ -471,6 +476,11 @@ impl TryFrom<pb::resource::Spec> for Spec {
             P::Import(i) => Spec::Import(ImportSpec {
                 peer: i.peer,
                 service: i.service,
+            }),
+            P::Revocation(r) => Spec::Revocation(RevocationSpec {
+                identity: r.identity,
+                instance: r.instance,
+                reason: r.reason,
             }),
         })
     }

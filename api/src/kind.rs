@@ -28,11 +28,13 @@ pub enum Kind {
     Import,
     /// The cluster's workload CA (written by meshd, never applied by users).
     Authority,
+    /// A workload identity or instance denied from now on.
+    Revocation,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Service,
         Kind::Endpoint,
         Kind::Route,
@@ -43,6 +45,7 @@ impl Kind {
         Kind::Export,
         Kind::Import,
         Kind::Authority,
+        Kind::Revocation,
     ];
 
     /// The canonical name, as in `kind: Service`.
@@ -58,6 +61,7 @@ impl Kind {
             Kind::Export => "Export",
             Kind::Import => "Import",
             Kind::Authority => "Authority",
+            Kind::Revocation => "Revocation",
         }
     }
 
@@ -74,6 +78,7 @@ impl Kind {
             Kind::Export => "export",
             Kind::Import => "import",
             Kind::Authority => "authority",
+            Kind::Revocation => "revocation",
         }
     }
 
@@ -95,7 +100,7 @@ impl fmt::Display for Kind {
 
 /// A kind name that is not one of the known kinds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown kind \"{0}\" (expected one of: service|svc, endpoint|ep, route, policy, meshconfig, token, peer, export, import)")]
+#[error("unknown kind \"{0}\" (expected one of: service|svc, endpoint|ep, route, policy, meshconfig, token, peer, export, import, revocation)")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for Kind {
@@ -115,6 +120,7 @@ impl FromStr for Kind {
             "export" | "exports" => Kind::Export,
             "import" | "imports" => Kind::Import,
             "authority" | "authorities" | "ca" => Kind::Authority,
+            "revocation" | "revocations" | "revoked" => Kind::Revocation,
             _ => return Err(UnknownKind(s.to_string())),
         };
         Ok(k)

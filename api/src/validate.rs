@@ -392,6 +392,31 @@ impl Resource {
                 c.label(&i.peer, "spec.peer");
                 c.label(&i.service, "spec.service");
             }
+            Spec::Revocation(r) => {
+                c.check(
+                    r.identity.is_empty() != r.instance.is_empty(),
+                    "spec",
+                    "give exactly one of identity (a SPIFFE ID) and instance",
+                );
+                if !r.identity.is_empty() {
+                    c.check(
+                        crate::identity::parse_spiffe_id(&r.identity).is_some(),
+                        "spec.identity",
+                        format!(
+                            "{} is not a workload SPIFFE ID (spiffe://<trust domain>/ns/<namespace>/sa/<service>)",
+                            shown(&r.identity)
+                        ),
+                    );
+                }
+                if !r.instance.is_empty() {
+                    c.label(&r.instance, "spec.instance");
+                }
+                c.check(
+                    r.reason.len() <= 256,
+                    "spec.reason",
+                    "must be at most 256 bytes",
+                );
+            }
         }
         if c.errors.is_empty() {
             Ok(())

@@ -24,6 +24,7 @@ pub mod http;
 pub mod meshconfig;
 pub mod node;
 pub mod procinfo;
+pub mod revocation;
 pub mod rpc;
 pub mod server_tls;
 pub mod tokens;

@@ -114,6 +114,9 @@ pub struct Authz {
     pub default: Action,
     /// mTLS mode.
     pub mtls: MtlsMode,
+    /// Revoked workload identities (SPIFFE IDs): refused whatever the
+    /// policies say, and their open connections closed.
+    pub revoked: std::collections::HashSet<String>,
 }
 
 /// The compiled configuration.
@@ -204,10 +207,28 @@ pub fn compile(
             endpoints: Vec::new(),
         })
     }
+    // Revocations first: a revoked workload's endpoints are dropped.
+    let mut revoked_instances = std::collections::HashSet::new();
+    for r in resources.values() {
+        if let Spec::Revocation(x) = &r.spec {
+            if !x.identity.is_empty() {
+                authz.revoked.insert(x.identity.clone());
+            }
+            if !x.instance.is_empty() {
+                revoked_instances.insert((r.metadata.namespace.clone(), x.instance.clone()));
+            }
+        }
+    }
     let mut routes = Vec::new();
     for r in resources.values() {
         let ns = r.metadata.namespace.clone();
         match &r.spec {
+            Spec::Endpoint(e)
+                if authz.revoked.contains(&e.identity)
+                    || revoked_instances.contains(&(ns.clone(), r.metadata.name.clone())) =>
+            {
+                tracing::debug!(endpoint = %r.key(), "skipping a revoked workload's endpoint");
+            }
             Spec::Service(s) => {
                 let t = table(&mut services, (ns, r.metadata.name.clone()));
                 t.protocol = s.ports.first().map(|p| p.protocol).unwrap_or_default();

@@ -109,3 +109,20 @@ pub async fn until_denied(config: Arc<Config>, who: Option<String>) {
     }
     std::future::pending().await
 }
+
+/// Resolves once `who` is revoked (a committed Revocation): its open
+/// connections are closed, not only its next requests refused.
+pub async fn until_revoked(config: Arc<Config>, who: Option<String>) {
+    let Some(who) = who else {
+        return std::future::pending().await;
+    };
+    let mut changes = config.watch();
+    loop {
+        if config.current().authz.revoked.contains(&who) {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}

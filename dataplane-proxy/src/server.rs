@@ -419,6 +419,7 @@ impl Inbound {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (config, member, who_none) = (self.config.clone(), self.member, who.is_none());
+        let who_string = who.clone();
         let clock = ConnClock::new(config.conn_limits);
         let io = Watched::new(io, clock.clone());
         let svc_clock = clock.clone();
@@ -511,6 +512,10 @@ impl Inbound {
             }
             why = clock.expired() => {
                 tracing::debug!(?why, "closed an inbound connection");
+            }
+            _ = crate::guard::until_revoked(config.clone(), who_string) => {
+                tracing::info!("closed a connection from a revoked identity");
+                config.metrics.error("revoked");
             }
         }
     }

@@ -100,6 +100,8 @@ pub enum Spec {
     Import(ImportSpec),
     /// `kind: Authority`.
     Authority(AuthoritySpec),
+    /// `kind: Revocation`.
+    Revocation(RevocationSpec),
 }
 
 impl Spec {
@@ -116,6 +118,7 @@ impl Spec {
             Spec::Export(_) => Kind::Export,
             Spec::Import(_) => Kind::Import,
             Spec::Authority(_) => Kind::Authority,
+            Spec::Revocation(_) => Kind::Revocation,
         }
     }
 
@@ -238,6 +241,7 @@ impl Resource {
             Kind::Export => Spec::Export(spec_of(spec_value, &key)?),
             Kind::Import => Spec::Import(spec_of(spec_value, &key)?),
             Kind::Authority => Spec::Authority(spec_of(spec_value, &key)?),
+            Kind::Revocation => Spec::Revocation(spec_of(spec_value, &key)?),
         };
         Ok(Resource {
             metadata: raw.metadata,
@@ -274,6 +278,7 @@ impl Serialize for Resource {
             Spec::Export(x) => m.serialize_entry("spec", x)?,
             Spec::Import(x) => m.serialize_entry("spec", x)?,
             Spec::Authority(x) => m.serialize_entry("spec", x)?,
+            Spec::Revocation(x) => m.serialize_entry("spec", x)?,
         }
         m.end()
     }

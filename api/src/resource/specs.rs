@@ -479,3 +479,20 @@ mod tests {
         );
     }
 }
+
+/// `kind: Revocation` — a workload identity, or one instance, denied from
+/// the commit on: meshd issues it no certificate and closes its streams,
+/// proxies refuse its certificate and drop its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationSpec {
+    /// A SPIFFE ID (every instance of that service), or empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub identity: String,
+    /// One instance (in the resource's namespace), or empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+    /// Why (shown in refusals).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}

@@ -21,6 +21,7 @@ mod cluster;
 mod output;
 mod proxies;
 mod resources;
+mod revoke;
 mod token;
 
 pub use clap::Parser;
@@ -138,6 +139,10 @@ pub enum Command {
     /// Bootstrap and admin tokens.
     #[command(subcommand)]
     Token(token::TokenCmd),
+    /// Deny a workload identity or instance from now on (no certificate,
+    /// streams closed, refused by every proxy).
+    #[command(subcommand)]
+    Revoke(revoke::RevokeCmd),
     /// Show which token you are using.
     Whoami,
     /// The workload CA.
@@ -189,6 +194,7 @@ pub async fn run(cli: Cli) -> CtlResult {
         Command::Cluster(c) => cluster::run(&conn, c).await,
         Command::Backup(c) => backup::run(&conn, c).await,
         Command::Token(c) => token::run(&conn, c).await,
+        Command::Revoke(c) => revoke::run(&conn, c).await,
         Command::Whoami => token::whoami(&conn).await,
         Command::Ca(CaCmd::Rotate) => {
             let r = conn

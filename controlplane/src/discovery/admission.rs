@@ -164,8 +164,14 @@ impl Ctx {
         {
             e.identity = raftmesh_api::spiffe_id(&td, &a.info.namespace, &a.info.service);
         }
-        // Only services its identity may call (its namespace's by default).
         let who = raftmesh_api::spiffe_id(&td, &a.info.namespace, &a.info.service);
+        // A revoked identity or instance is not admitted.
+        if let Some(why) =
+            crate::revocation::revoked(&self.reader, &who, &a.info.namespace, &a.info.instance)
+        {
+            return Err(Status::permission_denied(why));
+        }
+        // Only services its identity may call (its namespace's by default).
         let own = a.scope.own.clone();
         let denied: Vec<_> = a
             .scope

@@ -30,7 +30,7 @@ pub fn interest(r: &Resource) -> Interest {
         Spec::Endpoint(e) => Interest::Callers((ns, e.service.clone())),
         Spec::Route(x) => Interest::Callers((ns, x.service.clone())),
         Spec::Policy(p) => Interest::Members((ns, p.service.clone())),
-        Spec::MeshConfig(_) => Interest::Everyone,
+        Spec::MeshConfig(_) | Spec::Revocation(_) => Interest::Everyone,
         _ => Interest::Nobody,
     }
 }

@@ -257,6 +257,7 @@ impl Stream<'_> {
                 ))
             }
             Some(In::CertificateRequest(c)) => {
+                self.not_revoked()?;
                 let info = &self.session.info;
                 let cert = ca::certificate(
                     &self.ctx.reader,
@@ -280,6 +281,17 @@ impl Stream<'_> {
 }
 
 impl Stream<'_> {
+    /// Ends the stream of a proxy whose identity or instance is revoked.
+    fn not_revoked(&self) -> Result<(), Status> {
+        let info = &self.session.info;
+        let td = crate::meshconfig::trust_domain(&self.ctx.reader, self.ctx.cluster_name());
+        let who = raftmesh_api::spiffe_id(&td, &info.namespace, &info.service);
+        match crate::revocation::revoked(&self.ctx.reader, &who, &info.namespace, &info.instance) {
+            Some(why) => Err(Status::permission_denied(why)),
+            None => Ok(()),
+        }
+    }
+
     /// Puts a changed scope in force: the hub's index, then a resync of
     /// what the proxy now receives.
     async fn rescope(&mut self, scope: super::scope::Scope) -> Result<(), Status> {
@@ -366,6 +378,8 @@ pub(super) async fn run_session(
                     }
                 }
                 _ = session.notify.notified() => {
+                    // A revocation reaches every stream: the revoked one ends.
+                    s.not_revoked()?;
                     if s.in_flight.is_none() {
                         s.flush().await?;
                     } else if session.take_bundle_changed() {

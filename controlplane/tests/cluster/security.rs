@@ -982,3 +982,91 @@ fn a_committed_deny_ends_live_tcp_tunnels_and_streaming_answers() {
         c.shutdown().await;
     });
 }
+
+#[test]
+fn a_revoked_identity_or_instance_is_refused_by_meshd_and_every_proxy() {
+    run(async {
+        use raftmesh_ctl::Parser as _;
+        let m = mesh().await;
+        let h = http();
+        assert_eq!(get(&h, m.batch.outbound, "web").await.0, 200);
+        assert_eq!(get(&h, m.frontend.outbound, "web").await.0, 200);
+        let servers =
+            m.c.addrs
+                .values()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+        let meshctl = |args: &[&str]| {
+            let mut all = vec!["meshctl", "--server", &servers, "--token", TOKEN];
+            all.extend_from_slice(args);
+            raftmesh_ctl::run(raftmesh_ctl::Cli::try_parse_from(all).unwrap())
+        };
+        // meshctl revoke identity: batch is refused by web within a second.
+        let t0 = std::time::Instant::now();
+        meshctl(&[
+            "revoke",
+            "identity",
+            "spiffe://test.mesh/ns/default/sa/batch",
+            "--reason",
+            "key leaked",
+        ])
+        .await
+        .unwrap();
+        eventually("web refusing batch", Duration::from_secs(5), || {
+            let (h, out) = (h.clone(), m.batch.outbound);
+            async move { (get(&h, out, "web").await.0 != 200).then_some(()) }
+        })
+        .await;
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            get(&h, m.frontend.outbound, "web").await.0,
+            200,
+            "others unaffected"
+        );
+        // meshd ended batch's stream and refuses it a new one (no renewal).
+        let mut admin = m.c.client(1).await;
+        eventually("batch's stream closed", Duration::from_secs(5), || {
+            let mut admin = admin.clone();
+            async move {
+                let ps = admin
+                    .list_proxies(pb::ListProxiesRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .proxies;
+                ps.iter()
+                    .any(|p| p.instance == "batch-1" && p.disconnected_since_ms > 0)
+                    .then_some(())
+            }
+        })
+        .await;
+        let token = bootstrap_token(&mut admin, "batch").await;
+        let e = FakeProxy::connect(m.c.addrs[&1], hello("batch", "batch-2", &token, &[]))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message().contains("revoked") && e.message().contains("key leaked"),
+            "{}",
+            e.message()
+        );
+        // An instance: its endpoint is dropped by every caller.
+        meshctl(&["revoke", "instance", "web-1"]).await.unwrap();
+        eventually(
+            "frontend no longer sending to web-1",
+            Duration::from_secs(5),
+            || {
+                let (h, out) = (h.clone(), m.frontend.outbound);
+                async move { (get(&h, out, "web").await.0 == 503).then_some(()) }
+            },
+        )
+        .await;
+        m.c.shutdown().await;
+    });
+}
