@@ -78,11 +78,40 @@ pub(super) async fn keep_endpoint(
         }
     }
     let key = endpoint.key();
-    while ready.changed().await.is_ok() {
-        let want = *ready.borrow_and_update();
-        set_health(ctx, &key, Some(who.clone()), want).await;
+    // Kept in step with what the proxy reports, and put right when the
+    // state says otherwise while the stream lives (a lease marked it
+    // unhealthy after reports were missed, say while a huge apply kept the
+    // node busy): a live, ready proxy's endpoint never stays unhealthy.
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = ready.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let want = *ready.borrow_and_update();
+                set_health(ctx, &key, Some(who.clone()), want).await;
+            }
+            _ = reconcile.tick() => {
+                let want = *ready.borrow();
+                let stale = match ctx.reader.get(&key).1 {
+                    Some(cur) => owned_by(&cur, &who)
+                        && matches!(&cur.spec, Spec::Endpoint(e) if (e.health == Health::Healthy) != want),
+                    None => false,
+                };
+                if stale {
+                    tracing::info!(endpoint = %key, ready = want, "the endpoint's health disagrees with its live proxy; putting it right");
+                    set_health(ctx, &key, Some(who.clone()), want).await;
+                }
+            }
+        }
     }
 }
+
+/// How often a stream's node checks its proxy's endpoint against what the
+/// proxy reports.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 
 /// A registration refused: the Endpoint is someone else's.
 #[derive(Debug, thiserror::Error)]

@@ -827,3 +827,46 @@ fn a_proxy_registers_only_its_own_identity_s_endpoints_and_discovers_only_what_i
         c.shutdown().await;
     });
 }
+
+#[test]
+fn a_live_ready_proxy_s_endpoint_marked_unhealthy_behind_its_back_is_put_right() {
+    run(async {
+        let c = TestCluster::start(1).await;
+        let mut admin = c.client(1).await;
+        seed(&mut admin).await;
+        let token = bootstrap_token(&mut admin, "web").await;
+        let mut h = hello("web", "web-live", &token, &[]);
+        h.port = 9999;
+        let mut p = FakeProxy::connect(c.addrs[&1], h).await.unwrap();
+        p.expect_acked().await;
+        let wait_for = |want: Health| {
+            let c = &c;
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while health(c, 1, "web-live") != Some(want) {
+                    assert!(tokio::time::Instant::now() < deadline, "never {want:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        wait_for(Health::Healthy).await;
+        // What a lease does after missed reports (a node too busy to send
+        // them): unhealthy, while the proxy is connected and ready.
+        let key = ResourceKey::new(Kind::Endpoint, "default", "web-live");
+        c.nodes[&1]
+            .ops
+            .update(&key, 1, |cur| {
+                let mut u = (**cur.unwrap()).clone();
+                if let Spec::Endpoint(e) = &mut u.spec {
+                    e.health = Health::Unhealthy;
+                }
+                raftmesh_controlplane::cluster::Change::<std::io::Error>::Put(u)
+            })
+            .await
+            .unwrap();
+        assert_eq!(health(&c, 1, "web-live"), Some(Health::Unhealthy));
+        // Its node puts it right (it stayed unhealthy for good before).
+        wait_for(Health::Healthy).await;
+        c.shutdown().await;
+    });
+}
