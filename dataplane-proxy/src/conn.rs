@@ -10,15 +10,14 @@
 //!
 //! [`Watched`] wraps the socket and notes when bytes move; the service
 //! marks requests in flight ([`ConnClock::request`]); [`ConnClock::expired`]
-//! resolves when either limit is passed.
+//! resolves when either limit is passed. The request path only sets flags
+//! (no clock read): the watcher wakes every half header limit.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -40,14 +39,19 @@ impl Default for ConnLimits {
     }
 }
 
-/// What one connection is doing, in milliseconds since it opened.
+/// What one connection is doing. The socket and the service only set
+/// flags (no clock read on the request path); [`ConnClock::expired`] wakes
+/// every half header limit and reads them.
 #[derive(Debug)]
 pub struct ConnClock {
-    opened: Instant,
     limits: ConnLimits,
-    last_io: AtomicU64,
-    /// When a request head began (+1; 0 = none pending).
-    head_since: AtomicU64,
+    /// Bytes moved since the last look.
+    active: AtomicBool,
+    /// A request head has begun and not completed.
+    head_pending: AtomicBool,
+    /// Requests whose head completed, ever (tells one pending head from
+    /// the next).
+    requests: AtomicU64,
     in_flight: AtomicUsize,
     /// HTTP/2: frames flow without heads; only the idle limit applies.
     h2: AtomicBool,
@@ -67,67 +71,70 @@ impl ConnClock {
     /// A clock for a connection opened now.
     pub fn new(limits: ConnLimits) -> Arc<Self> {
         Arc::new(Self {
-            opened: Instant::now(),
             limits,
-            last_io: AtomicU64::new(0),
-            head_since: AtomicU64::new(0),
+            active: AtomicBool::new(false),
+            head_pending: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             h2: AtomicBool::new(false),
             seen_bytes: AtomicBool::new(false),
         })
     }
 
-    fn now(&self) -> u64 {
-        self.opened.elapsed().as_millis() as u64
-    }
-
     fn read(&self, first: &[u8]) {
-        let now = self.now();
-        self.last_io.store(now, Ordering::Relaxed);
-        if !self.seen_bytes.swap(true, Ordering::Relaxed) && first.starts_with(b"PRI ") {
-            self.h2.store(true, Ordering::Relaxed);
+        self.active.store(true, Ordering::Relaxed);
+        if !self.seen_bytes.load(Ordering::Relaxed) {
+            self.seen_bytes.store(true, Ordering::Relaxed);
+            if first.starts_with(b"PRI ") {
+                self.h2.store(true, Ordering::Relaxed);
+            }
         }
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && !self.h2.load(Ordering::Relaxed)
-            && self.head_since.load(Ordering::Relaxed) == 0
-        {
-            self.head_since.store(now + 1, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.h2.load(Ordering::Relaxed) {
+            self.head_pending.store(true, Ordering::Relaxed);
         }
     }
 
     fn wrote(&self) {
-        self.last_io.store(self.now(), Ordering::Relaxed);
+        self.active.store(true, Ordering::Relaxed);
     }
 
     /// Marks a request in flight (its head is complete) until the guard
     /// is dropped.
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.head_since.store(0, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.head_pending.store(false, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
-    /// Resolves when a limit is passed.
+    /// Resolves when a limit is passed: a head pending at two looks in a
+    /// row with no request in between (so cut between half the header limit
+    /// and all of it), or nothing at all for the idle limit.
     pub async fn expired(&self) -> Expired {
+        let period = (self.limits.header / 2).max(Duration::from_millis(10));
+        let mut pending_since_requests: Option<u64> = None;
+        let mut idle_for = Duration::ZERO;
         loop {
-            let now = self.now();
-            let head = self.head_since.load(Ordering::Relaxed);
-            let mut next = self.limits.idle.as_millis() as u64;
-            if head != 0 {
-                let deadline = head - 1 + self.limits.header.as_millis() as u64;
-                if now >= deadline {
+            tokio::time::sleep(period).await;
+            if self.head_pending.load(Ordering::Relaxed) {
+                let n = self.requests.load(Ordering::Relaxed);
+                if pending_since_requests == Some(n) {
                     return Expired::SlowHead;
                 }
-                next = next.min(deadline - now);
-            } else if self.in_flight.load(Ordering::Relaxed) == 0 {
-                let deadline =
-                    self.last_io.load(Ordering::Relaxed) + self.limits.idle.as_millis() as u64;
-                if now >= deadline {
+                pending_since_requests = Some(n);
+            } else {
+                pending_since_requests = None;
+            }
+            if self.active.swap(false, Ordering::Relaxed)
+                || self.in_flight.load(Ordering::Relaxed) > 0
+            {
+                idle_for = Duration::ZERO;
+            } else {
+                idle_for += period;
+                if idle_for >= self.limits.idle {
                     return Expired::Idle;
                 }
-                next = next.min(deadline - now);
             }
-            tokio::time::sleep(Duration::from_millis(next.clamp(10, 1_000))).await;
         }
     }
 }
@@ -229,7 +236,7 @@ mod tests {
         assert_eq!(c.expired().await, Expired::Idle);
         let waited = t0.elapsed();
         assert!(
-            waited >= Duration::from_secs(59) && waited <= Duration::from_secs(61),
+            waited >= Duration::from_secs(60) && waited <= Duration::from_secs(66),
             "{waited:?}"
         );
     }
@@ -241,7 +248,7 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         assert_eq!(c.expired().await, Expired::SlowHead);
         assert!(
-            t0.elapsed() <= Duration::from_secs(11),
+            t0.elapsed() <= Duration::from_secs(10),
             "{:?}",
             t0.elapsed()
         );
@@ -258,7 +265,7 @@ mod tests {
             Expired::Idle,
             "h2 has only the idle limit"
         );
-        assert!(t0.elapsed() >= Duration::from_secs(59));
+        assert!(t0.elapsed() >= Duration::from_secs(60));
         let c = ConnClock::new(limits());
         let r = c.request();
         let busy = tokio::time::timeout(Duration::from_secs(300), c.expired()).await;
