@@ -93,7 +93,7 @@ pub struct Args {
     /// A client connection with no request in flight and no bytes for this long is closed (HTTP/1 keep-alive and HTTP/2).
     #[arg(long, default_value = "60s")]
     pub idle_timeout: humantime::Duration,
-    /// A request's head must arrive whole within this of its first byte (slowloris).
+    /// A request head still incomplete this long after its first byte is cut (slowloris; checked every half of it).
     #[arg(long, default_value = "10s")]
     pub header_timeout: humantime::Duration,
     /// Worker threads (default: the number of cores).

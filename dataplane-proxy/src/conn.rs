@@ -2,8 +2,9 @@
 //! hyper keeps as one (its HTTP/1 header-read timer also runs while a
 //! keep-alive connection waits for its next request, so a client pool's
 //! idle connection was closed after 10 s):
-//! - **request head**: once the first byte of a request arrives, its whole
-//!   head must follow within `header` (slowloris; default 10 s);
+//! - **request head**: a head still incomplete `header` after its first
+//!   byte is cut (slowloris; default 10 s; looked at every half of it, so
+//!   a head pending at two looks in a row may be cut from half of it on);
 //! - **idle**: a connection with no request in flight and no bytes either
 //!   way for `idle` is closed (default 60 s, `--idle-timeout`), HTTP/1
 //!   keep-alive and HTTP/2 alike.
