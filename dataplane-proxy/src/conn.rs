@@ -9,6 +9,8 @@
 //!   way for `idle` is closed (default 60 s, `--idle-timeout`), HTTP/1
 //!   keep-alive and HTTP/2 alike.
 //!
+//! Listeners back off after failed accepts ([`accept`]).
+//!
 //! [`Watched`] wraps the socket and notes when bytes move; the service
 //! marks requests in flight ([`ConnClock::request`]); [`ConnClock::expired`]
 //! resolves when either limit is passed. The request path only sets flags
@@ -21,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 /// The limits of a client connection.
 #[derive(Debug, Clone, Copy)]
@@ -217,6 +220,51 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 }
 
+/// Backs off after failed accepts (out of file descriptors, ...), so a
+/// listener never spins: 5 ms, doubling to 1 s, reset by a success.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    delay: Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// The wait after a failure.
+    pub fn failed(&mut self) -> Duration {
+        let d = self.delay.max(Self::FIRST);
+        self.delay = (d * 2).min(Self::MAX);
+        d
+    }
+
+    /// A success resets it.
+    pub fn succeeded(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+}
+
+/// The next connection on `listener`, backing off after errors.
+pub async fn accept(
+    listener: &TcpListener,
+    backoff: &mut AcceptBackoff,
+    what: &'static str,
+) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                backoff.succeeded();
+                return s;
+            }
+            Err(e) => {
+                let wait = backoff.failed();
+                tracing::warn!(error = %e, retry_in = ?wait, listener = what, "accept failed; backing off");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +320,13 @@ mod tests {
         let busy = tokio::time::timeout(Duration::from_secs(300), c.expired()).await;
         assert!(busy.is_err(), "a request in flight is never idle");
         drop(r);
+    }
+    #[test]
+    fn failed_accepts_back_off_to_a_second_and_a_success_resets() {
+        let mut b = AcceptBackoff::default();
+        let waits: Vec<u64> = (0..10).map(|_| b.failed().as_millis() as u64).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.succeeded();
+        assert_eq!(b.failed(), Duration::from_millis(5));
     }
 }

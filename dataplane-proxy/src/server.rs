@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tower::{Service, ServiceBuilder};
 
 use crate::balance::BalanceLayer;
-use crate::conn::{ConnClock, ConnLimits, Watched};
+use crate::conn::{accept, AcceptBackoff, ConnClock, ConnLimits, Watched};
 use crate::error::ProxyError;
 use crate::forward::Forward;
 use crate::metrics::{ConnGuard, InboundRecorder, Metrics, RequestLabels};
@@ -124,53 +124,9 @@ pub async fn serve_outbound(
     }
 }
 
-/// Backs off after failed accepts (out of file descriptors, ...), so a
-/// listener never spins: 5 ms, doubling to 1 s, reset by a success.
-#[derive(Debug, Default)]
-pub struct AcceptBackoff {
-    delay: Duration,
-}
-
-impl AcceptBackoff {
-    const FIRST: Duration = Duration::from_millis(5);
-    const MAX: Duration = Duration::from_secs(1);
-
-    /// The wait after a failure.
-    pub fn failed(&mut self) -> Duration {
-        let d = self.delay.max(Self::FIRST);
-        self.delay = (d * 2).min(Self::MAX);
-        d
-    }
-
-    /// A success resets it.
-    pub fn succeeded(&mut self) {
-        self.delay = Duration::ZERO;
-    }
-}
-
-/// The next connection on `listener`, backing off after errors.
-async fn accept(
-    listener: &TcpListener,
-    backoff: &mut AcceptBackoff,
-    what: &'static str,
-) -> TcpStream {
-    loop {
-        match listener.accept().await {
-            Ok((s, _)) => {
-                backoff.succeeded();
-                return s;
-            }
-            Err(e) => {
-                let wait = backoff.failed();
-                tracing::warn!(error = %e, retry_in = ?wait, listener = what, "accept failed; backing off");
-                tokio::time::sleep(wait).await;
-            }
-        }
-    }
-}
-
-/// The HTTP/1.1 + h2c server every listener uses: header read time limit,
-/// small HTTP/2 windows (memory per connection stays bounded).
+/// The HTTP/1.1 + h2c server every listener uses: small HTTP/2 windows
+/// (memory per connection stays bounded); request-head and idle limits are
+/// `conn.rs`'s.
 fn http_server() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // Request-head and idle limits are `conn.rs`'s: hyper's header-read
@@ -611,17 +567,7 @@ pub async fn serve_tcp_upstream(
 
 #[cfg(test)]
 mod tests {
-    use super::{looks_like_http, AcceptBackoff};
-    use std::time::Duration;
-
-    #[test]
-    fn failed_accepts_back_off_to_a_second_and_a_success_resets() {
-        let mut b = AcceptBackoff::default();
-        let waits: Vec<u64> = (0..10).map(|_| b.failed().as_millis() as u64).collect();
-        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
-        b.succeeded();
-        assert_eq!(b.failed(), Duration::from_millis(5));
-    }
+    use super::looks_like_http;
 
     #[test]
     fn http_is_told_from_other_protocols_by_its_first_bytes() {
