@@ -53,6 +53,15 @@ use crate::state::Config;
 /// A service, by (namespace, name).
 pub type ServiceId = (String, String);
 
+/// Wall-clock milliseconds since the Unix epoch (certificate times, log
+/// rate limits).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The body type every layer passes along.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 

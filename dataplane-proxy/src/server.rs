@@ -258,10 +258,7 @@ impl Inbound {
     /// Logs a refusal at most every 10 s (a flood of them says nothing new).
     fn refused(&self, why: &str) {
         self.config.metrics.error("mtls-required");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = crate::unix_ms();
         let last = self
             .last_refusal_log
             .load(std::sync::atomic::Ordering::Relaxed);

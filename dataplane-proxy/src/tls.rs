@@ -23,12 +23,7 @@ use tokio::net::TcpStream;
 /// ALPN of opaque TCP carried over mTLS.
 pub const ALPN_TCP: &[u8] = b"raftmesh-tcp";
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::unix_ms;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

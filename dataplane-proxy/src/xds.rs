@@ -22,6 +22,7 @@ use crate::persist::{self, Saved};
 use crate::state::Config;
 use crate::subscriptions::{Learned, Subscriptions, MAX_SUBSCRIPTIONS};
 use crate::tls::Workload;
+use crate::unix_ms;
 
 /// What the client needs from the proxy's configuration.
 #[derive(Clone)]
@@ -340,11 +341,4 @@ fn end(got_config: bool, e: String) -> Ended {
     } else {
         Ended::Early(e)
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

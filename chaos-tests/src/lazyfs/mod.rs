@@ -163,6 +163,26 @@ impl LazyFs {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Removes a file or directory from the backing directory, and forgets it.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        rm: fn(&Path) -> io::Result<()>,
+    ) {
+        let mut i = self.lock();
+        let r = i.child(parent, name).and_then(|rel| {
+            rm(&i.backing.join(&rel)).map_err(errno)?;
+            i.forget_path(&rel);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn entry(&self, rel: PathBuf, reply: ReplyEntry) {
         let mut i = self.lock();
         let ino = i.intern(rel);
@@ -259,29 +279,11 @@ impl Filesystem for LazyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut i = self.lock();
-        let r = i.child(parent, name).and_then(|rel| {
-            fs::remove_file(i.backing.join(&rel)).map_err(errno)?;
-            i.forget_path(&rel);
-            Ok(())
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| fs::remove_file(p));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut i = self.lock();
-        let r = i.child(parent, name).and_then(|rel| {
-            fs::remove_dir(i.backing.join(&rel)).map_err(errno)?;
-            i.forget_path(&rel);
-            Ok(())
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| fs::remove_dir(p));
     }
 
     fn rename(

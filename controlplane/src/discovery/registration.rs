@@ -91,7 +91,7 @@ pub(super) async fn keep_endpoint(
                     return;
                 }
                 let want = *ready.borrow_and_update();
-                set_health(ctx, &key, Some(who.clone()), want).await;
+                set_health(ctx, &key, &who, want).await;
             }
             _ = reconcile.tick() => {
                 let want = *ready.borrow();
@@ -102,7 +102,7 @@ pub(super) async fn keep_endpoint(
                 };
                 if stale {
                     tracing::info!(endpoint = %key, ready = want, "the endpoint's health disagrees with its live proxy; putting it right");
-                    set_health(ctx, &key, Some(who.clone()), want).await;
+                    set_health(ctx, &key, &who, want).await;
                 }
             }
         }
@@ -121,7 +121,7 @@ struct NotOwned(String);
 /// Sets the Endpoint's health, and this node as its lease holder, by
 /// compare-and-set on what the leader has (this node may not have applied
 /// the registration, or another node's update, yet).
-async fn set_health(ctx: &Ctx, key: &ResourceKey, own: Option<String>, ready: bool) {
+async fn set_health(ctx: &Ctx, key: &ResourceKey, own: &str, ready: bool) {
     let want = if ready {
         Health::Healthy
     } else {
@@ -140,7 +140,7 @@ async fn set_health(ctx: &Ctx, key: &ResourceKey, own: Option<String>, ready: bo
                     return Change::Keep;
                 };
                 // Replaced meanwhile by an admin or another identity: not ours.
-                if e.lease_node.is_none() || Some(&e.identity) != own.as_ref() {
+                if e.lease_node.is_none() || e.identity != own {
                     return Change::Keep;
                 }
                 if e.health == want && e.lease_node == Some(node) {
