@@ -35,6 +35,21 @@ pub struct Caller {
     pub token_id: String,
     /// What it may do.
     pub role: Role,
+    /// The token's revision when it was checked: a write carries it
+    /// ([`Caller::guard`]) and is refused at apply time if the token has
+    /// changed since (revoked).
+    pub token_revision: u64,
+}
+
+impl Caller {
+    /// The condition a write by this caller carries into its Raft entry:
+    /// the token still at the revision it was checked at.
+    pub fn guard(&self) -> raftmesh_storage::Command {
+        raftmesh_storage::Command::Expect {
+            key: ResourceKey::new(Kind::Token, DEFAULT_NAMESPACE, self.token_id.clone()),
+            revision: self.token_revision,
+        }
+    }
 }
 
 /// Why a token was refused.
@@ -167,6 +182,7 @@ pub fn authenticate(
             Some(role) => Ok(Caller {
                 token_id: r.metadata.name.clone(),
                 role,
+                token_revision: r.metadata.revision.unwrap_or(0),
             }),
             None => Err(AuthError::NotAdmin(r.metadata.name.clone())),
         };
@@ -287,6 +303,26 @@ pub async fn authenticate_admin(
                 .map_err(|e| AuthError::Unconfirmed(e.to_string()))?;
             authenticate(ops.reader(), header, unix_ms())
         }
+        Err(AuthError::Invalid) if ops.token_lookups().try_take() => {
+            match ops.read_barrier().await {
+                Ok(_) => authenticate(ops.reader(), header, unix_ms()),
+                Err(_) => Err(AuthError::Invalid),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Checks the token of an admin call that writes through Raft without a
+/// read barrier: the write carries [`Caller::guard`], so the state machine
+/// refuses it if the token was revoked (or changed) in any entry before
+/// it — the same cut-off as [`authenticate_admin`] at one Raft round
+/// less. A token this node does not know yet is looked up as there.
+pub async fn authenticate_writer(
+    ops: &ClusterOps,
+    header: Option<&str>,
+) -> Result<Caller, AuthError> {
+    match authenticate(ops.reader(), header, unix_ms()) {
         Err(AuthError::Invalid) if ops.token_lookups().try_take() => {
             match ops.read_barrier().await {
                 Ok(_) => authenticate(ops.reader(), header, unix_ms()),

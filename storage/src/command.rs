@@ -21,6 +21,17 @@ pub enum Command {
         /// Compare-and-set as for `Put`.
         expected_revision: Option<u64>,
     },
+    /// Writes nothing; fails with [`OpResult::Conflict`] unless the
+    /// resource is at `revision` (0 = absent). In a [`Command::Batch`] it
+    /// makes the whole batch conditional on a resource the batch does not
+    /// write (an admin write carries one for its caller's token, so a token
+    /// revoked before the write is applied stops it).
+    Expect {
+        /// Which resource.
+        key: ResourceKey,
+        /// The revision it must be at.
+        revision: u64,
+    },
     /// Several commands, applied all or none: if one fails, none is applied
     /// and the others report [`OpResult::Aborted`]. Nested batches are
     /// flattened.
@@ -46,6 +57,7 @@ impl Command {
                     key,
                     expected_revision,
                 } => out.push(Leaf::Delete(key, *expected_revision)),
+                Command::Expect { key, revision } => out.push(Leaf::Expect(key, *revision)),
             }
         }
         walk(self, &mut out);
@@ -60,6 +72,8 @@ pub enum Leaf<'a> {
     Put(&'a Resource, Option<u64>),
     /// Delete a resource, with an optional expected revision.
     Delete(&'a ResourceKey, Option<u64>),
+    /// Expect a resource at a revision, writing nothing.
+    Expect(&'a ResourceKey, u64),
 }
 
 impl Leaf<'_> {
@@ -67,7 +81,7 @@ impl Leaf<'_> {
     pub fn key(&self) -> ResourceKey {
         match self {
             Leaf::Put(r, _) => r.key(),
-            Leaf::Delete(k, _) => (*k).clone(),
+            Leaf::Delete(k, _) | Leaf::Expect(k, _) => (*k).clone(),
         }
     }
 
@@ -75,6 +89,7 @@ impl Leaf<'_> {
     pub fn expected_revision(&self) -> Option<u64> {
         match self {
             Leaf::Put(_, e) | Leaf::Delete(_, e) => *e,
+            Leaf::Expect(_, r) => Some(*r),
         }
     }
 }

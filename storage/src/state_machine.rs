@@ -221,6 +221,10 @@ fn apply_command(
                         }
                     }
                 },
+                Leaf::Expect(..) => OpResult::Ok {
+                    revision: current_rev,
+                    unchanged: true,
+                },
                 Leaf::Delete(..) if current.is_none() => OpResult::NotFound,
                 Leaf::Delete(..) => {
                     staged.insert(key, None);
@@ -325,6 +329,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut batch = sled::Batch::default();
         let mut responses = Vec::new();
+        let t0 = std::time::Instant::now();
         let last = {
             let mut s = self.shared.write();
             for entry in entries {
@@ -367,6 +372,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             s.applied_revision()
         };
         self.shared.publish_applied(last);
+        tracing::debug!(
+            entries = responses.len(),
+            revision = last,
+            apply_us = t0.elapsed().as_micros() as u64,
+            "applied"
+        );
         Ok(responses)
     }
 

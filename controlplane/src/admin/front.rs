@@ -12,7 +12,7 @@ use raftmesh_storage::{Command, OpResult, StateReader};
 
 use crate::ca::LifecycleError;
 use crate::cluster::{ClusterError, ClusterOps, MembershipView};
-use crate::tokens::{self, CreatedToken, TokenError, TokenScope};
+use crate::tokens::{self, Caller, CreatedToken, TokenError, TokenScope};
 
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,10 @@ pub enum AdminError {
     /// A compare-and-set failed; nothing was changed.
     #[error("{0}")]
     Conflict(String),
+    /// The caller's token was revoked (or changed) before the write was
+    /// applied; nothing was changed.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// A bug or a broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -107,9 +111,36 @@ impl AdminFront {
         Ok(())
     }
 
-    /// Applies resources (each with an optional expected revision), all or none.
+    /// Writes `cmd` on behalf of `caller`, conditional on the caller's
+    /// token being unchanged when the entry is applied; returns the
+    /// command's own results.
+    async fn write_as(
+        &self,
+        caller: &Caller,
+        cmd: Command,
+    ) -> Result<raftmesh_storage::Response, AdminError> {
+        let mut r = self
+            .ops
+            .write(Command::Batch(vec![caller.guard(), cmd]))
+            .await?;
+        if r.results.is_empty() {
+            return Err(AdminError::Internal("a write returned no results".into()));
+        }
+        match r.results.remove(0) {
+            // Held (`Aborted` when another command of the batch failed).
+            OpResult::Ok { .. } | OpResult::Aborted => Ok(r),
+            OpResult::Conflict { .. } | OpResult::NotFound => Err(AdminError::Unauthenticated(format!(
+                "token {} was revoked or changed before this write was applied; nothing was written",
+                caller.token_id
+            ))),
+        }
+    }
+
+    /// Applies resources (each with an optional expected revision), all or
+    /// none, on behalf of `caller`.
     pub async fn apply(
         &self,
+        caller: &Caller,
         items: Vec<(Resource, Option<u64>)>,
     ) -> Result<ApplyOutcome, AdminError> {
         if items.is_empty() {
@@ -145,12 +176,7 @@ impl AdminFront {
                 expected_revision: expected,
             });
         }
-        let cmd = if cmds.len() == 1 {
-            cmds.remove(0)
-        } else {
-            Command::Batch(cmds)
-        };
-        let r = self.ops.write(cmd).await?;
+        let r = self.write_as(caller, Command::Batch(cmds)).await?;
         Ok(ApplyOutcome {
             revision: r.revision,
             results: keys.into_iter().zip(r.results).collect(),
@@ -184,18 +210,22 @@ impl AdminFront {
         Ok(self.reader.list(kind, namespace))
     }
 
-    /// Deletes one resource, compare-and-set when `expected_revision` is given.
+    /// Deletes one resource, compare-and-set when `expected_revision` is
+    /// given, on behalf of `caller`.
     pub async fn delete(
         &self,
+        caller: &Caller,
         key: ResourceKey,
         expected_revision: Option<u64>,
     ) -> Result<u64, AdminError> {
         let r = self
-            .ops
-            .write(Command::Delete {
-                key: key.clone(),
-                expected_revision,
-            })
+            .write_as(
+                caller,
+                Command::Delete {
+                    key: key.clone(),
+                    expected_revision,
+                },
+            )
             .await?;
         match r.results.first() {
             Some(OpResult::Ok { revision, .. }) => Ok(*revision),

@@ -32,6 +32,9 @@ use crate::watcher::{ClusterWatcher, GetStatus};
 enum Need {
     Read,
     Write,
+    /// A write whose Raft entry is conditional on the caller's token
+    /// (apply, delete): checked without a read barrier.
+    GuardedWrite,
 }
 
 /// The admin gRPC service of one node.
@@ -69,14 +72,17 @@ impl AdminService {
             .metadata()
             .get("authorization")
             .map(|v| v.to_str().unwrap_or(""));
-        let caller = tokens::authenticate_admin(&self.ops, header)
-            .await
-            .map_err(|e| match e {
-                AuthError::NotAdmin(_) => Status::permission_denied(e.to_string()),
-                AuthError::Unconfirmed(_) => Status::unavailable(e.to_string()),
-                _ => Status::unauthenticated(e.to_string()),
-            })?;
-        if need == Need::Write && caller.role == Role::ReadOnly {
+        let checked = match need {
+            // The write itself carries the token's revision (`Caller::guard`).
+            Need::GuardedWrite => tokens::authenticate_writer(&self.ops, header).await,
+            Need::Read | Need::Write => tokens::authenticate_admin(&self.ops, header).await,
+        };
+        let caller = checked.map_err(|e| match e {
+            AuthError::NotAdmin(_) => Status::permission_denied(e.to_string()),
+            AuthError::Unconfirmed(_) => Status::unavailable(e.to_string()),
+            _ => Status::unauthenticated(e.to_string()),
+        })?;
+        if need != Need::Read && caller.role == Role::ReadOnly {
             return Err(Status::permission_denied(format!(
                 "token {} is read-only; this call changes the cluster",
                 caller.token_id
@@ -101,6 +107,7 @@ pub fn status(e: AdminError) -> Status {
         AdminError::NotFound(m) => Status::not_found(m),
         AdminError::Invalid(m) => Status::invalid_argument(m),
         AdminError::Conflict(m) => Status::failed_precondition(m),
+        AdminError::Unauthenticated(m) => Status::unauthenticated(m),
         AdminError::Internal(m) => {
             tracing::error!(error = %m, "admin request failed");
             Status::internal(format!("internal error on the server: {m}"))
@@ -151,7 +158,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        self.auth(&req, Need::Write).await?;
+        let caller = self.auth(&req, Need::GuardedWrite).await?;
         let mut items = Vec::new();
         for (i, item) in req.into_inner().items.into_iter().enumerate() {
             let r = item.resource.ok_or_else(|| {
@@ -161,7 +168,7 @@ impl Admin for AdminService {
                 .map_err(|e| Status::invalid_argument(format!("item {}: {e}", i + 1)))?;
             items.push((r, item.expected_revision));
         }
-        let out = self.front.apply(items).await.map_err(status)?;
+        let out = self.front.apply(&caller, items).await.map_err(status)?;
         Ok(Response::new(pb::ApplyResponse {
             revision: out.revision,
             results: out
@@ -218,7 +225,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.auth(&req, Need::Write).await?;
+        let caller = self.auth(&req, Need::GuardedWrite).await?;
         let r = req.into_inner();
         let kind = parse_kind(&r.kind)?;
         if kind == Kind::Token {
@@ -234,7 +241,7 @@ impl Admin for AdminService {
         let key = ResourceKey::new(kind, ns(&r.namespace), r.name);
         let revision = self
             .front
-            .delete(key, r.expected_revision)
+            .delete(&caller, key, r.expected_revision)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DeleteResponse { revision }))

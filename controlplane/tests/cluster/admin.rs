@@ -275,6 +275,70 @@ fn snapshot_save_wipe_restore_gives_the_same_state_and_revisions() {
 }
 
 #[test]
+fn a_write_is_refused_where_it_is_applied_when_its_token_was_revoked_before_it() {
+    run(async {
+        let c = TestCluster::start(3).await;
+        let leader = c.wait_leader().await;
+        let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
+        let mut admin = c.client(leader).await;
+        let t = admin
+            .create_token(pb::CreateTokenRequest {
+                scope: Some(pb::create_token_request::Scope::Role(
+                    pb::TokenRole::Admin as i32,
+                )),
+                ttl_ms: 0,
+                max_uses: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut on_follower = client(c.addrs[&follower], Some(&t.secret));
+        on_follower
+            .apply(apply_req(vec![service("before-revoke", 80)]))
+            .await
+            .expect("the new token writes through the follower");
+        // The follower hears the leader late (not so late that it stands
+        // for election), so it still holds the token live after the
+        // revocation commits.
+        c.faults(
+            leader,
+            &format!("{{\"delay_ms\": {{\"{follower}\": 200}}}}"),
+        )
+        .await;
+        admin
+            .revoke_token(pb::RevokeTokenRequest { id: t.id.clone() })
+            .await
+            .unwrap();
+        let e = on_follower
+            .apply(apply_req(vec![service("after-revoke", 80)]))
+            .await
+            .expect_err("a write with a revoked token was applied");
+        let token = raftmesh_api::ResourceKey::new(Kind::Token, "default", &t.id);
+        let Some(seen) = c.nodes[&follower].reader.get(&token).1 else {
+            panic!("the follower lost the token")
+        };
+        let raftmesh_api::Spec::Token(spec) = &seen.spec else {
+            panic!("not a token")
+        };
+        assert!(
+            !spec.revoked,
+            "the follower caught up before the write: this run tests nothing"
+        );
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        assert!(
+            e.message()
+                .contains("was revoked or changed before this write"),
+            "{}",
+            e.message()
+        );
+        let written = raftmesh_api::ResourceKey::new(Kind::Service, "default", "after-revoke");
+        assert!(c.nodes[&leader].reader.get(&written).1.is_none());
+        c.faults(leader, "{}").await;
+        c.shutdown().await;
+    });
+}
+
+#[test]
 fn a_revoked_token_is_refused_from_the_commit_on_even_by_a_lagging_follower() {
     run(async {
         let c = TestCluster::start(3).await;

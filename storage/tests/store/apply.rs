@@ -138,6 +138,55 @@ async fn batch_is_all_or_nothing() {
 }
 
 #[tokio::test]
+async fn an_expect_makes_its_batch_conditional_and_writes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open_in(&dir);
+    sm.apply([entry(1, put(service("token", 80)))])
+        .await
+        .unwrap();
+    let guarded = |name: &str, at: u64| {
+        Command::Batch(vec![
+            Command::Expect {
+                key: svc_key("token"),
+                revision: at,
+            },
+            put(service(name, 80)),
+        ])
+    };
+    let r = sm
+        .apply([
+            entry(2, guarded("api", 1)),
+            entry(3, put(service("token", 81))), // the guarded resource changes
+            entry(4, guarded("web", 1)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        r[0].results,
+        [
+            OpResult::Ok {
+                revision: 1,
+                unchanged: true
+            },
+            OpResult::Ok {
+                revision: 2,
+                unchanged: false
+            }
+        ]
+    );
+    assert_eq!(
+        r[2].results,
+        [OpResult::Conflict { current: 3 }, OpResult::Aborted]
+    );
+    let reader = sm.reader();
+    assert!(reader.get(&svc_key("api")).1.is_some());
+    assert!(reader.get(&svc_key("web")).1.is_none());
+    // The expect itself records no change event.
+    let (_, events) = reader.changes_since(3).unwrap();
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[tokio::test]
 async fn batch_sees_its_own_earlier_writes() {
     let dir = TempDir::new().unwrap();
     let (_log, mut sm) = open_in(&dir);
