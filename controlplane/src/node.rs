@@ -61,6 +61,7 @@ pub struct Node {
     watcher: Addr<ClusterWatcher>,
     hub: Addr<DiscoveryHub>,
     leases: Addr<LeaseKeeper>,
+    lease_thread: actix::Arbiter,
 }
 
 /// Limits on meshd's one gRPC port (proxies, clients and nodes alike):
@@ -142,6 +143,12 @@ fn raft_config(cfg: &ServerConfig) -> anyhow::Result<openraft::Config> {
         // Chunks are JSON (bytes as numbers, ~3.5x): stay well under the
         // gRPC message limit.
         snapshot_max_chunk_size: 1024 * 1024,
+        // openraft 0.9 gives each AppendEntries one heartbeat interval and
+        // resends it unchanged when it times out: a call must carry little
+        // enough to arrive, decode and sync within it (entries are at most
+        // `MAX_ENTRY_BYTES`; the default 300 of them could make hundreds of
+        // MiB and never get through, stopping the cluster's writes).
+        max_payload_entries: 4,
         ..Default::default()
     };
     Ok(c.validate()?)
@@ -228,16 +235,17 @@ pub async fn start_with_listener(
     )
     .start();
     let hub = DiscoveryHub::new(reader.clone(), cfg.endpoint_expiry).start();
-    let leases = LeaseKeeper::new(
+    // The lease keeper runs on a thread of its own: no burst of work on the
+    // actors' thread (the hub routing a large apply) delays its reports
+    // and checks.
+    let lease_thread = actix::Arbiter::new();
+    let keeper = LeaseKeeper::new(
         ops.clone(),
         reader.clone(),
         hub.clone(),
-        LeaseConfig {
-            grace: cfg.endpoint_grace,
-            expiry: cfg.endpoint_expiry,
-        },
-    )
-    .start();
+        LeaseConfig::new(cfg.endpoint_grace, cfg.endpoint_expiry),
+    );
+    let leases = LeaseKeeper::start_in_arbiter(&lease_thread.handle(), move |_| keeper);
     ops.set_lease_sink(leases.clone().recipient());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -251,7 +259,9 @@ pub async fn start_with_listener(
             hub.clone(),
             ops.clone(),
             cfg.cluster_name.clone(),
-        ));
+        ))
+        .max_decoding_message_size(raftmesh_client::MAX_ADMIN_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let discovery = DiscoveryService::new(
             ops.clone(),
             reader.clone(),
@@ -334,6 +344,7 @@ pub async fn start_with_listener(
         watcher,
         hub,
         leases,
+        lease_thread,
     })
 }
 
@@ -365,6 +376,7 @@ impl Node {
         self.watcher.do_send(Stop);
         self.hub.do_send(crate::discovery::hub::StopHub);
         self.leases.do_send(crate::discovery::leases::StopLeases);
+        self.lease_thread.stop();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not stop cleanly");
         }

@@ -20,7 +20,7 @@ mod state;
 mod state_machine;
 mod window;
 
-pub use command::{Command, Leaf, OpResult, Response};
+pub use command::{Command, Leaf, OpResult, Response, MAX_ENTRY_BYTES};
 pub use db::{open, StoreConfig};
 pub use error::StoreError;
 pub use log_store::LogStore;

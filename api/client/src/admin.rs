@@ -144,6 +144,17 @@ impl Conn {
                 resource: Some(r.clone().into()),
             })
             .collect();
+        let bytes = prost::Message::encoded_len(&pb::ApplyRequest {
+            items: items.clone(),
+        });
+        if bytes > crate::MAX_ADMIN_REQUEST_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "this apply of {} resources is {:.1} MiB encoded; meshd reads at most {} MiB in one request: split it into several files (each is applied all or none); nothing was sent",
+                items.len(),
+                bytes as f64 / (1024.0 * 1024.0),
+                crate::MAX_ADMIN_REQUEST_BYTES / (1024 * 1024)
+            )));
+        }
         self.call(false, |mut c| {
             let items = items.clone();
             async move {

@@ -22,6 +22,13 @@ pub use tls::{client_tls, read_ca_file, read_certificate, read_pem, PemCertifica
 /// clients (Raft log batches, snapshot chunks, large lists).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Largest admin request meshd decodes. A request is read whole before
+/// its token is checked, so this bounds what a caller without a token can
+/// make a node hold per request; meshctl refuses a larger apply before
+/// sending it. (What one apply may write is bounded further by meshd: its
+/// Raft entry at most 1 MiB, `raftmesh_storage::MAX_ENTRY_BYTES`.)
+pub const MAX_ADMIN_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
 /// Why a client could not be set up. Nothing was sent.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

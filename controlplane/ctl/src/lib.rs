@@ -125,6 +125,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or update resources from YAML documents, all or none.
+    #[command(
+        after_help = "One apply is one Raft entry of at most 1 MiB (about 6,500 small Services); meshd refuses a larger one and writes nothing. Apply larger sets in several files (bench/large-apply.sh: 120,000 Services in files of 5,000)."
+    )]
     Apply(resources::ApplyArgs),
     /// Show resources.
     Get(resources::GetArgs),

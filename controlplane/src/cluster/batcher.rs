@@ -27,6 +27,9 @@ type WriteResult =
 const MAX_GROUP: usize = 256;
 /// Groups in flight at once (see the module's comment).
 const IN_FLIGHT: usize = 1;
+/// Most bytes of commands in one entry (a single larger command, which the
+/// admin front has already bounded, goes alone).
+const MAX_GROUP_BYTES: usize = raftmesh_storage::MAX_ENTRY_BYTES;
 /// Writes waiting for a group; callers wait when it is full (bounded).
 const QUEUE: usize = 4096;
 
@@ -35,7 +38,7 @@ type Reply = oneshot::Sender<WriteResult>;
 /// A handle to submit writes; cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
-    tx: mpsc::Sender<(Command, Reply)>,
+    tx: mpsc::Sender<(Command, usize, Reply)>,
 }
 
 impl Batcher {
@@ -50,22 +53,41 @@ impl Batcher {
     pub async fn write(&self, cmd: Command) -> WriteResult {
         let (reply, rx) = oneshot::channel();
         let stopped = || RaftError::Fatal(openraft::error::Fatal::Stopped);
-        self.tx.send((cmd, reply)).await.map_err(|_| stopped())?;
+        let bytes = cmd.encoded_len();
+        self.tx
+            .send((cmd, bytes, reply))
+            .await
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, usize, Reply)>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // A write that did not fit the last group starts the next one.
+    let mut held: Option<(Command, usize, Reply)> = None;
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else { return };
+        let Some((cmd, mut bytes, reply)) = (match held.take() {
+            Some(item) => Some(item),
+            None => rx.recv().await,
+        }) else {
+            return;
+        };
+        let first = (cmd, reply);
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(item) => group.push(item),
+                Ok(item) if bytes + item.1 > MAX_GROUP_BYTES => {
+                    held = Some(item);
+                    break;
+                }
+                Ok((cmd, n, reply)) => {
+                    bytes += n;
+                    group.push((cmd, reply));
+                }
                 Err(_) => break,
             }
         }

@@ -38,6 +38,26 @@ pub struct LeaseConfig {
     pub grace: Duration,
     /// Unreported for this long: removed.
     pub expiry: Duration,
+    /// A check this much later than the one before means the keeper was
+    /// stalled: every endpoint gets a fresh grace period
+    /// ([`LeaseConfig::stall_for`]: half the grace).
+    pub stalled_after: Duration,
+}
+
+impl LeaseConfig {
+    /// The timing for a grace period and an expiry.
+    pub fn new(grace: Duration, expiry: Duration) -> Self {
+        Self {
+            grace,
+            expiry,
+            stalled_after: Self::stall_for(grace),
+        }
+    }
+
+    /// The gap between checks taken as a stall: half the grace period.
+    pub fn stall_for(grace: Duration) -> Duration {
+        grace / 2
+    }
 }
 
 /// An endpoint, by (namespace, name).
@@ -61,6 +81,8 @@ pub struct Leases {
     /// A check has run since this node took over (endpoints it sees for
     /// the first time after that were registered while it leads).
     checked_once: bool,
+    /// When the last check ran.
+    last_check: Option<Instant>,
 }
 
 impl Leases {
@@ -73,6 +95,7 @@ impl Leases {
             revisions: HashMap::new(),
             in_flight: HashSet::new(),
             checked_once: false,
+            last_check: None,
         }
     }
 
@@ -101,6 +124,7 @@ impl Leases {
             (true, None) => {
                 // Took over: everyone gets a fresh grace period.
                 self.leading_since = Some(Instant::now());
+                self.last_check = Some(Instant::now());
                 self.last_seen.clear();
                 self.revisions.clear();
                 self.checked_once = false;
@@ -114,6 +138,23 @@ impl Leases {
             }
             (false, None) => return Vec::new(),
             (true, Some(_)) => {}
+        }
+        // Checks run every 500 ms. If this one comes much later, this node
+        // was stalled (reports were not read either): what it missed says
+        // nothing about the proxies, so every endpoint gets a fresh grace
+        // period, as at a takeover.
+        let now = Instant::now();
+        let last = self.last_check.replace(now);
+        if let Some(gap) = last
+            .map(|l| now - l)
+            .filter(|g| *g > self.cfg.stalled_after)
+        {
+            tracing::warn!(
+                stalled = ?gap,
+                "the lease keeper was stalled; every endpoint gets a fresh grace period"
+            );
+            self.leading_since = Some(now);
+            self.last_seen.clear();
         }
         let since = self.leading_since.unwrap_or_else(Instant::now);
         let mut out = Vec::new();
@@ -295,9 +336,12 @@ mod tests {
     }
 
     fn leases() -> Leases {
+        // These tests jump the clock between checks; the stall rule has
+        // its own test.
         Leases::new(LeaseConfig {
             grace: GRACE,
             expiry: EXPIRY,
+            stalled_after: Duration::from_secs(3600),
         })
     }
 
@@ -337,6 +381,34 @@ mod tests {
             matches!(changes[..], [(_, _, Change::Delete)]),
             "{changes:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_keeper_gives_every_endpoint_a_fresh_grace_period() {
+        let mut l = Leases::new(LeaseConfig::new(GRACE, EXPIRY));
+        assert!(l.check(true, vec![endpoint(5, Health::Healthy)]).is_empty());
+        // Checked every 500 ms, unreported: unhealthy after the grace.
+        let mut changes = Vec::new();
+        for _ in 0..((GRACE.as_millis() / 500) + 2) {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            changes = l.check(true, vec![endpoint(5, Health::Healthy)]);
+            if !changes.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(changes.len(), 1, "a gone proxy is still marked unhealthy");
+        l.done(&id());
+        // Reported, then the keeper's thread is stalled past the grace
+        // (no reports read, no checks run): not the proxies' fault.
+        l.reported(vec![id()]);
+        assert!(l.check(true, vec![endpoint(7, Health::Healthy)]).is_empty());
+        tokio::time::advance(GRACE * 3).await;
+        assert!(
+            l.check(true, vec![endpoint(7, Health::Healthy)]).is_empty(),
+            "a stall of the keeper marked a live endpoint unhealthy"
+        );
+        tokio::time::advance(GRACE / 4).await;
+        assert!(l.check(true, vec![endpoint(7, Health::Healthy)]).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

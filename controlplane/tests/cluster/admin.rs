@@ -429,3 +429,42 @@ fn a_huge_header_block_is_refused_by_the_transport() {
         c.shutdown().await;
     });
 }
+
+#[test]
+fn an_apply_too_large_for_one_raft_entry_is_refused_and_the_cluster_keeps_writing() {
+    run(async {
+        let c = TestCluster::start(3).await;
+        let leader = c.wait_ready().await;
+        let mut cl = c.client(leader).await;
+        let before = c.nodes[&leader].reader.applied_revision();
+        // About 1.3 MiB as a log entry: over the 1 MiB one entry may hold
+        // (openraft resends a too-slow AppendEntries without end; an entry
+        // of 30,000 Services once stopped every later write of a cluster).
+        let many: Vec<Resource> = (0..9_000)
+            .map(|i| service(&format!("bulk-{i}"), 80))
+            .collect();
+        let e = cl
+            .apply(apply_req(many))
+            .await
+            .expect_err("an apply over the entry limit was accepted");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("9000 documents make a")
+                && e.message().contains("split them into several files"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(c.nodes[&leader].reader.applied_revision(), before);
+        // The cluster still takes writes, large ones under the limit too.
+        let some: Vec<Resource> = (0..2_000)
+            .map(|i| service(&format!("part-{i}"), 80))
+            .collect();
+        cl.apply(apply_req(some)).await.unwrap();
+        cl.apply(apply_req(vec![service("after", 80)]))
+            .await
+            .unwrap();
+        let (_, all) = c.nodes[&leader].reader.list(Some(Kind::Service), None);
+        assert_eq!(all.len(), 2_001);
+        c.shutdown().await;
+    });
+}
