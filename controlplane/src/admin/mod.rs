@@ -158,7 +158,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let t0 = std::time::Instant::now();
         let caller = self.auth(&req, Need::GuardedWrite).await?;
+        let t_auth = t0.elapsed();
         let mut items = Vec::new();
         for (i, item) in req.into_inner().items.into_iter().enumerate() {
             let r = item.resource.ok_or_else(|| {
@@ -168,7 +170,14 @@ impl Admin for AdminService {
                 .map_err(|e| Status::invalid_argument(format!("item {}: {e}", i + 1)))?;
             items.push((r, item.expected_revision));
         }
+        let t_decode = t0.elapsed();
         let out = self.front.apply(&caller, items).await.map_err(status)?;
+        tracing::debug!(
+            auth_us = t_auth.as_micros() as u64,
+            decode_us = t_decode.as_micros() as u64,
+            total_us = t0.elapsed().as_micros() as u64,
+            "admin apply"
+        );
         Ok(Response::new(pb::ApplyResponse {
             revision: out.revision,
             results: out
