@@ -43,9 +43,11 @@ pub struct Args {
     /// The local application's port; without it the proxy only serves outbound traffic.
     #[arg(long)]
     pub app_port: Option<u16>,
-    /// Address other proxies reach this one at.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub advertise: String,
+    /// Address other proxies reach this one at [default: the --inbound
+    /// address when it names one, else the local address this host uses to
+    /// reach the control plane (127.0.0.1 only when meshd is on this host)]
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// Inbound listener (from other proxies to the app).
     #[arg(long, default_value = "0.0.0.0:15006")]
     pub inbound: SocketAddr,
@@ -249,6 +251,13 @@ impl Args {
         if self.workers == Some(0) {
             return Err("--workers must be at least 1".into());
         }
+        let advertise = match self.advertise {
+            Some(a) => checked_advertise(&a)?,
+            None if static_mode => "127.0.0.1".to_string(),
+            // Bound to one address: that is the one others can reach.
+            None if !self.inbound.ip().is_unspecified() => self.inbound.ip().to_string(),
+            None => advertise_toward(&self.control_plane)?.to_string(),
+        };
         Ok(ProxyConfig {
             control_plane: self.control_plane,
             service,
@@ -256,7 +265,7 @@ impl Args {
             namespace: self.namespace,
             labels,
             app_port: self.app_port,
-            advertise: self.advertise,
+            advertise,
             inbound: self.inbound,
             outbound: self.outbound,
             admin: self.admin,
@@ -276,9 +285,173 @@ impl Args {
     }
 }
 
+/// `--advertise` as given: an address or a host name other proxies can
+/// reach, never a wildcard.
+fn checked_advertise(a: &str) -> Result<String, String> {
+    let a = a.trim();
+    match a.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => Err(format!(
+            "--advertise {a}: other proxies cannot reach a wildcard address; give this host's address"
+        )),
+        Ok(ip) => Ok(ip.to_string()),
+        Err(_) => {
+            raftmesh_api::validate::dns_subdomain(a).map_err(|e| {
+                format!("--advertise {a}: not an IP address or a host name ({e})")
+            })?;
+            Ok(a.to_string())
+        }
+    }
+}
+
+/// The local address this host sends from to reach the first of the
+/// control-plane addresses that resolves: the address other hosts reach
+/// it at (127.0.0.1 only when meshd is on this host). No packet is sent:
+/// connecting a UDP socket only picks the route.
+pub fn advertise_toward(control_plane: &[String]) -> Result<std::net::IpAddr, String> {
+    use std::net::{ToSocketAddrs, UdpSocket};
+    let mut why = Vec::new();
+    for addr in control_plane {
+        let target = match addr.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                why.push(format!("{addr}: resolves to no address"));
+                continue;
+            }
+            Err(e) => {
+                why.push(format!("{addr}: {e}"));
+                continue;
+            }
+        };
+        let local = if target.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let found = UdpSocket::bind(local)
+            .and_then(|s| s.connect(target).map(|_| s))
+            .and_then(|s| s.local_addr());
+        match found {
+            Ok(a) if !a.ip().is_unspecified() => return Ok(a.ip()),
+            Ok(_) => why.push(format!("{addr}: no local address routes there")),
+            Err(e) => why.push(format!("{addr}: {e}")),
+        }
+    }
+    Err(format!(
+        "cannot work out the address other proxies reach this one at ({}); pass --advertise",
+        why.join("; ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advertise_defaults_to_the_address_that_reaches_the_control_plane() {
+        // meshd on this host: loopback is right.
+        assert_eq!(
+            advertise_toward(&["127.0.0.1:7100".into()]).unwrap(),
+            std::net::IpAddr::from([127, 0, 0, 1])
+        );
+        // meshd on another host (a documentation address, routed by the
+        // default route; no packet is sent): never loopback.
+        match advertise_toward(&["192.0.2.10:7100".into()]) {
+            Ok(ip) => assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}"),
+            Err(e) => {
+                assert!(e.contains("pass --advertise"), "{e}");
+                eprintln!("skipped the remote case: this machine has no route off the host ({e})");
+            }
+        }
+        // The first address that resolves wins; unresolvable ones are named.
+        let e = advertise_toward(&["no-such-host.invalid:7100".into()]).unwrap_err();
+        assert!(
+            e.contains("no-such-host.invalid:7100") && e.contains("pass --advertise"),
+            "{e}"
+        );
+        assert_eq!(
+            advertise_toward(&["no-such-host.invalid:7100".into(), "127.0.0.1:7100".into()])
+                .unwrap(),
+            std::net::IpAddr::from([127, 0, 0, 1])
+        );
+    }
+
+    #[test]
+    fn the_default_advertise_follows_the_inbound_address_then_the_route() {
+        let advertised = |inbound: &str| {
+            Args::try_parse_from([
+                "mesh-proxy",
+                "--control-plane",
+                "192.0.2.10:7100",
+                "--service",
+                "web",
+                "--inbound",
+                inbound,
+            ])
+            .unwrap()
+            .into_config()
+            .map(|c| c.advertise)
+        };
+        assert_eq!(advertised("127.0.0.1:15006").unwrap(), "127.0.0.1");
+        assert_eq!(advertised("10.1.2.3:15006").unwrap(), "10.1.2.3");
+        match advertised("0.0.0.0:15006") {
+            Ok(a) => assert!(!a.starts_with("127."), "meshd is on another host: {a}"),
+            Err(e) => eprintln!("skipped: no route off this machine ({e})"),
+        }
+    }
+
+    #[test]
+    fn the_systemd_unit_s_command_line_advertises_a_reachable_address() {
+        let unit = include_str!("../../docs/deploy/mesh-proxy@.service");
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("web.token");
+        std::fs::write(&token, "rmb_0123").unwrap();
+        let exec = unit
+            .split("ExecStart=")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| !l.starts_with("Restart"))
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace('\\', " ")
+            .replace("/etc/raftmesh/%i.token", token.to_str().unwrap())
+            .replace("/var/lib/raftmesh/proxy-%i", dir.path().to_str().unwrap())
+            .replace("%i", "web")
+            .replace("%H", "vm7")
+            .replace("${PROXY_APP_PORT}", "8080")
+            .replace("${PROXY_LABELS}", "version=v1");
+        let mut argv: Vec<&str> = exec.split_whitespace().collect();
+        argv[0] = "mesh-proxy";
+        // RAFTMESH_CONTROL_PLANE as the unit's environment file gives it.
+        argv.extend([
+            "--control-plane",
+            "10.0.0.1:7100,10.0.0.2:7100,10.0.0.3:7100",
+        ]);
+        let c = Args::try_parse_from(argv)
+            .unwrap()
+            .into_config()
+            .unwrap_or_else(|e| panic!("the unit's command line is refused: {e}"));
+        assert_eq!(c.instance, "web-vm7");
+        match advertise_toward(&["10.0.0.1:7100".into()]) {
+            Ok(_) => assert!(
+                !c.advertise.starts_with("127."),
+                "the unit registers every VM's endpoint at {}",
+                c.advertise
+            ),
+            Err(e) => eprintln!("skipped the address check: no route off this machine ({e})"),
+        }
+    }
+
+    #[test]
+    fn a_wildcard_or_malformed_advertise_is_refused() {
+        assert!(checked_advertise("0.0.0.0")
+            .unwrap_err()
+            .contains("wildcard"));
+        assert!(checked_advertise("::").unwrap_err().contains("wildcard"));
+        assert!(checked_advertise("bad host!").is_err());
+        assert_eq!(checked_advertise("10.0.0.7").unwrap(), "10.0.0.7");
+        assert_eq!(checked_advertise("vm-7.example").unwrap(), "vm-7.example");
+    }
 
     #[test]
     fn the_old_token_variable_never_hands_over_an_admin_secret() {
