@@ -7,6 +7,25 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// mesh-proxy's commands besides running the proxy.
+#[derive(Debug, clap::Subcommand)]
+pub enum Cmd {
+    /// Transparent capture: the iptables rules that send this host's (or
+    /// network namespace's) TCP to the proxy. Run as root, before the proxy
+    /// starts; both are idempotent.
+    #[command(subcommand)]
+    Capture(CaptureCmd),
+}
+
+/// `mesh-proxy capture ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum CaptureCmd {
+    /// Install the rules (replacing earlier ones of ours).
+    Install(crate::capture::CaptureSpec),
+    /// Remove them, leaving the tables as they were before.
+    Remove,
+}
+
 /// Sidecar or east-west gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -21,10 +40,14 @@ pub enum Mode {
 #[command(
     name = "mesh-proxy",
     version,
+    args_conflicts_with_subcommands = true,
     about = "The Raftmesh sidecar proxy",
     max_term_width = 100
 )]
 pub struct Args {
+    /// A command instead of running the proxy.
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
     /// meshd addresses (tried in turn, with backoff).
     #[arg(long, value_delimiter = ',', env = "RAFTMESH_CONTROL_PLANE")]
     pub control_plane: Vec<String>,
@@ -51,6 +74,11 @@ pub struct Args {
     /// Inbound listener (from other proxies to the app).
     #[arg(long, default_value = "0.0.0.0:15006")]
     pub inbound: SocketAddr,
+    /// Listener for connections `mesh-proxy capture install` redirects here
+    /// (e.g. 127.0.0.1:15002): HTTP for a mesh service is routed, anything
+    /// else relayed to its original destination. Off when not given.
+    #[arg(long)]
+    pub capture: Option<SocketAddr>,
     /// Outbound HTTP listener (from the app to services).
     #[arg(long, default_value = "127.0.0.1:15001")]
     pub outbound: SocketAddr,
@@ -127,6 +155,8 @@ pub struct ProxyConfig {
     pub inbound: SocketAddr,
     /// Outbound listener.
     pub outbound: SocketAddr,
+    /// Captured-connection listener.
+    pub capture: Option<SocketAddr>,
     /// Admin listener.
     pub admin: SocketAddr,
     /// TCP upstreams: service → local listen address.
@@ -268,6 +298,7 @@ impl Args {
             advertise,
             inbound: self.inbound,
             outbound: self.outbound,
+            capture: self.capture,
             admin: self.admin,
             upstreams,
             token,

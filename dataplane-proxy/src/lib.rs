@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod authz;
 pub mod balance;
+pub mod capture;
 pub mod compiled;
 pub mod config;
 pub mod conn;
@@ -29,6 +30,7 @@ pub mod subscriptions;
 pub mod target;
 pub mod timeout;
 pub mod tls;
+pub mod transparent;
 pub mod xds;
 
 #[cfg(test)]
@@ -87,6 +89,8 @@ pub struct Proxy {
     pub admin: SocketAddr,
     /// Bound TCP upstream listeners, by service name.
     pub upstreams: Vec<(String, SocketAddr)>,
+    /// Bound listener for captured connections (`--capture`).
+    pub capture: Option<SocketAddr>,
     /// The live configuration.
     pub config: Arc<Config>,
     shutdown: watch::Sender<bool>,
@@ -216,6 +220,22 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         workload.clone().filter(|_| cfg.app_port.is_some()),
         shutdown_rx.clone(),
     )));
+    let capture = match cfg.capture {
+        Some(addr) => {
+            let l = bind(addr, "capture").await?;
+            let a = l.local_addr()?;
+            tasks.push(tokio::spawn(transparent::serve_captured(
+                l,
+                server::outbound_stack(config.clone(), forward.clone()),
+                config.clone(),
+                config.metrics.clone(),
+                config.conn_limits,
+                shutdown_rx.clone(),
+            )));
+            Some(a)
+        }
+        None => None,
+    };
     let inbound = match cfg.app_port {
         Some(port) => {
             let l = bind(cfg.inbound, "inbound").await?;
@@ -271,6 +291,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         inbound,
         admin,
         upstreams,
+        capture,
         config,
         shutdown,
         tasks,

@@ -10,7 +10,27 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(raftmesh_dataplane_proxy::config::Cmd::Capture(c)) = args.command.take() {
+        use raftmesh_dataplane_proxy::capture;
+        use raftmesh_dataplane_proxy::config::CaptureCmd;
+        let ipt = capture::Iptables::default();
+        let (done, result) = match c {
+            CaptureCmd::Install(spec) => ("installed", capture::install(&ipt, &spec)),
+            CaptureCmd::Remove => ("removed", capture::remove(&ipt)),
+        };
+        match result {
+            Ok(()) => println!("capture rules {done}"),
+            Err(e) => {
+                eprintln!("mesh-proxy capture: {e}");
+                std::process::exit(match e {
+                    capture::CaptureError::Invalid(_) => 2,
+                    _ => 1,
+                });
+            }
+        }
+        return;
+    }
     let parent = args.parent_pid;
     let cfg = match args.into_config() {
         Ok(c) => c,

@@ -74,53 +74,64 @@ pub async fn serve_outbound(
             s = accept(&listener, &mut backoff, "outbound") => s,
             _ = crate::stopped(&mut shutdown) => return,
         };
-        let _ = stream.set_nodelay(true);
-        let stack = stack.clone();
+        tokio::spawn(outbound_connection(
+            stream,
+            stack.clone(),
+            metrics.clone(),
+            limits,
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// Serves one outbound HTTP connection (from the outbound listener, or a
+/// captured one that carries HTTP for a mesh service).
+pub(crate) async fn outbound_connection(
+    stream: TcpStream,
+    stack: OutboundStack,
+    metrics: Arc<Metrics>,
+    limits: ConnLimits,
+    mut conn_stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let clock = ConnClock::new(limits);
+    let _guard = ConnGuard::open(&metrics, "outbound");
+    let io = Watched::new(stream, clock.clone());
+    let svc_clock = clock.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let mut stack = stack.clone();
         let metrics = metrics.clone();
-        let mut conn_stop = shutdown.clone();
-        let clock = ConnClock::new(limits);
-        tokio::spawn(async move {
-            let _guard = ConnGuard::open(&metrics, "outbound");
-            let io = Watched::new(stream, clock.clone());
-            let svc_clock = clock.clone();
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let mut stack = stack.clone();
-                let metrics = metrics.clone();
-                let in_flight = svc_clock.request();
-                async move {
-                    let started = Instant::now();
-                    let info = RouteInfo::default();
-                    let mut req = req.map(|b| b.boxed());
-                    req.extensions_mut().insert(info.clone());
-                    let resp = finish(stack.call(req).await, &metrics);
-                    let (service, subset) = info.0.get().cloned().unwrap_or_default();
-                    metrics.request(
-                        RequestLabels {
-                            direction: "outbound",
-                            service,
-                            subset,
-                            code: resp.status().as_u16(),
-                        },
-                        started.elapsed(),
-                    );
-                    Ok::<_, Infallible>(
-                        resp.map(|b| crate::guard::Guarded::plain(b).holding(in_flight)),
-                    )
-                }
-            });
-            let server = http_server();
-            let conn = server.serve_connection(TokioIo::new(io), svc);
-            // A stopped proxy closes its open connections too.
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(error = %e, "outbound connection ended with an error");
+        let in_flight = svc_clock.request();
+        async move {
+            let started = Instant::now();
+            let info = RouteInfo::default();
+            let mut req = req.map(|b| b.boxed());
+            req.extensions_mut().insert(info.clone());
+            let resp = finish(stack.call(req).await, &metrics);
+            let (service, subset) = info.0.get().cloned().unwrap_or_default();
+            metrics.request(
+                RequestLabels {
+                    direction: "outbound",
+                    service,
+                    subset,
+                    code: resp.status().as_u16(),
                 },
-                why = clock.expired() => {
-                    tracing::debug!(?why, "closed an outbound client connection");
-                }
-                _ = crate::stopped(&mut conn_stop) => {}
-            }
-        });
+                started.elapsed(),
+            );
+            Ok::<_, Infallible>(resp.map(|b| crate::guard::Guarded::plain(b).holding(in_flight)))
+        }
+    });
+    let server = http_server();
+    let conn = server.serve_connection(TokioIo::new(io), svc);
+    // A stopped proxy closes its open connections too.
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            tracing::debug!(error = %e, "outbound connection ended with an error");
+        },
+        why = clock.expired() => {
+            tracing::debug!(?why, "closed an outbound client connection");
+        }
+        _ = crate::stopped(&mut conn_stop) => {}
     }
 }
 
@@ -152,7 +163,7 @@ pub fn looks_like_http(b: &[u8]) -> bool {
 /// connection as opaque TCP (server-speaks-first protocols).
 const SNIFF_WAIT: Duration = Duration::from_millis(300);
 
-async fn sniff(stream: &TcpStream) -> bool {
+pub(crate) async fn sniff(stream: &TcpStream) -> bool {
     let mut buf = [0u8; 4];
     let deadline = tokio::time::Instant::now() + SNIFF_WAIT;
     loop {
@@ -474,7 +485,7 @@ impl Inbound {
     }
 }
 
-async fn relay_stream<S>(mut client: S, to: SocketAddr)
+pub(crate) async fn relay_stream<S>(mut client: S, to: SocketAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {

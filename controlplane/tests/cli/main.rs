@@ -794,6 +794,7 @@ fn server_tls_between_nodes_and_to_clients() {
                 advertise: "127.0.0.1".into(),
                 inbound: any,
                 outbound: any,
+                capture: None,
                 admin: any,
                 upstreams: vec![],
                 token: Some(secret),

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod capture;
 mod control_plane;
 mod resilience;
 mod routing;
@@ -14,20 +15,31 @@ mod transport;
 /// `UPDATE_DOCS=1 cargo test -p raftmesh-dataplane-proxy --test proxy reference`.
 #[test]
 fn reference_doc_matches_the_help() {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
-        .arg("--help")
-        .env_remove("RAFTMESH_CONTROL_PLANE")
-        .env_remove("RAFTMESH_TOKEN")
-        .env_remove("RAFTMESH_CA_FILE")
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let md = format!(
+    let help = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
+            .args(args)
+            .arg("--help")
+            .env_remove("RAFTMESH_CONTROL_PLANE")
+            .env_remove("RAFTMESH_TOKEN")
+            .env_remove("RAFTMESH_CA_FILE")
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let mut md = format!(
         "# `mesh-proxy` reference\n\nGenerated from `mesh-proxy --help` by the test \
          `reference_doc_matches_the_help` (dataplane-proxy/tests/proxy); do not edit by hand.\n\n\
          ```text\n{}```\n",
-        String::from_utf8_lossy(&o.stdout)
+        help(&[])
     );
+    for cmd in [&["capture", "install"][..], &["capture", "remove"]] {
+        md.push_str(&format!(
+            "\n## `mesh-proxy {}`\n\n```text\n{}```\n",
+            cmd.join(" "),
+            help(cmd)
+        ));
+    }
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference/mesh-proxy.md");
     if std::env::var_os("UPDATE_DOCS").is_some() {

@@ -95,6 +95,7 @@ pub fn base_config() -> ProxyConfig {
         advertise: "127.0.0.1".into(),
         inbound: any,
         outbound: any,
+        capture: None,
         admin: any,
         upstreams: vec![],
         token: None,

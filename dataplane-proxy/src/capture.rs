@@ -1,0 +1,399 @@
+//! Transparent capture: the iptables rules that send a workload's TCP to
+//! its proxy without changing the workload (`mesh-proxy capture install` /
+//! `capture remove`), and the original destination of a captured
+//! connection (`SO_ORIGINAL_DST`).
+//!
+//! The rules live in chains of their own in the `nat` table —
+//! `RAFTMESH_INBOUND` (from `PREROUTING`: TCP arriving for the workload goes
+//! to the proxy's inbound port) and `RAFTMESH_OUTPUT` (from `OUTPUT`: TCP
+//! the workload opens goes to the proxy's capture port, DNS to the proxy's
+//! DNS port) — so that removing them leaves the tables as they were. The
+//! proxy's own traffic (`--proxy-uid`), loopback, and the ports and
+//! address ranges excluded are left alone. Both commands are idempotent.
+//! A `nat` table that exists only because of the rules (a fresh host or
+//! network namespace, iptables on nf_tables) is removed with them: a
+//! marker chain records it. IPv4 only, iptables only, as yet.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+
+/// The jump into each chain: (base chain, match, our chain).
+const INBOUND: &str = "RAFTMESH_INBOUND";
+const OUTPUT: &str = "RAFTMESH_OUTPUT";
+/// Present only while the rules are installed in a `nat` table the
+/// install created.
+const CREATED_TABLE: &str = "RAFTMESH_CREATED_TABLE";
+
+/// What to capture.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct CaptureSpec {
+    /// The user the proxy runs as: its own connections are not captured.
+    #[arg(long)]
+    pub proxy_uid: u32,
+    /// The proxy's inbound port (mTLS from other proxies, and what
+    /// arrives for the workload).
+    #[arg(long, default_value_t = 15006)]
+    pub inbound_port: u16,
+    /// The proxy's port for captured outbound connections (its
+    /// `--capture` listener).
+    #[arg(long, default_value_t = 15002)]
+    pub outbound_port: u16,
+    /// The proxy's DNS port: the workload's DNS (UDP 53) goes there. Off
+    /// when not given.
+    #[arg(long)]
+    pub dns_port: Option<u16>,
+    /// Inbound ports left alone (e.g. SSH).
+    #[arg(long, value_delimiter = ',', default_value = "22")]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Outbound destination ports left alone.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Outbound destinations left alone, as CIDRs (e.g. 169.254.169.254/32).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_cidrs: Vec<String>,
+}
+
+/// Why capture could not be installed or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// An argument is invalid; nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// iptables could not be run.
+    #[error("cannot run {cmd}: {source} (install iptables; capture needs root)")]
+    Spawn {
+        /// The command.
+        cmd: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// iptables refused a command.
+    #[error("{cmd} failed: {stderr}")]
+    Failed {
+        /// The command.
+        cmd: String,
+        /// What it said.
+        stderr: String,
+    },
+}
+
+/// Runs iptables, optionally through a prefix (tests run it in a network
+/// namespace with `ip netns exec NAME`).
+#[derive(Debug, Clone, Default)]
+pub struct Iptables {
+    /// Words put before `iptables`.
+    pub prefix: Vec<String>,
+}
+
+impl Iptables {
+    fn command(&self, program: &str) -> Command {
+        match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn run_program(&self, program: &str, args: &[&str]) -> Result<(bool, String), CaptureError> {
+        let shown = format!("{program} {}", args.join(" "));
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .map_err(|source| CaptureError::Spawn {
+                cmd: shown.clone(),
+                source,
+            })?;
+        Ok((
+            out.status.success(),
+            if out.status.success() {
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            } else {
+                String::from_utf8_lossy(&out.stderr).trim().to_string()
+            },
+        ))
+    }
+
+    /// `iptables -t nat ARGS`: whether it succeeded.
+    fn check(&self, args: &[&str]) -> Result<bool, CaptureError> {
+        let mut all = vec!["-w", "-t", "nat"];
+        all.extend_from_slice(args);
+        Ok(self.run_program("iptables", &all)?.0)
+    }
+
+    /// `iptables -t nat ARGS`, which must succeed; its output.
+    fn run(&self, args: &[&str]) -> Result<String, CaptureError> {
+        let mut all = vec!["-w", "-t", "nat"];
+        all.extend_from_slice(args);
+        match self.run_program("iptables", &all)? {
+            (true, out) => Ok(out),
+            (false, stderr) => Err(CaptureError::Failed {
+                cmd: format!("iptables {}", all.join(" ")),
+                stderr,
+            }),
+        }
+    }
+
+    /// Whether iptables drives nf_tables (where a table exists only once
+    /// something is put in it).
+    fn on_nftables(&self) -> Result<bool, CaptureError> {
+        Ok(self
+            .run_program("iptables", &["--version"])?
+            .1
+            .contains("nf_tables"))
+    }
+
+    /// Whether the `nat` table exists (nf_tables), without creating it.
+    fn nat_table_exists(&self) -> Result<bool, CaptureError> {
+        Ok(self.run_program("nft", &["list", "table", "ip", "nat"])?.0)
+    }
+}
+
+/// The jumps from the base chains into ours.
+fn jumps(spec: &CaptureSpec) -> Vec<Vec<String>> {
+    let mut j = vec![
+        words(&["PREROUTING", "-p", "tcp", "-j", INBOUND]),
+        words(&["OUTPUT", "-p", "tcp", "-j", OUTPUT]),
+    ];
+    if spec.dns_port.is_some() {
+        j.push(words(&[
+            "OUTPUT", "-p", "udp", "--dport", "53", "-j", OUTPUT,
+        ]));
+    }
+    j
+}
+
+/// The rules of our chains, in order (`-A CHAIN ...` without the `-A`).
+pub fn rules(spec: &CaptureSpec) -> Result<Vec<Vec<String>>, CaptureError> {
+    for c in &spec.exclude_cidrs {
+        check_cidr(c)?;
+    }
+    if spec.inbound_port == 0 || spec.outbound_port == 0 || spec.dns_port == Some(0) {
+        return Err(CaptureError::Invalid("capture ports must not be 0".into()));
+    }
+    let mut r = Vec::new();
+    for p in &spec.exclude_inbound_ports {
+        r.push(vec![
+            INBOUND.into(),
+            "-p".into(),
+            "tcp".into(),
+            "--dport".into(),
+            p.to_string(),
+            "-j".into(),
+            "RETURN".into(),
+        ]);
+    }
+    r.push(vec![
+        INBOUND.into(),
+        "-p".into(),
+        "tcp".into(),
+        "-j".into(),
+        "REDIRECT".into(),
+        "--to-ports".into(),
+        spec.inbound_port.to_string(),
+    ]);
+    let uid = spec.proxy_uid.to_string();
+    r.push(words(&[
+        OUTPUT,
+        "-m",
+        "owner",
+        "--uid-owner",
+        &uid,
+        "-j",
+        "RETURN",
+    ]));
+    r.push(words(&[OUTPUT, "-d", "127.0.0.0/8", "-j", "RETURN"]));
+    for c in &spec.exclude_cidrs {
+        r.push(words(&[OUTPUT, "-d", c, "-j", "RETURN"]));
+    }
+    if let Some(dns) = spec.dns_port {
+        r.push(words(&[
+            OUTPUT,
+            "-p",
+            "udp",
+            "--dport",
+            "53",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &dns.to_string(),
+        ]));
+    }
+    for p in &spec.exclude_outbound_ports {
+        r.push(words(&[
+            OUTPUT,
+            "-p",
+            "tcp",
+            "--dport",
+            &p.to_string(),
+            "-j",
+            "RETURN",
+        ]));
+    }
+    r.push(words(&[
+        OUTPUT,
+        "-p",
+        "tcp",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &spec.outbound_port.to_string(),
+    ]));
+    Ok(r)
+}
+
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| s.to_string()).collect()
+}
+
+fn check_cidr(c: &str) -> Result<(), CaptureError> {
+    let bad = || {
+        CaptureError::Invalid(format!(
+            "--exclude-cidrs: \"{c}\" is not an IPv4 CIDR like 10.0.0.0/8"
+        ))
+    };
+    let (ip, len) = c.split_once('/').ok_or_else(bad)?;
+    ip.parse::<Ipv4Addr>().map_err(|_| bad())?;
+    match len.parse::<u8>() {
+        Ok(n) if n <= 32 => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// Installs the rules (replacing ours if present; other rules untouched).
+pub fn install(ipt: &Iptables, spec: &CaptureSpec) -> Result<(), CaptureError> {
+    let rules = rules(spec)?;
+    let created = ipt.on_nftables()? && !ipt.nat_table_exists()?;
+    let had_marker = !created && ipt.check(&["-S", CREATED_TABLE])?;
+    remove_ours(ipt, false)?;
+    for chain in [INBOUND, OUTPUT] {
+        ipt.run(&["-N", chain])?;
+    }
+    if created || had_marker {
+        ipt.run(&["-N", CREATED_TABLE])?;
+    }
+    for r in &rules {
+        let mut args = vec!["-A"];
+        args.extend(r.iter().map(String::as_str));
+        ipt.run(&args)?;
+    }
+    for j in jumps(spec) {
+        let mut args = vec!["-A"];
+        args.extend(j.iter().map(String::as_str));
+        ipt.run(&args)?;
+    }
+    Ok(())
+}
+
+/// Removes the rules; a `nat` table the install created goes too.
+pub fn remove(ipt: &Iptables) -> Result<(), CaptureError> {
+    remove_ours(ipt, true)
+}
+
+fn remove_ours(ipt: &Iptables, drop_table: bool) -> Result<(), CaptureError> {
+    let table_ours = ipt.check(&["-S", CREATED_TABLE])?;
+    // Every jump into our chains, whatever the options they were made with.
+    for base in ["PREROUTING", "OUTPUT"] {
+        let listed = ipt.run(&["-S", base])?;
+        for line in listed.lines() {
+            let Some(rule) = line.strip_prefix("-A ") else {
+                continue;
+            };
+            if rule.ends_with(&format!("-j {INBOUND}")) || rule.ends_with(&format!("-j {OUTPUT}")) {
+                let mut args = vec!["-D"];
+                args.extend(rule.split_whitespace());
+                ipt.run(&args)?;
+            }
+        }
+    }
+    for chain in [INBOUND, OUTPUT, CREATED_TABLE] {
+        if ipt.check(&["-S", chain])? {
+            ipt.run(&["-F", chain])?;
+            ipt.run(&["-X", chain])?;
+        }
+    }
+    if drop_table && table_ours {
+        // Empty again: the host had no nat table before.
+        let (ok, err) = ipt.run_program("nft", &["delete", "table", "ip", "nat"])?;
+        if !ok {
+            return Err(CaptureError::Failed {
+                cmd: "nft delete table ip nat".into(),
+                stderr: err,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The destination a captured connection was made to, before the
+/// REDIRECT (Linux `SO_ORIGINAL_DST`).
+pub fn original_dst(s: &impl std::os::fd::AsFd) -> std::io::Result<SocketAddr> {
+    let a = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::OriginalDst)
+        .map_err(std::io::Error::from)?;
+    Ok(SocketAddr::from((
+        Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+        u16::from_be(a.sin_port),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> CaptureSpec {
+        CaptureSpec {
+            proxy_uid: 1337,
+            inbound_port: 15006,
+            outbound_port: 15002,
+            dns_port: Some(15053),
+            exclude_inbound_ports: vec![22],
+            exclude_outbound_ports: vec![7100],
+            exclude_cidrs: vec!["169.254.169.254/32".into()],
+        }
+    }
+
+    #[test]
+    fn the_proxy_s_own_traffic_and_loopback_are_left_alone_before_anything_is_redirected() {
+        let r: Vec<String> = rules(&spec())
+            .unwrap()
+            .iter()
+            .map(|r| r.join(" "))
+            .collect();
+        let out: Vec<&String> = r.iter().filter(|l| l.starts_with(OUTPUT)).collect();
+        assert_eq!(
+            out[0],
+            "RAFTMESH_OUTPUT -m owner --uid-owner 1337 -j RETURN"
+        );
+        assert_eq!(out[1], "RAFTMESH_OUTPUT -d 127.0.0.0/8 -j RETURN");
+        assert_eq!(
+            out.last().unwrap().as_str(),
+            "RAFTMESH_OUTPUT -p tcp -j REDIRECT --to-ports 15002"
+        );
+        assert!(r.contains(&"RAFTMESH_INBOUND -p tcp --dport 22 -j RETURN".to_string()));
+        assert!(r.contains(
+            &"RAFTMESH_OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053".to_string()
+        ));
+    }
+
+    #[test]
+    fn bad_cidrs_and_zero_ports_are_refused() {
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "fd00::/8",
+            "x/8",
+            "10.0.0.0/8 -j ACCEPT",
+        ] {
+            let mut s = spec();
+            s.exclude_cidrs = vec![bad.into()];
+            assert!(matches!(rules(&s), Err(CaptureError::Invalid(_))), "{bad}");
+        }
+        let mut s = spec();
+        s.outbound_port = 0;
+        assert!(rules(&s).is_err());
+    }
+}

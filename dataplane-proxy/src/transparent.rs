@@ -1,0 +1,135 @@
+//! The listener for captured outbound connections (`--capture ADDR`, the
+//! port `mesh-proxy capture install --outbound-port` redirects to).
+//!
+//! Each connection's original destination comes from `SO_ORIGINAL_DST`.
+//! HTTP whose Host names a mesh service is served like the outbound
+//! listener's (routing, retries, mTLS to the callee's proxy); anything
+//! else — another host's HTTP, TLS, any other TCP — is relayed unchanged
+//! to where the workload was connecting (MeshConfig `outbound: allow`, the
+//! only mode built so far). A connection made straight to this port (no
+//! original destination other than the port itself) is closed, so the
+//! proxy never relays to itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::conn::{accept, AcceptBackoff, ConnLimits};
+use crate::metrics::Metrics;
+use crate::server::{outbound_connection, relay_stream, sniff, OutboundStack};
+use crate::state::Config;
+
+/// How long the listener waits for a whole request head before it decides
+/// by what it has (a slow client's HTTP is relayed, not routed).
+const HEAD_WAIT: Duration = Duration::from_millis(300);
+/// The most of a request head it looks at for the Host.
+const HEAD_BYTES: usize = 8192;
+
+/// Serves captured connections until `shutdown` turns true.
+pub async fn serve_captured(
+    listener: TcpListener,
+    stack: OutboundStack,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    limits: ConnLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = AcceptBackoff::default();
+    let own = listener.local_addr().ok();
+    loop {
+        let stream = tokio::select! {
+            s = accept(&listener, &mut backoff, "capture") => s,
+            _ = crate::stopped(&mut shutdown) => return,
+        };
+        let (stack, config, metrics, stop) = (
+            stack.clone(),
+            config.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let dst = match crate::capture::original_dst(&stream) {
+                Ok(d) if Some(d) != own && Some(d.port()) != own.map(|o| o.port()) => d,
+                Ok(_) | Err(_) => {
+                    tracing::debug!("closed a connection made straight to the capture port");
+                    metrics.error("not-captured");
+                    return;
+                }
+            };
+            if sniff(&stream).await && mesh_http(&stream, &config).await {
+                outbound_connection(stream, stack, metrics, limits, stop).await;
+            } else {
+                relay_stream(stream, dst).await;
+            }
+        });
+    }
+}
+
+/// Whether the connection's first request names a mesh service in its Host.
+async fn mesh_http(stream: &TcpStream, config: &Config) -> bool {
+    let Some(host) = peek_host(stream).await else {
+        return false;
+    };
+    let req = http::Request::get("/")
+        .header(http::header::HOST, host.as_str())
+        .body(());
+    let Ok(req) = req else { return false };
+    let Ok(id) = crate::route::service_of(&req, &config.namespace) else {
+        return false;
+    };
+    if config.current().service(&id).is_some() {
+        return true;
+    }
+    // A mesh name this proxy has not needed yet (a control plane knows);
+    // an outside host is not one and costs one bounded look-up.
+    config.learn(&id, Duration::from_secs(1)).await.is_some()
+}
+
+/// The Host of the request head waiting on `stream`, read without
+/// consuming it.
+async fn peek_host(stream: &TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; HEAD_BYTES];
+    let deadline = tokio::time::Instant::now() + HEAD_WAIT;
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let head = &buf[..n];
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            return host_of(&head[..end]);
+        }
+        if n == buf.len() || n == 0 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The Host header of an HTTP/1 request head.
+fn host_of(head: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("host")
+            .then(|| value.trim().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn the_host_is_read_from_the_request_head() {
+        assert_eq!(
+            host_of(b"GET / HTTP/1.1\r\nUser-Agent: curl\r\nhOsT:  web.default:80 ").as_deref(),
+            Some("web.default:80")
+        );
+        assert_eq!(host_of(b"GET / HTTP/1.1\r\nAccept: */*"), None);
+        assert_eq!(host_of(b"\xff\xfe"), None);
+    }
+}
