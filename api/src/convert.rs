@@ -313,6 +313,11 @@ impl From<Spec> for pb::resource::Spec {
                     Some(DiscoveryScope::Namespace) => "namespace".into(),
                     Some(DiscoveryScope::Mesh) => "mesh".into(),
                 },
+                outbound: match m.outbound {
+                    None => String::new(),
+                    Some(OutboundMode::Allow) => "allow".into(),
+                    Some(OutboundMode::Deny) => "deny".into(),
+                },
             }),
             Spec::Token(t) => P::Token(pb::TokenSpec {
                 secret_sha256: t.secret_sha256,
@@ -426,6 +431,17 @@ impl TryFrom<pb::resource::Spec> for Spec {
                     other => {
                         return Err(err(
                             "meshconfig.discovery_scope",
+                            format!("unknown value {}", crate::validate::shown(other)),
+                        ))
+                    }
+                },
+                outbound: match m.outbound.as_str() {
+                    "" => None,
+                    "allow" => Some(OutboundMode::Allow),
+                    "deny" => Some(OutboundMode::Deny),
+                    other => {
+                        return Err(err(
+                            "meshconfig.outbound",
                             format!("unknown value {}", crate::validate::shown(other)),
                         ))
                     }

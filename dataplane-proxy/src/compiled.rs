@@ -114,6 +114,8 @@ pub struct Authz {
     pub default: Action,
     /// mTLS mode.
     pub mtls: MtlsMode,
+    /// Captured connections for destinations outside the mesh.
+    pub outbound: raftmesh_api::OutboundMode,
     /// Revoked workload identities (SPIFFE IDs): refused whatever the
     /// policies say, and their open connections closed.
     pub revoked: std::collections::HashSet<String>,
@@ -259,6 +261,7 @@ pub fn compile(
             Spec::MeshConfig(m) => {
                 authz.default = m.default_policy.unwrap_or_default();
                 authz.mtls = m.mtls.unwrap_or_default();
+                authz.outbound = m.outbound.unwrap_or_default();
             }
             _ => {}
         }

@@ -6,13 +6,14 @@
 //! listener's (routing, retries, mTLS to the callee's proxy); anything
 //! else — another host's HTTP, TLS, any other TCP — is relayed unchanged
 //! to where the workload was connecting (MeshConfig `outbound: allow`, the
-//! only mode built so far). A connection made straight to this port (no
+//! default) or closed (`outbound: deny`). A connection made straight to this port (no
 //! original destination other than the port itself) is closed, so the
 //! proxy never relays to itself.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use raftmesh_api::OutboundMode;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -60,6 +61,9 @@ pub async fn serve_captured(
             };
             if sniff(&stream).await && mesh_http(&stream, &config).await {
                 outbound_connection(stream, stack, metrics, limits, stop).await;
+            } else if config.current().authz.outbound == OutboundMode::Deny {
+                tracing::debug!(%dst, "closed a connection outside the mesh (MeshConfig outbound: deny)");
+                metrics.error("outbound-denied");
             } else {
                 relay_stream(stream, dst).await;
             }

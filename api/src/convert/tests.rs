@@ -164,15 +164,20 @@ fn mesh_config() -> impl Strategy<Value = Spec> {
             Just(DiscoveryScope::Namespace),
             Just(DiscoveryScope::Mesh)
         ]),
+        option::of(prop_oneof![
+            Just(OutboundMode::Allow),
+            Just(OutboundMode::Deny)
+        ]),
     )
         .prop_map(
-            |(trust_domain, mtls, default_policy, cert_ttl, discovery_scope)| {
+            |(trust_domain, mtls, default_policy, cert_ttl, discovery_scope, outbound)| {
                 Spec::MeshConfig(MeshConfigSpec {
                     trust_domain,
                     mtls,
                     default_policy,
                     cert_ttl,
                     discovery_scope,
+                    outbound,
                 })
             },
         )

@@ -313,6 +313,22 @@ pub struct MeshConfigSpec {
     /// allowing its identity opens a service of another namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_scope: Option<DiscoveryScope>,
+    /// What a proxy's capture listener does with a connection for a
+    /// destination outside the mesh: relay it unchanged (`allow`, the
+    /// default) or close it (`deny`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundMode>,
+}
+
+/// Captured traffic to destinations outside the mesh (`MeshConfig.outbound`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundMode {
+    /// Relayed unchanged.
+    #[default]
+    Allow,
+    /// Closed.
+    Deny,
 }
 
 /// How far a proxy's discovery reaches (`MeshConfig.discovery_scope`).

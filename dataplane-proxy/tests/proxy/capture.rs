@@ -302,4 +302,72 @@ fn an_unmodified_client_s_http_reaches_the_mesh_and_other_tcp_passes_through() {
         got.2,
         "a connection straight to the capture port was served"
     );
+
+    // MeshConfig outbound: deny: the mesh still answers, the outside does not.
+    let with_deny = format!(
+        "{}---\nkind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{outbound: deny}}\n",
+        std::fs::read_to_string(&cfg).unwrap()
+    );
+    std::fs::write(&cfg, with_deny).unwrap();
+    let mut proxy = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "setpriv",
+            "--reuid=4242",
+            "--regid=4242",
+            "--clear-groups",
+        ])
+        .arg(env!("CARGO_BIN_EXE_mesh-proxy"))
+        .args([
+            "--config-file",
+            cfg.to_str().unwrap(),
+            "--service",
+            "client",
+        ])
+        .args([
+            "--outbound",
+            "127.0.0.1:15001",
+            "--admin",
+            "127.0.0.1:15000",
+        ])
+        .args(["--capture", "127.0.0.1:15002"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let denied = in_netns(&ns, || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect("127.0.0.1:15000").is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the proxy did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut c = TcpStream::connect("203.0.113.5:80").unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut http = String::new();
+        let _ = c.read_to_string(&mut http);
+        let mut o = TcpStream::connect("10.77.0.2:9000").unwrap();
+        o.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut other = String::new();
+        let _ = o.read_to_string(&mut other);
+        (http, other)
+    })
+    .join()
+    .unwrap();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert!(
+        denied.0.ends_with("web-app"),
+        "the mesh was denied too: {:?}",
+        denied.0
+    );
+    assert_eq!(
+        denied.1, "",
+        "outbound: deny relayed a connection outside the mesh"
+    );
 }
