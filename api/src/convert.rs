@@ -270,6 +270,7 @@ impl From<Spec> for pb::resource::Spec {
                         protocol: pb::Protocol::from(p.protocol) as i32,
                     })
                     .collect(),
+                vip: s.vip.map(|v| v.to_string()).unwrap_or_default(),
             }),
             Spec::Endpoint(e) => P::Endpoint(pb::EndpointSpec {
                 service: e.service,
@@ -318,6 +319,7 @@ impl From<Spec> for pb::resource::Spec {
                     Some(OutboundMode::Allow) => "allow".into(),
                     Some(OutboundMode::Deny) => "deny".into(),
                 },
+                service_vip_range: m.service_vip_range.unwrap_or_default(),
             }),
             Spec::Token(t) => P::Token(pb::TokenSpec {
                 secret_sha256: t.secret_sha256,
@@ -386,6 +388,15 @@ impl TryFrom<pb::resource::Spec> for Spec {
                         })
                     })
                     .collect::<Result<_, ConvertError>>()?,
+                vip: match s.vip.as_str() {
+                    "" => None,
+                    v => Some(v.parse().map_err(|_| {
+                        err(
+                            "service.vip",
+                            format!("{} is not an IPv4 address", crate::validate::shown(v)),
+                        )
+                    })?),
+                },
             }),
             P::Endpoint(e) => Spec::Endpoint(EndpointSpec {
                 service: e.service,
@@ -446,6 +457,7 @@ impl TryFrom<pb::resource::Spec> for Spec {
                         ))
                     }
                 },
+                service_vip_range: (!m.service_vip_range.is_empty()).then_some(m.service_vip_range),
             }),
             P::Token(t) => {
                 let (service, namespace, role) = match t.scope {

@@ -302,6 +302,16 @@ impl Resource {
                         c.fail("spec.trust_domain", r);
                     }
                 }
+                if let Some(range) = &m.service_vip_range {
+                    c.check(
+                        crate::parse_vip_range(range).is_some(),
+                        "spec.service_vip_range",
+                        format!(
+                            "{} is not an IPv4 network like 240.240.0.0/16 (prefix 8 to 30, host bits zero)",
+                            shown(range)
+                        ),
+                    );
+                }
                 if let Some(ttl) = m.cert_ttl {
                     let ms = ttl.as_millis();
                     c.check(

@@ -465,8 +465,14 @@ mod tests {
         assert_eq!(c.instance, "web-vm7");
         assert_eq!(c.capture, Some("127.0.0.1:15002".parse().unwrap()));
         // Capture is installed before the proxy starts and removed after.
-        let pre = unit.lines().find(|l| l.starts_with("ExecStartPre=+")).unwrap();
-        assert!(pre.contains("mesh-proxy capture install --proxy-uid"), "{pre}");
+        let pre = unit
+            .lines()
+            .find(|l| l.starts_with("ExecStartPre=+"))
+            .unwrap();
+        assert!(
+            pre.contains("mesh-proxy capture install --proxy-uid"),
+            "{pre}"
+        );
         assert!(unit.contains("ExecStopPost=+/usr/local/bin/mesh-proxy capture remove"));
         match advertise_toward(&["10.0.0.1:7100".into()]) {
             Ok(_) => assert!(

@@ -18,6 +18,8 @@ pub(crate) struct Resources {
     /// (kind, namespace, service) → names, for resources whose spec names a
     /// service (endpoints, routes, policies, ...).
     by_service: BTreeMap<(Kind, String, String), BTreeSet<String>>,
+    /// Services' virtual addresses → the service holding each.
+    vips: BTreeMap<u32, ResourceKey>,
 }
 
 impl Resources {
@@ -28,9 +30,12 @@ impl Resources {
     }
 
     pub(crate) fn insert(&mut self, key: ResourceKey, r: Arc<Resource>) -> Option<Arc<Resource>> {
-        let old = self.by_key.insert(key, r.clone());
+        let old = self.by_key.insert(key.clone(), r.clone());
         if let Some(o) = &old {
             self.unindex(o);
+        }
+        if let Some(v) = vip_of(&r) {
+            self.vips.insert(v, key);
         }
         if let Some(ix) = Self::index_key(&r) {
             self.by_service
@@ -49,7 +54,22 @@ impl Resources {
         old
     }
 
+    /// The service holding a virtual address, if any.
+    pub(crate) fn vip_holder(&self, vip: u32) -> Option<&ResourceKey> {
+        self.vips.get(&vip)
+    }
+
+    /// The highest virtual address in use within `[from, to]`.
+    pub(crate) fn last_vip_in(&self, from: u32, to: u32) -> Option<u32> {
+        self.vips.range(from..=to).next_back().map(|(v, _)| *v)
+    }
+
     fn unindex(&mut self, r: &Resource) {
+        if let Some(v) = vip_of(r) {
+            if self.vips.get(&v) == Some(&r.key()) {
+                self.vips.remove(&v);
+            }
+        }
         if let Some(ix) = Self::index_key(r) {
             if let Some(names) = self.by_service.get_mut(&ix) {
                 names.remove(&r.metadata.name);
@@ -79,6 +99,13 @@ impl Resources {
         self.by_key
             .range(ResourceKey::new(kind, "", "")..)
             .take_while(move |(k, _)| k.kind == kind)
+    }
+}
+
+fn vip_of(r: &Resource) -> Option<u32> {
+    match &r.spec {
+        raftmesh_api::Spec::Service(s) => s.vip.map(u32::from),
+        _ => None,
     }
 }
 

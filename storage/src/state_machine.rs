@@ -16,7 +16,7 @@ use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
     RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use raftmesh_api::{Resource, ResourceKey};
+use raftmesh_api::{Kind, Resource, ResourceKey, Spec};
 
 use crate::db::Trees;
 use crate::snapshot::{SnapshotData, SNAPSHOT_FORMAT};
@@ -176,6 +176,83 @@ impl StateMachine {
     }
 }
 
+/// Gives services their virtual addresses while one command is applied:
+/// a service keeps the address it has; a new one gets the next free address
+/// of MeshConfig `service_vip_range` after the highest in use (wrapping
+/// round), so replicas, which apply the same entries in the same order,
+/// choose the same.
+#[derive(Default)]
+struct VipAllocator {
+    /// Taken by this command (not in the index until it commits).
+    taken: std::collections::HashSet<u32>,
+    /// Where the next search starts.
+    next: Option<u32>,
+}
+
+impl VipAllocator {
+    fn assign(&mut self, s: &MeshState, r: &mut Resource, current: Option<&Resource>) {
+        let key = r.key();
+        let Spec::Service(spec) = &mut r.spec else {
+            return;
+        };
+        let kept = match current.map(|c| &c.spec) {
+            Some(Spec::Service(c)) => c.vip,
+            _ => None,
+        };
+        if let Some(v) = kept {
+            spec.vip = Some(v);
+            return;
+        }
+        // An address given for a new service (a restore, or a race the
+        // admin front did not see) stands if it is free.
+        if let Some(v) = spec.vip.map(u32::from) {
+            if s.resources.vip_holder(v).is_none_or(|k| *k == key) && self.taken.insert(v) {
+                return;
+            }
+        }
+        spec.vip = self.allocate(s).map(std::net::Ipv4Addr::from);
+        if spec.vip.is_none() {
+            tracing::warn!(service = %key, "no free virtual address left in service_vip_range; the service has none");
+        }
+    }
+
+    fn allocate(&mut self, s: &MeshState) -> Option<u32> {
+        let range = s
+            .resources
+            .range_kind(Kind::MeshConfig)
+            .find_map(|(_, r)| match &r.spec {
+                Spec::MeshConfig(m) => m.service_vip_range.clone(),
+                _ => None,
+            })
+            .and_then(|r| raftmesh_api::parse_vip_range(&r))
+            .or_else(|| raftmesh_api::parse_vip_range(raftmesh_api::DEFAULT_SERVICE_VIP_RANGE))?;
+        let net = u32::from(range.0);
+        let (first, last) = (net + 1, net + ((1u32 << (32 - range.1)) - 2));
+        let start = self
+            .next
+            .filter(|n| (first..=last).contains(n))
+            .or_else(|| {
+                s.resources
+                    .last_vip_in(first, last)
+                    .map(|v| v.saturating_add(1))
+            })
+            .filter(|n| (first..=last).contains(n))
+            .unwrap_or(first);
+        let mut v = start;
+        loop {
+            if s.resources.vip_holder(v).is_none() && !self.taken.contains(&v) {
+                self.taken.insert(v);
+                self.next = Some(v + 1);
+                return Some(v);
+            }
+            v = if v == last { first } else { v + 1 };
+            if v == start {
+                return None;
+            }
+        }
+    }
+}
+
 /// Applies one command at `revision`, all or nothing, recording the writes
 /// in `batch` and the change events in the window.
 fn apply_command(
@@ -189,6 +266,7 @@ fn apply_command(
     let mut staged: BTreeMap<ResourceKey, Option<Arc<Resource>>> = BTreeMap::new();
     let mut results = Vec::with_capacity(leaves.len());
     let mut failed = false;
+    let mut vips = VipAllocator::default();
     for leaf in leaves {
         let key = leaf.key();
         let current = match staged.get(&key) {
@@ -211,10 +289,20 @@ fn apply_command(
                         unchanged: true,
                     },
                     _ => {
-                        staged.insert(
-                            key,
-                            Some(Arc::new(resource.clone().with_revision(revision))),
-                        );
+                        let mut resource = resource.clone();
+                        vips.assign(s, &mut resource, current.as_deref());
+                        if current
+                            .as_deref()
+                            .is_some_and(|c| c.same_content(&resource))
+                        {
+                            // Only the address meshd keeps was left out.
+                            results.push(OpResult::Ok {
+                                revision: current_rev,
+                                unchanged: true,
+                            });
+                            continue;
+                        }
+                        staged.insert(key, Some(Arc::new(resource.with_revision(revision))));
                         OpResult::Ok {
                             revision,
                             unchanged: false,

@@ -35,20 +35,23 @@ fn nz() -> impl Strategy<Value = Option<u32>> {
 }
 
 fn service() -> impl Strategy<Value = Spec> {
-    vec(
-        (
-            0u32..70_000,
-            prop_oneof![
-                Just(Protocol::Http),
-                Just(Protocol::Http2),
-                Just(Protocol::Grpc),
-                Just(Protocol::Tcp)
-            ],
-        )
-            .prop_map(|(port, protocol)| ServicePort { port, protocol }),
-        0..4,
+    (
+        vec(
+            (
+                0u32..70_000,
+                prop_oneof![
+                    Just(Protocol::Http),
+                    Just(Protocol::Http2),
+                    Just(Protocol::Grpc),
+                    Just(Protocol::Tcp)
+                ],
+            )
+                .prop_map(|(port, protocol)| ServicePort { port, protocol }),
+            0..4,
+        ),
+        option::of(any::<u32>().prop_map(std::net::Ipv4Addr::from)),
     )
-    .prop_map(|ports| Spec::Service(ServiceSpec { ports }))
+        .prop_map(|(ports, vip)| Spec::Service(ServiceSpec { ports, vip }))
 }
 
 fn endpoint() -> impl Strategy<Value = Spec> {
@@ -178,6 +181,7 @@ fn mesh_config() -> impl Strategy<Value = Spec> {
                     cert_ttl,
                     discovery_scope,
                     outbound,
+                    service_vip_range: None,
                 })
             },
         )
@@ -329,6 +333,7 @@ fn unknown_enum_value_on_the_wire_is_an_error() {
                 port: 80,
                 protocol: 99,
             }],
+            vip: String::new(),
         })),
     };
     let e = Resource::try_from(p).unwrap_err();

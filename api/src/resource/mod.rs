@@ -173,11 +173,20 @@ impl Resource {
         self
     }
 
-    /// Whether two resources say the same thing, revisions aside.
+    /// Whether two resources say the same thing, revisions aside, and a
+    /// service's virtual address aside when one of them has none (meshd
+    /// assigns it: a document without it says the same as the stored
+    /// service with it).
     pub fn same_content(&self, other: &Resource) -> bool {
+        let specs = match (&self.spec, &other.spec) {
+            (Spec::Service(a), Spec::Service(b)) => {
+                a.ports == b.ports && (a.vip == b.vip || a.vip.is_none() || b.vip.is_none())
+            }
+            (a, b) => a == b,
+        };
         self.metadata.name == other.metadata.name
             && self.metadata.namespace == other.metadata.namespace
-            && self.spec == other.spec
+            && specs
     }
 
     /// Reads a resource from a generic document value (the parsed form of a

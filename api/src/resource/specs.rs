@@ -42,6 +42,11 @@ pub struct ServiceSpec {
     /// The ports the service serves.
     #[serde(default)]
     pub ports: Vec<ServicePort>,
+    /// The service's virtual IPv4 address, assigned by meshd from
+    /// MeshConfig `service_vip_range` when the service is first stored and
+    /// kept for its life; an apply may repeat it, never change it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
 }
 
 /// Health of an endpoint as the control plane sees it.
@@ -318,6 +323,27 @@ pub struct MeshConfigSpec {
     /// default) or close it (`deny`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound: Option<OutboundMode>,
+    /// The IPv4 range services' virtual addresses come from (CIDR, prefix
+    /// 8 to 30); default [`DEFAULT_SERVICE_VIP_RANGE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_vip_range: Option<String>,
+}
+
+/// Where services' virtual addresses come from unless MeshConfig says
+/// otherwise: a reserved (class E) range no real network routes.
+pub const DEFAULT_SERVICE_VIP_RANGE: &str = "240.240.0.0/16";
+
+/// An IPv4 CIDR as (network, prefix length); `None` unless the prefix is 8
+/// to 30 and the address is the network's.
+pub fn parse_vip_range(s: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    if !(8..=30).contains(&len) {
+        return None;
+    }
+    let mask = u32::MAX << (32 - len);
+    (u32::from(ip) & !mask == 0).then_some((ip, len))
 }
 
 /// Captured traffic to destinations outside the mesh (`MeshConfig.outbound`).

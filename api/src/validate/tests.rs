@@ -228,6 +228,27 @@ fn mesh_config_is_a_singleton_named_mesh() {
 }
 
 #[test]
+fn the_service_vip_range_is_an_ipv4_network_of_a_sane_size() {
+    for bad in [
+        "10.0.0.1/16",
+        "10.0.0.0/31",
+        "10.0.0.0/4",
+        "fd00::/8",
+        "10.0.0.0",
+    ] {
+        let e = errors(&format!(
+            "kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{service_vip_range: \"{bad}\"}}\n"
+        ));
+        assert!(e.contains("spec.service_vip_range"), "{bad}: {e}");
+    }
+    let ok: Resource = serde_yaml_ng::from_str(
+        "kind: MeshConfig\nmetadata: {name: mesh}\nspec: {service_vip_range: 10.96.0.0/12}\n",
+    )
+    .unwrap();
+    assert!(ok.validate().is_ok());
+}
+
+#[test]
 fn token_needs_exactly_one_scope() {
     let h = "a".repeat(64);
     let e = errors(&format!(

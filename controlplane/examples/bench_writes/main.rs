@@ -160,6 +160,7 @@ fn service(name: String, port: u32) -> pb::ApplyRequest {
     let r = Resource::new(
         name,
         Spec::Service(ServiceSpec {
+            vip: None,
             ports: vec![ServicePort {
                 port,
                 protocol: Default::default(),

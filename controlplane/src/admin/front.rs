@@ -147,12 +147,13 @@ impl AdminFront {
         // the async workers, so Raft heartbeats and discovery streams on
         // this node keep their time (a 120,000-document apply once held a
         // worker for 40 s and cost the node its followers' trust).
+        let reader = self.reader.clone();
         let (keys, cmds) = if items.len() > 1_000 {
-            tokio::task::spawn_blocking(move || prepare_apply(items))
+            tokio::task::spawn_blocking(move || prepare_apply(&reader, items))
                 .await
                 .map_err(|e| AdminError::Internal(e.to_string()))??
         } else {
-            prepare_apply(items)?
+            prepare_apply(&reader, items)?
         };
         let r = self.write_as(caller, cmds).await?;
         Ok(ApplyOutcome {
@@ -269,6 +270,7 @@ impl AdminFront {
 /// Validates the documents of one apply and turns them into commands:
 /// every rule, no CA or token documents, no resource twice.
 fn prepare_apply(
+    reader: &StateReader,
     items: Vec<(Resource, Option<u64>)>,
 ) -> Result<(Vec<ResourceKey>, Command), AdminError> {
     if items.is_empty() {
@@ -293,6 +295,21 @@ fn prepare_apply(
             )));
         }
         let key = res.key();
+        if let raftmesh_api::Spec::Service(s) = &res.spec {
+            if let Some(vip) = s.vip {
+                let stored = match reader.get(&key).1.as_deref().map(|r| &r.spec) {
+                    Some(raftmesh_api::Spec::Service(c)) => c.vip,
+                    _ => None,
+                };
+                if stored != Some(vip) {
+                    return Err(AdminError::Invalid(format!(
+                        "document {}: spec.vip {vip} is assigned by meshd ({key} has {}); leave it out",
+                        i + 1,
+                        stored.map_or("none yet".to_string(), |v| v.to_string())
+                    )));
+                }
+            }
+        }
         if !seen.insert(key.clone()) {
             return Err(AdminError::Invalid(format!(
                 "document {}: {key} appears twice in one apply",

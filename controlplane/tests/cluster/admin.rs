@@ -468,3 +468,61 @@ fn an_apply_too_large_for_one_raft_entry_is_refused_and_the_cluster_keeps_writin
         c.shutdown().await;
     });
 }
+
+#[test]
+fn services_get_a_virtual_address_from_meshd_that_an_apply_cannot_change() {
+    run(async {
+        let c = TestCluster::start(3).await;
+        let leader = c.wait_ready().await;
+        let mut cl = c.client(leader).await;
+        cl.apply(apply_req(vec![service("web", 80), service("api", 80)]))
+            .await
+            .unwrap();
+        let vip_on = |node: u64, name: &str| match &c.nodes[&node]
+            .reader
+            .get(&raftmesh_api::ResourceKey::new(
+                Kind::Service,
+                "default",
+                name,
+            ))
+            .1
+            .unwrap()
+            .spec
+        {
+            raftmesh_api::Spec::Service(s) => s.vip,
+            _ => None,
+        };
+        let web = vip_on(leader, "web").expect("no virtual address");
+        assert_ne!(Some(web), vip_on(leader, "api"));
+        // Every replica holds the same address.
+        eventually("every node applied", Duration::from_secs(10), || {
+            let all = c.addrs.keys().all(|n| {
+                c.nodes[n].reader.applied_revision() >= c.nodes[&leader].reader.applied_revision()
+            });
+            async move { all.then_some(()) }
+        })
+        .await;
+        for n in c.addrs.keys() {
+            assert_eq!(vip_on(*n, "web"), Some(web), "node {n}");
+        }
+        // The stored document applies again as it is; another address does not.
+        let mut stored = service("web", 80);
+        if let raftmesh_api::Spec::Service(s) = &mut stored.spec {
+            s.vip = Some(web);
+        }
+        cl.apply(apply_req(vec![stored.clone()])).await.unwrap();
+        if let raftmesh_api::Spec::Service(s) = &mut stored.spec {
+            s.vip = Some("10.1.2.3".parse().unwrap());
+        }
+        let e = cl.apply(apply_req(vec![stored])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message()
+                .contains("spec.vip 10.1.2.3 is assigned by meshd"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(vip_on(leader, "web"), Some(web));
+        c.shutdown().await;
+    });
+}

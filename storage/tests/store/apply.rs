@@ -440,3 +440,78 @@ async fn the_service_index_follows_puts_moves_and_deletes() {
         "a delete carries the old value"
     );
 }
+
+fn vip(sm: &raftmesh_storage::StateMachine, name: &str) -> Option<std::net::Ipv4Addr> {
+    match &sm.reader().get(&svc_key(name)).1?.spec {
+        raftmesh_api::Spec::Service(s) => s.vip,
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn every_service_gets_its_own_virtual_address_and_keeps_it() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open_in(&dir);
+    sm.apply([
+        entry(1, put(service("web", 80))),
+        entry(
+            2,
+            Command::Batch(vec![put(service("api", 80)), put(service("db", 5432))]),
+        ),
+    ])
+    .await
+    .unwrap();
+    let (web, api, db) = (vip(&sm, "web"), vip(&sm, "api"), vip(&sm, "db"));
+    assert_eq!(web, Some("240.240.0.1".parse().unwrap()));
+    assert_eq!(api, Some("240.240.0.2".parse().unwrap()));
+    assert_eq!(db, Some("240.240.0.3".parse().unwrap()));
+    // Applied again without the address (as a user's YAML has it): kept,
+    // and nothing changed; a real change keeps it too.
+    let r = sm
+        .apply([
+            entry(3, put(service("web", 80))),
+            entry(4, put(service("web", 81))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        r[0].results,
+        [OpResult::Ok {
+            revision: 1,
+            unchanged: true
+        }]
+    );
+    assert_eq!(vip(&sm, "web"), web);
+    // A deleted service's address is free again; live ones never are.
+    sm.apply([
+        entry(5, delete(Kind::Service, "db")),
+        entry(6, put(service("cache", 80))),
+    ])
+    .await
+    .unwrap();
+    let cache = vip(&sm, "cache");
+    assert!(cache.is_some() && cache != web && cache != api, "{cache:?}");
+    // The range comes from MeshConfig.
+    let mesh = raftmesh_api::parse_documents(
+        "kind: MeshConfig\nmetadata: {name: mesh}\nspec: {service_vip_range: 10.96.0.0/30}\n",
+    )
+    .unwrap()
+    .remove(0);
+    sm.apply([
+        entry(7, put(mesh)),
+        entry(8, put(service("a", 80))),
+        entry(9, put(service("b", 80))),
+        entry(10, put(service("c", 80))),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(vip(&sm, "a"), Some("10.96.0.1".parse().unwrap()));
+    assert_eq!(vip(&sm, "b"), Some("10.96.0.2".parse().unwrap()));
+    assert_eq!(vip(&sm, "c"), None, "a /30 holds two addresses");
+    // A restart rebuilds the index: the next service gets a fresh address.
+    drop(sm);
+    drop(_log);
+    let (_log, mut sm) = open_in(&dir);
+    sm.apply([entry(11, put(service("d", 80)))]).await.unwrap();
+    assert_eq!(vip(&sm, "d"), None, "the /30 is still full after a restart");
+}

@@ -29,6 +29,7 @@ pub fn service(name: &str, port: u32) -> Resource {
     Resource::new(
         name,
         Spec::Service(ServiceSpec {
+            vip: None,
             ports: vec![ServicePort {
                 port,
                 protocol: Default::default(),
