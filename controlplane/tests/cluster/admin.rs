@@ -56,17 +56,7 @@ fn read_only_token_cannot_write_and_revoked_token_stops_working() {
     run(async {
         let c = TestCluster::start(1).await;
         let mut admin = c.client(1).await;
-        let t = admin
-            .create_token(pb::CreateTokenRequest {
-                scope: Some(pb::create_token_request::Scope::Role(
-                    pb::TokenRole::ReadOnly as i32,
-                )),
-                ttl_ms: 0,
-                max_uses: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let t = role_token(&mut admin, pb::TokenRole::ReadOnly).await;
         let mut ro = client(c.addrs[&1], Some(&t.secret));
         ro.list(pb::ListRequest::default()).await.unwrap();
         // A read-only caller sees the tokens, not their hashes; an admin does.
@@ -281,17 +271,7 @@ fn a_write_is_refused_where_it_is_applied_when_its_token_was_revoked_before_it()
         let leader = c.wait_leader().await;
         let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
         let mut admin = c.client(leader).await;
-        let t = admin
-            .create_token(pb::CreateTokenRequest {
-                scope: Some(pb::create_token_request::Scope::Role(
-                    pb::TokenRole::Admin as i32,
-                )),
-                ttl_ms: 0,
-                max_uses: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let t = role_token(&mut admin, pb::TokenRole::Admin).await;
         let mut on_follower = client(c.addrs[&follower], Some(&t.secret));
         on_follower
             .apply(apply_req(vec![service("before-revoke", 80)]))
@@ -345,17 +325,7 @@ fn a_revoked_token_is_refused_from_the_commit_on_even_by_a_lagging_follower() {
         let leader = c.wait_leader().await;
         let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
         let mut admin = c.client(leader).await;
-        let t = admin
-            .create_token(pb::CreateTokenRequest {
-                scope: Some(pb::create_token_request::Scope::Role(
-                    pb::TokenRole::Admin as i32,
-                )),
-                ttl_ms: 0,
-                max_uses: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let t = role_token(&mut admin, pb::TokenRole::Admin).await;
         let mut on_follower = client(c.addrs[&follower], Some(&t.secret));
         eventually(
             "the follower knows the token",
@@ -525,4 +495,17 @@ fn services_get_a_virtual_address_from_meshd_that_an_apply_cannot_change() {
         assert_eq!(vip_on(leader, "web"), Some(web));
         c.shutdown().await;
     });
+}
+
+/// A new admin or read-only token, made by `admin`.
+async fn role_token(admin: &mut Admin, role: pb::TokenRole) -> pb::CreateTokenResponse {
+    admin
+        .create_token(pb::CreateTokenRequest {
+            scope: Some(pb::create_token_request::Scope::Role(role as i32)),
+            ttl_ms: 0,
+            max_uses: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }

@@ -175,6 +175,50 @@ fn in_netns<T: Send + 'static>(
     })
 }
 
+/// mesh-proxy in the namespace, as user 4242 (whose connections capture
+/// leaves alone), serving `cfg` with its capture listener on 15002.
+fn capture_proxy(ns: &Netns, cfg: &std::path::Path) -> std::process::Child {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "setpriv",
+            "--reuid=4242",
+            "--regid=4242",
+            "--clear-groups",
+        ])
+        .arg(env!("CARGO_BIN_EXE_mesh-proxy"))
+        .args([
+            "--config-file",
+            cfg.to_str().unwrap(),
+            "--service",
+            "client",
+        ])
+        .args([
+            "--outbound",
+            "127.0.0.1:15001",
+            "--admin",
+            "127.0.0.1:15000",
+        ])
+        .args(["--capture", "127.0.0.1:15002"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (on a thread in the namespace) until the proxy's admin port answers.
+fn wait_for_proxy() {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect("127.0.0.1:15000").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn an_unmodified_client_s_http_reaches_the_mesh_and_other_tcp_passes_through() {
     use std::io::{Read, Write};
@@ -224,44 +268,10 @@ fn an_unmodified_client_s_http_reaches_the_mesh_and_other_tcp_passes_through() {
         "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80, protocol: http}]}\n---\nkind: Endpoint\nmetadata: {name: web-1}\nspec: {service: web, address: 127.0.0.1, port: 18080}\n",
     )
     .unwrap();
-    let mut proxy = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            "setpriv",
-            "--reuid=4242",
-            "--regid=4242",
-            "--clear-groups",
-        ])
-        .arg(env!("CARGO_BIN_EXE_mesh-proxy"))
-        .args([
-            "--config-file",
-            cfg.to_str().unwrap(),
-            "--service",
-            "client",
-        ])
-        .args([
-            "--outbound",
-            "127.0.0.1:15001",
-            "--admin",
-            "127.0.0.1:15000",
-        ])
-        .args(["--capture", "127.0.0.1:15002"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut proxy = capture_proxy(&ns, &cfg);
     capture::install(&ns.iptables(), &spec()).unwrap();
     let got = in_netns(&ns, || {
-        // The proxy (its own user: not captured) is up once its port answers.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect("127.0.0.1:15000").is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the proxy did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_proxy();
         // `curl http://web/` without a proxy setting: any address will do
         // until mesh DNS gives web one; the Host names the service.
         let mut c =
@@ -309,42 +319,9 @@ fn an_unmodified_client_s_http_reaches_the_mesh_and_other_tcp_passes_through() {
         std::fs::read_to_string(&cfg).unwrap()
     );
     std::fs::write(&cfg, with_deny).unwrap();
-    let mut proxy = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            "setpriv",
-            "--reuid=4242",
-            "--regid=4242",
-            "--clear-groups",
-        ])
-        .arg(env!("CARGO_BIN_EXE_mesh-proxy"))
-        .args([
-            "--config-file",
-            cfg.to_str().unwrap(),
-            "--service",
-            "client",
-        ])
-        .args([
-            "--outbound",
-            "127.0.0.1:15001",
-            "--admin",
-            "127.0.0.1:15000",
-        ])
-        .args(["--capture", "127.0.0.1:15002"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut proxy = capture_proxy(&ns, &cfg);
     let denied = in_netns(&ns, || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect("127.0.0.1:15000").is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the proxy did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_proxy();
         let mut c = TcpStream::connect("203.0.113.5:80").unwrap();
         c.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
             .unwrap();
