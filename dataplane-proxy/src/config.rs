@@ -149,7 +149,7 @@ pub struct ProxyConfig {
     pub labels: BTreeMap<String, String>,
     /// Local app port.
     pub app_port: Option<u16>,
-    /// Advertised address.
+    /// Advertised address ("" = worked out at each connection to meshd).
     pub advertise: String,
     /// Inbound listener.
     pub inbound: SocketAddr,
@@ -286,7 +286,16 @@ impl Args {
             None if static_mode => "127.0.0.1".to_string(),
             // Bound to one address: that is the one others can reach.
             None if !self.inbound.ip().is_unspecified() => self.inbound.ip().to_string(),
-            None => advertise_toward(&self.control_plane)?.to_string(),
+            // Worked out now if it can be; else at each connection to meshd
+            // (a proxy must start, and serve its saved config, while
+            // meshd's names do not resolve).
+            None => match advertise_toward(&self.control_plane) {
+                Ok(ip) => ip.to_string(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "--advertise will be worked out when meshd is reached");
+                    String::new()
+                }
+            },
         };
         Ok(ProxyConfig {
             control_plane: self.control_plane,
@@ -424,6 +433,19 @@ mod tests {
         };
         assert_eq!(advertised("127.0.0.1:15006").unwrap(), "127.0.0.1");
         assert_eq!(advertised("10.1.2.3:15006").unwrap(), "10.1.2.3");
+        // meshd's name does not resolve yet: the proxy still starts, and
+        // works the address out when it reaches meshd.
+        let c = Args::try_parse_from([
+            "mesh-proxy",
+            "--control-plane",
+            "meshd.invalid:7100",
+            "--service",
+            "web",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(c.advertise, "");
         match advertised("0.0.0.0:15006") {
             Ok(a) => assert!(!a.starts_with("127."), "meshd is on another host: {a}"),
             Err(e) => eprintln!("skipped: no route off this machine ({e})"),

@@ -168,6 +168,16 @@ async fn session(
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let current = config.current();
     let mut hello = settings.hello.clone();
+    if hello.address.is_empty() {
+        // Not known at start (meshd's names did not resolve then): the
+        // address this host reaches this node from.
+        let a = addr.to_string();
+        let ip = tokio::task::spawn_blocking(move || crate::config::advertise_toward(&[a]))
+            .await
+            .map_err(|e| Ended::Early(e.to_string()))?
+            .map_err(Ended::Early)?;
+        hello.address = ip.to_string();
+    }
     hello.last_revision = match current.source {
         Source::ControlPlane | Source::StateDir => current.revision,
         _ => 0,
