@@ -84,7 +84,7 @@ pub fn resource_table(items: &[Resource]) -> String {
     }
     let (header, rows): (Vec<&str>, Vec<Vec<String>>) = match &items[0].spec {
         Spec::Service(_) => (
-            vec!["NAMESPACE", "NAME", "PORTS", "REVISION"],
+            vec!["NAMESPACE", "NAME", "VIP", "PORTS", "REVISION"],
             items
                 .iter()
                 .map(|r| {
@@ -109,6 +109,7 @@ pub fn resource_table(items: &[Resource]) -> String {
                     vec![
                         r.metadata.namespace.clone(),
                         r.metadata.name.clone(),
+                        s.vip.map_or_else(|| "-".to_string(), |v| v.to_string()),
                         ports,
                         rev(r),
                     ]

@@ -236,6 +236,12 @@ fn a_three_node_cluster_from_the_shell() {
         "{}",
         text(&o.stdout)
     );
+    // Its virtual address, assigned by meshd.
+    assert!(
+        text(&o.stdout).contains("VIP") && text(&o.stdout).contains("240.240.0."),
+        "{}",
+        text(&o.stdout)
+    );
 
     // Bad input: exit 3, the document, field and rule named, nothing applied.
     let bad = "kind: Service\nmetadata: {name: api}\nspec: {}\n---\nkind: Route\nmetadata: {name: web}\nspec: {service: web, rules: [{backends: [{subset: {v: a}, weight: 90}]}]}\n";
