@@ -152,6 +152,17 @@ impl CompiledConfig {
     pub fn service(&self, id: &ServiceId) -> Option<&Arc<ServiceTable>> {
         self.services.get(id)
     }
+
+    /// The service whose virtual address is `vip`, among those held (a
+    /// scan: a proxy holds the few services it calls).
+    pub fn service_by_vip(&self, vip: std::net::Ipv4Addr) -> Option<&Arc<ServiceTable>> {
+        self.resources.values().find_map(|r| match &r.spec {
+            raftmesh_api::Spec::Service(s) if s.vip == Some(vip) => self
+                .services
+                .get(&(r.metadata.namespace.clone(), r.metadata.name.clone())),
+            _ => None,
+        })
+    }
 }
 
 fn subset_label(s: &BTreeMap<String, String>) -> String {

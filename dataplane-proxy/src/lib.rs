@@ -228,6 +228,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
                 l,
                 server::outbound_stack(config.clone(), forward.clone()),
                 config.clone(),
+                workload.clone(),
                 config.metrics.clone(),
                 config.conn_limits,
                 shutdown_rx.clone(),

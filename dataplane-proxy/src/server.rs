@@ -516,7 +516,6 @@ pub async fn serve_tcp_upstream(
         let (config, service, workload) = (config.clone(), service.clone(), workload.clone());
         tokio::spawn(async move {
             let _guard = ConnGuard::open(&config.metrics, "outbound");
-            let mut client = stream;
             let table = match config.current().service(&service).cloned() {
                 Some(t) => Some(t),
                 None => config.learn(&service, Duration::from_secs(2)).await,
@@ -526,51 +525,58 @@ pub async fn serve_tcp_upstream(
                 config.metrics.error("no-route");
                 return;
             };
-            let stats = config.stats.service(&t.id);
-            for _ in 0..3 {
-                let Some((rule, b)) = choose(&t.rules, &Request::new(())) else {
-                    break;
-                };
-                let Some(i) = crate::balance::pick(&t, &t.rules[rule].backends[b], &stats.rr)
-                else {
-                    config.metrics.error("no-healthy-endpoints");
-                    return;
-                };
-                let ep = &t.endpoints[i];
-                match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(ep.addr))
-                    .await
-                {
-                    Ok(Ok(mut up)) => {
-                        let _ = up.set_nodelay(true);
-                        let tls = workload.as_ref().and_then(|w| w.tls());
-                        match (&ep.server_name, tls) {
-                            (Some(name), Some(tls)) => {
-                                let c = tokio_rustls::TlsConnector::from(tls.client_tcp.clone());
-                                match c.connect(name.clone(), up).await {
-                                    Ok(mut s) => {
-                                        let _ = tokio::io::copy_bidirectional(&mut client, &mut s)
-                                            .await;
-                                        return;
-                                    }
-                                    Err(e) => {
-                                        tracing::debug!(endpoint = %ep.addr, error = %e, "TCP upstream TLS failed; trying another")
-                                    }
-                                }
-                            }
-                            _ => {
-                                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+            relay_to_service(stream, &t, &config, workload.as_deref()).await;
+        });
+    }
+}
+
+/// Relays one TCP connection to an endpoint of the service (mTLS when the
+/// endpoint has an identity and this proxy a certificate), trying up to
+/// three endpoints on connect failure.
+pub(crate) async fn relay_to_service(
+    mut client: TcpStream,
+    t: &crate::compiled::ServiceTable,
+    config: &Config,
+    workload: Option<&Workload>,
+) {
+    let stats = config.stats.service(&t.id);
+    for _ in 0..3 {
+        let Some((rule, b)) = choose(&t.rules, &Request::new(())) else {
+            break;
+        };
+        let Some(i) = crate::balance::pick(t, &t.rules[rule].backends[b], &stats.rr) else {
+            config.metrics.error("no-healthy-endpoints");
+            return;
+        };
+        let ep = &t.endpoints[i];
+        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(ep.addr)).await {
+            Ok(Ok(mut up)) => {
+                let _ = up.set_nodelay(true);
+                match (&ep.server_name, workload.and_then(|w| w.tls())) {
+                    (Some(name), Some(tls)) => {
+                        let c = tokio_rustls::TlsConnector::from(tls.client_tcp.clone());
+                        match c.connect(name.clone(), up).await {
+                            Ok(mut s) => {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut s).await;
                                 return;
+                            }
+                            Err(e) => {
+                                tracing::debug!(endpoint = %ep.addr, error = %e, "TCP upstream TLS failed; trying another")
                             }
                         }
                     }
                     _ => {
-                        tracing::debug!(endpoint = %ep.addr, "TCP upstream connect failed; trying another")
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                        return;
                     }
                 }
             }
-            config.metrics.error("upstream-connect");
-        });
+            _ => {
+                tracing::debug!(endpoint = %ep.addr, "TCP upstream connect failed; trying another")
+            }
+        }
     }
+    config.metrics.error("upstream-connect");
 }
 
 #[cfg(test)]

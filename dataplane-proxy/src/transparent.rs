@@ -3,8 +3,10 @@
 //!
 //! Each connection's original destination comes from `SO_ORIGINAL_DST`.
 //! HTTP whose Host names a mesh service is served like the outbound
-//! listener's (routing, retries, mTLS to the callee's proxy); anything
-//! else — another host's HTTP, TLS, any other TCP — is relayed unchanged
+//! listener's (routing, retries, mTLS to the callee's proxy); a connection
+//! to a service's virtual address goes to one of its endpoints (as opaque
+//! TCP, mTLS between the proxies); anything else — another host's HTTP,
+//! TLS, any other TCP — is relayed unchanged
 //! to where the workload was connecting (MeshConfig `outbound: allow`, the
 //! default) or closed (`outbound: deny`). A connection made straight to this port (no
 //! original destination other than the port itself) is closed, so the
@@ -19,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::conn::{accept, AcceptBackoff, ConnLimits};
 use crate::metrics::Metrics;
-use crate::server::{outbound_connection, relay_stream, sniff, OutboundStack};
+use crate::server::{outbound_connection, relay_stream, relay_to_service, sniff, OutboundStack};
 use crate::state::Config;
 
 /// How long the listener waits for a whole request head before it decides
@@ -33,6 +35,7 @@ pub async fn serve_captured(
     listener: TcpListener,
     stack: OutboundStack,
     config: Arc<Config>,
+    workload: Option<Arc<crate::tls::Workload>>,
     metrics: Arc<Metrics>,
     limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
@@ -50,6 +53,7 @@ pub async fn serve_captured(
             metrics.clone(),
             shutdown.clone(),
         );
+        let workload = workload.clone();
         tokio::spawn(async move {
             let dst = match crate::capture::original_dst(&stream) {
                 Ok(d) if Some(d) != own && Some(d.port()) != own.map(|o| o.port()) => d,
@@ -59,8 +63,15 @@ pub async fn serve_captured(
                     return;
                 }
             };
+            let by_vip = match dst.ip() {
+                std::net::IpAddr::V4(ip) => config.current().service_by_vip(ip).cloned(),
+                std::net::IpAddr::V6(_) => None,
+            };
             if sniff(&stream).await && mesh_http(&stream, &config).await {
                 outbound_connection(stream, stack, metrics, limits, stop).await;
+            } else if let Some(t) = by_vip {
+                // A service's virtual address: to one of its endpoints.
+                relay_to_service(stream, &t, &config, workload.as_deref()).await;
             } else if config.current().authz.outbound == OutboundMode::Deny {
                 tracing::debug!(%dst, "closed a connection outside the mesh (MeshConfig outbound: deny)");
                 metrics.error("outbound-denied");

@@ -240,6 +240,13 @@ fn an_unmodified_client_s_http_reaches_the_mesh_and_other_tcp_passes_through() {
     let servers = in_netns(&ns, || {
         let app = TcpListener::bind("127.0.0.1:18080").unwrap();
         let outside = TcpListener::bind("10.77.0.2:9000").unwrap();
+        let db = TcpListener::bind("127.0.0.1:15432").unwrap();
+        std::thread::spawn(move || {
+            for s in db.incoming().flatten() {
+                let mut s = s;
+                let _ = s.write_all(b"db\n");
+            }
+        });
         std::thread::spawn(move || {
             for s in app.incoming().flatten() {
                 let mut s = s;
@@ -265,7 +272,7 @@ fn an_unmodified_client_s_http_reaches_the_mesh_and_other_tcp_passes_through() {
     let cfg = dir.path().join("mesh.yaml");
     std::fs::write(
         &cfg,
-        "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80, protocol: http}]}\n---\nkind: Endpoint\nmetadata: {name: web-1}\nspec: {service: web, address: 127.0.0.1, port: 18080}\n",
+        "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80, protocol: http}]}\n---\nkind: Endpoint\nmetadata: {name: web-1}\nspec: {service: web, address: 127.0.0.1, port: 18080}\n---\nkind: Service\nmetadata: {name: db}\nspec: {vip: 240.240.0.9, ports: [{port: 5432, protocol: tcp}]}\n---\nkind: Endpoint\nmetadata: {name: db-1}\nspec: {service: db, address: 127.0.0.1, port: 15432}\n",
     )
     .unwrap();
     let mut proxy = capture_proxy(&ns, &cfg);
@@ -296,7 +303,16 @@ fn an_unmodified_client_s_http_reaches_the_mesh_and_other_tcp_passes_through() {
         let _ = d.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n");
         let mut direct = Vec::new();
         let closed = matches!(d.read_to_end(&mut direct), Ok(0)) || direct.is_empty();
-        (http, other, closed)
+        // Any TCP to a service's virtual address reaches the service.
+        let mut v = TcpStream::connect_timeout(
+            &"240.240.0.9:5432".parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        v.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut by_vip = String::new();
+        let _ = v.read_to_string(&mut by_vip);
+        (http, other, closed, by_vip)
     })
     .join()
     .unwrap();
@@ -311,6 +327,10 @@ fn an_unmodified_client_s_http_reaches_the_mesh_and_other_tcp_passes_through() {
     assert!(
         got.2,
         "a connection straight to the capture port was served"
+    );
+    assert_eq!(
+        got.3, "db\n",
+        "TCP to db's virtual address did not reach db"
     );
 
     // MeshConfig outbound: deny: the mesh still answers, the outside does not.
