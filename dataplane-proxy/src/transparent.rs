@@ -41,7 +41,6 @@ pub async fn serve_captured(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = AcceptBackoff::default();
-    let own = listener.local_addr().ok();
     loop {
         let stream = tokio::select! {
             s = accept(&listener, &mut backoff, "capture") => s,
@@ -55,21 +54,19 @@ pub async fn serve_captured(
         );
         let workload = workload.clone();
         tokio::spawn(async move {
+            // A connection made straight to this port (not redirected) has
+            // its own local address as its original destination.
             let dst = match crate::capture::original_dst(&stream) {
-                Ok(d) if Some(d) != own && Some(d.port()) != own.map(|o| o.port()) => d,
+                Ok(d) if stream.local_addr().ok() != Some(d) => d,
                 Ok(_) | Err(_) => {
                     tracing::debug!("closed a connection made straight to the capture port");
                     metrics.error("not-captured");
                     return;
                 }
             };
-            let by_vip = match dst.ip() {
-                std::net::IpAddr::V4(ip) => config.current().service_by_vip(ip).cloned(),
-                std::net::IpAddr::V6(_) => None,
-            };
             if sniff(&stream).await && mesh_http(&stream, &config).await {
                 outbound_connection(stream, stack, metrics, limits, stop).await;
-            } else if let Some(t) = by_vip {
+            } else if let Some(t) = by_vip(&config, dst) {
                 // A service's virtual address: to one of its endpoints.
                 relay_to_service(stream, &t, &config, workload.as_deref()).await;
             } else if config.current().authz.outbound == OutboundMode::Deny {
@@ -79,6 +76,17 @@ pub async fn serve_captured(
                 relay_stream(stream, dst).await;
             }
         });
+    }
+}
+
+/// The service whose virtual address `dst` is, if the proxy holds it.
+fn by_vip(
+    config: &Config,
+    dst: std::net::SocketAddr,
+) -> Option<Arc<crate::compiled::ServiceTable>> {
+    match dst.ip() {
+        std::net::IpAddr::V4(ip) => config.current().service_by_vip(ip).cloned(),
+        std::net::IpAddr::V6(_) => None,
     }
 }
 
