@@ -230,7 +230,6 @@ impl VipAllocator {
         let (first, last) = (net + 1, net + ((1u32 << (32 - range.1)) - 2));
         let start = self
             .next
-            .filter(|n| (first..=last).contains(n))
             .or_else(|| {
                 s.resources
                     .last_vip_in(first, last)
