@@ -19,6 +19,21 @@ fn to_matches(p: &PolicySpec, method: &str, path: &str) -> bool {
         })
 }
 
+/// The header that tells the app who called (Envoy's and Istio's name):
+/// `URI=<caller's SPIFFE ID>`, set by the callee's proxy from the
+/// caller's certificate.
+pub const CALLER_HEADER: &str = "x-forwarded-client-cert";
+
+/// Tells the app who called: any `x-forwarded-client-cert` the request
+/// arrived with is dropped (a caller cannot forge it) and, for a caller
+/// with a certificate, replaced by its SPIFFE ID.
+pub fn set_caller(headers: &mut http::HeaderMap, who: Option<&str>) {
+    headers.remove(CALLER_HEADER);
+    if let Some(v) = who.and_then(|w| http::HeaderValue::from_str(&format!("URI={w}")).ok()) {
+        headers.insert(CALLER_HEADER, v);
+    }
+}
+
 /// Whether a request may pass; the error says why not.
 pub fn decide(a: &Authz, who: Option<&str>, method: &str, path: &str) -> Result<(), String> {
     if let Some(w) = who.filter(|w| !a.revoked.is_empty() && a.revoked.contains(*w)) {

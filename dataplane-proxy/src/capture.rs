@@ -7,9 +7,10 @@
 //! `RAFTMESH_INBOUND` (from `PREROUTING`: TCP arriving for the workload goes
 //! to the proxy's inbound port) and `RAFTMESH_OUTPUT` (from `OUTPUT`: TCP
 //! the workload opens goes to the proxy's capture port, DNS to the proxy's
-//! DNS port) — so that removing them leaves the tables as they were. The
-//! proxy's own traffic (`--proxy-uid`), loopback, and the ports and
-//! address ranges excluded are left alone. Both commands are idempotent.
+//! DNS port, whatever resolver it was sent to) — so that removing them
+//! leaves the tables as they were. The proxy's own traffic
+//! (`--proxy-uid`), loopback TCP, and the ports and address ranges
+//! excluded are left alone. Both commands are idempotent.
 //! A `nat` table that exists only because of the rules (a fresh host or
 //! network namespace, iptables on nf_tables) is removed with them: a
 //! marker chain records it. IPv4 only, iptables only, as yet.
@@ -206,10 +207,7 @@ pub fn rules(spec: &CaptureSpec) -> Result<Vec<Vec<String>>, CaptureError> {
         "-j",
         "RETURN",
     ]));
-    r.push(words(&[OUTPUT, "-d", "127.0.0.0/8", "-j", "RETURN"]));
-    for c in &spec.exclude_cidrs {
-        r.push(words(&[OUTPUT, "-d", c, "-j", "RETURN"]));
-    }
+    // DNS first: a host's resolver is often on loopback (127.0.0.53).
     if let Some(dns) = spec.dns_port {
         r.push(words(&[
             OUTPUT,
@@ -222,6 +220,10 @@ pub fn rules(spec: &CaptureSpec) -> Result<Vec<Vec<String>>, CaptureError> {
             "--to-ports",
             &dns.to_string(),
         ]));
+    }
+    r.push(words(&[OUTPUT, "-d", "127.0.0.0/8", "-j", "RETURN"]));
+    for c in &spec.exclude_cidrs {
+        r.push(words(&[OUTPUT, "-d", c, "-j", "RETURN"]));
     }
     for p in &spec.exclude_outbound_ports {
         r.push(words(&[
@@ -368,7 +370,12 @@ mod tests {
             out[0],
             "RAFTMESH_OUTPUT -m owner --uid-owner 1337 -j RETURN"
         );
-        assert_eq!(out[1], "RAFTMESH_OUTPUT -d 127.0.0.0/8 -j RETURN");
+        // The workload's DNS goes to the proxy even to a loopback resolver.
+        assert_eq!(
+            out[1],
+            "RAFTMESH_OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053"
+        );
+        assert_eq!(out[2], "RAFTMESH_OUTPUT -d 127.0.0.0/8 -j RETURN");
         assert_eq!(
             out.last().unwrap().as_str(),
             "RAFTMESH_OUTPUT -p tcp -j REDIRECT --to-ports 15002"

@@ -153,6 +153,19 @@ impl CompiledConfig {
         self.services.get(id)
     }
 
+    /// The virtual address of a held service.
+    pub fn vip_of(&self, id: &ServiceId) -> Option<std::net::Ipv4Addr> {
+        self.services.get(id)?;
+        self.resources.values().find_map(|r| match &r.spec {
+            raftmesh_api::Spec::Service(s)
+                if r.metadata.namespace == id.0 && r.metadata.name == id.1 =>
+            {
+                s.vip
+            }
+            _ => None,
+        })
+    }
+
     /// The service whose virtual address is `vip`, among those held (a
     /// scan: a proxy holds the few services it calls).
     pub fn service_by_vip(&self, vip: std::net::Ipv4Addr) -> Option<&Arc<ServiceTable>> {

@@ -79,6 +79,15 @@ pub struct Args {
     /// else relayed to its original destination. Off when not given.
     #[arg(long)]
     pub capture: Option<SocketAddr>,
+    /// Mesh DNS (UDP; e.g. 127.0.0.1:15053, the port `capture install
+    /// --dns-port` sends the workload's DNS to): mesh names answered with
+    /// their virtual address, other names forwarded. Off when not given.
+    #[arg(long)]
+    pub dns: Option<SocketAddr>,
+    /// The resolver mesh DNS forwards other names to [default: the first
+    /// nameserver of /etc/resolv.conf].
+    #[arg(long)]
+    pub dns_upstream: Option<SocketAddr>,
     /// Outbound HTTP listener (from the app to services).
     #[arg(long, default_value = "127.0.0.1:15001")]
     pub outbound: SocketAddr,
@@ -157,6 +166,10 @@ pub struct ProxyConfig {
     pub outbound: SocketAddr,
     /// Captured-connection listener.
     pub capture: Option<SocketAddr>,
+    /// Mesh DNS listener.
+    pub dns: Option<SocketAddr>,
+    /// Where mesh DNS forwards other names.
+    pub dns_upstream: Option<SocketAddr>,
     /// Admin listener.
     pub admin: SocketAddr,
     /// TCP upstreams: service → local listen address.
@@ -297,6 +310,23 @@ impl Args {
                 }
             },
         };
+        let dns_upstream = match (self.dns, self.dns_upstream) {
+            (None, _) => None,
+            (Some(_), Some(up)) => Some(up),
+            (Some(_), None) => {
+                let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                let up = crate::dns::host_resolver(&conf);
+                if up.is_none() {
+                    tracing::warn!("--dns: /etc/resolv.conf names no resolver; names outside the mesh will fail (give --dns-upstream)");
+                }
+                up
+            }
+        };
+        if let (Some(d), Some(up)) = (self.dns, dns_upstream) {
+            if d == up {
+                return Err(format!("--dns-upstream {up} is the proxy's own --dns address: give the host's resolver"));
+            }
+        }
         Ok(ProxyConfig {
             control_plane: self.control_plane,
             service,
@@ -308,6 +338,8 @@ impl Args {
             inbound: self.inbound,
             outbound: self.outbound,
             capture: self.capture,
+            dns: self.dns,
+            dns_upstream,
             admin: self.admin,
             upstreams,
             token,

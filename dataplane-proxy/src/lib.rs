@@ -14,6 +14,7 @@ pub mod capture;
 pub mod compiled;
 pub mod config;
 pub mod conn;
+pub mod dns;
 pub mod error;
 pub mod forward;
 pub mod guard;
@@ -91,6 +92,8 @@ pub struct Proxy {
     pub upstreams: Vec<(String, SocketAddr)>,
     /// Bound listener for captured connections (`--capture`).
     pub capture: Option<SocketAddr>,
+    /// Bound mesh DNS address (`--dns`, UDP).
+    pub dns: Option<SocketAddr>,
     /// The live configuration.
     pub config: Arc<Config>,
     shutdown: watch::Sender<bool>,
@@ -237,6 +240,22 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         }
         None => None,
     };
+    let dns = match cfg.dns {
+        Some(addr) => {
+            let socket = tokio::net::UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind the dns listener on {addr}: change --dns"))?;
+            let a = socket.local_addr()?;
+            let server = dns::Dns::new(config.clone(), workload.clone(), cfg.dns_upstream);
+            tasks.push(tokio::spawn(dns::serve(
+                socket,
+                server,
+                shutdown_rx.clone(),
+            )));
+            Some(a)
+        }
+        None => None,
+    };
     let inbound = match cfg.app_port {
         Some(port) => {
             let l = bind(cfg.inbound, "inbound").await?;
@@ -293,6 +312,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         admin,
         upstreams,
         capture,
+        dns,
         config,
         shutdown,
         tasks,

@@ -425,6 +425,7 @@ impl Inbound {
                             // Cheap clones (shared bytes): kept to decide again
                             // while a streaming answer flows.
                             decided = Some((req.method().clone(), req.uri().clone()));
+                            authz::set_caller(req.headers_mut(), who.as_deref());
                             let req = req.map(|b| b.boxed());
                             let sent = if req.version() == http::Version::HTTP_2 {
                                 this.forward.send(req, this.app).await

@@ -801,6 +801,8 @@ fn server_tls_between_nodes_and_to_clients() {
                 inbound: any,
                 outbound: any,
                 capture: None,
+                dns: None,
+                dns_upstream: None,
                 admin: any,
                 upstreams: vec![],
                 token: Some(secret),

@@ -28,9 +28,14 @@ async fn app(name: &'static str) -> SocketAddr {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
             tokio::spawn(async move {
+                // Answers its name, and who its proxy said called.
                 let svc = hyper::service::service_fn(
-                    move |_r: hyper::Request<hyper::body::Incoming>| async move {
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(name))))
+                    move |r: hyper::Request<hyper::body::Incoming>| async move {
+                        let mut resp = hyper::Response::new(Full::new(Bytes::from(name)));
+                        if let Some(v) = r.headers().get("x-forwarded-client-cert") {
+                            resp.headers_mut().insert("x-seen-caller", v.clone());
+                        }
+                        Ok::<_, Infallible>(resp)
                     },
                 );
                 let _ = hyper_util::server::conn::auto::Builder::new(
@@ -65,6 +70,8 @@ async fn proxy(
         inbound: any,
         outbound: any,
         capture: None,
+        dns: None,
+        dns_upstream: None,
         admin: any,
         upstreams: vec![],
         token: Some(token),
@@ -182,6 +189,23 @@ fn proxies_talk_over_mutual_tls_and_plaintext_to_a_strict_inbound_is_refused() {
         let h = http();
         let (s, body, _) = get(&h, m.frontend.outbound, "web").await;
         assert_eq!((s, body.as_str()), (200, "web"));
+        // The app learns the caller from its certificate; a caller's own
+        // x-forwarded-client-cert is dropped, never passed on.
+        let req = hyper::Request::get(format!("http://{}/", m.frontend.outbound))
+            .header("host", "web")
+            .header(
+                "x-forwarded-client-cert",
+                "URI=spiffe://test.mesh/ns/default/sa/admin",
+            )
+            .body(Empty::new())
+            .unwrap();
+        let r = h.request(req).await.unwrap();
+        assert_eq!(
+            r.headers()
+                .get("x-seen-caller")
+                .map(|v| v.to_str().unwrap()),
+            Some("URI=spiffe://test.mesh/ns/default/sa/frontend")
+        );
         // The endpoint was registered with the workload's SPIFFE ID.
         let ep = m.c.nodes[&1]
             .reader
@@ -920,6 +944,8 @@ fn a_committed_deny_ends_live_tcp_tunnels_and_streaming_answers() {
             inbound: any,
             outbound: any,
             capture: None,
+            dns: None,
+            dns_upstream: None,
             admin: any,
             upstreams: vec![("web".into(), any)],
             token: Some(bootstrap_token(&mut admin, "frontend").await),

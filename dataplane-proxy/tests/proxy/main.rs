@@ -5,6 +5,7 @@
 
 mod capture;
 mod control_plane;
+mod dns;
 mod resilience;
 mod routing;
 mod support;

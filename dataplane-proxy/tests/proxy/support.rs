@@ -96,6 +96,8 @@ pub fn base_config() -> ProxyConfig {
         inbound: any,
         outbound: any,
         capture: None,
+        dns: None,
+        dns_upstream: None,
         admin: any,
         upstreams: vec![],
         token: None,
