@@ -30,6 +30,9 @@ pub struct ClusterOpts {
     /// Data directories on a `lazyfs` mount, so power cuts can be
     /// simulated ([`Cluster::power_cut`]); needs [`power_loss_available`].
     pub power_loss: bool,
+    /// Hosts for workloads beside the nodes' (network namespaces on the
+    /// same bridge, numbered after the nodes; root only).
+    pub workload_hosts: u64,
 }
 
 /// Whether this machine can simulate power loss: root, `/dev/fuse`.
@@ -138,7 +141,10 @@ impl Cluster {
             .prefix("raftmesh-cluster-")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let net = Net::new(n, dir.path())?;
+        let net = Net::with_hosts(n, opts.workload_hosts, dir.path())?;
+        if opts.workload_hosts > 0 && !net.real() {
+            return Err("workload hosts need network namespaces (root, ip, iptables)".into());
+        }
         let lazy = if opts.power_loss {
             power_loss_available()?;
             Some(LazyMount::start(dir.path())?)

@@ -34,8 +34,10 @@ pub enum Mode {
 pub struct Net {
     /// How nodes are connected.
     pub mode: Mode,
-    /// Nodes, 1-based.
+    /// Nodes, 1-based (the faults are between them).
     pub n: u64,
+    /// Hosts: the nodes, then hosts for workloads (`n+1..=hosts`).
+    pub hosts: u64,
     dir: PathBuf,
     /// Current loss per directed pair (from, to) → probability.
     loss: std::sync::Mutex<Vec<(u64, u64, f64)>>,
@@ -120,6 +122,12 @@ impl Net {
     /// A network for `n` nodes: namespaces when root and `ip` works (unless
     /// `CHAOS_NET=loopback`), loopback otherwise.
     pub fn new(n: u64, dir: &Path) -> Result<Self, String> {
+        Self::with_hosts(n, 0, dir)
+    }
+
+    /// [`Net::new`] with `extra` more hosts on the same bridge, for
+    /// workloads (no faults between them).
+    pub fn with_hosts(n: u64, extra: u64, dir: &Path) -> Result<Self, String> {
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let want_ns = std::env::var("CHAOS_NET")
             .map(|v| v != "loopback")
@@ -157,7 +165,7 @@ impl Net {
                 prefix: format!("rmc{tag}"),
                 subnet,
             };
-            Self::setup(&m, n)?;
+            Self::setup(&m, n + extra)?;
             m
         } else {
             Mode::Loopback
@@ -165,6 +173,7 @@ impl Net {
         let net = Net {
             mode,
             n,
+            hosts: n + extra,
             dir: dir.to_path_buf(),
             loss: Default::default(),
             delay: Default::default(),
@@ -236,6 +245,22 @@ impl Net {
     /// The fault file of node `i`.
     pub fn fault_file(&self, i: u64) -> PathBuf {
         self.dir.join(format!("faults-{i}.json"))
+    }
+
+    /// The network namespace of host `i` (`None` on loopback).
+    pub fn netns(&self, i: u64) -> Option<String> {
+        match &self.mode {
+            Mode::Namespaces { prefix, .. } => Some(format!("{prefix}n{i}")),
+            Mode::Loopback => None,
+        }
+    }
+
+    /// The bridge's own address (the host side of the network).
+    pub fn gateway(&self) -> Option<String> {
+        match &self.mode {
+            Mode::Namespaces { subnet, .. } => Some(format!("10.{}.{}.1", subnet.0, subnet.1)),
+            Mode::Loopback => None,
+        }
     }
 
     /// `cmd` wrapped to run in node `i`'s namespace.
@@ -404,7 +429,7 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         if let Mode::Namespaces { bridge, prefix, .. } = &self.mode {
-            for i in 1..=self.n {
+            for i in 1..=self.hosts {
                 let _ = run(&["ip", "netns", "del", &format!("{prefix}n{i}")]);
                 let _ = run(&["ip", "link", "del", &format!("{prefix}v{i}")]);
             }

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hosts;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
