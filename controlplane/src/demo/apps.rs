@@ -21,7 +21,16 @@ pub struct App {
 impl App {
     /// Serves `body` (e.g. `web v2`) to every request.
     pub async fn start(body: &'static str) -> std::io::Result<Self> {
-        let l = TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(TcpListener::bind("127.0.0.1:0").await?, body)
+    }
+
+    /// Serves `body` on a listener bound elsewhere (in another network
+    /// namespace: `meshd demo --transparent`).
+    pub fn serve_std(l: std::net::TcpListener, body: &'static str) -> std::io::Result<Self> {
+        Self::serve(TcpListener::from_std(l)?, body)
+    }
+
+    fn serve(l: TcpListener, body: &'static str) -> std::io::Result<Self> {
         let addr = l.local_addr()?;
         let task = tokio::spawn(async move {
             loop {

@@ -15,6 +15,7 @@
 //! (`raftmesh_client::bins`).
 
 mod apps;
+mod hosts;
 mod procs;
 mod story;
 mod table;
@@ -50,7 +51,22 @@ pub struct DemoArgs {
     /// Requests per second per caller and service.
     #[arg(long, default_value_t = 25)]
     pub rps: u32,
+    /// Root only: each workload on a host of its own (a network namespace
+    /// with its own address) under transparent capture, the callers plain
+    /// `curl http://web/` loops; meshd on the hosts' bridge, with TLS.
+    #[arg(long)]
+    pub transparent: bool,
 }
+
+/// The demo's instances, one host each with --transparent.
+const INSTANCES: [&str; 6] = [
+    "web-v1",
+    "web-v2-a",
+    "web-v2-b",
+    "api-1",
+    "frontend-1",
+    "batch-1",
+];
 
 fn doc(y: &str) -> anyhow::Result<Resource> {
     serde_yaml_ng::from_str(y).with_context(|| format!("demo resource: {y}"))
@@ -171,6 +187,18 @@ fn check_free(addrs: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An app answering `body`: on loopback, or inside its own host.
+async fn start_app(
+    hosts: Option<&hosts::Hosts>,
+    instance: &str,
+    body: &'static str,
+) -> anyhow::Result<App> {
+    Ok(match hosts {
+        Some(h) => App::serve_std(h.bind_app(instance)?, body)?,
+        None => App::start(body).await?,
+    })
+}
+
 /// Runs the demo until its duration ends or Ctrl-C.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -198,32 +226,77 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("raftmesh-demo-")
         .tempdir()?;
+    let hosts = if args.transparent {
+        Some(hosts::Hosts::create(&INSTANCES.map(String::from))?)
+    } else {
+        None
+    };
     let token = crate::tokens::new_secret();
     let token_file = dir.path().join("admin.token");
     raftmesh_api::files::write_private(&token_file, token.as_bytes())?;
+    let node_ip = hosts
+        .as_ref()
+        .map_or_else(|| "127.0.0.1".to_string(), |h| h.gateway());
     let addrs: Vec<String> = (1..=3)
-        .map(|i| format!("127.0.0.1:{}", args.base_port + i))
+        .map(|i| format!("{node_ip}:{}", args.base_port + i))
         .collect();
     check_free(addrs.iter().cloned())?;
+    // Off loopback, meshd speaks TLS (certificates for the bridge address).
+    let tls_dir = dir.path().join("tls");
+    if hosts.is_some() {
+        crate::server_tls::init(&crate::server_tls::InitOptions {
+            out: tls_dir.clone(),
+            nodes: 3,
+            hosts: vec![node_ip.clone()],
+            validity: Duration::from_secs(86_400),
+        })?;
+    }
+    let h = hosts.as_ref();
     let apps = vec![
-        ("web", "web-v1", "v1", App::start("web v1").await?),
-        ("web", "web-v2-a", "v2", App::start("web v2").await?),
-        ("web", "web-v2-b", "v2", App::start("web v2").await?),
-        ("api", "api-1", "v1", App::start("api v1").await?),
+        (
+            "web",
+            "web-v1",
+            "v1",
+            start_app(h, "web-v1", "web v1").await?,
+        ),
+        (
+            "web",
+            "web-v2-a",
+            "v2",
+            start_app(h, "web-v2-a", "web v2").await?,
+        ),
+        (
+            "web",
+            "web-v2-b",
+            "v2",
+            start_app(h, "web-v2-b", "web v2").await?,
+        ),
+        ("api", "api-1", "v1", start_app(h, "api-1", "api v1").await?),
     ];
-    let specs = proxy_specs(
+    let mut specs = proxy_specs(
         args.base_port,
         &apps
             .iter()
             .map(|(s, i, v, a)| (*s, *i, *v, a.addr))
             .collect::<Vec<_>>(),
     );
-    check_free(
-        specs
-            .iter()
-            .flat_map(|p| [p.admin, p.outbound, p.inbound])
-            .map(|a| a.to_string()),
-    )?;
+    match &hosts {
+        // Each proxy on the capture defaults inside its own host; the
+        // admin port on the host's address, for the demo's readiness check.
+        Some(h) => {
+            for p in &mut specs {
+                p.admin = format!("{}:{}", h.ip(&p.instance)?, hosts::ADMIN_PORT).parse()?;
+                p.outbound = SocketAddr::from(([127, 0, 0, 1], hosts::OUTBOUND_PORT));
+                p.inbound = SocketAddr::from(([0, 0, 0, 0], hosts::INBOUND_PORT));
+            }
+        }
+        None => check_free(
+            specs
+                .iter()
+                .flat_map(|p| [p.admin, p.outbound, p.inbound])
+                .map(|a| a.to_string()),
+        )?,
+    }
     let initial = addrs
         .iter()
         .enumerate()
@@ -233,18 +306,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut procs = Procs::new(dir.path());
     for (i, a) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
-        procs.start(
-            &format!("node-{id}"),
-            meshd_exe.clone(),
-            node_args(id, a, &initial, dir.path(), &token_file),
-        )?;
+        let mut node = node_args(id, a, &initial, dir.path(), &token_file);
+        if hosts.is_some() {
+            node.extend(["--tls-dir".into(), tls_dir.display().to_string()]);
+        }
+        procs.start(&format!("node-{id}"), meshd_exe.clone(), node)?;
     }
     println!(
         "meshd demo: starting 3 meshd nodes (pids {:?}) in {}",
         procs.pids("node-"),
         dir.path().display()
     );
-    let conn = Conn::new(addrs.clone(), Some(&token))?;
+    let ca_file = tls_dir.join(crate::server_tls::CA_CERT);
+    let conn = match &hosts {
+        Some(_) => Conn::new(addrs.clone(), Some(&token))?.with_tls(Some(
+            raftmesh_client::client_tls(&std::fs::read_to_string(&ca_file)?),
+        )),
+        None => Conn::new(addrs.clone(), Some(&token))?,
+    };
     let mesh = Arc::new(Mesh {
         conn,
         addrs: addrs.clone(),
@@ -277,8 +356,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     mesh.story.say("3 meshd nodes formed a Raft cluster");
     if !std::io::stdout().is_terminal() {
+        let ca = if hosts.is_some() {
+            format!(" RAFTMESH_CA_FILE={}", ca_file.display())
+        } else {
+            String::new()
+        };
         println!(
-            "use meshctl against it:\n  export RAFTMESH_SERVER={} RAFTMESH_TOKEN={token}\n  meshctl cluster status; meshctl get routes -o yaml; meshctl proxies",
+            "use meshctl against it:\n  export RAFTMESH_SERVER={} RAFTMESH_TOKEN={token}{ca}\n  meshctl cluster status; meshctl get routes -o yaml; meshctl proxies",
             addrs.join(",")
         );
     }
@@ -302,11 +386,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let file = dir.path().join(format!("{}.token", p.instance));
         raftmesh_api::files::write_private(&file, t.as_bytes())?;
         let name = format!("proxy-{}", p.instance);
-        mesh.procs().start(
-            &name,
-            proxy_exe.clone(),
-            proxy_args(p, &addrs, dir.path(), &file),
-        )?;
+        let mut a = proxy_args(p, &addrs, dir.path(), &file);
+        let exe = match &hosts {
+            Some(h) => {
+                h.capture(&proxy_exe, &p.instance)?;
+                a = procs::transparent_args(a, &ca_file);
+                a.splice(
+                    0..0,
+                    [
+                        "netns".into(),
+                        "exec".into(),
+                        h.netns(&p.instance)?,
+                        proxy_exe.display().to_string(),
+                    ],
+                );
+                "ip".into()
+            }
+            None => proxy_exe.clone(),
+        };
+        mesh.procs().start(&name, exe, a)?;
     }
     println!(
         "meshd demo: starting 6 mesh-proxy processes (pids {:?})",
@@ -337,7 +435,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|p| (p.service, p.outbound))
         .collect();
     let mut generators = Vec::new();
-    for (caller, outbound) in &callers {
+    let mut curl_loops = Vec::new();
+    if let Some(h) = &hosts {
+        for (caller, svc) in [("frontend", "api"), ("frontend", "web"), ("batch", "api")] {
+            let ns = h.netns(&format!("{caller}-1"))?;
+            curl_loops.push(traffic::CurlLoop::start(
+                mesh.flows.clone(),
+                &ns,
+                caller,
+                svc,
+                args.rps,
+            )?);
+        }
+        mesh.story.say(format!(
+            "the callers are plain curl loops on hosts of their own, e.g. ip netns exec {} curl http://web/ (capture and mesh DNS carry them)",
+            h.netns("frontend-1")?
+        ));
+    }
+    for (caller, outbound) in callers.iter().filter(|_| hosts.is_none()) {
         generators.push(traffic::start(
             mesh.flows.clone(),
             caller,
@@ -417,6 +532,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for g in generators {
         g.abort();
     }
+    drop(curl_loops);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (total, failed, denied) = traffic::totals(&mesh.flows);
     let served = total.saturating_sub(denied);
@@ -433,6 +549,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("summary requests={total} failed={failed} denied={denied}");
     mesh.procs().kill_all();
     drop(apps);
+    drop(hosts);
     drop(dir);
     println!("meshd demo: stopped every node and proxy, removed the temporary directory");
     Ok(())

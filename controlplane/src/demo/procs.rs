@@ -182,6 +182,30 @@ pub fn proxy_args(
     a
 }
 
+/// [`proxy_args`] for a proxy under capture in a host of its own
+/// (`--transparent`): its own address advertised, the capture and DNS
+/// listeners on, meshd verified with its CA.
+pub fn transparent_args(args: Vec<String>, ca_file: &Path) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len() + 6);
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--advertise" {
+            it.next();
+            continue;
+        }
+        out.push(a);
+    }
+    out.extend([
+        "--capture".into(),
+        format!("127.0.0.1:{}", super::hosts::CAPTURE_PORT),
+        "--dns".into(),
+        format!("127.0.0.1:{}", super::hosts::DNS_PORT),
+        "--ca-file".into(),
+        ca_file.display().to_string(),
+    ]);
+    out
+}
+
 /// Whether a proxy's admin port answers `/ready` with 200 (it holds a config).
 pub async fn proxy_ready(admin: SocketAddr) -> bool {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

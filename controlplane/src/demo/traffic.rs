@@ -212,23 +212,154 @@ pub fn start(
                         (false, false, String::new())
                     }
                 };
-                let mut f = lock(&flows);
-                let flow = f.entry(key).or_default();
-                flow.total += 1;
-                if denied {
-                    flow.denied += 1;
-                } else if !ok {
-                    flow.failed += 1;
-                    *flow.causes.entry(cause).or_default() += 1;
-                }
-                flow.samples.push(Sample {
-                    at: started,
-                    latency: started.elapsed(),
-                    ok,
-                    denied,
-                    version,
-                });
+                record(
+                    &flows,
+                    key,
+                    Sample {
+                        at: started,
+                        latency: started.elapsed(),
+                        ok,
+                        denied,
+                        version,
+                    },
+                    cause,
+                );
             });
         }
     })
+}
+
+/// Adds one outcome to a flow.
+fn record(flows: &Flows, key: (String, String), sample: Sample, cause: String) {
+    let mut f = lock(flows);
+    let flow = f.entry(key).or_default();
+    flow.total += 1;
+    if sample.denied {
+        flow.denied += 1;
+    } else if !sample.ok {
+        flow.failed += 1;
+        *flow.causes.entry(cause).or_default() += 1;
+    }
+    flow.samples.push(sample);
+}
+
+/// A caller that is a plain `curl` loop in network namespace `netns`
+/// (`meshd demo --transparent`): `curl http://SERVICE/`, no proxy address
+/// anywhere, run as `nobody` (capture sends it to the host's proxy). Each
+/// answer is read back from curl's output; the loop ends with the demo.
+pub struct CurlLoop {
+    child: tokio::process::Child,
+}
+
+impl CurlLoop {
+    /// Starts the loop for `caller` → `service`, about `rps` per second.
+    pub fn start(
+        flows: Flows,
+        netns: &str,
+        caller: &str,
+        service: &str,
+        rps: u32,
+    ) -> anyhow::Result<Self> {
+        let key = (caller.to_string(), service.to_string());
+        lock(&flows).entry(key.clone()).or_default();
+        let script = format!(
+            "while [ -d /proc/{pid} ]; do curl -s --max-time 5 -w ' %{{http_code}} %{{time_total}}\\n' http://{service}/; sleep {pause:.3}; done",
+            pid = std::process::id(),
+            pause = 1.0 / f64::from(rps.max(1)),
+        );
+        let mut child = tokio::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns,
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start curl in {netns}: {e}"))?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no curl output"))?;
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Some((sample, cause)) = parse_curl_line(&line) else {
+                    continue;
+                };
+                record(&flows, key.clone(), sample, cause);
+            }
+        });
+        Ok(Self { child })
+    }
+}
+
+impl Drop for CurlLoop {
+    fn drop(&mut self) {
+        // The whole group: the shell and a curl in flight.
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &format!("-{pid}")])
+                .status();
+        }
+    }
+}
+
+/// One `BODY CODE SECONDS` line of a curl loop.
+fn parse_curl_line(line: &str) -> Option<(Sample, String)> {
+    let mut words: Vec<&str> = line.split_whitespace().collect();
+    let secs: f64 = words.pop()?.parse().ok()?;
+    let code: u16 = words.pop()?.parse().ok()?;
+    let latency = Duration::from_secs_f64(secs.clamp(0.0, 60.0));
+    let ok = (200..300).contains(&code);
+    let cause = if code == 0 {
+        "curl: no answer".to_string()
+    } else {
+        format!("status {code}")
+    };
+    Some((
+        Sample {
+            at: Instant::now()
+                .checked_sub(latency)
+                .unwrap_or_else(Instant::now),
+            latency,
+            ok,
+            denied: code == 403,
+            version: if ok {
+                words.get(1).copied().unwrap_or("").to_string()
+            } else {
+                String::new()
+            },
+        },
+        cause,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_curl_line;
+
+    #[test]
+    fn curl_lines_are_read_back_as_outcomes() {
+        let (s, _) = parse_curl_line("web v2 200 0.004512").unwrap();
+        assert!(s.ok && !s.denied);
+        assert_eq!(s.version, "v2");
+        let (s, cause) = parse_curl_line("denied 403 0.002").unwrap();
+        assert!(!s.ok && s.denied);
+        assert_eq!(cause, "status 403");
+        let (s, cause) = parse_curl_line(" 000 5.001").unwrap();
+        assert!(!s.ok && !s.denied);
+        assert_eq!(cause, "curl: no answer");
+        assert!(parse_curl_line("garbage").is_none());
+    }
 }

@@ -638,6 +638,57 @@ fn meshd_demo_carries_traffic_through_proxies_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn meshd_demo_transparent_runs_plain_curl_callers_under_capture_and_removes_its_hosts() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: meshd demo --transparent needs root");
+        return;
+    }
+    for tool in ["ip", "iptables", "curl", "setpriv"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            eprintln!("skipped: meshd demo --transparent needs {tool}");
+            return;
+        }
+    }
+    let (out, pids, dir) = run_demo(&["--transparent", "--duration", "15s", "--no-story"], None);
+    let summary = out.lines().find(|l| l.starts_with("summary ")).expect(&out);
+    let field = |k: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    assert!(field("requests") > 150, "{summary}");
+    assert_eq!(field("failed"), 0, "{out}");
+    assert!(out.contains("plain curl loops"), "{out}");
+    assert!(
+        out.contains("frontend -> web") && out.contains("batch -> api"),
+        "{out}"
+    );
+    assert_nothing_left(&pids, &dir);
+    let netns = text(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert!(!netns.contains("rmdemo-"), "hosts left behind: {netns}");
+    let left = std::fs::read_dir("/etc/netns")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rmdemo-"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(left, 0, "resolver files left in /etc/netns");
+}
+
+#[test]
 fn server_tls_between_nodes_and_to_clients() {
     let tmp = TempDir::new().unwrap();
     let tls = tmp.path().join("tls");
