@@ -518,13 +518,15 @@ mod tests {
             .unwrap_or_else(|e| panic!("the unit's command line is refused: {e}"));
         assert_eq!(c.instance, "web-vm7");
         assert_eq!(c.capture, Some("127.0.0.1:15002".parse().unwrap()));
+        assert_eq!(c.dns, Some("127.0.0.1:15053".parse().unwrap()));
         // Capture is installed before the proxy starts and removed after.
         let pre = unit
             .lines()
             .find(|l| l.starts_with("ExecStartPre=+"))
             .unwrap();
         assert!(
-            pre.contains("mesh-proxy capture install --proxy-uid"),
+            pre.contains("mesh-proxy capture install --proxy-uid")
+                && pre.contains("--dns-port 15053"),
             "{pre}"
         );
         assert!(unit.contains("ExecStopPost=+/usr/local/bin/mesh-proxy capture remove"));

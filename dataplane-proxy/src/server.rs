@@ -304,7 +304,9 @@ impl Inbound {
                 self.config.metrics.error("tls-handshake");
             }
             (false, _) => {
-                if sniff(&stream).await {
+                // Redirected by capture from another port: TCP to it.
+                let to = crate::transparent::passthrough(&stream, self.app_port);
+                if to.is_none() && sniff(&stream).await {
                     // Plaintext HTTP: a mesh proxy refuses each request
                     // while the mesh is strict, and closes the connection
                     // when it turns strict.
@@ -316,7 +318,7 @@ impl Inbound {
                 } else {
                     let config = self.config.clone();
                     tokio::select! {
-                        _ = relay_stream(stream, self.app) => {}
+                        _ = relay_stream(stream, to.unwrap_or(self.app)) => {}
                         _ = until_strict(&config, member) => {
                             tracing::info!("closed a plaintext TCP connection: the mesh switched to strict mTLS");
                         }

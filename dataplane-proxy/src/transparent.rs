@@ -79,6 +79,16 @@ pub async fn serve_captured(
     }
 }
 
+/// Where a plaintext connection on the inbound port goes when capture
+/// redirected it there from another port of this host than the app's
+/// (`None`: it came to the inbound port itself, or to the app's port):
+/// the address it was made to. Such connections follow the same rules as
+/// any plaintext caller (refused while mTLS is strict, policies applied).
+pub(crate) fn passthrough(stream: &TcpStream, app_port: u16) -> Option<std::net::SocketAddr> {
+    let dst = crate::capture::original_dst(stream).ok()?;
+    (stream.local_addr().ok() != Some(dst) && dst.port() != app_port).then_some(dst)
+}
+
 /// The service whose virtual address `dst` is, if the proxy holds it.
 fn by_vip(
     config: &Config,

@@ -136,6 +136,23 @@ fn web_app(ns: &str) {
     rx.recv_timeout(Duration::from_secs(5)).unwrap();
 }
 
+/// A TCP server in host `ns` that says `line` to every connection.
+fn other_server(ns: &str, addr: &'static str, line: &'static str) {
+    use std::io::Write;
+    let path = format!("/var/run/netns/{ns}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(path).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = std::net::TcpListener::bind(addr).unwrap();
+        tx.send(()).unwrap();
+        for mut s in l.incoming().flatten() {
+            let _ = s.write_all(line.as_bytes());
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
 /// A directory the proxies' user owns.
 fn owned_dir(root: &Path, name: &str) -> PathBuf {
     let d = root.join(name);
@@ -149,9 +166,16 @@ fn owned_dir(root: &Path, name: &str) -> PathBuf {
     d
 }
 
+/// The mesh-proxy program (found, or built, once).
+fn mesh_proxy_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| raftmesh_client::bins::find("mesh-proxy", true).unwrap())
+        .clone()
+}
+
 /// mesh-proxy in host `ns` as the proxies' user.
 fn proxy(ns: &str, root: &Path, name: &str, args: &[String]) -> Proc {
-    let bin = raftmesh_client::bins::find("mesh-proxy", true).unwrap();
+    let bin = mesh_proxy_bin();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, "setpriv"])
         .arg(format!("--reuid={PROXY_UID}"))
@@ -165,7 +189,7 @@ fn proxy(ns: &str, root: &Path, name: &str, args: &[String]) -> Proc {
 }
 
 fn capture(ns: &str, args: &[&str]) {
-    let bin = raftmesh_client::bins::find("mesh-proxy", true).unwrap();
+    let bin = mesh_proxy_bin();
     let mut all = vec![bin.to_str().unwrap(), "capture"];
     all.extend_from_slice(args);
     must(ns, &all);
@@ -258,6 +282,7 @@ async fn an_unmodified_client_on_one_host_reaches_a_service_on_another_through_c
         eprintln!("skipped: the multi-host mesh test: {why}");
         return;
     }
+    let t0 = Instant::now();
     let cluster = Cluster::start(
         3,
         ClusterOpts {
@@ -378,6 +403,7 @@ async fn an_unmodified_client_on_one_host_reaches_a_service_on_another_through_c
     }
     let (web_before, caller_before) = (tables(&web_ns), tables(&caller_ns));
     web_app(&web_ns);
+    other_server(&web_ns, "0.0.0.0:9100", "metrics\n");
     let uid = PROXY_UID.to_string();
     capture(&web_ns, &["install", "--proxy-uid", &uid]);
     let mut web_args = common("web");
@@ -405,6 +431,10 @@ async fn an_unmodified_client_on_one_host_reaches_a_service_on_another_through_c
     ]);
     let mut caller = proxy(&caller_ns, root.path(), "client-proxy", &caller_args);
 
+    eprintln!(
+        "hosts: {:>5.1}s capture installed on both hosts",
+        t0.elapsed().as_secs_f64()
+    );
     // An unmodified `curl http://web/` reaches web on the other host, whose
     // proxy names the caller by its certificate.
     let (status, body) = wait_until("curl http://web/ on the caller's host", 30, || {
@@ -434,6 +464,10 @@ async fn an_unmodified_client_on_one_host_reaches_a_service_on_another_through_c
         "packets from the caller reached web's host outside the proxy's mTLS port"
     );
 
+    eprintln!(
+        "hosts: {:>5.1}s curl and TCP reached web over mTLS",
+        t0.elapsed().as_secs_f64()
+    );
     // A deny Policy refuses the same unmodified clients.
     let client_id = body.strip_prefix("URI=").unwrap();
     adm.apply(apply(&format!(
@@ -463,6 +497,40 @@ async fn an_unmodified_client_on_one_host_reaches_a_service_on_another_through_c
         }
     });
 
+    eprintln!(
+        "hosts: {:>5.1}s the deny policy refused and its removal restored",
+        t0.elapsed().as_secs_f64()
+    );
+    // Another port of web's host (say, a metrics endpoint) is captured
+    // too: plaintext to it is refused while mTLS is strict, and reaches
+    // it when the mesh is permissive.
+    let metrics = format!(
+        "echo | timeout 5 bash -c 'exec 3<>/dev/tcp/{}/9100 && head -n1 <&3'",
+        cluster.net.ip(WEB)
+    );
+    assert_eq!(
+        sh(&caller_ns, &["bash", "-c", &metrics]).1,
+        "",
+        "plaintext passed strict mTLS"
+    );
+    adm.apply(apply(
+        "kind: MeshConfig\nmetadata: {name: mesh}\nspec: {mtls: permissive}",
+    ))
+    .await
+    .unwrap();
+    wait_until(
+        "plaintext to another port under permissive mTLS",
+        10,
+        || match sh(&caller_ns, &["bash", "-c", &metrics]).1.as_str() {
+            "metrics\n" => Ok(()),
+            other => Err(other.to_string()),
+        },
+    );
+
+    eprintln!(
+        "hosts: {:>5.1}s the other port: refused under strict, passed under permissive",
+        t0.elapsed().as_secs_f64()
+    );
     // The caller's proxy dies: with capture still installed, the app's
     // connections fail at once (refused), never hang.
     caller.kill();
@@ -494,6 +562,10 @@ async fn an_unmodified_client_on_one_host_reaches_a_service_on_another_through_c
         );
     }
 
+    eprintln!(
+        "hosts: {:>5.1}s the restarted proxy served every request",
+        t0.elapsed().as_secs_f64()
+    );
     // Removing capture leaves each host's tables as they were: the caller's
     // host had no nat table, web's had a rule of its own.
     capture(&caller_ns, &["remove"]);
