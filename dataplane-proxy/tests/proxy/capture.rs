@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use raftmesh_dataplane_proxy::capture::{self, CaptureSpec, Iptables};
+use raftmesh_dataplane_proxy::capture::{self, Backend, CaptureSpec, Iptables};
 
 /// A network namespace of its own, deleted on drop.
 struct Netns(String);
@@ -75,6 +75,7 @@ fn spec() -> CaptureSpec {
         exclude_inbound_ports: vec![22],
         exclude_outbound_ports: vec![],
         exclude_cidrs: vec!["169.254.169.254/32".into()],
+        backend: Backend::Auto,
     }
 }
 
@@ -125,7 +126,41 @@ fn capture_install_is_idempotent_and_remove_leaves_the_tables_as_they_were() {
 
 #[test]
 fn a_captured_connection_reaches_the_proxy_port_with_its_original_destination() {
-    let Some(ns) = Netns::new("dst") else { return };
+    captured_connection(Backend::Iptables);
+}
+
+#[test]
+fn nftables_capture_redirects_the_same_and_remove_leaves_the_ruleset_as_it_was() {
+    if Command::new("nft").arg("--version").output().is_err() {
+        eprintln!("skipped: nft is not installed");
+        return;
+    }
+    let Some(ns) = Netns::new("nft") else { return };
+    let before = ns.sh(&["nft", "list", "ruleset"]);
+    let mut s = spec();
+    s.backend = Backend::Nftables;
+    capture::install(&ns.iptables(), &s).unwrap();
+    capture::install(&ns.iptables(), &s).unwrap();
+    let table = ns.sh(&["nft", "list", "table", "ip", "raftmesh"]);
+    assert_eq!(table.matches("redirect to :15002").count(), 1, "{table}");
+    assert!(table.contains("meta skuid 4242 return"), "{table}");
+    capture::remove(&ns.iptables()).unwrap();
+    capture::remove(&ns.iptables()).unwrap();
+    assert_eq!(ns.sh(&["nft", "list", "ruleset"]), before);
+    drop(ns);
+    captured_connection(Backend::Nftables);
+}
+
+fn captured_connection(backend: Backend) {
+    let Some(ns) = Netns::new(if backend == Backend::Nftables {
+        "dstnft"
+    } else {
+        "dst"
+    }) else {
+        return;
+    };
+    let mut spec = spec();
+    spec.backend = backend;
     ns.sh(&["ip", "link", "set", "lo", "up"]);
     // A link with a default route, so an outside address is routable.
     ns.sh(&[
@@ -135,7 +170,7 @@ fn a_captured_connection_reaches_the_proxy_port_with_its_original_destination() 
     ns.sh(&["ip", "link", "set", "v0", "up"]);
     ns.sh(&["ip", "link", "set", "v1", "up"]);
     ns.sh(&["ip", "route", "add", "default", "dev", "v0"]);
-    capture::install(&ns.iptables(), &spec()).unwrap();
+    capture::install(&ns.iptables(), &spec).unwrap();
     let path = format!("/var/run/netns/{}", ns.0);
     // Sockets belong to the namespace of the thread that makes them.
     let got = std::thread::spawn(move || {

@@ -13,7 +13,11 @@
 //! excluded are left alone. Both commands are idempotent.
 //! A `nat` table that exists only because of the rules (a fresh host or
 //! network namespace, iptables on nf_tables) is removed with them: a
-//! marker chain records it. IPv4 only, iptables only, as yet.
+//! marker chain records it. Where iptables is missing (or with `--backend
+//! nftables`) the same rules go in an nftables table of their own,
+//! `ip raftmesh` ([`nft`]), deleted whole on removal. IPv4 only, as yet.
+
+mod nft;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
@@ -52,6 +56,21 @@ pub struct CaptureSpec {
     /// Outbound destinations left alone, as CIDRs (e.g. 169.254.169.254/32).
     #[arg(long, value_delimiter = ',')]
     pub exclude_cidrs: Vec<String>,
+    /// Which packet filter to write the rules in (auto: iptables when it is
+    /// installed, else nftables).
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+}
+
+/// The packet filter the rules go in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// iptables when installed, else nftables.
+    Auto,
+    /// Chains of our own in iptables' `nat` table.
+    Iptables,
+    /// A table of our own in nftables (`ip raftmesh`).
+    Nftables,
 }
 
 /// Why capture could not be installed or removed.
@@ -137,6 +156,12 @@ impl Iptables {
                 stderr,
             }),
         }
+    }
+
+    /// Whether `program --version` runs.
+    fn has(&self, program: &str) -> bool {
+        self.run_program(program, &["--version"])
+            .is_ok_and(|(ok, _)| ok)
     }
 
     /// Whether iptables drives nf_tables (where a table exists only once
@@ -269,6 +294,14 @@ fn check_cidr(c: &str) -> Result<(), CaptureError> {
 /// Installs the rules (replacing ours if present; other rules untouched).
 pub fn install(ipt: &Iptables, spec: &CaptureSpec) -> Result<(), CaptureError> {
     let rules = rules(spec)?;
+    let nftables = match spec.backend {
+        Backend::Nftables => true,
+        Backend::Iptables => false,
+        Backend::Auto => !ipt.has("iptables"),
+    };
+    if nftables {
+        return nft::install(ipt, spec);
+    }
     let created = ipt.on_nftables()? && !ipt.nat_table_exists()?;
     let had_marker = !created && ipt.check(&["-S", CREATED_TABLE])?;
     remove_ours(ipt, false)?;
@@ -291,9 +324,22 @@ pub fn install(ipt: &Iptables, spec: &CaptureSpec) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// Removes the rules; a `nat` table the install created goes too.
+/// Removes the rules, from iptables and nftables alike; a `nat` table the
+/// install created goes too.
 pub fn remove(ipt: &Iptables) -> Result<(), CaptureError> {
-    remove_ours(ipt, true)
+    let (iptables, nftables) = (ipt.has("iptables"), ipt.has("nft"));
+    if !iptables && !nftables {
+        return Err(CaptureError::Invalid(
+            "neither iptables nor nft is installed: there is nothing to remove capture from".into(),
+        ));
+    }
+    if nftables {
+        nft::remove(ipt)?;
+    }
+    if iptables {
+        remove_ours(ipt, true)?;
+    }
+    Ok(())
 }
 
 fn remove_ours(ipt: &Iptables, drop_table: bool) -> Result<(), CaptureError> {
@@ -355,6 +401,7 @@ mod tests {
             exclude_inbound_ports: vec![22],
             exclude_outbound_ports: vec![7100],
             exclude_cidrs: vec!["169.254.169.254/32".into()],
+            backend: Backend::Auto,
         }
     }
 
