@@ -8,7 +8,8 @@
 //! `web` (the proxy's namespace), `web.NS`, `web.NS.<trust domain>` and
 //! `web.NS.svc.<trust domain>` (the name in the workload's certificate).
 //! A name the proxy does not hold yet is learned from the control plane
-//! (at most [`LEARN_WAIT`]); a miss is remembered for [`NEGATIVE_TTL`] so
+//! (at most [`LEARN_WAIT`]); a miss is remembered for
+//! [`crate::state::MISS_TTL`] so
 //! an outside name costs the look-up once. `web.NS` is taken for a mesh
 //! name only when NS is a namespace the proxy knows (its own or one of a
 //! service it holds), so `example.com` goes straight to the resolver.
@@ -17,10 +18,9 @@
 //! get FORMERR, other opcodes NOTIMP, and responses are never answered.
 //! UDP only: a workload's DNS over TCP is relayed by the capture listener.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{rdata::A, DNSClass, RData, Record, RecordType};
@@ -33,8 +33,6 @@ use crate::state::Config;
 /// How long a query for a name the proxy does not hold waits for the
 /// control plane.
 pub const LEARN_WAIT: Duration = Duration::from_secs(1);
-/// How long a name the control plane did not know is not asked again.
-pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// TTL of a mesh answer (virtual addresses do not change for a service's
 /// life).
 const TTL: u32 = 30;
@@ -42,15 +40,12 @@ const TTL: u32 = 30;
 const UPSTREAM_WAIT: Duration = Duration::from_secs(3);
 /// Queries handled at once; more are dropped (the client retries).
 const IN_FLIGHT: usize = 256;
-/// Misses remembered at most.
-const NEGATIVE_CAP: usize = 4096;
 
 /// The DNS server's state.
 pub struct Dns {
     config: Arc<Config>,
     workload: Option<Arc<crate::tls::Workload>>,
     upstream: Option<SocketAddr>,
-    misses: Mutex<HashMap<ServiceId, Instant>>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -77,7 +72,6 @@ impl Dns {
             config,
             workload,
             upstream,
-            misses: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
         })
     }
@@ -99,12 +93,10 @@ impl Dns {
         let id = |ns: &str| (ns.to_string(), labels[0].to_string());
         match labels.len() {
             1 => Some((id(&self.config.namespace), false)),
-            2 => {
-                let ns = labels[1];
-                let known = ns == self.config.namespace
-                    || self.config.current().services.keys().any(|(n, _)| n == ns);
-                known.then(|| (id(ns), false))
-            }
+            2 => self
+                .config
+                .knows_namespace(labels[1])
+                .then(|| (id(labels[1]), false)),
             _ => {
                 let td = self.trust_domain()?;
                 let rest = labels[2..].join(".");
@@ -116,30 +108,8 @@ impl Dns {
 
     /// The virtual address of a mesh service: held, or learned now.
     async fn vip(&self, id: &ServiceId) -> Option<Ipv4Addr> {
-        if let Some(v) = self.config.current().vip_of(id) {
-            return Some(v);
-        }
-        {
-            let mut m = self.misses.lock().expect("dns misses");
-            if m.get(id).is_some_and(|t| t.elapsed() < NEGATIVE_TTL) {
-                return None;
-            }
-            m.remove(id);
-        }
-        if self.config.learn(id, LEARN_WAIT).await.is_some() {
-            if let Some(v) = self.config.current().vip_of(id) {
-                return Some(v);
-            }
-        }
-        let mut m = self.misses.lock().expect("dns misses");
-        if m.len() >= NEGATIVE_CAP {
-            m.retain(|_, t| t.elapsed() < NEGATIVE_TTL);
-            if m.len() >= NEGATIVE_CAP {
-                m.clear();
-            }
-        }
-        m.insert(id.clone(), Instant::now());
-        None
+        self.config.lookup(id, LEARN_WAIT).await?;
+        self.config.current().vip_of(id)
     }
 
     /// The answer to one query datagram; `None` sends nothing.

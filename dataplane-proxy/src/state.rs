@@ -26,7 +26,14 @@ pub struct Config {
     current: ArcSwap<CompiledConfig>,
     changed: watch::Sender<u64>,
     learn_tx: Option<mpsc::Sender<ServiceId>>,
+    /// Names the control plane did not know when last asked, and when.
+    misses: std::sync::Mutex<std::collections::HashMap<ServiceId, tokio::time::Instant>>,
 }
+
+/// How long a name the control plane did not know is not asked again.
+pub const MISS_TTL: Duration = Duration::from_secs(5);
+/// Misses remembered at most.
+const MISS_CAP: usize = 4096;
 
 impl Config {
     /// A config holding `initial`; `learn_tx` receives services requests
@@ -48,6 +55,7 @@ impl Config {
             current: ArcSwap::from_pointee(initial),
             changed,
             learn_tx,
+            misses: Default::default(),
         })
     }
 
@@ -69,6 +77,41 @@ impl Config {
         self.changed.subscribe()
     }
 
+    /// Whether `ns` is a namespace the proxy knows: its own, or one of a
+    /// service it holds (a host name `a.b` is taken for service `a` of
+    /// namespace `b` only then, so `example.com` is not looked up).
+    pub fn knows_namespace(&self, ns: &str) -> bool {
+        ns == self.namespace || self.current().services.keys().any(|(n, _)| n == ns)
+    }
+
+    /// A service held, or learned now (at most `wait`); a name the control
+    /// plane did not know is not asked again for [`MISS_TTL`], so names
+    /// outside the mesh cost the wait once.
+    pub async fn lookup(&self, id: &ServiceId, wait: Duration) -> Option<Arc<ServiceTable>> {
+        if let Some(t) = self.current().service(id) {
+            return Some(t.clone());
+        }
+        {
+            let mut m = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+            if m.get(id).is_some_and(|t| t.elapsed() < MISS_TTL) {
+                return None;
+            }
+            m.remove(id);
+        }
+        let found = self.learn(id, wait).await;
+        if found.is_none() {
+            let mut m = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+            if m.len() >= MISS_CAP {
+                m.retain(|_, t| t.elapsed() < MISS_TTL);
+                if m.len() >= MISS_CAP {
+                    m.clear();
+                }
+            }
+            m.insert(id.clone(), tokio::time::Instant::now());
+        }
+        found
+    }
+
     /// Asks the control plane for a service and waits up to `wait` for it.
     pub async fn learn(&self, id: &ServiceId, wait: Duration) -> Option<Arc<ServiceTable>> {
         let tx = self.learn_tx.as_ref()?;
@@ -88,5 +131,41 @@ impl Config {
         })
         .await;
         found.ok().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_the_control_plane_does_not_know_is_asked_once_then_not_for_a_while() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let config = Config::new(
+            Identity {
+                namespace: "default".into(),
+                ..Default::default()
+            },
+            CompiledConfig::empty(),
+            StatsRegistry::new(Metrics::new()),
+            Some(tx),
+            Default::default(),
+        );
+        let id: ServiceId = ("com".into(), "example".into());
+        assert!(config.lookup(&id, Duration::from_secs(1)).await.is_none());
+        assert_eq!(rx.try_recv().unwrap(), id);
+        // Within MISS_TTL: answered at once, the control plane not asked.
+        assert!(config.lookup(&id, Duration::from_secs(1)).await.is_none());
+        assert!(rx.try_recv().is_err());
+        tokio::time::advance(MISS_TTL + Duration::from_millis(1)).await;
+        assert!(config.lookup(&id, Duration::from_secs(1)).await.is_none());
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            id,
+            "asked again once the miss expired"
+        );
+        // Namespaces: its own, and those of services it holds.
+        assert!(config.knows_namespace("default"));
+        assert!(!config.knows_namespace("com"));
     }
 }

@@ -105,6 +105,16 @@ async fn mesh_http(stream: &TcpStream, config: &Config) -> bool {
     let Some(host) = peek_host(stream).await else {
         return false;
     };
+    // An address is no service name (a virtual address is found by the
+    // connection's destination instead).
+    let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+    if bare
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+    {
+        return false;
+    }
     let req = http::Request::get("/")
         .header(http::header::HOST, host.as_str())
         .body(());
@@ -115,9 +125,14 @@ async fn mesh_http(stream: &TcpStream, config: &Config) -> bool {
     if config.current().service(&id).is_some() {
         return true;
     }
+    // `a.b` names a service only in a namespace the proxy knows
+    // (`example.com` is an outside host, relayed at once).
+    if bare.contains('.') && !config.knows_namespace(&id.0) {
+        return false;
+    }
     // A mesh name this proxy has not needed yet (a control plane knows);
-    // an outside host is not one and costs one bounded look-up.
-    config.learn(&id, Duration::from_secs(1)).await.is_some()
+    // an outside name costs one bounded look-up, then none for a while.
+    config.lookup(&id, Duration::from_secs(1)).await.is_some()
 }
 
 /// The Host of the request head waiting on `stream`, read without
