@@ -34,13 +34,25 @@ pub fn set_caller(headers: &mut http::HeaderMap, who: Option<&str>) {
     }
 }
 
-/// Whether a request may pass; the error says why not.
+/// Whether a request may pass; the error says why not. An empty method
+/// and path is an opaque TCP connection, decided so that it fails closed:
+/// a deny policy covering the caller refuses it whatever its `to` (the
+/// methods and paths inside cannot be seen), and only an allow policy
+/// without `to` allows it.
 pub fn decide(a: &Authz, who: Option<&str>, method: &str, path: &str) -> Result<(), String> {
     if let Some(w) = who.filter(|w| !a.revoked.is_empty() && a.revoked.contains(*w)) {
         return Err(format!("{w} is revoked"));
     }
     let caller = who.unwrap_or("an unauthenticated caller");
-    let applies = |p: &&PolicySpec| p.covers(who) && to_matches(p, method, path);
+    let opaque = method.is_empty() && path.is_empty();
+    let applies = |p: &&PolicySpec| {
+        p.covers(who)
+            && match (opaque, p.action) {
+                (true, Action::Deny) => true,
+                (true, Action::Allow) => p.to.is_empty(),
+                (false, _) => to_matches(p, method, path),
+            }
+    };
     if a.policies
         .iter()
         .filter(|p| p.action == Action::Deny)
@@ -91,6 +103,31 @@ mod tests {
 
     const FRONT: &str = "spiffe://east.mesh/ns/default/sa/frontend";
     const BATCH: &str = "spiffe://east.mesh/ns/default/sa/batch";
+
+    #[test]
+    fn opaque_tcp_fails_closed_against_policies_scoped_to_methods_or_paths() {
+        // A deny of batch's POSTs to /admin: batch's TCP tunnel could carry
+        // one, so it is refused; frontend's is not covered.
+        let a = Authz {
+            policies: vec![pol(Action::Deny, &[BATCH], &["POST"], &["/admin"])],
+            ..Default::default()
+        };
+        assert!(decide(&a, Some(BATCH), "", "").is_err());
+        assert!(decide(&a, Some(BATCH), "GET", "/").is_ok());
+        assert!(decide(&a, Some(FRONT), "", "").is_ok());
+        // Allowed only GETs: no tunnel; allowed everything: tunnels too.
+        let a = Authz {
+            policies: vec![pol(Action::Allow, &[FRONT], &["GET"], &[])],
+            ..Default::default()
+        };
+        assert!(decide(&a, Some(FRONT), "", "").is_err());
+        assert!(decide(&a, Some(FRONT), "GET", "/x").is_ok());
+        let a = Authz {
+            policies: vec![pol(Action::Allow, &[FRONT], &[], &[])],
+            ..Default::default()
+        };
+        assert!(decide(&a, Some(FRONT), "", "").is_ok());
+    }
 
     #[test]
     fn deny_wins_over_allow() {

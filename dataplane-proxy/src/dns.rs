@@ -49,6 +49,44 @@ pub struct Dns {
     in_flight: Arc<Semaphore>,
 }
 
+/// The trust domain in the proxy's certificate, if it has one.
+fn trust_domain(workload: Option<&crate::tls::Workload>) -> Option<String> {
+    let tls = workload?.tls()?;
+    raftmesh_api::identity::parse_spiffe_id(&tls.spiffe).map(|w| w.trust_domain.to_string())
+}
+
+/// The service a host name means, if it is a mesh name — `web`, `web.NS`
+/// (NS a namespace the proxy knows), `web.NS.<trust domain>` or
+/// `web.NS.svc.<trust domain>`, nothing else — and whether it can only be
+/// a mesh name (a name under the trust domain). Mesh DNS and the capture
+/// listener both decide by it, so `admin.prod.example.com` is never taken
+/// for service `admin` of namespace `prod`.
+pub(crate) fn mesh_name(
+    config: &Config,
+    workload: Option<&crate::tls::Workload>,
+    name: &str,
+) -> Option<(ServiceId, bool)> {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let labels: Vec<&str> = name.split('.').collect();
+    let valid = |l: &str| raftmesh_api::validate::dns_label(l).is_ok();
+    if !valid(labels[0]) || labels.get(1).is_some_and(|l| !valid(l)) {
+        return None;
+    }
+    let id = |ns: &str| (ns.to_string(), labels[0].to_string());
+    match labels.len() {
+        1 => Some((id(&config.namespace), false)),
+        2 => config
+            .knows_namespace(labels[1])
+            .then(|| (id(labels[1]), false)),
+        _ => {
+            let td = trust_domain(workload)?;
+            let rest = labels[2..].join(".");
+            (rest == td || rest.strip_prefix("svc.") == Some(td.as_str()))
+                .then(|| (id(labels[1]), true))
+        }
+    }
+}
+
 /// The resolver `/etc/resolv.conf` names first (port 53).
 pub fn host_resolver(resolv_conf: &str) -> Option<SocketAddr> {
     resolv_conf.lines().find_map(|l| {
@@ -76,34 +114,8 @@ impl Dns {
         })
     }
 
-    /// The trust domain in the proxy's certificate, if it has one.
-    fn trust_domain(&self) -> Option<String> {
-        let tls = self.workload.as_ref()?.tls()?;
-        raftmesh_api::identity::parse_spiffe_id(&tls.spiffe).map(|w| w.trust_domain.to_string())
-    }
-
-    /// The service a queried name means, if it is a mesh name; `true` when
-    /// it can only be a mesh name (its answer is authoritative).
     fn mesh_name(&self, name: &str) -> Option<(ServiceId, bool)> {
-        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-        let labels: Vec<&str> = name.split('.').collect();
-        if labels.iter().any(|l| l.is_empty()) {
-            return None;
-        }
-        let id = |ns: &str| (ns.to_string(), labels[0].to_string());
-        match labels.len() {
-            1 => Some((id(&self.config.namespace), false)),
-            2 => self
-                .config
-                .knows_namespace(labels[1])
-                .then(|| (id(labels[1]), false)),
-            _ => {
-                let td = self.trust_domain()?;
-                let rest = labels[2..].join(".");
-                (rest == td || rest.strip_prefix("svc.") == Some(td.as_str()))
-                    .then(|| (id(labels[1]), true))
-            }
-        }
+        mesh_name(&self.config, self.workload.as_deref(), name)
     }
 
     /// The virtual address of a mesh service: held, or learned now.
@@ -171,7 +183,7 @@ impl Dns {
             let s = UdpSocket::bind(bind).await.ok()?;
             s.connect(up).await.ok()?;
             s.send(query).await.ok()?;
-            let mut buf = vec![0u8; 4096];
+            let mut buf = vec![0u8; 65535];
             loop {
                 let n = s.recv(&mut buf).await.ok()?;
                 // The reply to this query (same id), nothing else.
@@ -220,7 +232,7 @@ fn mesh_answer(query: &Message, vip: Option<Ipv4Addr>) -> Option<Vec<u8>> {
 /// Serves DNS on `socket` until `shutdown` turns true.
 pub async fn serve(socket: UdpSocket, dns: Arc<Dns>, mut shutdown: watch::Receiver<bool>) {
     let socket = Arc::new(socket);
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; 65535];
     loop {
         let (n, peer) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {

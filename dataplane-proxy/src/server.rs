@@ -289,10 +289,13 @@ impl Inbound {
         let tls = workload.and_then(|w| w.tls());
         let strict = self.config.current().authz.mtls == MtlsMode::Strict;
         let mut first = [0u8; 1];
-        let is_tls = matches!(
-            tokio::time::timeout(SNIFF_WAIT, stream.peek(&mut first)).await,
-            Ok(Ok(1)) if first[0] == 0x16
-        );
+        // Redirected by capture from another port: TCP to it, TLS too.
+        let to = crate::transparent::passthrough(&stream, self.app_port);
+        let is_tls = to.is_none()
+            && matches!(
+                tokio::time::timeout(SNIFF_WAIT, stream.peek(&mut first)).await,
+                Ok(Ok(1)) if first[0] == 0x16
+            );
         match (is_tls, tls) {
             // Boxed: a TLS connection's state is large, and a plaintext
             // connection's future (the other branches) should not carry
@@ -304,8 +307,6 @@ impl Inbound {
                 self.config.metrics.error("tls-handshake");
             }
             (false, _) => {
-                // Redirected by capture from another port: TCP to it.
-                let to = crate::transparent::passthrough(&stream, self.app_port);
                 if to.is_none() && sniff(&stream).await {
                     // Plaintext HTTP: a mesh proxy refuses each request
                     // while the mesh is strict, and closes the connection

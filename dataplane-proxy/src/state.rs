@@ -98,8 +98,8 @@ impl Config {
             }
             m.remove(id);
         }
-        let found = self.learn(id, wait).await;
-        if found.is_none() {
+        let (asked, found) = self.ask(id, wait).await;
+        if asked && found.is_none() {
             let mut m = self.misses.lock().unwrap_or_else(|e| e.into_inner());
             if m.len() >= MISS_CAP {
                 m.retain(|_, t| t.elapsed() < MISS_TTL);
@@ -114,10 +114,19 @@ impl Config {
 
     /// Asks the control plane for a service and waits up to `wait` for it.
     pub async fn learn(&self, id: &ServiceId, wait: Duration) -> Option<Arc<ServiceTable>> {
-        let tx = self.learn_tx.as_ref()?;
+        self.ask(id, wait).await.1
+    }
+
+    /// [`Config::learn`], and whether the control plane was asked (not
+    /// when the queue is full: then it answers at once).
+    async fn ask(&self, id: &ServiceId, wait: Duration) -> (bool, Option<Arc<ServiceTable>>) {
+        let Some(tx) = self.learn_tx.as_ref() else {
+            return (false, None);
+        };
         let mut rx = self.watch();
         if tx.try_send(id.clone()).is_err() {
             tracing::debug!(service = ?id, "subscription queue full");
+            return (false, self.current().service(id).cloned());
         }
         let found = tokio::time::timeout(wait, async {
             loop {
@@ -130,7 +139,7 @@ impl Config {
             }
         })
         .await;
-        found.ok().flatten()
+        (true, found.ok().flatten())
     }
 }
 

@@ -57,17 +57,26 @@ pub async fn serve_captured(
             // A connection made straight to this port (not redirected) has
             // its own local address as its original destination.
             let dst = match crate::capture::original_dst(&stream) {
-                Ok(d) if stream.local_addr().ok() != Some(d) => d,
+                Ok(d) if !is_local_addr(&stream, d) => d,
                 Ok(_) | Err(_) => {
                     tracing::debug!("closed a connection made straight to the capture port");
                     metrics.error("not-captured");
                     return;
                 }
             };
-            if sniff(&stream).await && mesh_http(&stream, &config).await {
+            let http = sniff(&stream).await;
+            let vip = by_vip(&config, dst);
+            if http && mesh_http(&stream, &config, workload.as_deref()).await {
                 outbound_connection(stream, stack, metrics, limits, stop).await;
-            } else if let Some(t) = by_vip(&config, dst) {
-                // A service's virtual address: to one of its endpoints.
+            } else if let (true, Some(t)) = (http, &vip) {
+                // HTTP to a service's virtual address, whatever its Host:
+                // served as HTTP (routes, retries; the callee's policies
+                // see the method and path, the app its caller).
+                let stack = stack.fixed_to(t.id.clone());
+                outbound_connection(stream, stack, metrics, limits, stop).await;
+            } else if let Some(t) = vip {
+                // Any other TCP to a service's virtual address: to one of
+                // its endpoints.
                 relay_to_service(stream, &t, &config, workload.as_deref()).await;
             } else if config.current().authz.outbound == OutboundMode::Deny {
                 tracing::debug!(%dst, "closed a connection outside the mesh (MeshConfig outbound: deny)");
@@ -86,7 +95,15 @@ pub async fn serve_captured(
 /// any plaintext caller (refused while mTLS is strict, policies applied).
 pub(crate) fn passthrough(stream: &TcpStream, app_port: u16) -> Option<std::net::SocketAddr> {
     let dst = crate::capture::original_dst(stream).ok()?;
-    (stream.local_addr().ok() != Some(dst) && dst.port() != app_port).then_some(dst)
+    (!is_local_addr(stream, dst) && dst.port() != app_port).then_some(dst)
+}
+
+/// Whether `dst` is the accepted socket's own address (a connection made
+/// straight to the port, not redirected); IPv4-mapped addresses of a
+/// socket bound to `[::]` compare as IPv4.
+fn is_local_addr(stream: &TcpStream, dst: std::net::SocketAddr) -> bool {
+    let canon = |a: std::net::SocketAddr| (a.ip().to_canonical(), a.port());
+    stream.local_addr().is_ok_and(|l| canon(l) == canon(dst))
 }
 
 /// The service whose virtual address `dst` is, if the proxy holds it.
@@ -101,7 +118,11 @@ fn by_vip(
 }
 
 /// Whether the connection's first request names a mesh service in its Host.
-async fn mesh_http(stream: &TcpStream, config: &Config) -> bool {
+async fn mesh_http(
+    stream: &TcpStream,
+    config: &Config,
+    workload: Option<&crate::tls::Workload>,
+) -> bool {
     let Some(host) = peek_host(stream).await else {
         return false;
     };
@@ -115,21 +136,11 @@ async fn mesh_http(stream: &TcpStream, config: &Config) -> bool {
     {
         return false;
     }
-    let req = http::Request::get("/")
-        .header(http::header::HOST, host.as_str())
-        .body(());
-    let Ok(req) = req else { return false };
-    let Ok(id) = crate::route::service_of(&req, &config.namespace) else {
+    // Only mesh names (`example.com`, `admin.prod.example.com` are outside
+    // hosts, relayed at once).
+    let Some((id, _)) = crate::dns::mesh_name(config, workload, bare) else {
         return false;
     };
-    if config.current().service(&id).is_some() {
-        return true;
-    }
-    // `a.b` names a service only in a namespace the proxy knows
-    // (`example.com` is an outside host, relayed at once).
-    if bare.contains('.') && !config.knows_namespace(&id.0) {
-        return false;
-    }
     // A mesh name this proxy has not needed yet (a control plane knows);
     // an outside name costs one bounded look-up, then none for a while.
     config.lookup(&id, Duration::from_secs(1)).await.is_some()

@@ -451,6 +451,13 @@ async fn an_unmodified_client_on_one_host_reaches_a_service_on_another_through_c
     let vip = must(&caller_ns, &["getent", "hosts", "web"]);
     let vip = vip.split_whitespace().next().unwrap().to_string();
     assert!(vip.starts_with("240.240."), "web resolved to {vip}");
+    // HTTP to web's virtual address with no mesh name in it is still HTTP
+    // to web (the app is told its caller; policies see the path).
+    let by_vip = curl(&caller_ns, &format!("http://{vip}/"));
+    assert!(
+        matches!(&by_vip, Ok((200, b)) if b == &body),
+        "HTTP to web's virtual address: {by_vip:?}"
+    );
     // Plain TCP to the same name reaches the same app.
     assert_eq!(tcp_echo(&caller_ns), "echo: hello\n");
     // Everything between the hosts went to the proxy's mTLS port.

@@ -69,7 +69,7 @@ pub fn check() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hosts (namespaces `rmdemo-<tag>-<i>`, bridge `rmd<tag>`) whose demo
+/// Hosts (namespaces `rmdemo-<tag>-<i>`, bridge `rmdemo<tag>`) whose demo
 /// process is gone.
 fn sweep_stale() {
     let alive = |tag: &str| {
@@ -91,7 +91,7 @@ fn sweep_stale() {
     if let Ok(list) = run(&["ip", "-o", "link", "show", "type", "bridge"]) {
         for l in list.lines() {
             let name = l.split(':').nth(1).unwrap_or("").trim();
-            if let Some(pid) = name.strip_prefix("rmd") {
+            if let Some(pid) = name.strip_prefix("rmdemo") {
                 if !alive(pid) {
                     let _ = run(&["ip", "link", "del", name]);
                 }
@@ -106,9 +106,15 @@ impl Hosts {
         check()?;
         sweep_stale();
         let pid = std::process::id();
+        // A /24 of 10.250/16 no route of this machine uses yet.
+        let taken = run(&["ip", "-4", "route", "show"]).unwrap_or_default();
+        let subnet = (0..250u32)
+            .map(|k| 1 + ((pid + k) % 250) as u8)
+            .find(|x| !taken.contains(&format!("10.250.{x}.")))
+            .context("every 10.250.x.0/24 is in use on this machine")?;
         let hosts = Self {
             tag: pid.to_string(),
-            subnet: 1 + (pid % 250) as u8,
+            subnet,
             names: names.to_vec(),
         };
         let bridge = hosts.bridge();
@@ -160,7 +166,7 @@ impl Hosts {
     }
 
     fn bridge(&self) -> String {
-        short(&format!("rmd{}", self.tag))
+        short(&format!("rmdemo{}", self.tag))
     }
 
     fn index(&self, name: &str) -> anyhow::Result<usize> {
@@ -243,6 +249,7 @@ impl Drop for Hosts {
     fn drop(&mut self) {
         for i in 0..self.names.len() {
             let ns = self.netns_at(i);
+            let _ = run(&["ip", "link", "del", &short(&format!("rmd{}v{i}", self.tag))]);
             let _ = run(&["ip", "netns", "del", &ns]);
             let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&ns));
         }

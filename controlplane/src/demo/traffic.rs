@@ -263,7 +263,7 @@ impl CurlLoop {
         let key = (caller.to_string(), service.to_string());
         lock(&flows).entry(key.clone()).or_default();
         let script = format!(
-            "while [ -d /proc/{pid} ]; do curl -s --max-time 5 -w ' %{{http_code}} %{{time_total}}\\n' http://{service}/; sleep {pause:.3}; done",
+            "while [ -d /proc/{pid} ]; do curl -s --max-time 5 -w ' %{{http_code}} %{{time_total}}\\n' \"http://$1/\"; sleep {pause:.3}; done",
             pid = std::process::id(),
             pause = 1.0 / f64::from(rps.max(1)),
         );
@@ -279,6 +279,8 @@ impl CurlLoop {
                 "sh",
                 "-c",
                 &script,
+                "sh",
+                service,
             ])
             .process_group(0)
             .stdin(std::process::Stdio::null())

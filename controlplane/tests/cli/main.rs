@@ -653,7 +653,18 @@ fn meshd_demo_transparent_runs_plain_curl_callers_under_capture_and_removes_its_
             return;
         }
     }
-    let (out, pids, dir) = run_demo(&["--transparent", "--duration", "15s", "--no-story"], None);
+    // Few requests: every one is a curl process.
+    let (out, pids, dir) = run_demo(
+        &[
+            "--transparent",
+            "--duration",
+            "15s",
+            "--no-story",
+            "--rps",
+            "5",
+        ],
+        None,
+    );
     let summary = out.lines().find(|l| l.starts_with("summary ")).expect(&out);
     let field = |k: &str| -> u64 {
         summary
@@ -662,7 +673,7 @@ fn meshd_demo_transparent_runs_plain_curl_callers_under_capture_and_removes_its_
             .and_then(|v| v.parse().ok())
             .unwrap()
     };
-    assert!(field("requests") > 150, "{summary}");
+    assert!(field("requests") > 60, "{summary}");
     assert_eq!(field("failed"), 0, "{out}");
     assert!(out.contains("plain curl loops"), "{out}");
     assert!(

@@ -173,9 +173,13 @@ impl Iptables {
             .contains("nf_tables"))
     }
 
-    /// Whether the `nat` table exists (nf_tables), without creating it.
+    /// Whether the `nat` table exists (nf_tables), without creating it;
+    /// `true` when it cannot be told (no `nft` program), so that removal
+    /// never deletes a table it may not have made.
     fn nat_table_exists(&self) -> Result<bool, CaptureError> {
-        Ok(self.run_program("nft", &["list", "table", "ip", "nat"])?.0)
+        Ok(self
+            .run_program("nft", &["list", "table", "ip", "nat"])
+            .map_or(true, |(ok, _)| ok))
     }
 }
 
@@ -213,15 +217,21 @@ pub fn rules(spec: &CaptureSpec) -> Result<Vec<Vec<String>>, CaptureError> {
             "RETURN".into(),
         ]);
     }
-    r.push(vec![
-        INBOUND.into(),
-        "-p".into(),
-        "tcp".into(),
-        "-j".into(),
-        "REDIRECT".into(),
-        "--to-ports".into(),
-        spec.inbound_port.to_string(),
-    ]);
+    // Only TCP for this host: a host that forwards (containers, a
+    // router) keeps forwarding what is not its own.
+    r.push(words(&[
+        INBOUND,
+        "-p",
+        "tcp",
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &spec.inbound_port.to_string(),
+    ]));
     let uid = spec.proxy_uid.to_string();
     r.push(words(&[
         OUTPUT,
@@ -299,8 +309,15 @@ pub fn install(ipt: &Iptables, spec: &CaptureSpec) -> Result<(), CaptureError> {
         Backend::Iptables => false,
         Backend::Auto => !ipt.has("iptables"),
     };
+    // Rules of the other kind (an earlier install) would redirect too.
     if nftables {
+        if ipt.has("iptables") {
+            remove_ours(ipt, true)?;
+        }
         return nft::install(ipt, spec);
+    }
+    if ipt.has("nft") {
+        nft::remove(ipt)?;
     }
     let created = ipt.on_nftables()? && !ipt.nat_table_exists()?;
     let had_marker = !created && ipt.check(&["-S", CREATED_TABLE])?;

@@ -19,7 +19,7 @@ pub(super) fn script(spec: &CaptureSpec) -> Result<String, CaptureError> {
         s += &format!("    tcp dport {p} return\n");
     }
     s += &format!(
-        "    meta l4proto tcp redirect to :{}\n  }}\n",
+        "    fib daddr type local meta l4proto tcp redirect to :{}\n  }}\n",
         spec.inbound_port
     );
     s += "  chain output {\n    type nat hook output priority -100; policy accept;\n";
@@ -119,7 +119,9 @@ mod tests {
                 "}",
             ]
         );
-        assert!(s.contains("tcp dport 22 return\n    meta l4proto tcp redirect to :15006"));
+        assert!(s.contains(
+            "tcp dport 22 return\n    fib daddr type local meta l4proto tcp redirect to :15006"
+        ));
         let mut bad = spec;
         bad.exclude_cidrs = vec!["10.0.0.0/8; flush ruleset".into()];
         assert!(matches!(script(&bad), Err(CaptureError::Invalid(_))));

@@ -94,6 +94,18 @@ const FIRST_SIGHT_WAIT: Duration = Duration::from_secs(2);
 pub struct Route<S> {
     inner: S,
     config: Arc<Config>,
+    /// Every request goes to this service, whatever its Host (HTTP the
+    /// capture listener took for a service's virtual address).
+    fixed: Option<ServiceId>,
+}
+
+impl<S> Route<S> {
+    /// This stack with every request routed to `id` (the Host is left
+    /// as the client sent it).
+    pub fn fixed_to(mut self, id: ServiceId) -> Self {
+        self.fixed = Some(id);
+        self
+    }
 }
 
 /// Layer for [`Route`].
@@ -115,6 +127,7 @@ impl<S> tower::Layer<S> for RouteLayer {
         Route {
             inner,
             config: self.config.clone(),
+            fixed: None,
         }
     }
 }
@@ -131,12 +144,16 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
     fn call(&mut self, mut req: Request<Body>) -> BoxFuture {
         let mut inner = self.inner.clone();
         let config = self.config.clone();
+        let fixed = self.fixed.clone();
         Box::pin(async move {
             // Rules match, and the callee receives, the one normal path.
             if let Some(uri) = crate::path::normalise_uri(req.uri()).map_err(ProxyError::BadPath)? {
                 *req.uri_mut() = uri;
             }
-            let id = service_of(&req, &config.namespace)?;
+            let id = match fixed {
+                Some(id) => id,
+                None => service_of(&req, &config.namespace)?,
+            };
             let mut table = config.current().service(&id).cloned();
             if table.is_none() {
                 // A service not seen before: ask the control plane for it and

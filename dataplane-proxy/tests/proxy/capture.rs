@@ -331,6 +331,19 @@ fn an_unmodified_client_s_http_reaches_the_mesh_and_other_tcp_passes_through() {
         o.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut other = String::new();
         let _ = o.read_to_string(&mut other);
+        // A Host that only starts like a mesh name is an outside host's.
+        let mut f =
+            TcpStream::connect_timeout(&"10.77.0.2:9000".parse().unwrap(), Duration::from_secs(5))
+                .unwrap();
+        f.write_all(b"GET / HTTP/1.1\r\nHost: web.default.example.com\r\n\r\n")
+            .unwrap();
+        f.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut lookalike = String::new();
+        let _ = f.read_to_string(&mut lookalike);
+        assert_eq!(
+            lookalike, "outside\n",
+            "web.default.example.com was routed into the mesh"
+        );
         // Straight to the capture port (no original destination): closed,
         // never relayed to itself.
         let mut d = TcpStream::connect("127.0.0.1:15002").unwrap();
