@@ -308,11 +308,16 @@ impl CurlLoop {
 
 impl Drop for CurlLoop {
     fn drop(&mut self) {
-        // The whole group: the shell and a curl in flight.
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &format!("-{pid}")])
-                .status();
+        // The whole group: the shell and a curl in flight. (By system call:
+        // procps' `kill -9 -PGID` misreads the group, once as `kill(-1)`,
+        // which is every process.)
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            if pid > 1 {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
 }
