@@ -29,6 +29,16 @@ pub const CALLER_HEADER: &str = "x-forwarded-client-cert";
 /// with a certificate, replaced by its SPIFFE ID.
 pub fn set_caller(headers: &mut http::HeaderMap, who: Option<&str>) {
     headers.remove(CALLER_HEADER);
+    // Frameworks that read `X_FORWARDED_CLIENT_CERT` (CGI, WSGI) take the
+    // underscore spelling for the same header: never pass that on either.
+    let lookalikes: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_') && k.as_str().replace('_', "-") == CALLER_HEADER)
+        .cloned()
+        .collect();
+    for k in lookalikes {
+        headers.remove(k);
+    }
     if let Some(v) = who.and_then(|w| http::HeaderValue::from_str(&format!("URI={w}")).ok()) {
         headers.insert(CALLER_HEADER, v);
     }
@@ -103,6 +113,29 @@ mod tests {
 
     const FRONT: &str = "spiffe://east.mesh/ns/default/sa/frontend";
     const BATCH: &str = "spiffe://east.mesh/ns/default/sa/batch";
+
+    #[test]
+    fn the_caller_header_is_the_proxy_s_alone() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            CALLER_HEADER,
+            "URI=spiffe://x/ns/a/sa/admin".parse().unwrap(),
+        );
+        h.insert(
+            "x_forwarded_client_cert",
+            "URI=spiffe://x/ns/a/sa/admin".parse().unwrap(),
+        );
+        h.insert("x-other", "kept".parse().unwrap());
+        set_caller(&mut h, Some(FRONT));
+        assert_eq!(h[CALLER_HEADER], format!("URI={FRONT}").as_str());
+        assert!(h.get("x_forwarded_client_cert").is_none());
+        assert_eq!(h["x-other"], "kept");
+        set_caller(&mut h, None);
+        assert!(
+            h.get(CALLER_HEADER).is_none(),
+            "an anonymous caller is named by no one"
+        );
+    }
 
     #[test]
     fn opaque_tcp_fails_closed_against_policies_scoped_to_methods_or_paths() {

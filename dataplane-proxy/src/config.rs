@@ -310,6 +310,11 @@ impl Args {
                 }
             },
         };
+        if self.dns.is_some_and(|d| !d.ip().is_loopback()) {
+            tracing::warn!(
+                "--dns listens off loopback: anyone who reaches it can use this proxy to resolve any name (capture sends the workload's DNS to 127.0.0.1)"
+            );
+        }
         let dns_upstream = match (self.dns, self.dns_upstream) {
             (None, _) => None,
             (Some(_), Some(up)) => Some(up),

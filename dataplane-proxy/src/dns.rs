@@ -10,7 +10,7 @@
 //! A name the proxy does not hold yet is learned from the control plane
 //! (at most [`LEARN_WAIT`]); a miss is remembered for
 //! [`crate::state::MISS_TTL`] so
-//! an outside name costs the look-up once. `web.NS` is taken for a mesh
+//! an outside name costs the look-up at most once per 5 s. `web.NS` is taken for a mesh
 //! name only when NS is a namespace the proxy knows (its own or one of a
 //! service it holds), so `example.com` goes straight to the resolver.
 //! A mesh name answers A with the virtual address, and every other type

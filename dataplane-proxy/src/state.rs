@@ -86,7 +86,7 @@ impl Config {
 
     /// A service held, or learned now (at most `wait`); a name the control
     /// plane did not know is not asked again for [`MISS_TTL`], so names
-    /// outside the mesh cost the wait once.
+    /// outside the mesh cost the wait at most once per [`MISS_TTL`].
     pub async fn lookup(&self, id: &ServiceId, wait: Duration) -> Option<Arc<ServiceTable>> {
         if let Some(t) = self.current().service(id) {
             return Some(t.clone());
