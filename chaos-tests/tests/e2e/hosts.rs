@@ -304,23 +304,10 @@ async fn an_unmodified_client_on_one_host_reaches_a_service_on_another_through_c
         must(ns, &["ip", "route", "add", "default", "via", &gateway]);
     }
     let mut adm = admin(&cluster.addrs()[0], &cluster.token).unwrap();
-    let mut tokens = Vec::new();
-    for svc in ["web", "client"] {
-        tokens.push(
-            adm.create_token(pb::CreateTokenRequest {
-                scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
-                    service: svc.into(),
-                    namespace: String::new(),
-                })),
-                ttl_ms: 0,
-                max_uses: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .secret,
-        );
-    }
+    let tokens = vec![
+        super::mint(&mut adm, "web").await,
+        super::mint(&mut adm, "client").await,
+    ];
     let apply = |yaml: &str| pb::ApplyRequest {
         items: vec![pb::ApplyItem {
             resource: Some(

@@ -42,6 +42,22 @@ async fn app(name: &'static str) -> SocketAddr {
     addr
 }
 
+/// A bootstrap token for proxies of `service`.
+async fn mint(adm: &mut raftmesh_client::Admin, service: &str) -> String {
+    adm.create_token(pb::CreateTokenRequest {
+        scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
+            service: service.into(),
+            namespace: String::new(),
+        })),
+        ttl_ms: 0,
+        max_uses: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .secret
+}
+
 struct ProxyProc {
     proc: Proc,
     outbound: SocketAddr,
@@ -116,26 +132,8 @@ async fn traffic_survives_the_death_of_every_meshd_and_a_proxy_restart() {
     cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
     let addrs = cluster.addrs();
     let mut adm = admin(&addrs[0], &cluster.token).unwrap();
-    let mint = |svc: &str| {
-        let svc = svc.to_string();
-        let mut adm = adm.clone();
-        async move {
-            adm.create_token(pb::CreateTokenRequest {
-                scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
-                    service: svc,
-                    namespace: String::new(),
-                })),
-                ttl_ms: 0,
-                max_uses: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .secret
-        }
-    };
-    let web_token = mint("web").await;
-    let client_token = mint("client").await;
+    let web_token = mint(&mut adm, "web").await;
+    let client_token = mint(&mut adm, "client").await;
     let svc: raftmesh_api::Resource = serde_yaml_ng::from_str(
         "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}",
     )

@@ -584,6 +584,15 @@ fn run_demo(args: &[&str], sigint_after: Option<Duration>) -> (String, Vec<u32>,
     (stdout, pids, dir)
 }
 
+/// A `k=v` number of the demo's `summary` line.
+fn summary_field(summary: &str, k: &str) -> u64 {
+    summary
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {k} in {summary}"))
+}
+
 fn assert_nothing_left(pids: &[u32], dir: &Path) {
     assert_eq!(
         pids.len(),
@@ -616,13 +625,7 @@ fn assert_nothing_left(pids: &[u32], dir: &Path) {
 fn meshd_demo_carries_traffic_through_proxies_and_leaves_nothing_behind() {
     let (out, pids, dir) = run_demo(&["--duration", "20s", "--no-story"], None);
     let summary = out.lines().find(|l| l.starts_with("summary ")).expect(&out);
-    let field = |k: &str| -> u64 {
-        summary
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
+    let field = |k: &str| summary_field(summary, k);
     assert!(field("requests") > 500, "{summary}");
     assert_eq!(field("failed"), 0, "{out}");
     assert!(
@@ -666,13 +669,7 @@ fn meshd_demo_transparent_runs_plain_curl_callers_under_capture_and_removes_its_
         None,
     );
     let summary = out.lines().find(|l| l.starts_with("summary ")).expect(&out);
-    let field = |k: &str| -> u64 {
-        summary
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
+    let field = |k: &str| summary_field(summary, k);
     assert!(field("requests") > 60, "{summary}");
     assert_eq!(field("failed"), 0, "{out}");
     assert!(out.contains("plain curl loops"), "{out}");
