@@ -2,10 +2,11 @@
 //! port `mesh-proxy capture install --outbound-port` redirects to).
 //!
 //! Each connection's original destination comes from `SO_ORIGINAL_DST`.
-//! HTTP whose Host names a mesh service is served like the outbound
-//! listener's (routing, retries, mTLS to the callee's proxy); a connection
-//! to a service's virtual address goes to one of its endpoints (as opaque
-//! TCP, mTLS between the proxies); anything else — another host's HTTP,
+//! HTTP whose Host is a mesh name (the forms mesh DNS answers) is served
+//! like the outbound listener's (routing, retries, mTLS to the callee's
+//! proxy), and so is HTTP to a service's virtual address, whatever its
+//! Host; any other connection to a virtual address goes to one of the
+//! service's endpoints (as opaque TCP, mTLS between the proxies); anything else — another host's HTTP,
 //! TLS, any other TCP — is relayed unchanged
 //! to where the workload was connecting (MeshConfig `outbound: allow`, the
 //! default) or closed (`outbound: deny`). A connection made straight to this port (no
