@@ -147,6 +147,13 @@ fn initial_config(
     Ok((CompiledConfig::empty(), BTreeSet::new()))
 }
 
+/// `[::1]:PORT` for a listener on `127.0.0.1:PORT` (capture's IPv6
+/// redirects land there), when the host has IPv6.
+fn ipv6_twin(addr: SocketAddr) -> Option<SocketAddr> {
+    (addr.ip() == std::net::Ipv4Addr::LOCALHOST && addr.port() != 0)
+        .then(|| SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())))
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {what} {addr} (in use? pick another with --{what})")
@@ -227,15 +234,23 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         Some(addr) => {
             let l = bind(addr, "capture").await?;
             let a = l.local_addr()?;
-            tasks.push(tokio::spawn(transparent::serve_captured(
-                l,
-                server::outbound_stack(config.clone(), forward.clone()),
-                config.clone(),
-                workload.clone(),
-                config.metrics.clone(),
-                config.conn_limits,
-                shutdown_rx.clone(),
-            )));
+            // Capture redirects the workload's IPv6 connections to ::1 on
+            // the same port: listen there too, where the host has IPv6.
+            let v6 = match ipv6_twin(addr) {
+                Some(v6) => TcpListener::bind(v6).await.ok(),
+                None => None,
+            };
+            for l in std::iter::once(l).chain(v6) {
+                tasks.push(tokio::spawn(transparent::serve_captured(
+                    l,
+                    server::outbound_stack(config.clone(), forward.clone()),
+                    config.clone(),
+                    workload.clone(),
+                    config.metrics.clone(),
+                    config.conn_limits,
+                    shutdown_rx.clone(),
+                )));
+            }
             Some(a)
         }
         None => None,
@@ -247,11 +262,17 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
                 .with_context(|| format!("cannot bind the dns listener on {addr}: change --dns"))?;
             let a = socket.local_addr()?;
             let server = dns::Dns::new(config.clone(), workload.clone(), cfg.dns_upstream);
-            tasks.push(tokio::spawn(dns::serve(
-                socket,
-                server,
-                shutdown_rx.clone(),
-            )));
+            let v6 = match ipv6_twin(addr) {
+                Some(v6) => tokio::net::UdpSocket::bind(v6).await.ok(),
+                None => None,
+            };
+            for socket in std::iter::once(socket).chain(v6) {
+                tasks.push(tokio::spawn(dns::serve(
+                    socket,
+                    server.clone(),
+                    shutdown_rx.clone(),
+                )));
+            }
             Some(a)
         }
         None => None,

@@ -15,7 +15,12 @@
 //! network namespace, iptables on nf_tables) is removed with them: a
 //! marker chain records it. Where iptables is missing (or with `--backend
 //! nftables`) the same rules go in an nftables table of their own,
-//! `ip raftmesh` ([`nft`]), deleted whole on removal. IPv4 only, as yet.
+//! `ip raftmesh` ([`nft`]), deleted whole on removal. Where the kernel has
+//! IPv6 and `ip6tables` is there, the workload's IPv6 connections and DNS
+//! are captured too (the same `RAFTMESH_OUTPUT` chain in ip6tables, `ip6
+//! raftmesh` in nftables; the proxy listens on `[::1]` beside
+//! `127.0.0.1`); IPv6 inbound is not redirected (the inbound port listens
+//! on IPv4).
 
 mod nft;
 
@@ -98,6 +103,46 @@ pub enum CaptureError {
     },
 }
 
+/// An address family: IPv4 (`iptables`, inbound and outbound) or IPv6
+/// (`ip6tables`, outbound only: an IPv6 inbound redirect would need the
+/// proxy's inbound port on IPv6 too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+    fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+    /// Whether the address part of a (checked) CIDR is of this family.
+    fn holds(self, cidr: &str) -> bool {
+        cidr.contains(':') == (self == Family::V6)
+    }
+}
+
+/// Whether this kernel speaks IPv6 and `ip6tables` is there: then the
+/// workload's IPv6 connections are captured too.
+fn ipv6_capturable(ipt: &Iptables) -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists() && ipt.has("ip6tables")
+}
+
 /// Runs iptables, optionally through a prefix (tests run it in a network
 /// namespace with `ip netns exec NAME`).
 #[derive(Debug, Clone, Default)]
@@ -138,21 +183,21 @@ impl Iptables {
         ))
     }
 
-    /// `iptables -t nat ARGS`: whether it succeeded.
-    fn check(&self, args: &[&str]) -> Result<bool, CaptureError> {
+    /// `iptables -t nat ARGS` (`ip6tables` for IPv6): whether it succeeded.
+    fn check(&self, fam: Family, args: &[&str]) -> Result<bool, CaptureError> {
         let mut all = vec!["-w", "-t", "nat"];
         all.extend_from_slice(args);
-        Ok(self.run_program("iptables", &all)?.0)
+        Ok(self.run_program(fam.iptables(), &all)?.0)
     }
 
     /// `iptables -t nat ARGS`, which must succeed; its output.
-    fn run(&self, args: &[&str]) -> Result<String, CaptureError> {
+    fn run(&self, fam: Family, args: &[&str]) -> Result<String, CaptureError> {
         let mut all = vec!["-w", "-t", "nat"];
         all.extend_from_slice(args);
-        match self.run_program("iptables", &all)? {
+        match self.run_program(fam.iptables(), &all)? {
             (true, out) => Ok(out),
             (false, stderr) => Err(CaptureError::Failed {
-                cmd: format!("iptables {}", all.join(" ")),
+                cmd: format!("{} {}", fam.iptables(), all.join(" ")),
                 stderr,
             }),
         }
@@ -166,9 +211,9 @@ impl Iptables {
 
     /// Whether iptables drives nf_tables (where a table exists only once
     /// something is put in it).
-    fn on_nftables(&self) -> Result<bool, CaptureError> {
+    fn on_nftables(&self, fam: Family) -> Result<bool, CaptureError> {
         Ok(self
-            .run_program("iptables", &["--version"])?
+            .run_program(fam.iptables(), &["--version"])?
             .1
             .contains("nf_tables"))
     }
@@ -176,19 +221,19 @@ impl Iptables {
     /// Whether the `nat` table exists (nf_tables), without creating it;
     /// `true` when it cannot be told (no `nft` program), so that removal
     /// never deletes a table it may not have made.
-    fn nat_table_exists(&self) -> Result<bool, CaptureError> {
+    fn nat_table_exists(&self, fam: Family) -> Result<bool, CaptureError> {
         Ok(self
-            .run_program("nft", &["list", "table", "ip", "nat"])
+            .run_program("nft", &["list", "table", fam.nft(), "nat"])
             .map_or(true, |(ok, _)| ok))
     }
 }
 
 /// The jumps from the base chains into ours.
-fn jumps(spec: &CaptureSpec) -> Vec<Vec<String>> {
-    let mut j = vec![
-        words(&["PREROUTING", "-p", "tcp", "-j", INBOUND]),
-        words(&["OUTPUT", "-p", "tcp", "-j", OUTPUT]),
-    ];
+fn jumps(spec: &CaptureSpec, fam: Family) -> Vec<Vec<String>> {
+    let mut j = vec![words(&["OUTPUT", "-p", "tcp", "-j", OUTPUT])];
+    if fam == Family::V4 {
+        j.insert(0, words(&["PREROUTING", "-p", "tcp", "-j", INBOUND]));
+    }
     if spec.dns_port.is_some() {
         j.push(words(&[
             "OUTPUT", "-p", "udp", "--dport", "53", "-j", OUTPUT,
@@ -197,8 +242,12 @@ fn jumps(spec: &CaptureSpec) -> Vec<Vec<String>> {
     j
 }
 
-/// The rules of our chains, in order (`-A CHAIN ...` without the `-A`).
+/// The IPv4 rules of our chains, in order (`-A CHAIN ...` without the `-A`).
 pub fn rules(spec: &CaptureSpec) -> Result<Vec<Vec<String>>, CaptureError> {
+    rules_for(spec, Family::V4)
+}
+
+fn rules_for(spec: &CaptureSpec, fam: Family) -> Result<Vec<Vec<String>>, CaptureError> {
     for c in &spec.exclude_cidrs {
         check_cidr(c)?;
     }
@@ -206,7 +255,12 @@ pub fn rules(spec: &CaptureSpec) -> Result<Vec<Vec<String>>, CaptureError> {
         return Err(CaptureError::Invalid("capture ports must not be 0".into()));
     }
     let mut r = Vec::new();
-    for p in &spec.exclude_inbound_ports {
+    let inbound = if fam == Family::V4 {
+        &spec.exclude_inbound_ports[..]
+    } else {
+        &[]
+    };
+    for p in inbound {
         r.push(vec![
             INBOUND.into(),
             "-p".into(),
@@ -219,19 +273,21 @@ pub fn rules(spec: &CaptureSpec) -> Result<Vec<Vec<String>>, CaptureError> {
     }
     // Only TCP for this host: a host that forwards (containers, a
     // router) keeps forwarding what is not its own.
-    r.push(words(&[
-        INBOUND,
-        "-p",
-        "tcp",
-        "-m",
-        "addrtype",
-        "--dst-type",
-        "LOCAL",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &spec.inbound_port.to_string(),
-    ]));
+    r.extend((fam == Family::V4).then(|| {
+        words(&[
+            INBOUND,
+            "-p",
+            "tcp",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &spec.inbound_port.to_string(),
+        ])
+    }));
     let uid = spec.proxy_uid.to_string();
     r.push(words(&[
         OUTPUT,
@@ -256,8 +312,8 @@ pub fn rules(spec: &CaptureSpec) -> Result<Vec<Vec<String>>, CaptureError> {
             &dns.to_string(),
         ]));
     }
-    r.push(words(&[OUTPUT, "-d", "127.0.0.0/8", "-j", "RETURN"]));
-    for c in &spec.exclude_cidrs {
+    r.push(words(&[OUTPUT, "-d", fam.loopback(), "-j", "RETURN"]));
+    for c in spec.exclude_cidrs.iter().filter(|c| fam.holds(c)) {
         r.push(words(&[OUTPUT, "-d", c, "-j", "RETURN"]));
     }
     for p in &spec.exclude_outbound_ports {
@@ -290,59 +346,78 @@ fn words(w: &[&str]) -> Vec<String> {
 fn check_cidr(c: &str) -> Result<(), CaptureError> {
     let bad = || {
         CaptureError::Invalid(format!(
-            "--exclude-cidrs: \"{c}\" is not an IPv4 CIDR like 10.0.0.0/8"
+            "--exclude-cidrs: \"{c}\" is not a CIDR like 10.0.0.0/8 or fd00::/8"
         ))
     };
     let (ip, len) = c.split_once('/').ok_or_else(bad)?;
-    ip.parse::<Ipv4Addr>().map_err(|_| bad())?;
+    let max = match ip.parse::<std::net::IpAddr>().map_err(|_| bad())? {
+        std::net::IpAddr::V4(_) => 32,
+        std::net::IpAddr::V6(_) => 128,
+    };
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     match len.parse::<u8>() {
-        Ok(n) if n <= 32 => Ok(()),
+        Ok(n) if n <= max => Ok(()),
         _ => Err(bad()),
     }
 }
 
-/// Installs the rules (replacing ours if present; other rules untouched).
+/// Installs the rules (replacing ours if present; other rules untouched):
+/// IPv4, and IPv6 outbound where the kernel and `ip6tables` allow.
 pub fn install(ipt: &Iptables, spec: &CaptureSpec) -> Result<(), CaptureError> {
-    let rules = rules(spec)?;
+    rules_for(spec, Family::V4)?;
     let nftables = match spec.backend {
         Backend::Nftables => true,
         Backend::Iptables => false,
         Backend::Auto => !ipt.has("iptables"),
     };
+    let v6 = ipv6_capturable(ipt);
     // Rules of the other kind (an earlier install) would redirect too.
     if nftables {
         if ipt.has("iptables") {
-            remove_ours(ipt, true)?;
+            remove_ours(ipt, Family::V4, true)?;
+        }
+        if v6 {
+            remove_ours(ipt, Family::V6, true)?;
         }
         return nft::install(ipt, spec);
     }
     if ipt.has("nft") {
         nft::remove(ipt)?;
     }
-    let created = ipt.on_nftables()? && !ipt.nat_table_exists()?;
-    let had_marker = !created && ipt.check(&["-S", CREATED_TABLE])?;
-    remove_ours(ipt, false)?;
-    for chain in [INBOUND, OUTPUT] {
-        ipt.run(&["-N", chain])?;
-    }
-    if created || had_marker {
-        ipt.run(&["-N", CREATED_TABLE])?;
-    }
-    for r in &rules {
-        let mut args = vec!["-A"];
-        args.extend(r.iter().map(String::as_str));
-        ipt.run(&args)?;
-    }
-    for j in jumps(spec) {
-        let mut args = vec!["-A"];
-        args.extend(j.iter().map(String::as_str));
-        ipt.run(&args)?;
+    install_family(ipt, spec, Family::V4)?;
+    if v6 {
+        install_family(ipt, spec, Family::V6)?;
     }
     Ok(())
 }
 
-/// Removes the rules, from iptables and nftables alike; a `nat` table the
-/// install created goes too.
+fn install_family(ipt: &Iptables, spec: &CaptureSpec, fam: Family) -> Result<(), CaptureError> {
+    let rules = rules_for(spec, fam)?;
+    let created = ipt.on_nftables(fam)? && !ipt.nat_table_exists(fam)?;
+    let had_marker = !created && ipt.check(fam, &["-S", CREATED_TABLE])?;
+    remove_ours(ipt, fam, false)?;
+    let chains: &[&str] = match fam {
+        Family::V4 => &[INBOUND, OUTPUT],
+        Family::V6 => &[OUTPUT],
+    };
+    for chain in chains {
+        ipt.run(fam, &["-N", chain])?;
+    }
+    if created || had_marker {
+        ipt.run(fam, &["-N", CREATED_TABLE])?;
+    }
+    for r in rules.iter().chain(&jumps(spec, fam)) {
+        let mut args = vec!["-A"];
+        args.extend(r.iter().map(String::as_str));
+        ipt.run(fam, &args)?;
+    }
+    Ok(())
+}
+
+/// Removes the rules, from iptables, ip6tables and nftables alike; a `nat`
+/// table the install created goes too.
 pub fn remove(ipt: &Iptables) -> Result<(), CaptureError> {
     let (iptables, nftables) = (ipt.has("iptables"), ipt.has("nft"));
     if !iptables && !nftables {
@@ -354,16 +429,19 @@ pub fn remove(ipt: &Iptables) -> Result<(), CaptureError> {
         nft::remove(ipt)?;
     }
     if iptables {
-        remove_ours(ipt, true)?;
+        remove_ours(ipt, Family::V4, true)?;
+    }
+    if ipv6_capturable(ipt) {
+        remove_ours(ipt, Family::V6, true)?;
     }
     Ok(())
 }
 
-fn remove_ours(ipt: &Iptables, drop_table: bool) -> Result<(), CaptureError> {
-    let table_ours = ipt.check(&["-S", CREATED_TABLE])?;
+fn remove_ours(ipt: &Iptables, fam: Family, drop_table: bool) -> Result<(), CaptureError> {
+    let table_ours = ipt.check(fam, &["-S", CREATED_TABLE])?;
     // Every jump into our chains, whatever the options they were made with.
     for base in ["PREROUTING", "OUTPUT"] {
-        let listed = ipt.run(&["-S", base])?;
+        let listed = ipt.run(fam, &["-S", base])?;
         for line in listed.lines() {
             let Some(rule) = line.strip_prefix("-A ") else {
                 continue;
@@ -371,22 +449,22 @@ fn remove_ours(ipt: &Iptables, drop_table: bool) -> Result<(), CaptureError> {
             if rule.ends_with(&format!("-j {INBOUND}")) || rule.ends_with(&format!("-j {OUTPUT}")) {
                 let mut args = vec!["-D"];
                 args.extend(rule.split_whitespace());
-                ipt.run(&args)?;
+                ipt.run(fam, &args)?;
             }
         }
     }
     for chain in [INBOUND, OUTPUT, CREATED_TABLE] {
-        if ipt.check(&["-S", chain])? {
-            ipt.run(&["-F", chain])?;
-            ipt.run(&["-X", chain])?;
+        if ipt.check(fam, &["-S", chain])? {
+            ipt.run(fam, &["-F", chain])?;
+            ipt.run(fam, &["-X", chain])?;
         }
     }
     if drop_table && table_ours {
         // Empty again: the host had no nat table before.
-        let (ok, err) = ipt.run_program("nft", &["delete", "table", "ip", "nat"])?;
+        let (ok, err) = ipt.run_program("nft", &["delete", "table", fam.nft(), "nat"])?;
         if !ok {
             return Err(CaptureError::Failed {
-                cmd: "nft delete table ip nat".into(),
+                cmd: format!("nft delete table {} nat", fam.nft()),
                 stderr: err,
             });
         }
@@ -395,14 +473,22 @@ fn remove_ours(ipt: &Iptables, drop_table: bool) -> Result<(), CaptureError> {
 }
 
 /// The destination a captured connection was made to, before the
-/// REDIRECT (Linux `SO_ORIGINAL_DST`).
+/// REDIRECT (Linux `SO_ORIGINAL_DST`; `IP6T_SO_ORIGINAL_DST` for IPv6).
 pub fn original_dst(s: &impl std::os::fd::AsFd) -> std::io::Result<SocketAddr> {
-    let a = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::OriginalDst)
-        .map_err(std::io::Error::from)?;
-    Ok(SocketAddr::from((
-        Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-        u16::from_be(a.sin_port),
-    )))
+    use nix::sys::socket::{getsockopt, sockopt};
+    match getsockopt(s, sockopt::OriginalDst) {
+        Ok(a) => Ok(SocketAddr::from((
+            Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+            u16::from_be(a.sin_port),
+        ))),
+        Err(v4) => match getsockopt(s, sockopt::Ip6tOriginalDst) {
+            Ok(a) => Ok(SocketAddr::from((
+                std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+            ))),
+            Err(_) => Err(std::io::Error::from(v4)),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -455,7 +541,8 @@ mod tests {
         for bad in [
             "10.0.0.0",
             "10.0.0.0/33",
-            "fd00::/8",
+            "fd00::/129",
+            "10.0.0.0/+8",
             "x/8",
             "10.0.0.0/8 -j ACCEPT",
         ] {

@@ -1,36 +1,49 @@
 //! Capture with nftables: the same rules as the iptables chains, in a
 //! table of our own (`ip raftmesh`) with two NAT chains hooked at
-//! `prerouting` and `output`. One `nft -f` transaction replaces the table
+//! `prerouting` and `output`, and (where the kernel speaks IPv6) an `ip6
+//! raftmesh` table with the outbound chain. One `nft -f` transaction replaces the table
 //! (so install is idempotent and atomic); removal deletes the table, which
 //! leaves every other table as it was.
 
-use super::{CaptureError, CaptureSpec, Iptables};
+use super::{CaptureError, CaptureSpec, Family, Iptables};
 
 /// Our table.
 const TABLE: &str = "raftmesh";
 
-/// The ruleset file for `spec` (validated as the iptables rules are).
-pub(super) fn script(spec: &CaptureSpec) -> Result<String, CaptureError> {
-    // The same checks (ports, CIDRs) as the iptables rules.
-    super::rules(spec)?;
-    let mut s = format!("add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
-    s += "  chain prerouting {\n    type nat hook prerouting priority -100; policy accept;\n";
-    for p in &spec.exclude_inbound_ports {
-        s += &format!("    tcp dport {p} return\n");
+/// The ruleset file for `spec` (validated as the iptables rules are):
+/// the `ip` table, and the `ip6` one when `v6`.
+pub(super) fn script(spec: &CaptureSpec, v6: bool) -> Result<String, CaptureError> {
+    let mut s = table(spec, Family::V4)?;
+    if v6 {
+        s += &table(spec, Family::V6)?;
     }
-    s += &format!(
-        "    fib daddr type local meta l4proto tcp redirect to :{}\n  }}\n",
-        spec.inbound_port
-    );
+    Ok(s)
+}
+
+fn table(spec: &CaptureSpec, fam: Family) -> Result<String, CaptureError> {
+    // The same checks (ports, CIDRs) as the iptables rules.
+    super::rules_for(spec, fam)?;
+    let f = fam.nft();
+    let mut s = format!("add table {f} {TABLE}\ndelete table {f} {TABLE}\ntable {f} {TABLE} {{\n");
+    if fam == Family::V4 {
+        s += "  chain prerouting {\n    type nat hook prerouting priority -100; policy accept;\n";
+        for p in &spec.exclude_inbound_ports {
+            s += &format!("    tcp dport {p} return\n");
+        }
+        s += &format!(
+            "    fib daddr type local meta l4proto tcp redirect to :{}\n  }}\n",
+            spec.inbound_port
+        );
+    }
     s += "  chain output {\n    type nat hook output priority -100; policy accept;\n";
     s += &format!("    meta skuid {} return\n", spec.proxy_uid);
     // DNS first: a host's resolver is often on loopback (127.0.0.53).
     if let Some(dns) = spec.dns_port {
         s += &format!("    udp dport 53 redirect to :{dns}\n");
     }
-    s += "    ip daddr 127.0.0.0/8 return\n";
-    for c in &spec.exclude_cidrs {
-        s += &format!("    ip daddr {c} return\n");
+    s += &format!("    {f} daddr {} return\n", fam.loopback());
+    for c in spec.exclude_cidrs.iter().filter(|c| fam.holds(c)) {
+        s += &format!("    {f} daddr {c} return\n");
     }
     for p in &spec.exclude_outbound_ports {
         s += &format!("    tcp dport {p} return\n");
@@ -44,7 +57,7 @@ pub(super) fn script(spec: &CaptureSpec) -> Result<String, CaptureError> {
 
 /// Writes the table (replacing ours).
 pub(super) fn install(nft: &Iptables, spec: &CaptureSpec) -> Result<(), CaptureError> {
-    let script = script(spec)?;
+    let script = script(spec, super::ipv6_capturable(nft))?;
     let path = std::env::temp_dir().join(format!(
         "raftmesh-capture-{}-{}.nft",
         std::process::id(),
@@ -66,18 +79,23 @@ pub(super) fn install(nft: &Iptables, spec: &CaptureSpec) -> Result<(), CaptureE
     }
 }
 
-/// Deletes our table, if it is there.
+/// Deletes our tables, those that are there.
 pub(super) fn remove(nft: &Iptables) -> Result<(), CaptureError> {
-    if !nft.run_program("nft", &["list", "table", "ip", TABLE])?.0 {
-        return Ok(());
+    for f in [Family::V4.nft(), Family::V6.nft()] {
+        if !nft.run_program("nft", &["list", "table", f, TABLE])?.0 {
+            continue;
+        }
+        match nft.run_program("nft", &["delete", "table", f, TABLE])? {
+            (true, _) => {}
+            (false, stderr) => {
+                return Err(CaptureError::Failed {
+                    cmd: format!("nft delete table {f} {TABLE}"),
+                    stderr,
+                })
+            }
+        }
     }
-    match nft.run_program("nft", &["delete", "table", "ip", TABLE])? {
-        (true, _) => Ok(()),
-        (false, stderr) => Err(CaptureError::Failed {
-            cmd: format!("nft delete table ip {TABLE}"),
-            stderr,
-        }),
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -94,10 +112,11 @@ mod tests {
             dns_port: Some(15053),
             exclude_inbound_ports: vec![22],
             exclude_outbound_ports: vec![7100],
-            exclude_cidrs: vec!["169.254.169.254/32".into()],
+            exclude_cidrs: vec!["169.254.169.254/32".into(), "fd00:ec2::254/128".into()],
             backend: Backend::Nftables,
         };
-        let s = script(&spec).unwrap();
+        let s = script(&spec, false).unwrap();
+        assert!(!s.contains("ip6") && !s.contains("fd00"), "{s}");
         let out: Vec<&str> = s
             .split("chain output")
             .nth(1)
@@ -122,8 +141,14 @@ mod tests {
         assert!(s.contains(
             "tcp dport 22 return\n    fib daddr type local meta l4proto tcp redirect to :15006"
         ));
+        // IPv6: outbound only, its own loopback and CIDRs.
+        let s6 = script(&spec, true).unwrap();
+        let v6 = s6.split("table ip6 raftmesh {").nth(1).unwrap();
+        assert!(!v6.contains("prerouting"), "{v6}");
+        assert!(v6.contains("ip6 daddr ::1/128 return\n    ip6 daddr fd00:ec2::254/128 return"));
+        assert!(!v6.contains("169.254"));
         let mut bad = spec;
         bad.exclude_cidrs = vec!["10.0.0.0/8; flush ruleset".into()];
-        assert!(matches!(script(&bad), Err(CaptureError::Invalid(_))));
+        assert!(matches!(script(&bad, true), Err(CaptureError::Invalid(_))));
     }
 }

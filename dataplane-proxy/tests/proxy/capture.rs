@@ -44,10 +44,14 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `iptables-save` without its dated comment lines.
+    /// `iptables-save` and `ip6tables-save` without their dated comment
+    /// lines.
     fn tables(&self) -> String {
-        self.sh(&["iptables-save"])
-            .lines()
+        let mut out = self.sh(&["iptables-save"]);
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            out += &self.sh(&["ip6tables-save"]);
+        }
+        out.lines()
             .filter(|l| !l.starts_with('#'))
             .collect::<Vec<_>>()
             .join("\n")
@@ -97,6 +101,13 @@ fn capture_install_is_idempotent_and_remove_leaves_the_tables_as_they_were() {
         let ipt = ns.iptables();
         capture::install(&ipt, &spec()).unwrap();
         capture::install(&ipt, &spec()).unwrap();
+        let nat6 = ns.sh(&["ip6tables", "-t", "nat", "-S"]);
+        assert!(
+            nat6.contains("-A OUTPUT -p tcp -j RAFTMESH_OUTPUT")
+                && nat6.contains("-A RAFTMESH_OUTPUT -d ::1/128 -j RETURN")
+                && !nat6.contains("RAFTMESH_INBOUND"),
+            "IPv6: outbound only:\n{nat6}"
+        );
         let nat = ns.sh(&["iptables", "-t", "nat", "-S"]);
         assert_eq!(
             nat.matches("-A OUTPUT -p tcp -j RAFTMESH_OUTPUT").count(),
@@ -170,12 +181,39 @@ fn captured_connection(backend: Backend) {
     ns.sh(&["ip", "link", "set", "v0", "up"]);
     ns.sh(&["ip", "link", "set", "v1", "up"]);
     ns.sh(&["ip", "route", "add", "default", "dev", "v0"]);
+    // IPv6 too, where this kernel has it.
+    let v6 = std::path::Path::new("/proc/sys/net/ipv6").exists();
+    if v6 {
+        ns.sh(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8::1/64",
+            "dev",
+            "v0",
+            "nodad",
+        ]);
+        ns.sh(&["ip", "-6", "route", "add", "default", "dev", "v0"]);
+    } else {
+        eprintln!("skipped the IPv6 half: this kernel has no IPv6");
+    }
     capture::install(&ns.iptables(), &spec).unwrap();
     let path = format!("/var/run/netns/{}", ns.0);
     // Sockets belong to the namespace of the thread that makes them.
     let got = std::thread::spawn(move || {
         let f = std::fs::File::open(path).unwrap();
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let dst6 = v6.then(|| {
+            let proxy6 = TcpListener::bind("[::1]:15002").unwrap();
+            let _app = TcpStream::connect_timeout(
+                &"[2001:db8:1::7]:8080".parse().unwrap(),
+                Duration::from_secs(5),
+            )
+            .expect("a captured IPv6 connection was not accepted by the proxy's port");
+            let (conn, _) = proxy6.accept().unwrap();
+            capture::original_dst(&conn).unwrap()
+        });
         let proxy = TcpListener::bind("0.0.0.0:15002").unwrap();
         // An unmodified client calling an address outside the host.
         let _app = TcpStream::connect_timeout(
@@ -188,12 +226,24 @@ fn captured_connection(backend: Backend) {
         // Loopback is left alone: nothing listens on 127.0.0.1:9.
         let lo =
             TcpStream::connect_timeout(&"127.0.0.1:9".parse().unwrap(), Duration::from_secs(2));
-        (dst, lo.is_err())
+        (dst, lo.is_err(), dst6)
     })
     .join()
     .unwrap();
     assert_eq!(got.0, "198.51.100.7:8080".parse::<SocketAddr>().unwrap());
     assert!(got.1, "a loopback connection was captured");
+    if v6 {
+        assert_eq!(
+            got.2,
+            Some("[2001:db8:1::7]:8080".parse::<SocketAddr>().unwrap())
+        );
+    }
+    // Removal takes the IPv6 rules too.
+    capture::remove(&ns.iptables()).unwrap();
+    if v6 && backend == Backend::Iptables {
+        let nat6 = ns.sh(&["ip6tables-save", "-t", "nat"]);
+        assert!(!nat6.contains("RAFTMESH"), "{nat6}");
+    }
 }
 
 /// Runs `f` on a thread inside the namespace (its sockets are the
