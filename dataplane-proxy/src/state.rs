@@ -25,9 +25,20 @@ pub struct Config {
     pub conn_limits: crate::conn::ConnLimits,
     current: ArcSwap<CompiledConfig>,
     changed: watch::Sender<u64>,
-    learn_tx: Option<mpsc::Sender<ServiceId>>,
+    learn_tx: Option<mpsc::Sender<Interest>>,
     /// Names the control plane did not know when last asked, and when.
     misses: std::sync::Mutex<std::collections::HashMap<ServiceId, tokio::time::Instant>>,
+}
+
+/// What the discovery client is told about a service requests asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interest {
+    /// Subscribe to it (a request named it, and the proxy lacks it).
+    Want(ServiceId),
+    /// It did not arrive in time (likely no such service): drop the
+    /// subscription unless it has arrived since, so made-up names a
+    /// workload resolves do not fill the subscription set.
+    Missed(ServiceId),
 }
 
 /// How long a name the control plane did not know is not asked again.
@@ -42,7 +53,7 @@ impl Config {
         identity: Identity,
         initial: CompiledConfig,
         stats: StatsRegistry,
-        learn_tx: Option<mpsc::Sender<ServiceId>>,
+        learn_tx: Option<mpsc::Sender<Interest>>,
         conn_limits: crate::conn::ConnLimits,
     ) -> Arc<Self> {
         let (changed, _) = watch::channel(initial.revision);
@@ -100,6 +111,9 @@ impl Config {
         }
         let (asked, found) = self.ask(id, wait).await;
         if asked && found.is_none() {
+            if let Some(tx) = &self.learn_tx {
+                let _ = tx.try_send(Interest::Missed(id.clone()));
+            }
             let mut m = self.misses.lock().unwrap_or_else(|e| e.into_inner());
             if m.len() >= MISS_CAP {
                 m.retain(|_, t| t.elapsed() < MISS_TTL);
@@ -124,7 +138,7 @@ impl Config {
             return (false, None);
         };
         let mut rx = self.watch();
-        if tx.try_send(id.clone()).is_err() {
+        if tx.try_send(Interest::Want(id.clone())).is_err() {
             tracing::debug!(service = ?id, "subscription queue full");
             return (false, self.current().service(id).cloned());
         }
@@ -162,7 +176,9 @@ mod tests {
         );
         let id: ServiceId = ("com".into(), "example".into());
         assert!(config.lookup(&id, Duration::from_secs(1)).await.is_none());
-        assert_eq!(rx.try_recv().unwrap(), id);
+        assert_eq!(rx.try_recv().unwrap(), Interest::Want(id.clone()));
+        // The subscription is given up at once, not kept until idle.
+        assert_eq!(rx.try_recv().unwrap(), Interest::Missed(id.clone()));
         // Within MISS_TTL: answered at once, the control plane not asked.
         assert!(config.lookup(&id, Duration::from_secs(1)).await.is_none());
         assert!(rx.try_recv().is_err());
@@ -170,7 +186,7 @@ mod tests {
         assert!(config.lookup(&id, Duration::from_secs(1)).await.is_none());
         assert_eq!(
             rx.try_recv().unwrap(),
-            id,
+            Interest::Want(id.clone()),
             "asked again once the miss expired"
         );
         // Namespaces: its own, and those of services it holds.

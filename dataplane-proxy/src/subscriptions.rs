@@ -80,6 +80,17 @@ impl Subscriptions {
         Learned::New(name)
     }
 
+    /// Forgets a learned (not fixed) subscription; whether it was one.
+    pub fn forget_learned(&mut self, id: &ServiceId) -> bool {
+        let name = name_of(id);
+        if self.fixed.contains(&name) || !self.all.remove(&name) {
+            return false;
+        }
+        self.idle_sweeps.remove(&name);
+        self.asked.remove(&name);
+        true
+    }
+
     /// Forgets a subscription meshd refused.
     pub fn refused(&mut self, name: &str) {
         if !self.fixed.contains(name) {
@@ -142,6 +153,19 @@ mod tests {
         assert_eq!(s.learn(&id("one-more")), Learned::Full);
         s.refused("s0.default");
         assert!(matches!(s.learn(&id("one-more")), Learned::New(_)));
+    }
+
+    #[test]
+    fn a_name_that_never_arrived_is_forgotten_at_once_a_fixed_one_never() {
+        let mut s = Subscriptions::new(["web.default".to_string()].into(), BTreeSet::new());
+        let made_up: ServiceId = ("default".into(), "xkcd".into());
+        assert!(matches!(s.learn(&made_up), Learned::New(_)));
+        assert!(s.forget_learned(&made_up));
+        assert!(!s.all().contains("xkcd.default"));
+        assert!(!s.forget_learned(&made_up), "forgotten twice");
+        let web: ServiceId = ("default".into(), "web".into());
+        assert!(!s.forget_learned(&web));
+        assert!(s.all().contains("web.default"));
     }
 
     #[test]

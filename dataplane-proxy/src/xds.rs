@@ -16,10 +16,11 @@ use raftmesh_api::{Resource, ResourceKey};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
-use crate::compiled::{compile, validate_all, ServiceId, Source};
+use crate::compiled::{compile, validate_all, Source};
 use crate::config::ProxyConfig;
 use crate::persist::{self, Saved};
 use crate::state::Config;
+use crate::state::Interest;
 use crate::subscriptions::{Learned, Subscriptions, MAX_SUBSCRIPTIONS};
 use crate::tls::Workload;
 use crate::unix_ms;
@@ -101,7 +102,7 @@ pub async fn run(
     settings: XdsSettings,
     config: Arc<Config>,
     workload: Option<Arc<Workload>>,
-    mut learn_rx: mpsc::Receiver<ServiceId>,
+    mut learn_rx: mpsc::Receiver<crate::state::Interest>,
     mut subscriptions: Subscriptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -155,7 +156,7 @@ async fn session(
     addr: &str,
     config: &Arc<Config>,
     workload: Option<&Workload>,
-    learn_rx: &mut mpsc::Receiver<ServiceId>,
+    learn_rx: &mut mpsc::Receiver<crate::state::Interest>,
     subscriptions: &mut Subscriptions,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), Ended> {
@@ -304,17 +305,27 @@ async fn session(
                     }
                 }
             }
-            Some(id) = learn_rx.recv() => {
-                match subscriptions.learn(&id) {
-                    Learned::New(name) => {
-                        tracing::info!(service = %name, "subscribing to a service seen in traffic");
-                        send(In::Subscribe(pb::Subscribe { services: vec![name] })).await;
+            Some(interest) = learn_rx.recv() => {
+                match interest {
+                    // Not arrived in time: likely no such service. Dropped
+                    // unless it has arrived since (or is fixed).
+                    Interest::Missed(id) => {
+                        if config.current().service(&id).is_none() && subscriptions.forget_learned(&id) {
+                            let services = vec![crate::subscriptions::name_of(&id)];
+                            send(In::Unsubscribe(pb::Subscribe { services })).await;
+                        }
                     }
-                    Learned::Full if !full_warned => {
-                        full_warned = true;
-                        tracing::warn!(max = MAX_SUBSCRIPTIONS, "not subscribing to more services seen in traffic: the set is full until idle ones expire");
-                    }
-                    Learned::Full | Learned::Known => {}
+                    Interest::Want(id) => match subscriptions.learn(&id) {
+                        Learned::New(name) => {
+                            tracing::info!(service = %name, "subscribing to a service seen in traffic");
+                            send(In::Subscribe(pb::Subscribe { services: vec![name] })).await;
+                        }
+                        Learned::Full if !full_warned => {
+                            full_warned = true;
+                            tracing::warn!(max = MAX_SUBSCRIPTIONS, "not subscribing to more services seen in traffic: the set is full until idle ones expire");
+                        }
+                        Learned::Full | Learned::Known => {}
+                    },
                 }
             }
             _ = sweep.tick() => {
