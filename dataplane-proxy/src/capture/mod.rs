@@ -495,7 +495,8 @@ pub fn original_dst(s: &impl std::os::fd::AsFd) -> std::io::Result<SocketAddr> {
 mod tests {
     use super::*;
 
-    fn spec() -> CaptureSpec {
+    /// The spec the unit tests of both backends start from.
+    pub(super) fn spec() -> CaptureSpec {
         CaptureSpec {
             proxy_uid: 1337,
             inbound_port: 15006,

@@ -105,16 +105,9 @@ mod tests {
 
     #[test]
     fn the_nft_table_holds_the_same_rules_in_the_same_order() {
-        let spec = CaptureSpec {
-            proxy_uid: 1337,
-            inbound_port: 15006,
-            outbound_port: 15002,
-            dns_port: Some(15053),
-            exclude_inbound_ports: vec![22],
-            exclude_outbound_ports: vec![7100],
-            exclude_cidrs: vec!["169.254.169.254/32".into(), "fd00:ec2::254/128".into()],
-            backend: Backend::Nftables,
-        };
+        let mut spec = super::super::tests::spec();
+        spec.exclude_cidrs.push("fd00:ec2::254/128".into());
+        spec.backend = Backend::Nftables;
         let s = script(&spec, false).unwrap();
         assert!(!s.contains("ip6") && !s.contains("fd00"), "{s}");
         let out: Vec<&str> = s
