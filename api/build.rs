@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/raftmesh/v1/admin.proto",
         "proto/raftmesh/v1/discovery.proto",
         "proto/raftmesh/v1/raft.proto",
+        "proto/raftmesh/v1/federation.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -72,6 +72,11 @@ impl From<Protocol> for pb::Protocol {
     }
 }
 
+/// The protocol of a wire value; an unknown value is HTTP.
+pub fn protocol_of(v: i32) -> Protocol {
+    protocol(v).unwrap_or_default()
+}
+
 fn protocol(v: i32) -> Result<Protocol, ConvertError> {
     match pb::Protocol::try_from(v) {
         Ok(pb::Protocol::Http | pb::Protocol::Unspecified) => Ok(Protocol::Http),
@@ -194,6 +199,7 @@ fn route_to_pb(r: RouteSpec) -> pb::RouteSpec {
             base_ejection_ms: ms(o.base_ejection),
             max_ejection_percent: o.max_ejection_percent.unwrap_or(0),
         }),
+        failover: r.failover,
     }
 }
 
@@ -254,6 +260,7 @@ fn route_from_pb(r: pb::RouteSpec) -> Result<RouteSpec, ConvertError> {
             base_ejection: opt_ms(o.base_ejection_ms),
             max_ejection_percent: opt_u32(o.max_ejection_percent),
         }),
+        failover: r.failover,
     })
 }
 
@@ -285,6 +292,7 @@ impl From<Spec> for pb::resource::Spec {
                 } as i32,
                 identity: e.identity,
                 lease_node: e.lease_node.unwrap_or(0),
+                gateway: e.gateway,
             }),
             Spec::Route(r) => P::Route(route_to_pb(r)),
             Spec::Policy(p) => P::Policy(pb::PolicySpec {
@@ -341,6 +349,12 @@ impl From<Spec> for pb::resource::Spec {
                 addresses: p.addresses,
                 trust_domain: p.trust_domain,
                 root_ca_pem: p.root_ca_pem,
+                server_ca_pem: p.server_ca_pem,
+                name_at_peer: p.name_at_peer,
+                credential: p.credential,
+                secret_sha256: p.secret_sha256,
+                expires_at_ms: p.expires_at_ms,
+                imported_revision: p.imported_revision,
             }),
             Spec::Export(e) => P::Export(pb::ExportSpec {
                 service: e.service,
@@ -362,6 +376,10 @@ impl From<Spec> for pb::resource::Spec {
             Spec::Import(i) => P::Import(pb::ImportSpec {
                 peer: i.peer,
                 service: i.service,
+                gateways: i.gateways,
+                trust_domain: i.trust_domain,
+                protocol: pb::Protocol::from(i.protocol) as i32,
+                revision: i.revision,
             }),
             Spec::Revocation(r) => P::Revocation(pb::RevocationSpec {
                 identity: r.identity,
@@ -408,6 +426,7 @@ impl TryFrom<pb::resource::Spec> for Spec {
                 health: health(e.health)?,
                 identity: e.identity,
                 lease_node: (e.lease_node != 0).then_some(e.lease_node),
+                gateway: e.gateway,
             }),
             P::Route(r) => Spec::Route(route_from_pb(r)?),
             P::Policy(p) => Spec::Policy(PolicySpec {
@@ -483,6 +502,12 @@ impl TryFrom<pb::resource::Spec> for Spec {
                 addresses: p.addresses,
                 trust_domain: p.trust_domain,
                 root_ca_pem: p.root_ca_pem,
+                server_ca_pem: p.server_ca_pem,
+                name_at_peer: p.name_at_peer,
+                credential: p.credential,
+                secret_sha256: p.secret_sha256,
+                expires_at_ms: p.expires_at_ms,
+                imported_revision: p.imported_revision,
             }),
             P::Export(e) => Spec::Export(ExportSpec {
                 service: e.service,
@@ -504,6 +529,10 @@ impl TryFrom<pb::resource::Spec> for Spec {
             P::Import(i) => Spec::Import(ImportSpec {
                 peer: i.peer,
                 service: i.service,
+                gateways: i.gateways,
+                trust_domain: i.trust_domain,
+                protocol: protocol(i.protocol)?,
+                revision: i.revision,
             }),
             P::Revocation(r) => Spec::Revocation(RevocationSpec {
                 identity: r.identity,

@@ -358,13 +358,22 @@ impl Resource {
                 }
             }
             Spec::Peer(p) => {
-                c.check(
-                    !p.addresses.is_empty(),
-                    "spec.addresses",
-                    "must list at least one address",
-                );
-                if let Err(r) = dns_subdomain(&p.trust_domain) {
-                    c.fail("spec.trust_domain", r);
+                if !p.pending() {
+                    c.check(
+                        !p.addresses.is_empty(),
+                        "spec.addresses",
+                        "must list at least one address",
+                    );
+                    if let Err(r) = dns_subdomain(&p.trust_domain) {
+                        c.fail("spec.trust_domain", r);
+                    }
+                }
+                for (i, a) in p.addresses.iter().enumerate() {
+                    c.check(
+                        host_port(a),
+                        &format!("spec.addresses[{i}]"),
+                        "must be HOST:PORT",
+                    );
                 }
             }
             Spec::Export(e) => {
@@ -401,6 +410,18 @@ impl Resource {
             Spec::Import(i) => {
                 c.label(&i.peer, "spec.peer");
                 c.label(&i.service, "spec.service");
+                for (n, g) in i.gateways.iter().enumerate() {
+                    c.check(
+                        g.parse::<std::net::SocketAddr>().is_ok(),
+                        &format!("spec.gateways[{n}]"),
+                        "must be IP:PORT",
+                    );
+                }
+                if !i.trust_domain.is_empty() {
+                    if let Err(r) = dns_subdomain(&i.trust_domain) {
+                        c.fail("spec.trust_domain", r);
+                    }
+                }
             }
             Spec::Revocation(r) => {
                 c.check(
@@ -436,8 +457,23 @@ impl Resource {
     }
 }
 
+/// `HOST:PORT` with a port of 1–65535 and a host that is an IP address or
+/// a DNS name.
+pub fn host_port(s: &str) -> bool {
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok_and(|p| p != 0) && dns_subdomain(host).is_ok()
+}
+
 fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
     c.label(&r.service, "spec.service");
+    for (i, p) in r.failover.iter().enumerate() {
+        c.label(p, &format!("spec.failover[{i}]"));
+    }
     for (i, rule) in r.rules.iter().enumerate() {
         for (j, m) in rule.matches.iter().enumerate() {
             let f = format!("spec.rules[{i}].matches[{j}]");

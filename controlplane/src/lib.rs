@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod federation;
 pub mod http;
 pub mod meshconfig;
 pub mod node;

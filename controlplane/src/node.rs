@@ -62,6 +62,7 @@ pub struct Node {
     hub: Addr<DiscoveryHub>,
     leases: Addr<LeaseKeeper>,
     lease_thread: actix::Arbiter,
+    links: tokio::task::JoinHandle<()>,
 }
 
 /// Limits on meshd's one gRPC port (proxies, clients and nodes alike):
@@ -249,6 +250,12 @@ pub async fn start_with_listener(
     ops.set_lease_sink(leases.clone().recipient());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let federation = crate::federation::Federation::new(
+        ops.clone(),
+        cfg.cluster_name.clone(),
+        tls.as_ref().map(|t| t.ca_pem.clone()),
+    );
+    let links = crate::federation::link::spawn(federation.clone(), shutdown_rx.clone());
     let server = {
         let mut rx = shutdown_rx.clone();
         let raft_svc = RaftServer::new(RaftService::new(ops.clone(), hub.clone(), node_check))
@@ -259,6 +266,7 @@ pub async fn start_with_listener(
             hub.clone(),
             ops.clone(),
             cfg.cluster_name.clone(),
+            federation.clone(),
         ))
         .max_decoding_message_size(raftmesh_client::MAX_ADMIN_REQUEST_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -287,6 +295,12 @@ pub async fn start_with_listener(
                 .add_service(raft_svc)
                 .add_service(admin_svc)
                 .add_service(discovery_svc)
+                .add_service(
+                    raftmesh_api::v1::federation_server::FederationServer::new(
+                        crate::federation::FederationService(federation),
+                    )
+                    .max_decoding_message_size(raftmesh_client::MAX_ADMIN_REQUEST_BYTES),
+                )
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.wait_for(|s| *s).await;
                 }),
@@ -345,6 +359,7 @@ pub async fn start_with_listener(
         hub,
         leases,
         lease_thread,
+        links,
     })
 }
 
@@ -377,6 +392,7 @@ impl Node {
         self.hub.do_send(crate::discovery::hub::StopHub);
         self.leases.do_send(crate::discovery::leases::StopLeases);
         self.lease_thread.stop();
+        self.links.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not stop cleanly");
         }

@@ -136,6 +136,9 @@ pub struct NodeTls {
     /// The server side (client certificates optional here; the Raft
     /// service demands one).
     pub server: ServerTlsConfig,
+    /// The server CA (PEM): peers of federation verify this cluster's
+    /// nodes with it.
+    pub ca_pem: String,
     /// The client side: verifies other nodes, presents this node's pair.
     pub client: ClientTlsConfig,
 }
@@ -162,8 +165,9 @@ pub fn load(dir: &Path, id: u64) -> anyhow::Result<NodeTls> {
         );
     }
     let identity = Identity::from_pem(cert.pem, key);
-    let root = Certificate::from_pem(ca);
+    let root = Certificate::from_pem(ca.clone());
     Ok(NodeTls {
+        ca_pem: ca,
         server: ServerTlsConfig::new()
             .identity(identity.clone())
             .client_ca_root(root.clone())

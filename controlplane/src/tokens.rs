@@ -135,6 +135,16 @@ pub fn hash_secret(secret: &str) -> String {
     hex(&Sha256::digest(secret.trim().as_bytes()))
 }
 
+/// Whether two hashes (hex) are equal, in time independent of where they
+/// differ.
+pub fn hash_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// Lower-case hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes

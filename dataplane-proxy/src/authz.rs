@@ -6,6 +6,12 @@
 //! `from` entries are exact SPIFFE IDs, prefixes ending in `*`, or `*` (any
 //! authenticated caller); a policy without `from` matches every caller,
 //! anonymous ones too. `to` lists methods and path prefixes (empty = all).
+//!
+//! Across trust domains, deny by default: a caller of a peer cluster is
+//! allowed only when this service is exported to that peer and an allow
+//! policy names the peer's trust domain explicitly (`spiffe://td/...`;
+//! `*`, a policy without `from` and MeshConfig's default never do). A
+//! caller of a trust domain that is no peer's is refused.
 
 use raftmesh_api::{Action, PolicySpec};
 
@@ -55,6 +61,13 @@ pub fn decide(a: &Authz, who: Option<&str>, method: &str, path: &str) -> Result<
     }
     let caller = who.unwrap_or("an unauthenticated caller");
     let opaque = method.is_empty() && path.is_empty();
+    let foreign = who.and_then(|w| {
+        let td = raftmesh_api::identity::parse_spiffe_id(w)?
+            .trust_domain
+            .to_string();
+        (a.peer_domains.contains_key(&td) || (!a.trust_domain.is_empty() && td != a.trust_domain))
+            .then_some((w, td))
+    });
     let applies = |p: &&PolicySpec| {
         p.covers(who)
             && match (opaque, p.action) {
@@ -69,6 +82,28 @@ pub fn decide(a: &Authz, who: Option<&str>, method: &str, path: &str) -> Result<
         .any(|p| applies(&p))
     {
         return Err(format!("a deny policy matches {caller} {method} {path}"));
+    }
+    if let Some((w, td)) = foreign {
+        let Some(peer) = a.peer_domains.get(&td) else {
+            return Err(format!(
+                "{w} is of trust domain {td}, which is no peer's of this cluster"
+            ));
+        };
+        if !a.exported_to.contains(peer) {
+            return Err(format!("this service is not exported to peer {peer} ({w})"));
+        }
+        return if a
+            .policies
+            .iter()
+            .filter(|p| p.action == Action::Allow)
+            .any(|p| p.names_caller_in(w, &td) && applies(&p))
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "no allow policy names {w} (callers of peer {peer} are denied unless a policy names trust domain {td})"
+            ))
+        };
     }
     let allows: Vec<&PolicySpec> = a
         .policies

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raftmesh_api::{
-    Action, EndpointSpec, Health, LoadBalancer, MtlsMode, PolicySpec, Protocol, Resource,
-    ResourceKey, RetryOn, RouteMatch, Spec,
+    Action, EndpointSpec, Health, ImportSpec, LoadBalancer, MtlsMode, PolicySpec, Protocol,
+    Resource, ResourceKey, RetryOn, RouteMatch, Spec,
 };
 
 use crate::stats::{EndpointStats, StatsRegistry};
@@ -39,8 +39,13 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
-    /// Same cluster as this proxy.
-    pub local: bool,
+    /// Nearness: 0 this cluster, 1 another cluster of this mesh, 2 + k the
+    /// k-th failover peer of a Route. Traffic goes to the nearest tier
+    /// with a usable endpoint.
+    pub tier: u8,
+    /// Through a peer's gateway: the pool key of connections to it for
+    /// this service (see [`crate::tls::gateway_authority`]).
+    pub dial: Option<Arc<str>>,
     /// Healthy as the control plane sees it.
     pub healthy: bool,
     /// For a mesh workload: the name its certificate carries (mTLS).
@@ -119,6 +124,13 @@ pub struct Authz {
     /// Revoked workload identities (SPIFFE IDs): refused whatever the
     /// policies say, and their open connections closed.
     pub revoked: std::collections::HashSet<String>,
+    /// This cluster's trust domain ("" while unknown: then no caller is
+    /// taken for a peer's).
+    pub trust_domain: String,
+    /// Peers' trust domains → their names.
+    pub peer_domains: HashMap<String, String>,
+    /// The peers this proxy's service is exported to.
+    pub exported_to: std::collections::HashSet<String>,
 }
 
 /// The compiled configuration.
@@ -134,6 +146,8 @@ pub struct CompiledConfig {
     pub services: HashMap<ServiceId, Arc<ServiceTable>>,
     /// Inbound authorization.
     pub authz: Authz,
+    /// Peers' trust domains and workload roots (PEM), by peer name.
+    pub peers: BTreeMap<String, (String, String)>,
 }
 
 impl CompiledConfig {
@@ -145,7 +159,13 @@ impl CompiledConfig {
             resources: BTreeMap::new(),
             services: HashMap::new(),
             authz: Authz::default(),
+            peers: BTreeMap::new(),
         }
+    }
+
+    /// Peers' trust domains and roots, for [`crate::tls::Workload::set_peers`].
+    pub fn peer_trust(&self) -> Vec<(String, String)> {
+        self.peers.values().cloned().collect()
     }
 
     /// The table of a service.
@@ -246,6 +266,8 @@ pub fn compile(
         }
     }
     let mut routes = Vec::new();
+    let mut imports = Vec::new();
+    let mut peers = BTreeMap::new();
     for r in resources.values() {
         let ns = r.metadata.namespace.clone();
         match &r.spec {
@@ -270,7 +292,8 @@ pub fn compile(
                     name: r.metadata.name.clone(),
                     addr,
                     labels: e.labels.clone(),
-                    local: e.cluster.is_empty() || e.cluster == me.cluster,
+                    tier: u8::from(!(e.cluster.is_empty() || e.cluster == me.cluster)),
+                    dial: None,
                     healthy: e.health == Health::Healthy,
                     server_name: (!e.identity.is_empty())
                         .then(|| crate::tls::server_name_for(&e.identity))
@@ -282,12 +305,74 @@ pub fn compile(
             Spec::Policy(p) if ns == me.namespace && p.service == me.service => {
                 authz.policies.push(p.clone());
             }
+            Spec::Peer(p) if !p.trust_domain.is_empty() => {
+                authz
+                    .peer_domains
+                    .insert(p.trust_domain.clone(), r.metadata.name.clone());
+                peers.insert(
+                    r.metadata.name.clone(),
+                    (p.trust_domain.clone(), p.root_ca_pem.clone()),
+                );
+            }
+            Spec::Export(e) if ns == me.namespace && e.service == me.service => {
+                authz.exported_to.extend(e.peers.iter().cloned());
+            }
+            Spec::Import(i) => imports.push((ns, i.clone())),
             Spec::MeshConfig(m) => {
+                authz.trust_domain = m.trust_domain.clone().unwrap_or_default();
                 authz.default = m.default_policy.unwrap_or_default();
                 authz.mtls = m.mtls.unwrap_or_default();
                 authz.outbound = m.outbound.unwrap_or_default();
             }
             _ => {}
+        }
+    }
+    // An import is a service of its own, `service.peer`, whose endpoints
+    // are the peer's gateways; a Route's failover peers add them to the
+    // local service, after its own endpoints.
+    let gateway_endpoints = |ns: &str, i: &ImportSpec, tier: u8| -> Vec<Endpoint> {
+        let sni = format!("{}.{ns}.svc.{}", i.service, i.trust_domain);
+        let Ok(name) = rustls::pki_types::ServerName::try_from(sni.clone()) else {
+            return Vec::new();
+        };
+        i.gateways
+            .iter()
+            .filter_map(|g| g.parse::<SocketAddr>().ok())
+            .map(|addr| Endpoint {
+                name: format!("{}/{addr}", i.peer),
+                addr,
+                labels: BTreeMap::new(),
+                tier,
+                healthy: true,
+                server_name: Some(name.clone()),
+                dial: Some(crate::tls::gateway_authority(&sni, addr).into()),
+                stats: stats.get(addr),
+            })
+            .collect()
+    };
+    for (ns, i) in &imports {
+        let t = table(
+            &mut services,
+            (ns.clone(), format!("{}.{}", i.service, i.peer)),
+        );
+        t.protocol = i.protocol;
+        t.endpoints = gateway_endpoints(ns, i, 0);
+        live.extend(t.endpoints.iter().map(|e| e.addr));
+    }
+    for (ns, route) in &routes {
+        for (k, peer) in route.failover.iter().enumerate() {
+            let Some((_, i)) = imports
+                .iter()
+                .find(|(n, i)| n == ns && i.service == route.service && &i.peer == peer)
+            else {
+                continue;
+            };
+            let tier = u8::try_from(k + 2).unwrap_or(u8::MAX);
+            let eps = gateway_endpoints(ns, i, tier);
+            live.extend(eps.iter().map(|e| e.addr));
+            table(&mut services, (ns.clone(), route.service.clone()))
+                .endpoints
+                .extend(eps);
         }
     }
     for (ns, route) in routes {
@@ -393,6 +478,7 @@ pub fn compile(
             .map(|(k, v)| (k, Arc::new(v)))
             .collect(),
         authz,
+        peers,
     }
 }
 

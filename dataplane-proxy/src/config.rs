@@ -158,6 +158,8 @@ pub struct ProxyConfig {
     pub labels: BTreeMap<String, String>,
     /// Local app port.
     pub app_port: Option<u16>,
+    /// An east-west gateway (`--mode gateway`): no app; peers on `inbound`.
+    pub gateway: bool,
     /// Advertised address ("" = worked out at each connection to meshd).
     pub advertise: String,
     /// Inbound listener.
@@ -235,13 +237,15 @@ impl Args {
             ),
             None => None,
         };
-        if self.mode == Mode::Gateway {
-            return Err(
-                "--mode gateway: the east-west gateway is not part of this build yet (federation)"
-                    .into(),
-            );
-        }
         let static_mode = self.config_file.is_some();
+        if self.mode == Mode::Gateway {
+            if static_mode || self.control_plane.is_empty() {
+                return Err("--mode gateway needs --control-plane (a gateway learns what is exported from meshd)".into());
+            }
+            if self.app_port.is_some() {
+                return Err("--mode gateway takes no --app-port: a gateway has no app; peers reach it on --inbound".into());
+            }
+        }
         if !static_mode && self.control_plane.is_empty() {
             return Err("give --control-plane ADDR[,ADDR...] (or --config-file for a proxy with no control plane)".into());
         }
@@ -339,6 +343,7 @@ impl Args {
             namespace: self.namespace,
             labels,
             app_port: self.app_port,
+            gateway: self.mode == Mode::Gateway,
             advertise,
             inbound: self.inbound,
             outbound: self.outbound,

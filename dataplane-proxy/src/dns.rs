@@ -78,6 +78,14 @@ pub(crate) fn mesh_name(
         2 => config
             .knows_namespace(labels[1])
             .then(|| (id(labels[1]), false)),
+        // `web.NS.<peer>`: the import of `web` from a peer.
+        3 if config.is_peer(labels[2]) => Some((
+            (
+                labels[1].to_string(),
+                format!("{}.{}", labels[0], labels[2]),
+            ),
+            true,
+        )),
         _ => {
             let td = trust_domain(workload)?;
             let rest = labels[2..].join(".");

@@ -17,6 +17,7 @@ pub mod conn;
 pub mod dns;
 pub mod error;
 pub mod forward;
+pub mod gateway;
 pub mod guard;
 pub mod metrics;
 pub mod path;
@@ -32,6 +33,7 @@ pub mod target;
 pub mod timeout;
 pub mod tls;
 pub mod transparent;
+pub mod trust;
 pub mod xds;
 
 #[cfg(test)]
@@ -208,6 +210,10 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     } else {
         None
     };
+    if let Some(w) = &workload {
+        w.set_peers(config.current().peer_trust())
+            .map_err(anyhow::Error::msg)?;
+    }
     let forward = Forward::new(workload.clone());
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(housekeeping_tick(shutdown_rx.clone())));
@@ -291,6 +297,17 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
             )));
             Some(a)
         }
+        None if cfg.gateway => {
+            let l = bind(cfg.inbound, "gateway").await?;
+            let a = l.local_addr()?;
+            tasks.push(tokio::spawn(gateway::serve(
+                l,
+                config.clone(),
+                workload.clone(),
+                shutdown_rx.clone(),
+            )));
+            Some(a)
+        }
         None => None,
     };
     let mut upstreams = Vec::new();
@@ -317,6 +334,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         let mut settings = xds::XdsSettings::from_config(&cfg);
         // Register the port actually bound (the flag may say :0).
         settings.hello.port = inbound.map(|a| u32::from(a.port())).unwrap_or(0);
+        settings.hello.gateway = cfg.gateway;
         tasks.push(tokio::spawn(xds::run(
             settings,
             config.clone(),

@@ -88,6 +88,11 @@ impl Config {
         self.changed.subscribe()
     }
 
+    /// Whether `name` is a peer cluster's (`svc.ns.<peer>` names an import).
+    pub fn is_peer(&self, name: &str) -> bool {
+        self.current().peers.contains_key(name)
+    }
+
     /// Whether `ns` is a namespace the proxy knows: its own, or one of a
     /// service it holds (a host name `a.b` is taken for service `a` of
     /// namespace `b` only then, so `example.com` is not looked up).

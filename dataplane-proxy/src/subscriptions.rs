@@ -17,6 +17,15 @@ pub fn name_of(id: &ServiceId) -> String {
     format!("{}.{}", id.1, id.0)
 }
 
+/// The local service a request's service is subscribed through: an
+/// import from a peer (`svc.peer`) comes with the local `svc`.
+pub fn local_id(id: &ServiceId) -> ServiceId {
+    match id.1.split_once('.') {
+        Some((svc, _peer)) => (id.0.clone(), svc.to_string()),
+        None => id.clone(),
+    }
+}
+
 fn id_of(name: &str) -> Option<ServiceId> {
     let (svc, ns) = name.split_once('.')?;
     Some((ns.to_string(), svc.to_string()))

@@ -67,4 +67,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// The name its certificate carries, for a mesh workload (mTLS).
     pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// Through a peer's gateway: the pool key of connections to it for this
+    /// service (one gateway address serves many names).
+    pub dial: Option<Arc<str>>,
 }

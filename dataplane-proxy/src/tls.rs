@@ -49,6 +49,8 @@ pub struct Tls {
 struct State {
     cert_pem: Option<String>,
     bundle: Vec<String>,
+    /// Peers' trust domains and their roots (PEM).
+    peers: Vec<(String, String)>,
     expires_at_ms: u64,
     received_at_ms: u64,
 }
@@ -168,7 +170,7 @@ impl Workload {
         let Some(cert) = s.cert_pem.clone() else {
             return Ok(());
         };
-        let tls = build(&cert, &self.key.serialize_pem(), &s.bundle)?;
+        let tls = build(&cert, &self.key.serialize_pem(), &s.bundle, &s.peers)?;
         self.tls.store(Some(Arc::new(tls)));
         if let Some(d) = &self.dir {
             let meta = serde_json::json!({"expires_at_ms": s.expires_at_ms, "received_at_ms": s.received_at_ms});
@@ -180,6 +182,23 @@ impl Workload {
                 files::write_private(&d.join(name), data.as_bytes()).map_err(|e| e.to_string())?;
             }
         }
+        Ok(())
+    }
+
+    /// Trusts the peers' workload roots, each for its own trust domain
+    /// only; rebuilds the TLS configurations when they changed.
+    pub fn set_peers(&self, mut peers: Vec<(String, String)>) -> Result<(), String> {
+        peers.sort();
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.peers == peers {
+            return Ok(());
+        }
+        s.peers = peers;
+        let Some(cert) = s.cert_pem.clone() else {
+            return Ok(());
+        };
+        let tls = build(&cert, &self.key.serialize_pem(), &s.bundle, &s.peers)?;
+        self.tls.store(Some(Arc::new(tls)));
         Ok(())
     }
 
@@ -197,7 +216,24 @@ fn split_pem(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn build(cert_pem: &str, key_pem: &str, bundle: &[String]) -> Result<Tls, String> {
+fn roots_of<'a>(pems: impl Iterator<Item = &'a str>) -> Result<Arc<RootCertStore>, String> {
+    let mut roots = RootCertStore::empty();
+    for pem in pems {
+        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots
+                .add(c.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(Arc::new(roots))
+}
+
+fn build(
+    cert_pem: &str,
+    key_pem: &str,
+    bundle: &[String],
+    peers: &[(String, String)],
+) -> Result<Tls, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("bad certificate: {e}"))?;
@@ -207,39 +243,41 @@ fn build(cert_pem: &str, key_pem: &str, bundle: &[String]) -> Result<Tls, String
         .ok_or("the certificate has no SPIFFE ID")?;
     let key =
         || PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("bad key: {e}"));
-    let mut roots = RootCertStore::empty();
-    for pem in bundle {
-        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            roots
-                .add(c.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
+    let roots = roots_of(bundle.iter().map(String::as_str))?;
+    let own_td = identity::parse_spiffe_id(&spiffe)
+        .map(|w| w.trust_domain.to_string())
+        .unwrap_or_default();
+    let mut domains = vec![(own_td, roots.clone())];
+    for (td, pem) in peers {
+        match roots_of(split_pem(pem).iter().map(String::as_str)) {
+            Ok(r) if !r.is_empty() => domains.push((td.clone(), r)),
+            Ok(_) => {
+                tracing::warn!(trust_domain = %td, "a peer's trust bundle holds no certificate; its workloads are not trusted")
+            }
+            Err(e) => {
+                tracing::warn!(trust_domain = %td, error = %e, "a peer's trust bundle is unusable; its workloads are not trusted")
+            }
         }
     }
-    let roots = Arc::new(roots);
     let tls13 = &[&rustls::version::TLS13];
     let server = |required: bool| -> Result<Arc<ServerConfig>, String> {
-        let b =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
-        let verifier = if required {
-            b.build()
-        } else {
-            b.allow_unauthenticated().build()
-        }
-        .map_err(|e| e.to_string())?;
+        let verifier = crate::trust::ClientVerifier::new(&domains, required, provider())?;
         let mut c = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(tls13)
             .map_err(|e| e.to_string())?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(Arc::new(verifier))
             .with_single_cert(chain.clone(), key()?)
             .map_err(|e| e.to_string())?;
         c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ALPN_TCP.to_vec()];
         Ok(Arc::new(c))
     };
     let client = |alpn: &[u8]| -> Result<Arc<ClientConfig>, String> {
+        let verifier = crate::trust::ServerVerifier::new(&domains, provider())?;
         let mut c = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(tls13)
             .map_err(|e| e.to_string())?
-            .with_root_certificates(roots.clone())
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_auth_cert(chain.clone(), key()?)
             .map_err(|e| e.to_string())?;
         c.alpn_protocols = vec![alpn.to_vec()];
@@ -323,24 +361,36 @@ impl AsyncWrite for MeshStream {
     }
 }
 
-/// Which endpoints speak mutual TLS, and the name their certificate carries.
+/// The pool key of connections through a peer's gateway at `addr` to the
+/// service named `sni`: one gateway address serves many names, and each
+/// needs connections of its own (`10-0-0-1.api.default.svc.west.mesh:443`).
+pub fn gateway_authority(sni: &str, addr: SocketAddr) -> String {
+    let ip = addr.ip().to_string().replace([':', '.'], "-");
+    format!("{ip}.{sni}:{}", addr.port())
+}
+
+/// Which endpoints speak mutual TLS, and the name their certificate
+/// carries, by the authority connections to them are pooled under (the
+/// address, or [`gateway_authority`]).
 #[derive(Clone, Default)]
-pub struct Targets(Arc<Mutex<HashMap<SocketAddr, ServerName<'static>>>>);
+pub struct Targets(Arc<Mutex<HashMap<String, (SocketAddr, ServerName<'static>)>>>);
 
 impl Targets {
-    /// Records that `addr` is a mesh workload named `name`.
-    pub fn set(&self, addr: SocketAddr, name: ServerName<'static>) {
+    /// Records that `authority` is a mesh workload at `addr` named `name`.
+    pub fn set(&self, authority: &str, addr: SocketAddr, name: ServerName<'static>) {
         let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if m.get(&addr) != Some(&name) {
-            m.insert(addr, name);
+        if m.get(authority)
+            .is_none_or(|(a, n)| *a != addr || *n != name)
+        {
+            m.insert(authority.to_string(), (addr, name));
         }
     }
 
-    fn get(&self, addr: &SocketAddr) -> Option<ServerName<'static>> {
+    fn get(&self, authority: &str) -> Option<(SocketAddr, ServerName<'static>)> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(addr)
+            .get(authority)
             .cloned()
     }
 }
@@ -367,13 +417,27 @@ pub struct MeshConnector {
 }
 
 impl MeshConnector {
-    /// Opens a connection to `addr`.
-    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<MeshStream> {
+    /// Opens a connection for `authority` (an address, or a name
+    /// [`Targets`] knows).
+    pub async fn connect(&self, authority: &str) -> std::io::Result<MeshStream> {
+        let target = self.targets.get(authority);
+        let addr = match (
+            target.as_ref().map(|t| t.0),
+            authority.parse::<SocketAddr>(),
+        ) {
+            (Some(a), _) | (None, Ok(a)) => a,
+            (None, Err(_)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "endpoint is not IP:port",
+                ))
+            }
+        };
         let tcp = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
         tcp.set_nodelay(true)?;
-        let Some(name) = self.targets.get(&addr) else {
+        let Some((_, name)) = target else {
             return Ok(MeshStream::Plain(tcp));
         };
         let Some(tls) = self.workload.as_ref().and_then(|w| w.tls()) else {
@@ -454,14 +518,9 @@ impl tower::Service<http::Uri> for MeshConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let addr: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "endpoint is not IP:port")
-                })?;
+            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
             Ok(MeshIo(hyper_util::rt::TokioIo::new(
-                this.connect(addr).await?,
+                this.connect(authority).await?,
             )))
         })
     }

@@ -16,6 +16,7 @@ use raftmesh_api::{Resource, ResourceKey};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
+type ServiceIdOf = crate::compiled::ServiceId;
 use crate::compiled::{compile, validate_all, Source};
 use crate::config::ProxyConfig;
 use crate::persist::{self, Saved};
@@ -283,7 +284,13 @@ async fn session(
                             })
                             .await
                             .map_err(|e| end(got_config, format!("compiling the config failed: {e}")))?;
+                            let peers = compiled.peer_trust();
                             config.install(compiled);
+                            if let Some(w) = workload {
+                                if let Err(e) = w.set_peers(peers) {
+                                    tracing::warn!(error = %e, "cannot trust the peers' workload roots");
+                                }
+                            }
                             if let (Some(dir), Some(s)) = (&settings.state_dir, saved) {
                                 if let Err(e) = persist::save(dir, &s) {
                                     tracing::warn!(dir = %dir.display(), error = %e, "cannot save the config to the state directory");
@@ -310,12 +317,13 @@ async fn session(
                     // Not arrived in time: likely no such service. Dropped
                     // unless it has arrived since (or is fixed).
                     Interest::Missed(id) => {
-                        if config.current().service(&id).is_none() && subscriptions.forget_learned(&id) {
-                            let services = vec![crate::subscriptions::name_of(&id)];
+                        let asked = crate::subscriptions::local_id(&id);
+                        if config.current().service(&id).is_none() && subscriptions.forget_learned(&asked) {
+                            let services = vec![crate::subscriptions::name_of(&asked)];
                             send(In::Unsubscribe(pb::Subscribe { services })).await;
                         }
                     }
-                    Interest::Want(id) => match subscriptions.learn(&id) {
+                    Interest::Want(id) => match subscriptions.learn(&crate::subscriptions::local_id(&id)) {
                         Learned::New(name) => {
                             tracing::info!(service = %name, "subscribing to a service seen in traffic");
                             send(In::Subscribe(pb::Subscribe { services: vec![name] })).await;
@@ -329,8 +337,16 @@ async fn session(
                 }
             }
             _ = sweep.tick() => {
+                let peers: Vec<String> = config.current().peers.keys().cloned().collect();
                 let expired = subscriptions.sweep(|id| {
-                    config.stats.service(id).used.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    let used = |id: &ServiceIdOf| {
+                        config.stats.service(id).used.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    };
+                    // A service is in use when it, or its import from a
+                    // peer (`svc.peer`), was called.
+                    peers.iter().fold(used(id), |any, p| {
+                        used(&(id.0.clone(), format!("{}.{p}", id.1))) | any
+                    })
                 });
                 full_warned = false;
                 if !expired.is_empty() {

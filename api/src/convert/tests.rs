@@ -65,9 +65,21 @@ fn endpoint() -> impl Strategy<Value = Spec> {
         prop_oneof![Just(Health::Healthy), Just(Health::Unhealthy)],
         "[a-z:/.]{0,12}",
         option::of(1u64..10),
+        any::<bool>(),
     )
         .prop_map(
-            |(service, address, port, labels, cluster, locality, health, identity, lease_node)| {
+            |(
+                service,
+                address,
+                port,
+                labels,
+                cluster,
+                locality,
+                health,
+                identity,
+                lease_node,
+                gateway,
+            )| {
                 Spec::Endpoint(EndpointSpec {
                     service,
                     address,
@@ -78,6 +90,7 @@ fn endpoint() -> impl Strategy<Value = Spec> {
                     health,
                     identity,
                     lease_node,
+                    gateway,
                 })
             },
         )
@@ -120,9 +133,18 @@ fn route() -> impl Strategy<Value = Spec> {
         base_ejection: b,
         max_ejection_percent: c,
     }));
-    (name(), vec(rule, 0..3), dur(), retries, lb, cb, od).prop_map(
-        |(service, rules, timeout, retries, load_balancer, circuit_breaker, outlier)| {
-            Spec::Route(RouteSpec {
+    (
+        name(),
+        vec(rule, 0..3),
+        dur(),
+        retries,
+        lb,
+        cb,
+        od,
+        vec(name(), 0..3),
+    )
+        .prop_map(
+            |(
                 service,
                 rules,
                 timeout,
@@ -130,9 +152,20 @@ fn route() -> impl Strategy<Value = Spec> {
                 load_balancer,
                 circuit_breaker,
                 outlier,
-            })
-        },
-    )
+                failover,
+            )| {
+                Spec::Route(RouteSpec {
+                    service,
+                    rules,
+                    timeout,
+                    retries,
+                    load_balancer,
+                    circuit_breaker,
+                    outlier,
+                    failover,
+                })
+            },
+        )
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -229,18 +262,40 @@ fn token() -> impl Strategy<Value = Spec> {
 
 fn federation() -> impl Strategy<Value = Spec> {
     prop_oneof![
-        (vec(text(), 0..3), name(), "[A-Z]{0,10}").prop_map(
-            |(addresses, trust_domain, root_ca_pem)| {
-                Spec::Peer(PeerSpec {
-                    addresses,
-                    trust_domain,
-                    root_ca_pem,
-                })
-            }
-        ),
+        (
+            (vec(text(), 0..3), name(), "[A-Z]{0,10}", "[A-Z]{0,10}"),
+            (name(), text(), text(), any::<u64>(), any::<u64>())
+        )
+            .prop_map(
+                |(
+                    (addresses, trust_domain, root_ca_pem, server_ca_pem),
+                    (name_at_peer, credential, secret_sha256, expires_at_ms, imported_revision),
+                )| {
+                    Spec::Peer(PeerSpec {
+                        addresses,
+                        trust_domain,
+                        root_ca_pem,
+                        server_ca_pem,
+                        name_at_peer,
+                        credential,
+                        secret_sha256,
+                        expires_at_ms,
+                        imported_revision,
+                    })
+                }
+            ),
         (name(), vec(name(), 0..3))
             .prop_map(|(service, peers)| Spec::Export(ExportSpec { service, peers })),
-        (name(), name()).prop_map(|(peer, service)| Spec::Import(ImportSpec { peer, service })),
+        (name(), name(), vec(text(), 0..3), name(), any::<u64>()).prop_map(
+            |(peer, service, gateways, trust_domain, revision)| Spec::Import(ImportSpec {
+                peer,
+                service,
+                gateways,
+                trust_domain,
+                protocol: Default::default(),
+                revision,
+            })
+        ),
         vec((name(), text(), text(), any::<u64>(), any::<bool>()), 0..3).prop_map(|roots| {
             Spec::Authority(AuthoritySpec {
                 roots: roots

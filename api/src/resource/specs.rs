@@ -88,6 +88,10 @@ pub struct EndpointSpec {
     /// The meshd node holding its health lease; absent for endpoints written by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_node: Option<u64>,
+    /// An east-west gateway of federation (`mesh-proxy --mode gateway`):
+    /// peers reach the exported services through it.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub gateway: bool,
 }
 
 /// Conditions a request must meet for a rule to apply (all of them).
@@ -221,6 +225,10 @@ pub struct RouteSpec {
     /// Outlier ejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier: Option<OutlierDetection>,
+    /// Peers whose import of the service takes its traffic when no local
+    /// endpoint can (all unhealthy or ejected), tried in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<String>,
 }
 
 /// Whether a policy allows or denies.
@@ -274,16 +282,29 @@ impl PolicySpec {
             return true;
         }
         let Some(who) = who else { return false };
-        self.from.iter().any(|f| {
-            f == "*"
-                || f == who
-                || f.strip_suffix('*').is_some_and(|prefix| {
-                    who.strip_prefix(prefix).is_some_and(|rest| {
-                        prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
-                    })
-                })
-        })
+        self.from.iter().any(|f| entry_covers(f, who))
     }
+
+    /// Whether an entry of `from` that names trust domain `td` explicitly
+    /// (`spiffe://td/...`, never `*`) covers `who`: how a caller from a
+    /// peer cluster must be allowed.
+    pub fn names_caller_in(&self, who: &str, td: &str) -> bool {
+        let prefix = format!("spiffe://{td}/");
+        self.from
+            .iter()
+            .filter(|f| f.starts_with(&prefix))
+            .any(|f| entry_covers(f, who))
+    }
+}
+
+fn entry_covers(f: &str, who: &str) -> bool {
+    f == "*"
+        || f == who
+        || f.strip_suffix('*').is_some_and(|prefix| {
+            who.strip_prefix(prefix).is_some_and(|rest| {
+                prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
+            })
+        })
 }
 
 /// Mutual-TLS mode at inbound listeners.
@@ -410,19 +431,70 @@ pub struct TokenSpec {
     pub revoked: bool,
 }
 
-/// `kind: Peer` — another cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// `kind: Peer` — another cluster, made by `meshctl peering` (not by
+/// apply): pending on the side that generated a token (`secret_sha256`
+/// set, no addresses), established on both sides once the token is
+/// exchanged. Its `Debug` never shows the credential.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerSpec {
-    /// Addresses of its meshd nodes or gateways.
+    /// Addresses of its meshd nodes.
     #[serde(default)]
     pub addresses: Vec<String>,
     /// Its trust domain.
     #[serde(default)]
     pub trust_domain: String,
-    /// Its root certificate (PEM).
+    /// Its workload trust bundle (PEM roots): verifies its workloads.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub root_ca_pem: String,
+    /// The CA that verifies its meshd nodes (PEM); empty when they serve
+    /// plaintext (loopback development only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub server_ca_pem: String,
+    /// The name the peer knows this cluster by.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name_at_peer: String,
+    /// The credential both sides present on the peering link, sealed under
+    /// the cluster secret (`sealed:v1:...`). Never sent to proxies or
+    /// shown by the admin API.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential: String,
+    /// While pending: the SHA-256 of the token's one-time secret.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub secret_sha256: String,
+    /// While pending: Unix milliseconds after which the token is refused.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub expires_at_ms: u64,
+    /// The peer's revision the imports reflect (the link resumes after it).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub imported_revision: u64,
+}
+
+impl PeerSpec {
+    /// Whether the token has not been exchanged yet.
+    pub fn pending(&self) -> bool {
+        !self.secret_sha256.is_empty()
+    }
+}
+
+impl std::fmt::Debug for PeerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSpec")
+            .field("addresses", &self.addresses)
+            .field("trust_domain", &self.trust_domain)
+            .field("name_at_peer", &self.name_at_peer)
+            .field(
+                "credential",
+                &if self.credential.is_empty() {
+                    ""
+                } else {
+                    "(sealed)"
+                },
+            )
+            .field("pending", &self.pending())
+            .field("imported_revision", &self.imported_revision)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `kind: Export` — a service offered to peers.
@@ -436,7 +508,9 @@ pub struct ExportSpec {
     pub peers: Vec<String>,
 }
 
-/// `kind: Import` — a service taken from a peer.
+/// `kind: Import` — a service taken from a peer, written by the peering
+/// link (never by apply): named `<service>--<peer>` in the service's
+/// namespace, reached as `<service>.<namespace>.<peer>`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportSpec {
@@ -444,6 +518,26 @@ pub struct ImportSpec {
     pub peer: String,
     /// The service.
     pub service: String,
+    /// The peer's east-west gateways (`IP:port`) the service is reached
+    /// through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// The peer's trust domain (the service's certificates carry it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trust_domain: String,
+    /// The service's protocol.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: Protocol,
+    /// The peer's revision this import reflects.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub revision: u64,
+}
+
+impl ImportSpec {
+    /// The resource name of the import of `service` from `peer`.
+    pub fn resource_name(service: &str, peer: &str) -> String {
+        format!("{service}--{peer}")
+    }
 }
 
 /// One root of the workload CA. Its `Debug` never shows the key.

@@ -19,6 +19,7 @@ mod backup;
 mod check;
 mod cluster;
 mod output;
+mod peering;
 mod proxies;
 mod resources;
 mod revoke;
@@ -148,6 +149,9 @@ pub enum Command {
     Revoke(revoke::RevokeCmd),
     /// Show which token you are using.
     Whoami,
+    /// Federation with other clusters: tokens, peers.
+    #[command(subcommand)]
+    Peering(peering::PeeringCmd),
     /// The workload CA.
     #[command(subcommand)]
     Ca(CaCmd),
@@ -199,6 +203,7 @@ pub async fn run(cli: Cli) -> CtlResult {
         Command::Token(c) => token::run(&conn, c).await,
         Command::Revoke(c) => revoke::run(&conn, c).await,
         Command::Whoami => token::whoami(&conn).await,
+        Command::Peering(c) => peering::run(&conn, c).await,
         Command::Ca(CaCmd::Rotate) => {
             let r = conn
                 .call(false, |mut c| async move {

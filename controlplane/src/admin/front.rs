@@ -294,6 +294,13 @@ fn prepare_apply(
                 i + 1
             )));
         }
+        if matches!(res.kind(), Kind::Peer | Kind::Import) {
+            return Err(AdminError::Invalid(format!(
+                "document {}: {} resources are made by peering, not applied; use `meshctl peering generate-token` and `meshctl peering establish`, and apply an Export on the other cluster",
+                i + 1,
+                res.kind()
+            )));
+        }
         let key = res.key();
         if let raftmesh_api::Spec::Service(s) = &res.spec {
             if let Some(vip) = s.vip {

@@ -46,6 +46,7 @@ pub struct AdminService {
     reader: StateReader,
     node_id: u64,
     cluster_name: String,
+    federation: Arc<crate::federation::Federation>,
 }
 
 impl AdminService {
@@ -55,6 +56,7 @@ impl AdminService {
         hub: Addr<DiscoveryHub>,
         ops: Arc<ClusterOps>,
         cluster_name: String,
+        federation: Arc<crate::federation::Federation>,
     ) -> Self {
         Self {
             front: Arc::new(AdminFront::new(ops.clone(), cluster_name.clone())),
@@ -64,6 +66,7 @@ impl AdminService {
             reader: ops.reader().clone(),
             ops,
             cluster_name,
+            federation,
         }
     }
 
@@ -439,6 +442,64 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn generate_peering_token(
+        &self,
+        req: Request<pb::GeneratePeeringTokenRequest>,
+    ) -> Result<Response<pb::GeneratePeeringTokenResponse>, Status> {
+        self.auth(&req, Need::Write).await?;
+        let r = req.into_inner();
+        let ttl = (r.ttl_ms != 0).then(|| Duration::from_millis(r.ttl_ms));
+        let (token, expires_at_ms) = self
+            .federation
+            .generate_token(&r.peer, ttl)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GeneratePeeringTokenResponse {
+            token,
+            expires_at_ms,
+        }))
+    }
+
+    async fn establish_peering(
+        &self,
+        req: Request<pb::EstablishPeeringRequest>,
+    ) -> Result<Response<pb::EstablishPeeringResponse>, Status> {
+        self.auth(&req, Need::Write).await?;
+        let r = req.into_inner();
+        let revision = self
+            .federation
+            .establish(&r.peer, &r.token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::EstablishPeeringResponse { revision }))
+    }
+
+    async fn list_peerings(
+        &self,
+        req: Request<pb::ListPeeringsRequest>,
+    ) -> Result<Response<pb::ListPeeringsResponse>, Status> {
+        self.auth(&req, Need::Read).await?;
+        Ok(Response::new(pb::ListPeeringsResponse {
+            peers: self.federation.list(),
+        }))
+    }
+
+    async fn delete_peering(
+        &self,
+        req: Request<pb::DeletePeeringRequest>,
+    ) -> Result<Response<pb::DeletePeeringResponse>, Status> {
+        self.auth(&req, Need::Write).await?;
+        let (revision, peer_told) = self
+            .federation
+            .delete(&req.into_inner().peer)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeletePeeringResponse {
+            revision,
+            peer_told,
+        }))
+    }
+
     async fn list_proxies(
         &self,
         req: Request<pb::ListProxiesRequest>,
@@ -509,6 +570,12 @@ fn redact(r: &Resource, role: Role) -> pb::Resource {
             }
         }
         raftmesh_api::Spec::Token(t) if role != Role::Admin => t.secret_sha256.clear(),
+        // The link's credential (sealed) and a pending token's hash are
+        // never shown.
+        raftmesh_api::Spec::Peer(p) => {
+            p.credential.clear();
+            p.secret_sha256.clear();
+        }
         _ => {}
     }
     r.into()

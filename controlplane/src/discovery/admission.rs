@@ -96,6 +96,7 @@ fn check_hello(h: &pb::Hello, node_id: u64) -> Result<Admitted, Status> {
                 },
                 identity: h.identity.clone(),
                 lease_node: Some(node_id),
+                gateway: h.gateway,
             }),
         };
         r.validate()

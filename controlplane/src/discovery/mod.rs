@@ -132,9 +132,12 @@ pub fn full_state(reader: &StateReader, scope: &Scope) -> (u64, Vec<Arc<Resource
             }
             out.extend(v.for_service(Kind::Endpoint, ns, svc));
             out.extend(v.for_service(Kind::Route, ns, svc));
+            out.extend(v.for_service(Kind::Import, ns, svc));
         }
         out.extend(v.for_service(Kind::Policy, &scope.own.0, &scope.own.1));
-        out.extend(v.of_kind(Kind::MeshConfig));
+        for kind in [Kind::MeshConfig, Kind::Revocation, Kind::Peer, Kind::Export] {
+            out.extend(v.of_kind(kind));
+        }
         (v.revision(), out)
     })
 }

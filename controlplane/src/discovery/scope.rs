@@ -30,9 +30,30 @@ pub fn interest(r: &Resource) -> Interest {
         Spec::Endpoint(e) => Interest::Callers((ns, e.service.clone())),
         Spec::Route(x) => Interest::Callers((ns, x.service.clone())),
         Spec::Policy(p) => Interest::Members((ns, p.service.clone())),
-        Spec::MeshConfig(_) | Spec::Revocation(_) => Interest::Everyone,
+        // An import is reached as `service.namespace.peer`, or through a
+        // Route's failover: its callers are the local service's.
+        Spec::Import(i) => Interest::Callers((ns, i.service.clone())),
+        // Peers' trust domains and bundles (the credential scrubbed, see
+        // `for_proxy`) verify callers and gateways of other clusters;
+        // exports tell callees and gateways what peers may reach.
+        Spec::MeshConfig(_) | Spec::Revocation(_) | Spec::Peer(_) | Spec::Export(_) => {
+            Interest::Everyone
+        }
         _ => Interest::Nobody,
     }
+}
+
+/// `r` as a proxy receives it: a Peer without its credential, token secret
+/// hash and server CA (proxies need its trust domain and bundle only).
+pub fn for_proxy(r: &Resource) -> Resource {
+    let mut r = r.clone();
+    if let Spec::Peer(p) = &mut r.spec {
+        p.credential.clear();
+        p.secret_sha256.clear();
+        p.server_ca_pem.clear();
+        p.addresses.clear();
+    }
+    r
 }
 
 /// One proxy's scope.

@@ -33,7 +33,10 @@ fn delta(
 ) -> pb::Delta {
     pb::Delta {
         revision,
-        upserts: upserts.into_iter().map(|r| (*r).clone().into()).collect(),
+        upserts: upserts
+            .into_iter()
+            .map(|r| super::scope::for_proxy(&r).into())
+            .collect(),
         removals: removals.into_iter().map(Into::into).collect(),
         full,
         nonce: format!("{revision}"),

@@ -856,6 +856,7 @@ fn server_tls_between_nodes_and_to_clients() {
                 namespace: "default".into(),
                 labels: Default::default(),
                 app_port: None,
+                gateway: false,
                 advertise: "127.0.0.1".into(),
                 inbound: any,
                 outbound: any,

@@ -18,7 +18,8 @@ use crate::target::{Target, Tried, Upstream};
 use crate::Body;
 
 /// Picks an endpoint of `backend`, or None when none is usable: healthy,
-/// not ejected, and in this cluster when any such is.
+/// not ejected, and of the nearest tier that has any (this cluster, other
+/// clusters of the mesh, then a Route's failover peers in their order).
 pub fn pick(t: &ServiceTable, backend: &Backend, rr: &AtomicUsize) -> Option<usize> {
     pick_avoiding(t, backend, rr, &[])
 }
@@ -34,19 +35,17 @@ pub fn pick_avoiding(
         let e: &Endpoint = &t.endpoints[*i];
         e.healthy && !e.stats.ejected() && !avoid.contains(i)
     };
-    // Usable endpoints, those in this cluster when there are any.
+    // Usable endpoints of the nearest tier that has any.
     let candidates = |avoid: &[usize]| -> Vec<usize> {
         let ok = backend
             .endpoints
             .iter()
             .copied()
             .filter(|i| usable(i, avoid));
-        let local: Vec<usize> = ok.clone().filter(|i| t.endpoints[*i].local).collect();
-        if local.is_empty() {
-            ok.collect()
-        } else {
-            local
-        }
+        let Some(nearest) = ok.clone().map(|i| t.endpoints[i].tier).min() else {
+            return Vec::new();
+        };
+        ok.filter(|i| t.endpoints[*i].tier == nearest).collect()
     };
     let mut cands = candidates(avoid);
     if cands.is_empty() && !avoid.is_empty() {
@@ -131,6 +130,7 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
             req.extensions_mut().insert(Upstream {
                 addr: ep.addr,
                 server_name: ep.server_name.clone(),
+                dial: ep.dial.clone(),
             });
             ep.stats.pending.fetch_add(1, Ordering::Relaxed);
             target.stats.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -30,7 +30,8 @@ fn table(n: usize, lb: LoadBalancer) -> ServiceTable {
                 name: format!("e{i}"),
                 addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                 labels: BTreeMap::new(),
-                local: true,
+                tier: 0,
+                dial: None,
                 healthy: true,
                 server_name: None,
                 stats: Arc::new(EndpointStats::default()),
@@ -72,7 +73,7 @@ fn p2c_prefers_the_faster_endpoint() {
 fn unhealthy_and_ejected_endpoints_are_skipped_and_remote_ones_are_a_fallback() {
     let mut t = table(3, LoadBalancer::RoundRobin);
     t.endpoints[0].healthy = false;
-    t.endpoints[2].local = false;
+    t.endpoints[2].tier = 1;
     let rr = AtomicUsize::new(0);
     for _ in 0..5 {
         assert_eq!(

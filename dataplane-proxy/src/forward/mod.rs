@@ -61,32 +61,48 @@ impl Forward {
         }
     }
 
-    /// Sends `req` to `addr`; with `server_name` (a mesh workload) over mTLS.
+    /// Sends `req` to `addr`; with `server_name` (a mesh workload) over
+    /// mTLS; with `dial`, on the connections pooled under that key (a
+    /// peer's gateway, see [`crate::tls::gateway_authority`]).
     pub async fn send_to(
         &self,
         req: Request<Body>,
         addr: SocketAddr,
         server_name: Option<ServerName<'static>>,
+        dial: Option<&str>,
     ) -> Result<Response<Body>, ProxyError> {
+        let authority = match dial {
+            Some(d) => d.to_string(),
+            None => addr.to_string(),
+        };
         if let Some(n) = server_name {
             // A mesh workload is reached over mTLS or not at all.
             if self.workload.as_ref().is_some_and(|w| w.tls().is_none()) {
                 return Err(ProxyError::NoIdentity(addr.to_string()));
             }
-            self.targets.set(addr, n);
+            self.targets.set(&authority, addr, n);
         }
-        self.send(req, addr).await
+        self.send_via(req, addr, &authority).await
     }
 
     /// Sends `req` to `addr` (plaintext unless `addr` is a known mesh workload).
     pub async fn send(
         &self,
+        req: Request<Body>,
+        addr: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError> {
+        self.send_via(req, addr, &addr.to_string()).await
+    }
+
+    async fn send_via(
+        &self,
         mut req: Request<Body>,
         addr: SocketAddr,
+        authority: &str,
     ) -> Result<Response<Body>, ProxyError> {
         let mut parts = req.uri().clone().into_parts();
         parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Authority::try_from(addr.to_string()).ok();
+        parts.authority = Authority::try_from(authority).ok();
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
@@ -142,7 +158,8 @@ impl tower::Service<Request<Body>> for Forward {
                 .get::<Upstream>()
                 .cloned()
                 .ok_or(ProxyError::BadRequest)?;
-            this.send_to(req, up.addr, up.server_name).await
+            this.send_to(req, up.addr, up.server_name, up.dial.as_deref())
+                .await
         })
     }
 }

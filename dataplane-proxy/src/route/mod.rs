@@ -22,6 +22,16 @@ use crate::Body;
 /// No name is a bad request; a name that is not a DNS label never becomes a
 /// lookup or a subscription.
 pub fn service_of<B>(req: &Request<B>, default_ns: &str) -> Result<ServiceId, ProxyError> {
+    service_of_with(req, default_ns, |_| false)
+}
+
+/// [`service_of`], and `name.namespace.peer` (`is_peer(peer)`) names the
+/// import of `name` from that peer: service `name.peer`.
+pub fn service_of_with<B>(
+    req: &Request<B>,
+    default_ns: &str,
+    is_peer: impl Fn(&str) -> bool,
+) -> Result<ServiceId, ProxyError> {
     let host = match req.uri().authority() {
         Some(a) => a.host().to_string(),
         None => {
@@ -50,6 +60,11 @@ pub fn service_of<B>(req: &Request<B>, default_ns: &str) -> Result<ServiceId, Pr
         || raftmesh_api::validate::dns_label(&ns).is_err()
     {
         return Err(bad());
+    }
+    if let Some(peer) = parts.next().map(str::to_ascii_lowercase) {
+        if parts.next().is_none() && is_peer(&peer) {
+            return Ok((ns, format!("{name}.{peer}")));
+        }
     }
     Ok((ns, name))
 }
@@ -152,7 +167,7 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
             }
             let id = match fixed {
                 Some(id) => id,
-                None => service_of(&req, &config.namespace)?,
+                None => service_of_with(&req, &config.namespace, |p| config.is_peer(p))?,
             };
             let mut table = config.current().service(&id).cloned();
             if table.is_none() {

@@ -92,6 +92,7 @@ pub fn base_config() -> ProxyConfig {
         namespace: "default".into(),
         labels: BTreeMap::new(),
         app_port: None,
+        gateway: false,
         advertise: "127.0.0.1".into(),
         inbound: any,
         outbound: any,

@@ -51,6 +51,7 @@ pub fn endpoint(name: &str, service: &str) -> Resource {
             health: Default::default(),
             identity: String::new(),
             lease_node: None,
+            gateway: false,
         }),
     )
 }

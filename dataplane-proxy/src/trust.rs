@@ -1,0 +1,209 @@
+//! Certificate verification bound to trust domains: a certificate is
+//! checked against the roots of the trust domain it belongs to, and no
+//! other. With peers (federation), a proxy trusts several CAs; without
+//! this binding, a peer's CA could issue a certificate for an identity of
+//! this cluster (`spiffe://local.mesh/...`) and be believed.
+//!
+//! A client certificate's trust domain is the one in its SPIFFE ID; a
+//! server's is the one in the name the caller asked for
+//! (`svc.ns.svc.<trust domain>`), so a workload is reached only with a
+//! certificate its own cluster's CA issued.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use raftmesh_api::identity;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+
+fn refused() -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+}
+
+/// The trust domain of a workload certificate (its SPIFFE ID's).
+fn cert_domain(cert: &CertificateDer<'_>) -> Option<String> {
+    let id = identity::spiffe_of_der(cert)?;
+    Some(identity::parse_spiffe_id(&id)?.trust_domain.to_string())
+}
+
+/// Verifies client certificates by the roots of their trust domain.
+#[derive(Debug)]
+pub struct ClientVerifier {
+    by_domain: HashMap<String, Arc<dyn ClientCertVerifier>>,
+    /// The local trust domain's, for what does not depend on the domain.
+    local: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientVerifier {
+    /// `domains[0]` is the local trust domain; `required` makes a client
+    /// certificate mandatory.
+    pub fn new(
+        domains: &[(String, Arc<RootCertStore>)],
+        required: bool,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, String> {
+        let mut by_domain = HashMap::new();
+        let mut local = None;
+        for (td, roots) in domains {
+            let b = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+            let v = if required {
+                b.build()
+            } else {
+                b.allow_unauthenticated().build()
+            }
+            .map_err(|e| e.to_string())?;
+            local.get_or_insert_with(|| v.clone());
+            by_domain.entry(td.clone()).or_insert(v);
+        }
+        Ok(Self {
+            by_domain,
+            local: local.ok_or("no trust domain to verify callers with")?,
+        })
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.local.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.local.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: a caller has one certificate and sends it.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let td = cert_domain(end_entity).ok_or_else(refused)?;
+        self.by_domain
+            .get(&td)
+            .ok_or_else(refused)?
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.local.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.local.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.local.supported_verify_schemes()
+    }
+}
+
+/// Verifies a server by the roots of the trust domain of the name asked
+/// for (`svc.ns.svc.<td>`).
+#[derive(Debug)]
+pub struct ServerVerifier {
+    by_domain: Vec<(String, Arc<WebPkiServerVerifier>)>,
+    local: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerVerifier {
+    /// `domains[0]` is the local trust domain.
+    pub fn new(
+        domains: &[(String, Arc<RootCertStore>)],
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, String> {
+        let mut by_domain = Vec::new();
+        for (td, roots) in domains {
+            let v = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| e.to_string())?;
+            by_domain.push((td.clone(), v));
+        }
+        let local = by_domain
+            .first()
+            .map(|(_, v)| v.clone())
+            .ok_or("no trust domain to verify servers with")?;
+        Ok(Self { by_domain, local })
+    }
+
+    fn for_name(&self, name: &ServerName<'_>) -> Option<&Arc<WebPkiServerVerifier>> {
+        let ServerName::DnsName(d) = name else {
+            return None;
+        };
+        let host = d.as_ref();
+        // The longest trust domain the name ends in, after `.svc.`.
+        self.by_domain
+            .iter()
+            .filter(|(td, _)| {
+                host.strip_suffix(td.as_str())
+                    .is_some_and(|rest| rest.ends_with(".svc."))
+            })
+            .max_by_key(|(td, _)| td.len())
+            .map(|(_, v)| v)
+    }
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let v = self.for_name(server_name).ok_or_else(refused)?;
+        // The certificate's own trust domain must be the name's too.
+        let td = cert_domain(end_entity).ok_or_else(refused)?;
+        let ServerName::DnsName(d) = server_name else {
+            return Err(refused());
+        };
+        if !d.as_ref().ends_with(&format!(".svc.{td}")) {
+            return Err(refused());
+        }
+        v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.local.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.local.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.local.supported_verify_schemes()
+    }
+}
