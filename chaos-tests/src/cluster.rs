@@ -33,6 +33,9 @@ pub struct ClusterOpts {
     /// Hosts for workloads beside the nodes' (network namespaces on the
     /// same bridge, numbered after the nodes; root only).
     pub workload_hosts: u64,
+    /// Every node on loopback, even as root (clusters that must reach
+    /// each other: federation).
+    pub loopback: bool,
 }
 
 /// Whether this machine can simulate power loss: root, `/dev/fuse`.
@@ -141,7 +144,7 @@ impl Cluster {
             .prefix("raftmesh-cluster-")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let net = Net::with_hosts(n, opts.workload_hosts, dir.path())?;
+        let net = Net::with_hosts_on(n, opts.workload_hosts, dir.path(), opts.loopback)?;
         if opts.workload_hosts > 0 && !net.real() {
             return Err("workload hosts need network namespaces (root, ip, iptables)".into());
         }

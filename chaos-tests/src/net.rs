@@ -128,10 +128,18 @@ impl Net {
     /// [`Net::new`] with `extra` more hosts on the same bridge, for
     /// workloads (no faults between them).
     pub fn with_hosts(n: u64, extra: u64, dir: &Path) -> Result<Self, String> {
+        Self::with_hosts_on(n, extra, dir, false)
+    }
+
+    /// [`Net::with_hosts`]; with `loopback`, every node on the loopback
+    /// interface whatever the environment (several clusters that must
+    /// reach each other, as in the federation tests).
+    pub fn with_hosts_on(n: u64, extra: u64, dir: &Path, loopback: bool) -> Result<Self, String> {
         static COUNT: AtomicU32 = AtomicU32::new(0);
-        let want_ns = std::env::var("CHAOS_NET")
-            .map(|v| v != "loopback")
-            .unwrap_or(true);
+        let want_ns = !loopback
+            && std::env::var("CHAOS_NET")
+                .map(|v| v != "loopback")
+                .unwrap_or(true);
         let tools = || {
             let ok = |t: &str| {
                 Command::new(t)

@@ -269,4 +269,40 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn callers_of_peers_are_denied_unless_exported_and_named_by_an_allow_policy() {
+        const PEER: &str = "spiffe://west.mesh/ns/default/sa/client";
+        let mut a = Authz {
+            trust_domain: "east.mesh".into(),
+            peer_domains: [("west.mesh".to_string(), "west".to_string())].into(),
+            ..Default::default()
+        };
+        // The mesh default (allow) and `*` do not reach across peers.
+        assert!(decide(&a, Some(PEER), "GET", "/").is_err());
+        a.policies = vec![pol(Action::Allow, &["*"], &[], &[])];
+        assert!(decide(&a, Some(FRONT), "GET", "/").is_ok());
+        let e = decide(&a, Some(PEER), "GET", "/").unwrap_err();
+        assert!(e.contains("not exported"), "{e}");
+        a.exported_to.insert("west".into());
+        let e = decide(&a, Some(PEER), "GET", "/").unwrap_err();
+        assert!(e.contains("names trust domain west.mesh"), "{e}");
+        // Named explicitly: allowed, within the policy's `to`.
+        a.policies = vec![pol(
+            Action::Allow,
+            &["spiffe://west.mesh/ns/default/*"],
+            &["GET"],
+            &[],
+        )];
+        assert!(decide(&a, Some(PEER), "GET", "/").is_ok());
+        assert!(decide(&a, Some(PEER), "POST", "/").is_err());
+        // Deny still wins.
+        a.policies.push(pol(Action::Deny, &[PEER], &[], &[]));
+        assert!(decide(&a, Some(PEER), "GET", "/").is_err());
+        // A trust domain that is no peer's (only reachable if TLS let it
+        // in): refused whatever the policies.
+        a.policies = vec![pol(Action::Allow, &["spiffe://north.mesh/*"], &[], &[])];
+        let e = decide(&a, Some("spiffe://north.mesh/ns/x/sa/y"), "GET", "/").unwrap_err();
+        assert!(e.contains("no peer"), "{e}");
+    }
 }

@@ -207,3 +207,108 @@ impl ServerCertVerifier for ServerVerifier {
         self.local.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+    struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        der: CertificateDer<'static>,
+    }
+
+    fn ca() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        Ca {
+            der: cert.der().clone(),
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    /// A workload certificate `ca` issues for `spiffe` and `dns`.
+    fn leaf(ca: &Ca, spiffe: &str, dns: &str) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![dns.to_string()]).unwrap();
+        p.subject_alt_names
+            .push(SanType::URI(spiffe.try_into().unwrap()));
+        p.signed_by(&key, &ca.issuer).unwrap().der().clone()
+    }
+
+    fn store(ca: &Ca) -> Arc<RootCertStore> {
+        let mut r = RootCertStore::empty();
+        r.add(ca.der.clone()).unwrap();
+        Arc::new(r)
+    }
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    #[test]
+    fn a_peer_s_ca_cannot_vouch_for_an_identity_of_another_trust_domain() {
+        let (west, east) = (ca(), ca());
+        let domains = vec![
+            ("west.mesh".to_string(), store(&west)),
+            ("east.mesh".to_string(), store(&east)),
+        ];
+        let now = UnixTime::now();
+        let client = ClientVerifier::new(&domains, true, provider()).unwrap();
+        let ok = |c: &CertificateDer<'_>| client.verify_client_cert(c, &[], now).is_ok();
+        assert!(ok(&leaf(
+            &west,
+            "spiffe://west.mesh/ns/default/sa/web",
+            "web.default.svc.west.mesh"
+        )));
+        assert!(ok(&leaf(
+            &east,
+            "spiffe://east.mesh/ns/default/sa/client",
+            "client.default.svc.east.mesh"
+        )));
+        // East's CA claiming a west identity: refused, though east is trusted.
+        assert!(!ok(&leaf(
+            &east,
+            "spiffe://west.mesh/ns/default/sa/admin",
+            "admin.default.svc.west.mesh"
+        )));
+        // A trust domain no one vouches for, and no SPIFFE ID at all.
+        assert!(!ok(&leaf(
+            &east,
+            "spiffe://north.mesh/ns/default/sa/x",
+            "x.default.svc.north.mesh"
+        )));
+
+        let server = ServerVerifier::new(&domains, provider()).unwrap();
+        let name = |s: &str| ServerName::try_from(s.to_string()).unwrap();
+        let serves = |c: &CertificateDer<'_>, n: &str| {
+            server
+                .verify_server_cert(c, &[], &name(n), &[], now)
+                .is_ok()
+        };
+        let w = leaf(
+            &west,
+            "spiffe://west.mesh/ns/default/sa/api",
+            "api.default.svc.west.mesh",
+        );
+        assert!(serves(&w, "api.default.svc.west.mesh"));
+        // East's CA impersonating west's api (name and ID forged): refused.
+        let forged = leaf(
+            &east,
+            "spiffe://west.mesh/ns/default/sa/api",
+            "api.default.svc.west.mesh",
+        );
+        assert!(!serves(&forged, "api.default.svc.west.mesh"));
+        // An east certificate naming itself into west's domain: refused.
+        let sneaky = leaf(
+            &east,
+            "spiffe://east.mesh/ns/default/sa/api",
+            "api.default.svc.west.mesh",
+        );
+        assert!(!serves(&sneaky, "api.default.svc.west.mesh"));
+        // A name in no trusted domain.
+        assert!(!serves(&w, "api.default.svc.north.mesh"));
+    }
+}

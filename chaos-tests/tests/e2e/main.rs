@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod federation;
 mod hosts;
 
 use std::convert::Infallible;

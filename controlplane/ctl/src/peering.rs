@@ -57,6 +57,7 @@ fn peer_json(p: &pb::PeeringStatus) -> serde_json::Value {
         "imports": p.imports,
         "batches": p.batches,
         "full_batches": p.full_batches,
+        "connects": p.connects,
         "last_error": (!p.last_error.is_empty()).then_some(&p.last_error),
     })
 }

@@ -35,7 +35,7 @@ use actix::Addr;
 use raftmesh_api::v1 as pb;
 use raftmesh_api::v1::discovery_server::Discovery;
 use raftmesh_api::v1::proxy_message::Msg as In;
-use raftmesh_api::{Kind, Resource, ResourceKey};
+use raftmesh_api::{Kind, Resource, ResourceKey, Spec};
 use raftmesh_storage::StateReader;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -136,7 +136,11 @@ pub fn full_state(reader: &StateReader, scope: &Scope) -> (u64, Vec<Arc<Resource
         }
         out.extend(v.for_service(Kind::Policy, &scope.own.0, &scope.own.1));
         for kind in [Kind::MeshConfig, Kind::Revocation, Kind::Peer, Kind::Export] {
-            out.extend(v.of_kind(kind));
+            out.extend(
+                v.of_kind(kind)
+                    .into_iter()
+                    .filter(|r| !matches!(&r.spec, Spec::Peer(p) if p.pending())),
+            );
         }
         (v.revision(), out)
     })

@@ -33,6 +33,8 @@ pub fn interest(r: &Resource) -> Interest {
         // An import is reached as `service.namespace.peer`, or through a
         // Route's failover: its callers are the local service's.
         Spec::Import(i) => Interest::Callers((ns, i.service.clone())),
+        // A token not exchanged yet is nothing a proxy can use.
+        Spec::Peer(p) if p.pending() => Interest::Nobody,
         // Peers' trust domains and bundles (the credential scrubbed, see
         // `for_proxy`) verify callers and gateways of other clusters;
         // exports tell callees and gateways what peers may reach.
@@ -44,14 +46,14 @@ pub fn interest(r: &Resource) -> Interest {
 }
 
 /// `r` as a proxy receives it: a Peer without its credential, token secret
-/// hash and server CA (proxies need its trust domain and bundle only).
+/// hash and server CA (proxies need its trust domain and bundle; its
+/// addresses stay, as a Peer must have them).
 pub fn for_proxy(r: &Resource) -> Resource {
     let mut r = r.clone();
     if let Spec::Peer(p) = &mut r.spec {
         p.credential.clear();
         p.secret_sha256.clear();
         p.server_ca_pem.clear();
-        p.addresses.clear();
     }
     r
 }

@@ -33,7 +33,9 @@ pub struct LinkState {
     pub peer_revision: u64,
     /// When the peer was last heard from (Unix ms).
     pub last_contact_ms: u64,
-    /// Batches received, and how many were full resyncs.
+    /// How many times the link has connected.
+    pub connects: u64,
+    /// Batches received since it last connected.
     pub batches: u64,
     /// Full resyncs among them.
     pub full_batches: u64,
@@ -239,6 +241,9 @@ async fn once(fed: &Federation, name: &str) -> Result<(), String> {
     fed.links.update(name, |s| {
         s.connected = true;
         s.last_error.clear();
+        s.connects += 1;
+        s.batches = 0;
+        s.full_batches = 0;
     });
     let mut last_watermark = Instant::now();
     loop {

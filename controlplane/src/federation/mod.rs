@@ -481,6 +481,7 @@ impl Federation {
                     batches: live.map(|l| l.batches).unwrap_or(0),
                     full_batches: live.map(|l| l.full_batches).unwrap_or(0),
                     last_error: live.map(|l| l.last_error.clone()).unwrap_or_default(),
+                    connects: live.map(|l| l.connects).unwrap_or(0),
                     name,
                 }
             })

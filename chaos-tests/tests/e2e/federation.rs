@@ -1,0 +1,354 @@
+//! Two clusters of three meshd each (on loopback, so they reach each
+//! other), peered with a token: `west` exports `api`, `east` imports it and
+//! calls it through west's east-west gateway as `api.default.west`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use raftmesh_api::v1 as pb;
+use raftmesh_chaos_tests::client::admin;
+use raftmesh_chaos_tests::cluster::{Cluster, ClusterOpts};
+
+use super::{mesh_proxy, mint, Client, ProxyProc};
+
+/// An app that answers `<name> <the caller header it received>`.
+async fn echo_caller(name: &'static str) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<Incoming>| async move {
+                    let caller = req
+                        .headers()
+                        .get("x-forwarded-client-cert")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_string();
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(format!(
+                        "{name} {caller}"
+                    )))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn apply(adm: &mut raftmesh_client::Admin, yaml: &str) {
+    let items = raftmesh_api::parse_documents(yaml)
+        .unwrap()
+        .into_iter()
+        .map(|r| pb::ApplyItem {
+            resource: Some(r.into()),
+            expected_revision: None,
+        })
+        .collect();
+    adm.apply(pb::ApplyRequest { items }).await.unwrap();
+}
+
+/// (status, `x-raftmesh-error`, body).
+async fn call(c: &Client, to: SocketAddr, host: &str) -> Result<(u16, String, String), String> {
+    let req = hyper::Request::get(format!("http://{to}/"))
+        .header("host", host)
+        .body(Empty::new())
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), c.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let s = r.status().as_u16();
+    let code = r
+        .headers()
+        .get("x-raftmesh-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let b = r
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((s, code, String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// Calls until `ok` holds (at most `within`); the last answer otherwise.
+async fn until(
+    c: &Client,
+    to: SocketAddr,
+    host: &str,
+    within: Duration,
+    procs: &[&ProxyProc],
+    ok: impl Fn(&(u16, String, String)) -> bool,
+) -> (u16, String, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = call(c, to, host).await;
+        if let Ok(r) = &last {
+            if ok(r) {
+                return r.clone();
+            }
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = procs
+                .iter()
+                .map(|p| format!("--- {}:\n{}", p.proc.name, p.proc.log_tail(30)))
+                .collect();
+            panic!("{host}: last answer {last:?}\n{}", logs.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The peering as the node running the link reports it.
+async fn link_status(c: &Cluster, peer: &str) -> Option<pb::PeeringStatus> {
+    for a in c.addrs() {
+        let Ok(mut adm) = admin(&a, &c.token) else {
+            continue;
+        };
+        let Ok(r) = adm.list_peerings(pb::ListPeeringsRequest {}).await else {
+            continue;
+        };
+        if let Some(p) = r
+            .into_inner()
+            .peers
+            .into_iter()
+            .find(|p| p.name == peer && p.state == "connected")
+        {
+            return Some(p);
+        }
+    }
+    None
+}
+
+fn proxy(dir: &Path, name: &str, cluster: &Cluster, args: &[&str]) -> ProxyProc {
+    let mut all: Vec<String> = vec![
+        "--control-plane".into(),
+        cluster.addrs().join(","),
+        "--instance".into(),
+        name.into(),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    mesh_proxy(dir, name, &all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_calls_an_exported_service_through_the_gateway_and_keeps_calling_while_the_exporter_is_down(
+) {
+    let loopback = ClusterOpts {
+        loopback: true,
+        ..Default::default()
+    };
+    let mut west = Cluster::start(3, loopback.clone()).unwrap();
+    let east = Cluster::start(3, loopback).unwrap();
+    west.wait_leader(Duration::from_secs(20)).await.unwrap();
+    east.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let mut wa = admin(&west.addrs()[0], &west.token).unwrap();
+    let mut ea = admin(&east.addrs()[0], &east.token).unwrap();
+    apply(&mut wa, "kind: MeshConfig\nmetadata: {name: mesh}\nspec: {trust_domain: west.mesh}\n---\nkind: Service\nmetadata: {name: api}\nspec: {ports: [{port: 80}]}\n---\nkind: Export\nmetadata: {name: api-to-east}\nspec: {service: api, peers: [east]}").await;
+    apply(
+        &mut ea,
+        "kind: MeshConfig\nmetadata: {name: mesh}\nspec: {trust_domain: east.mesh}",
+    )
+    .await;
+
+    // Peering: a token from west, established on east.
+    let token = loop {
+        match wa
+            .generate_peering_token(pb::GeneratePeeringTokenRequest {
+                peer: "east".into(),
+                ttl_ms: 0,
+            })
+            .await
+        {
+            Ok(r) => break r.into_inner().token,
+            // The workload CA is made by the first leader, a moment after.
+            Err(s) if s.message().contains("does not exist yet") => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(s) => panic!("generate-token: {s}"),
+        }
+    };
+    let mut est = None;
+    for _ in 0..50 {
+        match ea
+            .establish_peering(pb::EstablishPeeringRequest {
+                peer: "west".into(),
+                token: token.clone(),
+            })
+            .await
+        {
+            Ok(r) => {
+                est = Some(r.into_inner());
+                break;
+            }
+            Err(s) if s.message().contains("does not exist yet") => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(s) => panic!("establish: {s}"),
+        }
+    }
+    assert!(est.is_some(), "east's CA never appeared");
+    // West's trust domain is a peer's already (the token's one use is
+    // tested in controlplane/tests/cluster/federation.rs).
+    let again = ea
+        .establish_peering(pb::EstablishPeeringRequest {
+            peer: "west2".into(),
+            token: token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(again.message().contains("peer west's already"), "{again}");
+
+    // West: api behind its proxy, and a gateway. East: a caller.
+    let dir = west.dir.path().to_path_buf();
+    let app = echo_caller("api-west").await;
+    let api_token = mint(&mut wa, "api").await;
+    let gw_token = mint(&mut wa, "gateway").await;
+    let client_token = mint(&mut ea, "client").await;
+    let app_port = app.port().to_string();
+    let api = proxy(
+        &dir,
+        "api-w1",
+        &west,
+        &[
+            "--service",
+            "api",
+            "--app-port",
+            &app_port,
+            "--token",
+            &api_token,
+        ],
+    );
+    let gw = proxy(
+        &dir,
+        "gw-w1",
+        &west,
+        &[
+            "--mode",
+            "gateway",
+            "--service",
+            "gateway",
+            "--token",
+            &gw_token,
+        ],
+    );
+    let client = proxy(
+        &dir,
+        "client-e1",
+        &east,
+        &[
+            "--service",
+            "client",
+            "--token",
+            &client_token,
+            "--state-dir",
+            &dir.join("client-state").display().to_string(),
+        ],
+    );
+    let procs = [&api, &gw, &client];
+    let http: Client =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+
+    // Deny by default across peers: no policy names east yet.
+    let r = until(
+        &http,
+        client.outbound,
+        "api.default.west",
+        Duration::from_secs(30),
+        &procs,
+        |r| r.0 == 403,
+    )
+    .await;
+    assert_eq!(r.1, "denied", "{r:?}");
+    // A policy naming east's identity opens it; the app sees the caller's
+    // own identity, in east's trust domain.
+    apply(&mut wa, "kind: Policy\nmetadata: {name: east-client}\nspec: {service: api, action: allow, from: [\"spiffe://east.mesh/ns/default/sa/client\"]}").await;
+    let r = until(
+        &http,
+        client.outbound,
+        "api.default.west",
+        Duration::from_secs(10),
+        &procs,
+        |r| r.0 == 200,
+    )
+    .await;
+    assert_eq!(
+        r.2, "api-west URI=spiffe://east.mesh/ns/default/sa/client",
+        "{r:?}"
+    );
+    let first = link_status(&east, "west")
+        .await
+        .expect("east runs the link");
+    assert_eq!(
+        first.full_batches, 1,
+        "one full sync, at the start: {first:?}"
+    );
+
+    // West's whole control plane dies: east's calls go on (served from
+    // east's Raft and the proxies' last config).
+    for id in 1..=3 {
+        west.kill(id);
+    }
+    for i in 0..50 {
+        let r = call(&http, client.outbound, "api.default.west").await;
+        assert!(
+            matches!(&r, Ok((200, _, _))),
+            "call {i} with west's control plane down: {r:?}"
+        );
+    }
+    // West comes back: the link resumes from east's watermark, without a
+    // full resync.
+    for id in 1..=3 {
+        west.start_node(id, None).unwrap();
+    }
+    west.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resumed = loop {
+        if let Some(s) = link_status(&east, "west").await {
+            if s.connects > first.connects && s.batches > 0 {
+                break s;
+            }
+        }
+        assert!(Instant::now() < deadline, "the link did not resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        resumed.full_batches, 0,
+        "resumed without a full resync: {resumed:?}"
+    );
+
+    // Un-export: east's callers get no-route within 5 s.
+    let mut wa = admin(&west.addrs()[0], &west.token).unwrap();
+    wa.delete(pb::DeleteRequest {
+        kind: "Export".into(),
+        namespace: String::new(),
+        name: "api-to-east".into(),
+        expected_revision: None,
+    })
+    .await
+    .unwrap();
+
+    let r = until(
+        &http,
+        client.outbound,
+        "api.default.west",
+        Duration::from_secs(5 + 2),
+        &procs,
+        |r| r.0 != 200,
+    )
+    .await;
+    assert_eq!(r.1, "no-route", "{r:?}");
+}
