@@ -254,6 +254,7 @@ pub async fn start_with_listener(
         ops.clone(),
         cfg.cluster_name.clone(),
         tls.as_ref().map(|t| t.ca_pem.clone()),
+        shutdown_rx.clone(),
     );
     let links = crate::federation::link::spawn(federation.clone(), shutdown_rx.clone());
     let server = {

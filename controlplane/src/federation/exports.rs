@@ -157,6 +157,7 @@ async fn serve(fed: &Federation, name: &str, from: u64, tx: &Tx) -> Result<(), S
     }
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.tick().await;
+    let mut shutdown = fed.shutdown.clone();
     loop {
         let heartbeat = tokio::select! {
             r = applied.changed() => {
@@ -169,6 +170,9 @@ async fn serve(fed: &Federation, name: &str, from: u64, tx: &Tx) -> Result<(), S
             }
             _ = beat.tick() => true,
             _ = tx.closed() => return Ok(()),
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                return Err(Status::unavailable("this node is shutting down"));
+            }
         };
         if peer(&reader, name).is_none_or(|(_, p)| p.pending()) {
             return Err(Status::permission_denied(

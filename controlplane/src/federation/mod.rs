@@ -143,6 +143,8 @@ pub struct Federation {
     pub(crate) server_ca_pem: Option<String>,
     /// The links this node runs, and their state.
     pub links: link::LinkTable,
+    /// Set when the node stops: watch streams end with it.
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Federation {
@@ -151,12 +153,14 @@ impl Federation {
         ops: Arc<ClusterOps>,
         cluster_name: String,
         server_ca_pem: Option<String>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
             ops,
             cluster_name,
             server_ca_pem,
             links: Default::default(),
+            shutdown,
         })
     }
 

@@ -5,6 +5,7 @@
 
 mod admin;
 mod discovery;
+mod federation;
 mod membership;
 mod node_auth;
 mod proxy;

@@ -40,6 +40,8 @@ pub struct TestCluster {
     pub dir: TempDir,
     pub snapshot_logs: u64,
     pub tweak: fn(&mut ServerConfig),
+    /// The server CA when the nodes serve TLS (`tls_dir`).
+    pub ca_pem: Option<String>,
 }
 
 fn no_tweak(_: &mut ServerConfig) {}
@@ -77,10 +79,14 @@ impl TestCluster {
         let initial: BTreeMap<u64, String> =
             addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
         let mut nodes = BTreeMap::new();
+        let mut ca_pem = None;
         for (id, l) in listeners {
             let mut c = config(id, addrs[&id], &dir, snapshot_logs);
             c.initial_cluster = initial.clone();
             tweak(&mut c);
+            if let Some(d) = &c.tls_dir {
+                ca_pem = std::fs::read_to_string(d.join("ca.pem")).ok();
+            }
             nodes.insert(
                 id,
                 node::start_with_listener(c, l, hooks(&dir, id))
@@ -94,6 +100,7 @@ impl TestCluster {
             dir,
             snapshot_logs,
             tweak,
+            ca_pem,
         };
         cluster.wait_ready().await;
         cluster
@@ -136,7 +143,15 @@ impl TestCluster {
     }
 
     pub async fn client(&self, id: u64) -> Admin {
-        client(self.addrs[&id], Some(TOKEN))
+        match &self.ca_pem {
+            Some(ca) => raftmesh_client::admin_client(
+                &self.addrs[&id].to_string(),
+                Some(TOKEN),
+                Some(&raftmesh_client::client_tls(ca)),
+            )
+            .unwrap(),
+            None => client(self.addrs[&id], Some(TOKEN)),
+        }
     }
 
     /// Stops a node gracefully (its data stays).
