@@ -144,14 +144,18 @@ fn proxy(dir: &Path, name: &str, cluster: &Cluster, args: &[&str]) -> ProxyProc 
     mesh_proxy(dir, name, &all)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_calls_an_exported_service_through_the_gateway_and_keeps_calling_while_the_exporter_is_down(
+/// Two clusters, `west` (exporting `api` to east) and `east`, peered.
+async fn peered() -> (
+    Cluster,
+    Cluster,
+    raftmesh_client::Admin,
+    raftmesh_client::Admin,
 ) {
     let loopback = ClusterOpts {
         loopback: true,
         ..Default::default()
     };
-    let mut west = Cluster::start(3, loopback.clone()).unwrap();
+    let west = Cluster::start(3, loopback.clone()).unwrap();
     let east = Cluster::start(3, loopback).unwrap();
     west.wait_leader(Duration::from_secs(20)).await.unwrap();
     east.wait_leader(Duration::from_secs(20)).await.unwrap();
@@ -201,12 +205,29 @@ async fn a_peer_calls_an_exported_service_through_the_gateway_and_keeps_calling_
         }
     }
     assert!(est.is_some(), "east's CA never appeared");
-    // West's trust domain is a peer's already (the token's one use is
-    // tested in controlplane/tests/cluster/federation.rs).
+    (west, east, wa, ea)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_calls_an_exported_service_through_the_gateway_and_keeps_calling_while_the_exporter_is_down(
+) {
+    let (mut west, east, mut wa, mut ea) = peered().await;
+    // A second peering with the same cluster: its trust domain is a
+    // peer's already (a token's one use is tested in
+    // controlplane/tests/cluster/federation.rs).
+    let token = wa
+        .generate_peering_token(pb::GeneratePeeringTokenRequest {
+            peer: "east2".into(),
+            ttl_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
     let again = ea
         .establish_peering(pb::EstablishPeeringRequest {
             peer: "west2".into(),
-            token: token.clone(),
+            token,
         })
         .await
         .unwrap_err();
@@ -326,11 +347,22 @@ async fn a_peer_calls_an_exported_service_through_the_gateway_and_keeps_calling_
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(
-        resumed.full_batches, 0,
-        "resumed without a full resync: {resumed:?}"
+        resumed.full_batches,
+        0,
+        "resumed without a full resync: {resumed:?}\n{}",
+        (1..=3)
+            .map(|id| west
+                .log_tail(id, 400)
+                .lines()
+                .filter(|l| l.contains("peer link") || l.contains("started"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
     );
 
-    // Un-export: east's callers get no-route within 5 s.
+    // Un-export: west's api refuses east at once (the callee holds the
+    // Exports), and within 5 s east's import is gone: no-route.
     let mut wa = admin(&west.addrs()[0], &west.token).unwrap();
     wa.delete(pb::DeleteRequest {
         kind: "Export".into(),
@@ -347,8 +379,283 @@ async fn a_peer_calls_an_exported_service_through_the_gateway_and_keeps_calling_
         "api.default.west",
         Duration::from_secs(5 + 2),
         &procs,
-        |r| r.0 != 200,
+        |r| r.1 == "no-route",
     )
     .await;
     assert_eq!(r.1, "no-route", "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_fails_over_to_a_peer_when_local_endpoints_die_and_back_when_they_return() {
+    let (west, east, mut wa, mut ea) = peered().await;
+    apply(&mut wa, "kind: Policy\nmetadata: {name: east-client}\nspec: {service: api, action: allow, from: [\"spiffe://east.mesh/ns/default/sa/client\"]}").await;
+    apply(&mut ea, "kind: Service\nmetadata: {name: api}\nspec: {ports: [{port: 80}]}\n---\nkind: Route\nmetadata: {name: api}\nspec: {service: api, failover: [west], retries: {attempts: 2}}").await;
+    let dir = east.dir.path().to_path_buf();
+    let (west_app, east_app) = (echo_caller("api-west").await, echo_caller("api-east").await);
+    let (wt, gt) = (mint(&mut wa, "api").await, mint(&mut wa, "gateway").await);
+    let (et, ct) = (mint(&mut ea, "api").await, mint(&mut ea, "client").await);
+    let wp = west_app.port().to_string();
+    let _api_w = proxy(
+        &dir,
+        "api-w1",
+        &west,
+        &["--service", "api", "--app-port", &wp, "--token", &wt],
+    );
+    let _gw = proxy(
+        &dir,
+        "gw-w1",
+        &west,
+        &["--mode", "gateway", "--service", "gateway", "--token", &gt],
+    );
+    let ep = east_app.port().to_string();
+    let east_api_args = [
+        "--service",
+        "api",
+        "--app-port",
+        ep.as_str(),
+        "--token",
+        et.as_str(),
+    ];
+    let mut api_e = proxy(&dir, "api-e1", &east, &east_api_args);
+    let client = proxy(
+        &dir,
+        "client-e1",
+        &east,
+        &["--service", "client", "--token", &ct],
+    );
+    let http: Client =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let procs = [&client];
+
+    // East's own endpoint first.
+    until(
+        &http,
+        client.outbound,
+        "api",
+        Duration::from_secs(30),
+        &procs,
+        |r| r.0 == 200 && r.2.starts_with("api-east"),
+    )
+    .await;
+    let r = until(
+        &http,
+        client.outbound,
+        "api.default.west",
+        Duration::from_secs(30),
+        &procs,
+        |r| r.0 == 200,
+    )
+    .await;
+    assert!(r.2.starts_with("api-west"), "{r:?}");
+    for _ in 0..20 {
+        let r = call(&http, client.outbound, "api").await.unwrap();
+        assert!(r.2.starts_with("api-east"), "local endpoints first: {r:?}");
+    }
+
+    // East's api dies: traffic fails over to west's; once it has, not one
+    // request fails.
+    api_e.proc.kill();
+    until(
+        &http,
+        client.outbound,
+        "api",
+        Duration::from_secs(30),
+        &procs,
+        |r| r.0 == 200 && r.2.starts_with("api-west"),
+    )
+    .await;
+    for i in 0..100 {
+        let r = call(&http, client.outbound, "api").await;
+        assert!(
+            matches!(&r, Ok((200, _, b)) if b.starts_with("api-west")),
+            "request {i} after failover: {r:?}"
+        );
+    }
+
+    // It returns: traffic moves back.
+    api_e = proxy(&dir, "api-e1b", &east, &east_api_args);
+    until(
+        &http,
+        client.outbound,
+        "api",
+        Duration::from_secs(30),
+        &[&client, &api_e],
+        |r| r.0 == 200 && r.2.starts_with("api-east"),
+    )
+    .await;
+}
+
+/// Applies `yaml` (or deletes an Export) through whichever node of `c`
+/// answers; an error is only logged (a write during a fault may or may not
+/// land: the end state is read back).
+async fn write_any(c: &Cluster, yaml: Option<&str>, delete: Option<&str>) {
+    for a in c.addrs() {
+        let Ok(mut adm) = admin(&a, &c.token) else {
+            continue;
+        };
+        let r = match (yaml, delete) {
+            (Some(y), _) => {
+                let items = raftmesh_api::parse_documents(y)
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| pb::ApplyItem {
+                        resource: Some(r.into()),
+                        expected_revision: None,
+                    })
+                    .collect();
+                tokio::time::timeout(
+                    Duration::from_secs(3),
+                    adm.apply(pb::ApplyRequest { items }),
+                )
+                .await
+                .map(|r| r.map(|_| ()))
+            }
+            (None, Some(name)) => tokio::time::timeout(
+                Duration::from_secs(3),
+                adm.delete(pb::DeleteRequest {
+                    kind: "Export".into(),
+                    namespace: String::new(),
+                    name: name.into(),
+                    expected_revision: None,
+                }),
+            )
+            .await
+            .map(|r| r.map(|_| ())),
+            _ => return,
+        };
+        match r {
+            Ok(Ok(())) => return,
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => return,
+            _ => continue,
+        }
+    }
+}
+
+/// Every resource of `kind` on `c`, read from whichever node answers.
+async fn list_any(c: &Cluster, kind: &str) -> Option<Vec<raftmesh_api::Resource>> {
+    for a in c.addrs() {
+        let Ok(mut adm) = admin(&a, &c.token) else {
+            continue;
+        };
+        if let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(3),
+            adm.list(pb::ListRequest {
+                kind: kind.into(),
+                ..Default::default()
+            }),
+        )
+        .await
+        {
+            return Some(
+                r.into_inner()
+                    .resources
+                    .into_iter()
+                    .filter_map(|r| raftmesh_api::Resource::try_from(r).ok())
+                    .collect(),
+            );
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_converge_through_leader_kills_on_both_sides_and_the_exporter_unreachable() {
+    let (mut west, mut east, _wa, _ea) = peered().await;
+    // The one export `peered` made, and twelve more toggled under faults.
+    let services: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    let started = Instant::now();
+    let mut step = 0u64;
+    let mut faults = Vec::new();
+    while started.elapsed() < Duration::from_secs(25) {
+        let s = &services[(step * 7 % 12) as usize];
+        if step % 3 == 2 {
+            write_any(&west, None, Some(&format!("exp-{s}"))).await;
+        } else {
+            write_any(
+                &west,
+                Some(&format!("kind: Export\nmetadata: {{name: exp-{s}}}\nspec: {{service: {s}, peers: [east]}}")),
+                None,
+            )
+            .await;
+        }
+        // The nemesis, on a fixed schedule: east's leader killed, west's
+        // leader killed, west unreachable (every node paused), each healed
+        // a few seconds later.
+        match step {
+            10 => {
+                if let Ok(l) = east.wait_leader(Duration::from_secs(10)).await {
+                    east.kill(l);
+                    faults.push(format!("killed east's leader {l}"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    east.start_node(l, None).unwrap();
+                }
+            }
+            25 => {
+                if let Ok(l) = west.wait_leader(Duration::from_secs(10)).await {
+                    west.kill(l);
+                    faults.push(format!("killed west's leader {l}"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    west.start_node(l, None).unwrap();
+                }
+            }
+            40 => {
+                for id in 1..=3 {
+                    west.pause(id);
+                }
+                faults.push("west unreachable for 3 s".into());
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                for id in 1..=3 {
+                    west.resume(id);
+                }
+            }
+            _ => {}
+        }
+        step += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(faults.len() == 3, "every fault ran: {faults:?}");
+
+    // Healed: east's imports from west are exactly west's exports to east,
+    // each once.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let exports = list_any(&west, "Export").await;
+        let imports = list_any(&east, "Import").await;
+        if let (Some(ex), Some(im)) = (exports, imports) {
+            let mut want: Vec<String> = ex
+                .iter()
+                .filter_map(|r| match &r.spec {
+                    raftmesh_api::Spec::Export(e) if e.peers.iter().any(|p| p == "east") => {
+                        Some(e.service.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            want.sort();
+            want.dedup();
+            let mut got: Vec<String> = im
+                .iter()
+                .filter_map(|r| match &r.spec {
+                    raftmesh_api::Spec::Import(i) if i.peer == "west" => Some(i.service.clone()),
+                    _ => None,
+                })
+                .collect();
+            got.sort();
+            let dup = got.windows(2).any(|w| w[0] == w[1]);
+            assert!(!dup, "an import twice: {got:?}");
+            if got == want {
+                eprintln!(
+                    "converged after {} writes and {faults:?}: {} imports",
+                    step,
+                    got.len()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "east's imports {got:?} never matched west's exports {want:?} after {faults:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

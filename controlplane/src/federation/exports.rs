@@ -19,26 +19,36 @@ use super::{peer, Federation};
 /// A service, by namespace and name.
 pub type Key = (String, String);
 
+/// How long a node behind the importer's revision waits to catch up
+/// before it answers with everything.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
 /// How often a quiet link hears from the exporter.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// The healthy gateways of this cluster (`IP:port`, sorted).
+pub fn gateways(reader: &StateReader) -> Vec<String> {
+    let mut out: Vec<String> = reader
+        .view(|v| v.of_kind(Kind::Endpoint))
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Endpoint(e) if e.gateway && e.health == Health::Healthy => {
+                let ip: std::net::IpAddr = e.address.parse().ok()?;
+                let port = u16::try_from(e.port).ok()?;
+                Some(std::net::SocketAddr::new(ip, port).to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// What this cluster exports to `peer` now, at the revision returned.
 pub fn view(reader: &StateReader, peer: &str) -> (u64, BTreeMap<Key, pb::ExportedService>) {
+    let gateways = gateways(reader);
     reader.view(|v| {
-        let mut gateways: Vec<String> = v
-            .of_kind(Kind::Endpoint)
-            .iter()
-            .filter_map(|r| match &r.spec {
-                Spec::Endpoint(e) if e.gateway && e.health == Health::Healthy => {
-                    let ip: std::net::IpAddr = e.address.parse().ok()?;
-                    let port = u16::try_from(e.port).ok()?;
-                    Some(std::net::SocketAddr::new(ip, port).to_string())
-                }
-                _ => None,
-            })
-            .collect();
-        gateways.sort();
-        gateways.dedup();
         let mut out = BTreeMap::new();
         for r in v.of_kind(Kind::Export) {
             let Spec::Export(e) = &r.spec else { continue };
@@ -71,32 +81,39 @@ pub fn view(reader: &StateReader, peer: &str) -> (u64, BTreeMap<Key, pb::Exporte
     })
 }
 
-/// The services whose export may have changed after revision `from`, or
-/// `None` when everything must be sent (the window does not reach back,
-/// or a change touches every export: a gateway, the CA, the MeshConfig).
-pub fn changed_since(reader: &StateReader, from: u64) -> Option<BTreeSet<Key>> {
+/// What may have changed after a revision.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Since {
+    /// Unknown: the importer has nothing, or a revision this cluster never
+    /// reached (a restore from an older backup): everything, as a full
+    /// resync.
+    Unknown,
+    /// These services: their Export or Service was written after the
+    /// revision. Everything else a batch carries whole (the exported list,
+    /// the gateways, the trust domain and bundle), so deletions and
+    /// gateway changes need no history: a resume works after any restart
+    /// of the exporter, not only while its change window reaches back.
+    Services(BTreeSet<Key>),
+}
+
+/// The services whose export may have changed after revision `from`.
+pub fn changed_since(reader: &StateReader, from: u64) -> Since {
     if from == 0 || from > reader.applied_revision() {
-        return None;
+        return Since::Unknown;
     }
-    let (_, events) = reader.changes_since(from).ok()?;
-    let mut out = BTreeSet::new();
-    for ev in events {
-        let ns = ev.key.namespace.clone();
-        for r in ev.value.iter().chain(ev.previous.iter()) {
-            match &r.spec {
-                Spec::Export(e) => {
-                    out.insert((ns.clone(), e.service.clone()));
-                }
-                Spec::Service(_) => {
-                    out.insert((ns.clone(), ev.key.name.clone()));
-                }
-                Spec::Endpoint(e) if e.gateway => return None,
-                Spec::Authority(_) | Spec::MeshConfig(_) => return None,
-                _ => {}
+    let newer = |r: &Arc<raftmesh_api::Resource>| r.metadata.revision.unwrap_or(0) > from;
+    reader.view(|v| {
+        let mut out = BTreeSet::new();
+        for r in v.of_kind(Kind::Export).iter().filter(|r| newer(r)) {
+            if let Spec::Export(e) = &r.spec {
+                out.insert((r.metadata.namespace.clone(), e.service.clone()));
             }
         }
-    }
-    Some(out)
+        for r in v.of_kind(Kind::Service).iter().filter(|r| newer(r)) {
+            out.insert((r.metadata.namespace.clone(), r.metadata.name.clone()));
+        }
+        Since::Services(out)
+    })
 }
 
 fn batch(
@@ -119,6 +136,7 @@ fn batch(
         full,
         trust_domain: fed.trust_domain(),
         trust_bundle_pem: fed.trust_bundle(),
+        gateways: gateways(fed.reader()),
     }
 }
 
@@ -138,10 +156,14 @@ type Tx = mpsc::Sender<Result<pb::ExportBatch, Status>>;
 async fn serve(fed: &Federation, name: &str, from: u64, tx: &Tx) -> Result<(), Status> {
     let reader = fed.reader().clone();
     let mut applied = reader.watch_applied();
+    // A node still catching up (just restarted, or a lagging follower)
+    // first reaches the importer's revision, so it can answer with what
+    // changed since rather than everything.
+    let _ = tokio::time::timeout(CATCH_UP, applied.wait_for(|r| *r >= from)).await;
     let (rev, mut sent) = view(&reader, name);
     let (full, upserts) = match changed_since(&reader, from) {
-        None => (true, sent.values().cloned().collect()),
-        Some(keys) => (
+        Since::Unknown => (true, sent.values().cloned().collect()),
+        Since::Services(keys) => (
             false,
             sent.iter()
                 .filter(|(k, _)| keys.contains(*k))

@@ -270,6 +270,10 @@ fn check(b: &pb::ExportBatch) -> Result<(), String> {
     let label = |s: &str, what: &str| {
         raftmesh_api::validate::dns_label(s).map_err(|e| format!("the peer sent a bad {what}: {e}"))
     };
+    for g in &b.gateways {
+        g.parse::<std::net::SocketAddr>()
+            .map_err(|_| format!("the peer sent a bad gateway address {g:?}"))?;
+    }
     for u in &b.upserts {
         label(&u.namespace, "namespace")?;
         label(&u.name, "service name")?;
@@ -339,12 +343,39 @@ async fn apply(
         .iter()
         .map(|k| (k.namespace.clone(), k.name.clone()))
         .collect();
+    let upserted: std::collections::BTreeSet<(String, String)> = b
+        .upserts
+        .iter()
+        .map(|u| (u.namespace.clone(), u.name.clone()))
+        .collect();
     for (k, r) in &held {
         if !exported.contains(k) {
             cmds.push(Command::Delete {
                 key: r.key(),
                 expected_revision: None,
             });
+            continue;
+        }
+        // Held and unchanged: brought up to date with the peer's gateways
+        // and trust domain, which every batch carries whole.
+        if let Spec::Import(i) = &r.spec {
+            if !upserted.contains(k)
+                && (i.gateways != b.gateways || i.trust_domain != b.trust_domain)
+            {
+                let mut next = i.clone();
+                next.gateways = b.gateways.clone();
+                next.trust_domain = b.trust_domain.clone();
+                cmds.push(Command::Put {
+                    resource: Resource {
+                        metadata: Metadata {
+                            revision: None,
+                            ..r.metadata.clone()
+                        },
+                        spec: Spec::Import(next),
+                    },
+                    expected_revision: None,
+                });
+            }
         }
     }
     let mut next = p.clone();
