@@ -31,7 +31,8 @@ pub enum CaptureCmd {
 pub enum Mode {
     /// Next to one workload.
     Sidecar,
-    /// Between clusters.
+    /// Between clusters: peers reach exported services through it, routed
+    /// by TLS SNI (no --app-port; see docs/federation.md).
     Gateway,
 }
 
