@@ -380,6 +380,7 @@ impl From<Spec> for pb::resource::Spec {
                 trust_domain: i.trust_domain,
                 protocol: pb::Protocol::from(i.protocol) as i32,
                 revision: i.revision,
+                vip: i.vip.map(|v| v.to_string()).unwrap_or_default(),
             }),
             Spec::Revocation(r) => P::Revocation(pb::RevocationSpec {
                 identity: r.identity,
@@ -533,6 +534,15 @@ impl TryFrom<pb::resource::Spec> for Spec {
                 trust_domain: i.trust_domain,
                 protocol: protocol(i.protocol)?,
                 revision: i.revision,
+                vip: match i.vip.as_str() {
+                    "" => None,
+                    v => Some(v.parse().map_err(|_| {
+                        err(
+                            "import.vip",
+                            format!("{} is not an IPv4 address", crate::validate::shown(v)),
+                        )
+                    })?),
+                },
             }),
             P::Revocation(r) => Spec::Revocation(RevocationSpec {
                 identity: r.identity,

@@ -173,28 +173,36 @@ impl CompiledConfig {
         self.services.get(id)
     }
 
-    /// The virtual address of a held service.
+    /// The virtual address of a held service (or import, `svc.peer`).
     pub fn vip_of(&self, id: &ServiceId) -> Option<std::net::Ipv4Addr> {
         self.services.get(id)?;
-        self.resources.values().find_map(|r| match &r.spec {
-            raftmesh_api::Spec::Service(s)
-                if r.metadata.namespace == id.0 && r.metadata.name == id.1 =>
-            {
-                s.vip
-            }
-            _ => None,
+        self.resources.values().find_map(|r| {
+            (r.metadata.namespace == id.0 && table_name(r).as_deref() == Some(id.1.as_str()))
+                .then(|| r.spec.vip())
+                .flatten()
         })
     }
 
     /// The service whose virtual address is `vip`, among those held (a
     /// scan: a proxy holds the few services it calls).
     pub fn service_by_vip(&self, vip: std::net::Ipv4Addr) -> Option<&Arc<ServiceTable>> {
-        self.resources.values().find_map(|r| match &r.spec {
-            raftmesh_api::Spec::Service(s) if s.vip == Some(vip) => self
-                .services
-                .get(&(r.metadata.namespace.clone(), r.metadata.name.clone())),
-            _ => None,
+        self.resources.values().find_map(|r| {
+            if r.spec.vip() != Some(vip) {
+                return None;
+            }
+            self.services
+                .get(&(r.metadata.namespace.clone(), table_name(r)?))
         })
+    }
+}
+
+/// The routing table a Service or Import resource is the address of:
+/// `name`, or `service.peer` for an import.
+fn table_name(r: &Resource) -> Option<String> {
+    match &r.spec {
+        Spec::Service(_) => Some(r.metadata.name.clone()),
+        Spec::Import(i) => Some(format!("{}.{}", i.service, i.peer)),
+        _ => None,
     }
 }
 

@@ -103,10 +103,7 @@ impl Resources {
 }
 
 fn vip_of(r: &Resource) -> Option<u32> {
-    match &r.spec {
-        raftmesh_api::Spec::Service(s) => s.vip.map(u32::from),
-        _ => None,
-    }
+    r.spec.vip().map(u32::from)
 }
 
 impl FromIterator<Resource> for Resources {

@@ -192,26 +192,25 @@ struct VipAllocator {
 impl VipAllocator {
     fn assign(&mut self, s: &MeshState, r: &mut Resource, current: Option<&Resource>) {
         let key = r.key();
-        let Spec::Service(spec) = &mut r.spec else {
+        let kept = current
+            .filter(|c| c.kind() == r.kind())
+            .and_then(|c| c.spec.vip());
+        let Some(vip) = r.spec.vip_slot() else {
             return;
-        };
-        let kept = match current.map(|c| &c.spec) {
-            Some(Spec::Service(c)) => c.vip,
-            _ => None,
         };
         if let Some(v) = kept {
-            spec.vip = Some(v);
+            *vip = Some(v);
             return;
         }
-        // An address given for a new service (a restore, or a race the
-        // admin front did not see) stands if it is free.
-        if let Some(v) = spec.vip.map(u32::from) {
+        // An address given for a new service or import (a restore, or a
+        // race the admin front did not see) stands if it is free.
+        if let Some(v) = vip.map(u32::from) {
             if s.resources.vip_holder(v).is_none_or(|k| *k == key) && self.taken.insert(v) {
                 return;
             }
         }
-        spec.vip = self.allocate(s).map(std::net::Ipv4Addr::from);
-        if spec.vip.is_none() {
+        *vip = self.allocate(s).map(std::net::Ipv4Addr::from);
+        if vip.is_none() {
             tracing::warn!(service = %key, "no free virtual address left in service_vip_range; the service has none");
         }
     }

@@ -294,6 +294,7 @@ fn federation() -> impl Strategy<Value = Spec> {
                 trust_domain,
                 protocol: Default::default(),
                 revision,
+                vip: (revision % 2 == 0).then(|| std::net::Ipv4Addr::from(revision as u32)),
             })
         ),
         vec((name(), text(), text(), any::<u64>(), any::<bool>()), 0..3).prop_map(|roots| {

@@ -531,6 +531,31 @@ pub struct ImportSpec {
     /// The peer's revision this import reflects.
     #[serde(default, skip_serializing_if = "is_default")]
     pub revision: u64,
+    /// Its virtual address in this cluster (given by meshd, from
+    /// MeshConfig `service_vip_range`, as a Service's): mesh DNS answers
+    /// `service.namespace.peer` with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
+}
+
+impl crate::Spec {
+    /// The virtual address field of a kind that has one (Service, Import).
+    pub fn vip_slot(&mut self) -> Option<&mut Option<std::net::Ipv4Addr>> {
+        match self {
+            crate::Spec::Service(s) => Some(&mut s.vip),
+            crate::Spec::Import(i) => Some(&mut i.vip),
+            _ => None,
+        }
+    }
+
+    /// Its virtual address, if it has one.
+    pub fn vip(&self) -> Option<std::net::Ipv4Addr> {
+        match self {
+            crate::Spec::Service(s) => s.vip,
+            crate::Spec::Import(i) => i.vip,
+            _ => None,
+        }
+    }
 }
 
 impl ImportSpec {

@@ -313,6 +313,12 @@ async fn a_peer_calls_an_exported_service_through_the_gateway_and_keeps_calling_
     let first = link_status(&east, "west")
         .await
         .expect("east runs the link");
+    // The import has a virtual address of east's (mesh DNS answers with it).
+    let imports = list_any(&east, "Import").await.unwrap();
+    assert!(
+        matches!(&imports[..], [r] if matches!(&r.spec, raftmesh_api::Spec::Import(i) if i.vip.is_some() && i.gateways.len() == 1)),
+        "{imports:?}"
+    );
     assert_eq!(
         first.full_batches, 1,
         "one full sync, at the start: {first:?}"

@@ -327,6 +327,8 @@ async fn apply(
             trust_domain: b.trust_domain.clone(),
             protocol: raftmesh_api::convert::protocol_of(u.protocol),
             revision: b.revision,
+            // Given (and then kept) by the state machine.
+            vip: None,
         };
         let mut md = Metadata::named(ImportSpec::resource_name(&u.name, name));
         md.namespace = u.namespace.clone();

@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 
 use crate::support::base_config;
 
-const MESH: &str = "kind: Service\nmetadata: {name: web}\nspec: {vip: 240.240.0.7, ports: [{port: 80}]}\n---\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec: {vip: 240.240.0.8, ports: [{port: 80}]}\n";
+const MESH: &str = "kind: Service\nmetadata: {name: web}\nspec: {vip: 240.240.0.7, ports: [{port: 80}]}\n---\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec: {vip: 240.240.0.8, ports: [{port: 80}]}\n---\nkind: Peer\nmetadata: {name: west}\nspec: {addresses: [\"10.9.0.1:7100\"], trust_domain: west.mesh}\n---\nkind: Import\nmetadata: {name: pay--west}\nspec: {peer: west, service: pay, gateways: [\"10.9.0.2:15443\"], trust_domain: west.mesh, vip: 240.240.0.9}\n";
 
 /// A resolver answering every A query with 192.0.2.1, counting queries.
 async fn resolver() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
@@ -100,6 +100,11 @@ async fn mesh_names_answer_their_virtual_address_and_other_names_go_to_the_resol
     // A service of another namespace, by name.namespace.
     let m = ask(dns, "api.shop.", RecordType::A).await;
     assert_eq!(a_records(&m), vec![Ipv4Addr::new(240, 240, 0, 8)]);
+    // An import from a peer, by service.namespace.peer.
+    for name in ["pay.default.west.", "PAY.default.west"] {
+        let m = ask(dns, name, RecordType::A).await;
+        assert_eq!(a_records(&m), vec![Ipv4Addr::new(240, 240, 0, 9)], "{name}");
+    }
     // No IPv6 address: an empty answer at once, not a wait.
     let m = ask(dns, "web.", RecordType::AAAA).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
@@ -111,7 +116,12 @@ async fn mesh_names_answer_their_virtual_address_and_other_names_go_to_the_resol
 
     // Outside names (and `api` in a namespace other than its own) are the
     // resolver's.
-    for name in ["example.com.", "api.", "web.default.example."] {
+    for name in [
+        "example.com.",
+        "api.",
+        "web.default.example.",
+        "pay.default.east.",
+    ] {
         let m = ask(dns, name, RecordType::A).await;
         assert_eq!(a_records(&m), vec![Ipv4Addr::new(192, 0, 2, 1)], "{name}");
         assert_eq!(asked.recv().await.unwrap(), name);
