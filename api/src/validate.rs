@@ -371,7 +371,7 @@ impl Resource {
                 for (i, a) in p.addresses.iter().enumerate() {
                     c.check(
                         host_port(a),
-                        &format!("spec.addresses[{i}]"),
+                        format!("spec.addresses[{i}]"),
                         "must be HOST:PORT",
                     );
                 }
@@ -413,7 +413,7 @@ impl Resource {
                 for (n, g) in i.gateways.iter().enumerate() {
                     c.check(
                         g.parse::<std::net::SocketAddr>().is_ok(),
-                        &format!("spec.gateways[{n}]"),
+                        format!("spec.gateways[{n}]"),
                         "must be IP:PORT",
                     );
                 }

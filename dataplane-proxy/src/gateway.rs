@@ -35,6 +35,8 @@ pub async fn serve(
     workload: Option<Arc<Workload>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let warm = tokio::spawn(warm(config.clone()));
+    let _stop_warming = AbortOnDrop(warm);
     loop {
         let (s, from) = tokio::select! {
             r = l.accept() => match r {
@@ -54,6 +56,40 @@ pub async fn serve(
                 config.metrics.error("gateway-refused");
             }
         });
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Subscribes to every exported service as soon as it is exported, so the
+/// first peer's connection does not wait for its endpoints, and keeps the
+/// subscriptions in use.
+async fn warm(config: Arc<Config>) {
+    let mut changed = config.watch();
+    loop {
+        let current = config.current();
+        for r in current.resources.values() {
+            if let Spec::Export(e) = &r.spec {
+                let id = (r.metadata.namespace.clone(), e.service.clone());
+                if current.service(&id).is_none() {
+                    config.want(&id);
+                }
+                config
+                    .stats
+                    .service(&id)
+                    .used
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -133,7 +169,9 @@ async fn relay(
             .filter(|i| table.endpoints[*i].tier == 0 && table.endpoints[*i].dial.is_none())
             .collect(),
     };
-    let rr = &config.stats.service(&id).rr;
+    let stats = config.stats.service(&id);
+    stats.used.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rr = &stats.rr;
     let mut tried = Vec::new();
     for _ in 0..3 {
         let Some(i) = crate::balance::pick_avoiding(&table, &all, rr, &tried) else {

@@ -131,6 +131,14 @@ impl Config {
         found
     }
 
+    /// Asks the control plane for a service without waiting for it (a
+    /// gateway warming the services it will be asked for).
+    pub fn want(&self, id: &ServiceId) {
+        if let Some(tx) = &self.learn_tx {
+            let _ = tx.try_send(Interest::Want(id.clone()));
+        }
+    }
+
     /// Asks the control plane for a service and waits up to `wait` for it.
     pub async fn learn(&self, id: &ServiceId, wait: Duration) -> Option<Arc<ServiceTable>> {
         self.ask(id, wait).await.1

@@ -15,6 +15,7 @@
 //! (`raftmesh_client::bins`).
 
 mod apps;
+mod clusters;
 mod hosts;
 mod procs;
 mod story;
@@ -56,6 +57,10 @@ pub struct DemoArgs {
     /// `curl http://web/` loops; meshd on the hosts' bridge, with TLS.
     #[arg(long)]
     pub transparent: bool,
+    /// 2: two clusters peered (federation): east's `api` fails over to
+    /// west's through west's east-west gateway, and back.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub clusters: u8,
 }
 
 /// The demo's instances, one host each with --transparent.
@@ -212,6 +217,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             args.base_port,
             u16::MAX - 40
         );
+    }
+    if args.clusters == 2 {
+        if args.transparent {
+            bail!("--clusters 2 runs on loopback; it does not combine with --transparent");
+        }
+        return clusters::run(&args).await;
     }
     if std::env::var_os("CARGO").is_some() {
         eprintln!(

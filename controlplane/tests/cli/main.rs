@@ -1165,3 +1165,81 @@ fn meshd_refuses_plaintext_off_loopback_and_a_node_without_a_credential() {
     let e = text(&o.stderr);
     assert!(e.contains("--cluster-secret-file"), "{e}");
 }
+
+#[test]
+fn meshd_demo_with_two_clusters_fails_over_to_the_peer_and_back_without_a_failed_request() {
+    let base = demo_base_port();
+    let out = Command::new(MESHD)
+        .args([
+            "demo",
+            "--clusters",
+            "2",
+            "--duration",
+            "36s",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let after = |marker: &str| -> Vec<&str> {
+        stdout
+            .lines()
+            .skip_while(|l| !l.contains(marker))
+            .filter(|l| l.contains("served by"))
+            .collect()
+    };
+    let failed_over = after("east's api dies");
+    assert!(
+        failed_over
+            .iter()
+            .any(|l| l.contains("served by west 100%")),
+        "traffic moved to west: {stdout}"
+    );
+    let back = after("east's api is back");
+    assert!(
+        back.last()
+            .is_some_and(|l| l.contains("served by east 100%")),
+        "traffic came back to east: {stdout}"
+    );
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("summary "))
+        .expect(&stdout);
+    assert!(summary_field(summary, "requests") > 500, "{summary}");
+    assert_eq!(summary_field(summary, "failed"), 0, "{stdout}");
+    // Nothing left: the nodes and proxies it named, and its directory.
+    let first = stdout.lines().next().unwrap_or_default();
+    let dir = PathBuf::from(first.rsplit(" in ").next().unwrap_or_default());
+    let pids: Vec<u32> = stdout
+        .lines()
+        .filter(|l| l.contains("(pids ["))
+        .flat_map(|l| {
+            l.split('[')
+                .nth(1)
+                .and_then(|s| s.split(']').next())
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|p| p.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    assert_eq!(
+        pids.len(),
+        6 + 4,
+        "six nodes and four proxies named: {stdout}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for pid in pids {
+        while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+            assert!(Instant::now() < deadline, "process {pid} outlived the demo");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert!(
+        !dir.as_os_str().is_empty() && !dir.exists(),
+        "{} was left behind",
+        dir.display()
+    );
+}
