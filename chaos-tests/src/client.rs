@@ -37,3 +37,9 @@ pub async fn cluster_status(
     }
     Err(anyhow::anyhow!("no node answered cluster status: {last:?}"))
 }
+
+/// A bootstrap token for proxies of `service` (default namespace,
+/// unlimited uses).
+pub async fn bootstrap_token(adm: &mut Admin, service: &str) -> anyhow::Result<String> {
+    Ok(raftmesh_client::bootstrap_token(adm, service, "").await?)
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
-pub use admin::{admin_client, Admin, Bearer, Conn};
+pub use admin::{admin_client, bootstrap_token, Admin, Bearer, Conn};
 pub use tls::{client_tls, read_ca_file, read_certificate, read_pem, PemCertificate};
 
 /// Largest gRPC message between meshd nodes and from meshd to its admin

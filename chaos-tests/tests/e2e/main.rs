@@ -45,18 +45,9 @@ async fn app(name: &'static str) -> SocketAddr {
 
 /// A bootstrap token for proxies of `service`.
 async fn mint(adm: &mut raftmesh_client::Admin, service: &str) -> String {
-    adm.create_token(pb::CreateTokenRequest {
-        scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
-            service: service.into(),
-            namespace: String::new(),
-        })),
-        ttl_ms: 0,
-        max_uses: 0,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .secret
+    raftmesh_chaos_tests::client::bootstrap_token(adm, service)
+        .await
+        .unwrap()
 }
 
 struct ProxyProc {

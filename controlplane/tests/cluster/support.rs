@@ -249,22 +249,12 @@ fn hooks(dir: &TempDir, id: u64) -> TestHooks {
 
 /// A bootstrap token for `service` in the default namespace.
 pub async fn bootstrap_token(admin: &mut Admin, service: &str) -> String {
-    let secret = admin
-        .create_token(pb::CreateTokenRequest {
-            scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
-                service: service.into(),
-                namespace: String::new(),
-            })),
-            ttl_ms: 0,
-            max_uses: 0,
-        })
+    let secret = raftmesh_client::bootstrap_token(admin, service, "")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(
-        secret.secret.starts_with("rmb_"),
-        "a bootstrap secret says what it is: {}",
-        secret.secret
+        secret.starts_with("rmb_"),
+        "a bootstrap secret says what it is: {secret}"
     );
-    secret.secret
+    secret
 }
