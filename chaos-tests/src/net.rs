@@ -76,6 +76,15 @@ fn is_root() -> bool {
 
 /// Removes namespaces and bridges left by test processes that died without
 /// cleaning up (names carry the owner's pid).
+/// The pid in a name's tag (`<pid base 36>x<k>`, then a suffix without
+/// `x`): split at the *last* `x`, as the pid's own digits may hold one
+/// (pid 31281 is `o4x`; taking the first `x` read it as pid 868, and a
+/// running test's bridge was swept as stale).
+fn tag_pid(rest: &str) -> Option<u32> {
+    let (pid, _) = rest.rsplit_once('x')?;
+    u32::from_str_radix(pid, 36).ok()
+}
+
 fn sweep_stale() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
@@ -83,10 +92,7 @@ fn sweep_stale() {
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         if let Some(rest) = name.strip_prefix("rmc") {
-            let pid = rest
-                .split('x')
-                .next()
-                .and_then(|p| u32::from_str_radix(p, 36).ok());
+            let pid = tag_pid(rest);
             if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
                 let _ = run(&["ip", "netns", "del", name]);
             }
@@ -106,10 +112,7 @@ fn sweep_stale() {
                 .next()
                 .unwrap_or("");
             if let Some(rest) = name.strip_prefix("rmb") {
-                let pid = rest
-                    .split('x')
-                    .next()
-                    .and_then(|p| u32::from_str_radix(p, 36).ok());
+                let pid = tag_pid(rest);
                 if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
                     let _ = run(&["ip", "link", "del", name]);
                 }
@@ -466,6 +469,16 @@ mod tests {
     fn pids_in_base_36_parse_back() {
         for pid in [1u32, 35, 36, 12_345, 4_194_304] {
             assert_eq!(u32::from_str_radix(&super::base36(pid), 36).unwrap(), pid);
+        }
+    }
+
+    #[test]
+    fn a_pid_whose_digits_hold_an_x_is_read_back_from_its_tag() {
+        for pid in [31_281u32, 33, 1_189, 12_345] {
+            for suffix in ["", "n1", "v3", "p2"] {
+                let rest = format!("{}x{}{suffix}", super::base36(pid), pid % 100);
+                assert_eq!(super::tag_pid(&rest), Some(pid), "{rest}");
+            }
         }
     }
 }
