@@ -437,6 +437,108 @@ impl Net {
     }
 }
 
+/// Two nets (two clusters, each on a bridge of its own) that reach each
+/// other through the host: a default route in every namespace, forwarding
+/// on, and FORWARD rules accepting the two subnets. [`Link::cut`]
+/// partitions the clusters from each other with real packet drops while
+/// each stays whole inside; everything is removed when it is dropped.
+pub struct Link {
+    /// (from, to) subnets, both directions.
+    pairs: Vec<(String, String)>,
+    cut: std::sync::Mutex<bool>,
+}
+
+impl Net {
+    /// `10.a.b.0/24` of a namespaced net.
+    fn subnet(&self) -> Option<(String, String)> {
+        match &self.mode {
+            Mode::Namespaces { subnet, prefix, .. } => {
+                Some((format!("10.{}.{}.0/24", subnet.0, subnet.1), prefix.clone()))
+            }
+            Mode::Loopback => None,
+        }
+    }
+
+    /// Routes this net's hosts and `other`'s to each other through the
+    /// host (namespaces only; it turns on IPv4 forwarding).
+    pub fn link(&self, other: &Net) -> Result<Link, String> {
+        let (Some((a, pa)), Some((b, pb))) = (self.subnet(), other.subnet()) else {
+            return Err("linking nets needs network namespaces (root)".into());
+        };
+        for (net, prefix) in [(self, &pa), (other, &pb)] {
+            let Mode::Namespaces { subnet, .. } = &net.mode else {
+                continue;
+            };
+            let gw = format!("10.{}.{}.1", subnet.0, subnet.1);
+            for i in 1..=net.hosts {
+                let ns = format!("{prefix}n{i}");
+                run(&[
+                    "ip", "netns", "exec", &ns, "ip", "route", "replace", "default", "via", &gw,
+                ])?;
+            }
+        }
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| format!("turning on IPv4 forwarding: {e}"))?;
+        let pairs = vec![(a.clone(), b.clone()), (b, a)];
+        for (from, to) in &pairs {
+            run(&[
+                "iptables", "-I", "FORWARD", "-s", from, "-d", to, "-j", "ACCEPT",
+            ])?;
+        }
+        Ok(Link {
+            pairs,
+            cut: std::sync::Mutex::new(false),
+        })
+    }
+}
+
+impl Link {
+    /// Drops every packet between the two nets.
+    pub fn cut(&self) -> Result<(), String> {
+        let mut cut = self
+            .cut
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !*cut {
+            for (from, to) in &self.pairs {
+                run(&[
+                    "iptables", "-I", "FORWARD", "-s", from, "-d", to, "-j", "DROP",
+                ])?;
+            }
+            *cut = true;
+        }
+        Ok(())
+    }
+
+    /// Lets packets through again.
+    pub fn heal(&self) -> Result<(), String> {
+        let mut cut = self
+            .cut
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *cut {
+            for (from, to) in &self.pairs {
+                run(&[
+                    "iptables", "-D", "FORWARD", "-s", from, "-d", to, "-j", "DROP",
+                ])?;
+            }
+            *cut = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = self.heal();
+        for (from, to) in &self.pairs {
+            let _ = run(&[
+                "iptables", "-D", "FORWARD", "-s", from, "-d", to, "-j", "ACCEPT",
+            ]);
+        }
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         if let Mode::Namespaces { bridge, prefix, .. } = &self.mode {

@@ -43,6 +43,7 @@ fn config_for(lb: &str) -> raftmesh_dataplane_proxy::compiled::CompiledConfig {
             namespace: "default".into(),
             service: "web".into(),
             cluster: String::new(),
+            locality: String::new(),
         },
         &StatsRegistry::new(raftmesh_dataplane_proxy::metrics::Metrics::new()),
     )

@@ -39,9 +39,9 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
-    /// Nearness: 0 this cluster, 1 another cluster of this mesh, 2 + k the
-    /// k-th failover peer of a Route. Traffic goes to the nearest tier
-    /// with a usable endpoint.
+    /// Nearness ([`tier`]): the caller's zone, its cluster, another
+    /// cluster of the mesh, then a Route's failover peers in order.
+    /// Traffic goes to the nearest tier with a usable endpoint.
     pub tier: u8,
     /// Through a peer's gateway: the pool key of connections to it for
     /// this service (see [`crate::tls::gateway_authority`]).
@@ -234,6 +234,21 @@ pub struct Identity {
     pub service: String,
     /// Own cluster ("" = this cluster).
     pub cluster: String,
+    /// Own locality (zone); "" = none, every endpoint of the cluster is
+    /// as near.
+    pub locality: String,
+}
+
+/// Nearness tiers of endpoints (lower first; see [`Endpoint::tier`]).
+pub mod tier {
+    /// This cluster, the caller's zone (or no zone known).
+    pub const ZONE: u8 = 0;
+    /// This cluster, another zone.
+    pub const CLUSTER: u8 = 1;
+    /// Another cluster of this mesh (`Endpoint.cluster`).
+    pub const MESH: u8 = 2;
+    /// A Route's first failover peer; the k-th is `PEER + k`.
+    pub const PEER: u8 = 3;
 }
 
 /// Compiles held resources into a routing configuration. Every resource must already be
@@ -300,7 +315,16 @@ pub fn compile(
                     name: r.metadata.name.clone(),
                     addr,
                     labels: e.labels.clone(),
-                    tier: u8::from(!(e.cluster.is_empty() || e.cluster == me.cluster)),
+                    tier: if !(e.cluster.is_empty() || e.cluster == me.cluster) {
+                        tier::MESH
+                    } else if me.locality.is_empty()
+                        || e.locality.is_empty()
+                        || e.locality == me.locality
+                    {
+                        tier::ZONE
+                    } else {
+                        tier::CLUSTER
+                    },
                     dial: None,
                     healthy: e.health == Health::Healthy,
                     server_name: (!e.identity.is_empty())
@@ -375,7 +399,10 @@ pub fn compile(
             else {
                 continue;
             };
-            let tier = u8::try_from(k + 2).unwrap_or(u8::MAX);
+            let tier = u8::try_from(k)
+                .ok()
+                .and_then(|k| tier::PEER.checked_add(k))
+                .unwrap_or(u8::MAX);
             let eps = gateway_endpoints(ns, i, tier);
             live.extend(eps.iter().map(|e| e.addr));
             table(&mut services, (ns.clone(), route.service.clone()))
@@ -496,4 +523,91 @@ pub fn validate_all(resources: &BTreeMap<ResourceKey, Resource>) -> Result<(), S
         r.validate().map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn endpoints_are_tiered_zone_cluster_mesh_then_failover_peers_in_order() {
+        let yaml = r#"
+kind: Endpoint
+metadata: {name: api-1}
+spec: {service: api, address: 10.0.0.1, port: 80, locality: zone-a}
+---
+kind: Endpoint
+metadata: {name: api-2}
+spec: {service: api, address: 10.0.0.2, port: 80, locality: zone-b}
+---
+kind: Endpoint
+metadata: {name: api-3}
+spec: {service: api, address: 10.0.0.3, port: 80, cluster: other}
+---
+kind: Route
+metadata: {name: api}
+spec: {service: api, failover: [north, west]}
+---
+kind: Peer
+metadata: {name: west}
+spec: {addresses: ["10.9.0.1:7100"], trust_domain: west.mesh}
+---
+kind: Import
+metadata: {name: api--west}
+spec: {peer: west, service: api, gateways: ["10.9.0.2:15443"], trust_domain: west.mesh}
+"#;
+        let held = raftmesh_api::parse_documents(yaml)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        let me = Identity {
+            namespace: "default".into(),
+            service: "client".into(),
+            cluster: String::new(),
+            locality: "zone-a".into(),
+        };
+        let c = compile(
+            1,
+            Source::StateDir,
+            held,
+            &me,
+            &StatsRegistry::new(Metrics::new()),
+        );
+        let api = c.service(&("default".into(), "api".into())).unwrap();
+        let tiers: BTreeMap<&str, u8> = api
+            .endpoints
+            .iter()
+            .map(|e| (e.name.as_str(), e.tier))
+            .collect();
+        // `north` has no import: west is the second failover peer.
+        assert_eq!(
+            tiers,
+            BTreeMap::from([
+                ("api-1", tier::ZONE),
+                ("api-2", tier::CLUSTER),
+                ("api-3", tier::MESH),
+                ("west/10.9.0.2:15443", tier::PEER + 1),
+            ])
+        );
+        // The import alone, as `api.default.west`: through the gateway, with
+        // the name west's certificates carry.
+        let imported = c.service(&("default".into(), "api.west".into())).unwrap();
+        assert_eq!(imported.endpoints.len(), 1);
+        let gw = &imported.endpoints[0];
+        assert_eq!(gw.addr, "10.9.0.2:15443".parse().unwrap());
+        assert_eq!(
+            gw.server_name,
+            Some(rustls::pki_types::ServerName::try_from("api.default.svc.west.mesh").unwrap())
+        );
+        assert_eq!(
+            gw.dial.as_deref(),
+            Some("10-9-0-2.api.default.svc.west.mesh:15443")
+        );
+        assert_eq!(
+            c.authz.peer_domains.get("west.mesh").map(String::as_str),
+            Some("west")
+        );
+    }
 }

@@ -187,6 +187,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         namespace: cfg.namespace.clone(),
         service: cfg.service.clone(),
         cluster: cfg.cluster.clone(),
+        locality: cfg.locality.clone(),
     };
     let control_plane = cfg.config_file.is_none();
     let (learn_tx, learn_rx) = mpsc::channel(64);

@@ -167,6 +167,28 @@ impl Conn {
     }
 }
 
+/// Creates a bootstrap token for proxies of `service` in `namespace` (""
+/// = default): no expiry beyond the server's default, unlimited uses.
+/// Answers its secret.
+pub async fn bootstrap_token(
+    adm: &mut Admin,
+    service: &str,
+    namespace: &str,
+) -> Result<String, Status> {
+    Ok(adm
+        .create_token(pb::CreateTokenRequest {
+            scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
+                service: service.into(),
+                namespace: namespace.into(),
+            })),
+            ttl_ms: 0,
+            max_uses: 0,
+        })
+        .await?
+        .into_inner()
+        .secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,26 +250,4 @@ mod tests {
         );
         assert!(r.is_err());
     }
-}
-
-/// Creates a bootstrap token for proxies of `service` in `namespace` (""
-/// = default): no expiry beyond the server's default, unlimited uses.
-/// Answers its secret.
-pub async fn bootstrap_token(
-    adm: &mut Admin,
-    service: &str,
-    namespace: &str,
-) -> Result<String, Status> {
-    Ok(adm
-        .create_token(pb::CreateTokenRequest {
-            scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
-                service: service.into(),
-                namespace: namespace.into(),
-            })),
-            ttl_ms: 0,
-            max_uses: 0,
-        })
-        .await?
-        .into_inner()
-        .secret)
 }

@@ -372,17 +372,14 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let measure = |host: &'static str| {
-        let get = get.clone();
-        async move {
-            let mut v = Vec::with_capacity(args.requests);
-            for _ in 0..args.requests {
-                let t = Instant::now();
-                get(host).await?.context("a failed request")?;
-                v.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            anyhow::Ok(v)
+    let measure = |host: &'static str| async move {
+        let mut v = Vec::with_capacity(args.requests);
+        for _ in 0..args.requests {
+            let t = Instant::now();
+            get(host).await?.context("a failed request")?;
+            v.push(t.elapsed().as_secs_f64() * 1e6);
         }
+        anyhow::Ok(v)
     };
     // Interleaved rounds: the machine is shared and noisy.
     let (mut local, mut cross) = (Vec::new(), Vec::new());

@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use raftmesh_api::v1 as pb;
 use raftmesh_chaos_tests::client::admin;
 use raftmesh_chaos_tests::cluster::{Cluster, ClusterOpts};
+use raftmesh_chaos_tests::net::Link;
 
 use super::{mesh_proxy, mint, Client, ProxyProc};
 
@@ -144,7 +145,8 @@ fn proxy(dir: &Path, name: &str, cluster: &Cluster, args: &[&str]) -> ProxyProc 
     mesh_proxy(dir, name, &all)
 }
 
-/// Two clusters, `west` (exporting `api` to east) and `east`, peered.
+/// Two clusters, `west` (exporting `api` to east) and `east`, peered, on
+/// loopback.
 async fn peered() -> (
     Cluster,
     Cluster,
@@ -155,8 +157,25 @@ async fn peered() -> (
         loopback: true,
         ..Default::default()
     };
-    let west = Cluster::start(3, loopback.clone()).unwrap();
-    let east = Cluster::start(3, loopback).unwrap();
+    let (west, east, _, wa, ea) = peered_on(loopback).await;
+    (west, east, wa, ea)
+}
+
+/// [`peered`] on `opts`' network: as root, each cluster in network
+/// namespaces on a bridge of its own, routed to the other through the
+/// host (the [`Link`] that can partition them).
+async fn peered_on(
+    opts: ClusterOpts,
+) -> (
+    Cluster,
+    Cluster,
+    Option<Link>,
+    raftmesh_client::Admin,
+    raftmesh_client::Admin,
+) {
+    let west = Cluster::start(3, opts.clone()).unwrap();
+    let east = Cluster::start(3, opts).unwrap();
+    let link = (west.net.real() && east.net.real()).then(|| west.net.link(&east.net).unwrap());
     west.wait_leader(Duration::from_secs(20)).await.unwrap();
     east.wait_leader(Duration::from_secs(20)).await.unwrap();
     let mut wa = admin(&west.addrs()[0], &west.token).unwrap();
@@ -205,7 +224,7 @@ async fn peered() -> (
         }
     }
     assert!(est.is_some(), "east's CA never appeared");
-    (west, east, wa, ea)
+    (west, east, link, wa, ea)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,8 +584,11 @@ async fn list_any(c: &Cluster, kind: &str) -> Option<Vec<raftmesh_api::Resource>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn imports_converge_through_leader_kills_on_both_sides_and_the_exporter_unreachable() {
-    let (mut west, mut east, _wa, _ea) = peered().await;
+async fn imports_converge_through_a_partition_between_the_clusters_and_leader_kills_on_both_sides()
+{
+    // As root, real namespaces and a real partition between the clusters;
+    // otherwise loopback, and "unreachable" is every west node paused.
+    let (mut west, mut east, link, _wa, _ea) = peered_on(ClusterOpts::default()).await;
     // The one export `peered` made, and twelve more toggled under faults.
     let services: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
     let started = Instant::now();
@@ -604,16 +626,38 @@ async fn imports_converge_through_leader_kills_on_both_sides_and_the_exporter_un
                     west.start_node(l, None).unwrap();
                 }
             }
-            40 => {
-                for id in 1..=3 {
-                    west.pause(id);
+            40 => match &link {
+                Some(l) => {
+                    l.cut().unwrap();
+                    faults.push("the clusters partitioned from each other for 5 s".into());
+                    // West goes on alone: what it exports now cannot reach
+                    // east until the partition heals (the drops are real).
+                    write_any(
+                        &west,
+                        Some("kind: Export\nmetadata: {name: exp-cut}\nspec: {service: cut, peers: [east]}"),
+                        None,
+                    )
+                    .await;
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                    let im = list_any(&east, "Import").await.unwrap_or_default();
+                    assert!(
+                        !im.iter().any(|r| matches!(&r.spec, raftmesh_api::Spec::Import(i) if i.service == "cut")),
+                        "an export crossed the partition"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    l.heal().unwrap();
                 }
-                faults.push("west unreachable for 3 s".into());
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                for id in 1..=3 {
-                    west.resume(id);
+                None => {
+                    for id in 1..=3 {
+                        west.pause(id);
+                    }
+                    faults.push("west unreachable (paused) for 3 s".into());
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    for id in 1..=3 {
+                        west.resume(id);
+                    }
                 }
-            }
+            },
             _ => {}
         }
         step += 1;
