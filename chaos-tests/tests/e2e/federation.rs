@@ -60,7 +60,11 @@ async fn apply(adm: &mut raftmesh_client::Admin, yaml: &str) {
 }
 
 /// (status, `x-raftmesh-error`, body).
-async fn call(c: &Client, to: SocketAddr, host: &str) -> Result<(u16, String, String), String> {
+pub(super) async fn call(
+    c: &Client,
+    to: SocketAddr,
+    host: &str,
+) -> Result<(u16, String, String), String> {
     let req = hyper::Request::get(format!("http://{to}/"))
         .header("host", host)
         .body(Empty::new())

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -83,22 +83,7 @@ type Client = hyper_util::client::legacy::Client<
 >;
 
 async fn get(c: &Client, to: SocketAddr, host: &str) -> Result<(u16, String), String> {
-    let req = hyper::Request::get(format!("http://{to}/"))
-        .header("host", host)
-        .body(Empty::new())
-        .unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(5), c.request(req))
-        .await
-        .map_err(|_| "timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let s = r.status().as_u16();
-    let b = r
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((s, String::from_utf8_lossy(&b).into_owned()))
+    federation::call(c, to, host).await.map(|(s, _, b)| (s, b))
 }
 
 async fn until_ok(c: &Client, to: SocketAddr, host: &str, proc: &ProxyProc) {

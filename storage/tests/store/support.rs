@@ -82,16 +82,35 @@ pub fn svc_key(name: &str) -> ResourceKey {
 }
 
 pub fn open_in(dir: &TempDir) -> (LogStore, StateMachine) {
-    open(dir.path(), &StoreConfig::default()).unwrap()
+    reopen(dir, &StoreConfig::default())
 }
 
 pub fn open_with_window(dir: &TempDir, window: usize) -> (LogStore, StateMachine) {
-    open(
-        dir.path(),
+    reopen(
+        dir,
         &StoreConfig {
             event_window: window,
             ..StoreConfig::default()
         },
     )
-    .unwrap()
+}
+
+/// Opens the store in `dir`. A store just dropped in the same process may
+/// still hold sled's file lock for a moment (its flusher thread lets go
+/// of the database when it next wakes): that one error is waited out, for
+/// at most 5 s, as a restarted node would wait for the old process.
+fn reopen(dir: &TempDir, config: &StoreConfig) -> (LogStore, StateMachine) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match open(dir.path(), config) {
+            Ok(s) => return s,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("opening the store in {}: {e}", dir.path().display()),
+        }
+    }
 }
