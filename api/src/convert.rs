@@ -381,6 +381,11 @@ impl From<Spec> for pb::resource::Spec {
                 protocol: pb::Protocol::from(i.protocol) as i32,
                 revision: i.revision,
                 vip: i.vip.map(|v| v.to_string()).unwrap_or_default(),
+                subsets: i
+                    .subsets
+                    .into_iter()
+                    .map(|labels| pb::Labels { labels })
+                    .collect(),
             }),
             Spec::Revocation(r) => P::Revocation(pb::RevocationSpec {
                 identity: r.identity,
@@ -533,6 +538,7 @@ impl TryFrom<pb::resource::Spec> for Spec {
                 gateways: i.gateways,
                 trust_domain: i.trust_domain,
                 protocol: protocol(i.protocol)?,
+                subsets: i.subsets.into_iter().map(|l| l.labels).collect(),
                 revision: i.revision,
                 vip: match i.vip.as_str() {
                     "" => None,

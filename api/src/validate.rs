@@ -422,6 +422,22 @@ impl Resource {
                         c.fail("spec.trust_domain", r);
                     }
                 }
+                c.check(
+                    i.subsets.len() <= crate::ImportSpec::MAX_SUBSETS,
+                    "spec.subsets",
+                    format!(
+                        "{} label sets, at most {} allowed",
+                        i.subsets.len(),
+                        crate::ImportSpec::MAX_SUBSETS
+                    ),
+                );
+                let mut seen = BTreeSet::new();
+                for (n, s) in i.subsets.iter().enumerate() {
+                    let f = format!("spec.subsets[{n}]");
+                    c.check(!s.is_empty(), &f, "must not be empty");
+                    c.check(seen.insert(s), &f, "is listed twice");
+                    c.labels(s, &f);
+                }
             }
             Spec::Revocation(r) => {
                 c.check(

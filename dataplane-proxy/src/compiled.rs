@@ -46,6 +46,10 @@ pub struct Endpoint {
     /// Through a peer's gateway: the pool key of connections to it for
     /// this service (see [`crate::tls::gateway_authority`]).
     pub dial: Option<Arc<str>>,
+    /// One subset (label set) of a peer's service, through its gateway:
+    /// only a backend selecting labels it holds sends to it; a backend of
+    /// every endpoint uses the gateway's whole-service endpoint instead.
+    pub subset_only: bool,
     /// Healthy as the control plane sees it.
     pub healthy: bool,
     /// For a mesh workload: the name its certificate carries (mTLS).
@@ -326,6 +330,7 @@ pub fn compile(
                         tier::CLUSTER
                     },
                     dial: None,
+                    subset_only: false,
                     healthy: e.health == Health::Healthy,
                     server_name: (!e.identity.is_empty())
                         .then(|| crate::tls::server_name_for(&e.identity))
@@ -361,26 +366,50 @@ pub fn compile(
     }
     // An import is a service of its own, `service.peer`, whose endpoints
     // are the peer's gateways; a Route's failover peers add them to the
-    // local service, after its own endpoints.
+    // local service, after its own endpoints. Each gateway is one endpoint
+    // for the whole service and one per label set (subset) the peer's
+    // endpoints carry, asked for by SNI (`s<id>.svc.ns.svc.<td>`).
     let gateway_endpoints = |ns: &str, i: &ImportSpec, tier: u8| -> Vec<Endpoint> {
-        let sni = format!("{}.{ns}.svc.{}", i.service, i.trust_domain);
-        let Ok(name) = rustls::pki_types::ServerName::try_from(sni.clone()) else {
-            return Vec::new();
-        };
-        i.gateways
+        let base = format!("{}.{ns}.svc.{}", i.service, i.trust_domain);
+        let names: Vec<(String, BTreeMap<String, String>, _)> =
+            std::iter::once((base.clone(), BTreeMap::new()))
+                .chain(i.subsets.iter().map(|labels| {
+                    (
+                        format!("{}.{base}", crate::tls::subset_id(labels)),
+                        labels.clone(),
+                    )
+                }))
+                .filter_map(|(sni, labels)| {
+                    let name = rustls::pki_types::ServerName::try_from(sni.clone()).ok()?;
+                    Some((sni, labels, name))
+                })
+                .collect();
+        let mut out = Vec::new();
+        for addr in i
+            .gateways
             .iter()
             .filter_map(|g| g.parse::<SocketAddr>().ok())
-            .map(|addr| Endpoint {
-                name: format!("{}/{addr}", i.peer),
-                addr,
-                labels: BTreeMap::new(),
-                tier,
-                healthy: true,
-                server_name: Some(name.clone()),
-                dial: Some(crate::tls::gateway_authority(&sni, addr).into()),
-                stats: stats.get(addr),
-            })
-            .collect()
+        {
+            for (sni, labels, name) in &names {
+                let whole = labels.is_empty();
+                out.push(Endpoint {
+                    name: if whole {
+                        format!("{}/{addr}", i.peer)
+                    } else {
+                        format!("{}/{addr}/{}", i.peer, &sni[..17])
+                    },
+                    addr,
+                    labels: labels.clone(),
+                    tier,
+                    subset_only: !whole,
+                    healthy: true,
+                    server_name: Some(name.clone()),
+                    dial: Some(crate::tls::gateway_authority(sni, addr).into()),
+                    stats: stats.get(addr),
+                });
+            }
+        }
+        out
     };
     for (ns, i) in &imports {
         let t = table(
@@ -497,7 +526,13 @@ pub fn compile(
                     .endpoints
                     .iter()
                     .enumerate()
-                    .filter(|(_, e)| b.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                    .filter(|(_, e)| {
+                        if b.subset.is_empty() {
+                            !e.subset_only
+                        } else {
+                            b.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v))
+                        }
+                    })
                     .map(|(i, _)| i)
                     .collect();
             }
@@ -609,5 +644,84 @@ spec: {peer: west, service: api, gateways: ["10.9.0.2:15443"], trust_domain: wes
             c.authz.peer_domains.get("west.mesh").map(String::as_str),
             Some("west")
         );
+    }
+
+    #[test]
+    fn a_backend_selecting_labels_reaches_the_peer_s_subset_by_its_own_sni() {
+        let yaml = r#"
+kind: Route
+metadata: {name: api}
+spec:
+  service: api
+  failover: [west]
+  rules:
+  - matches: [{headers: {x-canary: "1"}}]
+    backends: [{subset: {version: v2}, weight: 100}]
+  - {}
+---
+kind: Import
+metadata: {name: api--west}
+spec:
+  peer: west
+  service: api
+  gateways: ["10.9.0.2:15443", "10.9.0.3:15443"]
+  trust_domain: west.mesh
+  subsets: [{version: v1}, {version: v2}]
+"#;
+        let held = raftmesh_api::parse_documents(yaml)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        let c = compile(
+            1,
+            Source::StateDir,
+            held,
+            &Identity::default(),
+            &StatsRegistry::new(Metrics::new()),
+        );
+        let api = c.service(&("default".into(), "api".into())).unwrap();
+        let names = |rule: usize| -> Vec<String> {
+            api.rules[rule].backends[0]
+                .endpoints
+                .iter()
+                .map(|i| {
+                    let e = &api.endpoints[*i];
+                    format!(
+                        "{} {}",
+                        e.addr,
+                        e.dial.as_deref().unwrap().split(':').next().unwrap()
+                    )
+                })
+                .collect()
+        };
+        let v2 =
+            crate::tls::subset_id(&BTreeMap::from([("version".to_string(), "v2".to_string())]));
+        // The canary rule: each gateway, asked for v2 only.
+        assert_eq!(
+            names(0),
+            vec![
+                format!("10.9.0.2:15443 10-9-0-2.{v2}.api.default.svc.west.mesh"),
+                format!("10.9.0.3:15443 10-9-0-3.{v2}.api.default.svc.west.mesh"),
+            ]
+        );
+        // Everything else: each gateway for the whole service, never a
+        // subset's endpoint (that would weigh each label set alike).
+        assert_eq!(
+            names(1),
+            vec![
+                "10.9.0.2:15443 10-9-0-2.api.default.svc.west.mesh".to_string(),
+                "10.9.0.3:15443 10-9-0-3.api.default.svc.west.mesh".to_string(),
+            ]
+        );
+        let e = &api.endpoints[api.rules[0].backends[0].endpoints[0]];
+        assert_eq!(
+            e.server_name,
+            Some(
+                rustls::pki_types::ServerName::try_from(format!("{v2}.api.default.svc.west.mesh"))
+                    .unwrap()
+            )
+        );
+        assert_eq!(e.tier, tier::PEER);
     }
 }

@@ -1,6 +1,8 @@
 //! The east-west gateway of federation (`--mode gateway`): peers' proxies
 //! open mutual TLS to it with the SNI `<service>.<namespace>.svc.<this
-//! trust domain>`; the gateway reads the ClientHello (rustls parses it;
+//! trust domain>` (or, for one label set of the service's endpoints, a
+//! subset, `s<id>.` before it: [`crate::tls::subset_id`]); the gateway
+//! reads the ClientHello (rustls parses it;
 //! nothing is terminated), checks that the service is exported, and
 //! splices the connection, ClientHello included, to one of the service's
 //! endpoints. The callee's proxy terminates the TLS, so it sees the
@@ -121,12 +123,20 @@ async fn client_hello(s: &mut TcpStream) -> Result<(Option<String>, Vec<u8>), St
     }
 }
 
-/// The service an SNI names in trust domain `td`: `svc.ns.svc.<td>`.
-pub fn service_of_sni(sni: &str, td: &str) -> Option<ServiceId> {
-    let rest = sni.strip_suffix(td)?.strip_suffix(".svc.")?;
+/// The service an SNI names in trust domain `td` (`svc.ns.svc.<td>`), and
+/// the subset label ([`crate::tls::subset_id`]) if it names one of its
+/// label sets (`s<id>.svc.ns.svc.<td>`).
+pub fn service_of_sni(sni: &str, td: &str) -> Option<(ServiceId, Option<String>)> {
+    let (subset, base) = crate::tls::split_subset(sni, td);
+    let rest = base.strip_suffix(td)?.strip_suffix(".svc.")?;
     let (svc, ns) = rest.split_once('.')?;
     let ok = |l: &str| raftmesh_api::validate::dns_label(l).is_ok();
-    (ok(svc) && ok(ns)).then(|| (ns.to_string(), svc.to_string()))
+    (ok(svc) && ok(ns)).then(|| {
+        (
+            (ns.to_string(), svc.to_string()),
+            subset.map(str::to_string),
+        )
+    })
 }
 
 /// Whether an Export offers `id` to any peer.
@@ -152,7 +162,7 @@ async fn relay(
             raftmesh_api::identity::parse_spiffe_id(&t.spiffe).map(|w| w.trust_domain.to_string())
         })
         .ok_or("the gateway has no certificate yet (its trust domain is unknown)")?;
-    let id =
+    let (id, subset) =
         service_of_sni(&sni, &td).ok_or_else(|| format!("SNI {sni:?} is no service of {td}"))?;
     if !exported(config, &id) {
         return Err(format!("{}.{} is not exported", id.1, id.0));
@@ -166,9 +176,22 @@ async fn relay(
         subset: BTreeMap::new(),
         weight: 100,
         endpoints: (0..table.endpoints.len())
-            .filter(|i| table.endpoints[*i].tier == 0 && table.endpoints[*i].dial.is_none())
+            .filter(|i| {
+                let e = &table.endpoints[*i];
+                e.tier == 0
+                    && e.dial.is_none()
+                    && subset
+                        .as_ref()
+                        .is_none_or(|s| *s == crate::tls::subset_id(&e.labels))
+            })
             .collect(),
     };
+    if all.endpoints.is_empty() {
+        return Err(match subset {
+            Some(s) => format!("no endpoint of {}.{} has the label set {s}", id.1, id.0),
+            None => format!("{}.{} has no endpoints here", id.1, id.0),
+        });
+    }
     let stats = config.stats.service(&id);
     stats.used.store(true, std::sync::atomic::Ordering::Relaxed);
     let rr = &stats.rr;
@@ -202,7 +225,18 @@ mod tests {
     fn an_sni_names_a_service_of_this_trust_domain_only() {
         assert_eq!(
             service_of_sni("api.default.svc.west.mesh", "west.mesh"),
-            Some(("default".into(), "api".into()))
+            Some((("default".into(), "api".into()), None))
+        );
+        assert_eq!(
+            service_of_sni("s0123456789abcdef.api.default.svc.west.mesh", "west.mesh"),
+            Some((
+                ("default".into(), "api".into()),
+                Some("s0123456789abcdef".into())
+            ))
+        );
+        assert_eq!(
+            service_of_sni("s0123456789abcdef.api.default.svc.east.mesh", "west.mesh"),
+            None
         );
         assert_eq!(
             service_of_sni("api.default.svc.east.mesh", "west.mesh"),

@@ -144,6 +144,9 @@ pub struct ServiceStats {
     /// A request used this service since the subscription sweep last
     /// looked (`subscriptions.rs`).
     pub used: std::sync::atomic::AtomicBool,
+    /// When a request last found no usable endpoint and said why in the
+    /// log (µs of [`now_us`]; at most once a second per service).
+    said_no_endpoint_us: AtomicU64,
     /// Where the layers count what happens to this service's requests
     /// (retries, ejections): the proxy's metrics, reached through the
     /// target a request already carries rather than cloned per request.
@@ -158,8 +161,21 @@ impl ServiceStats {
             rr: AtomicUsize::new(0),
             budget: Budget::default(),
             used: std::sync::atomic::AtomicBool::new(false),
+            said_no_endpoint_us: AtomicU64::new(0),
             metrics,
         }
+    }
+
+    /// Whether to log, now, why a request found no usable endpoint (once
+    /// a second per service, so an outage does not flood the log).
+    pub fn time_to_say_why(&self) -> bool {
+        let now = now_us().max(1);
+        let last = self.said_no_endpoint_us.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= 1_000_000)
+            && self
+                .said_no_endpoint_us
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 

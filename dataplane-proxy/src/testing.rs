@@ -93,6 +93,7 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
                 labels: BTreeMap::new(),
                 tier: 0,
                 dial: None,
+                subset_only: false,
                 healthy: true,
                 server_name: None,
                 stats: Arc::new(EndpointStats::default()),

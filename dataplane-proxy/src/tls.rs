@@ -369,6 +369,46 @@ pub fn gateway_authority(sni: &str, addr: SocketAddr) -> String {
     format!("{ip}.{sni}:{}", addr.port())
 }
 
+/// The SNI label of one label set of a peer's service: `s` and 16 hex
+/// digits of the SHA-256 of its keys and values in order, each preceded
+/// by its length (stable across builds: callers and gateways of different
+/// versions agree).
+pub fn subset_id(labels: &std::collections::BTreeMap<String, String>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for s in labels.iter().flat_map(|(k, v)| [k, v]) {
+        h.update((s.len() as u64).to_be_bytes());
+        h.update(s.as_bytes());
+    }
+    let d = h.finalize();
+    let mut out = String::with_capacity(17);
+    out.push('s');
+    for b in &d[..8] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Splits a service name of trust domain `td` into its subset label (if
+/// it starts with one: `s<16 hex>.svc.ns.svc.<td>`) and the service's own
+/// name (`svc.ns.svc.<td>`), which its certificate carries.
+pub fn split_subset<'a>(sni: &'a str, td: &str) -> (Option<&'a str>, &'a str) {
+    let is_id = |l: &str| {
+        l.len() == 17
+            && l.starts_with('s')
+            && l[1..]
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let Some(rest) = sni.strip_suffix(td).and_then(|r| r.strip_suffix(".svc.")) else {
+        return (None, sni);
+    };
+    match rest.split('.').collect::<Vec<_>>()[..] {
+        [id, _, _] if is_id(id) => (Some(id), &sni[id.len() + 1..]),
+        _ => (None, sni),
+    }
+}
+
 /// Which endpoints speak mutual TLS, and the name their certificate
 /// carries, by the authority connections to them are pooled under (the
 /// address, or [`gateway_authority`]).

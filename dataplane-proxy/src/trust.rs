@@ -182,6 +182,13 @@ impl ServerCertVerifier for ServerVerifier {
         if !d.as_ref().ends_with(&format!(".svc.{td}")) {
             return Err(refused());
         }
+        // A subset of a peer's service (`s<id>.api.default.svc.<td>`, for
+        // its gateway) is served by the service's own certificate.
+        let (subset, base) = crate::tls::split_subset(d.as_ref(), &td);
+        if subset.is_some() {
+            let base = ServerName::try_from(base.to_string()).map_err(|_| refused())?;
+            return v.verify_server_cert(end_entity, intermediates, &base, ocsp_response, now);
+        }
         v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
@@ -310,5 +317,74 @@ mod tests {
         assert!(!serves(&sneaky, "api.default.svc.west.mesh"));
         // A name in no trusted domain.
         assert!(!serves(&w, "api.default.svc.north.mesh"));
+
+        // A subset of west's api, as its gateway is asked for it: served by
+        // api's own certificate, and by nothing else.
+        let v2 = crate::tls::subset_id(&std::collections::BTreeMap::from([(
+            "version".to_string(),
+            "v2".to_string(),
+        )]));
+        let subset = format!("{v2}.api.default.svc.west.mesh");
+        assert!(serves(&w, &subset));
+        assert!(!serves(&forged, &subset));
+        assert!(!serves(&sneaky, &subset));
+        let web = leaf(
+            &west,
+            "spiffe://west.mesh/ns/default/sa/web",
+            "web.default.svc.west.mesh",
+        );
+        assert!(!serves(&web, &subset), "another service's certificate");
+        // Not a subset label: the name is checked whole (and matches no
+        // certificate).
+        assert!(!serves(&w, "sXYZ.api.default.svc.west.mesh"));
+        assert!(!serves(&w, &format!("{v2}.x.api.default.svc.west.mesh")));
+    }
+
+    #[test]
+    fn a_subset_label_is_recognised_only_in_its_place() {
+        use crate::tls::{split_subset, subset_id};
+        let id = subset_id(&std::collections::BTreeMap::from([(
+            "version".to_string(),
+            "v2".to_string(),
+        )]));
+        assert_eq!(id.len(), 17);
+        // Stable across builds: a caller and a gateway of different
+        // versions must agree.
+        assert_eq!(id, "s1f0afdb26e849887");
+        let sni = format!("{id}.api.default.svc.west.mesh");
+        assert_eq!(
+            split_subset(&sni, "west.mesh"),
+            (Some(id.as_str()), "api.default.svc.west.mesh")
+        );
+        assert_eq!(
+            split_subset("api.default.svc.west.mesh", "west.mesh"),
+            (None, "api.default.svc.west.mesh")
+        );
+        // Wrong domain, upper-case hex, or too few labels: no subset.
+        assert_eq!(split_subset(&sni, "east.mesh").0, None);
+        let upper = format!("S{}.api.default.svc.west.mesh", &id[1..]);
+        assert_eq!(split_subset(&upper, "west.mesh").0, None);
+        assert_eq!(
+            split_subset(&format!("{id}.default.svc.west.mesh"), "west.mesh").0,
+            None
+        );
+        assert_ne!(
+            subset_id(&std::collections::BTreeMap::from([(
+                "version".to_string(),
+                "v1".to_string()
+            )])),
+            id
+        );
+        // `a=b\nc=d` in one value cannot pass for two labels.
+        assert_ne!(
+            subset_id(&std::collections::BTreeMap::from([(
+                "a".to_string(),
+                "b\nc=d".to_string()
+            )])),
+            subset_id(&std::collections::BTreeMap::from([
+                ("a".to_string(), "b".to_string()),
+                ("c".to_string(), "d".to_string())
+            ]))
+        );
     }
 }

@@ -293,6 +293,10 @@ fn federation() -> impl Strategy<Value = Spec> {
                 gateways,
                 trust_domain,
                 protocol: Default::default(),
+                subsets: (revision % 3 == 0)
+                    .then(|| BTreeMap::from([("version".to_string(), format!("v{revision}"))]))
+                    .into_iter()
+                    .collect(),
                 revision,
                 vip: (revision % 2 == 0).then(|| std::net::Ipv4Addr::from(revision as u32)),
             })

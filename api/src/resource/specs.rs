@@ -528,6 +528,12 @@ pub struct ImportSpec {
     /// The service's protocol.
     #[serde(default, skip_serializing_if = "is_default")]
     pub protocol: Protocol,
+    /// The distinct label sets of the service's endpoints at the peer
+    /// (at most [`ImportSpec::MAX_SUBSETS`]): a Route's backend that
+    /// selects `version: v2` reaches, through the gateways, only the
+    /// peer's endpoints whose labels hold it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<BTreeMap<String, String>>,
     /// The peer's revision this import reflects.
     #[serde(default, skip_serializing_if = "is_default")]
     pub revision: u64,
@@ -559,6 +565,10 @@ impl crate::Spec {
 }
 
 impl ImportSpec {
+    /// Most label sets an import carries: an exporter with more sends the
+    /// first of them in order (and says so in its log).
+    pub const MAX_SUBSETS: usize = 64;
+
     /// The resource name of the import of `service` from `peer`.
     pub fn resource_name(service: &str, peer: &str) -> String {
         format!("{service}--{peer}")

@@ -713,3 +713,184 @@ async fn imports_converge_through_a_partition_between_the_clusters_and_leader_ki
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Sends a ClientHello for `sni` to the gateway at `gw`: whether the
+/// gateway spliced it to an endpoint (a TLS handshake record comes back)
+/// rather than closing the connection.
+async fn gateway_splices(gw: SocketAddr, sni: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+    s.write_all(&hello).await.unwrap();
+    let mut first = [0u8; 1];
+    // 0x16: a handshake record (the callee's ServerHello).
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x16
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_selects_a_subset_of_the_peer_s_endpoints_through_the_gateway() {
+    let (west, east, mut wa, mut ea) = peered().await;
+    apply(&mut wa, "kind: Service\nmetadata: {name: secret}\nspec: {ports: [{port: 80}]}\n---\nkind: Policy\nmetadata: {name: east-client}\nspec: {service: api, action: allow, from: [\"spiffe://east.mesh/ns/default/sa/client\"]}").await;
+    // East has no api of its own: its Route sends canaries to west's v2,
+    // everything else to west's api as a whole.
+    apply(&mut ea, "kind: Service\nmetadata: {name: api}\nspec: {ports: [{port: 80}]}\n---\nkind: Route\nmetadata: {name: api}\nspec:\n  service: api\n  failover: [west]\n  rules:\n  - matches: [{headers: {x-canary: \"1\"}}]\n    backends: [{subset: {version: v2}, weight: 100}]\n  - {}\n").await;
+    let dir = east.dir.path().to_path_buf();
+    let (v1_app, v2_app, secret_app) = (
+        echo_caller("api-v1").await,
+        echo_caller("api-v2").await,
+        echo_caller("secret").await,
+    );
+    let (t1, t2) = (mint(&mut wa, "api").await, mint(&mut wa, "api").await);
+    let (ts, gt) = (
+        mint(&mut wa, "secret").await,
+        mint(&mut wa, "gateway").await,
+    );
+    let ct = mint(&mut ea, "client").await;
+    let (p1, p2, ps) = (
+        v1_app.port().to_string(),
+        v2_app.port().to_string(),
+        secret_app.port().to_string(),
+    );
+    let _v1 = proxy(
+        &dir,
+        "api-v1",
+        &west,
+        &[
+            "--service",
+            "api",
+            "--labels",
+            "version=v1",
+            "--app-port",
+            &p1,
+            "--token",
+            &t1,
+        ],
+    );
+    let _v2 = proxy(
+        &dir,
+        "api-v2",
+        &west,
+        &[
+            "--service",
+            "api",
+            "--labels",
+            "version=v2",
+            "--app-port",
+            &p2,
+            "--token",
+            &t2,
+        ],
+    );
+    let _secret = proxy(
+        &dir,
+        "secret-w1",
+        &west,
+        &[
+            "--service",
+            "secret",
+            "--labels",
+            "version=v2",
+            "--app-port",
+            &ps,
+            "--token",
+            &ts,
+        ],
+    );
+    let gw = proxy(
+        &dir,
+        "gw-w1",
+        &west,
+        &["--mode", "gateway", "--service", "gateway", "--token", &gt],
+    );
+    let client = proxy(
+        &dir,
+        "client-e1",
+        &east,
+        &["--service", "client", "--token", &ct],
+    );
+    let http: Client =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let procs = [&client, &gw];
+
+    // The import carries both label sets (from west's endpoints).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let imports = list_any(&east, "Import").await.unwrap_or_default();
+        if let [r] = &imports[..] {
+            if let raftmesh_api::Spec::Import(i) = &r.spec {
+                if i.subsets.len() == 2 {
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subsets never imported: {imports:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    until(
+        &http,
+        client.outbound,
+        "api",
+        Duration::from_secs(30),
+        &procs,
+        |r| r.0 == 200,
+    )
+    .await;
+
+    let canary = |i: usize| {
+        let req = hyper::Request::get(format!("http://{}/{i}", client.outbound))
+            .header("host", "api")
+            .header("x-canary", "1")
+            .body(Empty::new())
+            .unwrap();
+        http.request(req)
+    };
+    // Canaries reach v2 only; the rest reach west's api as a whole (the
+    // gateway picks an endpoint per connection, and the caller's proxy
+    // reuses its connection: whichever version, every request answered).
+    for i in 0..40 {
+        let r = tokio::time::timeout(Duration::from_secs(5), canary(i))
+            .await
+            .expect("canary timed out")
+            .expect("canary failed");
+        assert_eq!(r.status(), 200);
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        let b = String::from_utf8_lossy(&b).into_owned();
+        assert!(b.starts_with("api-v2 "), "canary {i} reached {b:?}");
+    }
+    for i in 0..20 {
+        let r = call(&http, client.outbound, "api").await.unwrap();
+        assert_eq!(r.0, 200, "{r:?}");
+        assert!(
+            r.2.starts_with("api-v1 ") || r.2.starts_with("api-v2 "),
+            "request {i} reached {r:?}"
+        );
+    }
+
+    // An attacker at the gateway: a subset of an exported service is
+    // spliced; a label set no endpoint has, a subset of a service not
+    // exported (though an endpoint of it has that label set), and a
+    // subset label of another trust domain are not.
+    let v2 = std::collections::BTreeMap::from([("version".to_string(), "v2".to_string())]);
+    let v2 = raftmesh_dataplane_proxy::tls::subset_id(&v2);
+    assert!(gateway_splices(gw.inbound, &format!("{v2}.api.default.svc.west.mesh")).await);
+    assert!(gateway_splices(gw.inbound, "api.default.svc.west.mesh").await);
+    assert!(!gateway_splices(gw.inbound, "s0000000000000000.api.default.svc.west.mesh").await);
+    assert!(!gateway_splices(gw.inbound, &format!("{v2}.secret.default.svc.west.mesh")).await);
+    assert!(!gateway_splices(gw.inbound, "secret.default.svc.west.mesh").await);
+    assert!(!gateway_splices(gw.inbound, &format!("{v2}.api.default.svc.east.mesh")).await);
+}

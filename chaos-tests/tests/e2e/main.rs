@@ -54,6 +54,7 @@ struct ProxyProc {
     proc: Proc,
     outbound: SocketAddr,
     admin: SocketAddr,
+    inbound: SocketAddr,
 }
 
 fn mesh_proxy(dir: &Path, name: &str, args: &[String]) -> ProxyProc {
@@ -74,6 +75,7 @@ fn mesh_proxy(dir: &Path, name: &str, args: &[String]) -> ProxyProc {
         proc,
         outbound: format!("127.0.0.1:{o}").parse().unwrap(),
         admin: format!("127.0.0.1:{a}").parse().unwrap(),
+        inbound: format!("127.0.0.1:{i}").parse().unwrap(),
     }
 }
 

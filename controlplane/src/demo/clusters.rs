@@ -298,7 +298,17 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("summary requests={total} failed={failed} denied={denied}");
     procs.kill_all();
     drop((west_app, east_app));
-    drop(dir);
-    println!("meshd demo: stopped every node and proxy, removed the temporary directory");
+    if failed > 0 {
+        // Failed requests are worth a look: the frontend's proxy log says
+        // why (e.g. which endpoints were unusable, once a second).
+        let kept = dir.keep();
+        println!(
+            "meshd demo: stopped every node and proxy; the logs are kept in {} (proxy-frontend-east-1.log is the caller's); remove it when done",
+            kept.display()
+        );
+    } else {
+        drop(dir);
+        println!("meshd demo: stopped every node and proxy, removed the temporary directory");
+    }
     Ok(())
 }

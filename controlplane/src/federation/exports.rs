@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raftmesh_api::v1 as pb;
-use raftmesh_api::{Health, Kind, Spec};
+use raftmesh_api::{Health, ImportSpec, Kind, Spec};
 use raftmesh_storage::StateReader;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -45,10 +45,47 @@ pub fn gateways(reader: &StateReader) -> Vec<String> {
     out
 }
 
+/// The distinct label sets of each exported service's endpoints (at most
+/// [`ImportSpec::MAX_SUBSETS`] each, the first in order).
+fn subsets(
+    endpoints: &[Arc<raftmesh_api::Resource>],
+    exported: &BTreeSet<Key>,
+) -> BTreeMap<Key, BTreeSet<BTreeMap<String, String>>> {
+    let mut out: BTreeMap<Key, BTreeSet<_>> = BTreeMap::new();
+    for r in endpoints {
+        let Spec::Endpoint(e) = &r.spec else { continue };
+        let key = (r.metadata.namespace.clone(), e.service.clone());
+        if e.gateway || e.labels.is_empty() || !exported.contains(&key) {
+            continue;
+        }
+        out.entry(key).or_default().insert(e.labels.clone());
+    }
+    for (k, sets) in &mut out {
+        if sets.len() > ImportSpec::MAX_SUBSETS {
+            tracing::warn!(service = %k.1, namespace = %k.0, label_sets = sets.len(), "more label sets than an import carries; peers see the first {}", ImportSpec::MAX_SUBSETS);
+            while sets.len() > ImportSpec::MAX_SUBSETS {
+                sets.pop_last();
+            }
+        }
+    }
+    out
+}
+
 /// What this cluster exports to `peer` now, at the revision returned.
 pub fn view(reader: &StateReader, peer: &str) -> (u64, BTreeMap<Key, pb::ExportedService>) {
     let gateways = gateways(reader);
     reader.view(|v| {
+        let exported: BTreeSet<Key> = v
+            .of_kind(Kind::Export)
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::Export(e) if e.peers.iter().any(|p| p == peer) => {
+                    Some((r.metadata.namespace.clone(), e.service.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut subsets = subsets(&v.of_kind(Kind::Endpoint), &exported);
         let mut out = BTreeMap::new();
         for r in v.of_kind(Kind::Export) {
             let Spec::Export(e) = &r.spec else { continue };
@@ -74,6 +111,12 @@ pub fn view(reader: &StateReader, peer: &str) -> (u64, BTreeMap<Key, pb::Exporte
                     name: e.service.clone(),
                     protocol: pb::Protocol::from(protocol) as i32,
                     gateways: gateways.clone(),
+                    subsets: subsets
+                        .remove(&(r.metadata.namespace.clone(), e.service.clone()))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|labels| pb::Labels { labels })
+                        .collect(),
                 },
             );
         }
@@ -88,8 +131,8 @@ pub enum Since {
     /// reached (a restore from an older backup): everything, as a full
     /// resync.
     Unknown,
-    /// These services: their Export or Service was written after the
-    /// revision. Everything else a batch carries whole (the exported list,
+    /// These services: their Export, Service or an Endpoint of theirs
+    /// (whose labels make the subsets) was written after the revision. Everything else a batch carries whole (the exported list,
     /// the gateways, the trust domain and bundle), so deletions and
     /// gateway changes need no history: a resume works after any restart
     /// of the exporter, not only while its change window reaches back.
@@ -111,6 +154,12 @@ pub fn changed_since(reader: &StateReader, from: u64) -> Since {
         }
         for r in v.of_kind(Kind::Service).iter().filter(|r| newer(r)) {
             out.insert((r.metadata.namespace.clone(), r.metadata.name.clone()));
+        }
+        // An endpoint's labels are the export's subsets.
+        for r in v.of_kind(Kind::Endpoint).iter().filter(|r| newer(r)) {
+            if let Spec::Endpoint(e) = &r.spec {
+                out.insert((r.metadata.namespace.clone(), e.service.clone()));
+            }
         }
         Since::Services(out)
     })
@@ -219,5 +268,79 @@ async fn serve(fed: &Federation, name: &str, from: u64, tx: &Tx) -> Result<(), S
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(name: &str, yaml_spec: &str) -> Arc<raftmesh_api::Resource> {
+        let r = raftmesh_api::parse_documents(&format!(
+            "kind: Endpoint\nmetadata: {{name: {name}}}\nspec: {yaml_spec}"
+        ))
+        .unwrap()
+        .remove(0);
+        Arc::new(r)
+    }
+
+    #[test]
+    fn an_export_s_subsets_are_the_distinct_label_sets_of_its_endpoints() {
+        let mut eps = vec![
+            endpoint(
+                "a1",
+                "{service: api, address: 10.0.0.1, port: 80, labels: {version: v1}}",
+            ),
+            endpoint(
+                "a2",
+                "{service: api, address: 10.0.0.2, port: 80, labels: {version: v1}}",
+            ),
+            endpoint(
+                "a3",
+                "{service: api, address: 10.0.0.3, port: 80, labels: {version: v2, zone: b}}",
+            ),
+            // Unlabelled: reached through the whole service only.
+            endpoint("a4", "{service: api, address: 10.0.0.4, port: 80}"),
+            // A gateway, and a service not exported.
+            endpoint(
+                "g1",
+                "{service: api, address: 10.0.0.5, port: 80, gateway: true, labels: {version: gw}}",
+            ),
+            endpoint(
+                "s1",
+                "{service: secret, address: 10.0.0.6, port: 80, labels: {version: v9}}",
+            ),
+        ];
+        let exported = BTreeSet::from([("default".to_string(), "api".to_string())]);
+        let got = subsets(&eps, &exported);
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            got,
+            BTreeMap::from([(
+                ("default".to_string(), "api".to_string()),
+                BTreeSet::from([
+                    labels(&[("version", "v1")]),
+                    labels(&[("version", "v2"), ("zone", "b")]),
+                ])
+            )])
+        );
+        // More than an import carries: the first ones, in order.
+        for i in 0..ImportSpec::MAX_SUBSETS + 10 {
+            eps.push(endpoint(
+                &format!("x{i}"),
+                &format!(
+                    "{{service: api, address: 10.1.0.1, port: 80, labels: {{n: \"{i:03}\"}}}}"
+                ),
+            ));
+        }
+        let got = subsets(&eps, &exported);
+        let sets = &got[&("default".to_string(), "api".to_string())];
+        assert_eq!(sets.len(), ImportSpec::MAX_SUBSETS);
+        assert_eq!(sets.first(), Some(&labels(&[("n", "000")])));
     }
 }

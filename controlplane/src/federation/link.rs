@@ -326,17 +326,23 @@ async fn apply(
             gateways: u.gateways.clone(),
             trust_domain: b.trust_domain.clone(),
             protocol: raftmesh_api::convert::protocol_of(u.protocol),
+            subsets: u.subsets.iter().map(|l| l.labels.clone()).collect(),
             revision: b.revision,
             // Given (and then kept) by the state machine.
             vip: None,
         };
         let mut md = Metadata::named(ImportSpec::resource_name(&u.name, name));
         md.namespace = u.namespace.clone();
+        let resource = Resource {
+            metadata: md,
+            spec: Spec::Import(spec),
+        };
+        // Whatever the peer sent is checked as an apply would be.
+        resource
+            .validate()
+            .map_err(|e| format!("the peer sent a bad export of {}: {e}", u.name))?;
         cmds.push(Command::Put {
-            resource: Resource {
-                metadata: md,
-                spec: Spec::Import(spec),
-            },
+            resource,
             expected_revision: None,
         });
     }

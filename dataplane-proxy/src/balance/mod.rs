@@ -74,6 +74,27 @@ pub fn pick_avoiding(
     }
 }
 
+/// Each endpoint of `backend` and why it is not usable (for the log).
+fn why_none(t: &ServiceTable, backend: &Backend) -> String {
+    if backend.endpoints.is_empty() {
+        return "none in this subset".into();
+    }
+    backend
+        .endpoints
+        .iter()
+        .map(|i| {
+            let e = &t.endpoints[*i];
+            let state = match (e.healthy, e.stats.ejected()) {
+                (false, _) => "unhealthy",
+                (true, true) => "ejected",
+                (true, false) => "usable",
+            };
+            format!("{} tier {} {state}", e.name, e.tier)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Picks an endpoint per attempt and records how it went.
 #[derive(Clone)]
 pub struct Balance<S> {
@@ -117,6 +138,9 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
             let tried = req.extensions().get::<Tried>().cloned();
             let avoid = tried.as_ref().map(Tried::list).unwrap_or_default();
             let i = pick_avoiding(t, backend, &target.stats.rr, &avoid).ok_or_else(|| {
+                if target.stats.time_to_say_why() {
+                    tracing::warn!(service = %name, subset = %backend.label, endpoints = %why_none(t, backend), "no usable endpoint for a request");
+                }
                 ProxyError::NoHealthyEndpoints(if backend.label.is_empty() {
                     name.clone()
                 } else {

@@ -32,6 +32,7 @@ fn table(n: usize, lb: LoadBalancer) -> ServiceTable {
                 labels: BTreeMap::new(),
                 tier: 0,
                 dial: None,
+                subset_only: false,
                 healthy: true,
                 server_name: None,
                 stats: Arc::new(EndpointStats::default()),
