@@ -94,6 +94,57 @@ impl ProxyError {
         matches!(self, ProxyError::Connect(_))
     }
 
+    /// The gRPC status a gRPC caller gets instead of [`Self::status`].
+    pub fn grpc_status(&self) -> u8 {
+        use grpc_status::*;
+        match self {
+            ProxyError::BadRequest | ProxyError::BadPath(_) | ProxyError::BadHost(_) => {
+                INVALID_ARGUMENT
+            }
+            ProxyError::NoRoute(_) => UNIMPLEMENTED,
+            ProxyError::Timeout(_) => DEADLINE_EXCEEDED,
+            ProxyError::Denied(_) | ProxyError::MtlsRequired => PERMISSION_DENIED,
+            ProxyError::CircuitOpen(_) => RESOURCE_EXHAUSTED,
+            ProxyError::NoHealthyEndpoints(_)
+            | ProxyError::Connect(_)
+            | ProxyError::Reset(_)
+            | ProxyError::AppUnavailable(_)
+            | ProxyError::NoIdentity(_) => UNAVAILABLE,
+        }
+    }
+
+    /// The response a caller gets: for a gRPC call, a trailers-only
+    /// response (HTTP 200, `grpc-status`, `grpc-message` naming the code),
+    /// which gRPC clients read as a status; otherwise [`Self::into_response`].
+    pub fn into_response_for(self, grpc: bool) -> Response<Body> {
+        if !grpc {
+            return self.into_response();
+        }
+        let mut r = Response::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        let h = r.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            http::HeaderValue::from(u16::from(self.grpc_status())),
+        );
+        let message = grpc_message(&format!("{}: {self}", self.code()));
+        if let Ok(v) = http::HeaderValue::try_from(message) {
+            h.insert("grpc-message", v);
+        }
+        h.insert(
+            "x-raftmesh-error",
+            http::HeaderValue::from_static(self.code()),
+        );
+        r
+    }
+
     /// The response the client gets.
     pub fn into_response(self) -> Response<Body> {
         let body = format!("{}: {self}\n", self.code());
@@ -115,6 +166,50 @@ impl ProxyError {
     }
 }
 
+/// gRPC status codes the proxy answers with (grpc/doc/statuscodes.md).
+pub mod grpc_status {
+    /// The client sent something the proxy cannot route.
+    pub const INVALID_ARGUMENT: u8 = 3;
+    /// The route's time limit passed.
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    /// Authorization refused the call.
+    pub const PERMISSION_DENIED: u8 = 7;
+    /// A limit of the callee's (circuit breaker) is reached.
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    /// No such service.
+    pub const UNIMPLEMENTED: u8 = 12;
+    /// The callee cannot be reached now; a retry may succeed.
+    pub const UNAVAILABLE: u8 = 14;
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc`,
+/// `application/grpc+proto`, ...): its errors are answered in gRPC.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.as_bytes();
+            ct.len() >= 16
+                && ct[..16].eq_ignore_ascii_case(b"application/grpc")
+                && matches!(ct.get(16), None | Some(b'+') | Some(b';'))
+        })
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII,
+/// and `%` itself.
+fn grpc_message(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +222,50 @@ mod tests {
         let r = ProxyError::Timeout("web".into()).into_response();
         assert_eq!(r.status(), 504);
         assert_eq!(r.headers()["x-raftmesh-error"], "upstream-timeout");
+    }
+
+    #[test]
+    fn a_grpc_call_gets_a_trailers_only_status_never_a_text_503() {
+        use hyper::body::Body as _;
+        let cases = [
+            (ProxyError::NoHealthyEndpoints("web".into()), 14),
+            (ProxyError::Connect("web".into()), 14),
+            (ProxyError::Timeout("web".into()), 4),
+            (ProxyError::Denied("no policy allows it".into()), 7),
+            (ProxyError::CircuitOpen("web".into()), 8),
+            (ProxyError::NoRoute("web".into()), 12),
+        ];
+        for (e, status) in cases {
+            let code = e.code();
+            let r = e.into_response_for(true);
+            assert_eq!(r.status(), 200, "{code}");
+            assert_eq!(r.headers()["content-type"], "application/grpc");
+            assert_eq!(r.headers()["grpc-status"], status.to_string().as_str());
+            assert_eq!(r.headers()["x-raftmesh-error"], code);
+            let msg = r.headers()["grpc-message"].to_str().unwrap();
+            assert!(msg.starts_with(&format!("{code}: ")), "{msg}");
+            assert!(r.body().is_end_stream(), "trailers-only: no body");
+        }
+        // Not gRPC: the plain answer.
+        let r = ProxyError::Connect("web".into()).into_response_for(false);
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["content-type"], "text/plain");
+    }
+
+    #[test]
+    fn grpc_is_recognised_by_content_type_and_messages_are_percent_encoded() {
+        let h = |ct: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+            m
+        };
+        assert!(is_grpc(&h("application/grpc")));
+        assert!(is_grpc(&h("application/grpc+proto")));
+        assert!(is_grpc(&h("Application/GRPC;charset=utf-8")));
+        assert!(!is_grpc(&h("application/grpc-web")));
+        assert!(!is_grpc(&h("application/grpcx")));
+        assert!(!is_grpc(&h("text/plain")));
+        assert!(!is_grpc(&http::HeaderMap::new()));
+        assert_eq!(grpc_message("50% of é"), "50%25 of %C3%A9");
     }
 }

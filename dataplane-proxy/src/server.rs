@@ -49,13 +49,24 @@ pub type OutboundStack = crate::route::Route<
     crate::timeout::Timeout<crate::retry::Retry<crate::balance::Balance<Forward>>>,
 >;
 
-fn finish(result: Result<Response<Body>, ProxyError>, metrics: &Metrics) -> Response<Body> {
+/// The answer to a request: its response, or the proxy's own error (in
+/// gRPC for a gRPC call); and the HTTP status metrics count it under (an
+/// error's own, though a gRPC caller gets it as a 200 with a grpc-status).
+fn finish(
+    result: Result<Response<Body>, ProxyError>,
+    metrics: &Metrics,
+    grpc: bool,
+) -> (Response<Body>, u16) {
     match result {
-        Ok(r) => r,
+        Ok(r) => {
+            let code = r.status().as_u16();
+            (r, code)
+        }
         Err(e) => {
             metrics.error(e.code());
             tracing::debug!(code = e.code(), error = %e, "answered with an error");
-            e.into_response()
+            let code = e.status().as_u16();
+            (e.into_response_for(grpc), code)
         }
     }
 }
@@ -107,14 +118,15 @@ pub(crate) async fn outbound_connection(
             let info = RouteInfo::default();
             let mut req = req.map(|b| b.boxed());
             req.extensions_mut().insert(info.clone());
-            let resp = finish(stack.call(req).await, &metrics);
+            let grpc = crate::error::is_grpc(req.headers());
+            let (resp, code) = finish(stack.call(req).await, &metrics, grpc);
             let (service, subset) = info.0.get().cloned().unwrap_or_default();
             metrics.request(
                 RequestLabels {
                     direction: "outbound",
                     service,
                     subset,
-                    code: resp.status().as_u16(),
+                    code,
                 },
                 started.elapsed(),
             );
@@ -401,6 +413,7 @@ impl Inbound {
             async move {
                 let started = Instant::now();
                 let strict = this.config.current().authz.mtls == MtlsMode::Strict;
+                let grpc = crate::error::is_grpc(req.headers());
                 let mut req = req;
                 let normal = crate::path::normalise_uri(req.uri());
                 // A mesh proxy in strict mode serves no request without a
@@ -442,8 +455,8 @@ impl Inbound {
                         }
                     }
                 };
-                let resp = finish(result, &this.config.metrics);
-                recorder.record(resp.status().as_u16(), started.elapsed());
+                let (resp, code) = finish(result, &this.config.metrics, grpc);
+                recorder.record(code, started.elapsed());
                 // A streaming answer (no known length) ends when a committed
                 // policy stops allowing it; a sized one cannot outlive the
                 // decision by much.

@@ -215,6 +215,88 @@ async fn grpc_unary_and_streaming_cross_two_proxies_with_trailers_intact() {
 }
 
 #[tokio::test]
+async fn grpc_callers_get_grpc_statuses_from_the_proxy_never_a_text_503() {
+    // A callee whose proxy denies everything, an endpoint that refuses
+    // connections, one that accepts and never answers, and no service.
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RaftServer::new(Fake))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(app)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b.yaml");
+    std::fs::write(
+        &f,
+        "kind: MeshConfig\nmetadata: {name: mesh}\nspec: {default_policy: deny}\n---\nkind: Service\nmetadata: {name: app}\nspec: {}\n",
+    )
+    .unwrap();
+    let mut c = base_config();
+    c.config_file = Some(f);
+    c.service = "app".into();
+    c.app_port = Some(app_port);
+    let b = raftmesh_dataplane_proxy::start(c).await.unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let yaml = [
+        endpoint_doc("denied", "grpc", b.inbound.unwrap()),
+        endpoint_doc("down", "grpc", closed),
+        endpoint_doc("slow", "grpc", silent_addr),
+        "kind: Route\nmetadata: {name: slow}\nspec: {service: slow, timeout: 300ms}\n".into(),
+    ]
+    .join("---\n");
+    let (a, _da) = static_proxy(&yaml).await;
+    let call = |service: &'static str| {
+        let outbound = a.outbound;
+        async move {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
+                .unwrap()
+                .origin(format!("http://{service}").parse().unwrap())
+                .connect()
+                .await
+                .unwrap();
+            pb::raft_client::RaftClient::new(ch)
+                .node_info(pb::NodeInfoRequest {})
+                .await
+                .unwrap_err()
+        }
+    };
+    for (service, code, error) in [
+        ("down", tonic::Code::Unavailable, "upstream-connect"),
+        ("slow", tonic::Code::DeadlineExceeded, "upstream-timeout"),
+        ("nosuch", tonic::Code::Unimplemented, "no-route"),
+        ("denied", tonic::Code::PermissionDenied, "denied"),
+    ] {
+        let s = call(service).await;
+        assert_eq!(s.code(), code, "{service}: {s:?}");
+        assert!(
+            s.message().starts_with(&format!("{error}: ")),
+            "{service}: the message names the code: {s:?}"
+        );
+        assert_eq!(
+            s.metadata()
+                .get("x-raftmesh-error")
+                .map(|v| v.to_str().unwrap()),
+            Some(error),
+            "{service}"
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn slowloris_and_malformed_requests_do_not_harm_other_connections() {
     let web = Upstream::start("web").await;
     let (p, _d) = static_proxy(&mesh("web", &[("web-1", web.addr, "v1")], "")).await;
