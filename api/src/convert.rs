@@ -139,6 +139,33 @@ fn retry_on(s: &str) -> Result<RetryOn, ConvertError> {
     })
 }
 
+fn grpc_retry_on(s: &str) -> Result<GrpcRetryOn, ConvertError> {
+    Ok(match s {
+        "cancelled" => GrpcRetryOn::Cancelled,
+        "deadline-exceeded" => GrpcRetryOn::DeadlineExceeded,
+        "resource-exhausted" => GrpcRetryOn::ResourceExhausted,
+        "internal" => GrpcRetryOn::Internal,
+        "unavailable" => GrpcRetryOn::Unavailable,
+        other => {
+            return Err(err(
+                "retries.grpc_on",
+                format!("unknown gRPC status \"{other}\""),
+            ))
+        }
+    })
+}
+
+/// The YAML/wire name of a gRPC retry status.
+pub fn grpc_retry_on_str(r: GrpcRetryOn) -> &'static str {
+    match r {
+        GrpcRetryOn::Cancelled => "cancelled",
+        GrpcRetryOn::DeadlineExceeded => "deadline-exceeded",
+        GrpcRetryOn::ResourceExhausted => "resource-exhausted",
+        GrpcRetryOn::Internal => "internal",
+        GrpcRetryOn::Unavailable => "unavailable",
+    }
+}
+
 /// The YAML/wire name of a retry condition.
 pub fn retry_on_str(r: RetryOn) -> &'static str {
     match r {
@@ -184,6 +211,13 @@ fn route_to_pb(r: RouteSpec) -> pb::RouteSpec {
                 .map(|o| retry_on_str(o).to_string())
                 .collect(),
             per_try_timeout_ms: ms(p.per_try_timeout),
+            grpc_on: p
+                .grpc_on
+                .into_iter()
+                .map(|o| grpc_retry_on_str(o).to_string())
+                .collect(),
+            backoff_base_ms: ms(p.backoff_base),
+            backoff_max_ms: ms(p.backoff_max),
         }),
         load_balancer: match r.load_balancer {
             None => pb::LoadBalancer::Unspecified,
@@ -237,6 +271,13 @@ fn route_from_pb(r: pb::RouteSpec) -> Result<RouteSpec, ConvertError> {
                     attempts: p.attempts,
                     on: p.on.iter().map(|s| retry_on(s)).collect::<Result<_, _>>()?,
                     per_try_timeout: opt_ms(p.per_try_timeout_ms),
+                    grpc_on: p
+                        .grpc_on
+                        .iter()
+                        .map(|s| grpc_retry_on(s))
+                        .collect::<Result<_, _>>()?,
+                    backoff_base: opt_ms(p.backoff_base_ms),
+                    backoff_max: opt_ms(p.backoff_max_ms),
                 })
             })
             .transpose()?,

@@ -541,6 +541,21 @@ fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
                 "must be more than 0",
             );
         }
+        let base = retries.backoff_base.map_or(25, |d| d.as_millis());
+        if let Some(d) = retries.backoff_base {
+            c.check(
+                (1..=10_000).contains(&d.as_millis()),
+                "spec.retries.backoff_base",
+                format!("{d} must be between 1ms and 10s"),
+            );
+        }
+        if let Some(d) = retries.backoff_max {
+            c.check(
+                d.as_millis() >= base && d.as_millis() <= 60_000,
+                "spec.retries.backoff_max",
+                format!("{d} must be at least backoff_base ({base}ms) and at most 1m"),
+            );
+        }
     }
     if let Some(cb) = &r.circuit_breaker {
         for (v, f) in [

@@ -87,8 +87,37 @@ pub struct Retries {
     pub attempts: u32,
     /// Conditions.
     pub on: Vec<RetryOn>,
+    /// gRPC statuses a gRPC call is retried on.
+    pub grpc_on: Vec<u8>,
     /// Time limit per attempt.
     pub per_try_timeout: Option<Duration>,
+    /// First backoff; each further one doubles, up to `backoff_max`.
+    pub backoff_base: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+}
+
+impl Retries {
+    /// What a service without a retry policy gets: requests that never
+    /// reached the app are retried twice, on other endpoints.
+    pub const NEVER_REACHED_ATTEMPTS: u32 = 2;
+    /// Default first backoff.
+    pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
+    /// Default longest backoff.
+    pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            attempts: Self::NEVER_REACHED_ATTEMPTS,
+            on: Vec::new(),
+            grpc_on: Vec::new(),
+            per_try_timeout: None,
+            backoff_base: Self::BACKOFF_BASE,
+            backoff_max: Self::BACKOFF_MAX,
+        }
+    }
 }
 
 /// Everything needed to route to one service.
@@ -449,7 +478,18 @@ pub fn compile(
             } else {
                 r.on.clone()
             },
+            grpc_on: if r.grpc_on.is_empty() {
+                vec![raftmesh_api::GrpcRetryOn::Unavailable.code()]
+            } else {
+                r.grpc_on.iter().map(|g| g.code()).collect()
+            },
             per_try_timeout: r.per_try_timeout.map(|d| d.as_duration()),
+            backoff_base: r
+                .backoff_base
+                .map_or(Retries::BACKOFF_BASE, |d| d.as_duration()),
+            backoff_max: r
+                .backoff_max
+                .map_or(Retries::BACKOFF_MAX, |d| d.as_duration()),
         });
         t.lb = route.load_balancer.unwrap_or_default();
         if let Some(cb) = &route.circuit_breaker {

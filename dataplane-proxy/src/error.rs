@@ -34,6 +34,11 @@ pub enum ProxyError {
     /// The upstream reset or broke the connection.
     #[error("the connection to {0} broke before a full answer")]
     Reset(String),
+    /// The endpoint refused the request before processing it (HTTP/2
+    /// `REFUSED_STREAM`, or a GOAWAY that left it out): safe to send
+    /// elsewhere.
+    #[error("{0} refused the request before processing it")]
+    Refused(String),
     /// Too many requests pending for the service.
     #[error("circuit open for {0}: too many requests in flight")]
     CircuitOpen(String),
@@ -63,6 +68,7 @@ impl ProxyError {
             ProxyError::Connect(_) => "upstream-connect",
             ProxyError::Timeout(_) => "upstream-timeout",
             ProxyError::Reset(_) => "upstream-reset",
+            ProxyError::Refused(_) => "upstream-refused",
             ProxyError::CircuitOpen(_) => "circuit-open",
             ProxyError::Denied(_) => "denied",
             ProxyError::MtlsRequired => "mtls-required",
@@ -83,6 +89,7 @@ impl ProxyError {
             ProxyError::Denied(_) | ProxyError::MtlsRequired => StatusCode::FORBIDDEN,
             ProxyError::NoHealthyEndpoints(_)
             | ProxyError::Connect(_)
+            | ProxyError::Refused(_)
             | ProxyError::CircuitOpen(_)
             | ProxyError::AppUnavailable(_)
             | ProxyError::NoIdentity(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +115,7 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoints(_)
             | ProxyError::Connect(_)
             | ProxyError::Reset(_)
+            | ProxyError::Refused(_)
             | ProxyError::AppUnavailable(_)
             | ProxyError::NoIdentity(_) => UNAVAILABLE,
         }

@@ -81,7 +81,11 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
         retries: retries.map(|(attempts, on)| Retries {
             attempts,
             on,
-            per_try_timeout: None,
+            grpc_on: vec![14],
+            // Short, so tests do not wait.
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(2),
+            ..Retries::default()
         }),
         lb: LoadBalancer::RoundRobin,
         max_in_flight: None,

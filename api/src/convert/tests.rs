@@ -113,13 +113,33 @@ fn route() -> impl Strategy<Value = Spec> {
         Just(RetryOn::ConnectFailure),
         Just(RetryOn::Reset)
     ];
-    let retries = option::of((any::<u32>(), vec(retry_on, 0..3), dur()).prop_map(
-        |(attempts, on, per_try_timeout)| RetryPolicy {
-            attempts,
-            on,
-            per_try_timeout,
-        },
-    ));
+    let grpc_on = prop_oneof![
+        Just(GrpcRetryOn::Cancelled),
+        Just(GrpcRetryOn::DeadlineExceeded),
+        Just(GrpcRetryOn::ResourceExhausted),
+        Just(GrpcRetryOn::Internal),
+        Just(GrpcRetryOn::Unavailable)
+    ];
+    let retries = option::of(
+        (
+            any::<u32>(),
+            vec(retry_on, 0..3),
+            vec(grpc_on, 0..3),
+            dur(),
+            dur(),
+            dur(),
+        )
+            .prop_map(
+                |(attempts, on, grpc_on, per_try_timeout, backoff_base, backoff_max)| RetryPolicy {
+                    attempts,
+                    on,
+                    grpc_on,
+                    per_try_timeout,
+                    backoff_base,
+                    backoff_max,
+                },
+            ),
+    );
     let lb = option::of(prop_oneof![
         Just(LoadBalancer::P2cEwma),
         Just(LoadBalancer::RoundRobin)

@@ -149,18 +149,66 @@ pub enum RetryOn {
     Reset,
 }
 
-/// Retries for safe requests, within the proxy's retry budget.
+/// gRPC statuses a gRPC call is retried on (read from a trailers-only
+/// answer's headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrpcRetryOn {
+    /// 1 CANCELLED.
+    Cancelled,
+    /// 4 DEADLINE_EXCEEDED.
+    DeadlineExceeded,
+    /// 8 RESOURCE_EXHAUSTED.
+    ResourceExhausted,
+    /// 13 INTERNAL.
+    Internal,
+    /// 14 UNAVAILABLE.
+    Unavailable,
+}
+
+impl GrpcRetryOn {
+    /// Its numeric gRPC status.
+    pub fn code(self) -> u8 {
+        match self {
+            GrpcRetryOn::Cancelled => 1,
+            GrpcRetryOn::DeadlineExceeded => 4,
+            GrpcRetryOn::ResourceExhausted => 8,
+            GrpcRetryOn::Internal => 13,
+            GrpcRetryOn::Unavailable => 14,
+        }
+    }
+}
+
+/// Retries, within the proxy's retry budget. Whatever the policy, a
+/// request that never reached the app (the connection failed, or the
+/// endpoint refused the stream) is retried on another endpoint; the
+/// policy adds retries of idempotent requests on the conditions in `on`,
+/// and of gRPC calls on the statuses in `grpc_on`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
-    /// Further attempts after the first, at most 10.
+    /// Further attempts after the first, at most 10 (0: no retry at all,
+    /// not even of requests that never reached the app).
     pub attempts: u32,
-    /// Conditions that trigger a retry; default `[5xx, connect-failure]`.
+    /// Conditions that trigger a retry of an idempotent request (GET,
+    /// HEAD, OPTIONS, TRACE, PUT, DELETE); default `[5xx,
+    /// connect-failure]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on: Vec<RetryOn>,
+    /// gRPC statuses that trigger a retry of a gRPC call (any method);
+    /// default `[unavailable]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_on: Vec<GrpcRetryOn>,
     /// Time limit of each attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<HumanDuration>,
+    /// First backoff between attempts (default 25ms); each further one
+    /// doubles, up to `backoff_max`, with full jitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_base: Option<HumanDuration>,
+    /// Longest backoff (default 250ms, at least `backoff_base`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max: Option<HumanDuration>,
 }
 
 /// Endpoint selection.

@@ -116,12 +116,33 @@ impl Forward {
         match client.request(req).await {
             Ok(resp) => Ok(resp.map(|b| b.boxed())),
             Err(e) if e.is_connect() => Err(ProxyError::Connect(addr.to_string())),
+            Err(e) if refused(&e) => {
+                tracing::debug!(%addr, error = %e, "upstream refused the request unprocessed");
+                Err(ProxyError::Refused(addr.to_string()))
+            }
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "upstream request failed");
                 Err(ProxyError::Reset(addr.to_string()))
             }
         }
     }
+}
+
+/// Whether an HTTP/2 endpoint refused the stream before processing it
+/// (RFC 9113 §8.7: such a request may be retried): `REFUSED_STREAM`, or
+/// a graceful GOAWAY (`NO_ERROR`) whose last stream id left it out (h2
+/// fails only those streams then; a GOAWAY with an error code may also
+/// end streams the server did process, so it does not count).
+fn refused(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Removes the headers that describe one hop only.

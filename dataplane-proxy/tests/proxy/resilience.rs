@@ -167,3 +167,75 @@ async fn a_circuit_opens_past_the_in_flight_limit() {
     assert_eq!(open, 4, "{codes:?}");
     p.shutdown().await;
 }
+
+/// An app that answers each request with its method and body.
+async fn echo_body() -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let m = req.method().to_string();
+                        let b = req.into_body().collect().await?.to_bytes();
+                        let out = [m.as_bytes(), b" ", &b].concat();
+                        Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(out),
+                        )))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_post_to_an_endpoint_that_refuses_connections_succeeds_on_another_without_a_retry_policy()
+{
+    use http_body_util::BodyExt;
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // nothing listens
+    let good = echo_body().await;
+    // No retry policy; and ejection never hides the dead endpoint.
+    let route = "kind: Route\nmetadata: {name: web}\nspec: {service: web, load_balancer: round-robin, outlier: {consecutive_failures: 100000}}\n";
+    let (p, _d) = static_proxy(&mesh(
+        "web",
+        &[("web-1", gone, "v1"), ("web-2", good, "v1")],
+        route,
+    ))
+    .await;
+    let c: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    // Bodies of every size up to past the replay limit (64 KiB): those
+    // within it always arrive whole; the one past it is sent once.
+    for (i, size) in [0usize, 1, 100, 10_000, 65_536]
+        .into_iter()
+        .cycle()
+        .take(50)
+        .enumerate()
+    {
+        let body = vec![b'a' + (i % 26) as u8; size];
+        let req = hyper::Request::post(format!("http://{}/orders", p.outbound))
+            .header("host", "web")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let r = c.request(req).await.unwrap();
+        assert_eq!(r.status(), 200, "POST {i} of {size} bytes");
+        let got = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), 5 + size, "POST {i}: the whole body, once");
+        assert!(got.starts_with(b"POST "));
+        assert!(got[5..].iter().all(|b| *b == b'a' + (i % 26) as u8));
+    }
+    p.shutdown().await;
+}
