@@ -369,6 +369,13 @@ impl From<Spec> for pb::resource::Spec {
                     Some(OutboundMode::Deny) => "deny".into(),
                 },
                 service_vip_range: m.service_vip_range.unwrap_or_default(),
+                app_probe: m.app_probe.map(|p| pb::AppProbe {
+                    http_path: p.http_path.unwrap_or_default(),
+                    interval_ms: ms(p.interval),
+                    timeout_ms: ms(p.timeout),
+                    failure_threshold: p.failure_threshold.unwrap_or(0),
+                    success_threshold: p.success_threshold.unwrap_or(0),
+                }),
             }),
             Spec::Token(t) => P::Token(pb::TokenSpec {
                 secret_sha256: t.secret_sha256,
@@ -524,6 +531,15 @@ impl TryFrom<pb::resource::Spec> for Spec {
                     }
                 },
                 service_vip_range: (!m.service_vip_range.is_empty()).then_some(m.service_vip_range),
+                app_probe: m.app_probe.map(|p| {
+                    Box::new(AppProbe {
+                        http_path: opt_str(p.http_path),
+                        interval: opt_ms(p.interval_ms),
+                        timeout: opt_ms(p.timeout_ms),
+                        failure_threshold: opt_u32(p.failure_threshold),
+                        success_threshold: opt_u32(p.success_threshold),
+                    })
+                }),
             }),
             P::Token(t) => {
                 let (service, namespace, role) = match t.scope {

@@ -312,6 +312,9 @@ impl Resource {
                         ),
                     );
                 }
+                if let Some(p) = &m.app_probe {
+                    validate_probe(&mut c, p, "spec.app_probe");
+                }
                 if let Some(ttl) = m.cert_ttl {
                     let ms = ttl.as_millis();
                     c.check(
@@ -483,6 +486,47 @@ pub fn host_port(s: &str) -> bool {
         return false;
     };
     port.parse::<u16>().is_ok_and(|p| p != 0) && dns_subdomain(host).is_ok()
+}
+
+/// The rules of an app readiness probe (MeshConfig, and the proxy's
+/// flags).
+pub fn probe_rules(p: &crate::AppProbe) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(path) = &p.http_path {
+        if !path.starts_with('/')
+            || path.len() > 1024
+            || path.bytes().any(|b| b <= b' ' || b == 0x7f)
+        {
+            out.push((
+                "http_path",
+                format!("{} must be a path starting with '/', without spaces or control bytes, at most 1024 bytes", shown(path)),
+            ));
+        }
+    }
+    for (f, d) in [("interval", p.interval), ("timeout", p.timeout)] {
+        if let Some(d) = d {
+            if !(10..=60_000).contains(&d.as_millis()) {
+                out.push((f, format!("{d} must be between 10ms and 1m")));
+            }
+        }
+    }
+    for (f, n) in [
+        ("failure_threshold", p.failure_threshold),
+        ("success_threshold", p.success_threshold),
+    ] {
+        if let Some(n) = n {
+            if !(1..=100).contains(&n) {
+                out.push((f, format!("{n} must be between 1 and 100")));
+            }
+        }
+    }
+    out
+}
+
+fn validate_probe(c: &mut Checker<'_>, p: &crate::AppProbe, field: &str) {
+    for (f, rule) in probe_rules(p) {
+        c.fail(format!("{field}.{f}"), rule);
+    }
 }
 
 fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {

@@ -50,6 +50,23 @@ pub fn handle(config: &Config, workload: Option<&Workload>, path: &str) -> Respo
                     "text/plain",
                     "not ready: no configuration yet\n".into(),
                 )
+            } else if config.life.borrow().draining {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: draining (stopping)\n".into(),
+                )
+            } else if !config.life.borrow().app_ready {
+                let why = config
+                    .probe_failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: the app is not ready ({why})\n"),
+                )
             } else {
                 reply(
                     StatusCode::OK,

@@ -181,6 +181,8 @@ pub struct CompiledConfig {
     pub authz: Authz,
     /// Peers' trust domains and workload roots (PEM), by peer name.
     pub peers: BTreeMap<String, (String, String)>,
+    /// MeshConfig's defaults for the app readiness probe.
+    pub app_probe: Option<raftmesh_api::AppProbe>,
 }
 
 impl CompiledConfig {
@@ -193,6 +195,7 @@ impl CompiledConfig {
             services: HashMap::new(),
             authz: Authz::default(),
             peers: BTreeMap::new(),
+            app_probe: None,
         }
     }
 
@@ -322,6 +325,7 @@ pub fn compile(
         }
     }
     let mut routes = Vec::new();
+    let mut app_probe = None;
     let mut imports = Vec::new();
     let mut peers = BTreeMap::new();
     for r in resources.values() {
@@ -385,6 +389,7 @@ pub fn compile(
             }
             Spec::Import(i) => imports.push((ns, i.clone())),
             Spec::MeshConfig(m) => {
+                app_probe = m.app_probe.as_deref().cloned();
                 authz.trust_domain = m.trust_domain.clone().unwrap_or_default();
                 authz.default = m.default_policy.unwrap_or_default();
                 authz.mtls = m.mtls.unwrap_or_default();
@@ -589,6 +594,7 @@ pub fn compile(
             .collect(),
         authz,
         peers,
+        app_probe,
     }
 }
 

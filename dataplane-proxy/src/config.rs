@@ -15,6 +15,23 @@ pub enum Cmd {
     /// starts; both are idempotent.
     #[command(subcommand)]
     Capture(CaptureCmd),
+    /// Run the proxy and the app as its child (`mesh-proxy run --service web
+    /// --app-port 8080 ... -- APP ARGS`): the app starts once the proxy has
+    /// its configuration and certificate; SIGTERM drains the proxy first,
+    /// then reaches the app; the proxy exits with the app's status. The
+    /// entry point of a container or a systemd unit.
+    Run(Box<RunArgs>),
+}
+
+/// `mesh-proxy run [FLAGS] -- APP [ARGS...]`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The proxy's flags, as without `run`.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// The app and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "APP")]
+    pub app: Vec<String>,
 }
 
 /// `mesh-proxy capture ...`
@@ -49,6 +66,21 @@ pub struct Args {
     /// A command instead of running the proxy.
     #[command(subcommand)]
     pub command: Option<Cmd>,
+    /// The proxy's flags.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+impl Args {
+    /// Checks the flags and reads the token file.
+    pub fn into_config(self) -> Result<ProxyConfig, String> {
+        self.proxy.into_config()
+    }
+}
+
+/// The flags of the proxy itself.
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
     /// meshd addresses (tried in turn, with backoff).
     #[arg(long, value_delimiter = ',', env = "RAFTMESH_CONTROL_PLANE")]
     pub control_plane: Vec<String>,
@@ -139,6 +171,24 @@ pub struct Args {
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Readiness probe of the app: an HTTP GET of this path (2xx/3xx is ready); without it, a TCP connect to --app-port [default: MeshConfig app_probe, else TCP].
+    #[arg(long, value_name = "PATH")]
+    pub probe_http: Option<String>,
+    /// Time between probes of the app [default: MeshConfig app_probe, else 1s].
+    #[arg(long)]
+    pub probe_interval: Option<humantime::Duration>,
+    /// Time limit of one probe [default: MeshConfig app_probe, else 1s].
+    #[arg(long)]
+    pub probe_timeout: Option<humantime::Duration>,
+    /// Failed probes in a row that take the endpoint out [default: MeshConfig app_probe, else 2].
+    #[arg(long)]
+    pub probe_failure_threshold: Option<u32>,
+    /// Passed probes in a row that put it back [default: MeshConfig app_probe, else 1].
+    #[arg(long)]
+    pub probe_success_threshold: Option<u32>,
+    /// On SIGTERM, how long in-flight requests may take to finish (the endpoint is taken out first; then connections close gracefully and the proxy deregisters).
+    #[arg(long, default_value = "5s")]
+    pub drain_timeout: humantime::Duration,
     /// Exit when this process is gone (used by `meshd demo` for its proxies).
     #[arg(long, hide = true)]
     pub parent_pid: Option<u32>,
@@ -199,6 +249,11 @@ pub struct ProxyConfig {
     pub header_timeout: std::time::Duration,
     /// Worker threads.
     pub workers: Option<usize>,
+    /// The app readiness probe's flags (unset: MeshConfig's, else the
+    /// defaults; `health.rs`).
+    pub probe: raftmesh_api::AppProbe,
+    /// How long a drain may take.
+    pub drain_timeout: std::time::Duration,
 }
 
 fn label(s: &str) -> Result<(), String> {
@@ -228,7 +283,7 @@ pub fn legacy_token(value: Option<String>) -> Option<String> {
     }
 }
 
-impl Args {
+impl ProxyArgs {
     /// Checks the flags and reads the token file.
     pub fn into_config(self) -> Result<ProxyConfig, String> {
         let ca_pem = match &self.ca_file {
@@ -296,6 +351,25 @@ impl Args {
             (None, Some(t)) => Some(t.trim().to_string()),
             (None, None) => legacy_token(std::env::var("RAFTMESH_TOKEN").ok()),
         };
+        let ms = |d: Option<humantime::Duration>| {
+            d.map(|d| raftmesh_api::HumanDuration::from(std::time::Duration::from(d)))
+        };
+        let probe = raftmesh_api::AppProbe {
+            http_path: self.probe_http.clone(),
+            interval: ms(self.probe_interval),
+            timeout: ms(self.probe_timeout),
+            failure_threshold: self.probe_failure_threshold,
+            success_threshold: self.probe_success_threshold,
+        };
+        if let Some((f, rule)) = raftmesh_api::validate::probe_rules(&probe)
+            .into_iter()
+            .next()
+        {
+            return Err(format!(
+                "--probe-{}: {rule}",
+                f.replace('_', "-").replace("http-path", "http")
+            ));
+        }
         if self.workers == Some(0) {
             return Err("--workers must be at least 1".into());
         }
@@ -364,6 +438,8 @@ impl Args {
             idle_timeout: self.idle_timeout.into(),
             header_timeout: self.header_timeout.into(),
             workers: self.workers,
+            probe,
+            drain_timeout: self.drain_timeout.into(),
         })
     }
 }

@@ -50,9 +50,15 @@ pub async fn serve(
                 }
             },
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            _ = crate::health::closing(&config.life) => {
+                tracing::info!("draining: the gateway listener is closed");
+                return;
+            }
         };
         let (config, workload) = (config.clone(), workload.clone());
+        let open = crate::server::OpenCount::new(config.inbound_open.clone());
         tokio::spawn(async move {
+            let _open = open;
             if let Err(why) = relay(s, &config, workload.as_deref()).await {
                 tracing::info!(%from, %why, "gateway refused a connection");
                 config.metrics.error("gateway-refused");

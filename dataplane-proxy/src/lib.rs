@@ -19,6 +19,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod guard;
+pub mod health;
 pub mod metrics;
 pub mod path;
 pub mod persist;
@@ -98,9 +99,18 @@ pub struct Proxy {
     pub dns: Option<SocketAddr>,
     /// The live configuration.
     pub config: Arc<Config>,
+    /// Registered with meshd (an app or a gateway, and a control plane).
+    registered: bool,
+    workload: Option<Arc<tls::Workload>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// How long a draining proxy goes on accepting after reporting not ready:
+/// callers hear of it from meshd within milliseconds of its write, and one
+/// that is later still has its connection refused and retries elsewhere
+/// (the request never reached the app).
+pub const DRAIN_NOTICE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Proxy {
     /// Stops every listener and the discovery client.
@@ -109,6 +119,57 @@ impl Proxy {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+
+    /// Whether the proxy can serve: it has a configuration and, in a
+    /// mesh, its workload certificate.
+    pub fn ready(&self) -> bool {
+        self.config.current().source != Source::Empty
+            && self.workload.as_ref().is_none_or(|w| w.tls().is_some())
+    }
+
+    /// The first half of a graceful stop (SIGTERM): reports not ready (meshd
+    /// marks the endpoint, callers stop choosing it), goes on serving for
+    /// [`DRAIN_NOTICE`], then stops accepting inbound connections and closes
+    /// open ones as their requests are answered, waiting for them until
+    /// `timeout` has passed in all. Outbound keeps serving (the app may still
+    /// call out while it stops).
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.config.life.send_modify(|l| l.draining = true);
+        if self.registered {
+            tokio::time::sleep(DRAIN_NOTICE.min(timeout / 2)).await;
+        }
+        self.config.life.send_modify(|l| l.closing = true);
+        let open = || {
+            self.config
+                .inbound_open
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        while open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if open() > 0 {
+            tracing::warn!(
+                open = open(),
+                "drain timeout: closing the connections still open"
+            );
+        } else {
+            tracing::info!("drained: no inbound connection open");
+        }
+    }
+
+    /// The second half: deregisters (meshd deletes the Endpoint at once
+    /// rather than after its lease) and stops.
+    pub async fn leave(self) {
+        self.config.life.send_modify(|l| l.leaving = true);
+        if self.registered {
+            let mut rx = self.config.life.subscribe();
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(4), rx.wait_for(|l| l.left))
+                    .await;
+        }
+        self.shutdown().await;
     }
 }
 
@@ -202,6 +263,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
             header: cfg.header_timeout,
             idle: cfg.idle_timeout,
         },
+        cfg.app_port.is_some(),
     );
     let (shutdown, shutdown_rx) = watch::channel(false);
     // A workload key and certificate belong to proxies in a mesh (a
@@ -345,8 +407,20 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
             shutdown_rx.clone(),
         )));
     }
+    if let Some(port) = cfg.app_port {
+        tasks.push(tokio::spawn(health::run(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            cfg.probe.clone(),
+            config.clone(),
+            config.life.clone(),
+            config.probe_failure.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     tracing::info!(%outbound, ?inbound, %admin, service = %cfg.service, instance = %cfg.instance, "mesh-proxy started");
     Ok(Proxy {
+        registered: control_plane && inbound.is_some(),
+        workload: workload.clone(),
         outbound,
         inbound,
         admin,

@@ -190,6 +190,22 @@ pub(crate) async fn sniff(stream: &TcpStream) -> bool {
     }
 }
 
+/// Counts an open connection while it lives (a drain waits for none).
+pub(crate) struct OpenCount(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenCount {
+    pub(crate) fn new(n: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(n)
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Serves inbound: mutual TLS from other proxies (required in strict mode,
 /// optional in permissive), authorization by the caller's identity, then
 /// HTTP to the app on `app_port`, or opaque TCP.
@@ -209,13 +225,21 @@ pub async fn serve_inbound(
         let stream = tokio::select! {
             s = accept(&listener, &mut backoff, "inbound") => s,
             _ = crate::stopped(&mut shutdown) => return,
+            // A drain: no new connection (a late caller's is refused, and
+            // retried elsewhere: it never reached the app).
+            _ = crate::health::closing(&config.life) => {
+                tracing::info!("draining: the inbound listener is closed");
+                return;
+            }
         };
         let _ = stream.set_nodelay(true);
         let (forward, config, workload) = (forward.clone(), config.clone(), workload.clone());
         let link = link.clone();
         let last_refusal_log = last_refusal_log.clone();
         let mut conn_stop = shutdown.clone();
+        let open = OpenCount::new(config.inbound_open.clone());
         tokio::spawn(async move {
+            let _open = open;
             let _guard = ConnGuard::open(&config.metrics, "inbound");
             let inbound = Inbound {
                 config,
@@ -484,19 +508,37 @@ impl Inbound {
         });
         let server = http_server();
         let conn = server.serve_connection(TokioIo::new(io), svc);
-        tokio::select! {
-            r = conn => if let Err(e) = r {
-                tracing::debug!(error = %e, "inbound connection ended with an error");
-            },
-            _ = until_strict(&config, member && who_none) => {
-                tracing::info!("closed a connection without a client certificate: the mesh switched to strict mTLS");
-            }
-            why = clock.expired() => {
-                tracing::debug!(?why, "closed an inbound connection");
-            }
-            _ = crate::guard::until_revoked(config.clone(), who_string) => {
-                tracing::info!("closed a connection from a revoked identity");
-                config.metrics.error("revoked");
+        tokio::pin!(conn);
+        let closing = crate::health::closing(&config.life);
+        tokio::pin!(closing);
+        let mut graceful = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "inbound connection ended with an error");
+                    }
+                    return;
+                }
+                // A drain: answer what is in flight, then close (HTTP/1
+                // `Connection: close` or an idle close, HTTP/2 GOAWAY).
+                _ = &mut closing, if !graceful => {
+                    graceful = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = until_strict(&config, member && who_none) => {
+                    tracing::info!("closed a connection without a client certificate: the mesh switched to strict mTLS");
+                    return;
+                }
+                why = clock.expired() => {
+                    tracing::debug!(?why, "closed an inbound connection");
+                    return;
+                }
+                _ = crate::guard::until_revoked(config.clone(), who_string.clone()) => {
+                    tracing::info!("closed a connection from a revoked identity");
+                    config.metrics.error("revoked");
+                    return;
+                }
             }
         }
     }

@@ -23,6 +23,12 @@ pub struct Config {
     pub metrics: Arc<Metrics>,
     /// How long client connections may take and idle (`conn.rs`).
     pub conn_limits: crate::conn::ConnLimits,
+    /// The app's readiness and the proxy's lifecycle (`health.rs`).
+    pub life: watch::Sender<crate::health::Life>,
+    /// Why the app's last probe failed (for `/ready`).
+    pub probe_failure: Arc<std::sync::Mutex<String>>,
+    /// Inbound connections open (a drain waits for them).
+    pub inbound_open: Arc<std::sync::atomic::AtomicUsize>,
     current: ArcSwap<CompiledConfig>,
     changed: watch::Sender<u64>,
     learn_tx: Option<mpsc::Sender<Interest>>,
@@ -55,6 +61,7 @@ impl Config {
         stats: StatsRegistry,
         learn_tx: Option<mpsc::Sender<Interest>>,
         conn_limits: crate::conn::ConnLimits,
+        has_app: bool,
     ) -> Arc<Self> {
         let (changed, _) = watch::channel(initial.revision);
         Arc::new(Self {
@@ -63,6 +70,9 @@ impl Config {
             metrics: stats.metrics().clone(),
             stats,
             conn_limits,
+            life: crate::health::channel(has_app),
+            probe_failure: Default::default(),
+            inbound_open: Default::default(),
             current: ArcSwap::from_pointee(initial),
             changed,
             learn_tx,
@@ -186,6 +196,7 @@ mod tests {
             StatsRegistry::new(Metrics::new()),
             Some(tx),
             Default::default(),
+            false,
         );
         let id: ServiceId = ("com".into(), "example".into());
         assert!(config.lookup(&id, Duration::from_secs(1)).await.is_none());

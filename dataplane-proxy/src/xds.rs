@@ -109,8 +109,14 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut next_node = rand::rng().random_range(0..settings.control_plane.len().max(1));
+    let mut life = config.life.subscribe();
     loop {
         if *shutdown.borrow() {
+            return;
+        }
+        if life.borrow().leaving {
+            // No stream to deregister on: the endpoint's lease expires.
+            config.life.send_modify(|l| l.left = true);
             return;
         }
         let addr = settings.control_plane[next_node % settings.control_plane.len()].clone();
@@ -140,6 +146,7 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = crate::stopped(&mut shutdown) => return,
+            _ = life.wait_for(|l| l.leaving) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
@@ -185,7 +192,7 @@ async fn session(
         _ => 0,
     };
     hello.subscriptions = subscriptions.all().iter().cloned().collect();
-    hello.ready = current.source != Source::Empty;
+    hello.ready = current.source != Source::Empty && config.life.borrow().reported_ready();
     // Who the proxy is: its certificate and proof of holding the key once
     // it has one, the bootstrap token before that.
     let mut csr_requested = false;
@@ -224,6 +231,7 @@ async fn session(
         .into_inner();
     let mut got_config = false;
     let mut reported_ready = was_ready;
+    let mut life = config.life.subscribe();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
     let mut sweep = tokio::time::interval(settings.subscription_idle / 2);
     sweep.tick().await;
@@ -299,7 +307,7 @@ async fn session(
                             tracing::debug!(revision = d.revision, full = d.full, "applied a delta");
                             send(In::Ack(pb::Ack { nonce: d.nonce })).await;
                             got_config = true;
-                            if !reported_ready {
+                            if !reported_ready && config.life.borrow().reported_ready() {
                                 reported_ready = true;
                                 send(In::Health(pb::HealthReport { ready: true })).await;
                             }
@@ -365,6 +373,30 @@ async fn session(
                             send(In::CertificateRequest(pb::CertificateRequest { csr_pem: csr })).await;
                         }
                     }
+                }
+            }
+            Ok(()) = life.changed() => {
+                let l = *life.borrow_and_update();
+                let ready = l.reported_ready() && config.current().source != Source::Empty;
+                if ready != reported_ready {
+                    reported_ready = ready;
+                    tracing::info!(ready, draining = l.draining, "reporting readiness to meshd");
+                    send(In::Health(pb::HealthReport { ready })).await;
+                }
+                if l.leaving {
+                    send(In::Deregister(pb::Deregister {})).await;
+                    // meshd ends the stream once the Endpoint is deleted.
+                    let done = tokio::time::timeout(Duration::from_secs(3), async {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                    })
+                    .await;
+                    if done.is_err() {
+                        tracing::warn!("meshd did not confirm the deregistration; the endpoint's lease will expire");
+                    } else {
+                        tracing::info!("deregistered");
+                    }
+                    config.life.send_modify(|l| l.left = true);
+                    return Ok(());
                 }
             }
             _ = crate::stopped(shutdown) => return Ok(()),

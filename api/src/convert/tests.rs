@@ -235,6 +235,15 @@ fn mesh_config() -> impl Strategy<Value = Spec> {
                     discovery_scope,
                     outbound,
                     service_vip_range: None,
+                    app_probe: cert_ttl.map(|d| {
+                        Box::new(AppProbe {
+                            http_path: Some("/ready".into()),
+                            interval: Some(d),
+                            timeout: None,
+                            failure_threshold: Some(3),
+                            success_threshold: None,
+                        })
+                    }),
                 })
             },
         )

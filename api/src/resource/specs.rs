@@ -396,6 +396,32 @@ pub struct MeshConfigSpec {
     /// 8 to 30); default [`DEFAULT_SERVICE_VIP_RANGE`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_vip_range: Option<String>,
+    /// Defaults of every proxy's readiness probe of its app (a proxy's
+    /// `--probe-*` flags override them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_probe: Option<Box<AppProbe>>,
+}
+
+/// How a proxy checks that its app is ready (`MeshConfig.app_probe`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppProbe {
+    /// An HTTP GET of this path (2xx or 3xx is ready); without it, a TCP
+    /// connect to the app's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<String>,
+    /// Time between probes; default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<HumanDuration>,
+    /// Time limit of one probe; default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Failed probes in a row that make a ready app not ready; default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    /// Passed probes in a row that make it ready again; default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<u32>,
 }
 
 /// Where services' virtual addresses come from unless MeshConfig says

@@ -161,3 +161,29 @@ async fn set_health(ctx: &Ctx, key: &ResourceKey, own: &str, ready: bool) {
         }
     }
 }
+
+/// Deletes a leaving proxy's Endpoint, if it is still its own (compare-
+/// and-set on what the leader has; never an admin's or another identity's).
+pub(super) async fn deregister(ctx: &Ctx, endpoint: &Resource) {
+    let Spec::Endpoint(mine) = &endpoint.spec else {
+        return;
+    };
+    let who = mine.identity.clone();
+    for _ in 0..5 {
+        let r = ctx
+            .ops
+            .update(&endpoint.key(), 1, |cur| match cur {
+                Some(cur) if owned_by(cur, &who) => Change::<Infallible>::Delete,
+                _ => Change::Keep,
+            })
+            .await;
+        match r {
+            Ok(_) => return,
+            Err(UpdateError::Conflict { .. }) => continue,
+            Err(e) => {
+                tracing::warn!(endpoint = %endpoint.key(), error = %e, "cannot deregister the endpoint; its lease will expire instead");
+                return;
+            }
+        }
+    }
+}

@@ -18,7 +18,7 @@ use tonic::{Status, Streaming};
 
 use super::admission::{identity_status, Admitted};
 use super::hub::{Register, Rescope, Unregister};
-use super::registration::keep_endpoint;
+use super::registration::{deregister, keep_endpoint};
 use super::scope::{denied_message, may_subscribe, parse_subscription, MAX_SUBSCRIPTIONS};
 use super::session::{Next, Session};
 use super::{full_state, Ctx};
@@ -259,6 +259,8 @@ impl Stream<'_> {
                     "Hello may only be the first message",
                 ))
             }
+            // Handled by the session loop.
+            Some(In::Deregister(_)) => {}
             Some(In::CertificateRequest(c)) => {
                 self.not_revoked()?;
                 let info = &self.session.info;
@@ -372,6 +374,19 @@ pub(super) async fn run_session(
             tokio::select! {
                 msg = inbound.message() => {
                     match msg {
+                        Ok(Some(pb::ProxyMessage { msg: Some(In::Deregister(_)) })) => {
+                            // A drained proxy leaving: its Endpoint goes now,
+                            // not a lease grace later; the stream's end
+                            // tells the proxy it is done.
+                            if let Some(h) = &registration {
+                                h.abort();
+                            }
+                            if let Some(e) = &a.endpoint {
+                                deregister(&ctx, e).await;
+                            }
+                            tracing::info!(instance = %a.info.instance, "proxy deregistered");
+                            return Ok(());
+                        }
                         Ok(Some(m)) => {
                             last_heard = tokio::time::Instant::now();
                             s.on_message(m, &ready).await?;

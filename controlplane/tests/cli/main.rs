@@ -876,6 +876,8 @@ fn server_tls_between_nodes_and_to_clients() {
                 idle_timeout: std::time::Duration::from_secs(60),
                 header_timeout: std::time::Duration::from_secs(10),
                 workers: None,
+                probe: Default::default(),
+                drain_timeout: std::time::Duration::from_secs(5),
             },
         ))
         .unwrap();

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod deploys;
 mod discovery;
 mod federation;
 mod membership;

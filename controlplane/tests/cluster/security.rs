@@ -58,37 +58,9 @@ async fn proxy(
     token: String,
     subs: &[&str],
 ) -> Proxy {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    raftmesh_dataplane_proxy::start(ProxyConfig {
-        control_plane: c.addrs.values().map(|a| a.to_string()).collect(),
-        service: service.into(),
-        instance: instance.into(),
-        namespace: "default".into(),
-        labels: Default::default(),
-        app_port: app.map(|a| a.port()),
-        gateway: false,
-        advertise: "127.0.0.1".into(),
-        inbound: any,
-        outbound: any,
-        capture: None,
-        dns: None,
-        dns_upstream: None,
-        admin: any,
-        upstreams: vec![],
-        token: Some(token),
-        ca_pem: None,
-        state_dir: Some(dir.join(instance)),
-        config_file: None,
-        cluster: String::new(),
-        locality: String::new(),
-        subscribe: subs.iter().map(|s| s.to_string()).collect(),
-        subscription_idle: std::time::Duration::from_secs(600),
-        idle_timeout: std::time::Duration::from_secs(60),
-        header_timeout: std::time::Duration::from_secs(10),
-        workers: None,
-    })
-    .await
-    .unwrap()
+    raftmesh_dataplane_proxy::start(proxy_config(c, dir, service, instance, app, token, subs))
+        .await
+        .unwrap()
 }
 
 type Client = hyper_util::client::legacy::Client<
@@ -961,6 +933,8 @@ fn a_committed_deny_ends_live_tcp_tunnels_and_streaming_answers() {
             idle_timeout: std::time::Duration::from_secs(60),
             header_timeout: std::time::Duration::from_secs(10),
             workers: None,
+            probe: Default::default(),
+            drain_timeout: std::time::Duration::from_secs(5),
         })
         .await
         .unwrap();

@@ -258,3 +258,47 @@ pub async fn bootstrap_token(admin: &mut Admin, service: &str) -> String {
     );
     secret
 }
+
+/// An in-process proxy's configuration against cluster `c` (its state in
+/// `dir/instance`).
+pub fn proxy_config(
+    c: &TestCluster,
+    dir: &std::path::Path,
+    service: &str,
+    instance: &str,
+    app: Option<SocketAddr>,
+    token: String,
+    subs: &[&str],
+) -> raftmesh_dataplane_proxy::config::ProxyConfig {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    raftmesh_dataplane_proxy::config::ProxyConfig {
+        control_plane: c.addrs.values().map(|a| a.to_string()).collect(),
+        service: service.into(),
+        instance: instance.into(),
+        namespace: "default".into(),
+        labels: Default::default(),
+        app_port: app.map(|a| a.port()),
+        gateway: false,
+        advertise: "127.0.0.1".into(),
+        inbound: any,
+        outbound: any,
+        capture: None,
+        dns: None,
+        dns_upstream: None,
+        admin: any,
+        upstreams: vec![],
+        token: Some(token),
+        ca_pem: None,
+        state_dir: Some(dir.join(instance)),
+        config_file: None,
+        cluster: String::new(),
+        locality: String::new(),
+        subscribe: subs.iter().map(|s| s.to_string()).collect(),
+        subscription_idle: std::time::Duration::from_secs(600),
+        idle_timeout: std::time::Duration::from_secs(60),
+        header_timeout: std::time::Duration::from_secs(10),
+        workers: None,
+        probe: Default::default(),
+        drain_timeout: std::time::Duration::from_secs(5),
+    }
+}

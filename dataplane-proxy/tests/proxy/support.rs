@@ -112,6 +112,8 @@ pub fn base_config() -> ProxyConfig {
         idle_timeout: std::time::Duration::from_secs(60),
         header_timeout: std::time::Duration::from_secs(10),
         workers: None,
+        probe: Default::default(),
+        drain_timeout: std::time::Duration::from_secs(5),
     }
 }
 
