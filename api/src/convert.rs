@@ -234,6 +234,7 @@ fn route_to_pb(r: RouteSpec) -> pb::RouteSpec {
             max_ejection_percent: o.max_ejection_percent.unwrap_or(0),
         }),
         failover: r.failover,
+        connect_timeout_ms: ms(r.connect_timeout),
     }
 }
 
@@ -264,6 +265,7 @@ fn route_from_pb(r: pb::RouteSpec) -> Result<RouteSpec, ConvertError> {
             })
             .collect(),
         timeout: opt_ms(r.timeout_ms),
+        connect_timeout: opt_ms(r.connect_timeout_ms),
         retries: r
             .retries
             .map(|p| -> Result<RetryPolicy, ConvertError> {

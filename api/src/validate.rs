@@ -572,6 +572,13 @@ fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
     if let Some(t) = r.timeout {
         c.check(t.as_millis() > 0, "spec.timeout", "must be more than 0");
     }
+    if let Some(t) = r.connect_timeout {
+        c.check(
+            (1..=60_000).contains(&t.as_millis()),
+            "spec.connect_timeout",
+            format!("{t} must be between 1ms and 1m"),
+        );
+    }
     if let Some(retries) = &r.retries {
         c.check(
             retries.attempts <= 10,

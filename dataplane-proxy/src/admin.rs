@@ -112,6 +112,7 @@ pub async fn serve(
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = crate::stopped(&mut shutdown) => return,
+            _ = crate::health::handing_over(&config.life) => return,
         };
         let (config, workload) = (config.clone(), workload.clone());
         tokio::spawn(async move {

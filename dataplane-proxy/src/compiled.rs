@@ -137,6 +137,11 @@ pub struct ServiceTable {
     pub lb: LoadBalancer,
     /// Most requests in flight (circuit breaking); `None` = unlimited.
     pub max_in_flight: Option<u32>,
+    /// Most connections open to the service's endpoints; a request beyond
+    /// waits for one to be free. `None` = unlimited.
+    pub max_connections: Option<u32>,
+    /// Time limit of opening a connection to an endpoint.
+    pub connect_timeout: Duration,
     /// Outlier ejection.
     pub outlier: Outlier,
     /// Every endpoint of the service.
@@ -275,6 +280,10 @@ pub struct Identity {
     pub locality: String,
 }
 
+/// How long opening a connection to an endpoint may take, unless a Route
+/// says otherwise.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Nearness tiers of endpoints (lower first; see [`Endpoint::tier`]).
 pub mod tier {
     /// This cluster, the caller's zone (or no zone known).
@@ -308,6 +317,8 @@ pub fn compile(
             retries: None,
             lb: LoadBalancer::P2cEwma,
             max_in_flight: None,
+            max_connections: None,
+            connect_timeout: CONNECT_TIMEOUT,
             outlier: Outlier::default(),
             endpoints: Vec::new(),
         })
@@ -498,11 +509,12 @@ pub fn compile(
         });
         t.lb = route.load_balancer.unwrap_or_default();
         if let Some(cb) = &route.circuit_breaker {
-            t.max_in_flight = match (cb.max_pending_requests, cb.max_connections) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            t.max_in_flight = cb.max_pending_requests;
+            t.max_connections = cb.max_connections;
         }
+        t.connect_timeout = route
+            .connect_timeout
+            .map_or(CONNECT_TIMEOUT, |d| d.as_duration());
         if let Some(o) = &route.outlier {
             let d = Outlier::default();
             t.outlier = Outlier {

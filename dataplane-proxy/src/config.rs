@@ -186,6 +186,9 @@ pub struct ProxyArgs {
     /// Passed probes in a row that put it back [default: MeshConfig app_probe, else 1].
     #[arg(long)]
     pub probe_success_threshold: Option<u32>,
+    /// Take the listening sockets of the proxy running with the same --state-dir (zero-downtime upgrade: start the new binary with the same flags and --takeover; the old one drains its connections and exits).
+    #[arg(long)]
+    pub takeover: bool,
     /// On SIGTERM, how long in-flight requests may take to finish (the endpoint is taken out first; then connections close gracefully and the proxy deregisters).
     #[arg(long, default_value = "5s")]
     pub drain_timeout: humantime::Duration,
@@ -254,6 +257,8 @@ pub struct ProxyConfig {
     pub probe: raftmesh_api::AppProbe,
     /// How long a drain may take.
     pub drain_timeout: std::time::Duration,
+    /// Take the running proxy's listening sockets (`takeover.rs`).
+    pub takeover: bool,
 }
 
 fn label(s: &str) -> Result<(), String> {
@@ -370,6 +375,9 @@ impl ProxyArgs {
                 f.replace('_', "-").replace("http-path", "http")
             ));
         }
+        if self.takeover && self.state_dir.is_none() {
+            return Err("--takeover needs --state-dir: the running proxy offers its sockets there (give the same --state-dir as it)".into());
+        }
         if self.workers == Some(0) {
             return Err("--workers must be at least 1".into());
         }
@@ -440,6 +448,7 @@ impl ProxyArgs {
             workers: self.workers,
             probe,
             drain_timeout: self.drain_timeout.into(),
+            takeover: self.takeover,
         })
     }
 }

@@ -251,6 +251,7 @@ pub async fn serve(socket: UdpSocket, dns: Arc<Dns>, mut shutdown: watch::Receiv
                 }
             },
             _ = crate::stopped(&mut shutdown) => return,
+            _ = crate::health::handing_over(&dns.config.life) => return,
         };
         let Ok(permit) = dns.in_flight.clone().try_acquire_owned() else {
             dns.config.metrics.error("dns-overload");

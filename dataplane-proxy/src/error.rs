@@ -34,6 +34,12 @@ pub enum ProxyError {
     /// The upstream reset or broke the connection.
     #[error("the connection to {0} broke before a full answer")]
     Reset(String),
+    /// The connection (kept alive from an earlier request) closed before
+    /// any byte of an answer: the endpoint may not have seen the request
+    /// (it closed an idle connection as the request went out), so an
+    /// idempotent request is sent again (RFC 9112 §9.3.1).
+    #[error("the connection to {0} closed before any answer")]
+    Closed(String),
     /// The endpoint refused the request before processing it (HTTP/2
     /// `REFUSED_STREAM`, or a GOAWAY that left it out): safe to send
     /// elsewhere.
@@ -67,7 +73,7 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoints(_) => "no-healthy-endpoints",
             ProxyError::Connect(_) => "upstream-connect",
             ProxyError::Timeout(_) => "upstream-timeout",
-            ProxyError::Reset(_) => "upstream-reset",
+            ProxyError::Reset(_) | ProxyError::Closed(_) => "upstream-reset",
             ProxyError::Refused(_) => "upstream-refused",
             ProxyError::CircuitOpen(_) => "circuit-open",
             ProxyError::Denied(_) => "denied",
@@ -85,7 +91,7 @@ impl ProxyError {
             }
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Reset(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Reset(_) | ProxyError::Closed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Denied(_) | ProxyError::MtlsRequired => StatusCode::FORBIDDEN,
             ProxyError::NoHealthyEndpoints(_)
             | ProxyError::Connect(_)
@@ -115,6 +121,7 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoints(_)
             | ProxyError::Connect(_)
             | ProxyError::Reset(_)
+            | ProxyError::Closed(_)
             | ProxyError::Refused(_)
             | ProxyError::AppUnavailable(_)
             | ProxyError::NoIdentity(_) => UNAVAILABLE,

@@ -37,6 +37,10 @@ pub struct Life {
     /// close once their requests are answered (HTTP/1 `Connection:
     /// close`, HTTP/2 GOAWAY).
     pub closing: bool,
+    /// A new proxy took this one's listening sockets over (`takeover.rs`):
+    /// every listener stops accepting and every connection closes as its
+    /// requests are answered; the endpoint stays (the new proxy has it).
+    pub handing_over: bool,
     /// Deregistration asked for.
     pub leaving: bool,
     /// Deregistered (or there was nothing to deregister from).
@@ -56,6 +60,7 @@ pub fn channel(has_app: bool) -> watch::Sender<Life> {
         app_ready: !has_app,
         draining: false,
         closing: false,
+        handing_over: false,
         leaving: false,
         left: false,
     })
@@ -185,10 +190,18 @@ pub async fn run(
     }
 }
 
-/// Resolves once the proxy's connections should close gracefully.
+/// Resolves once inbound connections should close gracefully (a drain,
+/// or a takeover).
 pub async fn closing(life: &watch::Sender<Life>) {
     let mut rx = life.subscribe();
-    let _ = rx.wait_for(|l| l.closing).await;
+    let _ = rx.wait_for(|l| l.closing || l.handing_over).await;
+}
+
+/// Resolves once every listener should stop and every connection close
+/// gracefully (a new proxy took over).
+pub async fn handing_over(life: &watch::Sender<Life>) {
+    let mut rx = life.subscribe();
+    let _ = rx.wait_for(|l| l.handing_over).await;
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod stack;
 pub mod state;
 pub mod stats;
 pub mod subscriptions;
+pub mod takeover;
 pub mod target;
 pub mod timeout;
 pub mod tls;
@@ -101,6 +102,8 @@ pub struct Proxy {
     pub config: Arc<Config>,
     /// Registered with meshd (an app or a gateway, and a control plane).
     registered: bool,
+    /// Turns true when a new proxy has taken the listening sockets over.
+    handed_over: watch::Receiver<bool>,
     workload: Option<Arc<tls::Workload>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -119,6 +122,39 @@ impl Proxy {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+
+    /// Resolves when a new proxy (`--takeover`) has taken this one's
+    /// listening sockets over; then [`Self::hand_over`].
+    pub async fn taken_over(&self) {
+        let mut rx = self.handed_over.clone();
+        if rx.wait_for(|h| *h).await.is_err() {
+            // No takeover socket (no --state-dir, or it could not be
+            // made): never.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// After a takeover: stops accepting everywhere, closes every
+    /// connection as its requests are answered (within `timeout`), and
+    /// stops, leaving the endpoint to the new proxy.
+    pub async fn hand_over(self, timeout: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.config.life.send_modify(|l| l.handing_over = true);
+        let open = || {
+            self.config
+                .inbound_open
+                .load(std::sync::atomic::Ordering::SeqCst)
+                + self
+                    .config
+                    .outbound_open
+                    .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        while open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tracing::info!(still_open = open(), "handed over; stopping");
+        self.shutdown().await;
     }
 
     /// Whether the proxy can serve: it has a configuration and, in a
@@ -217,9 +253,13 @@ fn ipv6_twin(addr: SocketAddr) -> Option<SocketAddr> {
         .then(|| SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())))
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {what} {addr} (in use? pick another with --{what})")
+async fn bind(
+    sockets: &mut takeover::Sockets,
+    addr: SocketAddr,
+    what: &str,
+) -> anyhow::Result<TcpListener> {
+    sockets.tcp(what, addr).await.with_context(|| {
+        format!("cannot listen on {what} {addr} (in use? pick another with --{what}, or take the running proxy's sockets over with --takeover)")
     })
 }
 
@@ -281,15 +321,23 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(housekeeping_tick(shutdown_rx.clone())));
 
-    let outbound_l = bind(cfg.outbound, "outbound").await?;
-    let admin_l = bind(cfg.admin, "admin").await?;
+    // `--takeover`: the running proxy's listening sockets, not new ones.
+    let (mut sockets, ack) = match (&cfg.state_dir, cfg.takeover) {
+        (Some(dir), true) => {
+            let dir = dir.clone();
+            let (s, a) = tokio::task::spawn_blocking(move || takeover::receive(&dir)).await??;
+            (s, Some(a))
+        }
+        _ => (takeover::Sockets::default(), None),
+    };
+    let outbound_l = bind(&mut sockets, cfg.outbound, "outbound").await?;
+    let admin_l = bind(&mut sockets, cfg.admin, "admin").await?;
     let outbound = outbound_l.local_addr()?;
     let admin = admin_l.local_addr()?;
     tasks.push(tokio::spawn(server::serve_outbound(
         outbound_l,
         server::outbound_stack(config.clone(), forward.clone()),
-        config.metrics.clone(),
-        config.conn_limits,
+        config.clone(),
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(admin::serve(
@@ -301,12 +349,12 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     )));
     let capture = match cfg.capture {
         Some(addr) => {
-            let l = bind(addr, "capture").await?;
+            let l = bind(&mut sockets, addr, "capture").await?;
             let a = l.local_addr()?;
             // Capture redirects the workload's IPv6 connections to ::1 on
             // the same port: listen there too, where the host has IPv6.
             let v6 = match ipv6_twin(addr) {
-                Some(v6) => TcpListener::bind(v6).await.ok(),
+                Some(v6) => sockets.tcp("capture-v6", v6).await.ok(),
                 None => None,
             };
             for l in std::iter::once(l).chain(v6) {
@@ -326,13 +374,14 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     };
     let dns = match cfg.dns {
         Some(addr) => {
-            let socket = tokio::net::UdpSocket::bind(addr)
+            let socket = sockets
+                .udp("dns", addr)
                 .await
                 .with_context(|| format!("cannot bind the dns listener on {addr}: change --dns"))?;
             let a = socket.local_addr()?;
             let server = dns::Dns::new(config.clone(), workload.clone(), cfg.dns_upstream);
             let v6 = match ipv6_twin(addr) {
-                Some(v6) => tokio::net::UdpSocket::bind(v6).await.ok(),
+                Some(v6) => sockets.udp("dns-v6", v6).await.ok(),
                 None => None,
             };
             for socket in std::iter::once(socket).chain(v6) {
@@ -348,7 +397,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     };
     let inbound = match cfg.app_port {
         Some(port) => {
-            let l = bind(cfg.inbound, "inbound").await?;
+            let l = bind(&mut sockets, cfg.inbound, "inbound").await?;
             let a = l.local_addr()?;
             tasks.push(tokio::spawn(server::serve_inbound(
                 l,
@@ -361,7 +410,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
             Some(a)
         }
         None if cfg.gateway => {
-            let l = bind(cfg.inbound, "gateway").await?;
+            let l = bind(&mut sockets, cfg.inbound, "gateway").await?;
             let a = l.local_addr()?;
             tasks.push(tokio::spawn(gateway::serve(
                 l,
@@ -377,7 +426,10 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     // Fixed subscriptions (never expire); saved ones are learned ones.
     let mut subscriptions: BTreeSet<String> = BTreeSet::new();
     for (name, addr) in &cfg.upstreams {
-        let l = bind(*addr, "upstream").await?;
+        let l = sockets
+            .tcp(&format!("upstream {name}"), *addr)
+            .await
+            .with_context(|| format!("cannot listen on upstream {addr} (--upstream {name})"))?;
         upstreams.push((name.clone(), l.local_addr()?));
         let (svc, ns) = name.split_once('.').unwrap_or((name, &cfg.namespace));
         subscriptions.insert(format!("{svc}.{ns}"));
@@ -417,9 +469,28 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
             shutdown_rx.clone(),
         )));
     }
+    let (handed_over_tx, handed_over) = watch::channel(false);
+    if let Some(ack) = ack {
+        let unused = sockets.unused();
+        if !unused.is_empty() {
+            tracing::info!(sockets = ?unused, "closing sockets taken over that these flags do not use");
+        }
+        ack.done()
+            .context("--takeover: the running proxy went away before it was told to stop")?;
+        tracing::info!("took over: the previous proxy drains and stops");
+    }
+    if let Some(dir) = &cfg.state_dir {
+        tasks.push(tokio::spawn(takeover::serve(
+            dir.clone(),
+            std::mem::take(&mut sockets.kept),
+            handed_over_tx,
+            shutdown_rx.clone(),
+        )));
+    }
     tracing::info!(%outbound, ?inbound, %admin, service = %cfg.service, instance = %cfg.instance, "mesh-proxy started");
     Ok(Proxy {
         registered: control_plane && inbound.is_some(),
+        handed_over,
         workload: workload.clone(),
         outbound,
         inbound,

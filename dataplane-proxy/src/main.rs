@@ -54,6 +54,12 @@ fn main() {
                     _ = raftmesh_client::bins::parent_gone(parent) => {
                         tracing::info!("the parent process is gone")
                     }
+                    _ = proxy.taken_over() => {
+                        // An upgrade: the new proxy serves on our sockets
+                        // and keeps the endpoint.
+                        proxy.hand_over(drain_timeout).await;
+                        return anyhow::Ok(0);
+                    }
                 }
                 tracing::info!(timeout = ?drain_timeout, "draining, then stopping");
                 proxy.drain(drain_timeout).await;
@@ -127,6 +133,7 @@ async fn run_app(
             let _ = kill(pid, sig);
         }
     };
+    let mut handed = false;
     let status = loop {
         tokio::select! {
             s = child.wait() => break s?,
@@ -140,6 +147,15 @@ async fn run_app(
                 pass(Signal::SIGINT);
             }
             _ = signals.hup.recv() => pass(Signal::SIGHUP),
+            _ = proxy.taken_over(), if !handed => {
+                handed = true;
+                // The app is this process's child: it cannot move to the
+                // new proxy, so it stops too (use a separate app, not
+                // `run`, for upgrades that keep it).
+                tracing::warn!("another proxy took over; stopping the app, which is this proxy's child");
+                proxy.drain(drain_timeout).await;
+                pass(Signal::SIGTERM);
+            }
         }
     };
     use std::os::unix::process::ExitStatusExt;

@@ -75,8 +75,7 @@ fn finish(
 pub async fn serve_outbound(
     listener: TcpListener,
     stack: OutboundStack,
-    metrics: Arc<Metrics>,
-    limits: ConnLimits,
+    config: Arc<Config>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = AcceptBackoff::default();
@@ -84,13 +83,16 @@ pub async fn serve_outbound(
         let stream = tokio::select! {
             s = accept(&listener, &mut backoff, "outbound") => s,
             _ = crate::stopped(&mut shutdown) => return,
+            _ = crate::health::handing_over(&config.life) => return,
         };
         tokio::spawn(outbound_connection(
             stream,
             stack.clone(),
-            metrics.clone(),
-            limits,
+            config.metrics.clone(),
+            config.conn_limits,
             shutdown.clone(),
+            config.life.clone(),
+            config.outbound_open.clone(),
         ));
     }
 }
@@ -103,7 +105,10 @@ pub(crate) async fn outbound_connection(
     metrics: Arc<Metrics>,
     limits: ConnLimits,
     mut conn_stop: watch::Receiver<bool>,
+    life: watch::Sender<crate::health::Life>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let _open = OpenCount::new(open);
     let _ = stream.set_nodelay(true);
     let clock = ConnClock::new(limits);
     let _guard = ConnGuard::open(&metrics, "outbound");
@@ -135,15 +140,30 @@ pub(crate) async fn outbound_connection(
     });
     let server = http_server();
     let conn = server.serve_connection(TokioIo::new(io), svc);
-    // A stopped proxy closes its open connections too.
-    tokio::select! {
-        r = conn => if let Err(e) = r {
-            tracing::debug!(error = %e, "outbound connection ended with an error");
-        },
-        why = clock.expired() => {
-            tracing::debug!(?why, "closed an outbound client connection");
+    tokio::pin!(conn);
+    let handing_over = crate::health::handing_over(&life);
+    tokio::pin!(handing_over);
+    let mut graceful = false;
+    // A stopped proxy closes its open connections too; one a new proxy
+    // took over from closes them once their requests are answered.
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "outbound connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut handing_over, if !graceful => {
+                graceful = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            why = clock.expired() => {
+                tracing::debug!(?why, "closed an outbound client connection");
+                return;
+            }
+            _ = crate::stopped(&mut conn_stop) => return,
         }
-        _ = crate::stopped(&mut conn_stop) => {}
     }
 }
 
@@ -571,6 +591,7 @@ pub async fn serve_tcp_upstream(
         let stream = tokio::select! {
             s = accept(&listener, &mut backoff, "upstream") => s,
             _ = crate::stopped(&mut shutdown) => return,
+            _ = crate::health::handing_over(&config.life) => return,
         };
         let (config, service, workload) = (config.clone(), service.clone(), workload.clone());
         tokio::spawn(async move {

@@ -147,6 +147,9 @@ pub struct ServiceStats {
     /// When a request last found no usable endpoint and said why in the
     /// log (µs of [`now_us`]; at most once a second per service).
     said_no_endpoint_us: AtomicU64,
+    /// The service's connection limit and its permits (one per open
+    /// connection), made when a Route first sets one.
+    connections: std::sync::Mutex<Option<(u32, Arc<tokio::sync::Semaphore>)>>,
     /// Where the layers count what happens to this service's requests
     /// (retries, ejections): the proxy's metrics, reached through the
     /// target a request already carries rather than cloned per request.
@@ -162,7 +165,27 @@ impl ServiceStats {
             budget: Budget::default(),
             used: std::sync::atomic::AtomicBool::new(false),
             said_no_endpoint_us: AtomicU64::new(0),
+            connections: std::sync::Mutex::new(None),
             metrics,
+        }
+    }
+
+    /// The permits of a limit of `max` connections (none without one). A
+    /// changed limit starts a new set: connections open under the old one
+    /// keep their permits until they close.
+    pub fn connection_limit(&self, max: Option<u32>) -> Option<Arc<tokio::sync::Semaphore>> {
+        let max = max?;
+        let mut c = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &*c {
+            Some((m, s)) if *m == max => Some(s.clone()),
+            _ => {
+                let s = Arc::new(tokio::sync::Semaphore::new(max as usize));
+                *c = Some((max, s.clone()));
+                Some(s)
+            }
         }
     }
 

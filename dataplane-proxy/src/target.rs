@@ -70,4 +70,6 @@ pub struct Upstream {
     /// Through a peer's gateway: the pool key of connections to it for this
     /// service (one gateway address serves many names).
     pub dial: Option<Arc<str>>,
+    /// The service's connect timeout and connection limit.
+    pub limits: crate::tls::Dial,
 }

@@ -89,6 +89,8 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
         }),
         lb: LoadBalancer::RoundRobin,
         max_in_flight: None,
+        max_connections: None,
+        connect_timeout: crate::compiled::CONNECT_TIMEOUT,
         outlier: Outlier::default(),
         endpoints: (0..2)
             .map(|i| Endpoint {

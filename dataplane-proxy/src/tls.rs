@@ -444,6 +444,33 @@ pub enum Alpn {
     H2,
 }
 
+/// How connections to one service's endpoints are opened: within its
+/// connect timeout, and, under a connection limit, holding one of its
+/// permits for the connection's life (a request finding every connection
+/// busy and no permit waits for a connection to come back to the pool).
+#[derive(Clone, Debug)]
+pub struct Dial {
+    /// Time limit of TCP and TLS.
+    pub timeout: Duration,
+    /// The service's connection permits, if it has a limit.
+    pub limit: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl Default for Dial {
+    fn default() -> Self {
+        Self {
+            timeout: crate::compiled::CONNECT_TIMEOUT,
+            limit: None,
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The [`Dial`] of the request being sent: hyper's pool asks the
+    /// connector for a connection by address only, from the request's task.
+    pub static DIAL: Dial;
+}
+
 /// Connects to endpoints: TCP, then mutual TLS when the endpoint is a mesh
 /// workload and this proxy has a certificate.
 #[derive(Clone)]
@@ -458,8 +485,24 @@ pub struct MeshConnector {
 
 impl MeshConnector {
     /// Opens a connection for `authority` (an address, or a name
-    /// [`Targets`] knows).
+    /// [`Targets`] knows), within the default connect timeout.
     pub async fn connect(&self, authority: &str) -> std::io::Result<MeshStream> {
+        self.connect_within(authority, crate::compiled::CONNECT_TIMEOUT)
+            .await
+    }
+
+    /// [`Self::connect`] within `timeout` (TCP and TLS).
+    pub async fn connect_within(
+        &self,
+        authority: &str,
+        timeout: Duration,
+    ) -> std::io::Result<MeshStream> {
+        tokio::time::timeout(timeout, self.open(authority))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))?
+    }
+
+    async fn open(&self, authority: &str) -> std::io::Result<MeshStream> {
         let target = self.targets.get(authority);
         let addr = match (
             target.as_ref().map(|t| t.0),
@@ -473,9 +516,7 @@ impl MeshConnector {
                 ))
             }
         };
-        let tcp = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+        let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let Some((_, name)) = target else {
             return Ok(MeshStream::Plain(tcp));
@@ -501,8 +542,13 @@ impl MeshConnector {
     }
 }
 
-/// hyper's view of a [`MeshStream`].
-pub struct MeshIo(hyper_util::rt::TokioIo<MeshStream>);
+/// hyper's view of a [`MeshStream`] (holding its connection permit, if
+/// its service has a limit).
+pub struct MeshIo(
+    hyper_util::rt::TokioIo<MeshStream>,
+    // Held, never read: given back when the connection closes.
+    #[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>,
+);
 
 impl hyper::rt::Read for MeshIo {
     fn poll_read(
@@ -557,11 +603,23 @@ impl tower::Service<http::Uri> for MeshConnector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let this = self.clone();
+        // Read here, in the request's task (the future may finish in the
+        // background, for the pool).
+        let dial = DIAL.try_with(Dial::clone).unwrap_or_default();
         Box::pin(async move {
+            let permit = match dial.limit {
+                Some(s) => Some(
+                    s.acquire_owned()
+                        .await
+                        .map_err(|_| std::io::Error::other("the connection limit was replaced"))?,
+                ),
+                None => None,
+            };
             let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-            Ok(MeshIo(hyper_util::rt::TokioIo::new(
-                this.connect(authority).await?,
-            )))
+            Ok(MeshIo(
+                hyper_util::rt::TokioIo::new(this.connect_within(authority, dial.timeout).await?),
+                permit,
+            ))
         })
     }
 }

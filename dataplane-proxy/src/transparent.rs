@@ -46,6 +46,7 @@ pub async fn serve_captured(
         let stream = tokio::select! {
             s = accept(&listener, &mut backoff, "capture") => s,
             _ = crate::stopped(&mut shutdown) => return,
+            _ = crate::health::handing_over(&config.life) => return,
         };
         let (stack, config, metrics, stop) = (
             stack.clone(),
@@ -68,13 +69,31 @@ pub async fn serve_captured(
             let http = sniff(&stream).await;
             let vip = by_vip(&config, dst);
             if http && mesh_http(&stream, &config, workload.as_deref()).await {
-                outbound_connection(stream, stack, metrics, limits, stop).await;
+                outbound_connection(
+                    stream,
+                    stack,
+                    metrics,
+                    limits,
+                    stop,
+                    config.life.clone(),
+                    config.outbound_open.clone(),
+                )
+                .await;
             } else if let (true, Some(t)) = (http, &vip) {
                 // HTTP to a service's virtual address, whatever its Host:
                 // served as HTTP (routes, retries; the callee's policies
                 // see the method and path, the app its caller).
                 let stack = stack.fixed_to(t.id.clone());
-                outbound_connection(stream, stack, metrics, limits, stop).await;
+                outbound_connection(
+                    stream,
+                    stack,
+                    metrics,
+                    limits,
+                    stop,
+                    config.life.clone(),
+                    config.outbound_open.clone(),
+                )
+                .await;
             } else if let Some(t) = vip {
                 // Any other TCP to a service's virtual address: to one of
                 // its endpoints.

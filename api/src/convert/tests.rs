@@ -178,6 +178,7 @@ fn route() -> impl Strategy<Value = Spec> {
                     service,
                     rules,
                     timeout,
+                    connect_timeout: timeout,
                     retries,
                     load_balancer,
                     circuit_breaker,

@@ -261,6 +261,10 @@ pub struct RouteSpec {
     /// Time limit of a whole request, retries included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
+    /// Time limit of opening a connection to an endpoint (TCP and TLS);
+    /// default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<HumanDuration>,
     /// Retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetryPolicy>,

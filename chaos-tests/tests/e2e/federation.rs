@@ -561,7 +561,7 @@ async fn write_any(c: &Cluster, yaml: Option<&str>, delete: Option<&str>) {
 }
 
 /// Every resource of `kind` on `c`, read from whichever node answers.
-async fn list_any(c: &Cluster, kind: &str) -> Option<Vec<raftmesh_api::Resource>> {
+pub(super) async fn list_any(c: &Cluster, kind: &str) -> Option<Vec<raftmesh_api::Resource>> {
     for a in c.addrs() {
         let Ok(mut adm) = admin(&a, &c.token) else {
             continue;

@@ -7,6 +7,7 @@
 
 mod federation;
 mod hosts;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -878,6 +878,7 @@ fn server_tls_between_nodes_and_to_clients() {
                 workers: None,
                 probe: Default::default(),
                 drain_timeout: std::time::Duration::from_secs(5),
+                takeover: false,
             },
         ))
         .unwrap();

@@ -935,6 +935,7 @@ fn a_committed_deny_ends_live_tcp_tunnels_and_streaming_answers() {
             workers: None,
             probe: Default::default(),
             drain_timeout: std::time::Duration::from_secs(5),
+            takeover: false,
         })
         .await
         .unwrap();

@@ -300,5 +300,6 @@ pub fn proxy_config(
         workers: None,
         probe: Default::default(),
         drain_timeout: std::time::Duration::from_secs(5),
+        takeover: false,
     }
 }

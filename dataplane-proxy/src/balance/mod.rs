@@ -155,6 +155,10 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
                 addr: ep.addr,
                 server_name: ep.server_name.clone(),
                 dial: ep.dial.clone(),
+                limits: crate::tls::Dial {
+                    timeout: t.connect_timeout,
+                    limit: target.stats.connection_limit(t.max_connections),
+                },
             });
             ep.stats.pending.fetch_add(1, Ordering::Relaxed);
             target.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -165,6 +169,8 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
             let failed = match &result {
                 Ok(r) => r.status().is_server_error(),
                 Err(e) => matches!(e, ProxyError::Connect(_) | ProxyError::Reset(_)),
+                // (`Closed` and `Refused`: an endpoint closing or shedding,
+                // not failing.)
             };
             if failed {
                 let ejected_now = t.endpoints.iter().filter(|e| e.stats.ejected()).count();

@@ -20,6 +20,8 @@ fn table(n: usize, lb: LoadBalancer) -> ServiceTable {
         retries: None,
         lb,
         max_in_flight: None,
+        max_connections: None,
+        connect_timeout: crate::compiled::CONNECT_TIMEOUT,
         outlier: Outlier {
             consecutive_failures: 3,
             base_ejection: Duration::from_secs(30),

@@ -113,9 +113,18 @@ impl Forward {
         } else {
             &self.h1
         };
-        match client.request(req).await {
+        let limits = req
+            .extensions()
+            .get::<Upstream>()
+            .map(|u| u.limits.clone())
+            .unwrap_or_default();
+        match crate::tls::DIAL.scope(limits, client.request(req)).await {
             Ok(resp) => Ok(resp.map(|b| b.boxed())),
             Err(e) if e.is_connect() => Err(ProxyError::Connect(addr.to_string())),
+            Err(e) if closed_before_answer(&e) => {
+                tracing::debug!(%addr, error = %e, "upstream closed the connection before any answer");
+                Err(ProxyError::Closed(addr.to_string()))
+            }
             Err(e) if refused(&e) => {
                 tracing::debug!(%addr, error = %e, "upstream refused the request unprocessed");
                 Err(ProxyError::Refused(addr.to_string()))
@@ -139,6 +148,20 @@ fn refused(e: &hyper_util::client::legacy::Error) -> bool {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
             return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
                 || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Whether the connection closed before any byte of the answer (hyper's
+/// "incomplete message": typically a kept-alive connection the endpoint
+/// closed, idle, as this request went out).
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message();
         }
         source = s.source();
     }

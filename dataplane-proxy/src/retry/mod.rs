@@ -7,6 +7,8 @@
 //!   before it) is retried on another endpoint whatever its method, with
 //!   or without a Route (twice by default; a Route's `retries.attempts`
 //!   sets how often, and 0 turns it off).
+//! - An idempotent request whose kept-alive connection closed before any
+//!   answer is sent again, with or without a Route (RFC 9112 §9.3.1).
 //! - A Route's retry policy adds retries of **idempotent** requests (GET,
 //!   HEAD, OPTIONS, TRACE, PUT, DELETE) on its conditions (5xx, reset,
 //!   ...), and of **gRPC** calls on its gRPC statuses (`unavailable` by
@@ -56,7 +58,7 @@ fn retryable(r: &Result<Response<Body>, ProxyError>, on: &[RetryOn]) -> bool {
                 || (matches!(s, 502..=504) && on.contains(&RetryOn::GatewayError))
         }
         Err(ProxyError::Connect(_)) => on.contains(&RetryOn::ConnectFailure),
-        Err(ProxyError::Reset(_)) => {
+        Err(ProxyError::Reset(_) | ProxyError::Closed(_)) => {
             on.contains(&RetryOn::Reset) || on.contains(&RetryOn::Status5xx)
         }
         Err(ProxyError::Timeout(_)) => {
@@ -79,6 +81,11 @@ fn should_retry(
     grpc: bool,
 ) -> bool {
     if never_reached(r) {
+        return true;
+    }
+    // A kept-alive connection closed before any answer: an idempotent
+    // request goes again, as HTTP clients do (RFC 9112 §9.3.1).
+    if idempotent && matches!(r, Err(ProxyError::Closed(_))) {
         return true;
     }
     let Some(p) = policy else { return false };

@@ -1,6 +1,7 @@
 //! Retries, budgets, timeouts, ejection.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::support::*;
@@ -238,4 +239,63 @@ async fn a_post_to_an_endpoint_that_refuses_connections_succeeds_on_another_with
         assert!(got[5..].iter().all(|b| *b == b'a' + (i % 26) as u8));
     }
     p.shutdown().await;
+}
+
+/// An app answering after `delay`, counting the connections open at once
+/// (the most seen).
+async fn counting_app(delay: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = most.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (open, most) = (open.clone(), most.clone());
+            let n = open.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(n, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn max_connections_caps_connections_and_requests_beyond_wait_for_one() {
+    for (limit, route) in [
+        (Some(2), "kind: Route\nmetadata: {name: web}\nspec: {service: web, circuit_breaker: {max_connections: 2}}\n"),
+        (None, ""),
+    ] {
+        let (app, most) = counting_app(Duration::from_millis(200)).await;
+        let (p, _d) = static_proxy(&mesh("web", &[("web-1", app, "v1")], route)).await;
+        let c = http_client();
+        let calls = (0..8).map(|i| {
+            let c = c.clone();
+            let out = p.outbound;
+            async move { get(&c, out, "web", &format!("/{i}"), &[]).await }
+        });
+        let results = futures::future::join_all(calls).await;
+        for (s, body, e) in &results {
+            assert_eq!(*s, 200, "{limit:?}: {body} {e:?}");
+        }
+        let most = most.load(Ordering::SeqCst);
+        match limit {
+            // Queued, not refused (it is no longer folded into the
+            // in-flight cap) and never more than the limit.
+            Some(n) => assert!(most <= n, "{most} connections open at once, limit {n}"),
+            // Without a limit the 8 concurrent requests take more.
+            None => assert!(most > 2, "only {most} connections without a limit"),
+        }
+        p.shutdown().await;
+    }
 }

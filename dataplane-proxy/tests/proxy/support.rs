@@ -114,6 +114,7 @@ pub fn base_config() -> ProxyConfig {
         workers: None,
         probe: Default::default(),
         drain_timeout: std::time::Duration::from_secs(5),
+        takeover: false,
     }
 }
 

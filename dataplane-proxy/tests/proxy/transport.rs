@@ -475,3 +475,33 @@ async fn a_keep_alive_connection_may_wait_past_the_header_limit_and_a_slow_head_
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_survives_30_s_under_the_default_limits() {
+    let web = Upstream::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("s.yaml");
+    std::fs::write(&f, mesh("web", &[("web-1", web.addr, "v1")], "")).unwrap();
+    let mut c = base_config();
+    c.config_file = Some(f);
+    // mesh-proxy's defaults (--idle-timeout 60s, --header-timeout 10s).
+    c.idle_timeout = Duration::from_secs(60);
+    c.header_timeout = Duration::from_secs(10);
+    let p = raftmesh_dataplane_proxy::start(c).await.unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: web\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(p.outbound).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for round in 0..2 {
+        s.write_all(req).await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "round {round}: {}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        if round == 0 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    }
+    p.shutdown().await;
+}
