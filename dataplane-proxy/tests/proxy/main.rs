@@ -8,6 +8,7 @@ mod control_plane;
 mod dns;
 mod resilience;
 mod routing;
+mod run;
 mod support;
 mod transport;
 

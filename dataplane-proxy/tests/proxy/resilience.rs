@@ -299,3 +299,39 @@ async fn max_connections_caps_connections_and_requests_beyond_wait_for_one() {
         p.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_route_s_connect_timeout_bounds_a_connection_that_hangs() {
+    // A listener whose accept queue is full: the kernel leaves further
+    // connection attempts unanswered.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let hung = sock.listen(1).unwrap();
+    let addr = hung.local_addr().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => fill.push(s),
+            _ => break,
+        }
+    }
+    // One attempt, within 100 ms (the default would wait 1 s).
+    let route = "kind: Route\nmetadata: {name: web}\nspec: {service: web, connect_timeout: 100ms, retries: {attempts: 0}}\n";
+    let (p, _d) = static_proxy(&mesh("web", &[("web-1", addr, "v1")], route)).await;
+    let c = http_client();
+    let t0 = std::time::Instant::now();
+    let (s, _, e) = get(&c, p.outbound, "web", "/", &[]).await;
+    let took = t0.elapsed();
+    assert_eq!((s, e.as_deref()), (503, Some("upstream-connect")));
+    assert!(
+        took < Duration::from_millis(900),
+        "the connect timeout was not the route's: {took:?}"
+    );
+    drop(fill);
+    p.shutdown().await;
+}
