@@ -335,3 +335,135 @@ async fn a_route_s_connect_timeout_bounds_a_connection_that_hangs() {
     drop(fill);
     p.shutdown().await;
 }
+
+/// An HTTP/2 (h2c) server answering every call with `first` (an HTTP
+/// status, or a trailers-only gRPC status with `grpc`) on the first
+/// request and fine afterwards; the first request waits `delay`.
+async fn flaky_h2(
+    first_grpc_status: Option<u8>,
+    delay: Duration,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n == 0 {
+                            tokio::time::sleep(delay).await;
+                        }
+                        use http_body_util::BodyExt;
+                        let mut r = match (n, first_grpc_status) {
+                            // Trailers-only: the status in the headers, no body.
+                            (0, Some(code)) => {
+                                let mut r = hyper::Response::new(
+                                    http_body_util::Empty::<bytes::Bytes>::new().boxed(),
+                                );
+                                r.headers_mut()
+                                    .insert("grpc-status", code.to_string().parse().unwrap());
+                                r
+                            }
+                            // An empty message (5-byte frame), then OK in trailers.
+                            _ => {
+                                let mut trailers = http::HeaderMap::new();
+                                trailers.insert("grpc-status", "0".parse().unwrap());
+                                let frames: Vec<Result<_, std::convert::Infallible>> = vec![
+                                    Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                                        b"\0\0\0\0\0",
+                                    ))),
+                                    Ok(hyper::body::Frame::trailers(trailers)),
+                                ];
+                                hyper::Response::new(
+                                    http_body_util::StreamBody::new(futures::stream::iter(frames))
+                                        .boxed(),
+                                )
+                            }
+                        };
+                        r.headers_mut()
+                            .insert("content-type", "application/grpc".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_grpc_call_answered_unavailable_is_retried_per_the_route_on_real_sockets() {
+    use raftmesh_api::v1 as pb;
+    for (route, want_ok, want_calls) in [
+        ("kind: Route\nmetadata: {name: grpcsvc}\nspec: {service: grpcsvc, retries: {attempts: 2}}\n", true, 2),
+        // No retry policy: UNAVAILABLE from the app is its answer.
+        ("", false, 1),
+    ] {
+        let (app, calls) = flaky_h2(Some(14), Duration::ZERO).await;
+        let (p, _d) = static_proxy(&mesh("grpcsvc", &[("g-1", app, "v1")], route)).await;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", p.outbound))
+            .unwrap()
+            .origin("http://grpcsvc".parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+        let r = pb::raft_client::RaftClient::new(ch)
+            .node_info(pb::NodeInfoRequest {})
+            .await;
+        match (want_ok, r) {
+            (true, Ok(_)) => {}
+            (false, Err(s)) => assert_eq!(s.code(), tonic::Code::Unavailable),
+            (_, other) => panic!("{route:?}: {other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), want_calls, "{route:?}");
+        p.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_per_try_timeout_cuts_a_slow_attempt_and_the_retry_answers_on_real_sockets() {
+    use raftmesh_api::v1 as pb;
+    let (app, calls) = flaky_h2(None, Duration::from_secs(3)).await;
+    let route = "kind: Route\nmetadata: {name: grpcsvc}\nspec: {service: grpcsvc, retries: {attempts: 1, per_try_timeout: 200ms, on: [gateway-error]}}\n";
+    let (p, _d) = static_proxy(&mesh("grpcsvc", &[("g-1", app, "v1")], route)).await;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", p.outbound))
+        .unwrap()
+        .origin("http://grpcsvc".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut c = pb::raft_client::RaftClient::new(ch);
+    // A gRPC call is a POST: a per-try timeout retries it only as gRPC
+    // (none of its statuses here), so it is cut, not retried...
+    let e = c.node_info(pb::NodeInfoRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    p.shutdown().await;
+    // ...while a GET is: the first attempt cut at 200 ms, the second answers.
+    let slow = Upstream::start("slow-then-fast").await;
+    let route = "kind: Route\nmetadata: {name: web}\nspec: {service: web, retries: {attempts: 1, per_try_timeout: 200ms, on: [gateway-error]}}\n";
+    let (p, _d) = static_proxy(&mesh("web", &[("web-1", slow.addr, "v1")], route)).await;
+    slow.delay_ms.store(3_000, Ordering::SeqCst);
+    let c = http_client();
+    let t0 = std::time::Instant::now();
+    let first = tokio::spawn({
+        let (c, out) = (c.clone(), p.outbound);
+        async move { get(&c, out, "web", "/", &[]).await }
+    });
+    // The retry finds the app fast again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    slow.delay_ms.store(0, Ordering::SeqCst);
+    let (s, _, e) = first.await.unwrap();
+    assert_eq!(s, 200, "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(slow.hits(), 2);
+    p.shutdown().await;
+}
