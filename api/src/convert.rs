@@ -235,6 +235,21 @@ fn route_to_pb(r: RouteSpec) -> pb::RouteSpec {
         }),
         failover: r.failover,
         connect_timeout_ms: ms(r.connect_timeout),
+        fault: r.fault.map(|f| pb::Fault {
+            has_delay: f.delay.is_some(),
+            delay_ms: f.delay.as_ref().map_or(0, |d| d.fixed.as_millis()),
+            delay_percent: f.delay.as_ref().map_or(0, |d| d.percent),
+            has_abort: f.abort.is_some(),
+            abort_http_status: f.abort.as_ref().and_then(|a| a.http_status).unwrap_or(0),
+            abort_grpc_status: f.abort.as_ref().and_then(|a| a.grpc_status).unwrap_or(0),
+            abort_percent: f.abort.as_ref().map_or(0, |a| a.percent),
+            header_name: f
+                .header
+                .as_ref()
+                .map(|h| h.name.clone())
+                .unwrap_or_default(),
+            header_value: f.header.and_then(|h| h.value),
+        }),
     }
 }
 
@@ -266,6 +281,23 @@ fn route_from_pb(r: pb::RouteSpec) -> Result<RouteSpec, ConvertError> {
             .collect(),
         timeout: opt_ms(r.timeout_ms),
         connect_timeout: opt_ms(r.connect_timeout_ms),
+        fault: r.fault.map(|f| {
+            Box::new(Fault {
+                delay: f.has_delay.then(|| FaultDelay {
+                    fixed: crate::HumanDuration::from_millis(f.delay_ms),
+                    percent: f.delay_percent,
+                }),
+                abort: f.has_abort.then(|| FaultAbort {
+                    http_status: opt_u32(f.abort_http_status),
+                    grpc_status: opt_u32(f.abort_grpc_status),
+                    percent: f.abort_percent,
+                }),
+                header: (!f.header_name.is_empty()).then(|| FaultHeader {
+                    name: f.header_name,
+                    value: f.header_value,
+                }),
+            })
+        }),
         retries: r
             .retries
             .map(|p| -> Result<RetryPolicy, ConvertError> {

@@ -572,6 +572,50 @@ fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
     if let Some(t) = r.timeout {
         c.check(t.as_millis() > 0, "spec.timeout", "must be more than 0");
     }
+    if let Some(f) = &r.fault {
+        if let Some(d) = &f.delay {
+            c.check(
+                d.percent <= 100,
+                "spec.fault.delay.percent",
+                format!("{} is more than 100", d.percent),
+            );
+            c.check(
+                d.fixed.as_millis() <= 3_600_000,
+                "spec.fault.delay.fixed",
+                format!("{} is more than 1h", d.fixed),
+            );
+        }
+        if let Some(a) = &f.abort {
+            c.check(
+                a.percent <= 100,
+                "spec.fault.abort.percent",
+                format!("{} is more than 100", a.percent),
+            );
+            match (a.http_status, a.grpc_status) {
+                (Some(h), None) => c.check(
+                    (200..=599).contains(&h),
+                    "spec.fault.abort.http_status",
+                    format!("{h} is not an HTTP status from 200 to 599"),
+                ),
+                (None, Some(g)) => c.check(
+                    (1..=16).contains(&g),
+                    "spec.fault.abort.grpc_status",
+                    format!("{g} is not a gRPC error status (1 to 16)"),
+                ),
+                _ => c.fail(
+                    "spec.fault.abort",
+                    "give exactly one of http_status and grpc_status",
+                ),
+            }
+        }
+        if let Some(h) = &f.header {
+            c.check(
+                header_name(&h.name),
+                "spec.fault.header.name",
+                format!("{} is not a valid HTTP header name", shown(&h.name)),
+            );
+        }
+    }
     if let Some(t) = r.connect_timeout {
         c.check(
             (1..=60_000).contains(&t.as_millis()),

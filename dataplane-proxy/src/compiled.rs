@@ -142,6 +142,8 @@ pub struct ServiceTable {
     pub max_connections: Option<u32>,
     /// Time limit of opening a connection to an endpoint.
     pub connect_timeout: Duration,
+    /// Faults injected into its requests.
+    pub fault: Option<Arc<crate::fault::Faults>>,
     /// Outlier ejection.
     pub outlier: Outlier,
     /// Every endpoint of the service.
@@ -319,6 +321,7 @@ pub fn compile(
             max_in_flight: None,
             max_connections: None,
             connect_timeout: CONNECT_TIMEOUT,
+            fault: None,
             outlier: Outlier::default(),
             endpoints: Vec::new(),
         })
@@ -515,6 +518,11 @@ pub fn compile(
         t.connect_timeout = route
             .connect_timeout
             .map_or(CONNECT_TIMEOUT, |d| d.as_duration());
+        t.fault = route
+            .fault
+            .as_deref()
+            .and_then(crate::fault::Faults::compile)
+            .map(Arc::new);
         if let Some(o) = &route.outlier {
             let d = Outlier::default();
             t.outlier = Outlier {

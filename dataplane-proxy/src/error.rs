@@ -61,6 +61,10 @@ pub enum ProxyError {
     /// The local application cannot be reached (inbound).
     #[error("the local application on port {0} cannot be reached")]
     AppUnavailable(u16),
+    /// A Route's fault injection answered instead of the callee (HTTP
+    /// status, gRPC status).
+    #[error("fault injected by the route (status {0})")]
+    Injected(u16, u8),
 }
 
 impl ProxyError {
@@ -80,6 +84,7 @@ impl ProxyError {
             ProxyError::MtlsRequired => "mtls-required",
             ProxyError::AppUnavailable(_) => "app-unavailable",
             ProxyError::NoIdentity(_) => "no-identity",
+            ProxyError::Injected(..) => "fault-injected",
         }
     }
 
@@ -90,6 +95,9 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::Injected(s, _) => {
+                StatusCode::from_u16(*s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Reset(_) | ProxyError::Closed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Denied(_) | ProxyError::MtlsRequired => StatusCode::FORBIDDEN,
@@ -115,6 +123,7 @@ impl ProxyError {
                 INVALID_ARGUMENT
             }
             ProxyError::NoRoute(_) => UNIMPLEMENTED,
+            ProxyError::Injected(_, g) => *g,
             ProxyError::Timeout(_) => DEADLINE_EXCEEDED,
             ProxyError::Denied(_) | ProxyError::MtlsRequired => PERMISSION_DENIED,
             ProxyError::CircuitOpen(_) => RESOURCE_EXHAUSTED,

@@ -16,6 +16,7 @@ pub mod config;
 pub mod conn;
 pub mod dns;
 pub mod error;
+pub mod fault;
 pub mod forward;
 pub mod gateway;
 pub mod guard;

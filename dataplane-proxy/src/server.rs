@@ -32,12 +32,14 @@ use raftmesh_api::identity::spiffe_of_der;
 use raftmesh_api::MtlsMode;
 
 /// The outbound request path, outermost first. Route first (everything
-/// after needs the target); the timeout wraps retries (a route's timeout
-/// covers the whole request); retry wraps balance (each attempt may pick
-/// another endpoint); forward last.
+/// after needs the target); injected faults (outside the timeout and
+/// retries: they stand for the callee); the timeout wraps retries (a
+/// route's timeout covers the whole request); retry wraps balance (each
+/// attempt may pick another endpoint); forward last.
 pub fn outbound_stack(config: Arc<Config>, forward: Forward) -> OutboundStack {
     ServiceBuilder::new()
         .layer(RouteLayer::new(config))
+        .layer(crate::fault::FaultLayer)
         .layer(TimeoutLayer)
         .layer(RetryLayer)
         .layer(BalanceLayer)
@@ -46,7 +48,9 @@ pub fn outbound_stack(config: Arc<Config>, forward: Forward) -> OutboundStack {
 
 /// The composed outbound service.
 pub type OutboundStack = crate::route::Route<
-    crate::timeout::Timeout<crate::retry::Retry<crate::balance::Balance<Forward>>>,
+    crate::fault::Fault<
+        crate::timeout::Timeout<crate::retry::Retry<crate::balance::Balance<Forward>>>,
+    >,
 >;
 
 /// The answer to a request: its response, or the proxy's own error (in

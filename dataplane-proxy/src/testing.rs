@@ -91,6 +91,7 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
         max_in_flight: None,
         max_connections: None,
         connect_timeout: crate::compiled::CONNECT_TIMEOUT,
+        fault: None,
         outlier: Outlier::default(),
         endpoints: (0..2)
             .map(|i| Endpoint {

@@ -179,6 +179,23 @@ fn route() -> impl Strategy<Value = Spec> {
                     rules,
                     timeout,
                     connect_timeout: timeout,
+                    fault: timeout.map(|d| {
+                        Box::new(Fault {
+                            delay: Some(FaultDelay {
+                                fixed: d,
+                                percent: 10,
+                            }),
+                            abort: Some(FaultAbort {
+                                http_status: Some(503),
+                                grpc_status: None,
+                                percent: 5,
+                            }),
+                            header: Some(FaultHeader {
+                                name: "x-fault".into(),
+                                value: None,
+                            }),
+                        })
+                    }),
                     retries,
                     load_balancer,
                     circuit_breaker,

@@ -281,6 +281,62 @@ pub struct RouteSpec {
     /// endpoint can (all unhealthy or ejected), tried in this order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failover: Vec<String>,
+    /// Faults injected into the service's requests, to test how callers
+    /// bear them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Box<Fault>>,
+}
+
+/// Faults injected by the caller's proxy (`Route.fault`): a share of the
+/// requests delayed, a share answered with an error instead of sent.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Delay before the request goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// An answer instead of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+    /// Only requests with this header (`name` or `name: value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<FaultHeader>,
+}
+
+/// `fault.delay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    /// How long.
+    pub fixed: HumanDuration,
+    /// Share of the requests, 0–100.
+    pub percent: u32,
+}
+
+/// `fault.abort`: exactly one of `http_status` and `grpc_status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    /// The HTTP status answered (200–599; a gRPC call gets its gRPC
+    /// equivalent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u32>,
+    /// The gRPC status answered (1–16; an HTTP request gets 503 for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
+    /// Share of the requests, 0–100.
+    pub percent: u32,
+}
+
+/// `fault.header`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultHeader {
+    /// The header's name.
+    pub name: String,
+    /// Its value; any value when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// Whether a policy allows or denies.

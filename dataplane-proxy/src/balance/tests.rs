@@ -22,6 +22,7 @@ fn table(n: usize, lb: LoadBalancer) -> ServiceTable {
         max_in_flight: None,
         max_connections: None,
         connect_timeout: crate::compiled::CONNECT_TIMEOUT,
+        fault: None,
         outlier: Outlier {
             consecutive_failures: 3,
             base_ejection: Duration::from_secs(30),
