@@ -292,7 +292,7 @@ fn route_from_pb(r: pb::RouteSpec) -> Result<RouteSpec, ConvertError> {
                     grpc_status: opt_u32(f.abort_grpc_status),
                     percent: f.abort_percent,
                 }),
-                header: (!f.header_name.is_empty()).then(|| FaultHeader {
+                header: (!f.header_name.is_empty()).then_some(FaultHeader {
                     name: f.header_name,
                     value: f.header_value,
                 }),
