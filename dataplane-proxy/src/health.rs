@@ -178,6 +178,8 @@ pub async fn run(
                 if ready && failures >= s.failure_threshold {
                     tracing::warn!(%app, error = %e, "the app is not ready; meshd takes this endpoint out");
                     life.send_modify(|l| l.app_ready = false);
+                } else if !ready && failures == 1 {
+                    tracing::info!(%app, error = %e, "the app is not ready yet; the endpoint stays out until it is");
                 }
                 *why.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = e;
