@@ -127,10 +127,11 @@ impl ProxyError {
             ProxyError::Timeout(_) => DEADLINE_EXCEEDED,
             ProxyError::Denied(_) | ProxyError::MtlsRequired => PERMISSION_DENIED,
             ProxyError::CircuitOpen(_) => RESOURCE_EXHAUSTED,
+            // The call may have reached the app: not UNAVAILABLE, which
+            // callers (ours included) retry whatever the method.
+            ProxyError::Reset(_) | ProxyError::Closed(_) => INTERNAL,
             ProxyError::NoHealthyEndpoints(_)
             | ProxyError::Connect(_)
-            | ProxyError::Reset(_)
-            | ProxyError::Closed(_)
             | ProxyError::Refused(_)
             | ProxyError::AppUnavailable(_)
             | ProxyError::NoIdentity(_) => UNAVAILABLE,
@@ -200,6 +201,8 @@ pub mod grpc_status {
     pub const PERMISSION_DENIED: u8 = 7;
     /// A limit of the callee's (circuit breaker) is reached.
     pub const RESOURCE_EXHAUSTED: u8 = 8;
+    /// The connection broke after the call may have reached the app.
+    pub const INTERNAL: u8 = 13;
     /// No such service.
     pub const UNIMPLEMENTED: u8 = 12;
     /// The callee cannot be reached now; a retry may succeed.

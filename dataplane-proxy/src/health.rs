@@ -31,6 +31,11 @@ use crate::state::Config;
 pub struct Life {
     /// The app passed its probe (always true without an app).
     pub app_ready: bool,
+    /// The app was probed at least once (always true without an app): the
+    /// discovery client waits for it before it first registers, so a new
+    /// proxy (a takeover's above all) never registers a ready app as not
+    /// ready.
+    pub probed: bool,
     /// SIGTERM: reported not ready, so callers stop choosing the proxy.
     pub draining: bool,
     /// Later in a drain: inbound listeners stop accepting and connections
@@ -58,6 +63,7 @@ impl Life {
 pub fn channel(has_app: bool) -> watch::Sender<Life> {
     watch::Sender::new(Life {
         app_ready: !has_app,
+        probed: !has_app,
         draining: false,
         closing: false,
         handing_over: false,
@@ -161,6 +167,25 @@ pub async fn run(
         let s = settings(&flags, mesh.as_ref());
         let r = probe_once(app, &s).await;
         let ready = life.borrow().app_ready;
+        if !life.borrow().probed {
+            life.send_modify(|l| {
+                l.probed = true;
+                l.app_ready = r.is_ok() && s.success_threshold <= 1;
+            });
+            passes = u32::from(r.is_ok());
+            failures = u32::from(r.is_err());
+            if let Err(e) = &r {
+                tracing::info!(%app, error = %e, "the app is not ready yet; the endpoint stays out until it is");
+                *why.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = e.clone();
+            } else if s.success_threshold <= 1 {
+                tracing::info!(%app, "the app is ready");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(s.interval) => {}
+                _ = crate::stopped(&mut shutdown) => return,
+            }
+            continue;
+        }
         match r {
             Ok(()) => {
                 failures = 0;

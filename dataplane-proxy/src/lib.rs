@@ -485,6 +485,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
             dir.clone(),
             std::mem::take(&mut sockets.kept),
             handed_over_tx,
+            config.life.clone(),
             shutdown_rx.clone(),
         )));
     }

@@ -47,10 +47,12 @@ fn main() {
         let proxy = raftmesh_dataplane_proxy::start(cfg).await?;
         let code = match app {
             None => {
-                let mut signals = Signals::new()?;
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate())?;
+                let mut int = signal(SignalKind::interrupt())?;
                 tokio::select! {
-                    _ = signals.term.recv() => {}
-                    _ = signals.int.recv() => {}
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
                     _ = raftmesh_client::bins::parent_gone(parent) => {
                         tracing::info!("the parent process is gone")
                     }
@@ -65,7 +67,14 @@ fn main() {
                 proxy.drain(drain_timeout).await;
                 0
             }
-            Some(app) => run_app(&proxy, &app, drain_timeout).await?,
+            Some(app) => match run_app(&proxy, &app, drain_timeout).await? {
+                (code, false) => code,
+                (code, true) => {
+                    // Taken over: the endpoint is the new proxy's.
+                    proxy.hand_over(drain_timeout).await;
+                    return anyhow::Ok(code);
+                }
+            },
         };
         proxy.leave().await;
         anyhow::Ok(code)
@@ -96,15 +105,17 @@ impl Signals {
     }
 }
 
-/// `mesh-proxy run -- APP`: starts the app once the proxy is ready, drains
-/// the proxy on SIGTERM/SIGINT before passing the signal on, passes SIGHUP
-/// straight on, and answers the app's exit status (128 + the signal for a
-/// signal, as a shell does).
+/// `mesh-proxy run -- APP`: starts the app once the proxy is ready (in a
+/// process group of its own, so a terminal's signals reach it through the
+/// proxy only), drains the proxy on SIGTERM/SIGINT before passing the
+/// signal on, passes SIGHUP straight on, and answers the app's exit status
+/// (128 + the signal for a signal, as a shell does), and whether another
+/// proxy took this one over meanwhile.
 async fn run_app(
     proxy: &raftmesh_dataplane_proxy::Proxy,
     app: &[String],
     drain_timeout: std::time::Duration,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<(i32, bool)> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let mut signals = Signals::new()?;
@@ -118,12 +129,14 @@ async fn run_app(
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
             _ = tick.tick() => tracing::info!(waited = ?started.elapsed(), "the app waits for the proxy's configuration and certificate (is meshd reachable? see above)"),
-            _ = signals.term.recv() => return Ok(128 + Signal::SIGTERM as i32),
-            _ = signals.int.recv() => return Ok(128 + Signal::SIGINT as i32),
+            _ = signals.term.recv() => return Ok((128 + Signal::SIGTERM as i32, false)),
+            _ = signals.int.recv() => return Ok((128 + Signal::SIGINT as i32, false)),
         }
     }
     let mut child = tokio::process::Command::new(&app[0])
         .args(&app[1..])
+        .process_group(0)
+        .kill_on_drop(true)
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start the app {:?}: {e}", app[0]))?;
     let pid = child.id().map(|p| Pid::from_raw(p as i32));
@@ -151,9 +164,9 @@ async fn run_app(
                 handed = true;
                 // The app is this process's child: it cannot move to the
                 // new proxy, so it stops too (use a separate app, not
-                // `run`, for upgrades that keep it).
+                // `run`, for upgrades that keep it). No drain: the
+                // endpoint is the new proxy's now.
                 tracing::warn!("another proxy took over; stopping the app, which is this proxy's child");
-                proxy.drain(drain_timeout).await;
                 pass(Signal::SIGTERM);
             }
         }
@@ -164,7 +177,7 @@ async fn run_app(
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1);
     tracing::info!(code, "the app exited");
-    Ok(code)
+    Ok((code, handed))
 }
 
 /// `mesh-proxy capture ...`; exits.

@@ -55,9 +55,16 @@ pub struct Sockets {
 impl Sockets {
     /// A TCP listener `name` on `addr` (the inherited one if there is).
     pub async fn tcp(&mut self, name: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
-        let l = match self.inherited.remove(name) {
-            Some(fd) => {
-                let std = std::net::TcpListener::from(fd);
+        let inherited = self
+            .inherited
+            .remove(name)
+            .map(std::net::TcpListener::from)
+            .filter(|l| {
+                // The flags may have moved it: then a new one.
+                l.local_addr().is_ok_and(|a| addr.port() == 0 || a == addr)
+            });
+        let l = match inherited {
+            Some(std) => {
                 std.set_nonblocking(true)?;
                 tracing::info!(name, addr = %std.local_addr()?, "serving on a socket taken over");
                 TcpListener::from_std(std)?
@@ -155,6 +162,7 @@ pub async fn serve(
     state_dir: PathBuf,
     kept: Vec<(String, OwnedFd)>,
     handed_over: watch::Sender<bool>,
+    life: watch::Sender<crate::health::Life>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let path = socket_path(&state_dir);
@@ -181,6 +189,10 @@ pub async fn serve(
                 Err(_) => continue,
             },
             _ = crate::stopped(&mut shutdown) => return,
+            // A drain: no takeover any more, and the duplicate descriptors
+            // go, so a listener the drain closes really closes (late
+            // callers are refused, not queued unread).
+            _ = async { let _ = life.subscribe().wait_for(|l| l.draining || l.handing_over).await; } => return,
         };
         let sent = std::sync::Arc::clone(&kept);
         let r = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
@@ -206,6 +218,17 @@ pub async fn serve(
 
 /// The old proxy's side of one exchange: whether the new one took over.
 fn hand_over(s: UnixStream, kept: &[(String, OwnedFd)]) -> std::io::Result<bool> {
+    // The state directory is owner-only already; the caller must also be
+    // this user (root's takeover of another user's proxy included: no).
+    let peer = rustix::net::sockopt::socket_peercred(&s)?;
+    if peer.uid != rustix::process::getuid() {
+        tracing::warn!(
+            pid = peer.pid.as_raw_nonzero().get(),
+            uid = peer.uid.as_raw(),
+            "refused a takeover from another user"
+        );
+        return Ok(false);
+    }
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut r = BufReader::new(s.try_clone()?);
     let mut line = String::new();
@@ -254,10 +277,12 @@ mod tests {
         let (tcp_addr, udp_addr) = (tcp.local_addr().unwrap(), udp.local_addr().unwrap());
         let (over_tx, mut over) = watch::channel(false);
         let (_stop, stop_rx) = watch::channel(false);
+        let life = crate::health::channel(false);
         let server = tokio::spawn(serve(
             dir.path().to_path_buf(),
             std::mem::take(&mut old.kept),
             over_tx,
+            life,
             stop_rx,
         ));
         // Wait for the socket file.
@@ -273,14 +298,10 @@ mod tests {
             .unwrap()
             .unwrap();
         ack.done().unwrap();
-        let tcp2 = new
-            .tcp("outbound", "127.0.0.1:1".parse().unwrap())
-            .await
-            .unwrap();
-        let udp2 = new
-            .udp("dns", "127.0.0.1:1".parse().unwrap())
-            .await
-            .unwrap();
+        // The same flags: the same sockets (binding them again would fail:
+        // they are in use).
+        let tcp2 = new.tcp("outbound", tcp_addr).await.unwrap();
+        let udp2 = new.udp("dns", udp_addr).await.unwrap();
         assert_eq!(
             tcp2.local_addr().unwrap(),
             tcp_addr,
@@ -294,6 +315,26 @@ mod tests {
         let c = tokio::net::TcpStream::connect(tcp_addr);
         let (accepted, connected) = tokio::join!(tcp2.accept(), c);
         assert!(accepted.is_ok() && connected.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_socket_whose_flag_moved_is_bound_anew() {
+        let mut old = Sockets::default();
+        let l = old
+            .tcp("admin", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let (name, fd) = old.kept.remove(0);
+        let mut new = Sockets {
+            inherited: HashMap::from([(name, fd)]),
+            kept: Vec::new(),
+        };
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let want = elsewhere.local_addr().unwrap();
+        drop(elsewhere);
+        let l2 = new.tcp("admin", want).await.unwrap();
+        assert_eq!(l2.local_addr().unwrap(), want);
+        assert_ne!(l2.local_addr().unwrap(), l.local_addr().unwrap());
     }
 
     #[test]

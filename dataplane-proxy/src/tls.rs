@@ -607,10 +607,20 @@ impl tower::Service<http::Uri> for MeshConnector {
         // background, for the pool).
         let dial = DIAL.try_with(Dial::clone).unwrap_or_default();
         Box::pin(async move {
+            // Waiting for a permit counts as connecting: past the connect
+            // timeout the attempt fails (and is retried, as it never
+            // reached the app), while hyper's pool may still hand the
+            // request a connection that comes back meanwhile.
             let permit = match dial.limit {
                 Some(s) => Some(
-                    s.acquire_owned()
+                    tokio::time::timeout(dial.timeout, s.acquire_owned())
                         .await
+                        .map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the service's connection limit is reached",
+                            )
+                        })?
                         .map_err(|_| std::io::Error::other("the connection limit was replaced"))?,
                 ),
                 None => None,

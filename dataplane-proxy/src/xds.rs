@@ -110,6 +110,9 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     let mut next_node = rand::rng().random_range(0..settings.control_plane.len().max(1));
     let mut life = config.life.subscribe();
+    // Register only once the app has been probed (a few milliseconds at
+    // most, normally): registering first would mark a ready app not ready.
+    let _ = tokio::time::timeout(Duration::from_secs(3), life.wait_for(|l| l.probed)).await;
     loop {
         if *shutdown.borrow() {
             return;
@@ -192,7 +195,10 @@ async fn session(
         _ => 0,
     };
     hello.subscriptions = subscriptions.all().iter().cloned().collect();
-    hello.ready = current.source != Source::Empty && config.life.borrow().reported_ready();
+    // Subscribed before the Hello is built: a change while connecting is
+    // seen after (marked changed once the stream is open).
+    let mut life = config.life.subscribe();
+    hello.ready = current.source != Source::Empty && life.borrow_and_update().reported_ready();
     // Who the proxy is: its certificate and proof of holding the key once
     // it has one, the bootstrap token before that.
     let mut csr_requested = false;
@@ -231,7 +237,7 @@ async fn session(
         .into_inner();
     let mut got_config = false;
     let mut reported_ready = was_ready;
-    let mut life = config.life.subscribe();
+    life.mark_changed();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
     let mut sweep = tokio::time::interval(settings.subscription_idle / 2);
     sweep.tick().await;

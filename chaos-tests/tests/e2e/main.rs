@@ -59,7 +59,11 @@ struct ProxyProc {
 }
 
 fn mesh_proxy(dir: &Path, name: &str, args: &[String]) -> ProxyProc {
-    let (o, a, i) = (free_port(), free_port(), free_port());
+    mesh_proxy_at(dir, name, args, (free_port(), free_port(), free_port()))
+}
+
+/// [`mesh_proxy`] on these (outbound, admin, inbound) ports.
+fn mesh_proxy_at(dir: &Path, name: &str, args: &[String], (o, a, i): (u16, u16, u16)) -> ProxyProc {
     let mut cmd = Command::new(raftmesh_client::bins::find("mesh-proxy", true).unwrap());
     cmd.args([
         "--outbound",

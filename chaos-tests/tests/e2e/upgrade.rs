@@ -102,11 +102,12 @@ async fn a_proxy_binary_upgrade_under_500_requests_a_second_fails_none_and_keeps
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // The upgrade: the same flags and --takeover (its own ports are not
-    // bound: the old proxy's sockets are used).
+    // The upgrade: the same flags and --takeover (the ports are not bound
+    // again: the old proxy's sockets are used).
     let mut new_args = web_args.clone();
     new_args.push("--takeover".into());
-    let new = mesh_proxy(&dir, "web-proxy-new", &new_args);
+    let same_ports = (old.outbound.port(), old.admin.port(), old.inbound.port());
+    let new = super::mesh_proxy_at(&dir, "web-proxy-new", &new_args, same_ports);
     let deadline = Instant::now() + Duration::from_secs(20);
     while old.proc.running() {
         assert!(

@@ -337,10 +337,12 @@ async fn apply(
             metadata: md,
             spec: Spec::Import(spec),
         };
-        // Whatever the peer sent is checked as an apply would be.
-        resource
-            .validate()
-            .map_err(|e| format!("the peer sent a bad export of {}: {e}", u.name))?;
+        // Whatever the peer sent is checked as an apply would be; one bad
+        // export is left out (and said), the others still imported.
+        if let Err(e) = resource.validate() {
+            tracing::warn!(peer = %name, service = %u.name, error = %e, "not importing a bad export from the peer");
+            continue;
+        }
         cmds.push(Command::Put {
             resource,
             expected_revision: None,

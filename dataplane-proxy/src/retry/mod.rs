@@ -14,7 +14,9 @@
 //!   ...), and of **gRPC** calls on its gRPC statuses (`unavailable` by
 //!   default), read from a trailers-only answer.
 //! - Bodies are sent again from a copy kept as they flow
-//!   ([`replay`], up to 64 KiB); a larger body is sent once.
+//!   ([`replay`], up to 64 KiB) when the failed attempt read all of it or
+//!   none; a larger body, or one an attempt is part-way through, is sent
+//!   once.
 //! - The first retry of a request that never reached the app goes at
 //!   once (to another endpoint); every other waits an exponential backoff
 //!   with full jitter (25 ms doubling to 250 ms by default).
@@ -112,17 +114,18 @@ enum Bodies {
 }
 
 impl Bodies {
-    fn next(&self) -> Body {
+    fn first(&self) -> Body {
         match self {
             Bodies::Empty => empty(),
-            Bodies::Replay(r) => r.attempt().boxed(),
+            Bodies::Replay(r) => r.first().boxed(),
         }
     }
 
-    fn replayable(&self) -> bool {
+    /// Another attempt's body, if the body can be sent whole again.
+    fn again(&self) -> Option<Body> {
         match self {
-            Bodies::Empty => true,
-            Bodies::Replay(r) => r.replayable(),
+            Bodies::Empty => Some(empty()),
+            Bodies::Replay(r) => r.take_over().map(BodyExt::boxed),
         }
     }
 }
@@ -175,8 +178,8 @@ impl<S: Next> tower::Service<Request<Body>> for Retry<S> {
                 Bodies::Replay(replay::Replay::new(body))
             };
             let tried = Tried::default();
-            let rebuild = || {
-                let mut r = Request::new(bodies.next());
+            let rebuild = |body: Body| {
+                let mut r = Request::new(body);
                 *r.method_mut() = parts.method.clone();
                 *r.uri_mut() = parts.uri.clone();
                 *r.version_mut() = parts.version;
@@ -186,8 +189,9 @@ impl<S: Next> tower::Service<Request<Body>> for Retry<S> {
                 r
             };
             let mut attempt = 0;
+            let mut body = bodies.first();
             loop {
-                let call = inner.call(rebuild());
+                let call = inner.call(rebuild(body));
                 let result = match p.per_try_timeout {
                     Some(d) => tokio::time::timeout(d, call)
                         .await
@@ -198,13 +202,18 @@ impl<S: Next> tower::Service<Request<Body>> for Retry<S> {
                 // work: its retries are bounded by `attempts`, not by the
                 // budget (which keeps retries from multiplying the load
                 // on apps that are failing).
-                if attempt >= p.attempts
-                    || !should_retry(&result, policy, idempotent, grpc)
-                    || !bodies.replayable()
-                    || !(never_reached(&result) || target.stats.budget.withdraw())
-                {
+                if attempt >= p.attempts || !should_retry(&result, policy, idempotent, grpc) {
                     return result;
                 }
+                // The body is taken from the earlier attempt now, before
+                // any backoff (it cannot read on meanwhile).
+                let Some(next) = bodies.again() else {
+                    return result;
+                };
+                if !(never_reached(&result) || target.stats.budget.withdraw()) {
+                    return result;
+                }
+                body = next;
                 attempt += 1;
                 target.stats.metrics.retry(&target.table.id.1);
                 let at_once = attempt == 1 && never_reached(&result);

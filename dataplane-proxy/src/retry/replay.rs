@@ -35,6 +35,8 @@ struct Shared {
     owner: u32,
     /// The caller's size hint (kept exact for Content-Length).
     hint: SizeHint,
+    /// Some attempt read from the caller.
+    read_any: bool,
 }
 
 /// The body shared by every attempt of one request.
@@ -53,23 +55,41 @@ impl Replay {
             ended: false,
             owner: 0,
             hint,
+            read_any: false,
         })))
     }
 
-    /// Whether another attempt can send the whole body again.
-    pub fn replayable(&self) -> bool {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).kept
+    /// The first attempt's body.
+    pub fn first(&self) -> ReplayBody {
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        s.owner = 1;
+        ReplayBody {
+            shared: self.0.clone(),
+            id: 1,
+            pos: 0,
+        }
     }
 
-    /// The body of the next attempt (the earlier ones' stop reading).
-    pub fn attempt(&self) -> ReplayBody {
+    /// The body of another attempt, taken over from the earlier ones in
+    /// one step, or `None` when it cannot be sent whole again: only when
+    /// every byte was read and kept (an earlier attempt that still reads
+    /// then finds its whole body and ends), or when no attempt read any
+    /// (it failed before sending: nothing will read for it again). A
+    /// body an earlier attempt is part-way through stays that attempt's
+    /// — taking it would leave it stalled, holding its stream.
+    pub fn take_over(&self) -> Option<ReplayBody> {
         let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let whole = s.ended && s.kept;
+        let untouched = !s.read_any;
+        if !(whole || untouched) {
+            return None;
+        }
         s.owner += 1;
-        ReplayBody {
+        Some(ReplayBody {
             shared: self.0.clone(),
             id: s.owner,
             pos: 0,
-        }
+        })
     }
 }
 
@@ -113,6 +133,7 @@ impl hyper::body::Body for ReplayBody {
         if s.ended {
             return Poll::Ready(None);
         }
+        s.read_any = true;
         match Pin::new(&mut s.source).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if s.kept {
@@ -167,28 +188,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_second_attempt_sends_the_whole_body_again() {
+    async fn a_body_read_whole_is_sent_whole_again() {
         let r = Replay::new(stream(vec![b"hello ", b"world"]));
-        let mut first = r.attempt();
-        // The first attempt read one frame, then failed.
-        let f = first.frame().await.unwrap().unwrap();
-        assert_eq!(f.into_data().unwrap(), "hello ");
-        assert!(r.replayable());
-        assert_eq!(read(r.attempt()).await, b"hello world");
+        assert_eq!(read(r.first()).await, b"hello world");
+        assert_eq!(read(r.take_over().unwrap()).await, b"hello world");
         // And again.
-        assert_eq!(read(r.attempt()).await, b"hello world");
+        assert_eq!(read(r.take_over().unwrap()).await, b"hello world");
     }
 
     #[tokio::test]
-    async fn an_abandoned_attempt_takes_nothing_from_the_next() {
+    async fn a_body_no_attempt_read_goes_to_the_next_and_the_first_takes_nothing() {
         let r = Replay::new(stream(vec![b"a", b"b", b"c"]));
-        let mut first = r.attempt();
-        assert_eq!(
-            first.frame().await.unwrap().unwrap().into_data().unwrap(),
-            "a"
-        );
-        let second = r.attempt();
-        // The old handle stalls rather than read "b".
+        let mut first = r.first();
+        let second = r.take_over().expect("nothing read yet");
+        // The old handle stalls rather than read what the next needs.
         let stalled =
             tokio::time::timeout(std::time::Duration::from_millis(50), first.frame()).await;
         assert!(stalled.is_err(), "the abandoned attempt must not read on");
@@ -196,12 +209,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_part_way_through_an_attempt_is_not_taken_over() {
+        let r = Replay::new(stream(vec![b"a", b"b", b"c"]));
+        let mut first = r.first();
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "a"
+        );
+        assert!(r.take_over().is_none(), "it would stall the first mid-body");
+        // The first goes on to the end.
+        assert_eq!(read(first).await, b"bc");
+    }
+
+    #[tokio::test]
     async fn past_the_limit_the_body_flows_once_and_cannot_be_replayed() {
         static BIG: [u8; LIMIT] = [7u8; LIMIT];
         let r = Replay::new(stream(vec![b"x", &BIG]));
-        let body = read(r.attempt()).await;
+        let body = read(r.first()).await;
         assert_eq!(body.len(), LIMIT + 1, "the one attempt gets every byte");
-        assert!(!r.replayable());
+        assert!(r.take_over().is_none());
     }
 
     #[test]
@@ -211,6 +237,6 @@ mod tests {
                 .map_err(|never| match never {})
                 .boxed(),
         );
-        assert_eq!(r.attempt().size_hint().exact(), Some(5));
+        assert_eq!(r.first().size_hint().exact(), Some(5));
     }
 }
