@@ -176,7 +176,8 @@ pub async fn run(
             failures = u32::from(r.is_err());
             if let Err(e) = &r {
                 tracing::info!(%app, error = %e, "the app is not ready yet; the endpoint stays out until it is");
-                *why.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = e.clone();
+                *why.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = e.clone();
             } else if s.success_threshold <= 1 {
                 tracing::info!(%app, "the app is ready");
             }
