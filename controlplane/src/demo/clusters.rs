@@ -228,6 +228,19 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // A new proxy's endpoint is out until it has its config and its app
+    // has been probed: the traffic starts once east's api answers (it
+    // failed a request now and then when it started right away).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !super::procs::serves(specs[3].1.outbound, "api").await {
+        if Instant::now() > deadline {
+            bail!(
+                "east's api did not answer through the frontend within 20s; see {}",
+                dir.path().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     say("proxies up: api and the gateway on west; api and a caller (frontend) on east".into());
     let flows = traffic::Flows::default();
     let generator = traffic::start(

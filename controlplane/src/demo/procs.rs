@@ -215,3 +215,20 @@ pub async fn proxy_ready(admin: SocketAddr) -> bool {
     };
     matches!(client.get(uri).await, Ok(r) if r.status() == hyper::StatusCode::OK)
 }
+
+/// Whether a request through the proxy's outbound at `outbound` to
+/// `service` is answered 200 (its endpoints registered and ready).
+pub async fn serves(outbound: SocketAddr, service: &str) -> bool {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let Ok(req) = hyper::Request::get(format!("http://{outbound}/"))
+        .header("host", service)
+        .body(http_body_util::Empty::new())
+    else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), client.request(req)).await,
+        Ok(Ok(r)) if r.status() == hyper::StatusCode::OK
+    )
+}

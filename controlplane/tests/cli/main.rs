@@ -1211,17 +1211,29 @@ fn meshd_demo_with_two_clusters_fails_over_to_the_peer_and_back() {
         .find(|l| l.starts_with("summary "))
         .expect(&stdout);
     assert!(summary_field(summary, "requests") > 500, "{summary}");
-    // At most the odd request at the very switch (seen: 1 of 900 in 2 of
-    // about 10 runs, `no-healthy-endpoints`; not understood yet, see the
-    // closing note of the federation issue), never any other failure.
+    // At most the odd `no-healthy-endpoints` (seen in 2 of about 10 runs:
+    // the traffic started before east's api had registered ready; the demo
+    // now waits for a first answer), never any other failure. A failure
+    // keeps the logs: they are shown, then removed.
     let failed = summary_field(summary, "failed");
-    assert!(failed <= 2, "{stdout}");
     if failed > 0 {
+        let kept = stdout
+            .lines()
+            .find_map(|l| l.split("the logs are kept in ").nth(1))
+            .and_then(|r| r.split(' ').next())
+            .map(PathBuf::from);
+        if let Some(k) = &kept {
+            let log =
+                std::fs::read_to_string(k.join("proxy-frontend-east-1.log")).unwrap_or_default();
+            eprintln!("frontend's log:\n{log}");
+            let _ = std::fs::remove_dir_all(k);
+        }
         assert!(
             stdout.contains("failures by cause: {\"no-healthy-endpoints\": "),
             "{stdout}"
         );
     }
+    assert!(failed <= 2, "{stdout}");
     // Nothing left: the nodes and proxies it named, and its directory.
     let first = stdout.lines().next().unwrap_or_default();
     let dir = PathBuf::from(first.rsplit(" in ").next().unwrap_or_default());
