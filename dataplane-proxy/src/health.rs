@@ -167,26 +167,6 @@ pub async fn run(
         let s = settings(&flags, mesh.as_ref());
         let r = probe_once(app, &s).await;
         let ready = life.borrow().app_ready;
-        if !life.borrow().probed {
-            life.send_modify(|l| {
-                l.probed = true;
-                l.app_ready = r.is_ok() && s.success_threshold <= 1;
-            });
-            passes = u32::from(r.is_ok());
-            failures = u32::from(r.is_err());
-            if let Err(e) = &r {
-                tracing::info!(%app, error = %e, "the app is not ready yet; the endpoint stays out until it is");
-                *why.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = e.clone();
-            } else if s.success_threshold <= 1 {
-                tracing::info!(%app, "the app is ready");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(s.interval) => {}
-                _ = crate::stopped(&mut shutdown) => return,
-            }
-            continue;
-        }
         match r {
             Ok(()) => {
                 failures = 0;
@@ -210,6 +190,10 @@ pub async fn run(
                 *why.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = e;
             }
+        }
+        if !life.borrow().probed {
+            // After the first verdict is in `app_ready` (xds waits for it).
+            life.send_modify(|l| l.probed = true);
         }
         tokio::select! {
             _ = tokio::time::sleep(s.interval) => {}

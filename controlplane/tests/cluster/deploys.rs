@@ -113,39 +113,56 @@ async fn web_proxy(
     raftmesh_dataplane_proxy::start(cfg).await.unwrap()
 }
 
+/// A one-node cluster with Service `web`.
+async fn cluster_with_web() -> (TestCluster, raftmesh_client::Admin) {
+    let c = TestCluster::start(1).await;
+    let mut admin = c.client(1).await;
+    admin
+        .apply(apply_req(vec![doc(
+            "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}",
+        )]))
+        .await
+        .unwrap();
+    (c, admin)
+}
+
+/// A caller of `web`, once a request through it is answered.
+async fn frontend(
+    c: &TestCluster,
+    admin: &mut raftmesh_client::Admin,
+    dir: &std::path::Path,
+) -> Proxy {
+    let ft = bootstrap_token(admin, "frontend").await;
+    let frontend = raftmesh_dataplane_proxy::start(proxy_config(
+        c,
+        dir,
+        "frontend",
+        "frontend-1",
+        None,
+        ft,
+        &["web"],
+    ))
+    .await
+    .unwrap();
+    let h = http();
+    eventually("traffic through the mesh", Duration::from_secs(15), || {
+        let (h, out) = (h.clone(), frontend.outbound);
+        async move { matches!(get(&h, out, "web").await, Ok((200, _))).then_some(()) }
+    })
+    .await;
+    frontend
+}
+
 #[test]
 fn an_app_that_is_not_ready_is_taken_out_within_a_second_of_the_report_and_put_back() {
     run(async {
-        let c = TestCluster::start(1).await;
-        let mut admin = c.client(1).await;
-        admin
-            .apply(apply_req(vec![doc(
-                "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}",
-            )]))
-            .await
-            .unwrap();
+        let (c, mut admin) = cluster_with_web().await;
         let dir = tempfile::tempdir().unwrap();
         let web_app = app("web").await;
         let token = bootstrap_token(&mut admin, "web").await;
         let web = web_proxy(&c, dir.path(), "web-1", web_app.addr, token).await;
-        let ft = bootstrap_token(&mut admin, "frontend").await;
-        let frontend = raftmesh_dataplane_proxy::start(proxy_config(
-            &c,
-            dir.path(),
-            "frontend",
-            "frontend-1",
-            None,
-            ft,
-            &["web"],
-        ))
-        .await
-        .unwrap();
+        let frontend = frontend(&c, &mut admin, dir.path()).await;
         let h = http();
-        eventually("traffic through the mesh", Duration::from_secs(15), || {
-            let (h, out) = (h.clone(), frontend.outbound);
-            async move { matches!(get(&h, out, "web").await, Ok((200, _))).then_some(()) }
-        })
-        .await;
 
         // The app says it is not ready: its proxy reports it, and the
         // caller stops sending to it.
@@ -205,14 +222,7 @@ async fn reqwest_like_get(addr: SocketAddr, path: &str) -> String {
 #[test]
 fn a_rolling_restart_of_every_instance_under_load_fails_no_request() {
     run(async {
-        let c = TestCluster::start(1).await;
-        let mut admin = c.client(1).await;
-        admin
-            .apply(apply_req(vec![doc(
-                "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}",
-            )]))
-            .await
-            .unwrap();
+        let (c, mut admin) = cluster_with_web().await;
         let dir = tempfile::tempdir().unwrap();
         let mut instances = Vec::new();
         for i in 1..=3 {
@@ -221,24 +231,8 @@ fn a_rolling_restart_of_every_instance_under_load_fails_no_request() {
             let p = web_proxy(&c, dir.path(), &format!("web-{i}"), a.addr, t).await;
             instances.push((a, p));
         }
-        let ft = bootstrap_token(&mut admin, "frontend").await;
-        let frontend = raftmesh_dataplane_proxy::start(proxy_config(
-            &c,
-            dir.path(),
-            "frontend",
-            "frontend-1",
-            None,
-            ft,
-            &["web"],
-        ))
-        .await
-        .unwrap();
+        let frontend = frontend(&c, &mut admin, dir.path()).await;
         let h = http();
-        eventually("traffic through the mesh", Duration::from_secs(15), || {
-            let (h, out) = (h.clone(), frontend.outbound);
-            async move { matches!(get(&h, out, "web").await, Ok((200, _))).then_some(()) }
-        })
-        .await;
 
         // 500 requests/s, each on its own task, failures kept.
         let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
