@@ -190,6 +190,17 @@ fn route_to_pb(r: RouteSpec) -> pb::RouteSpec {
                         path_prefix: m.path_prefix.unwrap_or_default(),
                         headers: m.headers,
                         method: m.method.unwrap_or_default(),
+                        path: m.path.map(|p| pb::PathMatch {
+                            exact: p.exact,
+                            prefix: p.prefix,
+                            regex: p.regex,
+                        }),
+                        header_matches: m
+                            .header_matches
+                            .into_iter()
+                            .map(value_match_to_pb)
+                            .collect(),
+                        query_params: m.query_params.into_iter().map(value_match_to_pb).collect(),
                     })
                     .collect(),
                 backends: rule
@@ -200,6 +211,20 @@ fn route_to_pb(r: RouteSpec) -> pb::RouteSpec {
                         weight: b.weight,
                     })
                     .collect(),
+                rewrite: rule.rewrite.map(|r| pb::Rewrite {
+                    path_prefix: r.path_prefix,
+                    host: r.host,
+                }),
+                request_headers: rule.request_headers.map(header_ops_to_pb),
+                response_headers: rule.response_headers.map(header_ops_to_pb),
+                redirect: rule.redirect.map(|r| pb::Redirect {
+                    status: r.status.unwrap_or(0),
+                    scheme: r.scheme,
+                    host: r.host,
+                    port: r.port.unwrap_or(0),
+                    path: r.path,
+                    path_prefix: r.path_prefix,
+                }),
             })
             .collect(),
         timeout_ms: ms(r.timeout),
@@ -223,7 +248,23 @@ fn route_to_pb(r: RouteSpec) -> pb::RouteSpec {
             None => pb::LoadBalancer::Unspecified,
             Some(LoadBalancer::P2cEwma) => pb::LoadBalancer::P2cEwma,
             Some(LoadBalancer::RoundRobin) => pb::LoadBalancer::RoundRobin,
+            Some(LoadBalancer::LeastRequest) => pb::LoadBalancer::LeastRequest,
+            Some(LoadBalancer::ConsistentHash) => pb::LoadBalancer::ConsistentHash,
         } as i32,
+        hash_on: r.hash_on.map(|h| pb::HashOn {
+            header: h.header,
+            cookie: h.cookie,
+            source_identity: h.source_identity,
+        }),
+        rate_limit: r.rate_limit.map(|l| pb::RateLimit {
+            requests_per_second: l.requests_per_second,
+            burst: l.burst.unwrap_or(0),
+            per: match l.per {
+                RateLimitKey::Route => "route",
+                RateLimitKey::Caller => "caller",
+            }
+            .into(),
+        }),
         circuit_breaker: r.circuit_breaker.map(|c| pb::CircuitBreaker {
             max_pending_requests: c.max_pending_requests.unwrap_or(0),
             max_connections: c.max_connections.unwrap_or(0),
@@ -253,8 +294,62 @@ fn route_to_pb(r: RouteSpec) -> pb::RouteSpec {
     }
 }
 
+fn value_match_to_pb(v: ValueMatch) -> pb::ValueMatch {
+    pb::ValueMatch {
+        name: v.name,
+        exact: v.exact,
+        regex: v.regex,
+        present: v.present,
+    }
+}
+
+fn value_match_from_pb(v: pb::ValueMatch) -> ValueMatch {
+    ValueMatch {
+        name: v.name,
+        exact: v.exact,
+        regex: v.regex,
+        present: v.present,
+    }
+}
+
+fn header_ops_to_pb(h: HeaderOps) -> pb::HeaderOps {
+    pb::HeaderOps {
+        set: h.set.into_iter().collect(),
+        add: h.add.into_iter().collect(),
+        remove: h.remove,
+    }
+}
+
+fn header_ops_from_pb(h: pb::HeaderOps) -> HeaderOps {
+    HeaderOps {
+        set: h.set.into_iter().collect(),
+        add: h.add.into_iter().collect(),
+        remove: h.remove,
+    }
+}
+
 fn route_from_pb(r: pb::RouteSpec) -> Result<RouteSpec, ConvertError> {
+    let per = match r.rate_limit.as_ref().map(|l| l.per.as_str()) {
+        None | Some("" | "route") => RateLimitKey::Route,
+        Some("caller") => RateLimitKey::Caller,
+        Some(other) => {
+            return Err(err(
+                "rate_limit.per",
+                format!("unknown value {other:?} (route or caller)"),
+            ))
+        }
+    };
     Ok(RouteSpec {
+        hash_on: r.hash_on.map(|h| HashOn {
+            header: h.header,
+            cookie: h.cookie,
+            source_identity: h.source_identity,
+        }),
+        rate_limit: r.rate_limit.map(|l| RateLimit {
+            requests_per_second: l.requests_per_second,
+            burst: opt_u32(l.burst),
+            per,
+        }),
         service: r.service,
         rules: r
             .rules
@@ -267,6 +362,21 @@ fn route_from_pb(r: pb::RouteSpec) -> Result<RouteSpec, ConvertError> {
                         path_prefix: opt_str(m.path_prefix),
                         headers: m.headers,
                         method: opt_str(m.method),
+                        path: m.path.map(|p| PathMatch {
+                            exact: p.exact,
+                            prefix: p.prefix,
+                            regex: p.regex,
+                        }),
+                        header_matches: m
+                            .header_matches
+                            .into_iter()
+                            .map(value_match_from_pb)
+                            .collect(),
+                        query_params: m
+                            .query_params
+                            .into_iter()
+                            .map(value_match_from_pb)
+                            .collect(),
                     })
                     .collect(),
                 backends: rule
@@ -277,6 +387,20 @@ fn route_from_pb(r: pb::RouteSpec) -> Result<RouteSpec, ConvertError> {
                         weight: b.weight,
                     })
                     .collect(),
+                rewrite: rule.rewrite.map(|r| Rewrite {
+                    path_prefix: r.path_prefix,
+                    host: r.host,
+                }),
+                request_headers: rule.request_headers.map(header_ops_from_pb),
+                response_headers: rule.response_headers.map(header_ops_from_pb),
+                redirect: rule.redirect.map(|r| Redirect {
+                    status: opt_u32(r.status),
+                    scheme: r.scheme,
+                    host: r.host,
+                    port: opt_u32(r.port),
+                    path: r.path,
+                    path_prefix: r.path_prefix,
+                }),
             })
             .collect(),
         timeout: opt_ms(r.timeout_ms),
@@ -319,6 +443,8 @@ fn route_from_pb(r: pb::RouteSpec) -> Result<RouteSpec, ConvertError> {
             Ok(pb::LoadBalancer::Unspecified) => None,
             Ok(pb::LoadBalancer::P2cEwma) => Some(LoadBalancer::P2cEwma),
             Ok(pb::LoadBalancer::RoundRobin) => Some(LoadBalancer::RoundRobin),
+            Ok(pb::LoadBalancer::LeastRequest) => Some(LoadBalancer::LeastRequest),
+            Ok(pb::LoadBalancer::ConsistentHash) => Some(LoadBalancer::ConsistentHash),
             Err(_) => {
                 return Err(err(
                     "load_balancer",

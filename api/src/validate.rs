@@ -115,6 +115,127 @@ impl Checker<'_> {
             format!("{} must start with '/' and hold no spaces", shown(p)),
         );
     }
+
+    fn regex(&mut self, re: &str, field: &str) {
+        if let Err(rule) = compile_regex(re) {
+            self.fail(field, rule);
+        }
+    }
+
+    fn value_match(&mut self, v: &crate::ValueMatch, field: &str) {
+        match (&v.exact, &v.regex, v.present) {
+            (Some(x), None, None) => self.check(
+                x.len() <= 8192 && header_value(x),
+                format!("{field}.exact"),
+                format!(
+                    "{} holds control characters or is longer than 8192",
+                    shown(x)
+                ),
+            ),
+            (None, Some(x), None) => self.regex(x, &format!("{field}.regex")),
+            (None, None, Some(_)) => {}
+            _ => self.fail(field, "give exactly one of exact, regex and present"),
+        }
+    }
+
+    /// A host name or address, optionally with `:port`.
+    fn authority(&mut self, h: &str, field: &str) {
+        let (host, port) = match h.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            _ => (h, None),
+        };
+        let host_ok = dns_subdomain(host).is_ok() || host.parse::<std::net::Ipv4Addr>().is_ok();
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+        self.check(
+            host_ok && port_ok,
+            field,
+            format!(
+                "{} is not a host name or IPv4 address with an optional :port",
+                shown(h)
+            ),
+        );
+    }
+
+    fn header_ops(&mut self, ops: &crate::HeaderOps, field: &str) {
+        let names = ops
+            .set
+            .iter()
+            .map(|(k, v)| ("set", k, Some(v)))
+            .chain(ops.add.iter().map(|(k, v)| ("add", k, Some(v))))
+            .chain(ops.remove.iter().map(|k| ("remove", k, None)));
+        let mut n = 0;
+        for (op, k, v) in names {
+            n += 1;
+            let f = format!("{field}.{op}");
+            if !header_name(k) {
+                self.fail(f, format!("{} is not a valid HTTP header name", shown(k)));
+                continue;
+            }
+            let lower = k.to_ascii_lowercase();
+            self.check(
+                !RESERVED_HEADERS.contains(&lower.as_str()) && !lower.starts_with("x-raftmesh-"),
+                f.clone(),
+                format!(
+                    "{} is the proxy's to set (reserved: {}, x-raftmesh-*; the host is rewrite.host)",
+                    shown(k),
+                    RESERVED_HEADERS.join(", ")
+                ),
+            );
+            if let Some(v) = v {
+                self.check(
+                    v.len() <= 8192 && header_value(v),
+                    format!("{f}.{k}"),
+                    format!(
+                        "{} holds control characters or is longer than 8192",
+                        shown(v)
+                    ),
+                );
+            }
+        }
+        self.check(n <= 32, field, format!("{n} header changes, at most 32"));
+    }
+}
+
+/// Headers a Route's `request_headers`/`response_headers` may not touch:
+/// they frame the message or steer the proxy.
+pub const RESERVED_HEADERS: [&str; 10] = [
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "x-forwarded-client-cert",
+];
+
+/// At most this many header and query tests in one match.
+pub const MAX_MATCH_TESTS: usize = 16;
+
+/// A route's regular expression as the proxy runs it: RE2 syntax (linear
+/// time, no backtracking), anchored at both ends, at most 1,024 characters
+/// and 1 MiB compiled.
+pub fn compile_regex(re: &str) -> Result<regex::Regex, String> {
+    if re.len() > 1024 {
+        return Err(format!("{} is longer than 1024 characters", shown(re)));
+    }
+    regex::RegexBuilder::new(&format!("^(?:{re})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            let first = e.to_string();
+            let last = first.lines().last().unwrap_or_default().trim().to_string();
+            format!(
+                "{} is not a regular expression (RE2 syntax): {last}",
+                shown(re)
+            )
+        })
+}
+
+fn header_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 const HTTP_METHODS: [&str; 9] = [
@@ -550,6 +671,118 @@ fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
                     format!("{} is not a valid HTTP header name", shown(h)),
                 );
             }
+            if let Some(p) = &m.path {
+                let pf = format!("{f}.path");
+                c.check(
+                    m.path_prefix.is_none(),
+                    pf.clone(),
+                    "give path or path_prefix, not both",
+                );
+                match (&p.exact, &p.prefix, &p.regex) {
+                    (Some(x), None, None) => c.path_prefix(x, &format!("{pf}.exact")),
+                    (None, Some(x), None) => c.path_prefix(x, &format!("{pf}.prefix")),
+                    (None, None, Some(x)) => c.regex(x, &format!("{pf}.regex")),
+                    _ => c.fail(pf, "give exactly one of exact, prefix and regex"),
+                }
+            }
+            c.check(
+                m.header_matches.len() + m.query_params.len() <= MAX_MATCH_TESTS,
+                f.clone(),
+                format!("at most {MAX_MATCH_TESTS} header_matches and query_params together"),
+            );
+            for (k, v) in m.header_matches.iter().enumerate() {
+                let vf = format!("{f}.header_matches[{k}]");
+                c.check(
+                    header_name(&v.name),
+                    format!("{vf}.name"),
+                    format!("{} is not a valid HTTP header name", shown(&v.name)),
+                );
+                c.value_match(v, &vf);
+            }
+            for (k, v) in m.query_params.iter().enumerate() {
+                let vf = format!("{f}.query_params[{k}]");
+                c.check(
+                    !v.name.is_empty() && v.name.len() <= 256,
+                    format!("{vf}.name"),
+                    "must be 1 to 256 characters",
+                );
+                c.value_match(v, &vf);
+            }
+        }
+        let every_match_has_prefix = !rule.matches.is_empty()
+            && rule.matches.iter().all(|m| {
+                m.path_prefix.is_some() || m.path.as_ref().is_some_and(|p| p.prefix.is_some())
+            });
+        let rf = format!("spec.rules[{i}]");
+        if let Some(rw) = &rule.rewrite {
+            if let Some(p) = &rw.path_prefix {
+                c.path_prefix(p, &format!("{rf}.rewrite.path_prefix"));
+                c.check(
+                    every_match_has_prefix,
+                    format!("{rf}.rewrite.path_prefix"),
+                    "every match of the rule must test a path prefix (path_prefix or path.prefix): that is the part replaced",
+                );
+            }
+            if let Some(h) = &rw.host {
+                c.authority(h, &format!("{rf}.rewrite.host"));
+            }
+        }
+        for (which, ops) in [
+            ("request_headers", &rule.request_headers),
+            ("response_headers", &rule.response_headers),
+        ] {
+            if let Some(ops) = ops {
+                c.header_ops(ops, &format!("{rf}.{which}"));
+            }
+        }
+        if let Some(rd) = &rule.redirect {
+            let df = format!("{rf}.redirect");
+            c.check(
+                rule.backends.is_empty() && rule.rewrite.is_none(),
+                df.clone(),
+                "a redirect rule answers itself: it takes no backends and no rewrite",
+            );
+            if let Some(st) = rd.status {
+                c.check(
+                    matches!(st, 301 | 302 | 303 | 307 | 308),
+                    format!("{df}.status"),
+                    format!("{st} is not a redirect status (301, 302, 303, 307 or 308)"),
+                );
+            }
+            if let Some(sc) = &rd.scheme {
+                c.check(
+                    sc == "http" || sc == "https",
+                    format!("{df}.scheme"),
+                    format!("{} is not http or https", shown(sc)),
+                );
+            }
+            if let Some(h) = &rd.host {
+                c.authority(h, &format!("{df}.host"));
+                c.check(
+                    !h.contains(':'),
+                    format!("{df}.host"),
+                    "give the port as redirect.port",
+                );
+            }
+            if let Some(p) = rd.port {
+                c.port(p, &format!("{df}.port"));
+            }
+            if let Some(p) = &rd.path {
+                c.path_prefix(p, &format!("{df}.path"));
+                c.check(
+                    rd.path_prefix.is_none(),
+                    format!("{df}.path"),
+                    "give path or path_prefix, not both",
+                );
+            }
+            if let Some(p) = &rd.path_prefix {
+                c.path_prefix(p, &format!("{df}.path_prefix"));
+                c.check(
+                    every_match_has_prefix,
+                    format!("{df}.path_prefix"),
+                    "every match of the rule must test a path prefix (path_prefix or path.prefix): that is the part replaced",
+                );
+            }
         }
         if !rule.backends.is_empty() {
             let sum: u64 = rule.backends.iter().map(|b| u64::from(b.weight)).sum();
@@ -571,6 +804,57 @@ fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
     }
     if let Some(t) = r.timeout {
         c.check(t.as_millis() > 0, "spec.timeout", "must be more than 0");
+    }
+    let hashing = r.load_balancer == Some(crate::LoadBalancer::ConsistentHash);
+    match &r.hash_on {
+        None => c.check(
+            !hashing,
+            "spec.hash_on",
+            "load_balancer consistent-hash needs hash_on (header, cookie or source_identity)",
+        ),
+        Some(h) => {
+            c.check(
+                hashing,
+                "spec.hash_on",
+                "hash_on is the key of load_balancer consistent-hash; set that too",
+            );
+            let given = usize::from(h.header.is_some())
+                + usize::from(h.cookie.is_some())
+                + usize::from(h.source_identity);
+            c.check(
+                given == 1,
+                "spec.hash_on",
+                "give exactly one of header, cookie and source_identity",
+            );
+            if let Some(n) = &h.header {
+                c.check(
+                    header_name(n),
+                    "spec.hash_on.header",
+                    format!("{} is not a valid HTTP header name", shown(n)),
+                );
+            }
+            if let Some(n) = &h.cookie {
+                c.check(
+                    header_name(n),
+                    "spec.hash_on.cookie",
+                    format!("{} is not a valid cookie name", shown(n)),
+                );
+            }
+        }
+    }
+    if let Some(l) = &r.rate_limit {
+        c.check(
+            (1..=1_000_000).contains(&l.requests_per_second),
+            "spec.rate_limit.requests_per_second",
+            format!("{} must be between 1 and 1000000", l.requests_per_second),
+        );
+        if let Some(b) = l.burst {
+            c.check(
+                (1..=10_000_000).contains(&b),
+                "spec.rate_limit.burst",
+                format!("{b} must be between 1 and 10000000"),
+            );
+        }
     }
     if let Some(f) = &r.fault {
         if let Some(d) = &f.delay {

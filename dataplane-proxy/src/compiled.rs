@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use raftmesh_api::{
     Action, EndpointSpec, Health, ImportSpec, LoadBalancer, MtlsMode, PolicySpec, Protocol,
-    Resource, ResourceKey, RetryOn, RouteMatch, Spec,
+    Resource, ResourceKey, RetryOn, Spec,
 };
 
 use crate::stats::{EndpointStats, StatsRegistry};
@@ -69,15 +69,30 @@ pub struct Backend {
     pub weight: u32,
     /// Indices into the service's endpoints.
     pub endpoints: Vec<usize>,
+    /// The hash ring over `endpoints` (`consistent-hash` only).
+    pub ring: Option<Arc<crate::balance::ring::Ring>>,
 }
 
 /// One compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// Any of these matches (empty = always).
-    pub matches: Vec<RouteMatch>,
+    pub matches: Vec<crate::route::matching::Match>,
     /// Where traffic goes.
     pub backends: Vec<Backend>,
+    /// Rewrites, header changes, a redirect (`None`: nothing to do).
+    pub actions: Option<Arc<crate::route::actions::Actions>>,
+}
+
+/// The key of `consistent-hash`.
+#[derive(Debug, Clone)]
+pub enum HashKey {
+    /// A header's value.
+    Header(http::header::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// The caller (this proxy's own identity).
+    Source,
 }
 
 /// Retry settings of a service.
@@ -135,6 +150,8 @@ pub struct ServiceTable {
     pub retries: Option<Retries>,
     /// Balancing.
     pub lb: LoadBalancer,
+    /// The key of `consistent-hash`.
+    pub hash_on: Option<HashKey>,
     /// Most requests in flight (circuit breaking); `None` = unlimited.
     pub max_in_flight: Option<u32>,
     /// Most connections open to the service's endpoints; a request beyond
@@ -171,6 +188,8 @@ pub struct Authz {
     pub peer_domains: HashMap<String, String>,
     /// The peers this proxy's service is exported to.
     pub exported_to: std::collections::HashSet<String>,
+    /// Its Route's `rate_limit`, kept on inbound requests.
+    pub rate_limit: Option<raftmesh_api::RateLimit>,
 }
 
 /// The compiled configuration.
@@ -318,6 +337,7 @@ pub fn compile(
             timeout: None,
             retries: None,
             lb: LoadBalancer::P2cEwma,
+            hash_on: None,
             max_in_flight: None,
             max_connections: None,
             connect_timeout: CONNECT_TIMEOUT,
@@ -488,7 +508,16 @@ pub fn compile(
         }
     }
     for (ns, route) in routes {
-        let t = table(&mut services, (ns, route.service.clone()));
+        let key = (ns, route.service.clone());
+        if key.0 == me.namespace && route.service == me.service {
+            authz.rate_limit = route.rate_limit.clone();
+            // Held for its rate limit: not a service this proxy calls
+            // unless it holds the service too.
+            if !services.contains_key(&key) {
+                continue;
+            }
+        }
+        let t = table(&mut services, key);
         t.timeout = route.timeout.map(|d| d.as_duration());
         t.retries = route.retries.as_ref().map(|r| Retries {
             attempts: r.attempts,
@@ -511,6 +540,19 @@ pub fn compile(
                 .map_or(Retries::BACKOFF_MAX, |d| d.as_duration()),
         });
         t.lb = route.load_balancer.unwrap_or_default();
+        t.hash_on = route.hash_on.as_ref().and_then(|h| {
+            if h.source_identity {
+                Some(HashKey::Source)
+            } else if let Some(c) = &h.cookie {
+                Some(HashKey::Cookie(c.clone()))
+            } else {
+                h.header.as_deref().and_then(|n| {
+                    http::header::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                        .ok()
+                        .map(HashKey::Header)
+                })
+            }
+        });
         if let Some(cb) = &route.circuit_breaker {
             t.max_in_flight = cb.max_pending_requests;
             t.max_connections = cb.max_connections;
@@ -541,16 +583,9 @@ pub fn compile(
                 matches: rule
                     .matches
                     .iter()
-                    .map(|m| RouteMatch {
-                        path_prefix: m.path_prefix.clone(),
-                        headers: m
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                            .collect(),
-                        method: m.method.clone(),
-                    })
+                    .map(crate::route::matching::Match::compile)
                     .collect(),
+                actions: crate::route::actions::Actions::compile(rule).map(Arc::new),
                 backends: rule
                     .backends
                     .iter()
@@ -559,12 +594,14 @@ pub fn compile(
                         subset: b.subset.clone(),
                         weight: b.weight,
                         endpoints: Vec::new(),
+                        ring: None,
                     })
                     .chain(rule.backends.is_empty().then(|| Backend {
                         label: String::new(),
                         subset: BTreeMap::new(),
                         weight: 100,
                         endpoints: Vec::new(),
+                        ring: None,
                     }))
                     .collect(),
             })
@@ -581,7 +618,9 @@ pub fn compile(
                     subset: BTreeMap::new(),
                     weight: 100,
                     endpoints: Vec::new(),
+                    ring: None,
                 }],
+                actions: None,
             });
         }
         t.endpoints.sort_by(|a, b| a.name.cmp(&b.name));
@@ -600,6 +639,14 @@ pub fn compile(
                     })
                     .map(|(i, _)| i)
                     .collect();
+                if t.lb == LoadBalancer::ConsistentHash {
+                    let ring = crate::balance::ring::Ring::new(
+                        b.endpoints
+                            .iter()
+                            .map(|i| (*i, t.endpoints[*i].name.as_str())),
+                    );
+                    b.ring = Some(Arc::new(ring));
+                }
             }
         }
     }

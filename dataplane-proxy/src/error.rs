@@ -65,6 +65,9 @@ pub enum ProxyError {
     /// status, gRPC status).
     #[error("fault injected by the route (status {0})")]
     Injected(u16, u8),
+    /// The service's Route `rate_limit` admitted no more now (inbound).
+    #[error("rate limited: {0} is over its Route's rate_limit")]
+    RateLimited(String),
 }
 
 impl ProxyError {
@@ -85,6 +88,7 @@ impl ProxyError {
             ProxyError::AppUnavailable(_) => "app-unavailable",
             ProxyError::NoIdentity(_) => "no-identity",
             ProxyError::Injected(..) => "fault-injected",
+            ProxyError::RateLimited(_) => "rate-limited",
         }
     }
 
@@ -95,6 +99,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Injected(s, _) => {
                 StatusCode::from_u16(*s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -126,7 +131,7 @@ impl ProxyError {
             ProxyError::Injected(_, g) => *g,
             ProxyError::Timeout(_) => DEADLINE_EXCEEDED,
             ProxyError::Denied(_) | ProxyError::MtlsRequired => PERMISSION_DENIED,
-            ProxyError::CircuitOpen(_) => RESOURCE_EXHAUSTED,
+            ProxyError::CircuitOpen(_) | ProxyError::RateLimited(_) => RESOURCE_EXHAUSTED,
             // The call may have reached the app: not UNAVAILABLE, which
             // callers (ours included) retry whatever the method.
             ProxyError::Reset(_) | ProxyError::Closed(_) => INTERNAL,
@@ -249,6 +254,9 @@ mod tests {
         let r = ProxyError::Timeout("web".into()).into_response();
         assert_eq!(r.status(), 504);
         assert_eq!(r.headers()["x-raftmesh-error"], "upstream-timeout");
+        let r = ProxyError::RateLimited("web".into()).into_response();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["x-raftmesh-error"], "rate-limited");
     }
 
     #[test]
@@ -260,6 +268,7 @@ mod tests {
             (ProxyError::Timeout("web".into()), 4),
             (ProxyError::Denied("no policy allows it".into()), 7),
             (ProxyError::CircuitOpen("web".into()), 8),
+            (ProxyError::RateLimited("web".into()), 8),
             (ProxyError::NoRoute("web".into()), 12),
         ];
         for (e, status) in cases {

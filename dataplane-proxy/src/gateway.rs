@@ -191,6 +191,7 @@ async fn relay(
                         .is_none_or(|s| *s == crate::tls::subset_id(&e.labels))
             })
             .collect(),
+        ring: None,
     };
     if all.endpoints.is_empty() {
         return Err(match subset {
@@ -203,7 +204,7 @@ async fn relay(
     let rr = &stats.rr;
     let mut tried = Vec::new();
     for _ in 0..3 {
-        let Some(i) = crate::balance::pick_avoiding(&table, &all, rr, &tried) else {
+        let Some(i) = crate::balance::pick_avoiding(&table, &all, rr, &tried, None) else {
             break;
         };
         tried.push(i);

@@ -24,6 +24,7 @@ pub mod health;
 pub mod metrics;
 pub mod path;
 pub mod persist;
+pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod server;

@@ -485,6 +485,17 @@ impl Inbound {
                         req.uri().path(),
                     ) {
                         Err(why) => Err(ProxyError::Denied(why)),
+                        Ok(())
+                            if authz
+                                .authz
+                                .rate_limit
+                                .as_ref()
+                                .is_some_and(|l| !this.config.limiter.admit(l, who.as_deref())) =>
+                        {
+                            Err(ProxyError::RateLimited(
+                                this.config.identity.service.clone(),
+                            ))
+                        }
                         Ok(()) => {
                             // Cheap clones (shared bytes): kept to decide again
                             // while a streaming answer flows.

@@ -29,6 +29,8 @@ pub struct Config {
     pub probe_failure: Arc<std::sync::Mutex<String>>,
     /// Inbound connections open (a drain waits for them).
     pub inbound_open: Arc<std::sync::atomic::AtomicUsize>,
+    /// The buckets of the service's Route `rate_limit` (inbound).
+    pub limiter: crate::ratelimit::Limiter,
     /// Outbound (and captured) connections open (a takeover waits for them).
     pub outbound_open: Arc<std::sync::atomic::AtomicUsize>,
     current: ArcSwap<CompiledConfig>,
@@ -75,6 +77,7 @@ impl Config {
             life: crate::health::channel(has_app),
             probe_failure: Default::default(),
             inbound_open: Default::default(),
+            limiter: Default::default(),
             outbound_open: Default::default(),
             current: ArcSwap::from_pointee(initial),
             changed,

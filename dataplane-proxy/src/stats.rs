@@ -83,6 +83,11 @@ impl EndpointStats {
         self.ewma() * f64::from(self.pending.load(Ordering::Relaxed) + 1)
     }
 
+    /// Attempts in flight to this endpoint.
+    pub fn in_flight(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// Whether the endpoint is ejected now.
     pub fn ejected(&self) -> bool {
         self.ejected_until_us.load(Ordering::Relaxed) > now_us()

@@ -27,6 +27,9 @@ pub struct Target {
     pub backend: usize,
     /// Counters of the service.
     pub stats: Arc<ServiceStats>,
+    /// The request's consistent-hash key, hashed (when the service hashes
+    /// and the request has the key).
+    pub hash: Option<u64>,
 }
 
 impl Target {

@@ -75,7 +75,9 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
                 subset: BTreeMap::new(),
                 weight: 100,
                 endpoints: vec![0, 1],
+                ring: None,
             }],
+            actions: None,
         }],
         timeout,
         retries: retries.map(|(attempts, on)| Retries {
@@ -88,6 +90,7 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
             ..Retries::default()
         }),
         lb: LoadBalancer::RoundRobin,
+        hash_on: None,
         max_in_flight: None,
         max_connections: None,
         connect_timeout: crate::compiled::CONNECT_TIMEOUT,
@@ -112,5 +115,6 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
         rule: 0,
         backend: 0,
         stats: Arc::new(ServiceStats::new(crate::metrics::Metrics::new())),
+        hash: None,
     }
 }

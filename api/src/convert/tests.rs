@@ -97,16 +97,74 @@ fn endpoint() -> impl Strategy<Value = Spec> {
 }
 
 fn route() -> impl Strategy<Value = Spec> {
-    let m = (opt_text(), labels(), option::of("[A-Z]{3,6}")).prop_map(
-        |(path_prefix, headers, method)| RouteMatch {
-            path_prefix,
-            headers,
-            method,
+    let value_match = || {
+        (name(), 0..3u8, text(), any::<bool>()).prop_map(|(name, which, v, p)| ValueMatch {
+            name,
+            exact: (which == 0).then(|| v.clone()),
+            regex: (which == 1).then_some(v),
+            present: (which == 2).then_some(p),
+        })
+    };
+    let path = option::of((opt_text(), opt_text(), opt_text()).prop_map(
+        |(exact, prefix, regex)| PathMatch {
+            exact,
+            prefix,
+            regex,
+        },
+    ));
+    let m = (
+        opt_text(),
+        labels(),
+        option::of("[A-Z]{3,6}"),
+        path,
+        vec(value_match(), 0..3),
+        vec(value_match(), 0..3),
+    )
+        .prop_map(
+            |(path_prefix, headers, method, path, header_matches, query_params)| RouteMatch {
+                path_prefix,
+                headers,
+                method,
+                path,
+                header_matches,
+                query_params,
+            },
+        );
+    let b = (labels(), any::<u32>()).prop_map(|(subset, weight)| Backend { subset, weight });
+    let ops = || {
+        option::of(
+            (labels(), labels(), vec(name(), 0..3)).prop_map(|(set, add, remove)| HeaderOps {
+                set,
+                add,
+                remove,
+            }),
+        )
+    };
+    let rewrite = option::of(
+        (opt_text(), opt_text()).prop_map(|(path_prefix, host)| Rewrite { path_prefix, host }),
+    );
+    let redirect = option::of(
+        (nz(), opt_text(), opt_text(), nz(), opt_text(), opt_text()).prop_map(
+            |(status, scheme, host, port, path, path_prefix)| Redirect {
+                status,
+                scheme,
+                host,
+                port,
+                path,
+                path_prefix,
+            },
+        ),
+    );
+    let rule = (vec(m, 0..3), vec(b, 0..3), rewrite, ops(), ops(), redirect).prop_map(
+        |(matches, backends, rewrite, request_headers, response_headers, redirect)| RouteRule {
+            matches,
+            backends,
+            rewrite,
+            request_headers,
+            response_headers,
+            redirect,
         },
     );
-    let b = (labels(), any::<u32>()).prop_map(|(subset, weight)| Backend { subset, weight });
-    let rule = (vec(m, 0..3), vec(b, 0..3))
-        .prop_map(|(matches, backends)| RouteRule { matches, backends });
     let retry_on = prop_oneof![
         Just(RetryOn::Status5xx),
         Just(RetryOn::GatewayError),
@@ -142,7 +200,9 @@ fn route() -> impl Strategy<Value = Spec> {
     );
     let lb = option::of(prop_oneof![
         Just(LoadBalancer::P2cEwma),
-        Just(LoadBalancer::RoundRobin)
+        Just(LoadBalancer::RoundRobin),
+        Just(LoadBalancer::LeastRequest),
+        Just(LoadBalancer::ConsistentHash)
     ]);
     let cb = option::of((nz(), nz()).prop_map(|(a, b)| CircuitBreaker {
         max_pending_requests: a,
@@ -197,6 +257,22 @@ fn route() -> impl Strategy<Value = Spec> {
                         })
                     }),
                     retries,
+                    hash_on: failover.first().map(|n| HashOn {
+                        header: Some(n.clone()),
+                        cookie: Some(n.clone()),
+                        source_identity: true,
+                    }),
+                    rate_limit: circuit_breaker
+                        .as_ref()
+                        .map(|c: &CircuitBreaker| RateLimit {
+                            requests_per_second: c.max_connections.unwrap_or(1),
+                            burst: c.max_pending_requests,
+                            per: if c.max_connections.is_some() {
+                                RateLimitKey::Caller
+                            } else {
+                                RateLimitKey::Route
+                            },
+                        }),
                     load_balancer,
                     circuit_breaker,
                     outlier,

@@ -107,6 +107,104 @@ pub struct RouteMatch {
     /// The request method (`GET`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// The request path: exactly, by prefix, or by a regular expression
+    /// (not with `path_prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// Headers tested by exact value, regular expression, or presence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_matches: Vec<ValueMatch>,
+    /// Query parameters tested by exact value, regular expression, or
+    /// presence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatch>,
+}
+
+/// `matches[].path`: exactly one of `exact`, `prefix` and `regex`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    /// The whole path is this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The path starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The whole path matches this regular expression (RE2 syntax, anchored
+    /// at both ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// A header or query parameter test: exactly one of `exact`, `regex` and
+/// `present`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatch {
+    /// The header or parameter name (a header's is compared without case).
+    pub name: String,
+    /// Its value is this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// Its whole value matches this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `true`: it is there (any value); `false`: it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// Header changes: `set` replaces, `add` appends, `remove` drops.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Headers set to these values (replacing any).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Headers added with these values (beside any).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// `rules[].rewrite`: what the callee receives instead.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the prefix the request matched (every match of the rule
+    /// must test a path prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Replaces the Host (authority) the callee sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// `rules[].redirect`: the caller's proxy answers with a redirect instead
+/// of sending the request; the parts not given are the request's own.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// 301, 302 (default), 303, 307 or 308.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u32>,
+    /// `http` or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// The host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// The whole path (the query is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Replaces the prefix the request matched (as `rewrite.path_prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
 }
 
 /// A weighted share of traffic to the endpoints whose labels hold a subset.
@@ -130,6 +228,18 @@ pub struct RouteRule {
     /// Weighted subsets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<Backend>,
+    /// Path and host rewrites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// Changes to the request's headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderOps>,
+    /// Changes to the response's headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderOps>,
+    /// Answer with a redirect instead (no backends, no rewrite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
 }
 
 /// When a request is retried.
@@ -220,6 +330,52 @@ pub enum LoadBalancer {
     P2cEwma,
     /// Round robin.
     RoundRobin,
+    /// Power of two choices over requests in flight.
+    LeastRequest,
+    /// A hash ring over `hash_on`: the same key reaches the same endpoint,
+    /// and an endpoint leaving moves only its own keys.
+    ConsistentHash,
+}
+
+/// `hash_on`: the key of `consistent-hash`, exactly one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashOn {
+    /// A request header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A cookie's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// The caller's workload identity.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub source_identity: bool,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RateLimitKey {
+    /// Every request of the service, whoever sends it.
+    #[default]
+    Route,
+    /// Each caller identity on its own.
+    Caller,
+}
+
+/// `rate_limit`: a token bucket kept by each of the service's own proxies
+/// (a local limit: N endpoints admit up to N times the rate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Tokens added per second (1–1,000,000).
+    pub requests_per_second: u32,
+    /// Bucket size (default: `requests_per_second`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// One bucket for the route, or one per caller identity.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub per: RateLimitKey,
 }
 
 /// Limits per upstream service.
@@ -285,6 +441,12 @@ pub struct RouteSpec {
     /// bear them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Box<Fault>>,
+    /// The key of `load_balancer: consistent-hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// How many requests the service's proxies admit (each on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Faults injected by the caller's proxy (`Route.fault`): a share of the

@@ -313,3 +313,141 @@ fn an_error_never_echoes_a_huge_value() {
     let e = r.validate().unwrap_err().to_string();
     assert!(e.len() < 400, "{} bytes", e.len());
 }
+
+const TRAFFIC_POLICY: &str = r#"
+kind: Route
+metadata: {name: web}
+spec:
+  service: web
+  load_balancer: consistent-hash
+  hash_on: {cookie: session}
+  rate_limit: {requests_per_second: 100, burst: 200, per: caller}
+  rules:
+  - matches:
+    - path: {regex: "/users/[0-9]+"}
+      header_matches: [{name: x-user, regex: "adm.*"}, {name: x-debug, present: true}]
+      query_params: [{name: beta, exact: "1"}]
+    backends: [{subset: {version: v2}, weight: 100}]
+  - matches: [{path: {prefix: /api/}}, {path_prefix: /v1/}]
+    rewrite: {path_prefix: /, host: "web-internal:8080"}
+    request_headers: {set: {x-env: prod}, add: {x-tag: a}, remove: [x-secret]}
+    response_headers: {add: {x-served-by: mesh}}
+  - matches: [{path: {exact: /old}}]
+    redirect: {scheme: https, host: example.com, port: 8443, path: /new, status: 308}
+"#;
+
+#[test]
+fn the_traffic_policy_fields_parse_validate_and_round_trip() {
+    let r = parse_one(TRAFFIC_POLICY);
+    r.validate().unwrap();
+    let back = Resource::try_from(crate::v1::Resource::from(r.clone())).unwrap();
+    assert_eq!(back, r);
+}
+
+#[test]
+fn bad_traffic_policy_fields_are_refused_naming_field_and_rule() {
+    let route =
+        |spec: &str| format!("kind: Route\nmetadata: {{name: web}}\nspec:\n  service: web\n{spec}");
+    let cases = [
+        (
+            "  rules: [{matches: [{path: {regex: \"(unclosed\"}}]}]\n",
+            "spec.rules[0].matches[0].path.regex: \"(unclosed\" is not a regular expression (RE2 syntax)",
+        ),
+        (
+            "  rules: [{matches: [{path: {exact: /a, prefix: /b}}]}]\n",
+            "spec.rules[0].matches[0].path: give exactly one of exact, prefix and regex",
+        ),
+        (
+            "  rules: [{matches: [{path_prefix: /a, path: {exact: /a}}]}]\n",
+            "spec.rules[0].matches[0].path: give path or path_prefix, not both",
+        ),
+        (
+            "  rules: [{matches: [{path: {exact: a}}]}]\n",
+            "spec.rules[0].matches[0].path.exact: \"a\" must start with '/'",
+        ),
+        (
+            "  rules: [{matches: [{header_matches: [{name: x-a, exact: b, present: true}]}]}]\n",
+            "spec.rules[0].matches[0].header_matches[0]: give exactly one of exact, regex and present",
+        ),
+        (
+            "  rules: [{matches: [{header_matches: [{name: \"x a\", present: true}]}]}]\n",
+            "spec.rules[0].matches[0].header_matches[0].name: \"x a\" is not a valid HTTP header name",
+        ),
+        (
+            "  rules: [{matches: [{query_params: [{name: \"\", present: true}]}]}]\n",
+            "spec.rules[0].matches[0].query_params[0].name: must be 1 to 256 characters",
+        ),
+        (
+            "  rules: [{matches: [{query_params: [{name: q, regex: \"a{99999}\"}]}]}]\n",
+            "spec.rules[0].matches[0].query_params[0].regex: \"a{99999}\" is not a regular expression",
+        ),
+        (
+            "  rules: [{matches: [{method: GET}], rewrite: {path_prefix: /x}}]\n",
+            "spec.rules[0].rewrite.path_prefix: every match of the rule must test a path prefix",
+        ),
+        (
+            "  rules: [{rewrite: {host: \"bad host\"}}]\n",
+            "spec.rules[0].rewrite.host: \"bad host\" is not a host name",
+        ),
+        (
+            "  rules: [{request_headers: {set: {Host: x}}}]\n",
+            "spec.rules[0].request_headers.set: \"Host\" is the proxy's to set",
+        ),
+        (
+            "  rules: [{response_headers: {add: {x-raftmesh-error: none}}}]\n",
+            "spec.rules[0].response_headers.add: \"x-raftmesh-error\" is the proxy's to set",
+        ),
+        (
+            "  rules: [{request_headers: {set: {x-a: \"line\\nbreak\"}}}]\n",
+            "spec.rules[0].request_headers.set.x-a: \"line\\nbreak\" holds control characters",
+        ),
+        (
+            "  rules: [{redirect: {status: 200}}]\n",
+            "spec.rules[0].redirect.status: 200 is not a redirect status",
+        ),
+        (
+            "  rules: [{redirect: {scheme: ftp}}]\n",
+            "spec.rules[0].redirect.scheme: \"ftp\" is not http or https",
+        ),
+        (
+            "  rules: [{redirect: {path: /x}, backends: [{subset: {v: a}, weight: 100}]}]\n",
+            "spec.rules[0].redirect: a redirect rule answers itself: it takes no backends and no rewrite",
+        ),
+        (
+            "  rules: [{redirect: {host: \"a.example:80\"}}]\n",
+            "spec.rules[0].redirect.host: give the port as redirect.port",
+        ),
+        (
+            "  load_balancer: consistent-hash\n",
+            "spec.hash_on: load_balancer consistent-hash needs hash_on",
+        ),
+        (
+            "  hash_on: {header: x-user}\n",
+            "spec.hash_on: hash_on is the key of load_balancer consistent-hash",
+        ),
+        (
+            "  load_balancer: consistent-hash\n  hash_on: {header: x-user, source_identity: true}\n",
+            "spec.hash_on: give exactly one of header, cookie and source_identity",
+        ),
+        (
+            "  rate_limit: {requests_per_second: 0}\n",
+            "spec.rate_limit.requests_per_second: 0 must be between 1 and 1000000",
+        ),
+        (
+            "  rate_limit: {requests_per_second: 5, burst: 0}\n",
+            "spec.rate_limit.burst: 0 must be between 1 and 10000000",
+        ),
+        (
+            "  rate_limit: {requests_per_second: 5, per: ip}\n",
+            "unknown variant `ip`",
+        ),
+    ];
+    for (spec, want) in cases {
+        let yaml = route(spec);
+        let got = match crate::parse_documents(&yaml) {
+            Ok(rs) => rs[0].validate().unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.contains(want), "{spec}\n  got:  {got}\n  want: {want}");
+    }
+}

@@ -113,6 +113,10 @@ impl DiscoveryHub {
                     Interest::Members(s) => {
                         targets.extend(self.members.get(&s).into_iter().flatten())
                     }
+                    Interest::CallersAndMembers(s) => {
+                        targets.extend(self.callers.get(&s).into_iter().flatten());
+                        targets.extend(self.members.get(&s).into_iter().flatten());
+                    }
                     Interest::Everyone => targets.extend(self.sessions.keys()),
                     Interest::Nobody => {}
                 }

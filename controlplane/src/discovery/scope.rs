@@ -1,5 +1,6 @@
 //! What a proxy receives: the Services, Endpoints and Routes of the services
-//! it calls, the Policies of its own service, and the MeshConfig.
+//! it calls, the Policies and Route of its own service (a Route's
+//! `rate_limit` is kept by the callee's proxies), and the MeshConfig.
 
 use std::collections::BTreeSet;
 
@@ -16,6 +17,8 @@ pub enum Interest {
     Callers(ServiceId),
     /// Proxies of this service.
     Members(ServiceId),
+    /// Proxies that call this service, and its own.
+    CallersAndMembers(ServiceId),
     /// Every proxy.
     Everyone,
     /// No proxy.
@@ -28,7 +31,7 @@ pub fn interest(r: &Resource) -> Interest {
     match &r.spec {
         Spec::Service(_) => Interest::Callers((ns, r.metadata.name.clone())),
         Spec::Endpoint(e) => Interest::Callers((ns, e.service.clone())),
-        Spec::Route(x) => Interest::Callers((ns, x.service.clone())),
+        Spec::Route(x) => Interest::CallersAndMembers((ns, x.service.clone())),
         Spec::Policy(p) => Interest::Members((ns, p.service.clone())),
         // An import is reached as `service.namespace.peer`, or through a
         // Route's failover: its callers are the local service's.
@@ -76,6 +79,7 @@ impl Scope {
         match interest(r) {
             Interest::Callers(s) => self.calls.contains(&s),
             Interest::Members(s) => s == self.own,
+            Interest::CallersAndMembers(s) => s == self.own || self.calls.contains(&s),
             Interest::Everyone => true,
             Interest::Nobody => false,
         }

@@ -1,5 +1,6 @@
 //! Endpoint selection: power of two choices over peak-EWMA latency (or
-//! round robin), locality preference, outlier ejection and circuit breaking.
+//! round robin, least-request, consistent hashing), locality preference
+//! with zone spill-over, outlier ejection and circuit breaking.
 //! `Balance` is the tower service that picks an endpoint for each attempt;
 //! the statistics it decides on are `stats.rs`.
 
@@ -11,7 +12,7 @@ use http::{Request, Response};
 use raftmesh_api::LoadBalancer;
 use rand::Rng;
 
-use crate::compiled::{Backend, Endpoint, ServiceTable};
+use crate::compiled::{tier, Backend, Endpoint, ServiceTable};
 use crate::error::ProxyError;
 use crate::stack::{BoxFuture, Next};
 use crate::target::{Target, Tried, Upstream};
@@ -21,30 +22,53 @@ use crate::Body;
 /// not ejected, and of the nearest tier that has any (this cluster, other
 /// clusters of the mesh, then a Route's failover peers in their order).
 pub fn pick(t: &ServiceTable, backend: &Backend, rr: &AtomicUsize) -> Option<usize> {
-    pick_avoiding(t, backend, rr, &[])
+    pick_avoiding(t, backend, rr, &[], None)
 }
 
-/// [`pick`], leaving out `avoid` unless nothing else is usable.
+/// How much more a zone's endpoints are taken to carry than their healthy
+/// share (Envoy's overprovisioning factor): the caller's zone keeps all its
+/// traffic while at least 1/1.4 ≈ 71 % of its endpoints are usable, and
+/// spills the rest to the cluster's other zones below that.
+pub const OVERPROVISION_PERCENT: usize = 140;
+
+/// [`pick`], leaving out `avoid` unless nothing else is usable; `key` is
+/// the request's consistent-hash key, when the service hashes and the
+/// request has one.
 pub fn pick_avoiding(
     t: &ServiceTable,
     backend: &Backend,
     rr: &AtomicUsize,
     avoid: &[usize],
+    key: Option<u64>,
 ) -> Option<usize> {
     let usable = |i: &usize, avoid: &[usize]| {
         let e: &Endpoint = &t.endpoints[*i];
         e.healthy && !e.stats.ejected() && !avoid.contains(i)
     };
-    // Usable endpoints of the nearest tier that has any.
+    // Usable endpoints of the nearest tier that has any; the caller's zone
+    // spills a share to the rest of its cluster when too few of its own
+    // are usable.
     let candidates = |avoid: &[usize]| -> Vec<usize> {
         let ok = backend
             .endpoints
             .iter()
             .copied()
             .filter(|i| usable(i, avoid));
-        let Some(nearest) = ok.clone().map(|i| t.endpoints[i].tier).min() else {
+        let Some(mut nearest) = ok.clone().map(|i| t.endpoints[i].tier).min() else {
             return Vec::new();
         };
+        if nearest == tier::ZONE {
+            let in_zone = |i: &usize| t.endpoints[*i].tier == tier::ZONE;
+            let total = backend.endpoints.iter().filter(|i| in_zone(i)).count();
+            let up = ok.clone().filter(in_zone).count();
+            let keep = up * OVERPROVISION_PERCENT;
+            if keep < total * 100
+                && ok.clone().any(|i| t.endpoints[i].tier == tier::CLUSTER)
+                && rand::rng().random_range(0..total * 100) >= keep
+            {
+                nearest = tier::CLUSTER;
+            }
+        }
         ok.filter(|i| t.endpoints[*i].tier == nearest).collect()
     };
     let mut cands = candidates(avoid);
@@ -54,15 +78,21 @@ pub fn pick_avoiding(
     match cands.len() {
         0 => None,
         1 => Some(cands[0]),
-        n => match t.lb {
-            LoadBalancer::RoundRobin => Some(cands[rr.fetch_add(1, Ordering::Relaxed) % n]),
-            LoadBalancer::P2cEwma => {
-                let mut rng = rand::rng();
-                let a = rng.random_range(0..n);
-                let mut b = rng.random_range(0..n - 1);
-                if b >= a {
-                    b += 1;
-                }
+        n => match (t.lb, key, &backend.ring) {
+            (LoadBalancer::ConsistentHash, Some(key), Some(ring)) => ring.find(key, &cands),
+            (LoadBalancer::RoundRobin, ..) => Some(cands[rr.fetch_add(1, Ordering::Relaxed) % n]),
+            (LoadBalancer::LeastRequest, ..) => {
+                let (a, b) = two(n);
+                let load = |i: usize| t.endpoints[cands[i]].stats.in_flight();
+                Some(if load(a) <= load(b) {
+                    cands[a]
+                } else {
+                    cands[b]
+                })
+            }
+            // P2C, and hashing without a key (the request lacks it).
+            _ => {
+                let (a, b) = two(n);
                 let (ea, eb) = (&t.endpoints[cands[a]], &t.endpoints[cands[b]]);
                 Some(if ea.stats.cost() <= eb.stats.cost() {
                     cands[a]
@@ -72,6 +102,17 @@ pub fn pick_avoiding(
             }
         },
     }
+}
+
+/// Two distinct random indices below `n` (n ≥ 2).
+fn two(n: usize) -> (usize, usize) {
+    let mut rng = rand::rng();
+    let a = rng.random_range(0..n);
+    let mut b = rng.random_range(0..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    (a, b)
 }
 
 /// Each endpoint of `backend` and why it is not usable (for the log).
@@ -137,7 +178,7 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
             }
             let tried = req.extensions().get::<Tried>().cloned();
             let avoid = tried.as_ref().map(Tried::list).unwrap_or_default();
-            let i = pick_avoiding(t, backend, &target.stats.rr, &avoid).ok_or_else(|| {
+            let i = pick_avoiding(t, backend, &target.stats.rr, &avoid, target.hash).ok_or_else(|| {
                 if target.stats.time_to_say_why() {
                     tracing::warn!(service = %name, subset = %backend.label, endpoints = %why_none(t, backend), "no usable endpoint for a request");
                 }
@@ -188,6 +229,8 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
         })
     }
 }
+
+pub mod ring;
 
 #[cfg(test)]
 mod tests;

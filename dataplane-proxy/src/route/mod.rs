@@ -7,10 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use raftmesh_api::RouteMatch;
 use rand::Rng;
 
-use crate::compiled::{Rule, ServiceId};
+use crate::compiled::{HashKey, Rule, ServiceId};
 use crate::error::ProxyError;
 use crate::stack::{BoxFuture, Next};
 use crate::state::Config;
@@ -69,24 +68,12 @@ pub fn service_of_with<B>(
     Ok((ns, name))
 }
 
-fn matches<B>(m: &RouteMatch, req: &Request<B>) -> bool {
-    m.path_prefix
-        .as_deref()
-        .is_none_or(|p| req.uri().path().starts_with(p))
-        && m.method
-            .as_deref()
-            .is_none_or(|x| req.method().as_str() == x)
-        && m.headers
-            .iter()
-            .all(|(k, v)| req.headers().get(k).and_then(|h| h.to_str().ok()) == Some(v.as_str()))
-}
-
 /// The first rule that matches, and a backend chosen by weight.
 pub fn choose<B>(rules: &[Rule], req: &Request<B>) -> Option<(usize, usize)> {
     let (ri, rule) = rules
         .iter()
         .enumerate()
-        .find(|(_, r)| r.matches.is_empty() || r.matches.iter().any(|m| matches(m, req)))?;
+        .find(|(_, r)| r.matches.is_empty() || r.matches.iter().any(|m| m.test(req)))?;
     let total: u32 = rule.backends.iter().map(|b| b.weight).sum();
     if total == 0 {
         return None;
@@ -99,6 +86,26 @@ pub fn choose<B>(rules: &[Rule], req: &Request<B>) -> Option<(usize, usize)> {
         x -= b.weight;
     }
     None
+}
+
+/// The hashed consistent-hash key of `req`, if it has one.
+fn hash_key<B>(key: &HashKey, req: &Request<B>, me: &crate::compiled::Identity) -> Option<u64> {
+    use crate::balance::ring::key_hash;
+    match key {
+        HashKey::Header(name) => req.headers().get(name).map(|v| key_hash(v.as_bytes())),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| key_hash(v.as_bytes())),
+        HashKey::Source => Some(key_hash(
+            format!("{}/{}", me.namespace, me.service).as_bytes(),
+        )),
+    }
 }
 
 /// How long a request for a service never seen waits for its config.
@@ -178,6 +185,17 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
             let label = format!("{}.{}", id.1, id.0);
             let table = table.ok_or_else(|| ProxyError::NoRoute(label.clone()))?;
             let (rule, backend) = choose(&table.rules, &req).ok_or(ProxyError::NoRoute(label))?;
+            let actions = table.rules[rule].actions.clone();
+            if let Some(a) = &actions {
+                if let Some(answer) = a.redirect_answer(&req, &table.rules[rule].matches) {
+                    return Ok(answer);
+                }
+                a.apply_request(&mut req, &table.rules[rule].matches);
+            }
+            let hash = table
+                .hash_on
+                .as_ref()
+                .and_then(|k| hash_key(k, &req, &config.identity));
             let stats = config.stats.service(&table.id);
             stats.used.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(info) = req.extensions().get::<RouteInfo>() {
@@ -191,11 +209,19 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
                 rule,
                 backend,
                 stats,
+                hash,
             });
-            inner.call(req).await
+            let mut resp = inner.call(req).await?;
+            if let Some(ops) = actions.as_ref().and_then(|a| a.response_headers.as_ref()) {
+                ops.apply(resp.headers_mut());
+            }
+            Ok(resp)
         })
     }
 }
+
+pub mod actions;
+pub mod matching;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use raftmesh_api::RouteMatch;
 
 use super::*;
 use crate::compiled::{Backend, Rule};
+use crate::route::matching::Match;
 
 fn backend(label: &str, weight: u32) -> Backend {
     Backend {
@@ -14,6 +15,7 @@ fn backend(label: &str, weight: u32) -> Backend {
         subset: BTreeMap::new(),
         weight,
         endpoints: vec![],
+        ring: None,
     }
 }
 
@@ -57,23 +59,26 @@ fn authority_comes_from_the_absolute_uri_or_the_host_header() {
 #[test]
 fn the_first_matching_rule_wins_and_header_matches_select_it() {
     let canary = Rule {
-        matches: vec![RouteMatch {
+        matches: vec![Match::compile(&RouteMatch {
             headers: [("x-canary".to_string(), "true".to_string())].into(),
             ..Default::default()
-        }],
+        })],
         backends: vec![backend("version=v2", 100)],
+        actions: None,
     };
     let api = Rule {
-        matches: vec![RouteMatch {
+        matches: vec![Match::compile(&RouteMatch {
             path_prefix: Some("/api/".into()),
             method: Some("POST".into()),
             ..Default::default()
-        }],
+        })],
         backends: vec![backend("version=v3", 100)],
+        actions: None,
     };
     let default = Rule {
         matches: vec![],
         backends: vec![backend("version=v1", 100)],
+        actions: None,
     };
     let rules = vec![canary, api, default];
     let r = Request::get("/")
@@ -95,6 +100,7 @@ fn weighted_split_follows_the_weights() {
     let rules = vec![Rule {
         matches: vec![],
         backends: vec![backend("v1", 90), backend("v2", 10)],
+        actions: None,
     }];
     let r = Request::get("/").body(()).unwrap();
     let n = 20_000;

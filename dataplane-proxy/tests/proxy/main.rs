@@ -11,6 +11,7 @@ mod resilience;
 mod routing;
 mod run;
 mod support;
+mod traffic;
 mod transport;
 
 /// `docs/reference/mesh-proxy.md` is clap's help, generated: this test
