@@ -38,6 +38,7 @@ pub mod timeout;
 pub mod tls;
 pub mod transparent;
 pub mod trust;
+pub mod upgrade;
 pub mod xds;
 
 #[cfg(test)]

@@ -128,7 +128,14 @@ pub(crate) async fn outbound_connection(
             let mut req = req.map(|b| b.boxed());
             req.extensions_mut().insert(info.clone());
             let grpc = crate::error::is_grpc(req.headers());
-            let (resp, code) = finish(stack.call(req).await, &metrics, grpc);
+            let tunnel = crate::upgrade::requested(&req)
+                .then(|| (req.method().clone(), hyper::upgrade::on(&mut req)));
+            let (mut resp, code) = finish(stack.call(req).await, &metrics, grpc);
+            if let Some((method, client)) = tunnel {
+                if crate::upgrade::switched(&method, &resp) {
+                    crate::upgrade::splice(client, &mut resp, None);
+                }
+            }
             let (service, subset) = info.0.get().cloned().unwrap_or_default();
             metrics.request(
                 RequestLabels {
@@ -143,7 +150,7 @@ pub(crate) async fn outbound_connection(
         }
     });
     let server = http_server();
-    let conn = server.serve_connection(TokioIo::new(io), svc);
+    let conn = server.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let handing_over = crate::health::handing_over(&life);
     tokio::pin!(handing_over);
@@ -468,6 +475,8 @@ impl Inbound {
                 // client certificate (plaintext, or TLS accepted while
                 // permissive).
                 let mut decided: Option<(http::Method, http::Uri)> = None;
+                let mut tunnel: Option<hyper::upgrade::OnUpgrade> = None;
+                let mut tunnel_to_app: Option<tokio::net::TcpStream> = None;
                 let result = if this.member && strict && who.is_none() {
                     Err(ProxyError::MtlsRequired)
                 } else if let Err(e) = normal {
@@ -501,9 +510,20 @@ impl Inbound {
                             // while a streaming answer flows.
                             decided = Some((req.method().clone(), req.uri().clone()));
                             authz::set_caller(req.headers_mut(), who.as_deref());
-                            let req = req.map(|b| b.boxed());
-                            let sent = if req.version() == http::Version::HTTP_2 {
+                            let mut req = req.map(|b| b.boxed());
+                            if crate::upgrade::requested(&req) {
+                                tunnel = Some(hyper::upgrade::on(&mut req));
+                            }
+                            let sent = if tunnel.is_some() && req.method() == http::Method::CONNECT
+                            {
+                                this.link.open_tunnel().await.map(|app| {
+                                    tunnel_to_app = Some(app);
+                                    Response::new(crate::empty())
+                                })
+                            } else if req.version() == http::Version::HTTP_2 {
                                 this.forward.send(req, this.app).await
+                            } else if tunnel.is_some() {
+                                this.link.send_upgrade(req).await
                             } else {
                                 this.link.send(req).await
                             };
@@ -514,8 +534,35 @@ impl Inbound {
                         }
                     }
                 };
-                let (resp, code) = finish(result, &this.config.metrics, grpc);
+                let (mut resp, code) = finish(result, &this.config.metrics, grpc);
                 recorder.record(code, started.elapsed());
+                // A tunnel (upgrade or CONNECT) lives on past the answer: it
+                // ends when a committed policy stops allowing it.
+                if let (Some(client), Some((method, uri))) = (tunnel, &decided) {
+                    let (config, who, m, u) = (
+                        this.config.clone(),
+                        who.clone(),
+                        method.clone(),
+                        uri.clone(),
+                    );
+                    let still: Box<dyn Fn() -> bool + Send> = Box::new(move || {
+                        authz::decide(
+                            &config.current().authz,
+                            who.as_deref(),
+                            m.as_str(),
+                            u.path(),
+                        )
+                        .is_ok()
+                    });
+                    let guard = Some((this.config.watch(), still));
+                    match tunnel_to_app {
+                        Some(app) => crate::upgrade::splice_tcp(client, app, guard),
+                        None if crate::upgrade::switched(method, &resp) => {
+                            crate::upgrade::splice(client, &mut resp, guard)
+                        }
+                        None => {}
+                    }
+                }
                 // A streaming answer (no known length) ends when a committed
                 // policy stops allowing it; a sized one cannot outlive the
                 // decision by much.
@@ -542,7 +589,7 @@ impl Inbound {
             }
         });
         let server = http_server();
-        let conn = server.serve_connection(TokioIo::new(io), svc);
+        let conn = server.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
         let closing = crate::health::closing(&config.life);
         tokio::pin!(closing);

@@ -15,14 +15,14 @@ use raftmesh_dataplane_proxy::Proxy;
 
 use super::support::*;
 
-fn doc(y: &str) -> Resource {
+pub(super) fn doc(y: &str) -> Resource {
     serde_yaml_ng::from_str(y).unwrap()
 }
 
 /// An app answering its name, whose `/ready` answers 503 while `ready` is
 /// false; stopped when the handle drops.
-struct App {
-    addr: SocketAddr,
+pub(super) struct App {
+    pub(super) addr: SocketAddr,
     ready: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -33,7 +33,7 @@ impl Drop for App {
     }
 }
 
-async fn app(name: &'static str) -> App {
+pub(super) async fn app(name: &'static str) -> App {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let ready = Arc::new(AtomicBool::new(true));
@@ -67,16 +67,16 @@ async fn app(name: &'static str) -> App {
     App { addr, ready, task }
 }
 
-type Client = hyper_util::client::legacy::Client<
+pub(super) type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Empty<Bytes>,
 >;
 
-fn http() -> Client {
+pub(super) fn http() -> Client {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
 
-async fn get(c: &Client, to: SocketAddr, host: &str) -> Result<(u16, String), String> {
+pub(super) async fn get(c: &Client, to: SocketAddr, host: &str) -> Result<(u16, String), String> {
     let req = hyper::Request::get(format!("http://{to}/x"))
         .header("host", host)
         .body(Empty::new())
@@ -96,7 +96,7 @@ async fn get(c: &Client, to: SocketAddr, host: &str) -> Result<(u16, String), St
     Ok((s, if code.is_empty() { body } else { code }))
 }
 
-async fn web_proxy(
+pub(super) async fn web_proxy(
     c: &TestCluster,
     dir: &std::path::Path,
     instance: &str,
@@ -114,7 +114,7 @@ async fn web_proxy(
 }
 
 /// A one-node cluster with Service `web`.
-async fn cluster_with_web() -> (TestCluster, raftmesh_client::Admin) {
+pub(super) async fn cluster_with_web() -> (TestCluster, raftmesh_client::Admin) {
     let c = TestCluster::start(1).await;
     let mut admin = c.client(1).await;
     admin

@@ -13,3 +13,4 @@ mod proxy;
 mod replication;
 mod security;
 mod support;
+mod traffic;

@@ -107,7 +107,11 @@ impl Forward {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
         *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest)?;
-        strip_hop_by_hop(req.headers_mut());
+        if crate::upgrade::requested(&req) {
+            crate::upgrade::strip_keeping_upgrade(req.headers_mut());
+        } else {
+            strip_hop_by_hop(req.headers_mut());
+        }
         let client = if req.version() == Version::HTTP_2 {
             &self.h2
         } else {
@@ -293,6 +297,50 @@ impl AppLink {
             }
         });
         Ok(sender)
+    }
+
+    /// A TCP connection to the app, for a CONNECT tunnel.
+    pub async fn open_tunnel(&self) -> Result<tokio::net::TcpStream, ProxyError> {
+        let stream = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(self.app),
+        )
+        .await
+        .map_err(|_| ProxyError::Connect(self.app.to_string()))?
+        .map_err(|_| ProxyError::Connect(self.app.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Sends an upgrade request to the app on a connection of its own (it
+    /// becomes the tunnel if the app switches protocols).
+    pub async fn send_upgrade(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+        crate::upgrade::strip_keeping_upgrade(req.headers_mut());
+        if !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut()
+                .insert(http::header::HOST, self.authority.clone());
+        }
+        let stream = self.open_tunnel().await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|_| ProxyError::Connect(self.app.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upgraded connection to the app ended with an error");
+            }
+        });
+        sender
+            .send_request(req)
+            .await
+            .map(|r| r.map(|b| b.boxed()))
+            .map_err(|_| ProxyError::Reset(self.app.to_string()))
     }
 
     /// Sends `req` to the app. A request a kept connection could not take

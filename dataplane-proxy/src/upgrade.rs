@@ -1,0 +1,109 @@
+//! HTTP/1.1 upgrades (WebSocket and any other `Upgrade` but h2c) and
+//! CONNECT tunnels through the mesh. The request goes through the usual
+//! stack (routing, authorization, balancing, mTLS) with its upgrade
+//! headers kept; when the far side switches protocols (101, or 2xx to a
+//! CONNECT), the two connections are spliced and bytes flow both ways until
+//! either side closes. A caller's CONNECT reaches the callee's proxy, which
+//! opens the tunnel to its app's port itself (a TCP stream through the mesh
+//! for a client that can only speak to an HTTP proxy).
+
+use http::header::{HeaderMap, HeaderValue, CONNECTION, UPGRADE};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use crate::Body;
+
+/// Whether `h`'s `Connection` lists the `upgrade` token.
+fn connection_upgrade(h: &HeaderMap) -> bool {
+    h.get_all(CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    })
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to, if it asks
+/// (`Connection: upgrade` and `Upgrade`; never h2c, which the proxy speaks
+/// itself by prior knowledge).
+fn wanted(h: &HeaderMap) -> Option<&HeaderValue> {
+    let up = h.get(UPGRADE)?;
+    (connection_upgrade(h) && !up.as_bytes().eq_ignore_ascii_case(b"h2c")).then_some(up)
+}
+
+/// Whether `req` opens a tunnel: a CONNECT, or an HTTP/1.1 upgrade.
+pub fn requested<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && (req.method() == Method::CONNECT || wanted(req.headers()).is_some())
+}
+
+/// Strips the hop-by-hop headers (`forward::strip_hop_by_hop`) but those
+/// that carry an upgrade on to the next hop.
+pub fn strip_keeping_upgrade(h: &mut HeaderMap) {
+    let up = wanted(h).cloned();
+    crate::forward::strip_hop_by_hop(h);
+    if let Some(up) = up {
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(UPGRADE, up);
+    }
+}
+
+/// Whether `resp` switched protocols for a request of `method`.
+pub fn switched(method: &Method, resp: &Response<Body>) -> bool {
+    resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        || (method == Method::CONNECT && resp.status().is_success())
+}
+
+/// Ends a tunnel when a policy change stops allowing it: the config's
+/// revision watch, and the decision to run again on each change.
+pub type Guard = (watch::Receiver<u64>, Box<dyn Fn() -> bool + Send>);
+
+/// Splices the client's upgraded connection with the far side's, once
+/// both are handed over, until either closes (or `guard` says no more).
+pub fn splice(client: OnUpgrade, resp: &mut Response<Body>, guard: Option<Guard>) {
+    let far = hyper::upgrade::on(resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(client, far) {
+            Ok((c, f)) => relay(TokioIo::new(c), TokioIo::new(f), guard).await,
+            Err(e) => tracing::debug!(error = %e, "an upgrade did not complete"),
+        }
+    });
+}
+
+/// Splices the client's upgraded connection (a CONNECT answered 200) with
+/// a TCP stream to the app.
+pub fn splice_tcp(client: OnUpgrade, app: tokio::net::TcpStream, guard: Option<Guard>) {
+    tokio::spawn(async move {
+        match client.await {
+            Ok(c) => relay(TokioIo::new(c), app, guard).await,
+            Err(e) => tracing::debug!(error = %e, "a CONNECT tunnel did not open"),
+        }
+    });
+}
+
+async fn relay<A, B>(mut a: A, mut b: B, guard: Option<Guard>)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    let Some((mut changes, still)) = guard else {
+        let _ = copy.await;
+        return;
+    };
+    let revoked = async move {
+        while changes.changed().await.is_ok() {
+            if !still() {
+                return;
+            }
+        }
+        // The config is gone (the proxy stops): keep to the copy.
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = copy => {}
+        () = revoked => tracing::info!("closed a tunnel: a policy change no longer allows it"),
+    }
+}
