@@ -225,6 +225,12 @@ fn route_to_pb(r: RouteSpec) -> pb::RouteSpec {
                     path: r.path,
                     path_prefix: r.path_prefix,
                 }),
+                mirror: rule.mirror.map(|m| pb::Mirror {
+                    service: m.service.unwrap_or_default(),
+                    subset: m.subset.into_iter().collect(),
+                    percent: m.percent,
+                    max_body_bytes: m.max_body_bytes.unwrap_or(0),
+                }),
             })
             .collect(),
         timeout_ms: ms(r.timeout),
@@ -400,6 +406,12 @@ fn route_from_pb(r: pb::RouteSpec) -> Result<RouteSpec, ConvertError> {
                     port: opt_u32(r.port),
                     path: r.path,
                     path_prefix: r.path_prefix,
+                }),
+                mirror: rule.mirror.map(|m| Mirror {
+                    service: opt_str(m.service),
+                    subset: m.subset.into_iter().collect(),
+                    percent: m.percent,
+                    max_body_bytes: opt_u32(m.max_body_bytes),
                 }),
             })
             .collect(),

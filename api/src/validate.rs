@@ -735,6 +735,31 @@ fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
                 c.header_ops(ops, &format!("{rf}.{which}"));
             }
         }
+        if let Some(m) = &rule.mirror {
+            let mf = format!("{rf}.mirror");
+            c.check(
+                m.percent <= 100,
+                format!("{mf}.percent"),
+                format!("{} is more than 100", m.percent),
+            );
+            match (&m.service, m.subset.is_empty()) {
+                (Some(svc), true) => c.label(svc, &format!("{mf}.service")),
+                (None, false) => c.labels(&m.subset, &format!("{mf}.subset")),
+                _ => c.fail(mf.clone(), "give exactly one of service and subset"),
+            }
+            if let Some(b) = m.max_body_bytes {
+                c.check(
+                    b <= 10 * 1024 * 1024,
+                    format!("{mf}.max_body_bytes"),
+                    format!("{b} is more than 10 MiB (10485760)"),
+                );
+            }
+            c.check(
+                rule.redirect.is_none(),
+                mf,
+                "a redirect rule sends nothing to mirror",
+            );
+        }
         if let Some(rd) = &rule.redirect {
             let df = format!("{rf}.redirect");
             c.check(

@@ -82,6 +82,8 @@ pub struct Rule {
     pub backends: Vec<Backend>,
     /// Rewrites, header changes, a redirect (`None`: nothing to do).
     pub actions: Option<Arc<crate::route::actions::Actions>>,
+    /// Copies of a share of the requests (`None`: none).
+    pub mirror: Option<Arc<crate::route::mirror::Mirror>>,
 }
 
 /// The key of `consistent-hash`.
@@ -315,6 +317,37 @@ pub mod tier {
     pub const MESH: u8 = 2;
     /// A Route's first failover peer; the k-th is `PEER + k`.
     pub const PEER: u8 = 3;
+}
+
+/// A Route rule, compiled (its mirror is added by the caller).
+fn compile_rule(rule: &raftmesh_api::RouteRule) -> Rule {
+    Rule {
+        matches: rule
+            .matches
+            .iter()
+            .map(crate::route::matching::Match::compile)
+            .collect(),
+        actions: crate::route::actions::Actions::compile(rule).map(Arc::new),
+        backends: rule
+            .backends
+            .iter()
+            .map(|b| Backend {
+                label: subset_label(&b.subset),
+                subset: b.subset.clone(),
+                weight: b.weight,
+                endpoints: Vec::new(),
+                ring: None,
+            })
+            .chain(rule.backends.is_empty().then(|| Backend {
+                label: String::new(),
+                subset: BTreeMap::new(),
+                weight: 100,
+                endpoints: Vec::new(),
+                ring: None,
+            }))
+            .collect(),
+        mirror: None,
+    }
 }
 
 /// Compiles held resources into a routing configuration. Every resource must already be
@@ -576,34 +609,35 @@ pub fn compile(
                 max_ejection_percent: o.max_ejection_percent.unwrap_or(d.max_ejection_percent),
             };
         }
+        let ns = &t.id.0;
         t.rules = route
             .rules
             .iter()
-            .map(|rule| Rule {
-                matches: rule
-                    .matches
-                    .iter()
-                    .map(crate::route::matching::Match::compile)
-                    .collect(),
-                actions: crate::route::actions::Actions::compile(rule).map(Arc::new),
-                backends: rule
-                    .backends
-                    .iter()
-                    .map(|b| Backend {
-                        label: subset_label(&b.subset),
-                        subset: b.subset.clone(),
-                        weight: b.weight,
-                        endpoints: Vec::new(),
-                        ring: None,
-                    })
-                    .chain(rule.backends.is_empty().then(|| Backend {
-                        label: String::new(),
-                        subset: BTreeMap::new(),
-                        weight: 100,
-                        endpoints: Vec::new(),
-                        ring: None,
-                    }))
-                    .collect(),
+            .map(|rule| {
+                let mut r = compile_rule(rule);
+                if let Some(m) = &rule.mirror {
+                    use crate::route::mirror::{Mirror, To, MAX_BODY};
+                    let to = match &m.service {
+                        Some(svc) => To::Service((ns.clone(), svc.clone())),
+                        None => {
+                            // Never chosen for the primary (weight 0).
+                            r.backends.push(Backend {
+                                label: subset_label(&m.subset),
+                                subset: m.subset.clone(),
+                                weight: 0,
+                                endpoints: Vec::new(),
+                                ring: None,
+                            });
+                            To::Backend(r.backends.len() - 1)
+                        }
+                    };
+                    r.mirror = Some(Arc::new(Mirror {
+                        to,
+                        percent: m.percent,
+                        max_body: m.max_body_bytes.map_or(MAX_BODY, |b| b as usize),
+                    }));
+                }
+                r
             })
             .collect();
     }
@@ -621,6 +655,7 @@ pub fn compile(
                     ring: None,
                 }],
                 actions: None,
+                mirror: None,
             });
         }
         t.endpoints.sort_by(|a, b| a.name.cmp(&b.name));

@@ -87,6 +87,13 @@ pub fn empty() -> Body {
         .boxed()
 }
 
+/// A body of `bytes`.
+pub fn full(bytes: Bytes) -> Body {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// A running proxy.
 pub struct Proxy {
     /// Bound outbound address.

@@ -78,6 +78,7 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
                 ring: None,
             }],
             actions: None,
+            mirror: None,
         }],
         timeout,
         retries: retries.map(|(attempts, on)| Retries {

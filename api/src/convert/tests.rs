@@ -155,16 +155,36 @@ fn route() -> impl Strategy<Value = Spec> {
             },
         ),
     );
-    let rule = (vec(m, 0..3), vec(b, 0..3), rewrite, ops(), ops(), redirect).prop_map(
-        |(matches, backends, rewrite, request_headers, response_headers, redirect)| RouteRule {
-            matches,
-            backends,
-            rewrite,
-            request_headers,
-            response_headers,
-            redirect,
+    let mirror = option::of((opt_text(), labels(), any::<u32>(), nz()).prop_map(
+        |(service, subset, percent, max_body_bytes)| Mirror {
+            service,
+            subset,
+            percent,
+            max_body_bytes,
         },
-    );
+    ));
+    let rule = (
+        vec(m, 0..3),
+        vec(b, 0..3),
+        rewrite,
+        ops(),
+        ops(),
+        redirect,
+        mirror,
+    )
+        .prop_map(
+            |(matches, backends, rewrite, request_headers, response_headers, redirect, mirror)| {
+                RouteRule {
+                    matches,
+                    backends,
+                    rewrite,
+                    request_headers,
+                    response_headers,
+                    redirect,
+                    mirror,
+                }
+            },
+        );
     let retry_on = prop_oneof![
         Just(RetryOn::Status5xx),
         Just(RetryOn::GatewayError),

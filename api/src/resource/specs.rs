@@ -240,6 +240,29 @@ pub struct RouteRule {
     /// Answer with a redirect instead (no backends, no rewrite).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Redirect>,
+    /// Copy a share of the requests to another subset or service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+/// `rules[].mirror`: a copy of a share of the rule's requests sent to
+/// another subset of the service, or to another service, fire and forget
+/// (its answer is discarded; the caller never waits for it).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// Another service of the namespace (routed by its own Route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Or a subset of this service (labels).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subset: BTreeMap<String, String>,
+    /// Share of the requests copied, 0–100.
+    pub percent: u32,
+    /// Requests with a larger body are not copied (default 64 KiB, at most
+    /// 10 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u32>,
 }
 
 /// When a request is retried.

@@ -332,6 +332,7 @@ spec:
     rewrite: {path_prefix: /, host: "web-internal:8080"}
     request_headers: {set: {x-env: prod}, add: {x-tag: a}, remove: [x-secret]}
     response_headers: {add: {x-served-by: mesh}}
+    mirror: {service: web-next, percent: 10, max_body_bytes: 1048576}
   - matches: [{path: {exact: /old}}]
     redirect: {scheme: https, host: example.com, port: 8443, path: /new, status: 308}
 "#;
@@ -416,6 +417,18 @@ fn bad_traffic_policy_fields_are_refused_naming_field_and_rule() {
         (
             "  rules: [{redirect: {host: \"a.example:80\"}}]\n",
             "spec.rules[0].redirect.host: give the port as redirect.port",
+        ),
+        (
+            "  rules: [{mirror: {percent: 10}}]\n",
+            "spec.rules[0].mirror: give exactly one of service and subset",
+        ),
+        (
+            "  rules: [{mirror: {service: web, percent: 101}}]\n",
+            "spec.rules[0].mirror.percent: 101 is more than 100",
+        ),
+        (
+            "  rules: [{mirror: {subset: {version: v2}, percent: 1, max_body_bytes: 20000000}}]\n",
+            "spec.rules[0].mirror.max_body_bytes: 20000000 is more than 10 MiB",
         ),
         (
             "  load_balancer: consistent-hash\n",

@@ -192,6 +192,9 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
                 }
                 a.apply_request(&mut req, &table.rules[rule].matches);
             }
+            if let Some(m) = &table.rules[rule].mirror {
+                req = m.copy(req, &table, rule, &config, &inner);
+            }
             let hash = table
                 .hash_on
                 .as_ref()
@@ -222,6 +225,7 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
 
 pub mod actions;
 pub mod matching;
+pub mod mirror;
 
 #[cfg(test)]
 mod tests;

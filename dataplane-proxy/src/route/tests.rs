@@ -65,6 +65,7 @@ fn the_first_matching_rule_wins_and_header_matches_select_it() {
         })],
         backends: vec![backend("version=v2", 100)],
         actions: None,
+        mirror: None,
     };
     let api = Rule {
         matches: vec![Match::compile(&RouteMatch {
@@ -74,11 +75,13 @@ fn the_first_matching_rule_wins_and_header_matches_select_it() {
         })],
         backends: vec![backend("version=v3", 100)],
         actions: None,
+        mirror: None,
     };
     let default = Rule {
         matches: vec![],
         backends: vec![backend("version=v1", 100)],
         actions: None,
+        mirror: None,
     };
     let rules = vec![canary, api, default];
     let r = Request::get("/")
@@ -101,6 +104,7 @@ fn weighted_split_follows_the_weights() {
         matches: vec![],
         backends: vec![backend("v1", 90), backend("v2", 10)],
         actions: None,
+        mirror: None,
     }];
     let r = Request::get("/").body(()).unwrap();
     let n = 20_000;

@@ -26,6 +26,8 @@ use super::support::*;
 struct Echo {
     hits: Arc<AtomicUsize>,
     addr: SocketAddr,
+    /// `<method> <path> mirror=<x-raftmesh-mirror> <body>` per request.
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 async fn echo(name: &'static str, delay: Duration) -> Echo {
@@ -33,14 +35,16 @@ async fn echo(name: &'static str, delay: Duration) -> Echo {
     let e = Echo {
         hits: Arc::default(),
         addr: l.local_addr().unwrap(),
+        seen: Arc::default(),
     };
-    let hits = e.hits.clone();
+    let (hits, seen) = (e.hits.clone(), e.seen.clone());
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
-            let hits = hits.clone();
+            let (hits, seen) = (hits.clone(), seen.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     hits.fetch_add(1, Ordering::SeqCst);
+                    let seen = seen.clone();
                     async move {
                         tokio::time::sleep(delay).await;
                         let mut body = format!(
@@ -51,6 +55,20 @@ async fn echo(name: &'static str, delay: Duration) -> Echo {
                         for (k, v) in req.headers() {
                             body += &format!("{k}: {}\n", v.to_str().unwrap_or("?"));
                         }
+                        let (parts, b) = req.into_parts();
+                        use http_body_util::BodyExt;
+                        let got = b.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        seen.lock().unwrap().push(format!(
+                            "{} {} mirror={} {}",
+                            parts.method,
+                            parts.uri.path(),
+                            parts
+                                .headers
+                                .get("x-raftmesh-mirror")
+                                .map(|v| v.to_str().unwrap().to_string())
+                                .unwrap_or_default(),
+                            String::from_utf8_lossy(&got)
+                        ));
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
                     }
                 });
@@ -506,4 +524,94 @@ async fn the_callee_s_proxy_keeps_the_route_s_rate_limit_with_429_rate_limited()
     assert_eq!(get(&c, a.outbound, "web", "/", &[]).await.0, 200);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// POSTs `body` (Host `web`) through the caller's outbound port.
+async fn post(p: &Proxy, path: &str, body: Vec<u8>) -> u16 {
+    let c: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let r = c
+        .request(
+            Request::post(format!("http://{}{path}", p.outbound))
+                .header("host", "web")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    r.status().as_u16()
+}
+
+#[tokio::test]
+async fn mirroring_copies_a_share_with_its_body_and_never_holds_the_primary() {
+    let v1 = echo("v1", Duration::ZERO).await;
+    // The mirror answers only after 3 s.
+    let v2 = echo("v2", Duration::from_secs(3)).await;
+    let next = echo("next", Duration::ZERO).await;
+    let (b1, _d1) = callee(&v1, "").await;
+    let (b2, _d2) = callee(&v2, "").await;
+    let (bn, _dn) = callee(&next, "").await;
+    let route = r#"kind: Route
+metadata: {name: web}
+spec:
+  service: web
+  rules:
+  - matches: [{path_prefix: /all}]
+    backends: [{subset: {version: v1}, weight: 100}]
+    mirror: {subset: {version: v2}, percent: 100, max_body_bytes: 1024}
+  - matches: [{path_prefix: /some}]
+    backends: [{subset: {version: v1}, weight: 100}]
+    mirror: {service: web-next, percent: 30}
+"#;
+    let next_svc = format!(
+        "---\nkind: Service\nmetadata: {{name: web-next}}\nspec: {{ports: [{{port: 80}}]}}\n---\nkind: Endpoint\nmetadata: {{name: next-1}}\nspec: {{service: web-next, address: 127.0.0.1, port: {}}}\n",
+        bn.inbound.unwrap().port()
+    );
+    let (a, _da) = caller(
+        &[
+            ("web-1", b1.inbound.unwrap(), ", labels: {version: v1}"),
+            ("web-2", b2.inbound.unwrap(), ", labels: {version: v2}"),
+        ],
+        &format!("{route}{next_svc}"),
+        "",
+    )
+    .await;
+    // Every request copied, body and all; the primary answers long before
+    // the mirror's 3 s (functional: it does not wait for the copy).
+    let t0 = std::time::Instant::now();
+    for i in 0..5 {
+        assert_eq!(
+            post(&a, "/all", format!("hello {i}").into_bytes()).await,
+            200
+        );
+    }
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // A body past max_body_bytes is sent to the primary only.
+    assert_eq!(post(&a, "/all", vec![b'x'; 4096]).await, 200);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let mut copies = v2.seen.lock().unwrap().clone();
+    copies.sort();
+    let want: Vec<String> = (0..5)
+        .map(|i| format!("POST /all mirror=true hello {i}"))
+        .collect();
+    assert_eq!(copies, want);
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 6);
+    assert!(v1
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| s.contains(" mirror= ")));
+
+    // 30 % to another service (Binomial(600, 0.3): sd 11.2, 4 sd).
+    let c = http_client();
+    for _ in 0..600 {
+        assert_eq!(get(&c, a.outbound, "web", "/some", &[]).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let copied = next.hits.load(Ordering::SeqCst);
+    assert!((135..=225).contains(&copied), "{copied} of 600 copied");
+    for p in [a, b1, b2, bn] {
+        p.shutdown().await;
+    }
 }
