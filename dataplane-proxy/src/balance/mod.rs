@@ -47,29 +47,35 @@ pub fn pick_avoiding(
     };
     // Usable endpoints of the nearest tier that has any; the caller's zone
     // spills a share to the rest of its cluster when too few of its own
-    // are usable.
+    // are usable. (Each endpoint's state is read once: `ejected` reads
+    // the clock.)
+    let tier_of = |i: &usize| t.endpoints[*i].tier;
     let candidates = |avoid: &[usize]| -> Vec<usize> {
-        let ok = backend
+        let mut ok: Vec<usize> = backend
             .endpoints
             .iter()
             .copied()
-            .filter(|i| usable(i, avoid));
-        let Some(mut nearest) = ok.clone().map(|i| t.endpoints[i].tier).min() else {
-            return Vec::new();
+            .filter(|i| usable(i, avoid))
+            .collect();
+        let Some(mut nearest) = ok.iter().map(tier_of).min() else {
+            return ok;
         };
-        if nearest == tier::ZONE {
-            let in_zone = |i: &usize| t.endpoints[*i].tier == tier::ZONE;
-            let total = backend.endpoints.iter().filter(|i| in_zone(i)).count();
-            let up = ok.clone().filter(in_zone).count();
-            let keep = up * OVERPROVISION_PERCENT;
-            if keep < total * 100
-                && ok.clone().any(|i| t.endpoints[i].tier == tier::CLUSTER)
-                && rand::rng().random_range(0..total * 100) >= keep
-            {
+        if nearest == tier::ZONE && ok.iter().any(|i| tier_of(i) == tier::CLUSTER) {
+            let total = backend
+                .endpoints
+                .iter()
+                .filter(|i| tier_of(i) == tier::ZONE)
+                .count();
+            let keep =
+                ok.iter().filter(|i| tier_of(i) == tier::ZONE).count() * OVERPROVISION_PERCENT;
+            if keep < total * 100 && rand::rng().random_range(0..total * 100) >= keep {
                 nearest = tier::CLUSTER;
             }
         }
-        ok.filter(|i| t.endpoints[*i].tier == nearest).collect()
+        if ok.iter().any(|i| tier_of(i) != nearest) {
+            ok.retain(|i| tier_of(i) == nearest);
+        }
+        ok
     };
     let mut cands = candidates(avoid);
     if cands.is_empty() && !avoid.is_empty() {
