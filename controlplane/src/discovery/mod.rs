@@ -135,6 +135,11 @@ pub fn full_state(reader: &StateReader, scope: &Scope) -> (u64, Vec<Arc<Resource
             out.extend(v.for_service(Kind::Import, ns, svc));
         }
         out.extend(v.for_service(Kind::Policy, &scope.own.0, &scope.own.1));
+        // Its own service's Route (a `rate_limit` is kept by the callee),
+        // unless already there as a service it calls.
+        if !scope.calls.contains(&scope.own) {
+            out.extend(v.for_service(Kind::Route, &scope.own.0, &scope.own.1));
+        }
         for kind in [Kind::MeshConfig, Kind::Revocation, Kind::Peer, Kind::Export] {
             out.extend(
                 v.of_kind(kind)

@@ -73,6 +73,20 @@ fn a_per_caller_rate_limit_is_kept_by_the_callee_s_proxy_for_each_identity() {
         .await;
         let ok = admitted(&h, callers[0].outbound, 12).await;
         assert!((6..=7).contains(&ok), "{ok} admitted after the change");
+        // A proxy that starts after the Route gets it in its first config.
+        let token = bootstrap_token(&mut admin, "web").await;
+        let web2 = web_proxy(&c, dir.path(), "web-2", web_app.addr, token).await;
+        // (No later change carries it: only the first config can.)
+        eventually(
+            "the limit in web-2's first config",
+            Duration::from_secs(10),
+            || {
+                let l = web2.config.current().authz.rate_limit.clone();
+                async move { l.filter(|l| l.burst == Some(6)).map(|_| ()) }
+            },
+        )
+        .await;
+        web2.shutdown().await;
         for p in callers {
             p.shutdown().await;
         }
