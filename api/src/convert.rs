@@ -510,6 +510,7 @@ impl From<Spec> for pb::resource::Spec {
             Spec::Route(r) => P::Route(route_to_pb(r)),
             Spec::Policy(p) => P::Policy(pb::PolicySpec {
                 service: p.service,
+                external: p.external,
                 action: pb_action(Some(p.action)),
                 from: p.from,
                 to: p
@@ -607,6 +608,14 @@ impl From<Spec> for pb::resource::Spec {
                     .map(|labels| pb::Labels { labels })
                     .collect(),
             }),
+            Spec::External(e) => P::External(pb::ExternalSpec {
+                hosts: e.hosts,
+                ports: e.ports,
+                tls: e.tls.map(|t| pb::ExternalTls {
+                    port: t.port.unwrap_or(0),
+                    ca_pem: t.ca_pem,
+                }),
+            }),
             Spec::Revocation(r) => P::Revocation(pb::RevocationSpec {
                 identity: r.identity,
                 instance: r.instance,
@@ -657,6 +666,7 @@ impl TryFrom<pb::resource::Spec> for Spec {
             P::Route(r) => Spec::Route(route_from_pb(r)?),
             P::Policy(p) => Spec::Policy(PolicySpec {
                 service: p.service,
+                external: p.external,
                 action: action(p.action, "policy.action")?.unwrap_or_default(),
                 from: p.from,
                 to: p
@@ -778,6 +788,14 @@ impl TryFrom<pb::resource::Spec> for Spec {
                         )
                     })?),
                 },
+            }),
+            P::External(e) => Spec::External(ExternalSpec {
+                hosts: e.hosts,
+                ports: e.ports,
+                tls: e.tls.map(|t| ExternalTls {
+                    port: opt_u32(t.port),
+                    ca_pem: t.ca_pem,
+                }),
             }),
             P::Revocation(r) => Spec::Revocation(RevocationSpec {
                 identity: r.identity,

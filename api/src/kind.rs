@@ -30,11 +30,13 @@ pub enum Kind {
     Authority,
     /// A workload identity or instance denied from now on.
     Revocation,
+    /// Hosts outside the mesh its workloads may reach (egress).
+    External,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Service,
         Kind::Endpoint,
         Kind::Route,
@@ -46,6 +48,7 @@ impl Kind {
         Kind::Import,
         Kind::Authority,
         Kind::Revocation,
+        Kind::External,
     ];
 
     /// The canonical name, as in `kind: Service`.
@@ -62,6 +65,7 @@ impl Kind {
             Kind::Import => "Import",
             Kind::Authority => "Authority",
             Kind::Revocation => "Revocation",
+            Kind::External => "External",
         }
     }
 
@@ -79,6 +83,7 @@ impl Kind {
             Kind::Import => "import",
             Kind::Authority => "authority",
             Kind::Revocation => "revocation",
+            Kind::External => "external",
         }
     }
 
@@ -100,7 +105,7 @@ impl fmt::Display for Kind {
 
 /// A kind name that is not one of the known kinds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown kind \"{0}\" (expected one of: service|svc, endpoint|ep, route, policy, meshconfig, token, peer, export, import, revocation)")]
+#[error("unknown kind \"{0}\" (expected one of: service|svc, endpoint|ep, route, policy, meshconfig, token, peer, export, import, revocation, external)")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for Kind {
@@ -121,6 +126,7 @@ impl FromStr for Kind {
             "import" | "imports" => Kind::Import,
             "authority" | "authorities" | "ca" => Kind::Authority,
             "revocation" | "revocations" | "revoked" => Kind::Revocation,
+            "external" | "externals" | "ext" => Kind::External,
             _ => return Err(UnknownKind(s.to_string())),
         };
         Ok(k)

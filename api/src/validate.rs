@@ -563,6 +563,7 @@ impl Resource {
                     c.labels(s, &f);
                 }
             }
+            Spec::External(e) => validate_external(&mut c, e),
             Spec::Revocation(r) => {
                 c.check(
                     r.identity.is_empty() != r.instance.is_empty(),
@@ -647,6 +648,49 @@ pub fn probe_rules(p: &crate::AppProbe) -> Vec<(&'static str, String)> {
 fn validate_probe(c: &mut Checker<'_>, p: &crate::AppProbe, field: &str) {
     for (f, rule) in probe_rules(p) {
         c.fail(format!("{field}.{f}"), rule);
+    }
+}
+
+fn validate_external(c: &mut Checker<'_>, e: &crate::ExternalSpec) {
+    c.check(
+        (1..=32).contains(&e.hosts.len()),
+        "spec.hosts",
+        format!("{} hosts, must be 1 to 32", e.hosts.len()),
+    );
+    for (i, h) in e.hosts.iter().enumerate() {
+        let name = h.strip_prefix("*.").unwrap_or(h);
+        let ok = (dns_subdomain(name).is_ok() && (name.contains('.') || !h.starts_with("*.")))
+            || (!h.starts_with("*.") && h.parse::<std::net::Ipv4Addr>().is_ok());
+        c.check(
+            ok,
+            format!("spec.hosts[{i}]"),
+            format!(
+                "{} is not a lower-case DNS name, *.<name with a dot>, or an IPv4 address",
+                shown(h)
+            ),
+        );
+    }
+    c.check(e.ports.len() <= 16, "spec.ports", "at most 16 ports");
+    for (i, p) in e.ports.iter().enumerate() {
+        c.port(*p, &format!("spec.ports[{i}]"));
+    }
+    if let Some(t) = &e.tls {
+        if let Some(p) = t.port {
+            c.port(p, "spec.tls.port");
+        }
+        if let Some(pem) = &t.ca_pem {
+            let certs = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+                .map(|p| {
+                    p.ok()
+                        .filter(|p| p.label == "CERTIFICATE" && p.parse_x509().is_ok())
+                })
+                .collect::<Vec<_>>();
+            c.check(
+                !certs.is_empty() && certs.iter().all(Option::is_some),
+                "spec.tls.ca_pem",
+                "must be one or more PEM certificates",
+            );
+        }
     }
 }
 

@@ -211,6 +211,8 @@ pub struct CompiledConfig {
     pub peers: BTreeMap<String, (String, String)>,
     /// MeshConfig's defaults for the app readiness probe.
     pub app_probe: Option<raftmesh_api::AppProbe>,
+    /// The Externals of the proxy's namespace (egress).
+    pub externals: Vec<Arc<crate::egress::External>>,
 }
 
 impl CompiledConfig {
@@ -224,6 +226,7 @@ impl CompiledConfig {
             authz: Authz::default(),
             peers: BTreeMap::new(),
             app_probe: None,
+            externals: Vec::new(),
         }
     }
 
@@ -439,7 +442,7 @@ pub fn compile(
                 });
             }
             Spec::Route(x) => routes.push((ns, x.clone())),
-            Spec::Policy(p) if ns == me.namespace && p.service == me.service => {
+            Spec::Policy(p) if ns == me.namespace && p.service == me.service && !p.external => {
                 authz.policies.push(p.clone());
             }
             Spec::Peer(p) if !p.trust_domain.is_empty() => {
@@ -686,7 +689,10 @@ pub fn compile(
         }
     }
     stats.retain(&live);
+    let held: Vec<&Resource> = resources.values().collect();
+    let externals = crate::egress::compile(&held, &me.namespace, &authz);
     CompiledConfig {
+        externals,
         revision,
         source,
         resources,

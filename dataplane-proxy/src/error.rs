@@ -65,6 +65,10 @@ pub enum ProxyError {
     /// status, gRPC status).
     #[error("fault injected by the route (status {0})")]
     Injected(u16, u8),
+    /// A host outside the mesh that no External declares (under MeshConfig
+    /// `outbound: deny`), or a port its External does not.
+    #[error("egress denied: {0}")]
+    EgressDenied(String),
     /// The service's Route `rate_limit` admitted no more now (inbound).
     #[error("rate limited: {0} is over its Route's rate_limit")]
     RateLimited(String),
@@ -89,6 +93,7 @@ impl ProxyError {
             ProxyError::NoIdentity(_) => "no-identity",
             ProxyError::Injected(..) => "fault-injected",
             ProxyError::RateLimited(_) => "rate-limited",
+            ProxyError::EgressDenied(_) => "egress-denied",
         }
     }
 
@@ -105,7 +110,9 @@ impl ProxyError {
             }
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Reset(_) | ProxyError::Closed(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Denied(_) | ProxyError::MtlsRequired => StatusCode::FORBIDDEN,
+            ProxyError::Denied(_) | ProxyError::MtlsRequired | ProxyError::EgressDenied(_) => {
+                StatusCode::FORBIDDEN
+            }
             ProxyError::NoHealthyEndpoints(_)
             | ProxyError::Connect(_)
             | ProxyError::Refused(_)
@@ -130,7 +137,9 @@ impl ProxyError {
             ProxyError::NoRoute(_) => UNIMPLEMENTED,
             ProxyError::Injected(_, g) => *g,
             ProxyError::Timeout(_) => DEADLINE_EXCEEDED,
-            ProxyError::Denied(_) | ProxyError::MtlsRequired => PERMISSION_DENIED,
+            ProxyError::Denied(_) | ProxyError::MtlsRequired | ProxyError::EgressDenied(_) => {
+                PERMISSION_DENIED
+            }
             ProxyError::CircuitOpen(_) | ProxyError::RateLimited(_) => RESOURCE_EXHAUSTED,
             // The call may have reached the app: not UNAVAILABLE, which
             // callers (ours included) retry whatever the method.

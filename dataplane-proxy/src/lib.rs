@@ -15,6 +15,7 @@ pub mod compiled;
 pub mod config;
 pub mod conn;
 pub mod dns;
+pub mod egress;
 pub mod error;
 pub mod fault;
 pub mod forward;

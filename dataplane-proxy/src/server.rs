@@ -132,7 +132,14 @@ pub(crate) async fn outbound_connection(
                 .then(|| (req.method().clone(), hyper::upgrade::on(&mut req)));
             let (mut resp, code) = finish(stack.call(req).await, &metrics, grpc);
             if let Some((method, client)) = tunnel {
-                if crate::upgrade::switched(&method, &resp) {
+                if let Some(stream) = resp
+                    .extensions_mut()
+                    .remove::<crate::egress::Tunnel>()
+                    .and_then(|t| t.take())
+                {
+                    // A CONNECT out of the mesh.
+                    crate::upgrade::splice_tcp(client, stream, None);
+                } else if crate::upgrade::switched(&method, &resp) {
                     crate::upgrade::splice(client, &mut resp, None);
                 }
             }

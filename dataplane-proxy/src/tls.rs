@@ -25,7 +25,8 @@ pub const ALPN_TCP: &[u8] = b"raftmesh-tcp";
 
 use crate::unix_ms;
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider of every rustls config the proxy builds.
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -312,6 +312,7 @@ fn policy() -> impl Strategy<Value = Spec> {
     (name(), action(), vec(text(), 0..3), vec(target, 0..3)).prop_map(
         |(service, action, from, to)| {
             Spec::Policy(PolicySpec {
+                external: service.len() % 2 == 0,
                 service,
                 action,
                 from,
@@ -461,6 +462,13 @@ fn federation() -> impl Strategy<Value = Spec> {
     ]
 }
 
+fn external() -> impl Strategy<Value = Spec> {
+    let tls =
+        option::of((nz(), opt_text()).prop_map(|(port, ca_pem)| ExternalTls { port, ca_pem }));
+    (vec(text(), 0..3), vec(any::<u32>(), 0..3), tls)
+        .prop_map(|(hosts, ports, tls)| Spec::External(ExternalSpec { hosts, ports, tls }))
+}
+
 pub(crate) fn resource() -> impl Strategy<Value = Resource> {
     let spec = prop_oneof![
         service(),
@@ -469,7 +477,8 @@ pub(crate) fn resource() -> impl Strategy<Value = Resource> {
         policy(),
         mesh_config(),
         token(),
-        federation()
+        federation(),
+        external()
     ];
     (name(), name(), option::of(1u64..u64::MAX), spec).prop_map(
         |(name, namespace, revision, spec)| Resource {

@@ -102,6 +102,8 @@ pub enum Spec {
     Authority(AuthoritySpec),
     /// `kind: Revocation`.
     Revocation(RevocationSpec),
+    /// `kind: External`.
+    External(ExternalSpec),
 }
 
 impl Spec {
@@ -119,6 +121,7 @@ impl Spec {
             Spec::Import(_) => Kind::Import,
             Spec::Authority(_) => Kind::Authority,
             Spec::Revocation(_) => Kind::Revocation,
+            Spec::External(_) => Kind::External,
         }
     }
 
@@ -251,6 +254,7 @@ impl Resource {
             Kind::Import => Spec::Import(spec_of(spec_value, &key)?),
             Kind::Authority => Spec::Authority(spec_of(spec_value, &key)?),
             Kind::Revocation => Spec::Revocation(spec_of(spec_value, &key)?),
+            Kind::External => Spec::External(spec_of(spec_value, &key)?),
         };
         Ok(Resource {
             metadata: raw.metadata,
@@ -288,6 +292,7 @@ impl Serialize for Resource {
             Spec::Import(x) => m.serialize_entry("spec", x)?,
             Spec::Authority(x) => m.serialize_entry("spec", x)?,
             Spec::Revocation(x) => m.serialize_entry("spec", x)?,
+            Spec::External(x) => m.serialize_entry("spec", x)?,
         }
         m.end()
     }

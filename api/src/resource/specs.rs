@@ -551,8 +551,13 @@ pub struct PolicyTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
-    /// The service receiving the requests.
+    /// The service receiving the requests (with `external`: the External
+    /// the requests go to).
     pub service: String,
+    /// `service` names an External: the Policy is kept by the callers'
+    /// proxies (every proxy of the namespace), on their egress.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub external: bool,
     /// Allow or deny.
     #[serde(default)]
     pub action: Action,
@@ -985,4 +990,39 @@ pub struct RevocationSpec {
     /// Why (shown in refusals).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+}
+
+/// `kind: External` — hosts outside the mesh that the namespace's
+/// workloads reach through their outbound proxy (egress): by HTTP (Host or
+/// absolute URI) or by a CONNECT tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalSpec {
+    /// DNS names (`api.example.com`), a leading wildcard
+    /// (`*.example.com`: any name under it), or IPv4 addresses; 1–32.
+    pub hosts: Vec<String>,
+    /// Ports the hosts may be reached on (default 80 and 443); at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u32>,
+    /// TLS origination: plain HTTP from the app leaves the proxy over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ExternalTls>,
+}
+
+impl ExternalSpec {
+    /// Ports allowed when `ports` is empty.
+    pub const DEFAULT_PORTS: [u32; 2] = [80, 443];
+}
+
+/// `External.tls`: the proxy opens TLS to the host, verifying its
+/// certificate for the requested name.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalTls {
+    /// The port TLS goes to (default 443).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Roots (PEM) to verify the host with, instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }

@@ -464,3 +464,36 @@ fn bad_traffic_policy_fields_are_refused_naming_field_and_rule() {
         assert!(got.contains(want), "{spec}\n  got:  {got}\n  want: {want}");
     }
 }
+
+#[test]
+fn an_external_names_hosts_ports_and_its_tls_and_bad_ones_are_refused() {
+    parse_one("kind: External\nmetadata: {name: stripe}\nspec: {hosts: [api.stripe.com, \"*.stripe.net\", 10.1.2.3], ports: [443, 8443], tls: {port: 443}}\n")
+        .validate()
+        .unwrap();
+    let cases = [
+        ("{hosts: []}", "spec.hosts: 0 hosts, must be 1 to 32"),
+        (
+            "{hosts: [Api.Example.com]}",
+            "spec.hosts[0]: \"Api.Example.com\" is not a lower-case DNS name",
+        ),
+        (
+            "{hosts: [\"*.com\"]}",
+            "spec.hosts[0]: \"*.com\" is not a lower-case DNS name, *.<name with a dot>",
+        ),
+        ("{hosts: [\"a.*.com\"]}", "spec.hosts[0]"),
+        (
+            "{hosts: [a.com], ports: [0]}",
+            "spec.ports[0]: port 0 is out of range",
+        ),
+        (
+            "{hosts: [a.com], tls: {ca_pem: nonsense}}",
+            "spec.tls.ca_pem: must be one or more PEM certificates",
+        ),
+    ];
+    for (spec, want) in cases {
+        let got = errors(&format!(
+            "kind: External\nmetadata: {{name: x}}\nspec: {spec}\n"
+        ));
+        assert!(got.contains(want), "{spec}\n  got:  {got}\n  want: {want}");
+    }
+}

@@ -113,6 +113,12 @@ impl DiscoveryHub {
                     Interest::Members(s) => {
                         targets.extend(self.members.get(&s).into_iter().flatten())
                     }
+                    Interest::Namespace(ns) => targets.extend(
+                        self.members
+                            .iter()
+                            .filter(|((n, _), _)| *n == ns)
+                            .flat_map(|(_, set)| set.iter().copied()),
+                    ),
                     Interest::CallersAndMembers(s) => {
                         targets.extend(self.callers.get(&s).into_iter().flatten());
                         targets.extend(self.members.get(&s).into_iter().flatten());

@@ -140,6 +140,15 @@ pub fn full_state(reader: &StateReader, scope: &Scope) -> (u64, Vec<Arc<Resource
         if !scope.calls.contains(&scope.own) {
             out.extend(v.for_service(Kind::Route, &scope.own.0, &scope.own.1));
         }
+        // Egress: the namespace's Externals and the Policies on them.
+        out.extend(
+            v.of_kind(Kind::External)
+                .into_iter()
+                .filter(|r| r.metadata.namespace == scope.own.0),
+        );
+        out.extend(v.of_kind(Kind::Policy).into_iter().filter(|r| {
+            r.metadata.namespace == scope.own.0 && matches!(&r.spec, Spec::Policy(p) if p.external)
+        }));
         for kind in [Kind::MeshConfig, Kind::Revocation, Kind::Peer, Kind::Export] {
             out.extend(
                 v.of_kind(kind)

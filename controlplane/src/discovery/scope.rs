@@ -1,6 +1,7 @@
 //! What a proxy receives: the Services, Endpoints and Routes of the services
 //! it calls, the Policies and Route of its own service (a Route's
-//! `rate_limit` is kept by the callee's proxies), and the MeshConfig.
+//! `rate_limit` is kept by the callee's proxies), the Externals of its
+//! namespace and their Policies (egress), and the MeshConfig.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +20,8 @@ pub enum Interest {
     Members(ServiceId),
     /// Proxies that call this service, and its own.
     CallersAndMembers(ServiceId),
+    /// Every proxy of this namespace.
+    Namespace(String),
     /// Every proxy.
     Everyone,
     /// No proxy.
@@ -32,6 +35,9 @@ pub fn interest(r: &Resource) -> Interest {
         Spec::Service(_) => Interest::Callers((ns, r.metadata.name.clone())),
         Spec::Endpoint(e) => Interest::Callers((ns, e.service.clone())),
         Spec::Route(x) => Interest::CallersAndMembers((ns, x.service.clone())),
+        // Egress: kept by every proxy of the namespace (their outbound).
+        Spec::External(_) => Interest::Namespace(ns),
+        Spec::Policy(p) if p.external => Interest::Namespace(ns),
         Spec::Policy(p) => Interest::Members((ns, p.service.clone())),
         // An import is reached as `service.namespace.peer`, or through a
         // Route's failover: its callers are the local service's.
@@ -80,6 +86,7 @@ impl Scope {
             Interest::Callers(s) => self.calls.contains(&s),
             Interest::Members(s) => s == self.own,
             Interest::CallersAndMembers(s) => s == self.own || self.calls.contains(&s),
+            Interest::Namespace(ns) => ns == self.own.0,
             Interest::Everyone => true,
             Interest::Nobody => false,
         }

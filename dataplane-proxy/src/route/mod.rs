@@ -88,6 +88,31 @@ pub fn choose<B>(rules: &[Rule], req: &Request<B>) -> Option<(usize, usize)> {
     None
 }
 
+/// A request leaving the mesh: a declared host's, or (under MeshConfig
+/// `outbound: allow`) an undeclared one's.
+async fn egress(
+    config: &Config,
+    dest: crate::egress::Destination,
+    req: Request<Body>,
+    host: String,
+    port: u16,
+) -> Result<Response<Body>, ProxyError> {
+    let current = config.current();
+    if matches!(dest, crate::egress::Destination::Undeclared)
+        && current.authz.outbound == raftmesh_api::OutboundMode::Deny
+    {
+        return Err(ProxyError::EgressDenied(format!(
+            "{host}:{port}: no External declares it and MeshConfig outbound is deny"
+        )));
+    }
+    let td = &current.authz.trust_domain;
+    let me = (!td.is_empty()).then(|| {
+        raftmesh_api::identity::spiffe_id(td, &config.identity.namespace, &config.identity.service)
+    });
+    drop(current);
+    crate::egress::send(dest, req, host, port, me.as_deref()).await
+}
+
 /// The hashed consistent-hash key of `req`, if it has one.
 fn hash_key<B>(key: &HashKey, req: &Request<B>, me: &crate::compiled::Identity) -> Option<u64> {
     use crate::balance::ring::key_hash;
@@ -172,6 +197,47 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
             if let Some(uri) = crate::path::normalise_uri(req.uri()).map_err(ProxyError::BadPath)? {
                 *req.uri_mut() = uri;
             }
+            let mut outside = None;
+            if fixed.is_none() {
+                // A host an External declares, or an IP address: egress.
+                let current = config.current();
+                let ip_like = req
+                    .uri()
+                    .host()
+                    .or_else(|| {
+                        req.headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                    })
+                    .and_then(|h| h.bytes().next())
+                    .is_some_and(|b| b.is_ascii_digit() || b == b'[');
+                if ip_like || !current.externals.is_empty() {
+                    if let Some((host, port)) = crate::egress::host_port(&req) {
+                        if let Some(e) = crate::egress::declared(&current.externals, &host) {
+                            return egress(
+                                &config,
+                                crate::egress::Destination::Declared(e),
+                                req,
+                                host,
+                                port,
+                            )
+                            .await;
+                        }
+                        if host.parse::<std::net::IpAddr>().is_ok() {
+                            return egress(
+                                &config,
+                                crate::egress::Destination::Undeclared,
+                                req,
+                                host,
+                                port,
+                            )
+                            .await;
+                        }
+                        outside = Some((host, port));
+                    }
+                }
+            }
+            let is_fixed = fixed.is_some();
             let id = match fixed {
                 Some(id) => id,
                 None => service_of_with(&req, &config.namespace, |p| config.is_peer(p))?,
@@ -179,8 +245,30 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
             let mut table = config.current().service(&id).cloned();
             if table.is_none() {
                 // A service not seen before: ask the control plane for it and
-                // give it a moment to arrive.
-                table = config.learn(&id, FIRST_SIGHT_WAIT).await;
+                // give it a moment to arrive. A dotted name may be a host
+                // outside the mesh: its misses are remembered a while.
+                let host = match &outside {
+                    Some(o) => Some(o.clone()),
+                    None if !is_fixed => crate::egress::host_port(&req),
+                    None => None,
+                }
+                .filter(|(h, _)| crate::egress::may_be_external(h));
+                table = match host {
+                    Some((host, port)) => match config.lookup(&id, FIRST_SIGHT_WAIT).await {
+                        Some(t) => Some(t),
+                        None => {
+                            return egress(
+                                &config,
+                                crate::egress::Destination::Undeclared,
+                                req,
+                                host,
+                                port,
+                            )
+                            .await
+                        }
+                    },
+                    None => config.learn(&id, FIRST_SIGHT_WAIT).await,
+                };
             }
             let label = format!("{}.{}", id.1, id.0);
             let table = table.ok_or_else(|| ProxyError::NoRoute(label.clone()))?;

@@ -6,6 +6,7 @@
 mod capture;
 mod control_plane;
 mod dns;
+mod egress;
 mod faults;
 mod resilience;
 mod routing;
