@@ -182,6 +182,28 @@ mod tests {
         assert!(!scope.wants(&doc(
             "kind: Policy\nmetadata: {name: p}\nspec: {service: api}"
         )));
+        // Its own service's Route (a rate limit), not another's it does
+        // not call.
+        assert!(scope.wants(&doc(
+            "kind: Route\nmetadata: {name: w}\nspec: {service: web}"
+        )));
+        assert!(!scope.wants(&doc(
+            "kind: Route\nmetadata: {name: d}\nspec: {service: db}"
+        )));
+        // Egress: its namespace's Externals and the Policies on them, not
+        // another namespace's.
+        assert!(scope.wants(&doc(
+            "kind: External\nmetadata: {name: stripe}\nspec: {hosts: [api.stripe.com]}"
+        )));
+        assert!(scope.wants(&doc(
+            "kind: Policy\nmetadata: {name: p}\nspec: {service: stripe, external: true}"
+        )));
+        assert!(!scope.wants(&doc(
+            "kind: External\nmetadata: {name: stripe, namespace: prod}\nspec: {hosts: [api.stripe.com]}"
+        )));
+        assert!(!scope.wants(&doc(
+            "kind: Policy\nmetadata: {name: p, namespace: prod}\nspec: {service: stripe, external: true}"
+        )));
         assert!(scope.wants(&doc("kind: MeshConfig\nmetadata: {name: mesh}\nspec: {}")));
         assert!(!scope.wants(&doc(&format!(
             "kind: Token\nmetadata: {{name: t}}\nspec: {{secret_sha256: {}, role: admin, created_at_ms: 1}}",

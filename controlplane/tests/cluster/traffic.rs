@@ -283,3 +283,72 @@ fn websockets_and_connect_tunnels_cross_both_proxies_over_mtls_and_end_when_a_po
         c.shutdown().await;
     });
 }
+
+#[test]
+fn externals_and_the_policies_on_them_reach_every_proxy_of_their_namespace() {
+    run(async {
+        let (c, mut admin) = cluster_with_web().await;
+        let dir = tempfile::tempdir().unwrap();
+        let t = bootstrap_token(&mut admin, "frontend").await;
+        let fe = raftmesh_dataplane_proxy::start(proxy_config(
+            &c,
+            dir.path(),
+            "frontend",
+            "frontend-1",
+            None,
+            t,
+            &[],
+        ))
+        .await
+        .unwrap();
+        let held = |p: &raftmesh_dataplane_proxy::Proxy| {
+            let cur = p.config.current();
+            cur.externals
+                .iter()
+                .map(|e| (e.name.clone(), e.authz.policies.len()))
+                .collect::<Vec<_>>()
+        };
+        admin
+            .apply(apply_req(vec![
+                doc("kind: External\nmetadata: {name: stripe}\nspec: {hosts: [api.stripe.com], ports: [443]}"),
+                doc("kind: Policy\nmetadata: {name: no-stripe}\nspec: {service: stripe, external: true, action: deny}"),
+                doc("kind: External\nmetadata: {name: other, namespace: prod}\nspec: {hosts: [other.example.com]}"),
+            ]))
+            .await
+            .unwrap();
+        // As a change, to a proxy already connected (it calls nothing).
+        eventually("the External at the proxy", Duration::from_secs(10), || {
+            let h = held(&fe);
+            async move { (h == vec![("stripe".to_string(), 1)]).then_some(()) }
+        })
+        .await;
+        // In the first config of a proxy that connects afterwards.
+        let t = bootstrap_token(&mut admin, "batch").await;
+        let b = raftmesh_dataplane_proxy::start(proxy_config(
+            &c,
+            dir.path(),
+            "batch",
+            "batch-1",
+            None,
+            t,
+            &[],
+        ))
+        .await
+        .unwrap();
+        eventually(
+            "the External in a first config",
+            Duration::from_secs(10),
+            || {
+                let h = held(&b);
+                async move { (h == vec![("stripe".to_string(), 1)]).then_some(()) }
+            },
+        )
+        .await;
+        // The Policy on the External is not taken for the proxy's own
+        // inbound authorization.
+        assert!(b.config.current().authz.policies.is_empty());
+        fe.shutdown().await;
+        b.shutdown().await;
+        c.shutdown().await;
+    });
+}
