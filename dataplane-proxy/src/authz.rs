@@ -133,6 +133,7 @@ mod tests {
     fn pol(action: Action, from: &[&str], methods: &[&str], paths: &[&str]) -> PolicySpec {
         PolicySpec {
             service: "api".into(),
+            external: false,
             action,
             from: from.iter().map(|s| s.to_string()).collect(),
             to: if methods.is_empty() && paths.is_empty() {
