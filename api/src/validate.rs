@@ -109,10 +109,16 @@ impl Checker<'_> {
     }
 
     fn path_prefix(&mut self, p: &str, field: &str) {
+        // RFC 3986 path characters: unreserved, sub-delims, ':', '@', '/',
+        // and '%' escapes.
+        let path_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b);
         self.check(
-            p.starts_with('/') && !p.chars().any(|c| c.is_control() || c == ' '),
+            p.starts_with('/') && p.bytes().all(path_char),
             field,
-            format!("{} must start with '/' and hold no spaces", shown(p)),
+            format!(
+                "{} must start with '/' and hold only URI path characters (no spaces, '?', '#' or non-ASCII: escape them with %)",
+                shown(p)
+            ),
         );
     }
 
@@ -221,6 +227,20 @@ pub fn compile_regex(re: &str) -> Result<regex::Regex, String> {
     if re.len() > 1024 {
         return Err(format!("{} is longer than 1024 characters", shown(re)));
     }
+    let fail = |e: regex::Error| {
+        let first = e.to_string();
+        let last = first.lines().last().unwrap_or_default().trim().to_string();
+        format!(
+            "{} is not a regular expression (RE2 syntax): {last}",
+            shown(re)
+        )
+    };
+    // Alone first: a `)` that closes the anchoring group early (`a)|(?:.*`)
+    // does not parse on its own.
+    regex::RegexBuilder::new(re)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(fail)?;
     regex::RegexBuilder::new(&format!("^(?:{re})$"))
         .size_limit(1 << 20)
         .build()
@@ -659,13 +679,14 @@ fn validate_external(c: &mut Checker<'_>, e: &crate::ExternalSpec) {
     );
     for (i, h) in e.hosts.iter().enumerate() {
         let name = h.strip_prefix("*.").unwrap_or(h);
-        let ok = (dns_subdomain(name).is_ok() && (name.contains('.') || !h.starts_with("*.")))
+        // A single label is only ever a mesh service's name.
+        let ok = (dns_subdomain(name).is_ok() && name.contains('.'))
             || (!h.starts_with("*.") && h.parse::<std::net::Ipv4Addr>().is_ok());
         c.check(
             ok,
             format!("spec.hosts[{i}]"),
             format!(
-                "{} is not a lower-case DNS name, *.<name with a dot>, or an IPv4 address",
+                "{} is not a lower-case DNS name with a dot, *.<such a name>, or an IPv4 address",
                 shown(h)
             ),
         );
@@ -793,9 +814,9 @@ fn validate_route(c: &mut Checker<'_>, r: &crate::RouteSpec) {
             }
             if let Some(b) = m.max_body_bytes {
                 c.check(
-                    b <= 10 * 1024 * 1024,
+                    (1..=10 * 1024 * 1024).contains(&b),
                     format!("{mf}.max_body_bytes"),
-                    format!("{b} is more than 10 MiB (10485760)"),
+                    format!("{b} must be between 1 and 10 MiB (10485760)"),
                 );
             }
             c.check(

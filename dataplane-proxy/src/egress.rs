@@ -199,8 +199,20 @@ pub async fn send(
     host: String,
     port: u16,
     me: Option<&str>,
+    config: &crate::state::Config,
 ) -> Result<Response<Body>, ProxyError> {
     let where_to = format!("{host}:{port}");
+    // Never to this proxy's own listeners (a request relayed to itself
+    // would loop until sockets run out).
+    let loops = |addrs: &[std::net::SocketAddr]| {
+        if addrs.iter().any(|a| config.is_own(*a)) {
+            Err(ProxyError::EgressDenied(format!(
+                "{where_to} is this proxy's own listener"
+            )))
+        } else {
+            Ok(())
+        }
+    };
     let tls = match &dest {
         Destination::Declared(e) => {
             if !e.ports.contains(&port) {
@@ -209,13 +221,19 @@ pub async fn send(
                     e.name
                 )));
             }
-            crate::authz::decide(&e.authz, me, req.method().as_str(), req.uri().path())
-                .map_err(ProxyError::Denied)?;
+            // A CONNECT tunnel carries anything: decided as opaque TCP.
+            let (m, p) = if req.method() == Method::CONNECT {
+                ("", "")
+            } else {
+                (req.method().as_str(), req.uri().path())
+            };
+            crate::authz::decide(&e.authz, me, m, p).map_err(ProxyError::Denied)?;
             e.tls.clone()
         }
         Destination::Undeclared => None,
     };
     if req.method() == Method::CONNECT {
+        loops(&resolve(&host, port).await?)?;
         let stream = connect(&host, port).await?;
         let mut resp = Response::new(crate::empty());
         resp.extensions_mut()
@@ -224,13 +242,14 @@ pub async fn send(
     }
     crate::forward::strip_hop_by_hop(req.headers_mut());
     match tls {
-        Some(Ok((tls_port, client))) => return originate(req, &host, tls_port, client).await,
+        Some(Ok((tls_port, client))) => {
+            loops(&resolve(&host, tls_port).await?)?;
+            return originate(req, &host, tls_port, client).await;
+        }
         Some(Err(why)) => return Err(ProxyError::Connect(format!("{where_to} ({why})"))),
         None => {}
     }
-    if matches!(dest, Destination::Undeclared) {
-        resolve(&host, port).await?;
-    }
+    loops(&resolve(&host, port).await?)?;
     // Plain HTTP, on pooled connections.
     static PLAIN: OnceLock<Client<HttpConnector, Body>> = OnceLock::new();
     let client = PLAIN.get_or_init(|| {

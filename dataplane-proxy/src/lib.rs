@@ -345,6 +345,8 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     let admin_l = bind(&mut sockets, cfg.admin, "admin").await?;
     let outbound = outbound_l.local_addr()?;
     let admin = admin_l.local_addr()?;
+    config.note_own_port(outbound.port());
+    config.note_own_port(admin.port());
     tasks.push(tokio::spawn(server::serve_outbound(
         outbound_l,
         server::outbound_stack(config.clone(), forward.clone()),
@@ -362,6 +364,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         Some(addr) => {
             let l = bind(&mut sockets, addr, "capture").await?;
             let a = l.local_addr()?;
+            config.note_own_port(a.port());
             // Capture redirects the workload's IPv6 connections to ::1 on
             // the same port: listen there too, where the host has IPv6.
             let v6 = match ipv6_twin(addr) {
@@ -410,6 +413,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         Some(port) => {
             let l = bind(&mut sockets, cfg.inbound, "inbound").await?;
             let a = l.local_addr()?;
+            config.note_own_port(a.port());
             tasks.push(tokio::spawn(server::serve_inbound(
                 l,
                 config.clone(),
@@ -423,6 +427,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         None if cfg.gateway => {
             let l = bind(&mut sockets, cfg.inbound, "gateway").await?;
             let a = l.local_addr()?;
+            config.note_own_port(a.port());
             tasks.push(tokio::spawn(gateway::serve(
                 l,
                 config.clone(),
@@ -441,6 +446,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
             .tcp(&format!("upstream {name}"), *addr)
             .await
             .with_context(|| format!("cannot listen on upstream {addr} (--upstream {name})"))?;
+        config.note_own_port(l.local_addr()?.port());
         upstreams.push((name.clone(), l.local_addr()?));
         let (svc, ns) = name.split_once('.').unwrap_or((name, &cfg.namespace));
         subscriptions.insert(format!("{svc}.{ns}"));

@@ -114,10 +114,6 @@ pub fn normalise(path: &str) -> Result<Cow<'_, str>, PathError> {
 
 /// `uri` with its path in normal form (the query untouched).
 pub fn normalise_uri(uri: &Uri) -> Result<Option<Uri>, PathError> {
-    // A CONNECT's authority form has no path.
-    if uri.path().is_empty() && uri.scheme().is_none() && uri.authority().is_some() {
-        return Ok(None);
-    }
     let Cow::Owned(path) = normalise(uri.path())? else {
         return Ok(None);
     };

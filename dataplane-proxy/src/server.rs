@@ -118,10 +118,12 @@ pub(crate) async fn outbound_connection(
     let _guard = ConnGuard::open(&metrics, "outbound");
     let io = Watched::new(stream, clock.clone());
     let svc_clock = clock.clone();
+    let svc_life = life.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let mut stack = stack.clone();
         let metrics = metrics.clone();
         let in_flight = svc_clock.request();
+        let life = svc_life.clone();
         async move {
             let started = Instant::now();
             let info = RouteInfo::default();
@@ -138,9 +140,9 @@ pub(crate) async fn outbound_connection(
                     .and_then(|t| t.take())
                 {
                     // A CONNECT out of the mesh.
-                    crate::upgrade::splice_tcp(client, stream, None);
+                    crate::upgrade::splice_tcp(client, stream, Some(closing_guard(&life)));
                 } else if crate::upgrade::switched(&method, &resp) {
-                    crate::upgrade::splice(client, &mut resp, None);
+                    crate::upgrade::splice(client, &mut resp, Some(closing_guard(&life)));
                 }
             }
             let (service, subset) = info.0.get().cloned().unwrap_or_default();
@@ -182,6 +184,15 @@ pub(crate) async fn outbound_connection(
             }
             _ = crate::stopped(&mut conn_stop) => return,
         }
+    }
+}
+
+/// The guard of a tunnel the caller's side opens: it ends when the proxy
+/// closes (the callee's side decides the policies).
+fn closing_guard(life: &watch::Sender<crate::health::Life>) -> crate::upgrade::Guard {
+    crate::upgrade::Guard {
+        life: life.clone(),
+        policy: None,
     }
 }
 
@@ -477,13 +488,21 @@ impl Inbound {
                 let strict = this.config.current().authz.mtls == MtlsMode::Strict;
                 let grpc = crate::error::is_grpc(req.headers());
                 let mut req = req;
-                let normal = crate::path::normalise_uri(req.uri());
+                // A CONNECT names an authority, no path: it is decided as
+                // opaque TCP below.
+                let connect = req.method() == http::Method::CONNECT;
+                let normal = if connect {
+                    Ok(None)
+                } else {
+                    crate::path::normalise_uri(req.uri())
+                };
                 // A mesh proxy in strict mode serves no request without a
                 // client certificate (plaintext, or TLS accepted while
                 // permissive).
                 let mut decided: Option<(http::Method, http::Uri)> = None;
                 let mut tunnel: Option<hyper::upgrade::OnUpgrade> = None;
                 let mut tunnel_to_app: Option<tokio::net::TcpStream> = None;
+                let mut decided_opaque = false;
                 let result = if this.member && strict && who.is_none() {
                     Err(ProxyError::MtlsRequired)
                 } else if let Err(e) = normal {
@@ -494,12 +513,15 @@ impl Inbound {
                         *req.uri_mut() = uri;
                     }
                     let authz = this.config.current();
-                    match authz::decide(
-                        &authz.authz,
-                        who.as_deref(),
-                        req.method().as_str(),
-                        req.uri().path(),
-                    ) {
+                    // A CONNECT tunnel carries anything: decided as opaque
+                    // TCP (no method, no path), so a deny that covers the
+                    // caller refuses it.
+                    let (method, path) = if connect {
+                        ("", "")
+                    } else {
+                        (req.method().as_str(), req.uri().path())
+                    };
+                    match authz::decide(&authz.authz, who.as_deref(), method, path) {
                         Err(why) => Err(ProxyError::Denied(why)),
                         Ok(())
                             if authz
@@ -516,6 +538,9 @@ impl Inbound {
                             // Cheap clones (shared bytes): kept to decide again
                             // while a streaming answer flows.
                             decided = Some((req.method().clone(), req.uri().clone()));
+                            if connect {
+                                decided_opaque = true;
+                            }
                             authz::set_caller(req.headers_mut(), who.as_deref());
                             let mut req = req.map(|b| b.boxed());
                             if crate::upgrade::requested(&req) {
@@ -552,16 +577,23 @@ impl Inbound {
                         method.clone(),
                         uri.clone(),
                     );
+                    let member = this.member;
                     let still: Box<dyn Fn() -> bool + Send> = Box::new(move || {
-                        authz::decide(
-                            &config.current().authz,
-                            who.as_deref(),
-                            m.as_str(),
-                            u.path(),
-                        )
-                        .is_ok()
+                        let c = config.current();
+                        // A plaintext tunnel ends when the mesh turns strict.
+                        let plaintext_refused =
+                            member && who.is_none() && c.authz.mtls == MtlsMode::Strict;
+                        let (m, p) = if decided_opaque {
+                            ("", "")
+                        } else {
+                            (m.as_str(), u.path())
+                        };
+                        !plaintext_refused && authz::decide(&c.authz, who.as_deref(), m, p).is_ok()
                     });
-                    let guard = Some((this.config.watch(), still));
+                    let guard = Some(crate::upgrade::Guard {
+                        life: this.config.life.clone(),
+                        policy: Some((this.config.clone(), still)),
+                    });
                     match tunnel_to_app {
                         Some(app) => crate::upgrade::splice_tcp(client, app, guard),
                         None if crate::upgrade::switched(method, &resp) => {

@@ -31,6 +31,8 @@ pub struct Config {
     pub inbound_open: Arc<std::sync::atomic::AtomicUsize>,
     /// The buckets of the service's Route `rate_limit` (inbound).
     pub limiter: crate::ratelimit::Limiter,
+    /// The ports this proxy listens on (egress never relays to them).
+    pub own_ports: std::sync::Mutex<Vec<u16>>,
     /// Outbound (and captured) connections open (a takeover waits for them).
     pub outbound_open: Arc<std::sync::atomic::AtomicUsize>,
     current: ArcSwap<CompiledConfig>,
@@ -38,6 +40,11 @@ pub struct Config {
     learn_tx: Option<mpsc::Sender<Interest>>,
     /// Names the control plane did not know when last asked, and when.
     misses: std::sync::Mutex<std::collections::HashMap<ServiceId, tokio::time::Instant>>,
+}
+
+/// Whether `ip` is an address of this host (bound to an interface).
+fn is_local_ip(ip: std::net::IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// What the discovery client is told about a service requests asked for.
@@ -78,6 +85,7 @@ impl Config {
             probe_failure: Default::default(),
             inbound_open: Default::default(),
             limiter: Default::default(),
+            own_ports: Default::default(),
             outbound_open: Default::default(),
             current: ArcSwap::from_pointee(initial),
             changed,
@@ -97,6 +105,26 @@ impl Config {
         self.current.store(Arc::new(s));
         self.changed
             .send_modify(|r| *r = rev.max(r.wrapping_add(1)));
+    }
+
+    /// Records a port this proxy listens on.
+    pub fn note_own_port(&self, port: u16) {
+        self.own_ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(port);
+    }
+
+    /// Whether `addr` is one of this proxy's own listeners (a local
+    /// address on a port it listens on).
+    pub fn is_own(&self, addr: std::net::SocketAddr) -> bool {
+        let listened = self
+            .own_ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&addr.port());
+        listened
+            && (addr.ip().is_loopback() || addr.ip().is_unspecified() || is_local_ip(addr.ip()))
     }
 
     /// Notified on every install.

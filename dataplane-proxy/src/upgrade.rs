@@ -11,8 +11,12 @@ use http::header::{HeaderMap, HeaderValue, CONNECTION, UPGRADE};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+
 use tokio::sync::watch;
 
+use crate::health::Life;
+use crate::state::Config;
 use crate::Body;
 
 /// Whether `h`'s `Connection` lists the `upgrade` token.
@@ -30,7 +34,10 @@ fn connection_upgrade(h: &HeaderMap) -> bool {
 /// itself by prior knowledge).
 fn wanted(h: &HeaderMap) -> Option<&HeaderValue> {
     let up = h.get(UPGRADE)?;
-    (connection_upgrade(h) && !up.as_bytes().eq_ignore_ascii_case(b"h2c")).then_some(up)
+    let h2c = up.to_str().map_or(true, |s| {
+        s.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+    });
+    (connection_upgrade(h) && !h2c && h.get_all(UPGRADE).iter().count() == 1).then_some(up)
 }
 
 /// Whether `req` opens a tunnel: a CONNECT, or an HTTP/1.1 upgrade.
@@ -56,9 +63,16 @@ pub fn switched(method: &Method, resp: &Response<Body>) -> bool {
         || (method == Method::CONNECT && resp.status().is_success())
 }
 
-/// Ends a tunnel when a policy change stops allowing it: the config's
-/// revision watch, and the decision to run again on each change.
-pub type Guard = (watch::Receiver<u64>, Box<dyn Fn() -> bool + Send>);
+/// Ends a tunnel when a config change stops allowing it (`still` runs
+/// again on each change: a policy, strict mTLS), and when the proxy
+/// closes (a drain or a takeover).
+pub struct Guard {
+    /// The proxy's lifecycle.
+    pub life: watch::Sender<Life>,
+    /// The config, and whether the tunnel may go on under it (none on the
+    /// caller's side, where no policy decides).
+    pub policy: Option<(Arc<Config>, Box<dyn Fn() -> bool + Send>)>,
+}
 
 /// Splices the client's upgraded connection with the far side's, once
 /// both are handed over, until either closes (or `guard` says no more).
@@ -89,21 +103,26 @@ where
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
-    let Some((mut changes, still)) = guard else {
+    let Some(Guard { life, policy }) = guard else {
         let _ = copy.await;
         return;
     };
     let revoked = async move {
-        while changes.changed().await.is_ok() {
-            if !still() {
-                return;
+        if let Some((config, still)) = policy {
+            let mut changes = config.watch();
+            while changes.changed().await.is_ok() {
+                if !still() {
+                    return;
+                }
             }
         }
-        // The config is gone (the proxy stops): keep to the copy.
+        // No policy, or the config is gone (the proxy stops): keep to the
+        // copy.
         std::future::pending::<()>().await;
     };
     tokio::select! {
         _ = copy => {}
-        () = revoked => tracing::info!("closed a tunnel: a policy change no longer allows it"),
+        () = revoked => tracing::info!("closed a tunnel: the config no longer allows it"),
+        () = crate::health::closing(&life) => tracing::debug!("closed a tunnel: the proxy is closing"),
     }
 }

@@ -428,7 +428,19 @@ fn bad_traffic_policy_fields_are_refused_naming_field_and_rule() {
         ),
         (
             "  rules: [{mirror: {subset: {version: v2}, percent: 1, max_body_bytes: 20000000}}]\n",
-            "spec.rules[0].mirror.max_body_bytes: 20000000 is more than 10 MiB",
+            "spec.rules[0].mirror.max_body_bytes: 20000000 must be between 1 and 10 MiB",
+        ),
+        (
+            "  rules: [{matches: [{path: {regex: \"/public)|(?:.*\"}}]}]\n",
+            "spec.rules[0].matches[0].path.regex: \"/public)|(?:.*\" is not a regular expression",
+        ),
+        (
+            "  rules: [{matches: [{path_prefix: /a}], rewrite: {path_prefix: \"/é/\"}}]\n",
+            "spec.rules[0].rewrite.path_prefix: \"/é/\" must start with '/' and hold only URI path characters",
+        ),
+        (
+            "  rules: [{redirect: {path: \"/x?y\"}}]\n",
+            "spec.rules[0].redirect.path: \"/x?y\" must start with '/' and hold only URI path characters",
         ),
         (
             "  load_balancer: consistent-hash\n",
@@ -478,9 +490,13 @@ fn an_external_names_hosts_ports_and_its_tls_and_bad_ones_are_refused() {
         ),
         (
             "{hosts: [\"*.com\"]}",
-            "spec.hosts[0]: \"*.com\" is not a lower-case DNS name, *.<name with a dot>",
+            "spec.hosts[0]: \"*.com\" is not a lower-case DNS name with a dot",
         ),
         ("{hosts: [\"a.*.com\"]}", "spec.hosts[0]"),
+        (
+            "{hosts: [web]}",
+            "spec.hosts[0]: \"web\" is not a lower-case DNS name with a dot",
+        ),
         (
             "{hosts: [a.com], ports: [0]}",
             "spec.ports[0]: port 0 is out of range",

@@ -256,6 +256,26 @@ fn websockets_and_connect_tunnels_cross_both_proxies_over_mtls_and_end_when_a_po
             .unwrap();
         assert!(answer.ends_with("plain /through"), "{answer}");
 
+        // A deny limited to a path covers a CONNECT (decided as opaque
+        // TCP: it could carry a request for that path), not the open
+        // WebSocket to another path.
+        admin
+            .apply(apply_req(vec![doc(
+                "kind: Policy\nmetadata: {name: no-admin}\nspec: {service: web, action: deny, to: [{paths: [/admin]}]}",
+            )]))
+            .await
+            .unwrap();
+        eventually("CONNECT refused", Duration::from_secs(10), || async {
+            let (_t, head) = open(
+                fe.outbound,
+                "CONNECT web:80 HTTP/1.1\r\nHost: web:80\r\n\r\n",
+            )
+            .await;
+            head.starts_with("HTTP/1.1 403").then_some(())
+        })
+        .await;
+        assert_eq!(echo_round(&mut s, b"still open").await, b"still open");
+
         // A deny policy for the caller closes the open WebSocket.
         admin
             .apply(apply_req(vec![doc(

@@ -49,7 +49,13 @@ pub fn pick_avoiding(
     // spills a share to the rest of its cluster when too few of its own
     // are usable. (Each endpoint's state is read once: `ejected` reads
     // the clock.)
-    let tier_of = |i: &usize| t.endpoints[*i].tier;
+    // Consistent hashing keeps a key on one endpoint of the cluster
+    // whatever the caller's zone: its zones are one tier then.
+    let hashing = t.lb == LoadBalancer::ConsistentHash;
+    let tier_of = |i: &usize| match t.endpoints[*i].tier {
+        tier::CLUSTER if hashing => tier::ZONE,
+        x => x,
+    };
     let candidates = |avoid: &[usize]| -> Vec<usize> {
         let mut ok: Vec<usize> = backend
             .endpoints

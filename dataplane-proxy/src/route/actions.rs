@@ -203,10 +203,26 @@ impl Actions {
 fn replaced_prefix<B>(req: &Request<B>, matches: &[Match], to: &str) -> Option<String> {
     let prefix = matches.iter().find(|m| m.test(req))?.prefix()?;
     let rest = req.uri().path().strip_prefix(prefix)?;
-    // `/api` → `/` on `/api/items` gives `/items`, not `//items`.
-    Some(match rest.strip_prefix('/') {
-        Some(r) if to.ends_with('/') => format!("{to}{r}"),
-        _ => format!("{to}{rest}"),
+    join_prefix(prefix, rest, to)
+}
+
+/// The path with `prefix` (matched, leaving `rest`) replaced by `to`, on
+/// path segments: `/api` → `/v2` turns `/api/items` into `/v2/items` and
+/// `/api/` → `/v2` does too, but `/apiadmin` is not rewritten (`None`):
+/// the prefix ended inside a segment.
+pub fn join_prefix(prefix: &str, rest: &str, to: &str) -> Option<String> {
+    let base = to.trim_end_matches('/');
+    let joined = if prefix.ends_with('/') {
+        format!("{base}/{rest}")
+    } else if rest.is_empty() || rest.starts_with('/') {
+        format!("{base}{rest}")
+    } else {
+        return None;
+    };
+    Some(if joined.is_empty() {
+        "/".into()
+    } else {
+        joined
     })
 }
 

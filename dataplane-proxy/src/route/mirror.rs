@@ -33,7 +33,12 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// How long a copy may take before it is dropped.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Body bytes kept for copies per proxy, at most (beyond, a copy being
+/// collected is dropped).
+pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Where copies go.
 #[derive(Debug, Clone)]
@@ -86,7 +91,12 @@ impl Mirror {
         config: &Arc<Config>,
         inner: &S,
     ) -> Request<Body> {
-        if self.percent == 0 || rand::rng().random_range(0..100) >= self.percent {
+        // A tunnel (upgrade, CONNECT) is never copied: the copy would open
+        // one too.
+        if self.percent == 0
+            || crate::upgrade::requested(&req)
+            || rand::rng().random_range(0..100) >= self.percent
+        {
             return req;
         }
         let Some(slot) = Slot::take() else {
@@ -133,8 +143,12 @@ impl Mirror {
         );
         tokio::spawn(async move {
             let _slot = slot;
-            // The primary's body ended within the limit (else: no copy).
-            let Ok(frames) = body.await else { return };
+            // The primary's body ended within the limits (else: no copy),
+            // in time.
+            let Ok(Ok(frames)) = tokio::time::timeout(TIMEOUT, body).await else {
+                return;
+            };
+            let kept = Kept(frames.iter().map(Bytes::len).sum());
             let bytes: Bytes = match frames.len() {
                 0 => Bytes::new(),
                 1 => frames[0].clone(),
@@ -169,6 +183,7 @@ impl Mirror {
                 }
             };
             let _ = tokio::time::timeout(TIMEOUT, send).await;
+            drop(kept);
         });
         req
     }
@@ -197,13 +212,15 @@ impl hyper::body::Body for Tee {
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    this.len += d.len();
-                    if this.len > this.limit {
-                        // Too large: no copy.
-                        this.done = None;
-                        this.kept = Vec::new();
-                    } else if this.done.is_some() {
-                        this.kept.push(d.clone());
+                    if this.done.is_some() {
+                        this.len += d.len();
+                        let total = BYTES.fetch_add(d.len(), Ordering::Relaxed) + d.len();
+                        if this.len > this.limit || total > MAX_BYTES {
+                            // Too large, or too much kept already: no copy.
+                            this.give_up();
+                        } else {
+                            this.kept.push(d.clone());
+                        }
                     }
                 }
                 if this.inner.is_end_stream() {
@@ -211,7 +228,7 @@ impl hyper::body::Body for Tee {
                 }
             }
             Poll::Ready(None) => this.finish(),
-            Poll::Ready(Some(Err(_))) => this.done = None,
+            Poll::Ready(Some(Err(_))) => this.give_up(),
             Poll::Pending => {}
         }
         r
@@ -229,7 +246,36 @@ impl hyper::body::Body for Tee {
 impl Tee {
     fn finish(&mut self) {
         if let Some(tx) = self.done.take() {
-            let _ = tx.send(std::mem::take(&mut self.kept));
+            // The bytes stay counted until the copy is sent (`Kept`).
+            self.len = 0;
+            if let Err(frames) = tx.send(std::mem::take(&mut self.kept)) {
+                // The copy was given up (timed out): uncount its bytes.
+                BYTES.fetch_sub(frames.iter().map(Bytes::len).sum(), Ordering::Relaxed);
+            }
         }
+    }
+
+    fn give_up(&mut self) {
+        self.done = None;
+        self.kept = Vec::new();
+        BYTES.fetch_sub(std::mem::take(&mut self.len), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        // Dropped before its end: what it kept is no longer counted.
+        if self.done.is_some() {
+            self.give_up();
+        }
+    }
+}
+
+/// Body bytes of a copy, counted in [`BYTES`] until dropped.
+struct Kept(usize);
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        BYTES.fetch_sub(self.0, Ordering::Relaxed);
     }
 }

@@ -110,7 +110,7 @@ async fn egress(
         raftmesh_api::identity::spiffe_id(td, &config.identity.namespace, &config.identity.service)
     });
     drop(current);
-    crate::egress::send(dest, req, host, port, me.as_deref()).await
+    crate::egress::send(dest, req, host, port, me.as_deref(), config).await
 }
 
 /// The hashed consistent-hash key of `req`, if it has one.
@@ -194,8 +194,13 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
         let fixed = self.fixed.clone();
         Box::pin(async move {
             // Rules match, and the callee receives, the one normal path.
-            if let Some(uri) = crate::path::normalise_uri(req.uri()).map_err(ProxyError::BadPath)? {
-                *req.uri_mut() = uri;
+            // (A CONNECT names an authority, no path.)
+            if req.method() != http::Method::CONNECT {
+                if let Some(uri) =
+                    crate::path::normalise_uri(req.uri()).map_err(ProxyError::BadPath)?
+                {
+                    *req.uri_mut() = uri;
+                }
             }
             let mut outside = None;
             if fixed.is_none() {
@@ -252,7 +257,16 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
                     None if !is_fixed => crate::egress::host_port(&req),
                     None => None,
                 }
-                .filter(|(h, _)| crate::egress::may_be_external(h));
+                // `name.<a namespace the proxy knows>` is only ever a mesh
+                // name: a miss (or a control plane out of reach) is no
+                // route, never a request out of the mesh.
+                .filter(|(h, _)| {
+                    crate::egress::may_be_external(h)
+                        && !h
+                            .split('.')
+                            .nth(1)
+                            .is_some_and(|ns| config.knows_namespace(ns))
+                });
                 table = match host {
                     Some((host, port)) => match config.lookup(&id, FIRST_SIGHT_WAIT).await {
                         Some(t) => Some(t),

@@ -114,3 +114,28 @@ fn weighted_split_follows_the_weights() {
     // 10% of 20,000 = 2,000; the standard deviation is ~42, so ±250 is ~6σ.
     assert!((1_750..=2_250).contains(&v2), "{v2} of {n} went to v2");
 }
+
+#[test]
+fn a_prefix_is_replaced_on_path_segments() {
+    use crate::route::actions::join_prefix;
+    let cases = [
+        ("/api", "/items", "/v2", Some("/v2/items")),
+        ("/api", "/items", "/", Some("/items")),
+        ("/api", "", "/v2", Some("/v2")),
+        ("/api", "", "/", Some("/")),
+        ("/api/", "items", "/v2", Some("/v2/items")),
+        ("/api/", "items", "/v2/", Some("/v2/items")),
+        ("/api/", "items", "/", Some("/items")),
+        ("/api/", "", "/v2", Some("/v2/")),
+        // The prefix ended inside a segment: not rewritten.
+        ("/api", "admin", "/", None),
+        ("/api", "admin", "/v2", None),
+    ];
+    for (prefix, rest, to, want) in cases {
+        assert_eq!(
+            join_prefix(prefix, rest, to).as_deref(),
+            want,
+            "{prefix} + {rest} → {to}"
+        );
+    }
+}

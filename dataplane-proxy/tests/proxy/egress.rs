@@ -81,7 +81,7 @@ async fn a_declared_host_is_reached_by_http_and_connect_on_its_ports_only() {
     let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let other_port = other.local_addr().unwrap().port();
     let ext = format!(
-        "{MESH}---\nkind: External\nmetadata: {{name: stripe}}\nspec: {{hosts: [localhost], ports: [{}]}}\n",
+        "{MESH}---\nkind: External\nmetadata: {{name: stripe}}\nspec: {{hosts: [127.0.0.1], ports: [{}]}}\n",
         up.port()
     );
     let (p, _d) = proxy_with(&ext).await;
@@ -89,38 +89,38 @@ async fn a_declared_host_is_reached_by_http_and_connect_on_its_ports_only() {
     // Forward-proxy style (absolute URI) and by Host alone.
     let (status, body) = raw(
         &p,
-        &format!("GET http://localhost:{port}/v1/charges HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"),
+        &format!("GET http://127.0.0.1:{port}/v1/charges HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
     )
     .await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     assert!(
-        body.ends_with(&format!("stripe /v1/charges host=localhost:{port}")),
+        body.ends_with(&format!("stripe /v1/charges host=127.0.0.1:{port}")),
         "{body}"
     );
     let (status, _) = raw(
         &p,
-        &format!("GET /x HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"),
+        &format!("GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
     )
     .await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     // A port the External does not declare.
     let (status, body) = raw(
         &p,
-        &format!("GET /x HTTP/1.1\r\nHost: localhost:{other_port}\r\nConnection: close\r\n\r\n"),
+        &format!("GET /x HTTP/1.1\r\nHost: 127.0.0.1:{other_port}\r\nConnection: close\r\n\r\n"),
     )
     .await;
     assert_eq!(status, "HTTP/1.1 403 Forbidden", "{body}");
     assert!(body.contains("x-raftmesh-error: egress-denied"), "{body}");
     let (status, _) = raw(
         &p,
-        &format!("CONNECT localhost:{other_port} HTTP/1.1\r\nHost: localhost:{other_port}\r\n\r\n"),
+        &format!("CONNECT 127.0.0.1:{other_port} HTTP/1.1\r\nHost: 127.0.0.1:{other_port}\r\n\r\n"),
     )
     .await;
     assert_eq!(status, "HTTP/1.1 403 Forbidden");
     // CONNECT: a tunnel to the host; HTTP written into it reaches it.
     let mut s = tokio::net::TcpStream::connect(p.outbound).await.unwrap();
     s.write_all(
-        format!("CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n").as_bytes(),
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();
@@ -156,12 +156,12 @@ async fn a_policy_on_an_external_denies_this_workload_by_http_and_connect() {
     let up = outside("stripe", None).await;
     let port = up.port();
     let ext = format!(
-        "{MESH}---\nkind: External\nmetadata: {{name: stripe}}\nspec: {{hosts: [localhost], ports: [{port}]}}\n---\nkind: Policy\nmetadata: {{name: no-stripe}}\nspec: {{service: stripe, external: true, action: deny, from: ['spiffe://east.mesh/ns/default/sa/client'], to: [{{paths: [/v1/]}}]}}\n"
+        "{MESH}---\nkind: External\nmetadata: {{name: stripe}}\nspec: {{hosts: [127.0.0.1], ports: [{port}]}}\n---\nkind: Policy\nmetadata: {{name: no-stripe}}\nspec: {{service: stripe, external: true, action: deny, from: ['spiffe://east.mesh/ns/default/sa/client'], to: [{{paths: [/v1/]}}]}}\n"
     );
     let (p, _d) = proxy_with(&ext).await;
     let (status, body) = raw(
         &p,
-        &format!("GET /v1/charges HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"),
+        &format!("GET /v1/charges HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
     )
     .await;
     assert_eq!(status, "HTTP/1.1 403 Forbidden", "{body}");
@@ -169,37 +169,38 @@ async fn a_policy_on_an_external_denies_this_workload_by_http_and_connect() {
     // Outside the denied paths: allowed.
     let (status, _) = raw(
         &p,
-        &format!("GET /health HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"),
+        &format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
     )
     .await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     p.shutdown().await;
     // A deny of every request covers CONNECT too.
     let ext = format!(
-        "{MESH}---\nkind: External\nmetadata: {{name: stripe}}\nspec: {{hosts: [localhost], ports: [{port}]}}\n---\nkind: Policy\nmetadata: {{name: no-stripe}}\nspec: {{service: stripe, external: true, action: deny}}\n"
+        "{MESH}---\nkind: External\nmetadata: {{name: stripe}}\nspec: {{hosts: [127.0.0.1], ports: [{port}]}}\n---\nkind: Policy\nmetadata: {{name: no-stripe}}\nspec: {{service: stripe, external: true, action: deny}}\n"
     );
     let (p, _d) = proxy_with(&ext).await;
     let (status, body) = raw(
         &p,
-        &format!("CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"),
+        &format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
     )
     .await;
     assert_eq!(status, "HTTP/1.1 403 Forbidden", "{body}");
     p.shutdown().await;
 }
 
-/// A CA and a server config for `localhost` signed by it.
-fn tls_for_localhost() -> (String, Arc<rustls::ServerConfig>) {
+/// A CA and a server config for `127.0.0.1` signed by it.
+fn tls_for_loopback() -> (String, Arc<rustls::ServerConfig>) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(std::net::IpAddr::from([
+        127, 0, 0, 1,
+    ]))];
+    let leaf = params.signed_by(&key, &issuer).unwrap();
     let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -216,12 +217,12 @@ fn tls_for_localhost() -> (String, Arc<rustls::ServerConfig>) {
 
 #[tokio::test]
 async fn tls_origination_verifies_the_host_with_the_given_roots() {
-    let (ca_pem, server) = tls_for_localhost();
+    let (ca_pem, server) = tls_for_loopback();
     let up = outside("secure", Some(server)).await;
     let ext = |ca: &str| {
         let ca = ca.replace('\n', "\\n");
         format!(
-            "{MESH}---\nkind: External\nmetadata: {{name: secure}}\nspec: {{hosts: [localhost], ports: [80], tls: {{port: {}, ca_pem: \"{ca}\"}}}}\n",
+            "{MESH}---\nkind: External\nmetadata: {{name: secure}}\nspec: {{hosts: [127.0.0.1], ports: [80], tls: {{port: {}, ca_pem: \"{ca}\"}}}}\n",
             up.port()
         )
     };
@@ -229,18 +230,18 @@ async fn tls_origination_verifies_the_host_with_the_given_roots() {
     // The app speaks plain HTTP to port 80; the proxy speaks TLS to the host.
     let (status, body) = raw(
         &p,
-        "GET /pay HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        "GET /pay HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
-    assert!(body.ends_with("secure /pay host=localhost"), "{body}");
+    assert!(body.ends_with("secure /pay host=127.0.0.1"), "{body}");
     p.shutdown().await;
     // Other roots: the host's certificate is not trusted, nothing is sent.
-    let (other_ca, _) = tls_for_localhost();
+    let (other_ca, _) = tls_for_loopback();
     let (p, _d) = proxy_with(&ext(&other_ca)).await;
     let (status, body) = raw(
         &p,
-        "GET /pay HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        "GET /pay HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
@@ -260,6 +261,20 @@ async fn undeclared_hosts_are_relayed_under_allow_and_refused_under_deny() {
     let (p, _d) = proxy_with(MESH).await;
     let (status, body) = raw(&p, &req).await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    // Never to its own listeners: a request naming the outbound port
+    // would loop.
+    for target in [p.outbound, p.admin] {
+        let (status, body) = raw(
+            &p,
+            &format!(
+                "GET / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                target.port()
+            ),
+        )
+        .await;
+        assert_eq!(status, "HTTP/1.1 403 Forbidden", "{body}");
+        assert!(body.contains("own listener"), "{body}");
+    }
     // A dotted name that is neither a mesh service nor resolvable.
     let (status, body) = raw(
         &p,
