@@ -71,8 +71,11 @@ pub struct Guard {
     pub life: watch::Sender<Life>,
     /// The config, and whether the tunnel may go on under it (none on the
     /// caller's side, where no policy decides).
-    pub policy: Option<(Arc<Config>, Box<dyn Fn() -> bool + Send>)>,
+    pub policy: Option<(Arc<Config>, Still)>,
 }
+
+/// Whether a tunnel may go on under the config in force.
+pub type Still = Box<dyn Fn() -> bool + Send>;
 
 /// Splices the client's upgraded connection with the far side's, once
 /// both are handed over, until either closes (or `guard` says no more).

@@ -132,12 +132,23 @@ async fn frontend(
     admin: &mut raftmesh_client::Admin,
     dir: &std::path::Path,
 ) -> Proxy {
-    let ft = bootstrap_token(admin, "frontend").await;
+    caller_of_web(c, admin, dir, "frontend").await
+}
+
+/// A proxy of service `svc` calling `web`, once a request through it is
+/// answered.
+pub(super) async fn caller_of_web(
+    c: &TestCluster,
+    admin: &mut raftmesh_client::Admin,
+    dir: &std::path::Path,
+    svc: &str,
+) -> Proxy {
+    let ft = bootstrap_token(admin, svc).await;
     let frontend = raftmesh_dataplane_proxy::start(proxy_config(
         c,
         dir,
-        "frontend",
-        "frontend-1",
+        svc,
+        &format!("{svc}-1"),
         None,
         ft,
         &["web"],

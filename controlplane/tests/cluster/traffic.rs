@@ -4,8 +4,21 @@
 
 use std::time::Duration;
 
-use super::deploys::{app, cluster_with_web, doc, get, http, web_proxy, Client};
+use super::deploys::{app, caller_of_web, cluster_with_web, doc, get, http, web_proxy, Client};
 use super::support::*;
+
+/// Waits until `p` holds its service's Route `rate_limit` with `burst`.
+async fn holds_limit(p: &raftmesh_dataplane_proxy::Proxy, burst: u32) {
+    eventually(
+        "the limit at the callee's proxy",
+        Duration::from_secs(10),
+        || {
+            let l = p.config.current().authz.rate_limit.clone();
+            async move { l.filter(|l| l.burst == Some(burst)).map(|_| ()) }
+        },
+    )
+    .await;
+}
 
 /// Admitted of `n` requests through `out` to `web`; every refusal must be
 /// the rate limit's.
@@ -32,15 +45,7 @@ fn a_per_caller_rate_limit_is_kept_by_the_callee_s_proxy_for_each_identity() {
         let h = http();
         let mut callers = Vec::new();
         for svc in ["frontend", "batch"] {
-            let t = bootstrap_token(&mut admin, svc).await;
-            let cfg = proxy_config(&c, dir.path(), svc, &format!("{svc}-1"), None, t, &["web"]);
-            let p = raftmesh_dataplane_proxy::start(cfg).await.unwrap();
-            eventually("traffic through the mesh", Duration::from_secs(15), || {
-                let (h, out) = (h.clone(), p.outbound);
-                async move { matches!(get(&h, out, "web").await, Ok((200, _))).then_some(()) }
-            })
-            .await;
-            callers.push(p);
+            callers.push(caller_of_web(&c, &mut admin, dir.path(), svc).await);
         }
         let limit = |burst: u32| {
             doc(&format!(
@@ -49,11 +54,7 @@ fn a_per_caller_rate_limit_is_kept_by_the_callee_s_proxy_for_each_identity() {
         };
         admin.apply(apply_req(vec![limit(3)])).await.unwrap();
         // The callee's proxy holds its own service's Route.
-        eventually("the limit at the callee", Duration::from_secs(10), || {
-            let l = web.config.current().authz.rate_limit.clone();
-            async move { l.filter(|l| l.burst == Some(3)).map(|_| ()) }
-        })
-        .await;
+        holds_limit(&web, 3).await;
         // Each identity has its own bucket: 3 (plus at most the refill of
         // the time the 10 requests took, at 1/s) each.
         for p in &callers {
@@ -62,30 +63,14 @@ fn a_per_caller_rate_limit_is_kept_by_the_callee_s_proxy_for_each_identity() {
         }
         // A changed limit applies without a restart, with full buckets.
         admin.apply(apply_req(vec![limit(6)])).await.unwrap();
-        eventually(
-            "the new limit at the callee",
-            Duration::from_secs(10),
-            || {
-                let l = web.config.current().authz.rate_limit.clone();
-                async move { l.filter(|l| l.burst == Some(6)).map(|_| ()) }
-            },
-        )
-        .await;
+        holds_limit(&web, 6).await;
         let ok = admitted(&h, callers[0].outbound, 12).await;
         assert!((6..=7).contains(&ok), "{ok} admitted after the change");
         // A proxy that starts after the Route gets it in its first config.
         let token = bootstrap_token(&mut admin, "web").await;
         let web2 = web_proxy(&c, dir.path(), "web-2", web_app.addr, token).await;
         // (No later change carries it: only the first config can.)
-        eventually(
-            "the limit in web-2's first config",
-            Duration::from_secs(10),
-            || {
-                let l = web2.config.current().authz.rate_limit.clone();
-                async move { l.filter(|l| l.burst == Some(6)).map(|_| ()) }
-            },
-        )
-        .await;
+        holds_limit(&web2, 6).await;
         web2.shutdown().await;
         for p in callers {
             p.shutdown().await;
@@ -198,24 +183,7 @@ fn websockets_and_connect_tunnels_cross_both_proxies_over_mtls_and_end_when_a_po
         ))
         .await
         .unwrap();
-        let t = bootstrap_token(&mut admin, "frontend").await;
-        let fe = raftmesh_dataplane_proxy::start(proxy_config(
-            &c,
-            dir.path(),
-            "frontend",
-            "frontend-1",
-            None,
-            t,
-            &["web"],
-        ))
-        .await
-        .unwrap();
-        let h = http();
-        eventually("traffic through the mesh", Duration::from_secs(15), || {
-            let (h, out) = (h.clone(), fe.outbound);
-            async move { matches!(get(&h, out, "web").await, Ok((200, _))).then_some(()) }
-        })
-        .await;
+        let fe = caller_of_web(&c, &mut admin, dir.path(), "frontend").await;
         // A WebSocket handshake: the 101 comes back through both proxies,
         // then bytes flow both ways.
         let ws = "GET /chat HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";

@@ -89,6 +89,21 @@ mod tests {
             }
         }
         let share = f64::from(moved) / f64::from(keys);
+        let shares: Vec<String> = (0..10)
+            .map(|e| {
+                let n = (0..keys)
+                    .filter(|k| {
+                        ring.find(key_hash(format!("user-{k}").as_bytes()), &all) == Some(e)
+                    })
+                    .count();
+                format!("{:.2} %", 100.0 * n as f64 / f64::from(keys))
+            })
+            .collect();
+        eprintln!(
+            "one of ten endpoints leaving moved {:.2} % of {keys} keys; the ten shares: {}",
+            share * 100.0,
+            shares.join(", ")
+        );
         // 1/10, within 3 standard deviations of the ring's spread
         // (1/√160 ≈ 8 % of the share).
         assert!((0.076..=0.124).contains(&share), "moved {share}");

@@ -182,7 +182,8 @@ spec:
     )
     .await;
     let c = http_client();
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("GET", "/exact", &[], "v2"),
         ("GET", "/exact/", &[], "v1"),
         ("GET", "/exactly", &[], "v1"),
