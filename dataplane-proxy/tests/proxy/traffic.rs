@@ -1,7 +1,8 @@
 //! Traffic policy on real sockets through two proxies (the caller's
 //! outbound, then each callee's inbound to its app): matching, rewrites,
-//! header changes, redirects, least-request, consistent hashing, zone
-//! spill-over and local rate limits. Statistical tests state their bounds.
+//! header changes, redirects, mirroring, least-request, consistent
+//! hashing, zone spill-over, local rate limits and fault injection.
+//! Statistical tests state their bounds.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -615,4 +616,43 @@ spec:
     for p in [a, b1, b2, bn] {
         p.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn faults_are_injected_by_the_caller_s_proxy_in_front_of_the_callee_s() {
+    let app = echo("app", Duration::ZERO).await;
+    let (b, _db) = callee(&app, "").await;
+    let route = "kind: Route\nmetadata: {name: web}\nspec:\n  service: web\n  fault:\n    header: {name: x-chaos, value: \"on\"}\n    delay: {fixed: 200ms, percent: 100}\n    abort: {http_status: 503, percent: 50}\n";
+    let (a, _da) = caller(&[("web-1", b.inbound.unwrap(), "")], route, "").await;
+    let c = http_client();
+    // Without the header: through both proxies to the app, untouched.
+    for _ in 0..10 {
+        assert_eq!(get(&c, a.outbound, "web", "/", &[]).await.0, 200);
+    }
+    assert_eq!(app.hits.load(Ordering::SeqCst), 10);
+    // With it: every request delayed, half aborted before leaving the
+    // caller's proxy (Binomial(200, 0.5): sd 7.1, 4 sd either side).
+    let t0 = std::time::Instant::now();
+    let mut aborted = 0;
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let c = c.clone();
+        let out = a.outbound;
+        tasks.push(tokio::spawn(async move {
+            get(&c, out, "web", "/", &[("x-chaos", "on")]).await
+        }));
+    }
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _, None) => {}
+            (503, _, Some(code)) if code == "fault-injected" => aborted += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(200), "not delayed");
+    assert!((72..=128).contains(&aborted), "{aborted} of 200 aborted");
+    // Aborted requests never reached the callee's proxy or the app.
+    assert_eq!(app.hits.load(Ordering::SeqCst), 10 + 200 - aborted);
+    a.shutdown().await;
+    b.shutdown().await;
 }
