@@ -101,9 +101,18 @@ impl HttpBody for Guarded {
 
 /// Resolves once a config change denies an opaque TCP connection from `who`.
 pub async fn until_denied(config: Arc<Config>, who: Option<String>) {
+    let c = config.clone();
+    let still: StillAllowed =
+        Box::new(move || crate::authz::decide(&c.current().authz, who.as_deref(), "", "").is_ok());
+    until(config, still).await
+}
+
+/// Resolves once, at a config change, `still_allowed` says no (a tunnel
+/// the config no longer allows); never if the config goes away.
+pub async fn until(config: Arc<Config>, still_allowed: StillAllowed) {
     let mut changes = config.watch();
     while changes.changed().await.is_ok() {
-        if crate::authz::decide(&config.current().authz, who.as_deref(), "", "").is_err() {
+        if !still_allowed() {
             return;
         }
     }

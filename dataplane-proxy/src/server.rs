@@ -578,7 +578,7 @@ impl Inbound {
                         uri.clone(),
                     );
                     let member = this.member;
-                    let still: Box<dyn Fn() -> bool + Send> = Box::new(move || {
+                    let still: crate::guard::StillAllowed = Box::new(move || {
                         let c = config.current();
                         // A plaintext tunnel ends when the mesh turns strict.
                         let plaintext_refused =

@@ -71,11 +71,8 @@ pub struct Guard {
     pub life: watch::Sender<Life>,
     /// The config, and whether the tunnel may go on under it (none on the
     /// caller's side, where no policy decides).
-    pub policy: Option<(Arc<Config>, Still)>,
+    pub policy: Option<(Arc<Config>, crate::guard::StillAllowed)>,
 }
-
-/// Whether a tunnel may go on under the config in force.
-pub type Still = Box<dyn Fn() -> bool + Send>;
 
 /// Splices the client's upgraded connection with the far side's, once
 /// both are handed over, until either closes (or `guard` says no more).
@@ -111,17 +108,11 @@ where
         return;
     };
     let revoked = async move {
-        if let Some((config, still)) = policy {
-            let mut changes = config.watch();
-            while changes.changed().await.is_ok() {
-                if !still() {
-                    return;
-                }
-            }
+        match policy {
+            Some((config, still)) => crate::guard::until(config, still).await,
+            // No policy decides: keep to the copy.
+            None => std::future::pending::<()>().await,
         }
-        // No policy, or the config is gone (the proxy stops): keep to the
-        // copy.
-        std::future::pending::<()>().await;
     };
     tokio::select! {
         _ = copy => {}
