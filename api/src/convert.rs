@@ -549,6 +549,10 @@ impl From<Spec> for pb::resource::Spec {
                     failure_threshold: p.failure_threshold.unwrap_or(0),
                     success_threshold: p.success_threshold.unwrap_or(0),
                 }),
+                access_log: m.access_log.map(|a| pb::AccessLog {
+                    sample_percent: a.sample_percent,
+                    file: a.file,
+                }),
             }),
             Spec::Token(t) => P::Token(pb::TokenSpec {
                 secret_sha256: t.secret_sha256,
@@ -721,6 +725,10 @@ impl TryFrom<pb::resource::Spec> for Spec {
                         failure_threshold: opt_u32(p.failure_threshold),
                         success_threshold: opt_u32(p.success_threshold),
                     })
+                }),
+                access_log: m.access_log.map(|a| AccessLog {
+                    sample_percent: a.sample_percent,
+                    file: a.file,
                 }),
             }),
             P::Token(t) => {

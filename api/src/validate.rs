@@ -456,6 +456,22 @@ impl Resource {
                 if let Some(p) = &m.app_probe {
                     validate_probe(&mut c, p, "spec.app_probe");
                 }
+                if let Some(a) = &m.access_log {
+                    if let Some(p) = a.sample_percent {
+                        c.check(
+                            p <= 100,
+                            "spec.access_log.sample_percent",
+                            format!("{p} is more than 100"),
+                        );
+                    }
+                    if let Some(f) = &a.file {
+                        c.check(
+                            f.starts_with('/') && f.len() <= 4096 && !f.contains('\0'),
+                            "spec.access_log.file",
+                            format!("{} is not an absolute path", shown(f)),
+                        );
+                    }
+                }
                 if let Some(ttl) = m.cert_ttl {
                     let ms = ttl.as_millis();
                     c.check(

@@ -213,6 +213,8 @@ pub struct CompiledConfig {
     pub app_probe: Option<raftmesh_api::AppProbe>,
     /// The Externals of the proxy's namespace (egress).
     pub externals: Vec<Arc<crate::egress::External>>,
+    /// MeshConfig's access log settings (`None`: off).
+    pub access_log: Option<raftmesh_api::AccessLog>,
 }
 
 impl CompiledConfig {
@@ -227,6 +229,7 @@ impl CompiledConfig {
             peers: BTreeMap::new(),
             app_probe: None,
             externals: Vec::new(),
+            access_log: None,
         }
     }
 
@@ -396,6 +399,7 @@ pub fn compile(
     }
     let mut routes = Vec::new();
     let mut app_probe = None;
+    let mut access_log = None;
     let mut imports = Vec::new();
     let mut peers = BTreeMap::new();
     for r in resources.values() {
@@ -460,6 +464,7 @@ pub fn compile(
             Spec::Import(i) => imports.push((ns, i.clone())),
             Spec::MeshConfig(m) => {
                 app_probe = m.app_probe.as_deref().cloned();
+                access_log = m.access_log.clone();
                 authz.trust_domain = m.trust_domain.clone().unwrap_or_default();
                 authz.default = m.default_policy.unwrap_or_default();
                 authz.mtls = m.mtls.unwrap_or_default();
@@ -693,6 +698,7 @@ pub fn compile(
     let externals = crate::egress::compile(&held, &me.namespace, &authz);
     CompiledConfig {
         externals,
+        access_log,
         revision,
         source,
         resources,

@@ -74,6 +74,9 @@ pub enum ProxyError {
     RateLimited(String),
 }
 
+/// The header an answer the mesh made itself carries its code in.
+pub const ERROR_HEADER: &str = "x-raftmesh-error";
+
 impl ProxyError {
     /// The `x-raftmesh-error` code.
     pub fn code(&self) -> &'static str {
@@ -177,10 +180,7 @@ impl ProxyError {
         if let Ok(v) = http::HeaderValue::try_from(message) {
             h.insert("grpc-message", v);
         }
-        h.insert(
-            "x-raftmesh-error",
-            http::HeaderValue::from_static(self.code()),
-        );
+        h.insert(ERROR_HEADER, http::HeaderValue::from_static(self.code()));
         r
     }
 
@@ -193,10 +193,8 @@ impl ProxyError {
                 .boxed(),
         );
         *r.status_mut() = self.status();
-        r.headers_mut().insert(
-            "x-raftmesh-error",
-            http::HeaderValue::from_static(self.code()),
-        );
+        r.headers_mut()
+            .insert(ERROR_HEADER, http::HeaderValue::from_static(self.code()));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain"),

@@ -32,6 +32,8 @@ pub struct Guarded {
     /// The request counts as in flight on its connection until the answer
     /// is done (a quiet stream is not an idle connection).
     in_flight: Option<crate::conn::InFlight>,
+    /// Its access log record, written when the answer ends.
+    log: Option<Box<crate::accesslog::Pending>>,
 }
 
 impl Guarded {
@@ -42,7 +44,14 @@ impl Guarded {
             changes: None,
             still_allowed: None,
             in_flight: None,
+            log: None,
         }
+    }
+
+    /// Writes `log` (counting the body's bytes) when the answer ends.
+    pub fn logging(mut self, log: Option<Box<crate::accesslog::Pending>>) -> Self {
+        self.log = log;
+        self
     }
 
     /// Keeps the request in flight on its connection until the answer ends.
@@ -60,6 +69,7 @@ impl Guarded {
             changes: Some(WatchStream::from_changes(config.watch())),
             still_allowed: Some(still_allowed),
             in_flight: None,
+            log: None,
         }
     }
 }
@@ -87,6 +97,11 @@ impl HttpBody for Guarded {
         if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             this.in_flight = None;
         }
+        if let (Some(log), Poll::Ready(Some(Ok(f)))) = (&mut this.log, &r) {
+            if let Some(d) = f.data_ref() {
+                log.sent(d.len());
+            }
+        }
         r
     }
 
@@ -96,6 +111,14 @@ impl HttpBody for Guarded {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.finish();
+        }
     }
 }
 

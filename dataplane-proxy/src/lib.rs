@@ -7,6 +7,7 @@
 //! This crate must not depend on `raftmesh-storage`, `raftmesh-controlplane`,
 //! openraft, sled or actix: a sidecar stays small (`.ci/run` checks it).
 
+pub mod accesslog;
 pub mod admin;
 pub mod authz;
 pub mod balance;
@@ -378,7 +379,6 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
                     config.clone(),
                     workload.clone(),
                     config.metrics.clone(),
-                    config.conn_limits,
                     shutdown_rx.clone(),
                 )));
             }

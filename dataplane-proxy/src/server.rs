@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tower::{Service, ServiceBuilder};
 
 use crate::balance::BalanceLayer;
-use crate::conn::{accept, AcceptBackoff, ConnClock, ConnLimits, Watched};
+use crate::conn::{accept, AcceptBackoff, ConnClock, Watched};
 use crate::error::ProxyError;
 use crate::forward::Forward;
 use crate::metrics::{ConnGuard, InboundRecorder, Metrics, RequestLabels};
@@ -92,11 +92,8 @@ pub async fn serve_outbound(
         tokio::spawn(outbound_connection(
             stream,
             stack.clone(),
-            config.metrics.clone(),
-            config.conn_limits,
             shutdown.clone(),
-            config.life.clone(),
-            config.outbound_open.clone(),
+            config.clone(),
         ));
     }
 }
@@ -106,12 +103,15 @@ pub async fn serve_outbound(
 pub(crate) async fn outbound_connection(
     stream: TcpStream,
     stack: OutboundStack,
-    metrics: Arc<Metrics>,
-    limits: ConnLimits,
     mut conn_stop: watch::Receiver<bool>,
-    life: watch::Sender<crate::health::Life>,
-    open: Arc<std::sync::atomic::AtomicUsize>,
+    config: Arc<Config>,
 ) {
+    let (metrics, limits, life, open) = (
+        config.metrics.clone(),
+        config.conn_limits,
+        config.life.clone(),
+        config.outbound_open.clone(),
+    );
     let _open = OpenCount::new(open);
     let _ = stream.set_nodelay(true);
     let clock = ConnClock::new(limits);
@@ -119,14 +119,23 @@ pub(crate) async fn outbound_connection(
     let io = Watched::new(stream, clock.clone());
     let svc_clock = clock.clone();
     let svc_life = life.clone();
+    let svc_config = config;
     let svc = service_fn(move |req: Request<Incoming>| {
         let mut stack = stack.clone();
         let metrics = metrics.clone();
         let in_flight = svc_clock.request();
         let life = svc_life.clone();
+        let config = svc_config.clone();
         async move {
             let started = Instant::now();
-            let info = RouteInfo::default();
+            let log = crate::accesslog::Start::new(
+                config.current().access_log.as_ref(),
+                req.method(),
+                req.uri(),
+                req.headers(),
+                started,
+            );
+            let info = RouteInfo(Default::default(), log.as_ref().map(|_| Arc::default()));
             let mut req = req.map(|b| b.boxed());
             req.extensions_mut().insert(info.clone());
             let grpc = crate::error::is_grpc(req.headers());
@@ -146,6 +155,22 @@ pub(crate) async fn outbound_connection(
                 }
             }
             let (service, subset) = info.0.get().cloned().unwrap_or_default();
+            let log = log.map(|l| {
+                let endpoint = info
+                    .1
+                    .as_ref()
+                    .and_then(|c| *c.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+                l.pending(
+                    &config.access_log,
+                    "outbound",
+                    own_spiffe(&config),
+                    None,
+                    service.clone(),
+                    subset.clone(),
+                    endpoint,
+                    &resp,
+                )
+            });
             metrics.request(
                 RequestLabels {
                     direction: "outbound",
@@ -155,7 +180,11 @@ pub(crate) async fn outbound_connection(
                 },
                 started.elapsed(),
             );
-            Ok::<_, Infallible>(resp.map(|b| crate::guard::Guarded::plain(b).holding(in_flight)))
+            Ok::<_, Infallible>(resp.map(|b| {
+                crate::guard::Guarded::plain(b)
+                    .holding(in_flight)
+                    .logging(log)
+            }))
         }
     });
     let server = http_server();
@@ -185,6 +214,15 @@ pub(crate) async fn outbound_connection(
             _ = crate::stopped(&mut conn_stop) => return,
         }
     }
+}
+
+/// This workload's SPIFFE ID, once the trust domain is known.
+fn own_spiffe(config: &Config) -> Option<String> {
+    let c = config.current();
+    let td = &c.authz.trust_domain;
+    (!td.is_empty()).then(|| {
+        raftmesh_api::identity::spiffe_id(td, &config.identity.namespace, &config.identity.service)
+    })
 }
 
 /// The guard of a tunnel the caller's side opens: it ends when the proxy
@@ -485,6 +523,13 @@ impl Inbound {
             let in_flight = svc_clock.request();
             async move {
                 let started = Instant::now();
+                let log = crate::accesslog::Start::new(
+                    this.config.current().access_log.as_ref(),
+                    req.method(),
+                    req.uri(),
+                    req.headers(),
+                    started,
+                );
                 let strict = this.config.current().authz.mtls == MtlsMode::Strict;
                 let grpc = crate::error::is_grpc(req.headers());
                 let mut req = req;
@@ -623,7 +668,19 @@ impl Inbound {
                     }
                     _ => resp.map(crate::guard::Guarded::plain),
                 };
-                let resp = resp.map(|b| b.holding(in_flight));
+                let log = log.map(|l| {
+                    l.pending(
+                        &this.config.access_log,
+                        "inbound",
+                        who.as_deref().map(str::to_string),
+                        own_spiffe(&this.config),
+                        this.config.identity.service.clone(),
+                        String::new(),
+                        None,
+                        &resp,
+                    )
+                });
+                let resp = resp.map(|b| b.holding(in_flight).logging(log));
                 Ok::<_, Infallible>(resp)
             }
         });

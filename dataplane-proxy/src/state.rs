@@ -31,6 +31,8 @@ pub struct Config {
     pub inbound_open: Arc<std::sync::atomic::AtomicUsize>,
     /// The buckets of the service's Route `rate_limit` (inbound).
     pub limiter: crate::ratelimit::Limiter,
+    /// Where access log records go.
+    pub access_log: Arc<crate::accesslog::Sink>,
     /// The ports this proxy listens on (egress never relays to them).
     pub own_ports: std::sync::Mutex<Vec<u16>>,
     /// Outbound (and captured) connections open (a takeover waits for them).
@@ -86,6 +88,7 @@ impl Config {
             inbound_open: Default::default(),
             limiter: Default::default(),
             own_ports: Default::default(),
+            access_log: Default::default(),
             outbound_open: Default::default(),
             current: ArcSwap::from_pointee(initial),
             changed,

@@ -14,7 +14,11 @@ use crate::stats::ServiceStats;
 /// A slot the outermost handler passes down to learn where a request went
 /// (service and subset), for metrics.
 #[derive(Debug, Clone, Default)]
-pub struct RouteInfo(pub Arc<std::sync::OnceLock<(String, String)>>);
+pub struct RouteInfo(
+    pub Arc<std::sync::OnceLock<(String, String)>>,
+    /// The endpoint of the last attempt, when the request is logged.
+    pub Option<Arc<Mutex<Option<SocketAddr>>>>,
+);
 
 /// Where a request goes: its service, rule and backend.
 #[derive(Debug, Clone)]
@@ -27,6 +31,9 @@ pub struct Target {
     pub backend: usize,
     /// Counters of the service.
     pub stats: Arc<ServiceStats>,
+    /// Where `balance` records the endpoint of each attempt (a logged
+    /// request's).
+    pub chosen: Option<Arc<Mutex<Option<SocketAddr>>>>,
     /// The request's consistent-hash key, hashed (when the service hashes
     /// and the request has the key).
     pub hash: Option<u64>,

@@ -117,5 +117,6 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
         backend: 0,
         stats: Arc::new(ServiceStats::new(crate::metrics::Metrics::new())),
         hash: None,
+        chosen: None,
     }
 }

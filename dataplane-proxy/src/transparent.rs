@@ -20,7 +20,7 @@ use raftmesh_api::OutboundMode;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::conn::{accept, AcceptBackoff, ConnLimits};
+use crate::conn::{accept, AcceptBackoff};
 use crate::metrics::Metrics;
 use crate::server::{outbound_connection, relay_stream, relay_to_service, sniff, OutboundStack};
 use crate::state::Config;
@@ -38,7 +38,6 @@ pub async fn serve_captured(
     config: Arc<Config>,
     workload: Option<Arc<crate::tls::Workload>>,
     metrics: Arc<Metrics>,
-    limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = AcceptBackoff::default();
@@ -69,31 +68,13 @@ pub async fn serve_captured(
             let http = sniff(&stream).await;
             let vip = by_vip(&config, dst);
             if http && mesh_http(&stream, &config, workload.as_deref()).await {
-                outbound_connection(
-                    stream,
-                    stack,
-                    metrics,
-                    limits,
-                    stop,
-                    config.life.clone(),
-                    config.outbound_open.clone(),
-                )
-                .await;
+                outbound_connection(stream, stack, stop, config.clone()).await;
             } else if let (true, Some(t)) = (http, &vip) {
                 // HTTP to a service's virtual address, whatever its Host:
                 // served as HTTP (routes, retries; the callee's policies
                 // see the method and path, the app its caller).
                 let stack = stack.fixed_to(t.id.clone());
-                outbound_connection(
-                    stream,
-                    stack,
-                    metrics,
-                    limits,
-                    stop,
-                    config.life.clone(),
-                    config.outbound_open.clone(),
-                )
-                .await;
+                outbound_connection(stream, stack, stop, config.clone()).await;
             } else if let Some(t) = vip {
                 // Any other TCP to a service's virtual address: to one of
                 // its endpoints.

@@ -350,6 +350,10 @@ fn mesh_config() -> impl Strategy<Value = Spec> {
                     discovery_scope,
                     outbound,
                     service_vip_range: None,
+                    access_log: outbound.map(|_| AccessLog {
+                        sample_percent: Some(10),
+                        file: Some("/var/log/mesh.log".into()),
+                    }),
                     app_probe: cert_ttl.map(|d| {
                         Box::new(AppProbe {
                             http_path: Some("/ready".into()),

@@ -650,6 +650,23 @@ pub struct MeshConfigSpec {
     /// `--probe-*` flags override them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_probe: Option<Box<AppProbe>>,
+    /// Every proxy's access log: one JSON object per request (absent: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
+}
+
+/// `MeshConfig.access_log`: each proxy writes one flat JSON object per
+/// request (and per TCP tunnel) it serves, to stdout or a file. Never a
+/// header value or a body.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// Share of the requests logged, 0–100 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_percent: Option<u32>,
+    /// An absolute path each proxy appends to (default: stdout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// How a proxy checks that its app is ready (`MeshConfig.app_probe`).

@@ -478,6 +478,22 @@ fn bad_traffic_policy_fields_are_refused_naming_field_and_rule() {
 }
 
 #[test]
+fn access_log_settings_are_checked() {
+    parse_one("kind: MeshConfig\nmetadata: {name: mesh}\nspec: {access_log: {sample_percent: 5, file: /var/log/a.log}}\n")
+        .validate()
+        .unwrap();
+    let e = errors("kind: MeshConfig\nmetadata: {name: mesh}\nspec: {access_log: {sample_percent: 101, file: a.log}}\n");
+    assert!(
+        e.contains("spec.access_log.sample_percent: 101 is more than 100"),
+        "{e}"
+    );
+    assert!(
+        e.contains("spec.access_log.file: \"a.log\" is not an absolute path"),
+        "{e}"
+    );
+}
+
+#[test]
 fn an_external_names_hosts_ports_and_its_tls_and_bad_ones_are_refused() {
     parse_one("kind: External\nmetadata: {name: stripe}\nspec: {hosts: [api.stripe.com, \"*.stripe.net\", 10.1.2.3], ports: [443, 8443], tls: {port: 443}}\n")
         .validate()

@@ -204,6 +204,9 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
                 tried.add(i);
             }
             let ep = &t.endpoints[i];
+            if let Some(c) = &target.chosen {
+                *c.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ep.addr);
+            }
             req.extensions_mut().insert(Upstream {
                 addr: ep.addr,
                 server_name: ep.server_name.clone(),

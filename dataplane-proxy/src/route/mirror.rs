@@ -176,6 +176,7 @@ impl Mirror {
                 backend,
                 stats,
                 hash: None,
+                chosen: None,
             });
             let send = async {
                 if let Ok(resp) = tower::Service::call(&mut inner, copy).await {

@@ -303,11 +303,13 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
                 .and_then(|k| hash_key(k, &req, &config.identity));
             let stats = config.stats.service(&table.id);
             stats.used.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mut chosen = None;
             if let Some(info) = req.extensions().get::<RouteInfo>() {
                 let _ = info.0.set((
                     table.id.1.clone(),
                     table.rules[rule].backends[backend].label.clone(),
                 ));
+                chosen = info.1.clone();
             }
             req.extensions_mut().insert(Target {
                 table,
@@ -315,6 +317,7 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
                 backend,
                 stats,
                 hash,
+                chosen,
             });
             let mut resp = inner.call(req).await?;
             if let Some(ops) = actions.as_ref().and_then(|a| a.response_headers.as_ref()) {

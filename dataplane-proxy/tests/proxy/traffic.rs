@@ -24,14 +24,14 @@ use super::support::*;
 /// An app that answers `<name> <method> <path?query>` and then each request
 /// header as `name: value` on a line, after a delay.
 #[derive(Clone)]
-struct Echo {
-    hits: Arc<AtomicUsize>,
+pub(super) struct Echo {
+    pub(super) hits: Arc<AtomicUsize>,
     addr: SocketAddr,
     /// `<method> <path> mirror=<x-raftmesh-mirror> <body>` per request.
     seen: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-async fn echo(name: &'static str, delay: Duration) -> Echo {
+pub(super) async fn echo(name: &'static str, delay: Duration) -> Echo {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let e = Echo {
         hits: Arc::default(),
@@ -83,7 +83,7 @@ async fn echo(name: &'static str, delay: Duration) -> Echo {
 }
 
 /// A callee's proxy: service `web`, inbound to `app`, holding `yaml`.
-async fn callee(app: &Echo, yaml: &str) -> (Proxy, tempfile::TempDir) {
+pub(super) async fn callee(app: &Echo, yaml: &str) -> (Proxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("callee.yaml");
     std::fs::write(
@@ -100,7 +100,7 @@ async fn callee(app: &Echo, yaml: &str) -> (Proxy, tempfile::TempDir) {
 
 /// The caller's proxy (service `client`, in `locality`): service `web`
 /// with one endpoint per (name, callee inbound, extra spec fields).
-async fn caller(
+pub(super) async fn caller(
     endpoints: &[(&str, SocketAddr, &str)],
     route: &str,
     locality: &str,
@@ -124,7 +124,7 @@ async fn caller(
 }
 
 /// Sends `req` (Host `web`) through the caller's outbound port.
-async fn send(
+pub(super) async fn send(
     c: &HttpClient,
     p: &Proxy,
     method: &str,

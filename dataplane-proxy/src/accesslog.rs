@@ -1,0 +1,268 @@
+//! Access logs (`MeshConfig.access_log`): one flat JSON object per line
+//! for each request a proxy serves, outbound and inbound, written when
+//! its answer has been sent (so durations and byte counts are whole). A
+//! record holds the method, the path without its query, identities, the
+//! route, the endpoint, the status and error code, durations and bytes,
+//! and the trace id: never a header value or a body.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use http::HeaderMap;
+use raftmesh_api::AccessLog;
+use rand::Rng;
+use serde::Serialize;
+
+/// One record.
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    /// When the request arrived (RFC 3339, UTC, milliseconds).
+    pub time: String,
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
+    /// The W3C trace id (`traceparent`), or B3's (`x-b3-traceid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The caller's SPIFFE ID (inbound: from its certificate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The callee's SPIFFE ID (inbound: this workload's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// The service the request went to.
+    pub service: String,
+    /// The subset (`k=v,...`), when a rule chose one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subset: String,
+    /// The endpoint of the last attempt (outbound).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The method.
+    pub method: String,
+    /// The path, without its query.
+    pub path: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The `x-raftmesh-error` code, when the mesh answered an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// From the request's arrival to the answer's head.
+    pub head_ms: f64,
+    /// From the request's arrival to the answer's end.
+    pub duration_ms: f64,
+    /// Bytes of the answer's body sent.
+    pub response_bytes: u64,
+}
+
+/// A record waiting for its answer's body to end.
+#[derive(Debug)]
+pub struct Pending {
+    entry: Entry,
+    started: Instant,
+    bytes: u64,
+    sink: Arc<Sink>,
+    file: Option<String>,
+}
+
+impl Pending {
+    /// Counts bytes of the answer's body.
+    pub fn sent(&mut self, n: usize) {
+        self.bytes += n as u64;
+    }
+
+    /// Writes the record (the answer has ended, or was dropped).
+    pub fn finish(mut self) {
+        self.entry.duration_ms = ms(self.started);
+        self.entry.response_bytes = self.bytes;
+        match serde_json::to_string(&self.entry) {
+            Ok(line) => self.sink.write(self.file.as_deref(), &line),
+            Err(e) => tracing::debug!(error = %e, "an access log record did not serialise"),
+        }
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Where records go: stdout, or the file `MeshConfig` names (opened on
+/// first use, and again when the name changes).
+#[derive(Default)]
+pub struct Sink {
+    /// The file name open (`None`: stdout) and its writer.
+    out: Mutex<Option<Out>>,
+}
+
+type Out = (Option<String>, Box<dyn Write + Send>);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sink")
+    }
+}
+
+impl Sink {
+    fn write(&self, file: Option<&str>, line: &str) {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        if out.as_ref().map(|(f, _)| f.as_deref()) != Some(file) {
+            let w: Box<dyn Write + Send> = match file {
+                None => Box::new(std::io::stdout()),
+                Some(path) => match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                {
+                    Ok(f) => Box::new(f),
+                    Err(e) => {
+                        tracing::warn!(%path, error = %e, "cannot open the access log file; writing to stdout");
+                        Box::new(std::io::stdout())
+                    }
+                },
+            };
+            *out = Some((file.map(str::to_string), w));
+        }
+        if let Some((_, w)) = out.as_mut() {
+            let mut buf = Vec::with_capacity(line.len() + 1);
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            if let Err(e) = w.write_all(&buf) {
+                tracing::debug!(error = %e, "an access log record was not written");
+            }
+        }
+    }
+}
+
+/// What starts a record: the settings in force (when this request is
+/// sampled) and its fixed parts.
+pub struct Start {
+    settings: AccessLog,
+    started: Instant,
+    time: SystemTime,
+    trace_id: Option<String>,
+    method: String,
+    path: String,
+}
+
+impl Start {
+    /// A record for this request, if `settings` log it (sampled).
+    pub fn new(
+        settings: Option<&AccessLog>,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        started: Instant,
+    ) -> Option<Self> {
+        let settings = settings?;
+        let p = settings.sample_percent.unwrap_or(100);
+        if p == 0 || (p < 100 && rand::rng().random_range(0..100) >= p) {
+            return None;
+        }
+        Some(Start {
+            settings: settings.clone(),
+            started,
+            time: SystemTime::now(),
+            trace_id: trace_id(headers),
+            method: method.to_string(),
+            path: uri.path().to_string(),
+        })
+    }
+
+    /// The record, waiting for the answer's body to end.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pending<B>(
+        self,
+        sink: &Arc<Sink>,
+        direction: &'static str,
+        source: Option<String>,
+        destination: Option<String>,
+        service: String,
+        subset: String,
+        endpoint: Option<SocketAddr>,
+        resp: &http::Response<B>,
+    ) -> Box<Pending> {
+        Box::new(Pending {
+            entry: Entry {
+                time: humantime::format_rfc3339_millis(self.time).to_string(),
+                direction,
+                trace_id: self.trace_id,
+                source,
+                destination,
+                service,
+                subset,
+                endpoint: endpoint.map(|a| a.to_string()),
+                method: self.method,
+                path: self.path,
+                status: resp.status().as_u16(),
+                error: resp
+                    .headers()
+                    .get(crate::error::ERROR_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                head_ms: ms(self.started),
+                duration_ms: 0.0,
+                response_bytes: 0,
+            },
+            started: self.started,
+            bytes: 0,
+            sink: sink.clone(),
+            file: self.settings.file,
+        })
+    }
+}
+
+/// The trace id a request carries: W3C `traceparent`
+/// (`00-<32 hex>-<16 hex>-<2 hex>`), else B3 `x-b3-traceid` (16 or 32 hex);
+/// anything else is ignored.
+pub fn trace_id(h: &HeaderMap) -> Option<String> {
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
+    };
+    if let Some(tp) = h.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let parts: Vec<&str> = tp.trim().split('-').collect();
+        if parts.len() >= 4 && hex(parts[1], 32) && hex(parts[2], 16) {
+            return Some(parts[1].to_ascii_lowercase());
+        }
+    }
+    let b3 = h.get("x-b3-traceid").and_then(|v| v.to_str().ok())?.trim();
+    (hex(b3, 16) || hex(b3, 32)).then(|| b3.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_come_from_traceparent_or_b3_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        assert_eq!(trace_id(&h), None);
+        h.insert(
+            "x-b3-traceid",
+            "80f198ee56343ba864fe8b2a57d3eff7".parse().unwrap(),
+        );
+        assert_eq!(
+            trace_id(&h).as_deref(),
+            Some("80f198ee56343ba864fe8b2a57d3eff7")
+        );
+        h.insert(
+            "traceparent",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            trace_id(&h).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        // Not a trace id: not logged (never a header value as such).
+        for bad in [
+            "00-secret-token-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", bad.parse().unwrap());
+            assert_eq!(trace_id(&h), None, "{bad}");
+        }
+    }
+}

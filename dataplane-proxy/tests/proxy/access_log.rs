@@ -1,0 +1,129 @@
+//! Access logs (`MeshConfig.access_log`) through two proxies: one JSON
+//! object per request on each side, sharing the trace id, with the route,
+//! endpoint, identities, status, error code, durations and bytes, and
+//! never a header value, a body or a query.
+
+use std::time::Duration;
+
+use super::support::*;
+use super::traffic::{callee, caller, echo, send};
+
+fn mesh_config(file: &std::path::Path, extra: &str) -> String {
+    format!(
+        "---\nkind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{trust_domain: east.mesh, access_log: {{file: '{}'{extra}}}}}\n",
+        file.display()
+    )
+}
+
+/// The JSON records in `file`, once it holds `n`.
+async fn records(file: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{} never held {n} records", file.display());
+}
+
+#[tokio::test]
+async fn each_side_logs_one_json_record_per_request_and_no_secrets() {
+    let logs = tempfile::tempdir().unwrap();
+    let (caller_log, callee_log) = (
+        logs.path().join("caller.log"),
+        logs.path().join("callee.log"),
+    );
+    let app = echo("app", Duration::ZERO).await;
+    let (b, _db) = callee(&app, &mesh_config(&callee_log, "")).await;
+    let route = format!(
+        "kind: Route\nmetadata: {{name: web}}\nspec: {{service: web}}\n{}",
+        mesh_config(&caller_log, "")
+    );
+    let (a, _da) = caller(&[("web-1", b.inbound.unwrap(), "")], &route, "").await;
+    let c = http_client();
+    let r = send(
+        &c,
+        &a,
+        "GET",
+        "/items?token=s3cr3t",
+        &[
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-api-key", "hunter2"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let body_len = r.body().len() as u64;
+    let (s, _, e) = get(&c, a.outbound, "nosuch", "/", &[]).await;
+    assert_eq!((s, e.as_deref()), (404, Some("no-route")));
+
+    let out = records(&caller_log, 2).await;
+    let first = &out[0];
+    assert_eq!(first["direction"], "outbound");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["service"], "web");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/items");
+    assert_eq!(first["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(first["source"], "spiffe://east.mesh/ns/default/sa/client");
+    assert_eq!(first["endpoint"], b.inbound.unwrap().to_string());
+    assert_eq!(first["response_bytes"], body_len);
+    assert!(first["duration_ms"].as_f64().unwrap() >= first["head_ms"].as_f64().unwrap());
+    assert!(first.get("error").is_none());
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(out[1]["status"], 404);
+    assert_eq!(out[1]["error"], "no-route");
+
+    let inb = records(&callee_log, 1).await;
+    assert_eq!(inb[0]["direction"], "inbound");
+    assert_eq!(inb[0]["status"], 200);
+    assert_eq!(
+        inb[0]["destination"],
+        "spiffe://east.mesh/ns/default/sa/web"
+    );
+    assert_eq!(inb[0]["trace_id"], first["trace_id"]);
+    assert_eq!(inb[0]["response_bytes"], body_len);
+
+    // Never a header value, a body or a query.
+    for f in [&caller_log, &callee_log] {
+        let text = std::fs::read_to_string(f).unwrap();
+        for secret in ["hunter2", "s3cr3t", "x-api-key", "app GET"] {
+            assert!(
+                !text.contains(secret),
+                "{secret} in {}: {text}",
+                f.display()
+            );
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn sampling_zero_logs_nothing() {
+    let logs = tempfile::tempdir().unwrap();
+    let file = logs.path().join("none.log");
+    let app = echo("app", Duration::ZERO).await;
+    let (b, _db) = callee(&app, "").await;
+    let route = format!(
+        "kind: Route\nmetadata: {{name: web}}\nspec: {{service: web}}\n{}",
+        mesh_config(&file, ", sample_percent: 0")
+    );
+    let (a, _da) = caller(&[("web-1", b.inbound.unwrap(), "")], &route, "").await;
+    let c = http_client();
+    for _ in 0..20 {
+        assert_eq!(get(&c, a.outbound, "web", "/", &[]).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!file.exists(), "a record was written at sample_percent 0");
+    a.shutdown().await;
+    b.shutdown().await;
+}
