@@ -465,10 +465,20 @@ impl Resource {
                         );
                     }
                     if let Some(f) = &a.file {
+                        // Every proxy appends to it, some as root: a log
+                        // file only, never a system file by another name.
+                        let name_ok = f.ends_with(".log") || f.ends_with(".jsonl");
                         c.check(
-                            f.starts_with('/') && f.len() <= 4096 && !f.contains('\0'),
+                            f.starts_with('/')
+                                && f.len() <= 4096
+                                && !f.contains('\0')
+                                && !f.split('/').any(|seg| seg == "..")
+                                && name_ok,
                             "spec.access_log.file",
-                            format!("{} is not an absolute path", shown(f)),
+                            format!(
+                                "{} is not an absolute path to a .log or .jsonl file (no '..')",
+                                shown(f)
+                            ),
                         );
                     }
                 }

@@ -109,11 +109,7 @@ impl Sink {
         if out.as_ref().map(|(f, _)| f.as_deref()) != Some(file) {
             let w: Box<dyn Write + Send> = match file {
                 None => Box::new(std::io::stdout()),
-                Some(path) => match std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                {
+                Some(path) => match open_log(path) {
                     Ok(f) => Box::new(f),
                     Err(e) => {
                         tracing::warn!(%path, error = %e, "cannot open the access log file; writing to stdout");
@@ -132,6 +128,23 @@ impl Sink {
             }
         }
     }
+}
+
+/// Opens `path` to append records: a regular file, never through a
+/// symbolic link (a proxy may run as root), created owner and group
+/// readable.
+fn open_log(path: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(f)
 }
 
 /// What starts a record: the settings in force (when this request is

@@ -491,6 +491,19 @@ fn access_log_settings_are_checked() {
         e.contains("spec.access_log.file: \"a.log\" is not an absolute path"),
         "{e}"
     );
+    for bad in [
+        "/etc/passwd",
+        "/var/log/../../etc/cron.d/x.log",
+        "/root/.ssh/authorized_keys",
+    ] {
+        let e = errors(&format!(
+            "kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{access_log: {{file: '{bad}'}}}}\n"
+        ));
+        assert!(
+            e.contains("is not an absolute path to a .log or .jsonl file"),
+            "{bad}: {e}"
+        );
+    }
 }
 
 #[test]

@@ -127,3 +127,26 @@ async fn sampling_zero_logs_nothing() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_log_file_that_is_a_symbolic_link_is_not_written_through() {
+    let logs = tempfile::tempdir().unwrap();
+    let victim = logs.path().join("victim.log");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    let link = logs.path().join("link.log");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let app = echo("app", Duration::ZERO).await;
+    let (b, _db) = callee(&app, "").await;
+    let route = format!(
+        "kind: Route\nmetadata: {{name: web}}\nspec: {{service: web}}\n{}",
+        mesh_config(&link, "")
+    );
+    let (a, _da) = caller(&[("web-1", b.inbound.unwrap(), "")], &route, "").await;
+    let c = http_client();
+    assert_eq!(get(&c, a.outbound, "web", "/", &[]).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The record went to stdout instead.
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+    a.shutdown().await;
+    b.shutdown().await;
+}
