@@ -233,8 +233,9 @@ pub async fn send(
         Destination::Undeclared => None,
     };
     if req.method() == Method::CONNECT {
-        loops(&resolve(&host, port).await?)?;
-        let stream = connect(&host, port).await?;
+        let addrs = resolve(&host, port).await?;
+        loops(&addrs)?;
+        let stream = connect(&addrs, &where_to).await?;
         let mut resp = Response::new(crate::empty());
         resp.extensions_mut()
             .insert(Tunnel(Arc::new(Mutex::new(Some(stream)))));
@@ -243,8 +244,9 @@ pub async fn send(
     crate::forward::strip_hop_by_hop(req.headers_mut());
     match tls {
         Some(Ok((tls_port, client))) => {
-            loops(&resolve(&host, tls_port).await?)?;
-            return originate(req, &host, tls_port, client).await;
+            let addrs = resolve(&host, tls_port).await?;
+            loops(&addrs)?;
+            return originate(req, &host, tls_port, &addrs, client).await;
         }
         Some(Err(why)) => return Err(ProxyError::Connect(format!("{where_to} ({why})"))),
         None => {}
@@ -295,12 +297,13 @@ async fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, Pro
     Ok(addrs)
 }
 
-async fn connect(host: &str, port: u16) -> Result<TcpStream, ProxyError> {
-    let addrs = resolve(host, port).await?;
-    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addrs[..]))
+/// A connection to the first of `addrs` that answers (the addresses the
+/// loop check passed: never resolved again in between).
+async fn connect(addrs: &[std::net::SocketAddr], where_to: &str) -> Result<TcpStream, ProxyError> {
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addrs))
         .await
-        .map_err(|_| ProxyError::Connect(format!("{host}:{port}")))?
-        .map_err(|_| ProxyError::Connect(format!("{host}:{port}")))?;
+        .map_err(|_| ProxyError::Connect(where_to.to_string()))?
+        .map_err(|_| ProxyError::Connect(where_to.to_string()))?;
     let _ = s.set_nodelay(true);
     Ok(s)
 }
@@ -311,12 +314,13 @@ async fn originate(
     mut req: Request<Body>,
     host: &str,
     port: u16,
+    addrs: &[std::net::SocketAddr],
     client: Arc<rustls::ClientConfig>,
 ) -> Result<Response<Body>, ProxyError> {
     let where_to = format!("{host}:{port}");
     let name = rustls_pki_types::ServerName::try_from(host.to_string())
         .map_err(|_| ProxyError::BadHost(host.to_string()))?;
-    let tcp = connect(host, port).await?;
+    let tcp = connect(addrs, &where_to).await?;
     let tls = tokio::time::timeout(
         CONNECT_TIMEOUT,
         tokio_rustls::TlsConnector::from(client).connect(name, tcp),

@@ -163,7 +163,7 @@ pub(crate) async fn outbound_connection(
                 l.pending(
                     &config.access_log,
                     "outbound",
-                    own_spiffe(&config),
+                    config.own_spiffe(),
                     None,
                     service.clone(),
                     subset.clone(),
@@ -214,15 +214,6 @@ pub(crate) async fn outbound_connection(
             _ = crate::stopped(&mut conn_stop) => return,
         }
     }
-}
-
-/// This workload's SPIFFE ID, once the trust domain is known.
-fn own_spiffe(config: &Config) -> Option<String> {
-    let c = config.current();
-    let td = &c.authz.trust_domain;
-    (!td.is_empty()).then(|| {
-        raftmesh_api::identity::spiffe_id(td, &config.identity.namespace, &config.identity.service)
-    })
 }
 
 /// The guard of a tunnel the caller's side opens: it ends when the proxy
@@ -673,7 +664,7 @@ impl Inbound {
                         &this.config.access_log,
                         "inbound",
                         who.as_deref().map(str::to_string),
-                        own_spiffe(&this.config),
+                        this.config.own_spiffe(),
                         this.config.identity.service.clone(),
                         String::new(),
                         None,

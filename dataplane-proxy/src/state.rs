@@ -110,6 +110,15 @@ impl Config {
             .send_modify(|r| *r = rev.max(r.wrapping_add(1)));
     }
 
+    /// This workload's SPIFFE ID, once the trust domain is known.
+    pub fn own_spiffe(&self) -> Option<String> {
+        let c = self.current();
+        let td = &c.authz.trust_domain;
+        (!td.is_empty()).then(|| {
+            raftmesh_api::identity::spiffe_id(td, &self.identity.namespace, &self.identity.service)
+        })
+    }
+
     /// Records a port this proxy listens on.
     pub fn note_own_port(&self, port: u16) {
         self.own_ports

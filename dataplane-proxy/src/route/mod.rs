@@ -105,11 +105,8 @@ async fn egress(
             "{host}:{port}: no External declares it and MeshConfig outbound is deny"
         )));
     }
-    let td = &current.authz.trust_domain;
-    let me = (!td.is_empty()).then(|| {
-        raftmesh_api::identity::spiffe_id(td, &config.identity.namespace, &config.identity.service)
-    });
     drop(current);
+    let me = config.own_spiffe();
     crate::egress::send(dest, req, host, port, me.as_deref(), config).await
 }
 
