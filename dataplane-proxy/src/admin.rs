@@ -78,7 +78,7 @@ pub fn handle(config: &Config, workload: Option<&Workload>, path: &str) -> Respo
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            config.metrics.render(),
+            config.metrics.render(config),
         ),
         "/config_dump" => {
             let s = config.current();

@@ -54,6 +54,8 @@ pub struct Endpoint {
     pub healthy: bool,
     /// For a mesh workload: the name its certificate carries (mTLS).
     pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// Its SPIFFE ID, when it has one (metrics' `destination_identity`).
+    pub identity: Option<Arc<str>>,
     /// Live statistics (kept across compiled configs).
     pub stats: Arc<EndpointStats>,
 }
@@ -144,6 +146,8 @@ pub struct ServiceTable {
     pub id: ServiceId,
     /// The service's protocol (first port's; http when unknown).
     pub protocol: Protocol,
+    /// The Route resource's name (metrics' `route`); `None`: no Route.
+    pub route: Option<Arc<str>>,
     /// Rules, first match wins.
     pub rules: Vec<Rule>,
     /// Whole-request time limit.
@@ -372,6 +376,7 @@ pub fn compile(
         services.entry(id.clone()).or_insert_with(|| ServiceTable {
             id,
             protocol: Protocol::Http,
+            route: None,
             rules: Vec::new(),
             timeout: None,
             retries: None,
@@ -442,10 +447,11 @@ pub fn compile(
                     server_name: (!e.identity.is_empty())
                         .then(|| crate::tls::server_name_for(&e.identity))
                         .flatten(),
+                    identity: (!e.identity.is_empty()).then(|| e.identity.as_str().into()),
                     stats: stats.get(addr),
                 });
             }
-            Spec::Route(x) => routes.push((ns, x.clone())),
+            Spec::Route(x) => routes.push((ns, r.metadata.name.clone(), x.clone())),
             Spec::Policy(p) if ns == me.namespace && p.service == me.service && !p.external => {
                 authz.policies.push(p.clone());
             }
@@ -480,6 +486,8 @@ pub fn compile(
     // endpoints carry, asked for by SNI (`s<id>.svc.ns.svc.<td>`).
     let gateway_endpoints = |ns: &str, i: &ImportSpec, tier: u8| -> Vec<Endpoint> {
         let base = format!("{}.{ns}.svc.{}", i.service, i.trust_domain);
+        let identity: Arc<str> =
+            raftmesh_api::identity::spiffe_id(&i.trust_domain, ns, &i.service).into();
         let names: Vec<(String, BTreeMap<String, String>, _)> =
             std::iter::once((base.clone(), BTreeMap::new()))
                 .chain(i.subsets.iter().map(|labels| {
@@ -513,6 +521,7 @@ pub fn compile(
                     subset_only: !whole,
                     healthy: true,
                     server_name: Some(name.clone()),
+                    identity: Some(identity.clone()),
                     dial: Some(crate::tls::gateway_authority(sni, addr).into()),
                     stats: stats.get(addr),
                 });
@@ -529,7 +538,7 @@ pub fn compile(
         t.endpoints = gateway_endpoints(ns, i, 0);
         live.extend(t.endpoints.iter().map(|e| e.addr));
     }
-    for (ns, route) in &routes {
+    for (ns, _, route) in &routes {
         for (k, peer) in route.failover.iter().enumerate() {
             let Some((_, i)) = imports
                 .iter()
@@ -548,7 +557,7 @@ pub fn compile(
                 .extend(eps);
         }
     }
-    for (ns, route) in routes {
+    for (ns, route_name, route) in routes {
         let key = (ns, route.service.clone());
         if key.0 == me.namespace && route.service == me.service {
             authz.rate_limit = route.rate_limit.clone();
@@ -559,6 +568,7 @@ pub fn compile(
             }
         }
         let t = table(&mut services, key);
+        t.route = Some(route_name.into());
         t.timeout = route.timeout.map(|d| d.as_duration());
         t.retries = route.retries.as_ref().map(|r| Retries {
             attempts: r.attempts,

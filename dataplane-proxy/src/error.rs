@@ -77,6 +77,40 @@ pub enum ProxyError {
 /// The header an answer the mesh made itself carries its code in.
 pub const ERROR_HEADER: &str = "x-raftmesh-error";
 
+/// Every code an answer's [`ERROR_HEADER`] may carry.
+const CODES: [&str; 16] = [
+    "bad-request",
+    "bad-path",
+    "no-route",
+    "no-healthy-endpoints",
+    "upstream-connect",
+    "upstream-timeout",
+    "upstream-reset",
+    "upstream-refused",
+    "circuit-open",
+    "denied",
+    "mtls-required",
+    "app-unavailable",
+    "no-identity",
+    "fault-injected",
+    "rate-limited",
+    "egress-denied",
+];
+
+/// The mesh's error code an answer carries (another proxy's), if it is one
+/// of the mesh's codes (`other` if it is not: a label never takes a value
+/// from the network as such).
+pub fn code_of(headers: &http::HeaderMap) -> &'static str {
+    let Some(v) = headers.get(ERROR_HEADER) else {
+        return "";
+    };
+    CODES
+        .iter()
+        .find(|c| c.as_bytes() == v.as_bytes())
+        .copied()
+        .unwrap_or("other")
+}
+
 impl ProxyError {
     /// The `x-raftmesh-error` code.
     pub fn code(&self) -> &'static str {
@@ -264,6 +298,40 @@ mod tests {
         let r = ProxyError::RateLimited("web".into()).into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["x-raftmesh-error"], "rate-limited");
+    }
+
+    #[test]
+    fn error_codes_read_back_from_an_answer_are_the_mesh_codes_and_nothing_else() {
+        let every = [
+            ProxyError::BadRequest,
+            ProxyError::BadPath(crate::path::PathError::BadEscape),
+            ProxyError::BadHost("x".into()),
+            ProxyError::NoRoute("x".into()),
+            ProxyError::NoHealthyEndpoints("x".into()),
+            ProxyError::Connect("x".into()),
+            ProxyError::Timeout("x".into()),
+            ProxyError::Reset("x".into()),
+            ProxyError::Closed("x".into()),
+            ProxyError::Refused("x".into()),
+            ProxyError::CircuitOpen("x".into()),
+            ProxyError::Denied("x".into()),
+            ProxyError::MtlsRequired,
+            ProxyError::AppUnavailable(1),
+            ProxyError::NoIdentity("x".into()),
+            ProxyError::Injected(503, 14),
+            ProxyError::RateLimited("x".into()),
+            ProxyError::EgressDenied("x".into()),
+        ];
+        for e in every {
+            let code = e.code();
+            assert_eq!(code_of(e.into_response().headers()), code);
+        }
+        let mut h = http::HeaderMap::new();
+        assert_eq!(code_of(&h), "");
+        // A callee's app may send the header too: its value never becomes
+        // a label as it is.
+        h.insert(ERROR_HEADER, "x-user-1234".parse().unwrap());
+        assert_eq!(code_of(&h), "other");
     }
 
     #[test]

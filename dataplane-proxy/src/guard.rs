@@ -34,6 +34,8 @@ pub struct Guarded {
     in_flight: Option<crate::conn::InFlight>,
     /// Its access log record, written when the answer ends.
     log: Option<Box<crate::accesslog::Pending>>,
+    /// A gRPC answer's metrics, counted when its trailers come.
+    tally: Option<Box<crate::metrics::Tally>>,
 }
 
 impl Guarded {
@@ -45,12 +47,19 @@ impl Guarded {
             still_allowed: None,
             in_flight: None,
             log: None,
+            tally: None,
         }
     }
 
     /// Writes `log` (counting the body's bytes) when the answer ends.
     pub fn logging(mut self, log: Option<Box<crate::accesslog::Pending>>) -> Self {
         self.log = log;
+        self
+    }
+
+    /// Counts a gRPC answer when its trailers come (or it ends without).
+    pub fn tallying(mut self, tally: Option<Box<crate::metrics::Tally>>) -> Self {
+        self.tally = tally;
         self
     }
 
@@ -70,6 +79,7 @@ impl Guarded {
             still_allowed: Some(still_allowed),
             in_flight: None,
             log: None,
+            tally: None,
         }
     }
 }
@@ -97,9 +107,12 @@ impl HttpBody for Guarded {
         if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             this.in_flight = None;
         }
-        if let (Some(log), Poll::Ready(Some(Ok(f)))) = (&mut this.log, &r) {
-            if let Some(d) = f.data_ref() {
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let (Some(log), Some(d)) = (&mut this.log, f.data_ref()) {
                 log.sent(d.len());
+            }
+            if let (Some(tally), Some(t)) = (&mut this.tally, f.trailers_ref()) {
+                tally.trailers(t);
             }
         }
         r

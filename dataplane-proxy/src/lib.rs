@@ -328,8 +328,9 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     if let Some(w) = &workload {
         w.set_peers(config.current().peer_trust())
             .map_err(anyhow::Error::msg)?;
+        let _ = config.workload.set(w.clone());
     }
-    let forward = Forward::new(workload.clone());
+    let forward = Forward::new(workload.clone(), config.metrics.clone());
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(housekeeping_tick(shutdown_rx.clone())));
 

@@ -1,8 +1,16 @@
 //! Prometheus metrics of one proxy: each [`Metrics`] has its own registry,
 //! so proxies running in one process (tests, benchmarks) count apart.
+//!
+//! Every label value is bounded: services, routes, subsets and identities
+//! come from the config or from certificates the mesh's CA issued, status
+//! codes and gRPC statuses are numbers from fixed sets, error codes are the
+//! mesh's own. No path, host, header value or instance address is a label.
+//! Every series is listed in `docs/observability.md`.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -12,29 +20,117 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Request labels (bounded: services and subsets come from config).
+use crate::compiled::{ServiceId, ServiceTable};
+use crate::target::RouteInfo;
+
+/// One side of a request or connection: a workload, as far as it is known.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Party {
+    /// Its namespace (empty: unknown).
+    pub namespace: String,
+    /// Its service (empty: unknown).
+    pub service: String,
+    /// Its SPIFFE ID (empty: none proven).
+    pub identity: String,
+}
+
+impl Party {
+    /// The workload a SPIFFE ID names (a caller's certificate); unknown
+    /// for none, or for an ID not of the mesh's form.
+    pub fn of_spiffe(id: Option<&str>) -> Party {
+        let Some(id) = id else {
+            return Party::default();
+        };
+        match raftmesh_api::identity::parse_spiffe_id(id) {
+            Some(w) => Party {
+                namespace: w.namespace.to_string(),
+                service: w.service.to_string(),
+                identity: id.to_string(),
+            },
+            None => Party {
+                identity: id.to_string(),
+                ..Party::default()
+            },
+        }
+    }
+
+    /// This proxy's workload.
+    pub fn own(config: &crate::state::Config) -> Party {
+        Party {
+            namespace: config.identity.namespace.clone(),
+            service: config.identity.service.clone(),
+            identity: config.own_spiffe().unwrap_or_default(),
+        }
+    }
+}
+
+/// The labels of `raftmesh_proxy_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// `inbound` or `outbound`.
     pub direction: &'static str,
-    /// Target service (outbound) or own service (inbound).
-    pub service: String,
-    /// Chosen subset, `k=v,...`.
+    /// The caller's namespace.
+    pub source_namespace: String,
+    /// The caller's service.
+    pub source_service: String,
+    /// The caller's SPIFFE ID (inbound: from its certificate).
+    pub source_identity: String,
+    /// The callee's namespace.
+    pub destination_namespace: String,
+    /// The callee's service.
+    pub destination_service: String,
+    /// The callee's SPIFFE ID (outbound: the endpoint's).
+    pub destination_identity: String,
+    /// The Route resource that routed it (outbound).
+    pub route: String,
+    /// The index of the Route's rule that matched (outbound).
+    pub rule: String,
+    /// The chosen subset, `k=v,...` (outbound).
     pub subset: String,
-    /// HTTP status code.
+    /// `2xx`, `4xx`, ...
+    pub status_class: &'static str,
+    /// The HTTP status code.
     pub code: u16,
+    /// The gRPC status (`0`..`16`), for gRPC calls.
+    pub grpc_status: &'static str,
+    /// The `x-raftmesh-error` code, when the mesh answered an error.
+    pub error: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
     direction: &'static str,
-    service: String,
+    source_namespace: String,
+    source_service: String,
+    destination_namespace: String,
+    destination_service: String,
+    route: String,
+    status_class: &'static str,
+}
+
+/// A service this proxy calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    destination_namespace: String,
+    destination_service: String,
+}
+
+impl DestinationLabels {
+    fn of(id: &ServiceId) -> Self {
+        Self {
+            destination_namespace: id.0.clone(),
+            destination_service: id.1.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServiceLabel {
-    service: String,
+struct EndpointStateLabels {
+    destination_namespace: String,
+    destination_service: String,
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,16 +143,48 @@ struct DirectionLabel {
     direction: &'static str,
 }
 
+/// The labels of TCP connection series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    direction: &'static str,
+    peer_namespace: String,
+    peer_service: String,
+    peer_identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    /// `server` (inbound) or `client` (to an endpoint or an External).
+    side: &'static str,
+    /// `ok` or `failed`.
+    result: &'static str,
+    /// Why it failed (empty when it did not).
+    reason: &'static str,
+}
+
+type IntGauge = Gauge<i64, AtomicI64>;
+
 /// The metrics of one proxy.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
-    retries: Family<ServiceLabel, Counter>,
-    ejections: Family<ServiceLabel, Counter>,
+    retries: Family<DestinationLabels, Counter>,
+    ejections: Family<DestinationLabels, Counter>,
     errors: Family<CodeLabel, Counter>,
-    connections: Family<DirectionLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    connections: Family<DirectionLabel, IntGauge>,
+    opened: Family<PeerLabels, Counter>,
+    closed: Family<PeerLabels, Counter>,
+    received: Family<PeerLabels, Counter>,
+    sent: Family<PeerLabels, Counter>,
+    handshakes: Family<HandshakeLabels, Counter>,
     nacks: Counter<u64, AtomicU64>,
+    revision: IntGauge,
+    applied_at: Gauge<f64, AtomicU64>,
+    config_age: Gauge<f64, AtomicU64>,
+    endpoints: Family<EndpointStateLabels, IntGauge>,
+    in_flight: Family<DestinationLabels, IntGauge>,
+    circuit_open: Family<DestinationLabels, IntGauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -68,86 +196,130 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// A registry with every series of the proxy.
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("raftmesh_proxy");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-        });
-        let retries = Family::<ServiceLabel, Counter>::default();
-        let ejections = Family::<ServiceLabel, Counter>::default();
-        let errors = Family::<CodeLabel, Counter>::default();
-        let connections =
-            Family::<DirectionLabel, Gauge<i64, std::sync::atomic::AtomicI64>>::default();
-        let nacks = Counter::default();
-        registry.register(
+        let mut r = Registry::with_prefix("raftmesh_proxy");
+        let m = Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+            }),
+            retries: Family::default(),
+            ejections: Family::default(),
+            errors: Family::default(),
+            connections: Family::default(),
+            opened: Family::default(),
+            closed: Family::default(),
+            received: Family::default(),
+            sent: Family::default(),
+            handshakes: Family::default(),
+            nacks: Counter::default(),
+            revision: Gauge::default(),
+            applied_at: Gauge::default(),
+            config_age: Gauge::default(),
+            endpoints: Family::default(),
+            in_flight: Family::default(),
+            circuit_open: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register(
             "requests",
-            "Requests by direction, service, subset and status code",
-            requests.clone(),
+            "Requests answered, by direction, source and destination (service and identity), route, rule, subset, status class and code, gRPC status and x-raftmesh-error code",
+            m.requests.clone(),
         );
-        registry.register(
+        r.register(
             "request_duration_seconds",
-            "Request latency",
-            latency.clone(),
+            "Time from a request's arrival to its answer's head (gRPC: to its trailers)",
+            m.latency.clone(),
         );
-        registry.register("retries", "Retries sent", retries.clone());
-        registry.register(
+        r.register("retries", "Retries sent, by destination", m.retries.clone());
+        r.register(
             "ejections",
-            "Endpoints ejected after consecutive failures",
-            ejections.clone(),
+            "Endpoints ejected after consecutive failures, by destination",
+            m.ejections.clone(),
         );
-        registry.register(
+        r.register(
             "errors",
-            "Responses the proxy made itself, by x-raftmesh-error code",
-            errors.clone(),
+            "Answers and refusals the proxy made itself, by x-raftmesh-error code",
+            m.errors.clone(),
         );
-        registry.register(
+        r.register(
             "open_connections",
-            "Open client connections",
-            connections.clone(),
+            "Open client connections, by direction",
+            m.connections.clone(),
         );
-        registry.register("config_nacks", "Configurations refused", nacks.clone());
-        Arc::new(Metrics {
-            registry,
-            requests,
-            latency,
-            retries,
-            ejections,
-            errors,
-            connections,
-            nacks,
-        })
-    }
-
-    /// Counts a finished request.
-    pub fn request(&self, labels: RequestLabels, took: Duration) {
-        self.latency
-            .get_or_create(&LatencyLabels {
-                direction: labels.direction,
-                service: labels.service.clone(),
-            })
-            .observe(took.as_secs_f64());
-        self.requests.get_or_create(&labels).inc();
+        r.register(
+            "tcp_connections_opened",
+            "Connections opened, by direction and peer",
+            m.opened.clone(),
+        );
+        r.register(
+            "tcp_connections_closed",
+            "Connections closed, by direction and peer",
+            m.closed.clone(),
+        );
+        r.register(
+            "tcp_received_bytes",
+            "Bytes received from the peer of a connection (after TLS), by direction and peer",
+            m.received.clone(),
+        );
+        r.register(
+            "tcp_sent_bytes",
+            "Bytes sent to the peer of a connection (before TLS), by direction and peer",
+            m.sent.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes, by side, result and failure reason",
+            m.handshakes.clone(),
+        );
+        r.register("config_nacks", "Configurations refused", m.nacks.clone());
+        r.register(
+            "config_revision",
+            "The revision of the configuration in force",
+            m.revision.clone(),
+        );
+        r.register(
+            "config_applied_timestamp_seconds",
+            "When the configuration in force was installed (Unix time)",
+            m.applied_at.clone(),
+        );
+        r.register(
+            "config_age_seconds",
+            "Time since the configuration in force was installed",
+            m.config_age.clone(),
+        );
+        r.register(
+            "endpoints",
+            "Endpoints of the services this proxy calls, by state (usable, ejected, unhealthy)",
+            m.endpoints.clone(),
+        );
+        r.register(
+            "requests_in_flight",
+            "Requests in flight to a service",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "circuit_open",
+            "1 while a service's max_in_flight is reached (new requests get circuit-open)",
+            m.circuit_open.clone(),
+        );
+        Arc::new(Metrics { registry: r, ..m })
     }
 
     /// Counts a retry.
-    pub fn retry(&self, service: &str) {
+    pub fn retry(&self, service: &ServiceId) {
         self.retries
-            .get_or_create(&ServiceLabel {
-                service: service.into(),
-            })
+            .get_or_create(&DestinationLabels::of(service))
             .inc();
     }
 
     /// Counts an ejection.
-    pub fn ejection(&self, service: &str) {
+    pub fn ejection(&self, service: &ServiceId) {
         self.ejections
-            .get_or_create(&ServiceLabel {
-                service: service.into(),
-            })
+            .get_or_create(&DestinationLabels::of(service))
             .inc();
     }
 
-    /// Counts a response the proxy made itself.
+    /// Counts a response or refusal the proxy made itself.
     pub fn error(&self, code: &'static str) {
         self.errors.get_or_create(&CodeLabel { code }).inc();
     }
@@ -157,8 +329,67 @@ impl Metrics {
         self.nacks.inc();
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// Records a configuration installed.
+    pub fn config_installed(&self, revision: u64) {
+        self.revision
+            .set(i64::try_from(revision).unwrap_or(i64::MAX));
+        self.applied_at.set(crate::unix_ms() as f64 / 1000.0);
+    }
+
+    /// Counts a TLS handshake (`reason` empty when it succeeded).
+    pub fn handshake(&self, side: &'static str, reason: Option<&'static str>) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                side,
+                result: if reason.is_some() { "failed" } else { "ok" },
+                reason: reason.unwrap_or(""),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition; the series read at scrape time
+    /// (config age, endpoint states, requests in flight) are taken from
+    /// `config` first.
+    pub fn render(&self, config: &crate::state::Config) -> String {
+        let applied = self.applied_at.get();
+        if applied > 0.0 {
+            self.config_age
+                .set((crate::unix_ms() as f64 / 1000.0 - applied).max(0.0));
+        }
+        self.endpoints.clear();
+        self.in_flight.clear();
+        self.circuit_open.clear();
+        let current = config.current();
+        for (id, t) in &current.services {
+            let Some(stats) = config.stats.existing(id) else {
+                // Never called: nothing to say about it.
+                continue;
+            };
+            let dest = DestinationLabels::of(id);
+            let state = |state| EndpointStateLabels {
+                destination_namespace: id.0.clone(),
+                destination_service: id.1.clone(),
+                state,
+            };
+            for s in ["usable", "ejected", "unhealthy"] {
+                self.endpoints.get_or_create(&state(s)).set(0);
+            }
+            for e in &t.endpoints {
+                let s = if !e.healthy {
+                    "unhealthy"
+                } else if e.stats.ejected() {
+                    "ejected"
+                } else {
+                    "usable"
+                };
+                self.endpoints.get_or_create(&state(s)).inc();
+            }
+            let n = stats.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+            self.in_flight.get_or_create(&dest).set(i64::from(n));
+            self.circuit_open
+                .get_or_create(&dest)
+                .set(i64::from(t.max_in_flight.is_some_and(|m| n >= m)));
+        }
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -167,81 +398,395 @@ impl Metrics {
     }
 }
 
-/// The metrics of one inbound connection, looked up once: every request
-/// on it has the same direction and service, and nearly every one the same
-/// status code, so the per-request cost is an atomic add or two instead of
-/// label allocations and hash lookups.
-pub struct InboundRecorder {
-    metrics: Arc<Metrics>,
-    service: String,
-    latency: Histogram,
-    last: std::sync::Mutex<Option<(u16, Counter)>>,
+/// `1xx` .. `5xx`.
+fn status_class(code: u16) -> &'static str {
+    match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
-impl InboundRecorder {
-    /// For the proxy's own service.
-    pub fn new(metrics: &Arc<Metrics>, service: &str) -> Self {
-        let latency = metrics
-            .latency
-            .get_or_create(&LatencyLabels {
-                direction: "inbound",
-                service: service.to_string(),
-            })
-            .clone();
+/// A `grpc-status` value as a label: `0`..`16`, or `other`.
+pub fn grpc_status(v: Option<&http::HeaderValue>) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    let Some(v) = v else { return "" };
+    std::str::from_utf8(v.as_bytes())
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .and_then(|n| CODES.get(n).copied())
+        .unwrap_or("other")
+}
+
+/// What one request's series are keyed by on a connection.
+#[derive(Clone)]
+struct Key {
+    route: Option<(Arc<ServiceTable>, usize, usize)>,
+    identity: Option<Arc<str>>,
+    code: u16,
+    grpc: &'static str,
+    error: &'static str,
+}
+
+impl Key {
+    fn same(&self, o: &Key) -> bool {
+        self.code == o.code
+            && self.grpc == o.grpc
+            && self.error == o.error
+            && self.identity == o.identity
+            && match (&self.route, &o.route) {
+                (None, None) => true,
+                (Some((a, ra, ba)), Some((b, rb, bb))) => Arc::ptr_eq(a, b) && ra == rb && ba == bb,
+                _ => false,
+            }
+    }
+}
+
+/// The request series of one connection: its fixed side is known once, and
+/// the series its requests count under are looked up once and kept (a few
+/// per connection), so a request costs a short scan and two atomic adds
+/// instead of label allocations and hash lookups.
+pub struct Recorder {
+    metrics: Arc<Metrics>,
+    direction: &'static str,
+    /// Outbound: this workload (`None`: read from `own` at each new series,
+    /// since its identity is known only once the trust domain is). Inbound:
+    /// the caller.
+    source: Option<Party>,
+    own: Option<Arc<crate::state::Config>>,
+    /// Inbound: this workload (outbound: each request's service).
+    destination: Party,
+    cache: Mutex<Vec<(Key, Counter, Histogram)>>,
+}
+
+/// Series kept per connection.
+const CACHED: usize = 8;
+
+impl Recorder {
+    /// For requests from this workload's app.
+    pub fn outbound(config: &Arc<crate::state::Config>) -> Self {
+        Self {
+            metrics: config.metrics.clone(),
+            direction: "outbound",
+            source: None,
+            own: Some(config.clone()),
+            destination: Party::default(),
+            cache: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// For requests from `caller` to this workload.
+    pub fn inbound(metrics: &Arc<Metrics>, caller: Party, own: Party) -> Self {
         Self {
             metrics: metrics.clone(),
-            service: service.to_string(),
-            latency,
-            last: std::sync::Mutex::new(None),
+            direction: "inbound",
+            source: Some(caller),
+            own: None,
+            destination: own,
+            cache: Mutex::new(Vec::new()),
         }
     }
 
-    /// Records one request.
-    pub fn record(&self, code: u16, took: Duration) {
-        self.latency.observe(took.as_secs_f64());
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match &*last {
-            Some((c, counter)) if *c == code => {
-                counter.inc();
-            }
-            _ => {
-                let counter = self
-                    .metrics
-                    .requests
-                    .get_or_create(&RequestLabels {
-                        direction: "inbound",
-                        service: self.service.clone(),
-                        subset: String::new(),
-                        code,
-                    })
-                    .clone();
-                counter.inc();
-                *last = Some((code, counter));
-            }
+    /// Counts one answered request: `route` is where it went (outbound),
+    /// `error` the mesh's error code when the mesh answered one.
+    pub fn record(
+        &self,
+        route: Option<&RouteInfo>,
+        code: u16,
+        grpc: &'static str,
+        error: &'static str,
+        took: Duration,
+    ) {
+        let key = Key {
+            route: route.and_then(|r| r.route().cloned()),
+            identity: route
+                .and_then(|r| r.endpoint())
+                .and_then(|e| e.identity.clone()),
+            code,
+            grpc,
+            error,
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, c, h)) = cache.iter().find(|(k, _, _)| k.same(&key)) {
+            c.inc();
+            h.observe(took.as_secs_f64());
+            return;
         }
+        let (c, h) = self.series(&key);
+        c.inc();
+        h.observe(took.as_secs_f64());
+        if cache.len() == CACHED {
+            cache.remove(0);
+        }
+        cache.push((key, c, h));
+    }
+
+    fn series(&self, key: &Key) -> (Counter, Histogram) {
+        let (dest_ns, dest_svc, route, rule, subset) = match &key.route {
+            Some((t, r, b)) => (
+                t.id.0.clone(),
+                t.id.1.clone(),
+                t.route.as_deref().unwrap_or("").to_string(),
+                if t.route.is_some() {
+                    r.to_string()
+                } else {
+                    String::new()
+                },
+                t.rules[*r].backends[*b].label.clone(),
+            ),
+            None => (
+                self.destination.namespace.clone(),
+                self.destination.service.clone(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
+        };
+        let dest_identity = match &key.identity {
+            Some(id) => id.to_string(),
+            None => self.destination.identity.clone(),
+        };
+        let status_class = status_class(key.code);
+        let own;
+        let source = match (&self.source, &self.own) {
+            (Some(p), _) => p,
+            (None, Some(c)) => {
+                own = Party::own(c);
+                &own
+            }
+            (None, None) => &self.destination,
+        };
+        let latency = LatencyLabels {
+            direction: self.direction,
+            source_namespace: source.namespace.clone(),
+            source_service: source.service.clone(),
+            destination_namespace: dest_ns.clone(),
+            destination_service: dest_svc.clone(),
+            route: route.clone(),
+            status_class,
+        };
+        let labels = RequestLabels {
+            direction: self.direction,
+            source_namespace: source.namespace.clone(),
+            source_service: source.service.clone(),
+            source_identity: source.identity.clone(),
+            destination_namespace: dest_ns,
+            destination_service: dest_svc,
+            destination_identity: dest_identity,
+            route,
+            rule,
+            subset,
+            status_class,
+            code: key.code,
+            grpc_status: key.grpc,
+            error: key.error,
+        };
+        (
+            self.metrics.requests.get_or_create(&labels).clone(),
+            self.metrics.latency.get_or_create(&latency).clone(),
+        )
     }
 }
 
-/// Tracks an open connection until dropped.
-pub struct ConnGuard(Gauge<i64, std::sync::atomic::AtomicI64>);
+/// A gRPC answer whose status comes in its trailers: counted when they
+/// arrive (or when the answer ends without them).
+pub struct Tally {
+    recorder: Arc<Recorder>,
+    route: Option<Arc<RouteInfo>>,
+    code: u16,
+    error: &'static str,
+    started: std::time::Instant,
+    grpc: &'static str,
+}
+
+impl Tally {
+    /// Waits for the trailers of an answer `code`.
+    pub fn new(
+        recorder: Arc<Recorder>,
+        route: Option<Arc<RouteInfo>>,
+        code: u16,
+        error: &'static str,
+        started: std::time::Instant,
+    ) -> Box<Self> {
+        Box::new(Self {
+            recorder,
+            route,
+            code,
+            error,
+            started,
+            grpc: "",
+        })
+    }
+
+    /// The answer's trailers.
+    pub fn trailers(&mut self, t: &http::HeaderMap) {
+        self.grpc = grpc_status(t.get("grpc-status"));
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        self.recorder.record(
+            self.route.as_deref(),
+            self.code,
+            self.grpc,
+            self.error,
+            self.started.elapsed(),
+        );
+    }
+}
+
+/// One connection, counted open, opened and closed (by direction and
+/// peer), with the bytes through it.
+pub struct ConnGuard {
+    open: IntGauge,
+    metrics: Arc<Metrics>,
+    direction: &'static str,
+    /// Counted opened (its peer known): counted closed when dropped.
+    closed: Option<Counter>,
+}
 
 impl ConnGuard {
-    /// A connection opened on `direction`.
-    pub fn open(metrics: &Metrics, direction: &'static str) -> Self {
+    /// A connection accepted on `direction`; it counts as opened once its
+    /// peer is known ([`ConnGuard::peer`]: a connection refused before,
+    /// in its TLS handshake say, never does).
+    pub fn open(metrics: &Arc<Metrics>, direction: &'static str) -> Self {
         let g = metrics
             .connections
             .get_or_create(&DirectionLabel { direction })
             .clone();
         g.inc();
-        Self(g)
+        Self {
+            open: g,
+            metrics: metrics.clone(),
+            direction,
+            closed: None,
+        }
+    }
+
+    /// The connection's peer is known: it counts as opened, and `io`'s
+    /// bytes count under it.
+    pub fn peer<S>(&mut self, peer: &Party, io: S) -> Counted<S> {
+        let labels = PeerLabels {
+            direction: self.direction,
+            peer_namespace: peer.namespace.clone(),
+            peer_service: peer.service.clone(),
+            peer_identity: peer.identity.clone(),
+        };
+        self.metrics.opened.get_or_create(&labels).inc();
+        self.closed = Some(self.metrics.closed.get_or_create(&labels).clone());
+        Counted {
+            io,
+            received: self.metrics.received.get_or_create(&labels).clone(),
+            sent: self.metrics.sent.get_or_create(&labels).clone(),
+        }
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.dec();
+        self.open.dec();
+        if let Some(c) = &self.closed {
+            c.inc();
+        }
+    }
+}
+
+/// A stream whose bytes are counted as they pass.
+pub struct Counted<S> {
+    io: S,
+    received: Counter,
+    sent: Counter,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.received.inc_by(n as u64);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.sent.inc_by(n as u64);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.sent.inc_by(n as u64);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Why a TLS handshake failed, as a label.
+pub fn handshake_failure(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::TimedOut => "timeout",
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => "closed",
+            _ => "io",
+        };
+    };
+    match tls {
+        Error::NoCertificatesPresented => "no-certificate",
+        Error::InvalidCertificate(c) => match c {
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => "certificate-expired",
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown-issuer",
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                "wrong-name"
+            }
+            CertificateError::Revoked => "revoked",
+            _ => "bad-certificate",
+        },
+        Error::AlertReceived(_) => "alert-received",
+        Error::PeerIncompatible(_) | Error::NoApplicationProtocol => "incompatible",
+        Error::InvalidMessage(_)
+        | Error::InappropriateMessage { .. }
+        | Error::InappropriateHandshakeMessage { .. }
+        | Error::PeerMisbehaved(_) => "protocol",
+        _ => "other",
     }
 }

@@ -20,7 +20,7 @@ use crate::balance::BalanceLayer;
 use crate::conn::{accept, AcceptBackoff, ConnClock, Watched};
 use crate::error::ProxyError;
 use crate::forward::Forward;
-use crate::metrics::{ConnGuard, InboundRecorder, Metrics, RequestLabels};
+use crate::metrics::{ConnGuard, Metrics, Party, Recorder, Tally};
 use crate::retry::RetryLayer;
 use crate::route::{choose, RouteLayer};
 use crate::state::Config;
@@ -54,25 +54,60 @@ pub type OutboundStack = crate::route::Route<
 >;
 
 /// The answer to a request: its response, or the proxy's own error (in
-/// gRPC for a gRPC call); and the HTTP status metrics count it under (an
-/// error's own, though a gRPC caller gets it as a 200 with a grpc-status).
+/// gRPC for a gRPC call); the HTTP status metrics count it under (an
+/// error's own, though a gRPC caller gets it as a 200 with a grpc-status);
+/// and the proxy's error code, if it answered one.
 fn finish(
     result: Result<Response<Body>, ProxyError>,
     metrics: &Metrics,
     grpc: bool,
-) -> (Response<Body>, u16) {
+) -> (Response<Body>, u16, &'static str) {
     match result {
         Ok(r) => {
             let code = r.status().as_u16();
-            (r, code)
+            (r, code, "")
         }
         Err(e) => {
             metrics.error(e.code());
             tracing::debug!(code = e.code(), error = %e, "answered with an error");
             let code = e.status().as_u16();
-            (e.into_response_for(grpc), code)
+            let error = e.code();
+            (e.into_response_for(grpc), code, error)
         }
     }
+}
+
+/// Counts an answered request: now, or (a gRPC answer whose status comes
+/// in its trailers) when its trailers arrive.
+fn count<B: hyper::body::Body>(
+    recorder: &Arc<Recorder>,
+    route: Option<&Arc<RouteInfo>>,
+    resp: &Response<B>,
+    grpc: bool,
+    (code, error): (u16, &'static str),
+    started: Instant,
+) -> Option<Box<Tally>> {
+    let error = if error.is_empty() && (code >= 400 || grpc) {
+        crate::error::code_of(resp.headers())
+    } else {
+        error
+    };
+    let status = if grpc {
+        crate::metrics::grpc_status(resp.headers().get("grpc-status"))
+    } else {
+        ""
+    };
+    if grpc && status.is_empty() && !hyper::body::Body::is_end_stream(resp.body()) {
+        return Some(Tally::new(
+            recorder.clone(),
+            route.cloned(),
+            code,
+            error,
+            started,
+        ));
+    }
+    recorder.record(route.map(|r| &**r), code, status, error, started.elapsed());
+    None
 }
 
 /// Serves outbound HTTP until `shutdown` turns true.
@@ -115,10 +150,12 @@ pub(crate) async fn outbound_connection(
     let _open = OpenCount::new(open);
     let _ = stream.set_nodelay(true);
     let clock = ConnClock::new(limits);
-    let _guard = ConnGuard::open(&metrics, "outbound");
-    let io = Watched::new(stream, clock.clone());
+    let mut guard = ConnGuard::open(&metrics, "outbound");
+    // The peer is the local app.
+    let io = Watched::new(guard.peer(&Party::default(), stream), clock.clone());
     let svc_clock = clock.clone();
     let svc_life = life.clone();
+    let recorder = Arc::new(Recorder::outbound(&config));
     let svc_config = config;
     let svc = service_fn(move |req: Request<Incoming>| {
         let mut stack = stack.clone();
@@ -126,6 +163,7 @@ pub(crate) async fn outbound_connection(
         let in_flight = svc_clock.request();
         let life = svc_life.clone();
         let config = svc_config.clone();
+        let recorder = recorder.clone();
         async move {
             let started = Instant::now();
             let log = crate::accesslog::Start::new(
@@ -135,13 +173,13 @@ pub(crate) async fn outbound_connection(
                 req.headers(),
                 started,
             );
-            let info = RouteInfo(Default::default(), log.as_ref().map(|_| Arc::default()));
+            let info: Arc<RouteInfo> = Arc::default();
             let mut req = req.map(|b| b.boxed());
             req.extensions_mut().insert(info.clone());
             let grpc = crate::error::is_grpc(req.headers());
             let tunnel = crate::upgrade::requested(&req)
                 .then(|| (req.method().clone(), hyper::upgrade::on(&mut req)));
-            let (mut resp, code) = finish(stack.call(req).await, &metrics, grpc);
+            let (mut resp, code, error) = finish(stack.call(req).await, &metrics, grpc);
             if let Some((method, client)) = tunnel {
                 if let Some(stream) = resp
                     .extensions_mut()
@@ -154,36 +192,25 @@ pub(crate) async fn outbound_connection(
                     crate::upgrade::splice(client, &mut resp, Some(closing_guard(&life)));
                 }
             }
-            let (service, subset) = info.0.get().cloned().unwrap_or_default();
             let log = log.map(|l| {
-                let endpoint = info
-                    .1
-                    .as_ref()
-                    .and_then(|c| *c.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+                let (service, subset) = info.names();
                 l.pending(
                     &config.access_log,
                     "outbound",
                     config.own_spiffe(),
                     None,
-                    service.clone(),
-                    subset.clone(),
-                    endpoint,
+                    service,
+                    subset,
+                    info.endpoint().map(|e| e.addr),
                     &resp,
                 )
             });
-            metrics.request(
-                RequestLabels {
-                    direction: "outbound",
-                    service,
-                    subset,
-                    code,
-                },
-                started.elapsed(),
-            );
+            let tally = count(&recorder, Some(&info), &resp, grpc, (code, error), started);
             Ok::<_, Infallible>(resp.map(|b| {
                 crate::guard::Guarded::plain(b)
                     .holding(in_flight)
                     .logging(log)
+                    .tallying(tally)
             }))
         }
     });
@@ -318,7 +345,7 @@ pub async fn serve_inbound(
         let open = OpenCount::new(config.inbound_open.clone());
         tokio::spawn(async move {
             let _open = open;
-            let _guard = ConnGuard::open(&config.metrics, "inbound");
+            let guard = ConnGuard::open(&config.metrics, "inbound");
             let inbound = Inbound {
                 config,
                 member: workload.is_some(),
@@ -329,7 +356,7 @@ pub async fn serve_inbound(
                 app_port,
             };
             tokio::select! {
-                _ = inbound.connection(stream, workload) => {}
+                _ = inbound.connection(stream, workload, guard) => {}
                 _ = crate::stopped(&mut conn_stop) => {}
             }
         });
@@ -394,7 +421,12 @@ impl Inbound {
         }
     }
 
-    async fn connection(self, stream: TcpStream, workload: Option<Arc<Workload>>) {
+    async fn connection(
+        self,
+        stream: TcpStream,
+        workload: Option<Arc<Workload>>,
+        mut guard: ConnGuard,
+    ) {
         if let Some(why) = refusing_all(&self.config, workload.as_deref()) {
             self.refused(why);
             return;
@@ -414,17 +446,21 @@ impl Inbound {
             // Boxed: a TLS connection's state is large, and a plaintext
             // connection's future (the other branches) should not carry
             // room for it.
-            (true, Some(tls)) => Box::pin(self.serve_tls(stream, tls, strict)).await,
+            (true, Some(tls)) => Box::pin(self.serve_tls(stream, tls, strict, guard)).await,
             (true, None) => {
                 // TLS, but no certificate here yet to answer with.
                 tracing::debug!("refused a TLS connection: this proxy has no certificate yet");
                 self.config.metrics.error("tls-handshake");
+                self.config
+                    .metrics
+                    .handshake("server", Some("no-certificate-here"));
             }
             (false, _) => {
                 if to.is_none() && sniff(&stream).await {
                     // Plaintext HTTP: a mesh proxy refuses each request
                     // while the mesh is strict, and closes the connection
                     // when it turns strict.
+                    let stream = guard.peer(&Party::default(), stream);
                     self.serve_http(stream, None).await;
                 } else if strict && member {
                     self.refused("plaintext TCP to a strict mTLS mesh");
@@ -432,6 +468,7 @@ impl Inbound {
                     tracing::info!(reason = %why, "denied an opaque TCP connection");
                 } else {
                     let config = self.config.clone();
+                    let stream = guard.peer(&Party::default(), stream);
                     tokio::select! {
                         _ = relay_stream(stream, to.unwrap_or(self.app)) => {}
                         _ = until_strict(&config, member) => {
@@ -449,7 +486,13 @@ impl Inbound {
     /// A connection that opened with a TLS ClientHello: the handshake, then
     /// HTTP or (ALPN `raftmesh-tcp`) opaque TCP, authorized by the peer's
     /// identity.
-    async fn serve_tls(self, stream: TcpStream, tls: Arc<crate::tls::Tls>, strict: bool) {
+    async fn serve_tls(
+        self,
+        stream: TcpStream,
+        tls: Arc<crate::tls::Tls>,
+        strict: bool,
+        mut guard: ConnGuard,
+    ) {
         let cfg = if strict {
             tls.server_strict.clone()
         } else {
@@ -460,21 +503,31 @@ impl Inbound {
             tokio_rustls::TlsAcceptor::from(cfg).accept(stream),
         )
         .await;
+        let metrics = &self.config.metrics;
         let s = match accepted {
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => {
+                metrics.handshake("server", None);
+                s
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "inbound TLS handshake refused");
-                self.config.metrics.error("tls-handshake");
+                metrics.error("tls-handshake");
+                metrics.handshake("server", Some(crate::metrics::handshake_failure(&e)));
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                metrics.handshake("server", Some("timeout"));
+                return;
+            }
         };
         let (_, conn) = s.get_ref();
         let who = conn
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|c| spiffe_of_der(c));
-        if conn.alpn_protocol() == Some(ALPN_TCP) {
+        let tcp = conn.alpn_protocol() == Some(ALPN_TCP);
+        let s = guard.peer(&Party::of_spiffe(who.as_deref()), s);
+        if tcp {
             if let Err(why) = authz::decide(&self.config.current().authz, who.as_deref(), "", "") {
                 tracing::info!(reason = %why, "denied an opaque TCP connection");
                 self.config.metrics.error("denied");
@@ -505,9 +558,10 @@ impl Inbound {
         let io = Watched::new(io, clock.clone());
         let svc_clock = clock.clone();
         let who: Option<Arc<str>> = who.map(Arc::from);
-        let recorder = Arc::new(InboundRecorder::new(
+        let recorder = Arc::new(Recorder::inbound(
             &self.config.metrics,
-            &self.config.identity.service,
+            Party::of_spiffe(who.as_deref()),
+            Party::own(&self.config),
         ));
         let svc = service_fn(move |req: Request<Incoming>| {
             let (this, who, recorder) = (self.clone(), who.clone(), recorder.clone());
@@ -602,8 +656,7 @@ impl Inbound {
                         }
                     }
                 };
-                let (mut resp, code) = finish(result, &this.config.metrics, grpc);
-                recorder.record(code, started.elapsed());
+                let (mut resp, code, error) = finish(result, &this.config.metrics, grpc);
                 // A tunnel (upgrade or CONNECT) lives on past the answer: it
                 // ends when a committed policy stops allowing it.
                 if let (Some(client), Some((method, uri))) = (tunnel, &decided) {
@@ -671,7 +724,8 @@ impl Inbound {
                         &resp,
                     )
                 });
-                let resp = resp.map(|b| b.holding(in_flight).logging(log));
+                let tally = count(&recorder, None, &resp, grpc, (code, error), started);
+                let resp = resp.map(|b| b.holding(in_flight).logging(log).tallying(tally));
                 Ok::<_, Infallible>(resp)
             }
         });
@@ -744,7 +798,6 @@ pub async fn serve_tcp_upstream(
         };
         let (config, service, workload) = (config.clone(), service.clone(), workload.clone());
         tokio::spawn(async move {
-            let _guard = ConnGuard::open(&config.metrics, "outbound");
             let table = match config.current().service(&service).cloned() {
                 Some(t) => Some(t),
                 None => config.learn(&service, Duration::from_secs(2)).await,
@@ -763,11 +816,18 @@ pub async fn serve_tcp_upstream(
 /// endpoint has an identity and this proxy a certificate), trying up to
 /// three endpoints on connect failure.
 pub(crate) async fn relay_to_service(
-    mut client: TcpStream,
+    client: TcpStream,
     t: &crate::compiled::ServiceTable,
     config: &Config,
     workload: Option<&Workload>,
 ) {
+    let mut guard = ConnGuard::open(&config.metrics, "outbound");
+    let peer = Party {
+        namespace: t.id.0.clone(),
+        service: t.id.1.clone(),
+        identity: String::new(),
+    };
+    let mut client = guard.peer(&peer, client);
     let stats = config.stats.service(&t.id);
     for _ in 0..3 {
         let Some((rule, b)) = choose(&t.rules, &Request::new(())) else {
@@ -786,10 +846,15 @@ pub(crate) async fn relay_to_service(
                         let c = tokio_rustls::TlsConnector::from(tls.client_tcp.clone());
                         match c.connect(name.clone(), up).await {
                             Ok(mut s) => {
+                                config.metrics.handshake("client", None);
                                 let _ = tokio::io::copy_bidirectional(&mut client, &mut s).await;
                                 return;
                             }
                             Err(e) => {
+                                config.metrics.handshake(
+                                    "client",
+                                    Some(crate::metrics::handshake_failure(&e)),
+                                );
                                 tracing::debug!(endpoint = %ep.addr, error = %e, "TCP upstream TLS failed; trying another")
                             }
                         }

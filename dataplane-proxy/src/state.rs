@@ -37,6 +37,8 @@ pub struct Config {
     pub own_ports: std::sync::Mutex<Vec<u16>>,
     /// Outbound (and captured) connections open (a takeover waits for them).
     pub outbound_open: Arc<std::sync::atomic::AtomicUsize>,
+    /// The workload's key and certificate (a mesh proxy's).
+    pub workload: std::sync::OnceLock<Arc<crate::tls::Workload>>,
     current: ArcSwap<CompiledConfig>,
     changed: watch::Sender<u64>,
     learn_tx: Option<mpsc::Sender<Interest>>,
@@ -77,6 +79,9 @@ impl Config {
         has_app: bool,
     ) -> Arc<Self> {
         let (changed, _) = watch::channel(initial.revision);
+        if initial.source != crate::compiled::Source::Empty {
+            stats.metrics().config_installed(initial.revision);
+        }
         Arc::new(Self {
             namespace: identity.namespace.clone(),
             identity,
@@ -90,6 +95,7 @@ impl Config {
             own_ports: Default::default(),
             access_log: Default::default(),
             outbound_open: Default::default(),
+            workload: Default::default(),
             current: ArcSwap::from_pointee(initial),
             changed,
             learn_tx,
@@ -105,13 +111,18 @@ impl Config {
     /// Makes `s` the compiled config in force.
     pub fn install(&self, s: CompiledConfig) {
         let rev = s.revision;
+        self.metrics.config_installed(rev);
         self.current.store(Arc::new(s));
         self.changed
             .send_modify(|r| *r = rev.max(r.wrapping_add(1)));
     }
 
-    /// This workload's SPIFFE ID, once the trust domain is known.
+    /// This workload's SPIFFE ID: its certificate's, or (none yet, or a
+    /// static-config proxy) the one the MeshConfig's trust domain gives.
     pub fn own_spiffe(&self) -> Option<String> {
+        if let Some(tls) = self.workload.get().and_then(|w| w.tls()) {
+            return Some(tls.spiffe.clone());
+        }
         let c = self.current();
         let td = &c.authz.trust_domain;
         (!td.is_empty()).then(|| {

@@ -285,6 +285,15 @@ impl StatsRegistry {
             .clone()
     }
 
+    /// Counters of a service, if it was ever called.
+    pub fn existing(&self, id: &ServiceId) -> Option<Arc<ServiceStats>> {
+        self.by_service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
     pub(crate) fn get(&self, addr: SocketAddr) -> Arc<EndpointStats> {
         let mut m = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
         m.entry(addr)

@@ -11,14 +11,51 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::compiled::ServiceTable;
 use crate::stats::ServiceStats;
 
-/// A slot the outermost handler passes down to learn where a request went
-/// (service and subset), for metrics.
-#[derive(Debug, Clone, Default)]
-pub struct RouteInfo(
-    pub Arc<std::sync::OnceLock<(String, String)>>,
-    /// The endpoint of the last attempt, when the request is logged.
-    pub Option<Arc<Mutex<Option<SocketAddr>>>>,
-);
+/// A slot the outermost handler passes down (as `Arc<RouteInfo>`) to learn
+/// where a request went, for metrics and the access log: its service table,
+/// rule and backend (set by `route`) and the endpoint of its last attempt
+/// (set by `balance`).
+#[derive(Debug, Default)]
+pub struct RouteInfo {
+    routed: std::sync::OnceLock<(Arc<ServiceTable>, usize, usize)>,
+    /// The endpoint's index + 1 (0: none yet).
+    endpoint: std::sync::atomic::AtomicUsize,
+}
+
+impl RouteInfo {
+    /// Records the route (the first call wins: a mirror copy never counts).
+    pub fn routed(&self, table: &Arc<ServiceTable>, rule: usize, backend: usize) {
+        let _ = self.routed.set((table.clone(), rule, backend));
+    }
+
+    /// Records the endpoint of an attempt.
+    pub fn attempted(&self, endpoint: usize) {
+        self.endpoint
+            .store(endpoint + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The table, rule and backend, once routed.
+    pub fn route(&self) -> Option<&(Arc<ServiceTable>, usize, usize)> {
+        self.routed.get()
+    }
+
+    /// The endpoint of the last attempt.
+    pub fn endpoint(&self) -> Option<&crate::compiled::Endpoint> {
+        let (t, _, _) = self.routed.get()?;
+        let i = self
+            .endpoint
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .checked_sub(1)?;
+        t.endpoints.get(i)
+    }
+
+    /// (service, subset) names, empty when not routed.
+    pub fn names(&self) -> (String, String) {
+        self.route()
+            .map(|(t, r, b)| (t.id.1.clone(), t.rules[*r].backends[*b].label.clone()))
+            .unwrap_or_default()
+    }
+}
 
 /// Where a request goes: its service, rule and backend.
 #[derive(Debug, Clone)]
@@ -31,9 +68,9 @@ pub struct Target {
     pub backend: usize,
     /// Counters of the service.
     pub stats: Arc<ServiceStats>,
-    /// Where `balance` records the endpoint of each attempt (a logged
-    /// request's).
-    pub chosen: Option<Arc<Mutex<Option<SocketAddr>>>>,
+    /// Where `balance` records the endpoint of each attempt (`None` for a
+    /// mirror copy).
+    pub chosen: Option<Arc<RouteInfo>>,
     /// The request's consistent-hash key, hashed (when the service hashes
     /// and the request has the key).
     pub hash: Option<u64>,

@@ -68,6 +68,7 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
     let table = ServiceTable {
         id: ("default".into(), "web".into()),
         protocol: Protocol::Http,
+        route: None,
         rules: vec![Rule {
             matches: vec![],
             backends: vec![Backend {
@@ -107,6 +108,7 @@ pub fn target(timeout: Option<Duration>, retries: Option<(u32, Vec<RetryOn>)>) -
                 subset_only: false,
                 healthy: true,
                 server_name: None,
+                identity: None,
                 stats: Arc::new(EndpointStats::default()),
             })
             .collect(),

@@ -482,6 +482,8 @@ pub struct MeshConnector {
     pub targets: Targets,
     /// ALPN offered.
     pub alpn: Alpn,
+    /// Where handshakes are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl MeshConnector {
@@ -538,7 +540,12 @@ impl MeshConnector {
         };
         let s = tokio_rustls::TlsConnector::from(cfg)
             .connect(name, tcp)
-            .await?;
+            .await
+            .inspect_err(|e| {
+                self.metrics
+                    .handshake("client", Some(crate::metrics::handshake_failure(e)))
+            })?;
+        self.metrics.handshake("client", None);
         Ok(MeshStream::Tls(Box::new(s)))
     }
 }

@@ -83,7 +83,9 @@ pub async fn serve_captured(
                 tracing::debug!(%dst, "closed a connection outside the mesh (MeshConfig outbound: deny)");
                 metrics.error("outbound-denied");
             } else {
-                relay_stream(stream, dst).await;
+                // Out of the mesh: the peer is not a workload.
+                let mut guard = crate::metrics::ConnGuard::open(&metrics, "outbound");
+                relay_stream(guard.peer(&Default::default(), stream), dst).await;
             }
         });
     }

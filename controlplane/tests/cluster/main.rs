@@ -9,6 +9,9 @@ mod discovery;
 mod federation;
 mod membership;
 mod node_auth;
+mod observability;
+#[path = "../../../dataplane-proxy/tests/proxy/prom.rs"]
+mod prom;
 mod proxy;
 mod replication;
 mod security;

@@ -205,7 +205,7 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
             }
             let ep = &t.endpoints[i];
             if let Some(c) = &target.chosen {
-                *c.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ep.addr);
+                c.attempted(i);
             }
             req.extensions_mut().insert(Upstream {
                 addr: ep.addr,
@@ -234,7 +234,7 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
                     <= t.endpoints.len() * t.outlier.max_ejection_percent as usize;
                 if ep.stats.fail(&t.outlier, may_eject) {
                     tracing::warn!(service = %name, endpoint = %ep.name, addr = %ep.addr, "ejecting an endpoint after consecutive failures");
-                    target.stats.metrics.ejection(name);
+                    target.stats.metrics.ejection(&t.id);
                 }
             } else {
                 ep.stats.observe(started.elapsed());

@@ -15,6 +15,7 @@ fn table(n: usize, lb: LoadBalancer) -> ServiceTable {
     ServiceTable {
         id: ("default".into(), "web".into()),
         protocol: Protocol::Http,
+        route: None,
         rules: vec![],
         timeout: None,
         retries: None,
@@ -39,6 +40,7 @@ fn table(n: usize, lb: LoadBalancer) -> ServiceTable {
                 subset_only: false,
                 healthy: true,
                 server_name: None,
+                identity: None,
                 stats: Arc::new(EndpointStats::default()),
             })
             .collect(),

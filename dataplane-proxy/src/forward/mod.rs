@@ -32,19 +32,21 @@ pub struct Forward {
 
 impl Default for Forward {
     fn default() -> Self {
-        Self::new(None)
+        Self::new(None, crate::metrics::Metrics::new())
     }
 }
 
 impl Forward {
     /// Clients with short connect timeouts and pooled idle connections;
-    /// `workload` gives them a certificate for mTLS.
-    pub fn new(workload: Option<Arc<Workload>>) -> Self {
+    /// `workload` gives them a certificate for mTLS; their handshakes
+    /// count in `metrics`.
+    pub fn new(workload: Option<Arc<Workload>>, metrics: Arc<crate::metrics::Metrics>) -> Self {
         let targets = Targets::default();
         let conn = |alpn| MeshConnector {
             workload: workload.clone(),
             targets: targets.clone(),
             alpn,
+            metrics: metrics.clone(),
         };
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))

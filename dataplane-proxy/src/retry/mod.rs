@@ -215,7 +215,7 @@ impl<S: Next> tower::Service<Request<Body>> for Retry<S> {
                 }
                 body = next;
                 attempt += 1;
-                target.stats.metrics.retry(&target.table.id.1);
+                target.stats.metrics.retry(&target.table.id);
                 let at_once = attempt == 1 && never_reached(&result);
                 tracing::debug!(service = %target.table.id.1, attempt, at_once, "retrying");
                 if !at_once {

@@ -300,13 +300,9 @@ impl<S: Next> tower::Service<Request<Body>> for Route<S> {
                 .and_then(|k| hash_key(k, &req, &config.identity));
             let stats = config.stats.service(&table.id);
             stats.used.store(true, std::sync::atomic::Ordering::Relaxed);
-            let mut chosen = None;
-            if let Some(info) = req.extensions().get::<RouteInfo>() {
-                let _ = info.0.set((
-                    table.id.1.clone(),
-                    table.rules[rule].backends[backend].label.clone(),
-                ));
-                chosen = info.1.clone();
+            let chosen = req.extensions().get::<Arc<RouteInfo>>().cloned();
+            if let Some(info) = &chosen {
+                info.routed(&table, rule, backend);
             }
             req.extensions_mut().insert(Target {
                 table,

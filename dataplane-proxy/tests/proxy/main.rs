@@ -9,6 +9,8 @@ mod control_plane;
 mod dns;
 mod egress;
 mod faults;
+mod metrics;
+mod prom;
 mod resilience;
 mod routing;
 mod run;

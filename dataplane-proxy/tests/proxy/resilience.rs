@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::prom::metric;
 use super::support::*;
 
 #[tokio::test]
@@ -40,10 +41,13 @@ async fn retries_reach_a_healthy_endpoint_and_the_budget_caps_them() {
     let extra = down.hits() - n;
     assert!(extra <= n / 5 + 10, "{extra} retries for {n} requests");
     let m = super::routing::reqwest_metrics(p.admin).await;
-    assert!(
-        m.contains(&format!(
-            "raftmesh_proxy_retries_total{{service=\"budgeted\"}} {extra}"
-        )),
+    assert_eq!(
+        metric(
+            &m,
+            "raftmesh_proxy_retries_total",
+            &[("destination_service", "budgeted")]
+        ),
+        extra as f64,
         "{m}"
     );
     p.shutdown().await;
@@ -97,8 +101,13 @@ async fn a_failing_endpoint_is_ejected_then_tried_again_after_its_ejection() {
         "the endpoint is used again after its ejection"
     );
     let m = super::routing::reqwest_metrics(p.admin).await;
-    assert!(
-        m.contains("raftmesh_proxy_ejections_total{service=\"ejectme\"} 1"),
+    assert_eq!(
+        metric(
+            &m,
+            "raftmesh_proxy_ejections_total",
+            &[("destination_service", "ejectme")]
+        ),
+        1.0,
         "{m}"
     );
     p.shutdown().await;
@@ -157,10 +166,27 @@ async fn a_circuit_opens_past_the_in_flight_limit() {
             get(&http_client(), out, "web", "/", &[]).await
         }));
     }
+    // While two wait on the slow app, the circuit shows open.
+    let gauge = |name: &str| {
+        metric(
+            &p.config.metrics.render(&p.config),
+            name,
+            &[("destination_service", "web")],
+        )
+    };
+    for _ in 0..50 {
+        if gauge("raftmesh_proxy_requests_in_flight") == 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(gauge("raftmesh_proxy_requests_in_flight"), 2.0);
+    assert_eq!(gauge("raftmesh_proxy_circuit_open"), 1.0);
     let mut codes = Vec::new();
     for t in tasks {
         codes.push(t.await.unwrap().2);
     }
+    assert_eq!(gauge("raftmesh_proxy_circuit_open"), 0.0);
     let open = codes
         .iter()
         .filter(|c| c.as_deref() == Some("circuit-open"))
@@ -339,7 +365,7 @@ async fn a_route_s_connect_timeout_bounds_a_connection_that_hangs() {
 /// An HTTP/2 (h2c) server answering every call with `first` (an HTTP
 /// status, or a trailers-only gRPC status with `grpc`) on the first
 /// request and fine afterwards; the first request waits `delay`.
-async fn flaky_h2(
+pub(super) async fn flaky_h2(
     first_grpc_status: Option<u8>,
     delay: Duration,
 ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {

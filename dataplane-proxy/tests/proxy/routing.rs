@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 
+use super::prom::metric;
 use super::support::*;
 
 #[tokio::test]
@@ -111,7 +112,25 @@ async fn unknown_services_and_unhealthy_endpoints_get_explained_errors() {
         m.contains("raftmesh_proxy_errors_total{code=\"no-healthy-endpoints\"} 1"),
         "{m}"
     );
-    assert!(m.contains("raftmesh_proxy_requests_total{direction=\"outbound\",service=\"api\",subset=\"\",code=\"503\"} 1"), "{m}");
+    let requests = |with: &[(&str, &str)]| metric(&m, "raftmesh_proxy_requests_total", with);
+    assert_eq!(
+        requests(&[
+            ("direction", "outbound"),
+            ("destination_service", "api"),
+            ("code", "503"),
+            ("status_class", "5xx"),
+            ("error", "no-healthy-endpoints"),
+        ]),
+        1.0,
+        "{m}"
+    );
+    // No route: no destination (a name the app made up is never a label).
+    assert_eq!(
+        requests(&[("destination_service", ""), ("error", "no-route")]),
+        1.0,
+        "{m}"
+    );
+    assert!(!m.contains("nowhere"), "{m}");
     p.shutdown().await;
 }
 

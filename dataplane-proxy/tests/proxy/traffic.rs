@@ -26,9 +26,9 @@ use super::support::*;
 #[derive(Clone)]
 pub(super) struct Echo {
     pub(super) hits: Arc<AtomicUsize>,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
     /// `<method> <path> mirror=<x-raftmesh-mirror> <body>` per request.
-    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    pub(super) seen: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub(super) async fn echo(name: &'static str, delay: Duration) -> Echo {
