@@ -23,6 +23,7 @@ pub mod discovery;
 pub mod federation;
 pub mod http;
 pub mod meshconfig;
+pub mod metrics;
 pub mod node;
 pub mod procinfo;
 pub mod revocation;

@@ -235,7 +235,7 @@ pub async fn start_with_listener(
         bootstrap_hash,
     )
     .start();
-    let hub = DiscoveryHub::new(reader.clone(), cfg.endpoint_expiry).start();
+    let hub = DiscoveryHub::new(reader.clone(), cfg.endpoint_expiry, ops.metrics().clone()).start();
     // The lease keeper runs on a thread of its own: no burst of work on the
     // actors' thread (the hub routing a large apply) delays its reports
     // and checks.
@@ -318,7 +318,7 @@ pub async fn start_with_listener(
             let mut rx = shutdown_rx.clone();
             Some(tokio::spawn(crate::http::serve(
                 l,
-                raft.clone(),
+                ops.clone(),
                 async move {
                     let _ = rx.wait_for(|s| *s).await;
                 },

@@ -305,6 +305,16 @@ pub async fn authenticate_admin(
     ops: &ClusterOps,
     header: Option<&str>,
 ) -> Result<Caller, AuthError> {
+    let r = authenticate_admin_now(ops, header).await;
+    ops.metrics()
+        .admin_auth(r.as_ref().err().map(AuthError::reason));
+    r
+}
+
+async fn authenticate_admin_now(
+    ops: &ClusterOps,
+    header: Option<&str>,
+) -> Result<Caller, AuthError> {
     let checked = authenticate(ops.reader(), header, unix_ms());
     match checked {
         Ok(_) => {
@@ -332,7 +342,7 @@ pub async fn authenticate_writer(
     ops: &ClusterOps,
     header: Option<&str>,
 ) -> Result<Caller, AuthError> {
-    match authenticate(ops.reader(), header, unix_ms()) {
+    let r = match authenticate(ops.reader(), header, unix_ms()) {
         Err(AuthError::Invalid) if ops.token_lookups().try_take() => {
             match ops.read_barrier().await {
                 Ok(_) => authenticate(ops.reader(), header, unix_ms()),
@@ -340,12 +350,27 @@ pub async fn authenticate_writer(
             }
         }
         other => other,
-    }
+    };
+    ops.metrics()
+        .admin_auth(r.as_ref().err().map(AuthError::reason));
+    r
 }
 
 /// Admits a proxy with its bootstrap token: checks it (again after a read
 /// barrier if this node does not know it yet), then counts the use.
 pub async fn admit_bootstrap(
+    ops: &ClusterOps,
+    secret: &str,
+    service: &str,
+    namespace: &str,
+) -> Result<(), TokenError> {
+    let r = admit_bootstrap_now(ops, secret, service, namespace).await;
+    ops.metrics()
+        .bootstrap(r.as_ref().err().map(TokenError::reason));
+    r
+}
+
+async fn admit_bootstrap_now(
     ops: &ClusterOps,
     secret: &str,
     service: &str,
@@ -388,6 +413,48 @@ pub enum TokenError {
     /// Through the cluster.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+}
+
+impl TokenError {
+    /// Why, as a metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::Refused(b) => b.reason(),
+            TokenError::NotFound(_) => "not-found",
+            TokenError::Invalid(_) => "invalid",
+            TokenError::Conflict(_) => "conflict",
+            TokenError::Cluster(_) => "unavailable",
+        }
+    }
+}
+
+impl BootstrapError {
+    /// Why, as a metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BootstrapError::Missing => "missing",
+            BootstrapError::Unknown => "unknown",
+            BootstrapError::Revoked(_) => "revoked",
+            BootstrapError::Expired(_) => "expired",
+            BootstrapError::UsedUp(..) => "used-up",
+            BootstrapError::WrongService { .. } => "wrong-service",
+            BootstrapError::AdminToken(_) => "admin-token",
+            BootstrapError::UsedConcurrently(_) => "used-concurrently",
+        }
+    }
+}
+
+impl AuthError {
+    /// Why, as a metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::Invalid => "invalid",
+            AuthError::NotAdmin(_) => "not-admin",
+            AuthError::Unconfirmed(_) => "unconfirmed",
+        }
+    }
 }
 
 impl From<UpdateError<TokenError>> for TokenError {

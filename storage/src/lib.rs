@@ -26,7 +26,7 @@ pub use error::StoreError;
 pub use log_store::LogStore;
 pub use restore::restore;
 pub use snapshot::SnapshotData;
-pub use state::{StateReader, StateView};
+pub use state::{SnapshotStats, StateReader, StateView};
 pub use state_machine::StateMachine;
 pub use window::{ChangeEvent, WindowError};
 

@@ -183,6 +183,37 @@ impl MeshState {
 pub(crate) struct Shared {
     state: RwLock<MeshState>,
     applied_tx: watch::Sender<u64>,
+    pub(crate) snapshots: SnapshotStats,
+}
+
+/// What this node's snapshots cost, for meshd's metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    /// Snapshots built here.
+    pub built: std::sync::atomic::AtomicU64,
+    /// Snapshots received from the leader and installed.
+    pub installed: std::sync::atomic::AtomicU64,
+    /// Bytes of the last snapshot built or installed.
+    pub last_bytes: std::sync::atomic::AtomicU64,
+    /// Microseconds the last build took (encode and durable save).
+    pub last_build_us: std::sync::atomic::AtomicU64,
+    /// Microseconds the last install took.
+    pub last_install_us: std::sync::atomic::AtomicU64,
+}
+
+impl SnapshotStats {
+    pub(crate) fn record(&self, installed: bool, bytes: usize, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.last_bytes.store(bytes as u64, Relaxed);
+        if installed {
+            self.installed.fetch_add(1, Relaxed);
+            self.last_install_us.store(us, Relaxed);
+        } else {
+            self.built.fetch_add(1, Relaxed);
+            self.last_build_us.store(us, Relaxed);
+        }
+    }
 }
 
 impl Shared {
@@ -191,6 +222,7 @@ impl Shared {
         Arc::new(Self {
             state: RwLock::new(state),
             applied_tx,
+            snapshots: SnapshotStats::default(),
         })
     }
 
@@ -222,6 +254,11 @@ impl StateReader {
     /// The revision (log index) of the last applied entry.
     pub fn applied_revision(&self) -> u64 {
         self.shared.read().applied_revision()
+    }
+
+    /// What this node's snapshots cost.
+    pub fn snapshots(&self) -> &SnapshotStats {
+        &self.shared.snapshots
     }
 
     /// A receiver that changes whenever the applied revision does.

@@ -354,6 +354,7 @@ fn apply_command(
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig>> {
+        let started = std::time::Instant::now();
         let (last_applied, membership, resources) = {
             let s = self.shared.read();
             (
@@ -391,6 +392,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             bytes = bytes.len(),
             "built a snapshot"
         );
+        self.shared
+            .snapshots
+            .record(false, bytes.len(), started.elapsed());
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -480,6 +484,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> SResult<()> {
+        let started = std::time::Instant::now();
         let bytes = snapshot.into_inner();
         let sig = Some(meta.signature());
         let data = SnapshotData::decode(&bytes)
@@ -499,6 +504,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.replace_state(meta, data)
             .map_err(|e| StorageIOError::write_snapshot(sig, AnyError::new(&e)))?;
         tracing::info!(revision = ?meta.last_log_id, "installed a snapshot");
+        self.shared
+            .snapshots
+            .record(true, bytes.len(), started.elapsed());
         Ok(())
     }
 

@@ -41,11 +41,14 @@ pub struct Batcher {
     tx: mpsc::Sender<(Command, usize, Reply)>,
 }
 
+/// Where proposals are timed.
+type Metrics = Arc<crate::metrics::NodeMetrics>;
+
 impl Batcher {
     /// Starts the batching task for `raft`; it ends when every handle is dropped.
-    pub fn start(raft: Raft) -> Self {
+    pub fn start(raft: Raft, metrics: Metrics) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, rx, metrics));
         Self { tx }
     }
 
@@ -62,7 +65,7 @@ impl Batcher {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, usize, Reply)>) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, usize, Reply)>, metrics: Metrics) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     // A write that did not fit the last group starts the next one.
     let mut held: Option<(Command, usize, Reply)> = None;
@@ -91,17 +94,23 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, usize, Reply)>) {
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let (raft, metrics) = (raft.clone(), metrics.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let started = std::time::Instant::now();
             if group.len() == 1 {
                 let (cmd, reply) = group.remove(0);
-                let _ = reply.send(raft.client_write(cmd).await.map(|r| r.data));
+                let r = raft.client_write(cmd).await.map(|r| r.data);
+                metrics.proposal(1, started.elapsed());
+                let _ = reply.send(r);
                 return;
             }
             let sizes: Vec<usize> = group.iter().map(|(c, _)| c.leaves().len()).collect();
             let (cmds, replies): (Vec<Command>, Vec<Reply>) = group.into_iter().unzip();
-            match raft.client_write(Command::Group(cmds)).await {
+            let n = replies.len();
+            let r = raft.client_write(Command::Group(cmds)).await;
+            metrics.proposal(n, started.elapsed());
+            match r {
                 Ok(r) => {
                     let revision = r.data.revision;
                     let mut results = r.data.results.into_iter();

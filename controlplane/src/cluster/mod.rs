@@ -108,6 +108,8 @@ pub struct ClusterOps {
     kek: crate::ca::seal::Kek,
     /// Read barriers left for tokens this node does not know.
     token_lookups: crate::tokens::LookupBudget,
+    /// The node's metrics.
+    metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 impl ClusterOps {
@@ -120,8 +122,10 @@ impl ClusterOps {
         unsafe_local_reads: bool,
         kek: crate::ca::seal::Kek,
     ) -> Arc<Self> {
+        let metrics = Arc::new(crate::metrics::NodeMetrics::new());
         Arc::new(Self {
-            writes: Batcher::start(raft.clone()),
+            writes: Batcher::start(raft.clone(), metrics.clone()),
+            metrics,
             raft,
             id,
             pool,
@@ -133,6 +137,11 @@ impl ClusterOps {
             kek,
             token_lookups: crate::tokens::LookupBudget::default(),
         })
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::NodeMetrics> {
+        &self.metrics
     }
 
     /// The budget of read barriers for unknown tokens.
@@ -183,7 +192,10 @@ impl ClusterOps {
 
     /// Proposes `cmd` through the leader and answers its own response.
     pub async fn write(&self, cmd: Command) -> Result<Response, ClusterError> {
-        self.submit(leader::Write(cmd)).await
+        let started = std::time::Instant::now();
+        let r = self.submit(leader::Write(cmd)).await;
+        self.metrics.write(r.is_ok(), started.elapsed());
+        r
     }
 
     /// Hands a lease report to the leader's lease keeper.

@@ -27,6 +27,12 @@ pub struct Unregister(pub u64);
 #[rtype(result = "u64")]
 pub struct Rescope(pub u64);
 
+/// A session acknowledged a delta: the revisions waiting for it may have
+/// converged.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Acked;
+
 /// Every session on this node.
 #[derive(Message)]
 #[rtype(result = "Vec<Arc<Session>>")]
@@ -49,14 +55,28 @@ pub struct DiscoveryHub {
     departed_ttl: std::time::Duration,
     callers: HashMap<ServiceId, HashSet<u64>>,
     members: HashMap<ServiceId, HashSet<u64>>,
+    /// Revisions some sessions still have to acknowledge: when this node
+    /// applied them, and those sessions (for `discovery_converged_seconds`).
+    waiting: std::collections::BTreeMap<u64, (std::time::Instant, Vec<Arc<Session>>)>,
+    metrics: Arc<crate::metrics::NodeMetrics>,
 }
+
+/// Revisions followed to their convergence at once (the oldest is dropped
+/// beyond: a proxy that never acknowledges must not grow the hub).
+const MAX_WAITING: usize = 256;
 
 impl DiscoveryHub {
     /// A hub reading from `reader`, starting at its current revision; a
     /// proxy whose stream ended is remembered for `departed_ttl` (its
     /// endpoint lease).
-    pub fn new(reader: StateReader, departed_ttl: std::time::Duration) -> Self {
+    pub fn new(
+        reader: StateReader,
+        departed_ttl: std::time::Duration,
+        metrics: Arc<crate::metrics::NodeMetrics>,
+    ) -> Self {
         Self {
+            waiting: Default::default(),
+            metrics,
             cursor: reader.applied_revision(),
             reader,
             sessions: HashMap::new(),
@@ -94,8 +114,23 @@ impl DiscoveryHub {
         }
     }
 
+    /// Observes the revisions every session they concerned has now
+    /// acknowledged (or left).
+    fn converge(&mut self) {
+        let sessions = &self.sessions;
+        let metrics = &self.metrics;
+        self.waiting.retain(|rev, (at, waiting)| {
+            waiting.retain(|s| sessions.contains_key(&s.id) && s.status().acked_revision < *rev);
+            if waiting.is_empty() {
+                metrics.converged(at.elapsed());
+                return false;
+            }
+            true
+        });
+    }
+
     /// Hands each session the events it may care about, all in one call.
-    fn route(&self, events: &[ChangeEvent]) {
+    fn route(&mut self, events: &[ChangeEvent]) {
         if events
             .iter()
             .any(|e| e.key.kind == raftmesh_api::Kind::Authority)
@@ -131,9 +166,19 @@ impl DiscoveryHub {
                 per_session.entry(id).or_default().push(ev);
             }
         }
+        let newest = events.iter().map(|e| e.revision).max();
+        let mut concerned = Vec::new();
         for (id, evs) in per_session {
             if let Some((s, _)) = self.sessions.get(&id) {
                 s.offer(&evs);
+                concerned.push(s.clone());
+            }
+        }
+        if let (Some(rev), false) = (newest, concerned.is_empty()) {
+            self.waiting
+                .insert(rev, (std::time::Instant::now(), concerned));
+            while self.waiting.len() > MAX_WAITING {
+                self.waiting.pop_first();
             }
         }
     }
@@ -208,6 +253,15 @@ impl Handler<Unregister> for DiscoveryHub {
                     .insert(key, (status, std::time::Instant::now()));
             }
         }
+        // It no longer holds back the revisions it had to acknowledge.
+        self.converge();
+    }
+}
+
+impl Handler<Acked> for DiscoveryHub {
+    type Result = ();
+    fn handle(&mut self, _: Acked, _: &mut Context<Self>) {
+        self.converge();
     }
 }
 

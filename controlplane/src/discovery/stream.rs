@@ -59,6 +59,8 @@ struct Stream<'a> {
     sent: u64,
     /// Nonce of the delta in flight.
     in_flight: Option<(String, u64)>,
+    /// When the last delta was sent.
+    sent_at: std::time::Instant,
 }
 
 impl Stream<'_> {
@@ -86,6 +88,11 @@ impl Stream<'_> {
         self.in_flight = Some((d.nonce.clone(), rev));
         self.sent = rev;
         self.session.mark_sent(rev);
+        self.ctx
+            .ops
+            .metrics()
+            .delta_sent(d.full, prost::Message::encoded_len(&d));
+        self.sent_at = std::time::Instant::now();
         if !send(&self.tx, Out::Delta(d)).await {
             return Err(Status::cancelled("the proxy went away"));
         }
@@ -188,6 +195,8 @@ impl Stream<'_> {
                 if let Some((nonce, rev)) = &self.in_flight {
                     if *nonce == a.nonce {
                         self.session.mark_acked(*rev);
+                        self.ctx.ops.metrics().acked(self.sent_at.elapsed());
+                        self.ctx.hub.do_send(super::hub::Acked);
                         self.in_flight = None;
                         self.flush().await?;
                     }
@@ -274,6 +283,7 @@ impl Stream<'_> {
                     unix_ms(),
                 )
                 .map_err(identity_status)?;
+                self.ctx.ops.metrics().certificate(true);
                 tracing::debug!(instance = %info.instance, "issued a rotated workload certificate");
                 if !send(&self.tx, Out::Certificate(cert)).await {
                     return Err(Status::cancelled("the proxy went away"));
@@ -321,6 +331,7 @@ pub(super) async fn run_session(
     tx: Tx,
 ) -> Result<(), Status> {
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let _open = ctx.ops.metrics().stream_opened();
     let session = Session::new(id, a.info.clone(), a.scope.clone());
     let (ready, ready_rx) = watch::channel(a.ready);
     let registration = a.endpoint.clone().map(|e| {
@@ -338,6 +349,7 @@ pub(super) async fn run_session(
         tx: tx.clone(),
         sent: 0,
         in_flight: None,
+        sent_at: std::time::Instant::now(),
     };
     let result = async {
         if !a.csr_pem.is_empty() {
@@ -351,6 +363,7 @@ pub(super) async fn run_session(
                 unix_ms(),
             )
             .map_err(identity_status)?;
+            ctx.ops.metrics().certificate(false);
             if !send(&tx, Out::Certificate(cert)).await {
                 return Ok(());
             }

@@ -156,3 +156,218 @@ fn requests_count_under_the_identities_mtls_proved_on_both_sides() {
         c.shutdown().await;
     });
 }
+
+/// Every node's metrics, rendered now.
+fn node_metrics(c: &TestCluster) -> Vec<(u64, String)> {
+    c.nodes
+        .values()
+        .map(|n| (n.id, n.ops.metrics().render(&n.raft, &n.reader)))
+        .collect()
+}
+
+fn sum(all: &[(u64, String)], name: &str, with: &[(&str, &str)]) -> f64 {
+    all.iter().map(|(_, m)| metric(m, name, with)).sum()
+}
+
+#[test]
+fn meshd_counts_raft_writes_snapshots_discovery_tokens_and_certificates() {
+    run(async {
+        // Snapshots every 10 entries: a few are built along the way.
+        let c = TestCluster::start_with(3, 10).await;
+        let leader = c.wait_ready().await;
+        let mut admin = c.client(leader).await;
+        for i in 0..30 {
+            admin
+                .apply(apply_req(vec![super::deploys::doc(&format!(
+                    "kind: Service\nmetadata: {{name: svc-{i}}}\nspec: {{ports: [{{port: 80}}]}}"
+                ))]))
+                .await
+                .unwrap();
+        }
+        admin
+            .apply(apply_req(vec![super::deploys::doc(
+                "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}",
+            )]))
+            .await
+            .unwrap();
+        let all = node_metrics(&c);
+        for (id, m) in &all {
+            // Every node knows the leader and the term.
+            assert_eq!(
+                metric(m, "raftmesh_raft_leader", &[]),
+                leader as f64,
+                "node {id}: {m}"
+            );
+            assert!(metric(m, "raftmesh_raft_term", &[]) >= 1.0);
+            assert!(
+                metric(m, "raftmesh_raft_applied_index", &[]) >= 31.0,
+                "node {id}"
+            );
+        }
+        let lm = &all.iter().find(|(id, _)| *id == leader).unwrap().1;
+        assert_eq!(metric(lm, "raftmesh_raft_is_leader", &[]), 1.0);
+        assert!(
+            metric(lm, "raftmesh_raft_commit_index", &[]) >= 31.0,
+            "{lm}"
+        );
+        // Two followers, each with its lag.
+        assert_eq!(
+            super::prom::series(lm, "raftmesh_raft_replication_lag_entries").len(),
+            2,
+            "{lm}"
+        );
+        assert!(
+            metric(
+                lm,
+                "raftmesh_write_duration_seconds_count",
+                &[("result", "ok")]
+            ) >= 31.0,
+            "{lm}"
+        );
+        assert!(
+            metric(lm, "raftmesh_raft_proposal_duration_seconds_count", &[]) >= 1.0,
+            "{lm}"
+        );
+        assert!(
+            metric(lm, "raftmesh_raft_proposal_commands_sum", &[]) >= 31.0,
+            "{lm}"
+        );
+        // Snapshots: built here, with a size and a time.
+        assert!(
+            metric(lm, "raftmesh_raft_snapshots_total", &[("kind", "built")]) >= 1.0,
+            "{lm}"
+        );
+        assert!(
+            metric(lm, "raftmesh_raft_snapshot_bytes", &[]) > 100.0,
+            "{lm}"
+        );
+        assert!(
+            metric(
+                lm,
+                "raftmesh_raft_snapshot_last_seconds",
+                &[("kind", "build")]
+            ) > 0.0,
+            "{lm}"
+        );
+        assert!(
+            metric(lm, "raftmesh_raft_snapshot_index", &[]) >= 10.0,
+            "{lm}"
+        );
+        assert!(
+            metric(
+                lm,
+                "raftmesh_admin_authentications_total",
+                &[("result", "ok")]
+            ) >= 1.0
+        );
+
+        // A proxy: its token used, a certificate issued, a stream, deltas
+        // and their acknowledgements.
+        let dir = tempfile::tempdir().unwrap();
+        let web_app = app("web").await;
+        let token = bootstrap_token(&mut admin, "web").await;
+        let web = web_proxy(&c, dir.path(), "web-1", web_app.addr, token).await;
+        eventually(
+            "the proxy's first config acknowledged",
+            Duration::from_secs(10),
+            || {
+                let all = node_metrics(&c);
+                async move {
+                    (sum(&all, "raftmesh_discovery_ack_seconds_count", &[]) >= 1.0).then_some(())
+                }
+            },
+        )
+        .await;
+        let all = node_metrics(&c);
+        assert_eq!(
+            sum(
+                &all,
+                "raftmesh_bootstrap_tokens_total",
+                &[("result", "used")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            sum(
+                &all,
+                "raftmesh_certificates_issued_total",
+                &[("kind", "first")]
+            ),
+            1.0
+        );
+        assert_eq!(sum(&all, "raftmesh_discovery_streams", &[]), 1.0);
+        assert!(
+            sum(
+                &all,
+                "raftmesh_discovery_deltas_sent_total",
+                &[("kind", "full")]
+            ) >= 1.0
+        );
+        assert!(sum(&all, "raftmesh_discovery_sent_bytes_total", &[]) > 0.0);
+        // A change the proxy holds converges once it acknowledges it.
+        let converged = sum(&all, "raftmesh_discovery_converged_seconds_count", &[]);
+        admin
+            .apply(apply_req(vec![super::deploys::doc(
+                "kind: Route\nmetadata: {name: web}\nspec: {service: web, timeout: 3s}",
+            )]))
+            .await
+            .unwrap();
+        eventually(
+            "the Route's revision converged",
+            Duration::from_secs(10),
+            || {
+                let all = node_metrics(&c);
+                async move {
+                    (sum(&all, "raftmesh_discovery_converged_seconds_count", &[]) > converged)
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+        // Refusals count by reason (a stranger's made-up tokens).
+        let node = c.nodes.values().next().unwrap();
+        let refused = |m: &str, name: &str, reason: &str| {
+            metric(m, name, &[("result", "refused"), ("reason", reason)])
+        };
+        let before = node.ops.metrics().render(&node.raft, &node.reader);
+        let (boot0, admin0) = (
+            refused(&before, "raftmesh_bootstrap_tokens_total", "unknown"),
+            refused(&before, "raftmesh_admin_authentications_total", "invalid"),
+        );
+        assert!(raftmesh_controlplane::tokens::admit_bootstrap(
+            &node.ops,
+            "rmb_madeup",
+            "web",
+            "default"
+        )
+        .await
+        .is_err());
+        assert!(raftmesh_controlplane::tokens::authenticate_admin(
+            &node.ops,
+            Some("Bearer rmt_madeup")
+        )
+        .await
+        .is_err());
+        let m = node.ops.metrics().render(&node.raft, &node.reader);
+        assert_eq!(
+            refused(&m, "raftmesh_bootstrap_tokens_total", "unknown") - boot0,
+            1.0,
+            "{m}"
+        );
+        assert_eq!(
+            refused(&m, "raftmesh_admin_authentications_total", "invalid") - admin0,
+            1.0,
+            "{m}"
+        );
+        for secret in ["rmb_madeup", "rmt_madeup"] {
+            assert!(!m.contains(secret));
+        }
+        web.shutdown().await;
+        eventually("the stream counted closed", Duration::from_secs(10), || {
+            let all = node_metrics(&c);
+            async move { (sum(&all, "raftmesh_discovery_streams", &[]) == 0.0).then_some(()) }
+        })
+        .await;
+        c.shutdown().await;
+    });
+}
