@@ -553,6 +553,10 @@ impl From<Spec> for pb::resource::Spec {
                     sample_percent: a.sample_percent,
                     file: a.file,
                 }),
+                tracing: m.tracing.map(|t| pb::Tracing {
+                    collector: t.collector,
+                    sample_ppm: t.sample_percent.map(|p| p.0),
+                }),
             }),
             Spec::Token(t) => P::Token(pb::TokenSpec {
                 secret_sha256: t.secret_sha256,
@@ -729,6 +733,10 @@ impl TryFrom<pb::resource::Spec> for Spec {
                 access_log: m.access_log.map(|a| AccessLog {
                     sample_percent: a.sample_percent,
                     file: a.file,
+                }),
+                tracing: m.tracing.map(|t| Tracing {
+                    collector: t.collector,
+                    sample_percent: t.sample_ppm.map(SamplePercent),
                 }),
             }),
             P::Token(t) => {

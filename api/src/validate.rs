@@ -482,6 +482,23 @@ impl Resource {
                         );
                     }
                 }
+                if let Some(t) = &m.tracing {
+                    c.check(
+                        host_port(&t.collector),
+                        "spec.tracing.collector",
+                        format!(
+                            "{} is not host:port (an OTLP/gRPC collector, e.g. otel-collector.observability:4317)",
+                            shown(&t.collector)
+                        ),
+                    );
+                    if let Some(p) = t.sample_percent {
+                        c.check(
+                            p.0 <= crate::SamplePercent::WHOLE,
+                            "spec.tracing.sample_percent",
+                            format!("{} is more than 100", p.percent()),
+                        );
+                    }
+                }
                 if let Some(ttl) = m.cert_ttl {
                     let ms = ttl.as_millis();
                     c.check(

@@ -219,6 +219,8 @@ pub struct CompiledConfig {
     pub externals: Vec<Arc<crate::egress::External>>,
     /// MeshConfig's access log settings (`None`: off).
     pub access_log: Option<raftmesh_api::AccessLog>,
+    /// MeshConfig `tracing` (`None`: off).
+    pub tracing: Option<raftmesh_api::Tracing>,
 }
 
 impl CompiledConfig {
@@ -234,6 +236,7 @@ impl CompiledConfig {
             app_probe: None,
             externals: Vec::new(),
             access_log: None,
+            tracing: None,
         }
     }
 
@@ -405,6 +408,7 @@ pub fn compile(
     let mut routes = Vec::new();
     let mut app_probe = None;
     let mut access_log = None;
+    let mut tracing_settings = None;
     let mut imports = Vec::new();
     let mut peers = BTreeMap::new();
     for r in resources.values() {
@@ -471,6 +475,7 @@ pub fn compile(
             Spec::MeshConfig(m) => {
                 app_probe = m.app_probe.as_deref().cloned();
                 access_log = m.access_log.clone();
+                tracing_settings = m.tracing.clone();
                 authz.trust_domain = m.trust_domain.clone().unwrap_or_default();
                 authz.default = m.default_policy.unwrap_or_default();
                 authz.mtls = m.mtls.unwrap_or_default();
@@ -709,6 +714,7 @@ pub fn compile(
     CompiledConfig {
         externals,
         access_log,
+        tracing: tracing_settings,
         revision,
         source,
         resources,

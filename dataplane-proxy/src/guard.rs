@@ -36,6 +36,8 @@ pub struct Guarded {
     log: Option<Box<crate::accesslog::Pending>>,
     /// A gRPC answer's metrics, counted when its trailers come.
     tally: Option<Box<crate::metrics::Tally>>,
+    /// The request's span, ended when the answer ends.
+    hop: Option<raftmesh_client::otel::Hop>,
 }
 
 impl Guarded {
@@ -48,12 +50,19 @@ impl Guarded {
             in_flight: None,
             log: None,
             tally: None,
+            hop: None,
         }
     }
 
     /// Writes `log` (counting the body's bytes) when the answer ends.
     pub fn logging(mut self, log: Option<Box<crate::accesslog::Pending>>) -> Self {
         self.log = log;
+        self
+    }
+
+    /// Ends `hop` (the request's span) when the answer ends.
+    pub fn tracing(mut self, hop: Option<raftmesh_client::otel::Hop>) -> Self {
+        self.hop = hop;
         self
     }
 
@@ -80,6 +89,7 @@ impl Guarded {
             in_flight: None,
             log: None,
             tally: None,
+            hop: None,
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod takeover;
 pub mod target;
 pub mod timeout;
 pub mod tls;
+pub mod trace;
 pub mod transparent;
 pub mod trust;
 pub mod upgrade;

@@ -166,6 +166,9 @@ pub(crate) async fn outbound_connection(
         let recorder = recorder.clone();
         async move {
             let started = Instant::now();
+            let mut req = req;
+            // First: the access log records the trace the span is in.
+            let hop = crate::trace::start(&config, "outbound", &mut req);
             let log = crate::accesslog::Start::new(
                 config.current().access_log.as_ref(),
                 req.method(),
@@ -206,11 +209,15 @@ pub(crate) async fn outbound_connection(
                 )
             });
             let tally = count(&recorder, Some(&info), &resp, grpc, (code, error), started);
+            if let Some(h) = &hop {
+                crate::trace::answered(h, &info.names().0, Some(&info), code, error, true);
+            }
             Ok::<_, Infallible>(resp.map(|b| {
                 crate::guard::Guarded::plain(b)
                     .holding(in_flight)
                     .logging(log)
                     .tallying(tally)
+                    .tracing(hop)
             }))
         }
     });
@@ -568,6 +575,8 @@ impl Inbound {
             let in_flight = svc_clock.request();
             async move {
                 let started = Instant::now();
+                let mut req = req;
+                let hop = crate::trace::start(&this.config, "inbound", &mut req);
                 let log = crate::accesslog::Start::new(
                     this.config.current().access_log.as_ref(),
                     req.method(),
@@ -577,7 +586,6 @@ impl Inbound {
                 );
                 let strict = this.config.current().authz.mtls == MtlsMode::Strict;
                 let grpc = crate::error::is_grpc(req.headers());
-                let mut req = req;
                 // A CONNECT names an authority, no path: it is decided as
                 // opaque TCP below.
                 let connect = req.method() == http::Method::CONNECT;
@@ -725,7 +733,22 @@ impl Inbound {
                     )
                 });
                 let tally = count(&recorder, None, &resp, grpc, (code, error), started);
-                let resp = resp.map(|b| b.holding(in_flight).logging(log).tallying(tally));
+                if let Some(h) = &hop {
+                    crate::trace::answered(
+                        h,
+                        &this.config.identity.service,
+                        None,
+                        code,
+                        error,
+                        false,
+                    );
+                }
+                let resp = resp.map(|b| {
+                    b.holding(in_flight)
+                        .logging(log)
+                        .tallying(tally)
+                        .tracing(hop)
+                });
                 Ok::<_, Infallible>(resp)
             }
         });

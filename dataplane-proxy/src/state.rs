@@ -37,6 +37,8 @@ pub struct Config {
     pub own_ports: std::sync::Mutex<Vec<u16>>,
     /// Outbound (and captured) connections open (a takeover waits for them).
     pub outbound_open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Traces (MeshConfig `tracing`), following each config installed.
+    pub traces: raftmesh_client::otel::Traces,
     /// The workload's key and certificate (a mesh proxy's).
     pub workload: std::sync::OnceLock<Arc<crate::tls::Workload>>,
     current: ArcSwap<CompiledConfig>,
@@ -79,6 +81,8 @@ impl Config {
         has_app: bool,
     ) -> Arc<Self> {
         let (changed, _) = watch::channel(initial.revision);
+        let traces = raftmesh_client::otel::Traces::new(&identity.service, &identity.namespace, "");
+        traces.configure(initial.tracing.as_ref());
         if initial.source != crate::compiled::Source::Empty {
             stats.metrics().config_installed(initial.revision);
         }
@@ -96,6 +100,7 @@ impl Config {
             access_log: Default::default(),
             outbound_open: Default::default(),
             workload: Default::default(),
+            traces,
             current: ArcSwap::from_pointee(initial),
             changed,
             learn_tx,
@@ -112,6 +117,7 @@ impl Config {
     pub fn install(&self, s: CompiledConfig) {
         let rev = s.revision;
         self.metrics.config_installed(rev);
+        self.traces.configure(s.tracing.as_ref());
         self.current.store(Arc::new(s));
         self.changed
             .send_modify(|r| *r = rev.max(r.wrapping_add(1)));

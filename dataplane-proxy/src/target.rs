@@ -20,6 +20,8 @@ pub struct RouteInfo {
     routed: std::sync::OnceLock<(Arc<ServiceTable>, usize, usize)>,
     /// The endpoint's index + 1 (0: none yet).
     endpoint: std::sync::atomic::AtomicUsize,
+    /// Attempts sent.
+    attempts: std::sync::atomic::AtomicU32,
 }
 
 impl RouteInfo {
@@ -32,6 +34,13 @@ impl RouteInfo {
     pub fn attempted(&self, endpoint: usize) {
         self.endpoint
             .store(endpoint + 1, std::sync::atomic::Ordering::Relaxed);
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Attempts sent (retries are the attempts after the first).
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The table, rule and backend, once routed.

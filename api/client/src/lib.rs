@@ -4,11 +4,13 @@
 //! between nodes without ever sending a write twice.
 //!
 //! meshctl, the chaos harness, `meshd demo` and the tests all connect
-//! through here. Depends on `api` and tonic only: no openraft, sled, actix
-//! or proxy code.
+//! through here. Depends on `api`, tonic and OpenTelemetry's OTLP exporter
+//! (`otel`: the traces meshd and mesh-proxy both export) only: no openraft,
+//! sled, actix or proxy code.
 
 mod admin;
 pub mod bins;
+pub mod otel;
 mod tls;
 
 use std::time::Duration;

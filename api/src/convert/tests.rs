@@ -354,6 +354,11 @@ fn mesh_config() -> impl Strategy<Value = Spec> {
                         sample_percent: Some(10),
                         file: Some("/var/log/mesh.log".into()),
                     }),
+                    tracing: mtls.map(|_| Tracing {
+                        collector: "otel.observability:4317".into(),
+                        sample_percent: cert_ttl
+                            .map(|d| SamplePercent((d.as_millis() % 1_000_001) as u32)),
+                    }),
                     app_probe: cert_ttl.map(|d| {
                         Box::new(AppProbe {
                             http_path: Some("/ready".into()),

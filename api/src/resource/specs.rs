@@ -653,6 +653,65 @@ pub struct MeshConfigSpec {
     /// Every proxy's access log: one JSON object per request (absent: off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
+    /// Traces exported over OTLP by every proxy and meshd (absent: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// `MeshConfig.tracing`: every proxy (a span per hop, client and server
+/// side) and meshd (admin writes through Raft commit) export spans over
+/// OTLP/gRPC to `collector`. A trace is sampled where it starts, at
+/// `sample_percent`; a request that arrives sampled or not keeps that.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// The OTLP/gRPC collector, `host:port` (plaintext gRPC).
+    pub collector: String,
+    /// Share of new traces sampled, 0–100 with up to four decimals
+    /// (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_percent: Option<SamplePercent>,
+}
+
+/// A percentage kept exactly, in millionths (`0.0001` % steps): written
+/// and read as a number (`1`, `0.5`, `100`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct SamplePercent(pub u32);
+
+impl SamplePercent {
+    /// Parts per million of 100 %.
+    pub const WHOLE: u32 = 1_000_000;
+
+    /// From a percentage; `None` outside 0–100 or not a number.
+    pub fn from_percent(p: f64) -> Option<Self> {
+        (p.is_finite() && (0.0..=100.0).contains(&p))
+            .then(|| SamplePercent((p * 10_000.0).round() as u32))
+    }
+
+    /// As a percentage.
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 10_000.0
+    }
+
+    /// As a ratio, 0–1.
+    pub fn ratio(self) -> f64 {
+        f64::from(self.0) / f64::from(Self::WHOLE)
+    }
+}
+
+impl Serialize for SamplePercent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.percent())
+    }
+}
+
+impl<'de> Deserialize<'de> for SamplePercent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let p = f64::deserialize(d)?;
+        SamplePercent::from_percent(p).ok_or_else(|| {
+            serde::de::Error::custom(format!("sample_percent {p} is not between 0 and 100"))
+        })
+    }
 }
 
 /// `MeshConfig.access_log`: each proxy writes one flat JSON object per

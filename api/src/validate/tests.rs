@@ -507,6 +507,32 @@ fn access_log_settings_are_checked() {
 }
 
 #[test]
+fn tracing_settings_are_checked() {
+    let r = parse_one("kind: MeshConfig\nmetadata: {name: mesh}\nspec: {tracing: {collector: 'otel.observability:4317', sample_percent: 0.5}}\n");
+    r.validate().unwrap();
+    let crate::Spec::MeshConfig(m) = &r.spec else {
+        panic!()
+    };
+    assert_eq!(
+        m.tracing.as_ref().unwrap().sample_percent,
+        Some(crate::SamplePercent(5_000))
+    );
+    let e = errors("kind: MeshConfig\nmetadata: {name: mesh}\nspec: {tracing: {collector: 'http://otel:4317'}}\n");
+    assert!(
+        e.contains("spec.tracing.collector: \"http://otel:4317\" is not host:port"),
+        "{e}"
+    );
+    for bad in ["101", "-1", "1e400"] {
+        let y = format!("kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{tracing: {{collector: 'otel:4317', sample_percent: {bad}}}}}\n");
+        let e = crate::parse_documents(&y)
+            .map(|r| format!("{bad} parsed as {r:?}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.tracing.sample_percent"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn an_external_names_hosts_ports_and_its_tls_and_bad_ones_are_refused() {
     parse_one("kind: External\nmetadata: {name: stripe}\nspec: {hosts: [api.stripe.com, \"*.stripe.net\", 10.1.2.3], ports: [443, 8443], tls: {port: 443}}\n")
         .validate()

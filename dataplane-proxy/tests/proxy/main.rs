@@ -10,11 +10,13 @@ mod dns;
 mod egress;
 mod faults;
 mod metrics;
+mod otlp;
 mod prom;
 mod resilience;
 mod routing;
 mod run;
 mod support;
+mod tracing;
 mod traffic;
 mod transport;
 
