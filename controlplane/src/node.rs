@@ -257,6 +257,7 @@ pub async fn start_with_listener(
         shutdown_rx.clone(),
     );
     let links = crate::federation::link::spawn(federation.clone(), shutdown_rx.clone());
+    tokio::spawn(ops.clone().follow_tracing(shutdown_rx.clone()));
     let server = {
         let mut rx = shutdown_rx.clone();
         let raft_svc = RaftServer::new(RaftService::new(ops.clone(), hub.clone(), node_check))

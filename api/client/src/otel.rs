@@ -95,6 +95,16 @@ impl Traces {
         self.current.load_full()
     }
 
+    /// A span `name` inside the span current on this task (attached with
+    /// `opentelemetry::context::FutureExt::with_context`); `None` with
+    /// tracing off or outside any span (work nobody traces stays out).
+    pub fn child(&self, name: &str) -> Option<Hop> {
+        let active = self.current.load_full()?;
+        let cx = Context::current();
+        cx.has_active_span()
+            .then(|| active.start(SpanKind::Internal, name.to_string(), &cx))
+    }
+
     /// Follows `settings` (`None`: off). Must run inside a tokio runtime
     /// (the exporter's channel and batch task live there).
     pub fn configure(&self, settings: Option<&Tracing>) {
@@ -156,7 +166,6 @@ impl Traces {
             tracer,
         })
     }
-
 }
 
 impl Drop for Traces {
@@ -212,6 +221,11 @@ impl Hop {
             );
             headers.remove("x-b3-parentspanid");
         }
+    }
+
+    /// The context of this span (to run work inside it).
+    pub fn context(&self) -> &Context {
+        &self.cx
     }
 
     /// Whether the span is recorded (sampled).

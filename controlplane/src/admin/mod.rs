@@ -155,9 +155,8 @@ type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> +
 
 const BACKUP_CHUNK: usize = 1024 * 1024;
 
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn apply(
+impl AdminService {
+    async fn apply_now(
         &self,
         req: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
@@ -198,7 +197,42 @@ impl Admin for AdminService {
                 .collect(),
         }))
     }
+}
 
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        use opentelemetry::context::FutureExt as _;
+        // Traced from the call to the committed, applied answer.
+        let Some(active) = self.ops.traces().active() else {
+            return self.apply_now(req).await;
+        };
+        let parent = raftmesh_client::otel::extract(&req.metadata().clone().into_headers());
+        let span = active.start(
+            opentelemetry::trace::SpanKind::Server,
+            "raftmesh.v1.Admin/Apply".into(),
+            &parent,
+        );
+        span.set(vec![opentelemetry::KeyValue::new(
+            "raftmesh.items",
+            req.get_ref().items.len() as i64,
+        )]);
+        let r = self
+            .apply_now(req)
+            .with_context(span.context().clone())
+            .await;
+        match &r {
+            Ok(resp) => span.set(vec![opentelemetry::KeyValue::new(
+                "raftmesh.revision",
+                resp.get_ref().revision as i64,
+            )]),
+            Err(s) => span.fail(format!("{:?}: {}", s.code(), s.message())),
+        }
+        r
+    }
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let caller = self.auth(&req, Need::Read).await?;
         let r = req.into_inner();

@@ -110,6 +110,8 @@ pub struct ClusterOps {
     token_lookups: crate::tokens::LookupBudget,
     /// The node's metrics.
     metrics: Arc<crate::metrics::NodeMetrics>,
+    /// The node's traces (MeshConfig `tracing`, followed by `follow_tracing`).
+    traces: raftmesh_client::otel::Traces,
 }
 
 impl ClusterOps {
@@ -126,6 +128,7 @@ impl ClusterOps {
         Arc::new(Self {
             writes: Batcher::start(raft.clone(), metrics.clone()),
             metrics,
+            traces: raftmesh_client::otel::Traces::new("meshd", "", &format!("node-{id}")),
             raft,
             id,
             pool,
@@ -142,6 +145,26 @@ impl ClusterOps {
     /// The node's metrics.
     pub fn metrics(&self) -> &Arc<crate::metrics::NodeMetrics> {
         &self.metrics
+    }
+
+    /// The node's traces.
+    pub fn traces(&self) -> &raftmesh_client::otel::Traces {
+        &self.traces
+    }
+
+    /// Keeps the node's traces in line with the committed MeshConfig
+    /// `tracing` until `stop` turns true (the node shuts down).
+    pub async fn follow_tracing(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut applied = self.reader.watch_applied();
+        loop {
+            let settings = crate::meshconfig::mesh_config(&self.reader).and_then(|m| m.tracing);
+            self.traces.configure(settings.as_ref());
+            tokio::select! {
+                r = applied.changed() => if r.is_err() { break },
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        self.traces.configure(None);
     }
 
     /// The budget of read barriers for unknown tokens.
@@ -193,8 +216,18 @@ impl ClusterOps {
     /// Proposes `cmd` through the leader and answers its own response.
     pub async fn write(&self, cmd: Command) -> Result<Response, ClusterError> {
         let started = std::time::Instant::now();
+        let span = self.traces.child("raft write");
         let r = self.submit(leader::Write(cmd)).await;
         self.metrics.write(r.is_ok(), started.elapsed());
+        if let Some(s) = &span {
+            match &r {
+                Ok(resp) => s.set(vec![
+                    opentelemetry::KeyValue::new("raftmesh.revision", resp.revision as i64),
+                    opentelemetry::KeyValue::new("raftmesh.node", self.id as i64),
+                ]),
+                Err(e) => s.fail(e.to_string()),
+            }
+        }
         r
     }
 

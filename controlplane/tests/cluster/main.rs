@@ -10,6 +10,10 @@ mod federation;
 mod membership;
 mod node_auth;
 mod observability;
+// Shared with the proxy's suite (which reads every field).
+#[allow(dead_code)]
+#[path = "../../../dataplane-proxy/tests/proxy/otlp.rs"]
+mod otlp;
 #[path = "../../../dataplane-proxy/tests/proxy/prom.rs"]
 mod prom;
 mod proxy;

@@ -371,3 +371,120 @@ fn meshd_counts_raft_writes_snapshots_discovery_tokens_and_certificates() {
         c.shutdown().await;
     });
 }
+
+#[test]
+fn tracing_follows_the_committed_mesh_config_live_and_meshd_traces_admin_writes() {
+    use super::otlp::{Collector, CLIENT, SERVER};
+    run(async {
+        let (collector, at) = Collector::start().await;
+        let (c, mut admin) = cluster_with_web().await;
+        let dir = tempfile::tempdir().unwrap();
+        let web_app = app("web").await;
+        let token = bootstrap_token(&mut admin, "web").await;
+        let web = web_proxy(&c, dir.path(), "web-1", web_app.addr, token).await;
+        let frontend = caller_of_web(&c, &mut admin, dir.path(), "frontend").await;
+        let tracing = |percent: &str| {
+            super::deploys::doc(&format!(
+                "kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{tracing: {{collector: '{at}', sample_percent: {percent}}}}}"
+            ))
+        };
+        let on_everywhere = |percent: u32| {
+            let ps = [frontend.config.clone(), web.config.clone()];
+            async move {
+                eventually(
+                    "every proxy holds the tracing settings",
+                    Duration::from_secs(10),
+                    || {
+                        let ps = ps.clone();
+                        async move {
+                            ps.iter()
+                                .all(|p| {
+                                    p.current().tracing.as_ref().and_then(|t| t.sample_percent)
+                                        == Some(raftmesh_api::SamplePercent(percent * 10_000))
+                                })
+                                .then_some(())
+                        }
+                    },
+                )
+                .await
+            }
+        };
+        // Turned on while everything runs: no restart.
+        admin.apply(apply_req(vec![tracing("100")])).await.unwrap();
+        on_everywhere(100).await;
+        let h = http();
+        assert_eq!(get(&h, frontend.outbound, "web").await.unwrap().0, 200);
+        let client = eventually(
+            "a client span from frontend",
+            Duration::from_secs(10),
+            || {
+                let spans = collector.spans();
+                async move {
+                    spans
+                        .into_iter()
+                        .find(|s| s.kind == CLIENT && s.service == "frontend")
+                }
+            },
+        )
+        .await;
+        let trace = collector.trace(&client.trace_id, 2).await;
+        let server = trace.iter().find(|s| s.kind == SERVER).unwrap();
+        assert_eq!(server.service, "web");
+        assert_eq!(server.parent, client.span_id);
+
+        // An admin write, traced by meshd from the call to the commit.
+        let mut req = tonic::Request::new(apply_req(vec![super::deploys::doc(
+            "kind: Route\nmetadata: {name: web}\nspec: {service: web, timeout: 2s}",
+        )]));
+        req.metadata_mut().insert(
+            "traceparent",
+            "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let revision = admin.apply(req).await.unwrap().into_inner().revision;
+        let spans = collector.trace("5bf92f3577b34da6a3ce929d0e0e4736", 2).await;
+        let apply = spans
+            .iter()
+            .find(|s| s.name == "raftmesh.v1.Admin/Apply")
+            .unwrap();
+        assert_eq!(apply.service, "meshd");
+        assert_eq!(apply.parent, "10f067aa0ba902b7");
+        let write = spans.iter().find(|s| s.name == "raft write").unwrap();
+        assert_eq!(write.parent, apply.span_id);
+        assert_eq!(write.attrs["raftmesh.revision"], revision.to_string());
+
+        // Sampling turned down live: new traces are no longer recorded.
+        admin.apply(apply_req(vec![tracing("0")])).await.unwrap();
+        on_everywhere(0).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let before = collector.spans().len();
+        for _ in 0..10 {
+            assert_eq!(get(&h, frontend.outbound, "web").await.unwrap().0, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let after = collector.spans();
+        assert!(
+            after[before..].iter().all(|s| s.service == "meshd"),
+            "{:#?}",
+            &after[before..]
+        );
+        // And turned off.
+        admin
+            .apply(apply_req(vec![super::deploys::doc(
+                "kind: MeshConfig\nmetadata: {name: mesh}\nspec: {}",
+            )]))
+            .await
+            .unwrap();
+        eventually("tracing off everywhere", Duration::from_secs(10), || {
+            let off = frontend.config.traces.active().is_none()
+                && web.config.traces.active().is_none()
+                && c.nodes.values().all(|n| n.ops.traces().active().is_none());
+            async move { off.then_some(()) }
+        })
+        .await;
+        frontend.shutdown().await;
+        web.shutdown().await;
+        c.shutdown().await;
+    });
+}
