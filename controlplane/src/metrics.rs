@@ -52,6 +52,8 @@ fn seconds() -> Histogram {
 /// The metrics of one node.
 pub struct NodeMetrics {
     registry: Registry,
+    /// Every family registered (`<prefix>_<name>`).
+    families: Vec<String>,
     // Read at scrape time.
     term: UGauge,
     leader: Gauge<i64, AtomicI64>,
@@ -95,12 +97,31 @@ impl Default for NodeMetrics {
     }
 }
 
+/// Registers `metric` as `name` and notes the name.
+fn reg<M: prometheus_client::registry::Metric>(
+    r: &mut Registry,
+    names: &mut Vec<&'static str>,
+    name: &'static str,
+    help: &str,
+    metric: M,
+) {
+    names.push(name);
+    r.register(name, help, metric);
+}
+
 impl NodeMetrics {
+    /// The name of every family (as in `# HELP` lines; a family with no
+    /// series yet is not in the exposition at all).
+    pub fn families(&self) -> &[String] {
+        &self.families
+    }
+
     /// A registry with every series of a node.
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("raftmesh");
         let m = Self {
             registry: Registry::default(),
+            families: Vec::new(),
             term: Gauge::default(),
             leader: Gauge::default(),
             is_leader: Gauge::default(),
@@ -129,129 +150,190 @@ impl NodeMetrics {
             admin_auth: Family::default(),
             certificates: Family::default(),
         };
-        r.register("raft_term", "Current Raft term", m.term.clone());
-        r.register(
+        let mut names = Vec::new();
+        reg(
+            &mut r,
+            &mut names,
+            "raft_term",
+            "Current Raft term",
+            m.term.clone(),
+        );
+        reg(
+            &mut r,
+            &mut names,
             "raft_leader",
             "The node id of the leader this node knows (-1: none)",
             m.leader.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "raft_is_leader",
             "1 if this node leads",
             m.is_leader.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "raft_has_leader",
             "1 if this node knows a leader",
             m.has_leader.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "raft_applied_index",
             "Last applied log index (revision)",
             m.applied.clone(),
         );
-        r.register("raft_last_log_index", "Last log index", m.last_log.clone());
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
+            "raft_last_log_index",
+            "Last log index",
+            m.last_log.clone(),
+        );
+        reg(
+            &mut r,
+            &mut names,
             "raft_commit_index",
             "Highest index a majority holds (on the leader only)",
             m.commit.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "raft_apply_lag_entries",
             "Entries in this node's log not applied yet",
             m.apply_lag.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "raft_snapshot_index",
             "Index of the last snapshot",
             m.snapshot_index.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "raft_purged_index",
             "Last log index removed after a snapshot",
             m.purged_index.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "raft_replication_lag_entries",
             "Entries a follower lacks (on the leader only)",
             m.replication_lag.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "raft_snapshots",
             "Snapshots built here or installed from the leader, by kind",
             m.snapshots.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "raft_snapshot_bytes",
             "Size of the last snapshot built or installed",
             m.snapshot_bytes.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "raft_snapshot_last_seconds",
             "How long the last snapshot took to build or install, by kind",
             m.snapshot_seconds.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "process_resident_memory_bytes",
             "Resident memory",
             m.rss.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "write_duration_seconds",
             "Admin and proxy writes on this node, from the call to the applied answer, by result",
             m.writes.clone(),
         );
-        r.register(
+        reg(&mut r, &mut names,
             "raft_proposal_duration_seconds",
             "Raft proposals of the leader (one log entry each, many writes grouped), to commit and apply",
             m.proposals.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "raft_proposal_commands",
             "Writes grouped in one Raft proposal",
             m.proposal_commands.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "discovery_streams",
             "Proxy discovery streams open on this node",
             m.streams.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "discovery_deltas_sent",
             "Deltas sent to proxies, by kind (full, delta)",
             m.deltas.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "discovery_sent_bytes",
             "Encoded bytes of the deltas sent to proxies",
             m.delta_bytes.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "discovery_ack_seconds",
             "Time from sending a delta to a proxy to its acknowledgement",
             m.ack_seconds.clone(),
         );
-        r.register(
+        reg(&mut r, &mut names,
             "discovery_converged_seconds",
             "Time from this node applying a revision to every proxy on this node it concerns acknowledging it",
             m.converged_seconds.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "bootstrap_tokens",
             "Proxy bootstrap tokens presented, by result (used, refused) and reason",
             m.bootstrap.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "admin_authentications",
             "Admin API calls authenticated, by result (ok, refused) and reason",
             m.admin_auth.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "certificates_issued",
             "Workload certificates issued, by kind (first, renewal)",
             m.certificates.clone(),
         );
-        Self { registry: r, ..m }
+        Self {
+            registry: r,
+            families: names.iter().map(|n| format!("raftmesh_{n}")).collect(),
+            ..m
+        }
     }
 
     /// A write answered (`ok`, or `error`) after `took`.

@@ -167,6 +167,8 @@ type IntGauge = Gauge<i64, AtomicI64>;
 /// The metrics of one proxy.
 pub struct Metrics {
     registry: Registry,
+    /// Every family registered (`<prefix>_<name>`).
+    families: Vec<String>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
     retries: Family<DestinationLabels, Counter>,
@@ -193,7 +195,25 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Registers `metric` as `name` and notes the name.
+fn reg<M: prometheus_client::registry::Metric>(
+    r: &mut Registry,
+    names: &mut Vec<&'static str>,
+    name: &'static str,
+    help: &str,
+    metric: M,
+) {
+    names.push(name);
+    r.register(name, help, metric);
+}
+
 impl Metrics {
+    /// The name of every family (as in `# HELP` lines; a family with no
+    /// series yet is not in the exposition at all).
+    pub fn families(&self) -> &[String] {
+        &self.families
+    }
+
     /// A registry with every series of the proxy.
     pub fn new() -> Arc<Self> {
         let mut r = Registry::with_prefix("raftmesh_proxy");
@@ -219,90 +239,141 @@ impl Metrics {
             in_flight: Family::default(),
             circuit_open: Family::default(),
             registry: Registry::default(),
+            families: Vec::new(),
         };
-        r.register(
+        let mut names = Vec::new();
+        reg(&mut r, &mut names,
             "requests",
             "Requests answered, by direction, source and destination (service and identity), route, rule, subset, status class and code, gRPC status and x-raftmesh-error code",
             m.requests.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "request_duration_seconds",
             "Time from a request's arrival to its answer's head (gRPC: to its trailers)",
             m.latency.clone(),
         );
-        r.register("retries", "Retries sent, by destination", m.retries.clone());
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
+            "retries",
+            "Retries sent, by destination",
+            m.retries.clone(),
+        );
+        reg(
+            &mut r,
+            &mut names,
             "ejections",
             "Endpoints ejected after consecutive failures, by destination",
             m.ejections.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "errors",
             "Answers and refusals the proxy made itself, by x-raftmesh-error code",
             m.errors.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "open_connections",
             "Open client connections, by direction",
             m.connections.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "tcp_connections_opened",
             "Connections opened, by direction and peer",
             m.opened.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "tcp_connections_closed",
             "Connections closed, by direction and peer",
             m.closed.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "tcp_received_bytes",
             "Bytes received from the peer of a connection (after TLS), by direction and peer",
             m.received.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "tcp_sent_bytes",
             "Bytes sent to the peer of a connection (before TLS), by direction and peer",
             m.sent.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "tls_handshakes",
             "TLS handshakes, by side, result and failure reason",
             m.handshakes.clone(),
         );
-        r.register("config_nacks", "Configurations refused", m.nacks.clone());
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
+            "config_nacks",
+            "Configurations refused",
+            m.nacks.clone(),
+        );
+        reg(
+            &mut r,
+            &mut names,
             "config_revision",
             "The revision of the configuration in force",
             m.revision.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "config_applied_timestamp_seconds",
             "When the configuration in force was installed (Unix time)",
             m.applied_at.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "config_age_seconds",
             "Time since the configuration in force was installed",
             m.config_age.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "endpoints",
             "Endpoints of the services this proxy calls, by state (usable, ejected, unhealthy)",
             m.endpoints.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "requests_in_flight",
             "Requests in flight to a service",
             m.in_flight.clone(),
         );
-        r.register(
+        reg(
+            &mut r,
+            &mut names,
             "circuit_open",
             "1 while a service's max_in_flight is reached (new requests get circuit-open)",
             m.circuit_open.clone(),
         );
-        Arc::new(Metrics { registry: r, ..m })
+        Arc::new(Metrics {
+            registry: r,
+            families: names
+                .iter()
+                .map(|n| format!("raftmesh_proxy_{n}"))
+                .collect(),
+            ..m
+        })
     }
 
     /// Counts a retry.

@@ -115,7 +115,14 @@ pub(super) async fn web_proxy(
 
 /// A one-node cluster with Service `web`.
 pub(super) async fn cluster_with_web() -> (TestCluster, raftmesh_client::Admin) {
-    let c = TestCluster::start(1).await;
+    cluster_with_web_tweaked(|_| {}).await
+}
+
+/// [`cluster_with_web`], its node's config adjusted by `tweak`.
+pub(super) async fn cluster_with_web_tweaked(
+    tweak: fn(&mut raftmesh_controlplane::config::ServerConfig),
+) -> (TestCluster, raftmesh_client::Admin) {
+    let c = TestCluster::start_tweaked(1, 10_000, tweak).await;
     let mut admin = c.client(1).await;
     admin
         .apply(apply_req(vec![doc(
