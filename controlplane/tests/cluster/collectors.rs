@@ -89,7 +89,7 @@ fn prometheus_scrapes_meshd_and_proxies_and_answers_the_rate_of_a_live_edge() {
                 }
             })
         };
-        let up = eventually("every target up", Duration::from_secs(30), || {
+        eventually("every target up", Duration::from_secs(30), || {
             let h = h.clone();
             async move {
                 let v = query(&h, port, "sum(up)").await;
@@ -97,7 +97,6 @@ fn prometheus_scrapes_meshd_and_proxies_and_answers_the_rate_of_a_live_edge() {
             }
         })
         .await;
-        let _ = up;
         let edge = r#"sum(rate(raftmesh_proxy_requests_total{direction="inbound",source_service="frontend",destination_service="web",code="200"}[5s]))"#;
         let rate = eventually("the edge's request rate", Duration::from_secs(30), || {
             let h = h.clone();
