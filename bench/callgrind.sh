@@ -7,6 +7,7 @@
 #   bench/callgrind.sh                      # K=20000 requests, top 25 functions
 #   DIRECTION=outbound bench/callgrind.sh   # the outbound stack (route .. forward)
 #   MESH_PROXY=/path/to/mesh-proxy bench/callgrind.sh   # another build, to compare
+#   EXTRA_YAML='kind: MeshConfig ...' bench/callgrind.sh # with more resources (e.g. tracing, access logs)
 # Needs valgrind (apt-get install valgrind), nginx, and oha or ab
 # (apache2-utils; keep-alive HTTP/1.0).
 set -euo pipefail
@@ -46,6 +47,7 @@ cleanup() { [ -n "$proxy" ] && kill "$proxy" 2>/dev/null; nginx_stop "$RUN_DIR/n
 trap cleanup EXIT
 nginx_upstream "$RUN_DIR/nginx" 18180
 printf 'kind: Service\nmetadata: {name: bench}\nspec: {ports: [{port: 80, protocol: http}]}\n---\nkind: Endpoint\nmetadata: {name: bench-1}\nspec: {service: bench, address: 127.0.0.1, port: 18180}\n' > "$RUN_DIR/mesh.yaml"
+if [ -n "${EXTRA_YAML:-}" ]; then printf -- '---\n%s\n' "$EXTRA_YAML" >> "$RUN_DIR/mesh.yaml"; fi
 valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out.%p" \
   "$MESH_PROXY" --service bench --instance bench-cg --config-file "$RUN_DIR/mesh.yaml" \
   --inbound 127.0.0.1:18185 --app-port 18180 --outbound 127.0.0.1:18186 --admin 127.0.0.1:18187 \

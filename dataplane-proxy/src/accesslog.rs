@@ -1,6 +1,7 @@
 //! Access logs (`MeshConfig.access_log`): one flat JSON object per line
 //! for each request a proxy serves, outbound and inbound, written when
-//! its answer has been sent (so durations and byte counts are whole). A
+//! its answer has been sent (so durations and byte counts are whole), and
+//! for each opaque TCP connection it relays, written when it closes. A
 //! record holds the method, the path without its query, identities, the
 //! route, the endpoint, the status and error code, durations and bytes,
 //! and the trace id: never a header value or a body.
@@ -22,6 +23,8 @@ pub struct Entry {
     pub time: String,
     /// `outbound` or `inbound`.
     pub direction: &'static str,
+    /// `http` (a request) or `tcp` (an opaque connection).
+    pub protocol: &'static str,
     /// The W3C trace id (`traceparent`), or B3's (`x-b3-traceid`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -39,20 +42,28 @@ pub struct Entry {
     /// The endpoint of the last attempt (outbound).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// The method.
+    /// The method (HTTP).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub method: String,
-    /// The path, without its query.
+    /// The path, without its query (HTTP).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub path: String,
-    /// The HTTP status answered.
-    pub status: u16,
+    /// The HTTP status answered (HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     /// The `x-raftmesh-error` code, when the mesh answered an error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// From the request's arrival to the answer's head.
-    pub head_ms: f64,
-    /// From the request's arrival to the answer's end.
+    /// From the request's arrival to the answer's head (HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_ms: Option<f64>,
+    /// From the request's arrival (the connection's opening) to the
+    /// answer's end (its closing).
     pub duration_ms: f64,
-    /// Bytes of the answer's body sent.
+    /// Bytes of the request's body received (TCP: from the side that
+    /// opened the connection).
+    pub request_bytes: u64,
+    /// Bytes of the answer's body sent (TCP: to the side that opened it).
     pub response_bytes: u64,
 }
 
@@ -62,6 +73,8 @@ pub struct Pending {
     entry: Entry,
     started: Instant,
     bytes: u64,
+    /// The request body's bytes, counted as it is read.
+    request_bytes: Arc<std::sync::atomic::AtomicU64>,
     sink: Arc<Sink>,
     file: Option<String>,
 }
@@ -76,6 +89,9 @@ impl Pending {
     pub fn finish(mut self) {
         self.entry.duration_ms = ms(self.started);
         self.entry.response_bytes = self.bytes;
+        self.entry.request_bytes = self
+            .request_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
         match serde_json::to_string(&self.entry) {
             Ok(line) => self.sink.write(self.file.as_deref(), &line),
             Err(e) => tracing::debug!(error = %e, "an access log record did not serialise"),
@@ -156,6 +172,13 @@ pub struct Start {
     trace_id: Option<String>,
     method: String,
     path: String,
+    request_bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Whether `settings` log this request or connection (sampled).
+fn sampled(settings: &AccessLog) -> bool {
+    let p = settings.sample_percent.unwrap_or(100);
+    p >= 100 || (p > 0 && rand::rng().random_range(0..100) < p)
 }
 
 impl Start {
@@ -167,11 +190,7 @@ impl Start {
         headers: &HeaderMap,
         started: Instant,
     ) -> Option<Self> {
-        let settings = settings?;
-        let p = settings.sample_percent.unwrap_or(100);
-        if p == 0 || (p < 100 && rand::rng().random_range(0..100) >= p) {
-            return None;
-        }
+        let settings = settings.filter(|s| sampled(s))?;
         Some(Start {
             settings: settings.clone(),
             started,
@@ -179,7 +198,21 @@ impl Start {
             trace_id: trace_id(headers),
             method: method.to_string(),
             path: uri.path().to_string(),
+            request_bytes: Arc::default(),
         })
+    }
+
+    /// Counts the bytes of the request's body as it is read.
+    pub fn counting(&self, body: crate::Body) -> crate::Body {
+        use http_body_util::BodyExt;
+        let n = self.request_bytes.clone();
+        body.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                n.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            f
+        })
+        .boxed()
     }
 
     /// The record, waiting for the answer's body to end.
@@ -199,6 +232,7 @@ impl Start {
             entry: Entry {
                 time: humantime::format_rfc3339_millis(self.time).to_string(),
                 direction,
+                protocol: "http",
                 trace_id: self.trace_id,
                 source,
                 destination,
@@ -207,21 +241,86 @@ impl Start {
                 endpoint: endpoint.map(|a| a.to_string()),
                 method: self.method,
                 path: self.path,
-                status: resp.status().as_u16(),
+                status: Some(resp.status().as_u16()),
                 error: resp
                     .headers()
                     .get(crate::error::ERROR_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string),
-                head_ms: ms(self.started),
+                head_ms: Some(ms(self.started)),
                 duration_ms: 0.0,
+                request_bytes: 0,
                 response_bytes: 0,
             },
             started: self.started,
             bytes: 0,
+            request_bytes: self.request_bytes,
             sink: sink.clone(),
             file: self.settings.file,
         })
+    }
+}
+
+/// The record of an opaque TCP connection, begun when it opens (if the
+/// settings in force sample it).
+pub struct TcpStart {
+    file: Option<String>,
+    started: Instant,
+    time: SystemTime,
+}
+
+/// Who an opaque TCP connection joined.
+pub struct TcpEnds {
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
+    /// The opener's SPIFFE ID, when known.
+    pub source: Option<String>,
+    /// The other side's SPIFFE ID, when known.
+    pub destination: Option<String>,
+    /// The service reached (empty: outside the mesh).
+    pub service: String,
+    /// The address relayed to.
+    pub endpoint: Option<SocketAddr>,
+}
+
+impl TcpStart {
+    /// A record for a connection opening now, if `settings` log it.
+    pub fn new(settings: Option<&AccessLog>) -> Option<Self> {
+        let settings = settings.filter(|s| sampled(s))?;
+        Some(Self {
+            file: settings.file.clone(),
+            started: Instant::now(),
+            time: SystemTime::now(),
+        })
+    }
+
+    /// Writes the record of the closed connection: its ends, the bytes
+    /// each way (from the opener, to the opener), and why the proxy ended
+    /// it, if it did.
+    pub fn finish(self, sink: &Sink, ends: TcpEnds, (up, down): (u64, u64), error: Option<&str>) {
+        let entry = Entry {
+            time: humantime::format_rfc3339_millis(self.time).to_string(),
+            direction: ends.direction,
+            protocol: "tcp",
+            trace_id: None,
+            source: ends.source,
+            destination: ends.destination,
+            service: ends.service,
+            subset: String::new(),
+            endpoint: ends.endpoint.map(|a| a.to_string()),
+            method: String::new(),
+            path: String::new(),
+            status: None,
+            error: error.map(str::to_string),
+            head_ms: None,
+            duration_ms: ms(self.started),
+            request_bytes: up,
+            response_bytes: down,
+        };
+        match serde_json::to_string(&entry) {
+            Ok(line) => sink.write(self.file.as_deref(), &line),
+            Err(e) => tracing::debug!(error = %e, "an access log record did not serialise"),
+        }
     }
 }
 

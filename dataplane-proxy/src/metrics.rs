@@ -754,6 +754,7 @@ impl ConnGuard {
             io,
             received: self.metrics.received.get_or_create(&labels).clone(),
             sent: self.metrics.sent.get_or_create(&labels).clone(),
+            totals: (0, 0),
         }
     }
 }
@@ -772,6 +773,15 @@ pub struct Counted<S> {
     io: S,
     received: Counter,
     sent: Counter,
+    /// (received, sent) on this connection.
+    totals: (u64, u64),
+}
+
+impl<S> Counted<S> {
+    /// Bytes received from the peer and sent to it so far.
+    pub fn totals(&self) -> (u64, u64) {
+        self.totals
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -785,6 +795,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         let n = buf.filled().len().saturating_sub(before);
         if n > 0 {
             self.received.inc_by(n as u64);
+            self.totals.0 += n as u64;
         }
         r
     }
@@ -799,6 +810,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             self.sent.inc_by(n as u64);
+            self.totals.1 += n as u64;
         }
         r
     }
@@ -811,6 +823,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             self.sent.inc_by(n as u64);
+            self.totals.1 += n as u64;
         }
         r
     }

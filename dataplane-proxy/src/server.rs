@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::{Service, ServiceBuilder};
 
+use crate::accesslog::{TcpEnds, TcpStart};
 use crate::balance::BalanceLayer;
 use crate::conn::{accept, AcceptBackoff, ConnClock, Watched};
 use crate::error::ProxyError;
@@ -177,7 +178,10 @@ pub(crate) async fn outbound_connection(
                 started,
             );
             let info: Arc<RouteInfo> = Arc::default();
-            let mut req = req.map(|b| b.boxed());
+            let mut req = req.map(|b| match &log {
+                Some(l) => l.counting(b.boxed()),
+                None => b.boxed(),
+            });
             req.extensions_mut().insert(info.clone());
             let grpc = crate::error::is_grpc(req.headers());
             let tunnel = crate::upgrade::requested(&req)
@@ -414,6 +418,17 @@ async fn until_strict(config: &Config, applies: bool) {
 }
 
 impl Inbound {
+    /// Who an inbound TCP connection joined: `who` to this workload's app.
+    fn inbound_ends(&self, who: Option<String>, app: SocketAddr) -> TcpEnds {
+        TcpEnds {
+            direction: "inbound",
+            source: who,
+            destination: self.config.own_spiffe(),
+            service: self.config.identity.service.clone(),
+            endpoint: Some(app),
+        }
+    }
+
     /// Logs a refusal at most every 10 s (a flood of them says nothing new).
     fn refused(&self, why: &str) {
         self.config.metrics.error("mtls-required");
@@ -475,15 +490,23 @@ impl Inbound {
                     tracing::info!(reason = %why, "denied an opaque TCP connection");
                 } else {
                     let config = self.config.clone();
-                    let stream = guard.peer(&Party::default(), stream);
-                    tokio::select! {
-                        _ = relay_stream(stream, to.unwrap_or(self.app)) => {}
+                    let mut stream = guard.peer(&Party::default(), stream);
+                    let log = TcpStart::new(config.current().access_log.as_ref());
+                    let app = to.unwrap_or(self.app);
+                    let ended = tokio::select! {
+                        r = relay_stream(&mut stream, app) => r.err(),
                         _ = until_strict(&config, member) => {
                             tracing::info!("closed a plaintext TCP connection: the mesh switched to strict mTLS");
+                            Some("mtls-required")
                         }
                         _ = crate::guard::until_denied(config.clone(), None) => {
                             tracing::info!("closed a TCP connection a committed policy now denies");
+                            Some("denied")
                         }
+                    };
+                    if let Some(l) = log {
+                        let ends = self.inbound_ends(None, app);
+                        l.finish(&config.access_log, ends, stream.totals(), ended);
                     }
                 }
             }
@@ -533,7 +556,7 @@ impl Inbound {
             .and_then(|c| c.first())
             .and_then(|c| spiffe_of_der(c));
         let tcp = conn.alpn_protocol() == Some(ALPN_TCP);
-        let s = guard.peer(&Party::of_spiffe(who.as_deref()), s);
+        let mut s = guard.peer(&Party::of_spiffe(who.as_deref()), s);
         if tcp {
             if let Err(why) = authz::decide(&self.config.current().authz, who.as_deref(), "", "") {
                 tracing::info!(reason = %why, "denied an opaque TCP connection");
@@ -541,14 +564,21 @@ impl Inbound {
                 return;
             }
             let config = self.config.clone();
-            tokio::select! {
-                _ = relay_stream(s, self.app) => {}
+            let log = TcpStart::new(config.current().access_log.as_ref());
+            let ended = tokio::select! {
+                r = relay_stream(&mut s, self.app) => r.err(),
                 _ = until_strict(&config, who.is_none()) => {
                     tracing::info!("closed a TCP tunnel without a client certificate: the mesh switched to strict mTLS");
+                    Some("mtls-required")
                 }
                 _ = crate::guard::until_denied(config.clone(), who.clone()) => {
                     tracing::info!(caller = ?who, "closed a TCP tunnel a committed policy now denies");
+                    Some("denied")
                 }
+            };
+            if let Some(l) = log {
+                let ends = self.inbound_ends(who.clone(), self.app);
+                l.finish(&config.access_log, ends, s.totals(), ended);
             }
         } else {
             self.serve_http(s, who).await;
@@ -640,7 +670,10 @@ impl Inbound {
                                 decided_opaque = true;
                             }
                             authz::set_caller(req.headers_mut(), who.as_deref());
-                            let mut req = req.map(|b| b.boxed());
+                            let mut req = req.map(|b| match &log {
+                                Some(l) => l.counting(b.boxed()),
+                                None => b.boxed(),
+                            });
                             if crate::upgrade::requested(&req) {
                                 tunnel = Some(hyper::upgrade::on(&mut req));
                             }
@@ -790,7 +823,9 @@ impl Inbound {
     }
 }
 
-pub(crate) async fn relay_stream<S>(mut client: S, to: SocketAddr)
+/// Relays `client` to `to` until either side closes; `Err` with the
+/// mesh's error code when `to` cannot be reached.
+pub(crate) async fn relay_stream<S>(mut client: S, to: SocketAddr) -> Result<(), &'static str>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -798,8 +833,12 @@ where
         Ok(Ok(mut upstream)) => {
             let _ = upstream.set_nodelay(true);
             let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            Ok(())
         }
-        _ => tracing::debug!(%to, "cannot connect to relay a TCP connection"),
+        _ => {
+            tracing::debug!(%to, "cannot connect to relay a TCP connection");
+            Err("upstream-connect")
+        }
     }
 }
 
@@ -851,16 +890,43 @@ pub(crate) async fn relay_to_service(
         identity: String::new(),
     };
     let mut client = guard.peer(&peer, client);
+    let log = TcpStart::new(config.current().access_log.as_ref());
+    let (ended, endpoint) = relay_to_endpoint(&mut client, t, config, workload).await;
+    if let Some(l) = log {
+        let ends = TcpEnds {
+            direction: "outbound",
+            source: config.own_spiffe(),
+            destination: None,
+            service: t.id.1.clone(),
+            endpoint,
+        };
+        l.finish(&config.access_log, ends, client.totals(), ended);
+    }
+}
+
+/// [`relay_to_service`]'s tries: the error code if none worked, and the
+/// endpoint of the last one.
+async fn relay_to_endpoint<S>(
+    client: &mut S,
+    t: &crate::compiled::ServiceTable,
+    config: &Config,
+    workload: Option<&Workload>,
+) -> (Option<&'static str>, Option<SocketAddr>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let stats = config.stats.service(&t.id);
+    let mut last = None;
     for _ in 0..3 {
         let Some((rule, b)) = choose(&t.rules, &Request::new(())) else {
             break;
         };
         let Some(i) = crate::balance::pick(t, &t.rules[rule].backends[b], &stats.rr) else {
             config.metrics.error("no-healthy-endpoints");
-            return;
+            return (Some("no-healthy-endpoints"), last);
         };
         let ep = &t.endpoints[i];
+        last = Some(ep.addr);
         match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(ep.addr)).await {
             Ok(Ok(mut up)) => {
                 let _ = up.set_nodelay(true);
@@ -870,8 +936,8 @@ pub(crate) async fn relay_to_service(
                         match c.connect(name.clone(), up).await {
                             Ok(mut s) => {
                                 config.metrics.handshake("client", None);
-                                let _ = tokio::io::copy_bidirectional(&mut client, &mut s).await;
-                                return;
+                                let _ = tokio::io::copy_bidirectional(client, &mut s).await;
+                                return (None, last);
                             }
                             Err(e) => {
                                 config.metrics.handshake(
@@ -883,8 +949,8 @@ pub(crate) async fn relay_to_service(
                         }
                     }
                     _ => {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
-                        return;
+                        let _ = tokio::io::copy_bidirectional(client, &mut up).await;
+                        return (None, last);
                     }
                 }
             }
@@ -894,6 +960,7 @@ pub(crate) async fn relay_to_service(
         }
     }
     config.metrics.error("upstream-connect");
+    (Some("upstream-connect"), last)
 }
 
 #[cfg(test)]

@@ -85,7 +85,19 @@ pub async fn serve_captured(
             } else {
                 // Out of the mesh: the peer is not a workload.
                 let mut guard = crate::metrics::ConnGuard::open(&metrics, "outbound");
-                relay_stream(guard.peer(&Default::default(), stream), dst).await;
+                let mut stream = guard.peer(&Default::default(), stream);
+                let log = crate::accesslog::TcpStart::new(config.current().access_log.as_ref());
+                let ended = relay_stream(&mut stream, dst).await.err();
+                if let Some(l) = log {
+                    let ends = crate::accesslog::TcpEnds {
+                        direction: "outbound",
+                        source: config.own_spiffe(),
+                        destination: None,
+                        service: String::new(),
+                        endpoint: Some(dst),
+                    };
+                    l.finish(&config.access_log, ends, stream.totals(), ended);
+                }
             }
         });
     }

@@ -150,3 +150,112 @@ async fn a_log_file_that_is_a_symbolic_link_is_not_written_through() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_opaque_tcp_connection_gets_one_record_on_each_side_with_bytes_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let logs = tempfile::tempdir().unwrap();
+    let (out_log, in_log) = (logs.path().join("a.log"), logs.path().join("b.log"));
+    // An app that answers "pong" to whatever it gets, then closes.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"pong\n").await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "kind: Service\nmetadata: {{name: app}}\nspec: {{}}\n{}",
+            mesh_config(&in_log, "")
+        ),
+    )
+    .unwrap();
+    let mut c = base_config();
+    c.config_file = Some(f);
+    c.service = "app".into();
+    c.app_port = Some(app_port);
+    let b = raftmesh_dataplane_proxy::start(c).await.unwrap();
+    let f = dir.path().join("a.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "kind: Service\nmetadata: {{name: db}}\nspec: {{ports: [{{port: 80, protocol: tcp}}]}}\n---\nkind: Endpoint\nmetadata: {{name: db-1}}\nspec: {{service: db, address: 127.0.0.1, port: {}}}\n{}",
+            b.inbound.unwrap().port(),
+            mesh_config(&out_log, "")
+        ),
+    )
+    .unwrap();
+    let mut c = base_config();
+    c.config_file = Some(f);
+    c.upstreams = vec![("db".into(), "127.0.0.1:0".parse().unwrap())];
+    let a = raftmesh_dataplane_proxy::start(c).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(a.upstreams[0].1)
+        .await
+        .unwrap();
+    s.write_all(b"ping, not HTTP\n").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"pong\n");
+    drop(s);
+    let out = &records(&out_log, 1).await[0];
+    assert_eq!(out["protocol"], "tcp");
+    assert_eq!(out["direction"], "outbound");
+    assert_eq!(out["service"], "db");
+    assert_eq!(out["endpoint"], b.inbound.unwrap().to_string());
+    assert_eq!(out["request_bytes"], 15);
+    assert_eq!(out["response_bytes"], 5);
+    assert!(out.get("status").is_none() && out.get("method").is_none());
+    assert!(out["duration_ms"].as_f64().unwrap() >= 0.0);
+    let inb = &records(&in_log, 1).await[0];
+    assert_eq!(inb["protocol"], "tcp");
+    assert_eq!(inb["direction"], "inbound");
+    assert_eq!(inb["service"], "app");
+    assert_eq!(inb["request_bytes"], 15);
+    assert_eq!(inb["response_bytes"], 5);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_s_body_bytes_are_logged() {
+    let logs = tempfile::tempdir().unwrap();
+    let (caller_log, callee_log) = (logs.path().join("a.log"), logs.path().join("b.log"));
+    let app = echo("app", Duration::ZERO).await;
+    let (b, _db) = callee(&app, &mesh_config(&callee_log, "")).await;
+    let route = format!(
+        "kind: Route\nmetadata: {{name: web}}\nspec: {{service: web}}\n{}",
+        mesh_config(&caller_log, "")
+    );
+    let (a, _da) = caller(&[("web-1", b.inbound.unwrap(), "")], &route, "").await;
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::post(format!("http://{}/upload", a.outbound))
+        .header("host", "web")
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            1234
+        ])))
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    use http_body_util::BodyExt;
+    let _ = r.into_body().collect().await;
+    for f in [&caller_log, &callee_log] {
+        let rec = &records(f, 1).await[0];
+        assert_eq!(rec["method"], "POST");
+        assert_eq!(rec["request_bytes"], 1234, "{}", f.display());
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
