@@ -52,8 +52,9 @@ fn seconds() -> Histogram {
 /// The metrics of one node.
 pub struct NodeMetrics {
     registry: Registry,
-    /// Every family registered (`<prefix>_<name>`).
-    families: Vec<String>,
+    /// Every family registered (`<prefix>_<name>`) and its type
+    /// (`counter`, `gauge`, `histogram`).
+    families: Vec<(String, &'static str)>,
     // Read at scrape time.
     term: UGauge,
     leader: Gauge<i64, AtomicI64>,
@@ -80,6 +81,7 @@ pub struct NodeMetrics {
     delta_bytes: Counter,
     ack_seconds: Histogram,
     converged_seconds: Histogram,
+    unconverged: Counter,
     bootstrap: Family<OutcomeLabels, Counter>,
     admin_auth: Family<OutcomeLabels, Counter>,
     certificates: Family<KindLabels, Counter>,
@@ -100,19 +102,24 @@ impl Default for NodeMetrics {
 /// Registers `metric` as `name` and notes the name.
 fn reg<M: prometheus_client::registry::Metric>(
     r: &mut Registry,
-    names: &mut Vec<&'static str>,
+    names: &mut Vec<(&'static str, &'static str)>,
     name: &'static str,
     help: &str,
     metric: M,
 ) {
-    names.push(name);
+    let kind = match metric.metric_type() {
+        prometheus_client::metrics::MetricType::Counter => "counter",
+        prometheus_client::metrics::MetricType::Histogram => "histogram",
+        _ => "gauge",
+    };
+    names.push((name, kind));
     r.register(name, help, metric);
 }
 
 impl NodeMetrics {
     /// The name of every family (as in `# HELP` lines; a family with no
     /// series yet is not in the exposition at all).
-    pub fn families(&self) -> &[String] {
+    pub fn families(&self) -> &[(String, &'static str)] {
         &self.families
     }
 
@@ -146,6 +153,7 @@ impl NodeMetrics {
             delta_bytes: Counter::default(),
             ack_seconds: seconds(),
             converged_seconds: seconds(),
+            unconverged: Counter::default(),
             bootstrap: Family::default(),
             admin_auth: Family::default(),
             certificates: Family::default(),
@@ -311,6 +319,13 @@ impl NodeMetrics {
         reg(
             &mut r,
             &mut names,
+            "discovery_unconverged_revisions",
+            "Revisions given up on: a proxy on this node had not acknowledged them when 256 newer ones were waiting (a stuck or refusing proxy)",
+            m.unconverged.clone(),
+        );
+        reg(
+            &mut r,
+            &mut names,
             "bootstrap_tokens",
             "Proxy bootstrap tokens presented, by result (used, refused) and reason",
             m.bootstrap.clone(),
@@ -331,7 +346,10 @@ impl NodeMetrics {
         );
         Self {
             registry: r,
-            families: names.iter().map(|n| format!("raftmesh_{n}")).collect(),
+            families: names
+                .iter()
+                .map(|(n, k)| (format!("raftmesh_{n}"), *k))
+                .collect(),
             ..m
         }
     }
@@ -370,6 +388,12 @@ impl NodeMetrics {
     /// A delta acknowledged `took` after it was sent.
     pub fn acked(&self, took: Duration) {
         self.ack_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A revision given up on: some proxy on this node never acknowledged
+    /// it while 256 newer ones came.
+    pub fn unconverged(&self) {
+        self.unconverged.inc();
     }
 
     /// A revision every proxy it concerned acknowledged, `took` after this

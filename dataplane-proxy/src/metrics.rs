@@ -56,6 +56,24 @@ impl Party {
         }
     }
 
+    /// The caller a certificate proves, as a label: a caller of another
+    /// trust domain (a federated peer, whose CA could mint any number of
+    /// identities) counts as its trust domain only, `spiffe://<td>`.
+    pub fn caller(id: Option<&str>, config: &crate::state::Config) -> Party {
+        let own = config.own_spiffe();
+        let own_td = own
+            .as_deref()
+            .and_then(raftmesh_api::identity::parse_spiffe_id)
+            .map(|w| w.trust_domain);
+        match id.and_then(raftmesh_api::identity::parse_spiffe_id) {
+            Some(w) if Some(w.trust_domain) != own_td => Party {
+                identity: format!("spiffe://{}", w.trust_domain),
+                ..Party::default()
+            },
+            _ => Party::of_spiffe(id),
+        }
+    }
+
     /// This proxy's workload.
     pub fn own(config: &crate::state::Config) -> Party {
         Party {
@@ -167,8 +185,9 @@ type IntGauge = Gauge<i64, AtomicI64>;
 /// The metrics of one proxy.
 pub struct Metrics {
     registry: Registry,
-    /// Every family registered (`<prefix>_<name>`).
-    families: Vec<String>,
+    /// Every family registered (`<prefix>_<name>`) and its type
+    /// (`counter`, `gauge`, `histogram`).
+    families: Vec<(String, &'static str)>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
     retries: Family<DestinationLabels, Counter>,
@@ -187,6 +206,8 @@ pub struct Metrics {
     endpoints: Family<EndpointStateLabels, IntGauge>,
     in_flight: Family<DestinationLabels, IntGauge>,
     circuit_open: Family<DestinationLabels, IntGauge>,
+    /// Held while rendering.
+    rendering: Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -198,19 +219,24 @@ impl std::fmt::Debug for Metrics {
 /// Registers `metric` as `name` and notes the name.
 fn reg<M: prometheus_client::registry::Metric>(
     r: &mut Registry,
-    names: &mut Vec<&'static str>,
+    names: &mut Vec<(&'static str, &'static str)>,
     name: &'static str,
     help: &str,
     metric: M,
 ) {
-    names.push(name);
+    let kind = match metric.metric_type() {
+        prometheus_client::metrics::MetricType::Counter => "counter",
+        prometheus_client::metrics::MetricType::Histogram => "histogram",
+        _ => "gauge",
+    };
+    names.push((name, kind));
     r.register(name, help, metric);
 }
 
 impl Metrics {
     /// The name of every family (as in `# HELP` lines; a family with no
     /// series yet is not in the exposition at all).
-    pub fn families(&self) -> &[String] {
+    pub fn families(&self) -> &[(String, &'static str)] {
         &self.families
     }
 
@@ -238,6 +264,7 @@ impl Metrics {
             endpoints: Family::default(),
             in_flight: Family::default(),
             circuit_open: Family::default(),
+            rendering: Mutex::new(()),
             registry: Registry::default(),
             families: Vec::new(),
         };
@@ -370,7 +397,7 @@ impl Metrics {
             registry: r,
             families: names
                 .iter()
-                .map(|n| format!("raftmesh_proxy_{n}"))
+                .map(|(n, k)| (format!("raftmesh_proxy_{n}"), *k))
                 .collect(),
             ..m
         })
@@ -422,6 +449,11 @@ impl Metrics {
     /// (config age, endpoint states, requests in flight) are taken from
     /// `config` first.
     pub fn render(&self, config: &crate::state::Config) -> String {
+        // One scrape at a time: the gauges below are cleared and refilled.
+        let _one = self
+            .rendering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let applied = self.applied_at.get();
         if applied > 0.0 {
             self.config_age
@@ -442,18 +474,18 @@ impl Metrics {
                 destination_service: id.1.clone(),
                 state,
             };
-            for s in ["usable", "ejected", "unhealthy"] {
-                self.endpoints.get_or_create(&state(s)).set(0);
-            }
+            let mut counts = [0i64; 3];
             for e in &t.endpoints {
-                let s = if !e.healthy {
-                    "unhealthy"
+                counts[if !e.healthy {
+                    2
                 } else if e.stats.ejected() {
-                    "ejected"
+                    1
                 } else {
-                    "usable"
-                };
-                self.endpoints.get_or_create(&state(s)).inc();
+                    0
+                }] += 1;
+            }
+            for (s, n) in ["usable", "ejected", "unhealthy"].into_iter().zip(counts) {
+                self.endpoints.get_or_create(&state(s)).set(n);
             }
             let n = stats.in_flight.load(std::sync::atomic::Ordering::Relaxed);
             self.in_flight.get_or_create(&dest).set(i64::from(n));
@@ -469,14 +501,16 @@ impl Metrics {
     }
 }
 
-/// `1xx` .. `5xx`.
+/// `1xx` .. `5xx`; `other` outside 100–599 (a status a server outside
+/// the mesh may send).
 fn status_class(code: u16) -> &'static str {
     match code {
         100..=199 => "1xx",
         200..=299 => "2xx",
         300..=399 => "3xx",
         400..=499 => "4xx",
-        _ => "5xx",
+        500..=599 => "5xx",
+        _ => "other",
     }
 }
 
@@ -494,9 +528,11 @@ pub fn grpc_status(v: Option<&http::HeaderValue>) -> &'static str {
 }
 
 /// What one request's series are keyed by on a connection.
-#[derive(Clone)]
+/// What the cache matches a request by: the table by address only, held
+/// weakly (its address cannot be reused while the `Weak` lives, and an old
+/// config's endpoints are not kept alive by a long-lived connection).
 struct Key {
-    route: Option<(Arc<ServiceTable>, usize, usize)>,
+    route: Option<(std::sync::Weak<ServiceTable>, usize, usize)>,
     identity: Option<Arc<str>>,
     code: u16,
     grpc: &'static str,
@@ -511,7 +547,9 @@ impl Key {
             && self.identity == o.identity
             && match (&self.route, &o.route) {
                 (None, None) => true,
-                (Some((a, ra, ba)), Some((b, rb, bb))) => Arc::ptr_eq(a, b) && ra == rb && ba == bb,
+                (Some((a, ra, ba)), Some((b, rb, bb))) => {
+                    std::sync::Weak::ptr_eq(a, b) && ra == rb && ba == bb
+                }
                 _ => false,
             }
     }
@@ -572,8 +610,9 @@ impl Recorder {
         error: &'static str,
         took: Duration,
     ) {
+        let routed = route.and_then(|r| r.route());
         let key = Key {
-            route: route.and_then(|r| r.route().cloned()),
+            route: routed.map(|(t, r, b)| (Arc::downgrade(t), *r, *b)),
             identity: route
                 .and_then(|r| r.endpoint())
                 .and_then(|e| e.identity.clone()),
@@ -587,7 +626,7 @@ impl Recorder {
             h.observe(took.as_secs_f64());
             return;
         }
-        let (c, h) = self.series(&key);
+        let (c, h) = self.series(&key, routed);
         c.inc();
         h.observe(took.as_secs_f64());
         if cache.len() == CACHED {
@@ -596,8 +635,12 @@ impl Recorder {
         cache.push((key, c, h));
     }
 
-    fn series(&self, key: &Key) -> (Counter, Histogram) {
-        let (dest_ns, dest_svc, route, rule, subset) = match &key.route {
+    fn series(
+        &self,
+        key: &Key,
+        routed: Option<&(Arc<ServiceTable>, usize, usize)>,
+    ) -> (Counter, Histogram) {
+        let (dest_ns, dest_svc, route, rule, subset) = match routed {
             Some((t, r, b)) => (
                 t.id.0.clone(),
                 t.id.1.clone(),
@@ -652,7 +695,12 @@ impl Recorder {
             rule,
             subset,
             status_class,
-            code: key.code,
+            // Bounded: a code outside 100–599 counts as 0.
+            code: if (100..=599).contains(&key.code) {
+                key.code
+            } else {
+                0
+            },
             grpc_status: key.grpc,
             error: key.error,
         };
@@ -742,6 +790,16 @@ impl ConnGuard {
     /// The connection's peer is known: it counts as opened, and `io`'s
     /// bytes count under it.
     pub fn peer<S>(&mut self, peer: &Party, io: S) -> Counted<S> {
+        self.counted(peer, io, false)
+    }
+
+    /// [`ConnGuard::peer`] for a connection from the local app relayed to
+    /// `peer`: what `io` (the app's side) sends is what the peer receives.
+    pub fn relayed_to<S>(&mut self, peer: &Party, io: S) -> Counted<S> {
+        self.counted(peer, io, true)
+    }
+
+    fn counted<S>(&mut self, peer: &Party, io: S, reversed: bool) -> Counted<S> {
         let labels = PeerLabels {
             direction: self.direction,
             peer_namespace: peer.namespace.clone(),
@@ -750,10 +808,19 @@ impl ConnGuard {
         };
         self.metrics.opened.get_or_create(&labels).inc();
         self.closed = Some(self.metrics.closed.get_or_create(&labels).clone());
+        let (received, sent) = (
+            self.metrics.received.get_or_create(&labels).clone(),
+            self.metrics.sent.get_or_create(&labels).clone(),
+        );
+        let (received, sent) = if reversed {
+            (sent, received)
+        } else {
+            (received, sent)
+        };
         Counted {
             io,
-            received: self.metrics.received.get_or_create(&labels).clone(),
-            sent: self.metrics.sent.get_or_create(&labels).clone(),
+            received,
+            sent,
             totals: (0, 0),
         }
     }

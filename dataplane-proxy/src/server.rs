@@ -556,7 +556,7 @@ impl Inbound {
             .and_then(|c| c.first())
             .and_then(|c| spiffe_of_der(c));
         let tcp = conn.alpn_protocol() == Some(ALPN_TCP);
-        let mut s = guard.peer(&Party::of_spiffe(who.as_deref()), s);
+        let mut s = guard.peer(&Party::caller(who.as_deref(), &self.config), s);
         if tcp {
             if let Err(why) = authz::decide(&self.config.current().authz, who.as_deref(), "", "") {
                 tracing::info!(reason = %why, "denied an opaque TCP connection");
@@ -597,7 +597,7 @@ impl Inbound {
         let who: Option<Arc<str>> = who.map(Arc::from);
         let recorder = Arc::new(Recorder::inbound(
             &self.config.metrics,
-            Party::of_spiffe(who.as_deref()),
+            Party::caller(who.as_deref(), &self.config),
             Party::own(&self.config),
         ));
         let svc = service_fn(move |req: Request<Incoming>| {
@@ -860,6 +860,8 @@ pub async fn serve_tcp_upstream(
         };
         let (config, service, workload) = (config.clone(), service.clone(), workload.clone());
         tokio::spawn(async move {
+            // Counted open from the moment it is accepted.
+            let guard = ConnGuard::open(&config.metrics, "outbound");
             let table = match config.current().service(&service).cloned() {
                 Some(t) => Some(t),
                 None => config.learn(&service, Duration::from_secs(2)).await,
@@ -869,7 +871,7 @@ pub async fn serve_tcp_upstream(
                 config.metrics.error("no-route");
                 return;
             };
-            relay_to_service(stream, &t, &config, workload.as_deref()).await;
+            relay_to_service(stream, &t, &config, workload.as_deref(), guard).await;
         });
     }
 }
@@ -882,14 +884,15 @@ pub(crate) async fn relay_to_service(
     t: &crate::compiled::ServiceTable,
     config: &Config,
     workload: Option<&Workload>,
+    mut guard: ConnGuard,
 ) {
-    let mut guard = ConnGuard::open(&config.metrics, "outbound");
     let peer = Party {
         namespace: t.id.0.clone(),
         service: t.id.1.clone(),
         identity: String::new(),
     };
-    let mut client = guard.peer(&peer, client);
+    // Counted from the destination's side: what the app sends, it gets.
+    let mut client = guard.relayed_to(&peer, client);
     let log = TcpStart::new(config.current().access_log.as_ref());
     let (ended, endpoint) = relay_to_endpoint(&mut client, t, config, workload).await;
     if let Some(l) = log {

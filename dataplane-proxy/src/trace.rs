@@ -7,7 +7,7 @@
 
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
-use raftmesh_client::otel::{self, Hop};
+use raftmesh_client::otel::Hop;
 
 use crate::state::Config;
 use crate::target::RouteInfo;
@@ -25,7 +25,7 @@ pub fn start<B>(
     } else {
         SpanKind::Server
     };
-    let parent = otel::extract(req.headers());
+    let parent = active.parent(req.headers());
     let hop = active.start(kind, format!("{} {direction}", req.method()), &parent);
     hop.inject(req.headers_mut());
     if hop.recording() {

@@ -78,7 +78,8 @@ pub async fn serve_captured(
             } else if let Some(t) = vip {
                 // Any other TCP to a service's virtual address: to one of
                 // its endpoints.
-                relay_to_service(stream, &t, &config, workload.as_deref()).await;
+                let guard = crate::metrics::ConnGuard::open(&metrics, "outbound");
+                relay_to_service(stream, &t, &config, workload.as_deref(), guard).await;
             } else if config.current().authz.outbound == OutboundMode::Deny {
                 tracing::debug!(%dst, "closed a connection outside the mesh (MeshConfig outbound: deny)");
                 metrics.error("outbound-denied");

@@ -41,9 +41,18 @@ pub struct Active {
     settings: Tracing,
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// The share of new traces sampled, 0–1.
+    ratio: f64,
 }
 
 impl Active {
+    /// The context a request carries ([`extract`]); a B3 request that left
+    /// the sampling decision to us (no `x-b3-sampled`) is decided here,
+    /// at this exporter's rate, keeping its trace id.
+    pub fn parent(&self, headers: &HeaderMap) -> Context {
+        extract_deciding(headers, Some(self.ratio))
+    }
+
     /// Starts a span of `kind` under `parent`.
     pub fn start(&self, kind: SpanKind, name: String, parent: &Context) -> Hop {
         let span = self
@@ -164,6 +173,7 @@ impl Traces {
             settings: s.clone(),
             provider,
             tracer,
+            ratio,
         })
     }
 }
@@ -263,6 +273,13 @@ impl Drop for Hop {
 /// `tracestate`), else B3's `x-b3-traceid`/`x-b3-spanid`/`x-b3-sampled`;
 /// an empty context (a new trace) when neither is valid.
 pub fn extract(headers: &HeaderMap) -> Context {
+    extract_deciding(headers, None)
+}
+
+/// [`extract`]; with `ratio`, a B3 request without a sampling decision is
+/// sampled by its trace id at that rate (as a root would be), else it is
+/// not sampled.
+fn extract_deciding(headers: &HeaderMap, ratio: Option<f64>) -> Context {
     let cx = TraceContextPropagator::new().extract(&ReadHeaders(headers));
     if cx.span().span_context().is_valid() {
         return cx;
@@ -280,8 +297,11 @@ pub fn extract(headers: &HeaderMap) -> Context {
     let (Ok(trace_id), Ok(span_id)) = (TraceId::from_hex(&trace), SpanId::from_hex(s)) else {
         return Context::new();
     };
-    let sampled =
-        matches!(get("x-b3-sampled"), Some("1" | "true")) || get("x-b3-flags") == Some("1");
+    let sampled = match (get("x-b3-sampled"), get("x-b3-flags")) {
+        (_, Some("1")) | (Some("1" | "true"), _) => true,
+        (None, None) => ratio.is_some_and(|r| by_ratio(trace_id, r)),
+        _ => false,
+    };
     let sc = SpanContext::new(
         trace_id,
         span_id,
@@ -297,6 +317,20 @@ pub fn extract(headers: &HeaderMap) -> Context {
         return Context::new();
     }
     Context::new().with_remote_span_context(sc)
+}
+
+/// Whether a trace id falls in the sampled share `ratio` (the same rule as
+/// the SDK's trace-id-ratio sampler: its low 64 bits, halved, below
+/// `ratio` of 2^63).
+fn by_ratio(trace_id: TraceId, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bytes = trace_id.to_bytes();
+    let low = u64::from_be_bytes([
+        bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
+    ]);
+    (low >> 1) < (ratio.max(0.0) * (1u64 << 63) as f64) as u64
 }
 
 /// A header map as the propagator reads and writes it.
@@ -367,6 +401,17 @@ mod tests {
                 "00f067aa0ba902b7".into(),
                 false
             )
+        );
+        // No B3 decision: decided at the exporter's rate, trace id kept.
+        let mut h = HeaderMap::new();
+        h.insert("x-b3-traceid", "80f198ee56343ba8".parse().unwrap());
+        h.insert("x-b3-spanid", "e457b5a2e4d86bd1".parse().unwrap());
+        assert!(!span_of(&extract(&h)).2);
+        assert!(span_of(&extract_deciding(&h, Some(1.0))).2);
+        assert!(!span_of(&extract_deciding(&h, Some(0.0))).2);
+        assert_eq!(
+            span_of(&extract_deciding(&h, Some(1.0))).0,
+            "000000000000000080f198ee56343ba8"
         );
         // Malformed values start a new trace.
         for (k, v) in [

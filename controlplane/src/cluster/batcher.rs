@@ -101,7 +101,9 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, usize, Reply)>, metric
             if group.len() == 1 {
                 let (cmd, reply) = group.remove(0);
                 let r = raft.client_write(cmd).await.map(|r| r.data);
-                metrics.proposal(1, started.elapsed());
+                if r.is_ok() {
+                    metrics.proposal(1, started.elapsed());
+                }
                 let _ = reply.send(r);
                 return;
             }
@@ -109,7 +111,9 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, usize, Reply)>, metric
             let (cmds, replies): (Vec<Command>, Vec<Reply>) = group.into_iter().unzip();
             let n = replies.len();
             let r = raft.client_write(Command::Group(cmds)).await;
-            metrics.proposal(n, started.elapsed());
+            if r.is_ok() {
+                metrics.proposal(n, started.elapsed());
+            }
             match r {
                 Ok(r) => {
                     let revision = r.data.revision;

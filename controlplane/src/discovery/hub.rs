@@ -31,7 +31,7 @@ pub struct Rescope(pub u64);
 /// converged.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Acked;
+pub struct Acked(pub u64);
 
 /// Every session on this node.
 #[derive(Message)]
@@ -56,8 +56,9 @@ pub struct DiscoveryHub {
     callers: HashMap<ServiceId, HashSet<u64>>,
     members: HashMap<ServiceId, HashSet<u64>>,
     /// Revisions some sessions still have to acknowledge: when this node
-    /// applied them, and those sessions (for `discovery_converged_seconds`).
-    waiting: std::collections::BTreeMap<u64, (std::time::Instant, Vec<Arc<Session>>)>,
+    /// applied them, and each such session with the revision its delta
+    /// must reach (for `discovery_converged_seconds`).
+    waiting: std::collections::BTreeMap<u64, (std::time::Instant, HashMap<u64, u64>)>,
     metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
@@ -114,16 +115,19 @@ impl DiscoveryHub {
         }
     }
 
-    /// Observes the revisions every session they concerned has now
-    /// acknowledged (or left).
-    fn converge(&mut self) {
-        let sessions = &self.sessions;
+    /// Session `id` acknowledged (or left: `acked` `None`): the revisions
+    /// every session they concerned has now acknowledged are observed.
+    fn converge(&mut self, id: u64, acked: Option<u64>) {
         let metrics = &self.metrics;
-        self.waiting.retain(|rev, (at, waiting)| {
-            waiting.retain(|s| sessions.contains_key(&s.id) && s.status().acked_revision < *rev);
-            if waiting.is_empty() {
-                metrics.converged(at.elapsed());
-                return false;
+        self.waiting.retain(|_, (at, waiting)| {
+            if let Some(needs) = waiting.get(&id) {
+                if acked.is_none_or(|a| a >= *needs) {
+                    waiting.remove(&id);
+                    if waiting.is_empty() {
+                        metrics.converged(at.elapsed());
+                        return false;
+                    }
+                }
             }
             true
         });
@@ -167,18 +171,21 @@ impl DiscoveryHub {
             }
         }
         let newest = events.iter().map(|e| e.revision).max();
-        let mut concerned = Vec::new();
+        let mut concerned = HashMap::new();
         for (id, evs) in per_session {
             if let Some((s, _)) = self.sessions.get(&id) {
-                s.offer(&evs);
-                concerned.push(s.clone());
+                if let Some(rev) = s.offer(&evs) {
+                    concerned.insert(id, rev);
+                }
             }
         }
         if let (Some(rev), false) = (newest, concerned.is_empty()) {
             self.waiting
                 .insert(rev, (std::time::Instant::now(), concerned));
             while self.waiting.len() > MAX_WAITING {
+                // Held back too long (a stuck or refusing proxy): given up.
                 self.waiting.pop_first();
+                self.metrics.unconverged();
             }
         }
     }
@@ -254,14 +261,17 @@ impl Handler<Unregister> for DiscoveryHub {
             }
         }
         // It no longer holds back the revisions it had to acknowledge.
-        self.converge();
+        self.converge(msg.0, None);
     }
 }
 
 impl Handler<Acked> for DiscoveryHub {
     type Result = ();
-    fn handle(&mut self, _: Acked, _: &mut Context<Self>) {
-        self.converge();
+    fn handle(&mut self, msg: Acked, _: &mut Context<Self>) {
+        let acked = self.sessions.get(&msg.0).map(|(s, _)| s.acked());
+        if let Some(a) = acked {
+            self.converge(msg.0, Some(a));
+        }
     }
 }
 

@@ -138,7 +138,9 @@ impl Session {
     /// Takes in the changes that concern this proxy, all at once (so a
     /// delta never holds part of a revision): an upsert when the new value
     /// is in scope, a removal when only the old one was.
-    pub fn offer(&self, events: &[&ChangeEvent]) {
+    /// Answers the newest revision it queued (`None`: nothing concerned
+    /// this proxy after all).
+    pub fn offer(&self, events: &[&ChangeEvent]) -> Option<u64> {
         let scope = lock(&self.scope);
         let mine: Vec<(&ChangeEvent, bool)> = events
             .iter()
@@ -150,10 +152,10 @@ impl Session {
             .collect();
         drop(scope);
         if mine.is_empty() {
-            return;
+            return None;
         }
         let mut p = lock(&self.pending);
-        let mut any = false;
+        let mut newest = None;
         for (ev, now_in) in mine {
             if ev.revision <= p.base {
                 continue;
@@ -161,12 +163,18 @@ impl Session {
             let v = if now_in { ev.value.clone() } else { None };
             p.changes.insert(ev.key.clone(), v);
             p.revision = p.revision.max(ev.revision);
-            any = true;
+            newest = newest.max(Some(ev.revision));
         }
         drop(p);
-        if any {
+        if newest.is_some() {
             self.notify.notify_one();
         }
+        newest
+    }
+
+    /// The revision of the last delta it acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
     }
 
     /// Asks for a full state next.

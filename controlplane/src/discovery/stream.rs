@@ -196,7 +196,7 @@ impl Stream<'_> {
                     if *nonce == a.nonce {
                         self.session.mark_acked(*rev);
                         self.ctx.ops.metrics().acked(self.sent_at.elapsed());
-                        self.ctx.hub.do_send(super::hub::Acked);
+                        self.ctx.hub.do_send(super::hub::Acked(self.session.id));
                         self.in_flight = None;
                         self.flush().await?;
                     }

@@ -15,6 +15,8 @@ mod observability;
 #[allow(dead_code)]
 #[path = "../../../dataplane-proxy/tests/proxy/otlp.rs"]
 mod otlp;
+// Shared with the proxy's suite.
+#[allow(dead_code)]
 #[path = "../../../dataplane-proxy/tests/proxy/prom.rs"]
 mod prom;
 mod proxy;

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::prom::{metric, series};
+use super::prom::{has, metric, series};
 use super::support::*;
 use super::traffic::{callee, caller, send, Echo};
 
@@ -195,14 +195,9 @@ async fn requests_count_by_route_rule_subset_status_and_error_on_both_sides_neve
         1.0,
         "{m}"
     );
-    assert_eq!(
-        metric(
-            &m,
-            "raftmesh_proxy_circuit_open",
-            &[("destination_service", "web")]
-        ),
-        0.0
-    );
+    let web = [("destination_service", "web")];
+    assert!(has(&m, "raftmesh_proxy_circuit_open", &web), "{m}");
+    assert_eq!(metric(&m, "raftmesh_proxy_circuit_open", &web), 0.0);
     let applied = metric(&m, "raftmesh_proxy_config_applied_timestamp_seconds", &[]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -283,10 +278,15 @@ async fn every_line_of_the_exposition_parses_and_the_admin_port_serves_it() {
     let (s, _, _) = get(&http_client(), p.outbound, "web", "/", &[]).await;
     assert_eq!(s, 200);
     let text = super::routing::reqwest_metrics(p.admin).await;
+    // Every line is `name{labels} value` (`series` panics on a label
+    // that is not quoted or a value that is not a number).
+    let mut lines = 0;
     for l in text.lines().filter(|l| !l.starts_with('#')) {
         let name = l.split(['{', ' ']).next().unwrap();
-        assert!(!series(&text, name).is_empty(), "{l}");
+        assert!(name.starts_with("raftmesh_proxy_"), "{l}");
+        lines += series(&text, name).len();
     }
+    assert!(lines > 20, "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
     for family in [
         "raftmesh_proxy_requests",

@@ -51,3 +51,12 @@ pub fn metric(text: &str, name: &str, with: &[(&str, &str)]) -> f64 {
         .map(|(_, v)| v)
         .sum()
 }
+
+/// Whether a series `name` with every pair of `with` exists (a sum of 0
+/// does not tell an absent series from a zero).
+pub fn has(text: &str, name: &str, with: &[(&str, &str)]) -> bool {
+    series(text, name).iter().any(|(l, _)| {
+        with.iter()
+            .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+    })
+}

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::prom::metric;
+use super::prom::{has, metric};
 use super::support::*;
 
 #[tokio::test]
@@ -187,6 +187,11 @@ async fn a_circuit_opens_past_the_in_flight_limit() {
         codes.push(t.await.unwrap().2);
     }
     assert_eq!(gauge("raftmesh_proxy_circuit_open"), 0.0);
+    assert!(has(
+        &p.config.metrics.render(&p.config),
+        "raftmesh_proxy_circuit_open",
+        &[("destination_service", "web")]
+    ));
     let open = codes
         .iter()
         .filter(|c| c.as_deref() == Some("circuit-open"))
