@@ -561,15 +561,18 @@ impl Key {
 /// instead of label allocations and hash lookups.
 pub struct Recorder {
     metrics: Arc<Metrics>,
-    direction: &'static str,
-    /// Outbound: this workload (`None`: read from `own` at each new series,
-    /// since its identity is known only once the trust domain is). Inbound:
-    /// the caller.
-    source: Option<Party>,
-    own: Option<Arc<crate::state::Config>>,
-    /// Inbound: this workload (outbound: each request's service).
-    destination: Party,
+    side: Side,
     cache: Mutex<Vec<(Key, Counter, Histogram)>>,
+}
+
+/// Which side of the requests a connection carries.
+enum Side {
+    /// From this workload's app: the source is read from the config at each
+    /// new series (its identity is known only once the trust domain is),
+    /// the destination is each request's service.
+    Outbound(Arc<crate::state::Config>),
+    /// From `caller` to this workload (`own`).
+    Inbound { caller: Party, own: Party },
 }
 
 /// Series kept per connection.
@@ -580,10 +583,7 @@ impl Recorder {
     pub fn outbound(config: &Arc<crate::state::Config>) -> Self {
         Self {
             metrics: config.metrics.clone(),
-            direction: "outbound",
-            source: None,
-            own: Some(config.clone()),
-            destination: Party::default(),
+            side: Side::Outbound(config.clone()),
             cache: Mutex::new(Vec::new()),
         }
     }
@@ -592,10 +592,7 @@ impl Recorder {
     pub fn inbound(metrics: &Arc<Metrics>, caller: Party, own: Party) -> Self {
         Self {
             metrics: metrics.clone(),
-            direction: "inbound",
-            source: Some(caller),
-            own: None,
-            destination: own,
+            side: Side::Inbound { caller, own },
             cache: Mutex::new(Vec::new()),
         }
     }
@@ -640,6 +637,11 @@ impl Recorder {
         key: &Key,
         routed: Option<&(Arc<ServiceTable>, usize, usize)>,
     ) -> (Counter, Histogram) {
+        let unknown = Party::default();
+        let (direction, source, destination) = match &self.side {
+            Side::Outbound(config) => ("outbound", Party::own(config), &unknown),
+            Side::Inbound { caller, own } => ("inbound", caller.clone(), own),
+        };
         let (dest_ns, dest_svc, route, rule, subset) = match routed {
             Some((t, r, b)) => (
                 t.id.0.clone(),
@@ -653,8 +655,8 @@ impl Recorder {
                 t.rules[*r].backends[*b].label.clone(),
             ),
             None => (
-                self.destination.namespace.clone(),
-                self.destination.service.clone(),
+                destination.namespace.clone(),
+                destination.service.clone(),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -662,20 +664,11 @@ impl Recorder {
         };
         let dest_identity = match &key.identity {
             Some(id) => id.to_string(),
-            None => self.destination.identity.clone(),
+            None => destination.identity.clone(),
         };
         let status_class = status_class(key.code);
-        let own;
-        let source = match (&self.source, &self.own) {
-            (Some(p), _) => p,
-            (None, Some(c)) => {
-                own = Party::own(c);
-                &own
-            }
-            (None, None) => &self.destination,
-        };
         let latency = LatencyLabels {
-            direction: self.direction,
+            direction,
             source_namespace: source.namespace.clone(),
             source_service: source.service.clone(),
             destination_namespace: dest_ns.clone(),
@@ -684,7 +677,7 @@ impl Recorder {
             status_class,
         };
         let labels = RequestLabels {
-            direction: self.direction,
+            direction,
             source_namespace: source.namespace.clone(),
             source_service: source.service.clone(),
             source_identity: source.identity.clone(),

@@ -214,7 +214,7 @@ pub(crate) async fn outbound_connection(
             });
             let tally = count(&recorder, Some(&info), &resp, grpc, (code, error), started);
             if let Some(h) = &hop {
-                crate::trace::answered(h, &info.names().0, Some(&info), code, error, true);
+                crate::trace::answered(h, "", Some(&info), code, error, true);
             }
             Ok::<_, Infallible>(resp.map(|b| {
                 crate::guard::Guarded::plain(b)
@@ -418,14 +418,41 @@ async fn until_strict(config: &Config, applies: bool) {
 }
 
 impl Inbound {
-    /// Who an inbound TCP connection joined: `who` to this workload's app.
-    fn inbound_ends(&self, who: Option<String>, app: SocketAddr) -> TcpEnds {
-        TcpEnds {
-            direction: "inbound",
-            source: who,
-            destination: self.config.own_spiffe(),
-            service: self.config.identity.service.clone(),
-            endpoint: Some(app),
+    /// Relays an opaque TCP connection from `who` to the app at `app`
+    /// until either side closes, the mesh turns strict (when the connection
+    /// has no client certificate: `ends_when_strict`) or a committed policy
+    /// denies it; then writes its access log record.
+    async fn relay_to_app<S>(
+        &self,
+        stream: &mut crate::metrics::Counted<S>,
+        app: SocketAddr,
+        who: Option<String>,
+        ends_when_strict: bool,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let config = &self.config;
+        let log = TcpStart::new(config.current().access_log.as_ref());
+        let ended = tokio::select! {
+            r = relay_stream(&mut *stream, app) => r.err(),
+            _ = until_strict(config, ends_when_strict) => {
+                tracing::info!(caller = ?who, "closed a TCP connection without a client certificate: the mesh switched to strict mTLS");
+                Some("mtls-required")
+            }
+            _ = crate::guard::until_denied(config.clone(), who.clone()) => {
+                tracing::info!(caller = ?who, "closed a TCP connection a committed policy now denies");
+                Some("denied")
+            }
+        };
+        if let Some(l) = log {
+            let ends = TcpEnds {
+                direction: "inbound",
+                source: who,
+                destination: config.own_spiffe(),
+                service: config.identity.service.clone(),
+                endpoint: Some(app),
+            };
+            l.finish(&config.access_log, ends, stream.totals(), ended);
         }
     }
 
@@ -489,25 +516,9 @@ impl Inbound {
                 } else if let Err(why) = authz::decide(&self.config.current().authz, None, "", "") {
                     tracing::info!(reason = %why, "denied an opaque TCP connection");
                 } else {
-                    let config = self.config.clone();
                     let mut stream = guard.peer(&Party::default(), stream);
-                    let log = TcpStart::new(config.current().access_log.as_ref());
                     let app = to.unwrap_or(self.app);
-                    let ended = tokio::select! {
-                        r = relay_stream(&mut stream, app) => r.err(),
-                        _ = until_strict(&config, member) => {
-                            tracing::info!("closed a plaintext TCP connection: the mesh switched to strict mTLS");
-                            Some("mtls-required")
-                        }
-                        _ = crate::guard::until_denied(config.clone(), None) => {
-                            tracing::info!("closed a TCP connection a committed policy now denies");
-                            Some("denied")
-                        }
-                    };
-                    if let Some(l) = log {
-                        let ends = self.inbound_ends(None, app);
-                        l.finish(&config.access_log, ends, stream.totals(), ended);
-                    }
+                    self.relay_to_app(&mut stream, app, None, member).await;
                 }
             }
         }
@@ -563,23 +574,9 @@ impl Inbound {
                 self.config.metrics.error("denied");
                 return;
             }
-            let config = self.config.clone();
-            let log = TcpStart::new(config.current().access_log.as_ref());
-            let ended = tokio::select! {
-                r = relay_stream(&mut s, self.app) => r.err(),
-                _ = until_strict(&config, who.is_none()) => {
-                    tracing::info!("closed a TCP tunnel without a client certificate: the mesh switched to strict mTLS");
-                    Some("mtls-required")
-                }
-                _ = crate::guard::until_denied(config.clone(), who.clone()) => {
-                    tracing::info!(caller = ?who, "closed a TCP tunnel a committed policy now denies");
-                    Some("denied")
-                }
-            };
-            if let Some(l) = log {
-                let ends = self.inbound_ends(who.clone(), self.app);
-                l.finish(&config.access_log, ends, s.totals(), ended);
-            }
+            let no_certificate = who.is_none();
+            self.relay_to_app(&mut s, self.app, who, no_certificate)
+                .await;
         } else {
             self.serve_http(s, who).await;
         }

@@ -38,8 +38,9 @@ pub fn start<B>(
     Some(hop)
 }
 
-/// What the answer was: where the request went, its status, the mesh's
-/// error code, and (outbound) the route, endpoint and retries.
+/// What the answer was: where the request went (the routed service, else
+/// `service`), its status, the mesh's error code, and (outbound) the route,
+/// endpoint and retries.
 pub fn answered(
     hop: &Hop,
     service: &str,
@@ -51,12 +52,14 @@ pub fn answered(
     if !hop.recording() {
         return;
     }
+    let routed = route.and_then(RouteInfo::route);
+    let service = routed.map_or(service, |(t, _, _)| t.id.1.as_str());
     let mut attrs = vec![
         KeyValue::new("raftmesh.service", service.to_string()),
         KeyValue::new("http.response.status_code", i64::from(code)),
     ];
     if let Some(r) = route {
-        if let Some((t, rule, backend)) = r.route() {
+        if let Some((t, rule, backend)) = routed {
             attrs.push(KeyValue::new(
                 "raftmesh.route",
                 t.route.as_deref().unwrap_or("").to_string(),
