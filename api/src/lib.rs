@@ -13,6 +13,7 @@ pub mod files;
 pub mod identity;
 pub mod kind;
 pub mod resource;
+pub mod stat;
 pub mod validate;
 pub mod yaml;
 

@@ -1,4 +1,5 @@
-//! meshd's HTTP port: `/healthz`, `/readyz` and `/metrics` (Prometheus text).
+//! meshd's HTTP port: `/healthz`, `/readyz`, `/metrics` (Prometheus text)
+//! and the web dashboard (`/`, `/api/...`: `crate::dashboard`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::cluster::ClusterOps;
+use crate::dashboard::Dashboard;
 
 #[derive(Clone)]
 struct AppState {
@@ -17,13 +19,14 @@ struct AppState {
 }
 
 /// The HTTP app of a node; apart from `serve` so tests can drive it.
-fn app(ops: Arc<ClusterOps>) -> Router {
+fn app(ops: Arc<ClusterOps>, dashboard: Dashboard) -> Router {
     let state = AppState { ops };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(crate::dashboard::routes(dashboard))
 }
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
@@ -53,9 +56,10 @@ async fn metrics(State(s): State<AppState>) -> (StatusCode, String) {
 pub async fn serve(
     listener: TcpListener,
     ops: Arc<ClusterOps>,
+    dashboard: Dashboard,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(ops))
+    axum::serve(listener, app(ops, dashboard))
         .with_graceful_shutdown(shutdown)
         .await
 }

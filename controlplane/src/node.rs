@@ -258,20 +258,22 @@ pub async fn start_with_listener(
     );
     let links = crate::federation::link::spawn(federation.clone(), shutdown_rx.clone());
     tokio::spawn(ops.clone().follow_tracing(shutdown_rx.clone()));
+    // One admin API, served over gRPC and read by the dashboard.
+    let admin = Arc::new(AdminService::new(
+        watcher.clone(),
+        hub.clone(),
+        ops.clone(),
+        cfg.cluster_name.clone(),
+        federation.clone(),
+    ));
     let server = {
         let mut rx = shutdown_rx.clone();
         let raft_svc = RaftServer::new(RaftService::new(ops.clone(), hub.clone(), node_check))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let admin_svc = AdminServer::new(AdminService::new(
-            watcher.clone(),
-            hub.clone(),
-            ops.clone(),
-            cfg.cluster_name.clone(),
-            federation.clone(),
-        ))
-        .max_decoding_message_size(raftmesh_client::MAX_ADMIN_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let admin_svc = AdminServer::from_arc(admin.clone())
+            .max_decoding_message_size(raftmesh_client::MAX_ADMIN_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let discovery = DiscoveryService::new(
             ops.clone(),
             reader.clone(),
@@ -320,6 +322,10 @@ pub async fn start_with_listener(
             Some(tokio::spawn(crate::http::serve(
                 l,
                 ops.clone(),
+                crate::dashboard::Dashboard {
+                    admin: admin.clone(),
+                    ops: ops.clone(),
+                },
                 async move {
                     let _ = rx.wait_for(|s| *s).await;
                 },

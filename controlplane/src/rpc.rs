@@ -124,6 +124,19 @@ impl RaftRpc for RaftService {
         reply(&statuses)
     }
 
+    async fn stats(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_node(&req)?;
+        let sessions = self
+            .hub
+            .send(crate::discovery::hub::ListSessions)
+            .await
+            .map_err(|_| Status::unavailable("the node is shutting down"))?;
+        reply(&crate::livestats::node_edges(
+            &sessions,
+            procinfo::unix_ms(),
+        ))
+    }
+
     async fn node_info(
         &self,
         req: Request<NodeInfoRequest>,

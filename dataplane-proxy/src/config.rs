@@ -162,6 +162,9 @@ pub struct ProxyArgs {
     /// A service learned from traffic is unsubscribed after this long with no request.
     #[arg(long, default_value = "10m")]
     pub subscription_idle: humantime::Duration,
+    /// How often the proxy reports its traffic to meshd (for `meshctl stat` and the dashboard; at least 1s).
+    #[arg(long, default_value = "5s", value_parser = parse_stats_interval)]
+    pub stats_interval: humantime::Duration,
     /// A client connection with no request in flight and no bytes for this long is closed (HTTP/1 keep-alive and HTTP/2).
     #[arg(long, default_value = "60s")]
     pub idle_timeout: humantime::Duration,
@@ -246,6 +249,8 @@ pub struct ProxyConfig {
     pub subscribe: Vec<String>,
     /// How long a learned subscription may go unused.
     pub subscription_idle: std::time::Duration,
+    /// How often traffic is reported to meshd.
+    pub stats_interval: std::time::Duration,
     /// How long an idle client connection is kept.
     pub idle_timeout: std::time::Duration,
     /// How long a request head may take.
@@ -443,6 +448,7 @@ impl ProxyArgs {
             locality: self.locality,
             subscribe: self.subscribe,
             subscription_idle: self.subscription_idle.into(),
+            stats_interval: self.stats_interval.into(),
             idle_timeout: self.idle_timeout.into(),
             header_timeout: self.header_timeout.into(),
             workers: self.workers,
@@ -659,4 +665,14 @@ mod tests {
         assert_eq!(legacy_token(Some("  ".into())), None);
         assert_eq!(legacy_token(None), None);
     }
+}
+
+/// `--stats-interval`: a duration of at least a second (meshd keeps a
+/// minute of reports per proxy, at most 60).
+fn parse_stats_interval(s: &str) -> Result<humantime::Duration, String> {
+    let d: humantime::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if *d < std::time::Duration::from_secs(1) || *d > std::time::Duration::from_secs(60) {
+        return Err(format!("{s} is not between 1s and 60s"));
+    }
+    Ok(d)
 }

@@ -23,6 +23,7 @@ pub mod forward;
 pub mod gateway;
 pub mod guard;
 pub mod health;
+pub mod livestats;
 pub mod metrics;
 pub mod path;
 pub mod persist;

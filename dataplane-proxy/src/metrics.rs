@@ -18,11 +18,12 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::compiled::{ServiceId, ServiceTable};
+use crate::livestats::{EdgeCounts, EdgeKey};
 use crate::target::RouteInfo;
 
 /// One side of a request or connection: a workload, as far as it is known.
@@ -208,6 +209,8 @@ pub struct Metrics {
     circuit_open: Family<DestinationLabels, IntGauge>,
     /// Held while rendering.
     rendering: Mutex<()>,
+    /// The edges reported to meshd (`meshctl stat`).
+    pub edges: crate::livestats::Edges,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -246,7 +249,7 @@ impl Metrics {
         let m = Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+                Histogram::new(raftmesh_api::stat::LATENCY_BOUNDS_S.into_iter())
             }),
             retries: Family::default(),
             ejections: Family::default(),
@@ -258,6 +261,7 @@ impl Metrics {
             sent: Family::default(),
             handshakes: Family::default(),
             nacks: Counter::default(),
+            edges: crate::livestats::Edges::default(),
             revision: Gauge::default(),
             applied_at: Gauge::default(),
             config_age: Gauge::default(),
@@ -562,8 +566,12 @@ impl Key {
 pub struct Recorder {
     metrics: Arc<Metrics>,
     side: Side,
-    cache: Mutex<Vec<(Key, Counter, Histogram)>>,
+    cache: Mutex<Vec<Cached>>,
 }
+
+/// A connection's series for one key: the Prometheus ones and its edge's
+/// live counts (none for an edge to no known service).
+type Cached = (Key, Counter, Histogram, Option<Arc<EdgeCounts>>);
 
 /// Which side of the requests a connection carries.
 enum Side {
@@ -598,13 +606,13 @@ impl Recorder {
     }
 
     /// Counts one answered request: `route` is where it went (outbound),
-    /// `error` the mesh's error code when the mesh answered one.
+    /// `error` the mesh's error code when the mesh answered one, `local`
+    /// whether this proxy answered it itself.
     pub fn record(
         &self,
         route: Option<&RouteInfo>,
-        code: u16,
-        grpc: &'static str,
-        error: &'static str,
+        (code, grpc, error): (u16, &'static str, &'static str),
+        local: bool,
         took: Duration,
     ) {
         let routed = route.and_then(|r| r.route());
@@ -617,26 +625,33 @@ impl Recorder {
             grpc,
             error,
         };
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, c, h)) = cache.iter().find(|(k, _, _)| k.same(&key)) {
+        let secs = took.as_secs_f64();
+        let count = |(_, c, h, e): &Cached| {
             c.inc();
-            h.observe(took.as_secs_f64());
+            h.observe(secs);
+            if let Some(e) = e {
+                e.add(crate::livestats::failed(code, grpc), local, secs);
+            }
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(hit) = cache.iter().find(|(k, ..)| k.same(&key)) {
+            count(hit);
             return;
         }
-        let (c, h) = self.series(&key, routed);
-        c.inc();
-        h.observe(took.as_secs_f64());
+        let (c, h, e) = self.series(&key, routed);
+        let entry = (key, c, h, e);
+        count(&entry);
         if cache.len() == CACHED {
             cache.remove(0);
         }
-        cache.push((key, c, h));
+        cache.push(entry);
     }
 
     fn series(
         &self,
         key: &Key,
         routed: Option<&(Arc<ServiceTable>, usize, usize)>,
-    ) -> (Counter, Histogram) {
+    ) -> (Counter, Histogram, Option<Arc<EdgeCounts>>) {
         let unknown = Party::default();
         let (direction, source, destination) = match &self.side {
             Side::Outbound(config) => ("outbound", Party::own(config), &unknown),
@@ -666,6 +681,13 @@ impl Recorder {
             Some(id) => id.to_string(),
             None => destination.identity.clone(),
         };
+        let edge = self.metrics.edges.get(EdgeKey {
+            inbound: direction == "inbound",
+            source: (source.namespace.clone(), source.service.clone()),
+            destination: (dest_ns.clone(), dest_svc.clone()),
+            route: route.clone(),
+            subset: subset.clone(),
+        });
         let status_class = status_class(key.code);
         let latency = LatencyLabels {
             direction,
@@ -700,6 +722,7 @@ impl Recorder {
         (
             self.metrics.requests.get_or_create(&labels).clone(),
             self.metrics.latency.get_or_create(&latency).clone(),
+            edge,
         )
     }
 }
@@ -742,11 +765,11 @@ impl Tally {
 
 impl Drop for Tally {
     fn drop(&mut self) {
+        // Trailers came from the other side: not an answer of this proxy's.
         self.recorder.record(
             self.route.as_deref(),
-            self.code,
-            self.grpc,
-            self.error,
+            (self.code, self.grpc, self.error),
+            false,
             self.started.elapsed(),
         );
     }

@@ -88,6 +88,8 @@ fn count<B: hyper::body::Body>(
     (code, error): (u16, &'static str),
     started: Instant,
 ) -> Option<Box<Tally>> {
+    // An error code already here is this proxy's own answer.
+    let local = !error.is_empty();
     let error = if error.is_empty() && (code >= 400 || grpc) {
         crate::error::code_of(resp.headers())
     } else {
@@ -107,7 +109,12 @@ fn count<B: hyper::body::Body>(
             started,
         ));
     }
-    recorder.record(route.map(|r| &**r), code, status, error, started.elapsed());
+    recorder.record(
+        route.map(|r| &**r),
+        (code, status, error),
+        local,
+        started.elapsed(),
+    );
     None
 }
 

@@ -39,6 +39,8 @@ pub struct XdsSettings {
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// How long a learned subscription may go unused.
     pub subscription_idle: Duration,
+    /// How often the traffic is reported (`ProxyMessage.stats`).
+    pub stats_interval: Duration,
 }
 
 impl XdsSettings {
@@ -65,6 +67,7 @@ impl XdsSettings {
             state_dir: c.state_dir.clone(),
             tls: c.ca_pem.as_deref().map(raftmesh_client::client_tls),
             subscription_idle: c.subscription_idle,
+            stats_interval: c.stats_interval,
         }
     }
 }
@@ -241,6 +244,11 @@ async fn session(
     let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
     let mut sweep = tokio::time::interval(settings.subscription_idle / 2);
     sweep.tick().await;
+    let mut report = tokio::time::interval(settings.stats_interval);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    report.tick().await;
+    // What was served before this stream went to no node.
+    config.metrics.edges.report();
     let mut full_warned = false;
     loop {
         tokio::select! {
@@ -367,6 +375,11 @@ async fn session(
                     tracing::info!(services = ?expired, "unsubscribing from services no request used for {}", humantime::format_duration(settings.subscription_idle));
                     send(In::Unsubscribe(pb::Subscribe { services: expired })).await;
                 }
+            }
+            _ = report.tick() => {
+                // Sent even when empty: the node learns how long the
+                // proxy's quiet window was (its rates stay right).
+                send(In::Stats(config.metrics.edges.report())).await;
             }
             _ = heartbeat.tick() => {
                 send(In::Heartbeat(pb::Heartbeat { unix_ms: 0 })).await;

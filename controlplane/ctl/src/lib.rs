@@ -23,6 +23,7 @@ mod peering;
 mod proxies;
 mod resources;
 mod revoke;
+mod stat;
 mod token;
 
 pub use clap::Parser;
@@ -164,6 +165,8 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// The last minute of traffic per service and caller (success rate, requests/s, latency).
+    Stat(stat::StatArgs),
     /// What one proxy was sent and has acknowledged.
     ProxyConfig {
         /// The proxy's instance id.
@@ -221,6 +224,7 @@ pub async fn run(cli: Cli) -> CtlResult {
         }
         Command::Check => check::run(&conn, ca_pem.as_deref()).await,
         Command::Proxies { output } => proxies::proxies(&conn, output).await,
+        Command::Stat(a) => stat::run(&conn, a).await,
         Command::ProxyConfig { instance, output } => {
             proxies::proxy_config(&conn, instance, output).await
         }

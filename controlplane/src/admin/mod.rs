@@ -549,6 +549,27 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn stat(
+        &self,
+        req: Request<pb::StatRequest>,
+    ) -> Result<Response<pb::StatResponse>, Status> {
+        self.auth(&req, Need::Read).await?;
+        let r = req.into_inner();
+        let filter = stat_filter(r)?;
+        let (edges, missing) = crate::livestats::cluster_edges(&self.ops, &self.hub).await;
+        if !missing.is_empty() {
+            tracing::warn!(?missing, "some nodes did not report their proxies' traffic");
+        }
+        Ok(Response::new(pb::StatResponse {
+            rows: crate::livestats::rows(&edges, &filter)
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            window_s: crate::livestats::WINDOW.as_secs() as u32,
+            unreported_nodes: missing,
+        }))
+    }
+
     async fn proxy_config(
         &self,
         req: Request<pb::ProxyConfigRequest>,
@@ -575,6 +596,24 @@ impl Admin for AdminService {
             resources: resources.iter().map(|r| redact(r, caller.role)).collect(),
         }))
     }
+}
+
+/// A `Stat` request's filter: names of at most 253 bytes, no control
+/// characters.
+pub fn stat_filter(r: pb::StatRequest) -> Result<crate::livestats::Filter, Status> {
+    let name = |field: &str, v: String| {
+        if v.len() > 253 || v.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "stat: {field} is longer than 253 bytes or holds control characters"
+            )));
+        }
+        Ok((!v.is_empty()).then_some(v))
+    };
+    Ok(crate::livestats::Filter {
+        service: name("service", r.service)?,
+        namespace: name("namespace", r.namespace)?,
+        route: name("route", r.route)?,
+    })
 }
 
 fn proxy_status(s: &SessionStatus) -> pb::ProxyStatus {

@@ -96,6 +96,8 @@ pub struct Session {
     acked: AtomicU64,
     nack: Mutex<Option<String>>,
     bundle_changed: std::sync::atomic::AtomicBool,
+    /// The last minute of its traffic reports (`meshctl stat`).
+    pub reports: crate::livestats::Reports,
 }
 
 impl Session {
@@ -122,6 +124,7 @@ impl Session {
             acked: AtomicU64::new(0),
             nack: Mutex::new(None),
             bundle_changed: std::sync::atomic::AtomicBool::new(false),
+            reports: crate::livestats::Reports::default(),
         })
     }
 

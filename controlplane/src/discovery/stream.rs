@@ -217,6 +217,20 @@ impl Stream<'_> {
                 ready.send_replace(h.ready);
             }
             Some(In::Heartbeat(_)) => {}
+            Some(In::Stats(st)) => match crate::livestats::validate(&self.session.info, &st) {
+                Ok(()) => self.session.reports.push(unix_ms(), st),
+                Err(message) => {
+                    // Dropped; the stream goes on.
+                    tracing::warn!(instance = %self.session.info.instance, error = %message, "refused a traffic report");
+                    let e = pb::StreamError {
+                        code: "bad-stats".into(),
+                        message,
+                    };
+                    if !send(&self.tx, Out::Error(e)).await {
+                        return Err(Status::cancelled("the proxy went away"));
+                    }
+                }
+            },
             Some(In::Subscribe(s)) => {
                 let mut scope = self.session.scope();
                 let info = &self.session.info;

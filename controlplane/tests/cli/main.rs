@@ -873,6 +873,7 @@ fn server_tls_between_nodes_and_to_clients() {
                 locality: String::new(),
                 subscribe: vec!["web".into()],
                 subscription_idle: std::time::Duration::from_secs(600),
+                stats_interval: std::time::Duration::from_secs(1),
                 idle_timeout: std::time::Duration::from_secs(60),
                 header_timeout: std::time::Duration::from_secs(10),
                 workers: None,

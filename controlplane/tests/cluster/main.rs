@@ -8,6 +8,7 @@ mod collectors;
 mod deploys;
 mod discovery;
 mod federation;
+mod livestats;
 mod membership;
 mod node_auth;
 mod observability;

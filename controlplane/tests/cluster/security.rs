@@ -930,6 +930,7 @@ fn a_committed_deny_ends_live_tcp_tunnels_and_streaming_answers() {
             locality: String::new(),
             subscribe: vec!["web".into()],
             subscription_idle: Duration::from_secs(600),
+            stats_interval: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(60),
             header_timeout: std::time::Duration::from_secs(10),
             workers: None,

@@ -295,6 +295,7 @@ pub fn proxy_config(
         locality: String::new(),
         subscribe: subs.iter().map(|s| s.to_string()).collect(),
         subscription_idle: std::time::Duration::from_secs(600),
+        stats_interval: std::time::Duration::from_secs(1),
         idle_timeout: std::time::Duration::from_secs(60),
         header_timeout: std::time::Duration::from_secs(10),
         workers: None,

@@ -109,6 +109,7 @@ pub fn base_config() -> ProxyConfig {
         locality: String::new(),
         subscribe: vec![],
         subscription_idle: std::time::Duration::from_secs(600),
+        stats_interval: std::time::Duration::from_secs(1),
         idle_timeout: std::time::Duration::from_secs(60),
         header_timeout: std::time::Duration::from_secs(10),
         workers: None,

@@ -131,6 +131,13 @@ impl Raft for Fake {
     ) -> Result<Response<pb::RaftPayload>, Status> {
         Err(Status::unimplemented("no raft here"))
     }
+
+    async fn stats(
+        &self,
+        _: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        Err(Status::unimplemented("no raft here"))
+    }
 }
 
 #[tonic::async_trait]

@@ -1,0 +1,251 @@
+//! `meshctl stat`'s data (the admin API's `Stat`): proxies report their
+//! traffic on their discovery streams, any node answers for every proxy
+//! on every node, each request counts once, and a proxy cannot report
+//! traffic that is not its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftmesh_api::stat::StatRow;
+use raftmesh_api::v1 as pb;
+use raftmesh_api::v1::proxy_message::Msg as In;
+use raftmesh_api::v1::server_message::Msg as Out;
+
+use super::deploys::{app, doc, get, http};
+use super::proxy::{hello, msg, FakeProxy};
+use super::support::*;
+
+async fn stat(admin: &mut raftmesh_client::Admin, req: pb::StatRequest) -> pb::StatResponse {
+    admin.stat(req).await.unwrap().into_inner()
+}
+
+fn row<'a>(rows: &'a [pb::StatRow], service: &str, from: &str) -> Option<&'a pb::StatRow> {
+    rows.iter()
+        .find(|r| r.service == service && r.from == from && r.route.is_empty())
+}
+
+#[test]
+fn stat_on_any_node_covers_proxies_on_every_node_and_counts_each_request_once() {
+    run(async {
+        let c = TestCluster::start(3).await;
+        let mut admin = c.client(1).await;
+        // Half of frontend's calls are answered 503 by its own proxy (the
+        // fault layer): they never reach web's proxy, and must still count.
+        admin
+            .apply(apply_req(vec![
+                doc("kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}"),
+                doc("kind: Route\nmetadata: {name: web}\nspec: {service: web, fault: {abort: {http_status: 503, percent: 50}}}"),
+            ]))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let web_app = app("web").await;
+        // web's proxy on node 2, frontend's on node 3; node 1 is asked.
+        let only = |cfg: &mut raftmesh_dataplane_proxy::config::ProxyConfig, id: u64| {
+            cfg.control_plane = vec![c.addrs[&id].to_string()];
+        };
+        let token = bootstrap_token(&mut admin, "web").await;
+        let mut cfg = proxy_config(
+            &c,
+            dir.path(),
+            "web",
+            "web-1",
+            Some(web_app.addr),
+            token,
+            &[],
+        );
+        only(&mut cfg, 2);
+        let web = raftmesh_dataplane_proxy::start(cfg).await.unwrap();
+        let token = bootstrap_token(&mut admin, "frontend").await;
+        let mut cfg = proxy_config(
+            &c,
+            dir.path(),
+            "frontend",
+            "frontend-1",
+            None,
+            token,
+            &["web"],
+        );
+        only(&mut cfg, 3);
+        let frontend = raftmesh_dataplane_proxy::start(cfg).await.unwrap();
+        let h = http();
+        eventually(
+            "web answers through the mesh",
+            Duration::from_secs(15),
+            || {
+                let (h, out) = (h.clone(), frontend.outbound);
+                async move { matches!(get(&h, out, "web").await, Ok((200, _))).then_some(()) }
+            },
+        )
+        .await;
+        // What the warm-up left, once every report of it is in.
+        let settled = |admin: &mut raftmesh_client::Admin| {
+            let mut admin = admin.clone();
+            async move {
+                let mut last = None;
+                loop {
+                    let r = stat(&mut admin, pb::StatRequest::default()).await;
+                    let now = row(&r.rows, "web", "").map(|r| (r.requests, r.failures));
+                    if now.is_some() && now == last {
+                        return now.unwrap();
+                    }
+                    last = now;
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+            }
+        };
+        let (r0, f0) = tokio::time::timeout(Duration::from_secs(20), settled(&mut admin))
+            .await
+            .expect("the warm-up's reports arrive");
+        // Exactly 200 requests, each answer seen by the client.
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        for _ in 0..200 {
+            match get(&h, frontend.outbound, "web").await {
+                Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                Ok((503, _)) => failed.fetch_add(1, Ordering::Relaxed),
+                other => panic!("unexpected answer {other:?}"),
+            };
+        }
+        let failed = failed.load(Ordering::Relaxed);
+        assert!(
+            failed > 40 && failed < 160,
+            "{failed} of 200 aborted at 50 %"
+        );
+        let rows = eventually(
+            "every request in the figures",
+            Duration::from_secs(10),
+            || {
+                let mut admin = admin.clone();
+                async move {
+                    let r = stat(&mut admin, pb::StatRequest::default()).await;
+                    let w = row(&r.rows, "web", "")?;
+                    (w.requests == r0 + 200).then_some(r)
+                }
+            },
+        )
+        .await;
+        assert!(rows.unreported_nodes.is_empty(), "{rows:?}");
+        let whole = row(&rows.rows, "web", "").unwrap();
+        assert_eq!(whole.failures, f0 + failed, "{whole:?}");
+        let edge = row(&rows.rows, "web", "frontend").expect("the frontend → web edge");
+        assert_eq!(
+            (edge.requests, edge.failures),
+            (whole.requests, whole.failures)
+        );
+        assert_eq!(edge.from_namespace, "default");
+        let shown = StatRow::from(edge.clone());
+        assert!(
+            shown.success_rate > 0.0 && shown.success_rate < 1.0,
+            "{shown:?}"
+        );
+        assert!(edge.rps > 0.5 && edge.rps < 10_000.0, "{edge:?}");
+        // Latency from web's side: positive, ordered.
+        assert!(edge.p50_ms > 0.0 && edge.p50_ms <= edge.p95_ms && edge.p95_ms <= edge.p99_ms);
+        // frontend is only a caller: no row of its own.
+        assert!(row(&rows.rows, "frontend", "").is_none(), "{rows:?}");
+        // The Route's view: its callers' side, every request.
+        let by_route = stat(
+            &mut admin,
+            pb::StatRequest {
+                route: "web".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(by_route.rows.len(), 1, "{by_route:?}");
+        assert_eq!(by_route.rows[0].requests, whole.requests);
+        assert_eq!(by_route.rows[0].failures, whole.failures);
+        // A filter on a service nobody calls is empty, not an error.
+        let none = stat(
+            &mut admin,
+            pb::StatRequest {
+                service: "nobody".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(none.rows.is_empty());
+        // A node that cannot be asked is named, never silently left out.
+        frontend.shutdown().await;
+        let mut c = c;
+        c.stop(3).await;
+        let r = stat(&mut admin, pb::StatRequest::default()).await;
+        assert_eq!(r.unreported_nodes, vec![3], "{r:?}");
+        web.shutdown().await;
+        c.shutdown().await;
+    });
+}
+
+#[test]
+fn a_proxy_cannot_report_traffic_that_is_not_its_own() {
+    run(async {
+        let c = TestCluster::start(1).await;
+        let mut admin = c.client(1).await;
+        admin
+            .apply(apply_req(vec![doc(
+                "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}",
+            )]))
+            .await
+            .unwrap();
+        let token = bootstrap_token(&mut admin, "batch").await;
+        let mut p = FakeProxy::connect(c.addrs[&1], hello("batch", "batch-1", &token, &[]))
+            .await
+            .unwrap();
+        p.expect().await;
+        let edge = |inbound: bool, to: &str| {
+            let mut latency_buckets = vec![0; raftmesh_api::stat::LATENCY_BUCKETS];
+            latency_buckets[3] = 1000;
+            pb::StatsEdge {
+                inbound,
+                source_namespace: "default".into(),
+                source_service: "frontend".into(),
+                destination_namespace: "default".into(),
+                destination_service: to.into(),
+                requests: 1000,
+                failures: 1000,
+                latency_buckets,
+                ..Default::default()
+            }
+        };
+        // batch claims web's inbound traffic: all of it failing.
+        let forged = pb::Stats {
+            window_ms: 1000,
+            edges: vec![edge(true, "web")],
+        };
+        p.tx.send(msg(In::Stats(forged))).await.unwrap();
+        let refusal = loop {
+            match tokio::time::timeout(Duration::from_secs(5), p.rx.message()).await {
+                Ok(Ok(Some(pb::ServerMessage {
+                    msg: Some(Out::Error(e)),
+                }))) => break e,
+                Ok(Ok(Some(_))) => continue,
+                other => panic!("no refusal: {other:?}"),
+            }
+        };
+        assert_eq!(refusal.code, "bad-stats");
+        assert!(
+            refusal
+                .message
+                .contains("not this proxy's service default/batch"),
+            "{refusal:?}"
+        );
+        // The stream goes on, and its own traffic is taken.
+        let own = pb::Stats {
+            window_ms: 1000,
+            edges: vec![edge(true, "batch")],
+        };
+        p.tx.send(msg(In::Stats(own))).await.unwrap();
+        let r = eventually("batch's own report", Duration::from_secs(5), || {
+            let mut admin = admin.clone();
+            async move {
+                let r = stat(&mut admin, pb::StatRequest::default()).await;
+                row(&r.rows, "batch", "").is_some().then_some(r)
+            }
+        })
+        .await;
+        assert!(row(&r.rows, "web", "").is_none(), "{r:?}");
+        assert_eq!(row(&r.rows, "batch", "frontend").unwrap().requests, 1000);
+        c.shutdown().await;
+    });
+}
