@@ -92,7 +92,7 @@ function renderTopology(stat) {
     const d = depthOf(n, new Set());
     (layers[d] = layers[d] || []).push(n);
   }
-  const W = Math.max(svg.clientWidth || 900, 300), H = 320;
+  const W = Math.max(svg.clientWidth || 900, 300), H = 260;
   const pos = new Map();
   layers.forEach((layer, d) => layer.forEach((n, i) => {
     pos.set(n, { x: (W / (layers.length + 1)) * (d + 1), y: (H / (layer.length + 1)) * (i + 1) });
@@ -142,7 +142,7 @@ function renderProxies(p) {
 
 function renderChanges(c) {
   fill($("#changes tbody"), c.changes.map((x) => el("tr", {},
-    el("td", { class: "num" }, x.revision),
+    el("td", {}, x.revision),
     el("td", {}, x.kind),
     el("td", {}, x.namespace),
     el("td", {}, x.name),

@@ -10,6 +10,8 @@ fn the_page_loads_only_its_own_assets() {
     assert!(INDEX.contains(r#"<script src="/app.js" defer></script>"#));
     assert_eq!(INDEX.matches("<script").count(), 1);
     assert!(!INDEX.contains(" style="));
+    // `hidden` hides, whatever display a section's own rule sets.
+    assert!(STYLE.contains("[hidden] { display: none !important; }"));
     // Values are shown as text, never parsed as markup.
     assert!(!APP_JS.contains("innerHTML"));
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod collectors;
+mod dashboard;
 mod deploys;
 mod discovery;
 mod federation;
