@@ -31,6 +31,7 @@ pub mod procinfo;
 pub mod revocation;
 pub mod rpc;
 pub mod server_tls;
+pub mod tap;
 pub mod tokens;
 pub mod watcher;
 

@@ -137,6 +137,40 @@ impl RaftRpc for RaftService {
         ))
     }
 
+    type TapStream =
+        tokio_stream::wrappers::ReceiverStream<Result<raftmesh_api::v1::TapRecord, Status>>;
+
+    /// Another node's tap: this node's proxies of the service record, and
+    /// their records stream back until the tap's time is up or the caller
+    /// goes away (then the proxies are told to stop).
+    async fn tap(&self, req: Request<RaftPayload>) -> Result<Response<Self::TapStream>, Status> {
+        self.check_node(&req)?;
+        let spec: crate::tap::Spec = from_payload(req.get_ref(), "tap")?;
+        let duration =
+            std::time::Duration::from_millis(spec.duration_ms).min(crate::tap::MAX_DURATION);
+        let (tx, mut records) = tokio::sync::mpsc::channel(256);
+        let local = crate::tap::open_local(&self.ops, &self.hub, &spec, tx).await;
+        let (out, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let _open = local;
+            let deadline = tokio::time::sleep(duration);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    r = records.recv() => match r {
+                        Some(r) => if out.send(Ok(r)).await.is_err() { return },
+                        None => return,
+                    },
+                    () = out.closed() => return,
+                    () = &mut deadline => return,
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn node_info(
         &self,
         req: Request<NodeInfoRequest>,

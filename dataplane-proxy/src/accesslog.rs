@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use http::HeaderMap;
+use raftmesh_api::v1 as pb;
 use raftmesh_api::AccessLog;
 use rand::Rng;
 use serde::Serialize;
@@ -76,7 +77,20 @@ pub struct Pending {
     /// The request body's bytes, counted as it is read.
     request_bytes: Arc<std::sync::atomic::AtomicU64>,
     sink: Arc<Sink>,
+    /// Written to the access log (else only to taps).
+    logged: bool,
     file: Option<String>,
+    tapped: Option<Tapped>,
+}
+
+/// A request some taps record (`tap.rs`).
+#[derive(Debug)]
+struct Tapped {
+    taps: Arc<crate::tap::Taps>,
+    ids: Vec<String>,
+    unix_ms: u64,
+    authority: String,
+    header_names: Vec<String>,
 }
 
 impl Pending {
@@ -92,6 +106,39 @@ impl Pending {
         self.entry.request_bytes = self
             .request_bytes
             .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.tapped.take() {
+            let e = &self.entry;
+            let record = pb::TapRecord {
+                tap_id: String::new(),
+                unix_ms: t.unix_ms,
+                direction: e.direction.into(),
+                source: e.source.clone().unwrap_or_default(),
+                destination: e.destination.clone().unwrap_or_default(),
+                service: e.service.clone(),
+                subset: e.subset.clone(),
+                endpoint: e.endpoint.clone().unwrap_or_default(),
+                method: e.method.clone(),
+                authority: t.authority,
+                path: e.path.clone(),
+                status: e.status.map(u32::from).unwrap_or(0),
+                error: e.error.clone().unwrap_or_default(),
+                duration_ms: e.duration_ms,
+                request_bytes: e.request_bytes,
+                response_bytes: e.response_bytes,
+                trace_id: e.trace_id.clone().unwrap_or_default(),
+                header_names: t.header_names,
+                instance: String::new(),
+            };
+            for id in t.ids {
+                t.taps.send(pb::TapRecord {
+                    tap_id: id,
+                    ..record.clone()
+                });
+            }
+        }
+        if !self.logged {
+            return;
+        }
         match serde_json::to_string(&self.entry) {
             Ok(line) => self.sink.write(self.file.as_deref(), &line),
             Err(e) => tracing::debug!(error = %e, "an access log record did not serialise"),
@@ -166,7 +213,9 @@ fn open_log(path: &str) -> std::io::Result<std::fs::File> {
 /// What starts a record: the settings in force (when this request is
 /// sampled) and its fixed parts.
 pub struct Start {
-    settings: AccessLog,
+    /// The access log's settings, when it logs this request.
+    settings: Option<AccessLog>,
+    tapped: Option<Tapped>,
     started: Instant,
     time: SystemTime,
     trace_id: Option<String>,
@@ -182,17 +231,47 @@ fn sampled(settings: &AccessLog) -> bool {
 }
 
 impl Start {
-    /// A record for this request, if `settings` log it (sampled).
+    /// A record for this request, if `settings` log it (sampled) or a tap
+    /// records it.
     pub fn new(
         settings: Option<&AccessLog>,
+        taps: &Arc<crate::tap::Taps>,
         method: &http::Method,
         uri: &http::Uri,
         headers: &HeaderMap,
         started: Instant,
     ) -> Option<Self> {
-        let settings = settings.filter(|s| sampled(s))?;
+        let settings = settings.filter(|s| sampled(s)).cloned();
+        let ids = taps.sample();
+        let tapped = (!ids.is_empty()).then(|| Tapped {
+            taps: taps.clone(),
+            ids,
+            unix_ms: crate::unix_ms(),
+            authority: uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| {
+                    headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+                .unwrap_or("")
+                .chars()
+                .take(256)
+                .collect(),
+            // Names only: a value may be a credential.
+            header_names: headers
+                .keys()
+                .take(64)
+                .map(|k| k.as_str().to_string())
+                .collect(),
+        });
+        if settings.is_none() && tapped.is_none() {
+            return None;
+        }
         Some(Start {
-            settings: settings.clone(),
+            settings,
+            tapped,
             started,
             time: SystemTime::now(),
             trace_id: trace_id(headers),
@@ -256,7 +335,9 @@ impl Start {
             bytes: 0,
             request_bytes: self.request_bytes,
             sink: sink.clone(),
-            file: self.settings.file,
+            logged: self.settings.is_some(),
+            file: self.settings.and_then(|s| s.file),
+            tapped: self.tapped,
         })
     }
 }

@@ -36,6 +36,7 @@ pub mod state;
 pub mod stats;
 pub mod subscriptions;
 pub mod takeover;
+pub mod tap;
 pub mod target;
 pub mod timeout;
 pub mod tls;

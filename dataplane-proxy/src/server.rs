@@ -179,6 +179,7 @@ pub(crate) async fn outbound_connection(
             let hop = crate::trace::start(&config, "outbound", &mut req);
             let log = crate::accesslog::Start::new(
                 config.current().access_log.as_ref(),
+                &config.taps,
                 req.method(),
                 req.uri(),
                 req.headers(),
@@ -613,6 +614,7 @@ impl Inbound {
                 let hop = crate::trace::start(&this.config, "inbound", &mut req);
                 let log = crate::accesslog::Start::new(
                     this.config.current().access_log.as_ref(),
+                    &this.config.taps,
                     req.method(),
                     req.uri(),
                     req.headers(),

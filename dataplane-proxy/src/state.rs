@@ -33,6 +33,8 @@ pub struct Config {
     pub limiter: crate::ratelimit::Limiter,
     /// Where access log records go.
     pub access_log: Arc<crate::accesslog::Sink>,
+    /// The taps meshd has open on this proxy (`meshctl tap`).
+    pub taps: Arc<crate::tap::Taps>,
     /// The ports this proxy listens on (egress never relays to them).
     pub own_ports: std::sync::Mutex<Vec<u16>>,
     /// Outbound (and captured) connections open (a takeover waits for them).
@@ -98,6 +100,7 @@ impl Config {
             limiter: Default::default(),
             own_ports: Default::default(),
             access_log: Default::default(),
+            taps: Default::default(),
             outbound_open: Default::default(),
             workload: Default::default(),
             traces,

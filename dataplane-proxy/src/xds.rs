@@ -116,6 +116,11 @@ pub async fn run(
     // Register only once the app has been probed (a few milliseconds at
     // most, normally): registering first would mark a ready app not ready.
     let _ = tokio::time::timeout(Duration::from_secs(3), life.wait_for(|l| l.probed)).await;
+    // Tap records, from every request a tap samples (`tap.rs`).
+    let Some(mut tap_rx) = config.taps.take_receiver() else {
+        tracing::error!("the discovery client was started twice for one proxy");
+        return;
+    };
     loop {
         if *shutdown.borrow() {
             return;
@@ -133,10 +138,13 @@ pub async fn run(
             &config,
             workload.as_deref(),
             &mut learn_rx,
+            &mut tap_rx,
             &mut subscriptions,
             &mut shutdown,
         )
         .await;
+        // A tap belongs to the stream that opened it.
+        config.taps.stop_all();
         match result {
             Ok(()) => return, // shutdown
             Err(Ended::AfterConfig(e)) => {
@@ -171,6 +179,7 @@ async fn session(
     config: &Arc<Config>,
     workload: Option<&Workload>,
     learn_rx: &mut mpsc::Receiver<crate::state::Interest>,
+    tap_rx: &mut mpsc::Receiver<pb::TapRecord>,
     subscriptions: &mut Subscriptions,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), Ended> {
@@ -281,6 +290,10 @@ async fn session(
                     }
                     continue;
                 }
+                if let Some(Out::Tap(t)) = &m.msg {
+                    config.taps.start(t);
+                    continue;
+                }
                 if let Some(Out::Error(e)) = &m.msg {
                     // About one message; the stream goes on.
                     tracing::warn!(code = %e.code, error = %e.message, "meshd refused a request of this proxy");
@@ -375,6 +388,9 @@ async fn session(
                     tracing::info!(services = ?expired, "unsubscribing from services no request used for {}", humantime::format_duration(settings.subscription_idle));
                     send(In::Unsubscribe(pb::Subscribe { services: expired })).await;
                 }
+            }
+            Some(r) = tap_rx.recv() => {
+                send(In::TapRecord(r)).await;
             }
             _ = report.tick() => {
                 // Sent even when empty: the node learns how long the

@@ -24,6 +24,7 @@ mod proxies;
 mod resources;
 mod revoke;
 mod stat;
+mod tap;
 mod token;
 
 pub use clap::Parser;
@@ -167,6 +168,8 @@ pub enum Command {
     },
     /// The last minute of traffic per service and caller (success rate, requests/s, latency).
     Stat(stat::StatArgs),
+    /// Live request records from a service's proxies (admin tokens only).
+    Tap(tap::TapArgs),
     /// What one proxy was sent and has acknowledged.
     ProxyConfig {
         /// The proxy's instance id.
@@ -225,6 +228,7 @@ pub async fn run(cli: Cli) -> CtlResult {
         Command::Check => check::run(&conn, ca_pem.as_deref()).await,
         Command::Proxies { output } => proxies::proxies(&conn, output).await,
         Command::Stat(a) => stat::run(&conn, a).await,
+        Command::Tap(a) => tap::run(&conn, a).await,
         Command::ProxyConfig { instance, output } => {
             proxies::proxy_config(&conn, instance, output).await
         }

@@ -95,6 +95,10 @@ impl AdminService {
     }
 }
 
+/// The response metadata of a `Tap` naming the nodes that could not open
+/// it (their proxies' requests are missing), comma-separated.
+pub const TAP_UNREPORTED: &str = "raftmesh-unreported-nodes";
+
 /// Maps an admin error to the status a client sees, logging internal ones.
 pub fn status(e: AdminError) -> Status {
     match e {
@@ -568,6 +572,62 @@ impl Admin for AdminService {
             window_s: crate::livestats::WINDOW.as_secs() as u32,
             unreported_nodes: missing,
         }))
+    }
+
+    type TapStream = tokio_stream::wrappers::ReceiverStream<Result<pb::TapRecord, Status>>;
+
+    /// Live request records from every proxy of a service on every node:
+    /// admin tokens only (a record names paths and callers).
+    async fn tap(&self, req: Request<pb::TapRequest>) -> Result<Response<Self::TapStream>, Status> {
+        let caller = self.auth(&req, Need::Read).await?;
+        if caller.role != Role::Admin {
+            return Err(Status::permission_denied(format!(
+                "token {} is read-only; tap shows requests, for admin tokens only",
+                caller.token_id
+            )));
+        }
+        let r = req.into_inner();
+        let max = r.max_records;
+        let spec = crate::tap::Spec::from_request(self.ops.taps().next_id(self.node_id), r)
+            .map_err(Status::invalid_argument)?;
+        let (mut records, guards, missing) =
+            crate::tap::open_cluster(&self.ops, &self.hub, &spec).await;
+        let (out, rx) = tokio::sync::mpsc::channel(64);
+        let mut resp = Response::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if !missing.is_empty() {
+            tracing::warn!(?missing, tap = %spec.id, "some nodes could not open the tap");
+            let list = missing
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            if let Ok(v) = list.parse() {
+                resp.metadata_mut().insert(TAP_UNREPORTED, v);
+            }
+        }
+        let deadline = Duration::from_millis(spec.duration_ms);
+        tokio::spawn(async move {
+            let _open = guards;
+            let until = tokio::time::sleep(deadline);
+            tokio::pin!(until);
+            let mut sent = 0;
+            while sent < max {
+                tokio::select! {
+                    r = records.recv() => match r {
+                        Some(r) => {
+                            if out.send(Ok(r)).await.is_err() {
+                                return;
+                            }
+                            sent += 1;
+                        }
+                        None => return,
+                    },
+                    () = out.closed() => return,
+                    () = &mut until => return,
+                }
+            }
+        });
+        Ok(resp)
     }
 
     async fn proxy_config(

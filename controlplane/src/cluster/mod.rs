@@ -112,6 +112,8 @@ pub struct ClusterOps {
     metrics: Arc<crate::metrics::NodeMetrics>,
     /// The node's traces (MeshConfig `tracing`, followed by `follow_tracing`).
     traces: raftmesh_client::otel::Traces,
+    /// The taps open on this node's proxies (`meshctl tap`).
+    taps: crate::tap::Taps,
 }
 
 impl ClusterOps {
@@ -129,6 +131,7 @@ impl ClusterOps {
             writes: Batcher::start(raft.clone(), metrics.clone()),
             metrics,
             traces: raftmesh_client::otel::Traces::new("meshd", "", &format!("node-{id}")),
+            taps: crate::tap::Taps::default(),
             raft,
             id,
             pool,
@@ -140,6 +143,11 @@ impl ClusterOps {
             kek,
             token_lookups: crate::tokens::LookupBudget::default(),
         })
+    }
+
+    /// The taps open on this node's proxies.
+    pub fn taps(&self) -> &crate::tap::Taps {
+        &self.taps
     }
 
     /// The node's metrics.

@@ -98,6 +98,8 @@ pub struct Session {
     bundle_changed: std::sync::atomic::AtomicBool,
     /// The last minute of its traffic reports (`meshctl stat`).
     pub reports: crate::livestats::Reports,
+    /// Taps to start or stop on the proxy (`meshctl tap`), not sent yet.
+    taps: Mutex<Vec<raftmesh_api::v1::TapStart>>,
 }
 
 impl Session {
@@ -105,6 +107,17 @@ impl Session {
     pub fn bundle_changed(&self) {
         self.bundle_changed.store(true, Ordering::SeqCst);
         self.notify.notify_one();
+    }
+
+    /// A tap to start or stop on the proxy: sent at once.
+    pub fn push_tap(&self, t: raftmesh_api::v1::TapStart) {
+        lock(&self.taps).push(t);
+        self.notify.notify_one();
+    }
+
+    /// The taps waiting to be sent.
+    pub fn take_taps(&self) -> Vec<raftmesh_api::v1::TapStart> {
+        std::mem::take(&mut *lock(&self.taps))
     }
 
     /// Whether a new trust bundle waits (and clears the flag).
@@ -125,6 +138,7 @@ impl Session {
             nack: Mutex::new(None),
             bundle_changed: std::sync::atomic::AtomicBool::new(false),
             reports: crate::livestats::Reports::default(),
+            taps: Mutex::default(),
         })
     }
 

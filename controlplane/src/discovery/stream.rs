@@ -217,6 +217,7 @@ impl Stream<'_> {
                 ready.send_replace(h.ready);
             }
             Some(In::Heartbeat(_)) => {}
+            Some(In::TapRecord(r)) => self.ctx.ops.taps().deliver(&self.session.info, r),
             Some(In::Stats(st)) => match crate::livestats::validate(&self.session.info, &st) {
                 Ok(()) => self.session.reports.push(unix_ms(), st),
                 Err(message) => {
@@ -425,6 +426,11 @@ pub(super) async fn run_session(
                 _ = session.notify.notified() => {
                     // A revocation reaches every stream: the revoked one ends.
                     s.not_revoked()?;
+                    for t in session.take_taps() {
+                        if !send(&tx, Out::Tap(t)).await {
+                            return Ok(());
+                        }
+                    }
                     if s.in_flight.is_none() {
                         s.flush().await?;
                     } else if session.take_bundle_changed() {

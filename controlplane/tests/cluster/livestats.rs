@@ -249,3 +249,196 @@ fn a_proxy_cannot_report_traffic_that_is_not_its_own() {
         c.shutdown().await;
     });
 }
+
+/// `meshctl tap`'s stream (the admin API's `Tap`).
+async fn tap(
+    admin: &mut raftmesh_client::Admin,
+    req: pb::TapRequest,
+) -> Result<Vec<pb::TapRecord>, tonic::Status> {
+    let mut s = admin.tap(req).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = s.message().await? {
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn tap_req(max_records: u32) -> pb::TapRequest {
+    pb::TapRequest {
+        service: "web".into(),
+        namespace: String::new(),
+        sample_ppm: 1_000_000,
+        max_records,
+        duration_ms: 20_000,
+    }
+}
+
+#[test]
+fn tap_streams_requests_from_a_services_proxies_on_every_node_and_never_a_header_value() {
+    run(async {
+        let c = TestCluster::start(3).await;
+        let mut admin = c.client(1).await;
+        admin
+            .apply(apply_req(vec![doc(
+                "kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}",
+            ), doc("kind: Route\nmetadata: {name: web}\nspec: {service: web, load_balancer: round-robin}")]))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // web-1 on node 2, web-2 on node 3; the tap is asked of node 1.
+        let mut webs = Vec::new();
+        let mut apps = Vec::new();
+        for (i, node, body) in [(1, 2, "web-a"), (2, 3, "web-b")] {
+            let a = app(body).await;
+            let token = bootstrap_token(&mut admin, "web").await;
+            let mut cfg = proxy_config(
+                &c,
+                dir.path(),
+                "web",
+                &format!("web-{i}"),
+                Some(a.addr),
+                token,
+                &[],
+            );
+            cfg.control_plane = vec![c.addrs[&node].to_string()];
+            webs.push(raftmesh_dataplane_proxy::start(cfg).await.unwrap());
+            apps.push(a);
+        }
+        let token = bootstrap_token(&mut admin, "frontend").await;
+        let cfg = proxy_config(
+            &c,
+            dir.path(),
+            "frontend",
+            "frontend-1",
+            None,
+            token,
+            &["web"],
+        );
+        let frontend = raftmesh_dataplane_proxy::start(cfg).await.unwrap();
+        let h = http();
+        eventually("both web proxies serving", Duration::from_secs(15), || {
+            let mut admin = admin.clone();
+            async move {
+                let r = admin
+                    .list_proxies(pb::ListProxiesRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                (r.proxies
+                    .iter()
+                    .filter(|p| p.service == "web" && p.acked_revision > 0)
+                    .count()
+                    == 2)
+                    .then_some(())
+            }
+        })
+        .await;
+        // frontend knows both: each app answers it (in turn: round robin).
+        eventually(
+            "both web apps answer through the mesh",
+            Duration::from_secs(15),
+            || {
+                let (h, out) = (h.clone(), frontend.outbound);
+                async move {
+                    let mut seen = std::collections::BTreeSet::new();
+                    for _ in 0..4 {
+                        if let Ok((200, body)) = get(&h, out, "web").await {
+                            seen.insert(body);
+                        }
+                    }
+                    (seen.len() == 2).then_some(())
+                }
+            },
+        )
+        .await;
+        // Requests carrying a secret in a header and in the query.
+        let send = {
+            let out = frontend.outbound;
+            move || async move {
+                let s = tokio::net::TcpStream::connect(out).await.unwrap();
+                let (mut send, conn) = hyper::client::conn::http1::handshake::<
+                    _,
+                    http_body_util::Empty<bytes::Bytes>,
+                >(hyper_util::rt::TokioIo::new(s))
+                .await
+                .unwrap();
+                tokio::spawn(conn);
+                for _ in 0..100 {
+                    let req = hyper::Request::get("/orders?token=q-secret")
+                        .header("host", "web")
+                        .header("authorization", "Bearer h-secret")
+                        .body(http_body_util::Empty::new())
+                        .unwrap();
+                    if send.send_request(req).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        let tapping = {
+            let mut admin = admin.clone();
+            tokio::spawn(async move { tap(&mut admin, tap_req(40)).await })
+        };
+        // Traffic until the tap has its records.
+        let records = loop {
+            send().await;
+            if tapping.is_finished() {
+                break tapping.await.unwrap().unwrap();
+            }
+        };
+        assert_eq!(records.len(), 40, "max_records ends the stream");
+        let instances: std::collections::BTreeSet<&str> =
+            records.iter().map(|r| r.instance.as_str()).collect();
+        assert_eq!(
+            instances.into_iter().collect::<Vec<_>>(),
+            ["web-1", "web-2"],
+            "records from the proxies on both other nodes"
+        );
+        for r in &records {
+            assert_eq!(r.direction, "inbound");
+            assert_eq!(
+                (r.method.as_str(), r.path.as_str(), r.status),
+                ("GET", "/orders", 200)
+            );
+            assert!(r.source.ends_with("/sa/frontend"), "{r:?}");
+            assert!(r.header_names.iter().any(|h| h == "authorization"), "{r:?}");
+            let all = format!("{r:?}");
+            assert!(
+                !all.contains("secret"),
+                "a header value or the query leaked: {all}"
+            );
+        }
+        // Admin tokens only; bad requests name the field.
+        let ro = admin
+            .create_token(pb::CreateTokenRequest {
+                scope: Some(pb::create_token_request::Scope::Role(
+                    pb::TokenRole::ReadOnly as i32,
+                )),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .secret;
+        let mut reader =
+            raftmesh_client::admin_client(&c.addrs[&1].to_string(), Some(&ro), None).unwrap();
+        let e = tap(&mut reader, tap_req(1)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        let mut bad = tap_req(1);
+        bad.sample_ppm = 0;
+        let e = tap(&mut admin, bad).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("sample_ppm"), "{e:?}");
+        // The tap is closed on the proxies once its stream ended.
+        eventually("the proxies' taps closed", Duration::from_secs(5), || {
+            let closed = webs.iter().all(|w| w.config.taps.sample().is_empty());
+            async move { closed.then_some(()) }
+        })
+        .await;
+        frontend.shutdown().await;
+        for w in webs {
+            w.shutdown().await;
+        }
+        c.shutdown().await;
+    });
+}

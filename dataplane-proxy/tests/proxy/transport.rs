@@ -81,6 +81,12 @@ struct Fake;
 
 #[tonic::async_trait]
 impl Raft for Fake {
+    type TapStream = futures::stream::Empty<Result<pb::TapRecord, Status>>;
+
+    async fn tap(&self, _: Request<pb::RaftPayload>) -> Result<Response<Self::TapStream>, Status> {
+        Err(Status::unimplemented("no raft here"))
+    }
+
     async fn append_entries(
         &self,
         _: Request<pb::RaftPayload>,
