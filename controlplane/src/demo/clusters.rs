@@ -99,7 +99,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             procs.start(
                 &format!("{name}-node-{id}"),
                 meshd_exe.clone(),
-                node_args(id, a, &initial, &data, &token_file),
+                node_args(id, a, &initial, &data, &token_file, None),
             )?;
         }
         sides.push(Side {

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use raftmesh_api::stat::StatRow;
 use raftmesh_api::v1 as pb;
 use raftmesh_api::Resource;
 use raftmesh_client::Conn;
@@ -87,6 +88,24 @@ async fn apply(conn: &Conn, docs: Vec<Resource>) -> anyhow::Result<u64> {
     Ok(conn.apply(&docs).await?.revision)
 }
 
+/// A read-only admin token, for the dashboard.
+async fn read_only_token(conn: &Conn) -> anyhow::Result<String> {
+    let req = pb::CreateTokenRequest {
+        scope: Some(pb::create_token_request::Scope::Role(
+            pb::TokenRole::ReadOnly as i32,
+        )),
+        ttl_ms: 0,
+        max_uses: 0,
+    };
+    Ok(conn
+        .call(false, |mut c| {
+            let req = req.clone();
+            async move { c.create_token(req).await.map(|r| r.into_inner()) }
+        })
+        .await?
+        .secret)
+}
+
 async fn mint(conn: &Conn, service: &str) -> anyhow::Result<String> {
     let req = pb::CreateTokenRequest {
         scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
@@ -114,6 +133,10 @@ struct Mesh {
     flows: Flows,
     story: Story,
     last_status: Mutex<Option<pb::ClusterStatusResponse>>,
+    /// The dashboard's address, with a read-only token.
+    dashboard: Mutex<String>,
+    /// The last `meshctl stat` rows (the proxies' own figures).
+    stat: Mutex<Vec<StatRow>>,
 }
 
 impl Mesh {
@@ -131,6 +154,20 @@ impl Mesh {
             })
             .await
             .ok()
+    }
+
+    /// `meshctl stat`'s rows from whichever node answers.
+    async fn stat(&self) -> Option<Vec<StatRow>> {
+        let r = self
+            .conn
+            .call(true, |mut c| async move {
+                c.stat(pb::StatRequest::default())
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await
+            .ok()?;
+        Some(r.rows.into_iter().map(StatRow::from).collect())
     }
 
     async fn leader(&self, not: Option<u64>, timeout: Duration) -> Option<u64> {
@@ -251,7 +288,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let addrs: Vec<String> = (1..=3)
         .map(|i| format!("{node_ip}:{}", args.base_port + i))
         .collect();
-    check_free(addrs.iter().cloned())?;
+    // Each node's --http (the dashboard), on the ports after theirs.
+    let http: Vec<String> = (1..=3)
+        .map(|i| format!("{node_ip}:{}", args.base_port + 3 + i))
+        .collect();
+    check_free(addrs.iter().chain(&http).cloned())?;
     // Off loopback, meshd speaks TLS (certificates for the bridge address).
     let tls_dir = dir.path().join("tls");
     if hosts.is_some() {
@@ -317,7 +358,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut procs = Procs::new(dir.path());
     for (i, a) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
-        let mut node = node_args(id, a, &initial, dir.path(), &token_file);
+        let mut node = node_args(id, a, &initial, dir.path(), &token_file, Some(&http[i]));
         if hosts.is_some() {
             node.extend(["--tls-dir".into(), tls_dir.display().to_string()]);
         }
@@ -343,6 +384,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         flows: Default::default(),
         story: Story::new(started),
         last_status: Mutex::new(None),
+        dashboard: Mutex::default(),
+        stat: Mutex::default(),
     });
     // The admin token works once the cluster has a leader and stored it.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -366,6 +409,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     mesh.story.say("3 meshd nodes formed a Raft cluster");
+    let viewer = read_only_token(&mesh.conn).await?;
+    let url = format!("http://{}/#token={viewer}", http[0]);
+    println!(
+        "meshd demo: the dashboard is at {url} (every node serves it: {}; the token is read-only)",
+        http.join(", ")
+    );
+    *mesh
+        .dashboard
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = url;
     if !std::io::stdout().is_terminal() {
         let ca = if hosts.is_some() {
             format!(" RAFTMESH_CA_FILE={}", ca_file.display())
@@ -373,7 +426,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             String::new()
         };
         println!(
-            "use meshctl against it:\n  export RAFTMESH_SERVER={} RAFTMESH_TOKEN={token}{ca}\n  meshctl cluster status; meshctl get routes -o yaml; meshctl proxies",
+            "use meshctl against it:\n  export RAFTMESH_SERVER={} RAFTMESH_TOKEN={token}{ca}\n  meshctl stat; meshctl tap web; meshctl cluster status; meshctl get routes -o yaml; meshctl proxies",
             addrs.join(",")
         );
     }
@@ -499,9 +552,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let poller = {
         let m = mesh.clone();
         tokio::spawn(async move {
-            loop {
+            for n in 0u64.. {
                 let r = m.status().await;
                 *m.last_status.lock().unwrap_or_else(PoisonError::into_inner) = r;
+                if n % 10 == 0 {
+                    if let Some(rows) = m.stat().await {
+                        *m.stat.lock().unwrap_or_else(PoisonError::into_inner) = rows;
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         })
@@ -542,6 +600,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     poller.abort();
     for g in generators {
         g.abort();
+    }
+    // What the proxies themselves saw, as `meshctl stat` prints it.
+    if let Some(rows) = mesh.stat().await {
+        println!("meshd demo: meshctl stat (the last minute, from the proxies' reports):");
+        for l in table::stat_lines(&rows) {
+            println!("  {l}");
+        }
     }
     drop(curl_loops);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -112,7 +112,14 @@ impl Drop for Procs {
 }
 
 /// `meshd server` arguments of node `id` of the demo's cluster.
-pub fn node_args(id: u64, addr: &str, initial: &str, dir: &Path, token_file: &Path) -> Vec<String> {
+pub fn node_args(
+    id: u64,
+    addr: &str,
+    initial: &str,
+    dir: &Path,
+    token_file: &Path,
+    http: Option<&str>,
+) -> Vec<String> {
     let mut a: Vec<String> = [
         "server",
         "--id",
@@ -120,7 +127,7 @@ pub fn node_args(id: u64, addr: &str, initial: &str, dir: &Path, token_file: &Pa
         "--listen",
         addr,
         "--http",
-        "off",
+        http.unwrap_or("off"),
         "--initial-cluster",
         initial,
         "--cluster-name",

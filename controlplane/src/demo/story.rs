@@ -65,6 +65,13 @@ pub async fn run(mesh: &Mesh) -> anyhow::Result<()> {
         ));
         pause(8).await;
     }
+    // What the proxies report, next to what the callers measured.
+    if let Some(rows) = mesh.stat().await {
+        say("meshctl stat: the same traffic as the proxies report it (any node answers for all)");
+        for l in super::table::stat_lines(&rows) {
+            say(&format!("  {l}"));
+        }
+    }
     // Deny one caller.
     let batch = raftmesh_api::spiffe_id(
         &raftmesh_api::default_trust_domain("demo"),

@@ -19,6 +19,28 @@ pub fn split_text(s: &BTreeMap<String, f64>) -> String {
         .join(" · ")
 }
 
+/// `meshctl stat`'s rows as the demo prints them: a service as a whole
+/// (`*`) and per caller, with its success rate, rate and latency.
+pub fn stat_lines(rows: &[raftmesh_api::stat::StatRow]) -> Vec<String> {
+    let mut out = vec![format!(
+        "{:<8} {:<10} {:>9} {:>7} {:>9} {:>9} {:>9}",
+        "SERVICE", "FROM", "SUCCESS", "RPS", "P50", "P95", "P99"
+    )];
+    for r in rows {
+        out.push(format!(
+            "{:<8} {:<10} {:>8.2}% {:>7.1} {:>7.1}ms {:>7.1}ms {:>7.1}ms",
+            r.service,
+            r.from.as_deref().unwrap_or("*"),
+            r.success_rate * 100.0,
+            r.rps,
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms
+        ));
+    }
+    out
+}
+
 /// Redraws the whole screen.
 pub fn draw(mesh: &Mesh, started: Instant) {
     let mut out = String::new();
@@ -76,12 +98,17 @@ pub fn draw(mesh: &Mesh, started: Instant) {
         }
         None => out.push_str("CONTROL PLANE  (no node answers)\n"),
     }
+    out.push_str("\nMESHCTL STAT  the last minute, as the proxies report it (the numbers above are the callers')\n");
+    for l in stat_lines(&mesh.stat.lock().unwrap_or_else(PoisonError::into_inner)) {
+        out.push_str(&format!("  {l}\n"));
+    }
     out.push_str("\nSTORY\n");
     for (t, line) in mesh.story.recent(8) {
         out.push_str(&format!("  {:>4.0}s  {line}\n", t.as_secs_f64()));
     }
     out.push_str(&format!(
-        "\nTry, in another terminal:\n  export RAFTMESH_SERVER={} RAFTMESH_TOKEN={}\n  meshctl cluster status; meshctl get routes -o yaml; meshctl proxies\nCtrl-C stops everything.\n",
+        "\nDashboard: {}\nTry, in another terminal:\n  export RAFTMESH_SERVER={} RAFTMESH_TOKEN={}\n  meshctl stat; meshctl tap web; meshctl cluster status; meshctl proxies\nCtrl-C stops everything.\n",
+        mesh.dashboard.lock().unwrap_or_else(PoisonError::into_inner),
         mesh.addrs.join(","),
         mesh.token
     ));

@@ -632,6 +632,40 @@ fn meshd_demo_carries_traffic_through_proxies_and_leaves_nothing_behind() {
         out.contains("frontend -> web") && out.contains("batch -> api"),
         "{out}"
     );
+    // The dashboard's address, with a token that can only read, and what
+    // `meshctl stat` says of the same traffic, from the proxies' reports.
+    let url = out
+        .lines()
+        .find_map(|l| l.split("the dashboard is at ").nth(1))
+        .expect(&out);
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.contains("/#token="),
+        "{url}"
+    );
+    assert!(url.contains("the token is read-only"), "{url}");
+    let stat: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.contains("meshctl stat (the last minute"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    let row = |svc: &str, from: &str| {
+        stat.iter()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|w| w.len() == 7 && w[0] == svc && w[1] == from)
+            .unwrap_or_else(|| panic!("no {svc} <- {from} in meshctl stat: {stat:#?}"))
+    };
+    for (svc, from) in [
+        ("web", "frontend"),
+        ("api", "frontend"),
+        ("api", "batch"),
+        ("api", "*"),
+    ] {
+        let w = row(svc, from);
+        assert_eq!(w[2], "100.00%", "{w:?}");
+        let rps: f64 = w[3].parse().unwrap();
+        assert!(rps > 1.0, "{w:?}");
+    }
     assert_nothing_left(&pids, &dir);
 
     // Ctrl-C stops everything too.
