@@ -378,7 +378,7 @@ pub struct ServerArgs {
     /// Address other nodes reach this one at (default: --listen).
     #[arg(long)]
     pub advertise: Option<String>,
-    /// HTTP address for /metrics, /healthz, /readyz; `off` to disable.
+    /// HTTP address for /metrics, /healthz, /readyz and the dashboard (plain HTTP: keep it on loopback or a management network); `off` to disable.
     #[arg(long, default_value = "127.0.0.1:7180")]
     pub http: String,
     /// Data directory (default ./data/<id>).

@@ -64,6 +64,15 @@ function renderStat(stat) {
   fill($("#stat tbody"), rows);
 }
 
+// A label along the edge from a to b, just above it, never upside down.
+function edgeLabel(a, b, colour, text) {
+  let angle = (Math.atan2(b.y - a.y, b.x - a.x) * 180) / Math.PI;
+  if (angle > 90) angle -= 180;
+  if (angle < -90) angle += 180;
+  const mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2;
+  return el("svg:text", { x: mx, y: my - 6, fill: colour, transform: "rotate(" + angle.toFixed(1) + " " + mx + " " + my + ")" }, text);
+}
+
 // Services in layers: callers left of what they call.
 function renderTopology(stat) {
   const svg = $("#topology");
@@ -109,7 +118,7 @@ function renderTopology(stat) {
     const trim = 60 / len;
     items.push(el("svg:g", { class: "edge", "data-from": e.from, "data-to": e.service, "data-success": e.success_rate, "data-rps": e.rps, "data-p99": e.p99_ms },
       el("svg:line", { x1: a.x + dx * trim, y1: a.y + dy * trim, x2: b.x - dx * trim, y2: b.y - dy * trim, stroke: colour, "marker-end": "url(#arrow)" }),
-      el("svg:text", { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 - 8, fill: colour }, pct(e.success_rate) + " · " + e.rps.toFixed(1) + "/s · p99 " + ms(e.p99_ms))));
+      edgeLabel(a, b, colour, pct(e.success_rate) + " · " + e.rps.toFixed(1) + "/s · p99 " + ms(e.p99_ms))));
   }
   for (const [n, p] of pos) {
     items.push(el("svg:g", { class: "node", "data-service": n },
