@@ -170,7 +170,10 @@ pub struct Edge {
     pub buckets: Vec<u64>,
 }
 
-type EdgeId = (bool, (String, String), (String, String), String, String);
+/// A service: (namespace, name).
+type Name = (String, String);
+
+type EdgeId = (bool, Name, Name, String, String);
 
 impl Edge {
     fn id(&self) -> EdgeId {
@@ -364,7 +367,7 @@ pub fn rows(edges: &[Edge], f: &Filter) -> Vec<StatRow> {
     }
     // Per callee, then per caller of it ("" = no mesh identity: the
     // service's row only).
-    let mut by: BTreeMap<((String, String), Option<(String, String)>), Sum> = BTreeMap::new();
+    let mut by: BTreeMap<(Name, Option<Name>), Sum> = BTreeMap::new();
     for e in edges {
         let (requests, failures, rps, buckets) = if e.inbound {
             (e.requests, e.failures, e.rps, Some(e.buckets.as_slice()))

@@ -516,6 +516,16 @@ pub fn advertise_toward(control_plane: &[String]) -> Result<std::net::IpAddr, St
     ))
 }
 
+/// `--stats-interval`: a duration of at least a second (meshd keeps a
+/// minute of reports per proxy, at most 60).
+fn parse_stats_interval(s: &str) -> Result<humantime::Duration, String> {
+    let d: humantime::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if *d < std::time::Duration::from_secs(1) || *d > std::time::Duration::from_secs(60) {
+        return Err(format!("{s} is not between 1s and 60s"));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,14 +675,4 @@ mod tests {
         assert_eq!(legacy_token(Some("  ".into())), None);
         assert_eq!(legacy_token(None), None);
     }
-}
-
-/// `--stats-interval`: a duration of at least a second (meshd keeps a
-/// minute of reports per proxy, at most 60).
-fn parse_stats_interval(s: &str) -> Result<humantime::Duration, String> {
-    let d: humantime::Duration = s.parse().map_err(|e| format!("{e}"))?;
-    if *d < std::time::Duration::from_secs(1) || *d > std::time::Duration::from_secs(60) {
-        return Err(format!("{s} is not between 1s and 60s"));
-    }
-    Ok(d)
 }

@@ -249,7 +249,7 @@ impl Metrics {
         let m = Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(|| {
-                Histogram::new(raftmesh_api::stat::LATENCY_BOUNDS_S.into_iter())
+                Histogram::new(raftmesh_api::stat::LATENCY_BOUNDS_S)
             }),
             retries: Family::default(),
             ejections: Family::default(),

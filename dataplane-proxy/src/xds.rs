@@ -137,8 +137,7 @@ pub async fn run(
             &addr,
             &config,
             workload.as_deref(),
-            &mut learn_rx,
-            &mut tap_rx,
+            (&mut learn_rx, &mut tap_rx),
             &mut subscriptions,
             &mut shutdown,
         )
@@ -178,8 +177,10 @@ async fn session(
     addr: &str,
     config: &Arc<Config>,
     workload: Option<&Workload>,
-    learn_rx: &mut mpsc::Receiver<crate::state::Interest>,
-    tap_rx: &mut mpsc::Receiver<pb::TapRecord>,
+    (learn_rx, tap_rx): (
+        &mut mpsc::Receiver<crate::state::Interest>,
+        &mut mpsc::Receiver<pb::TapRecord>,
+    ),
     subscriptions: &mut Subscriptions,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), Ended> {

@@ -87,8 +87,8 @@ fn stat_on_any_node_covers_proxies_on_every_node_and_counts_each_request_once() 
                 loop {
                     let r = stat(&mut admin, pb::StatRequest::default()).await;
                     let now = row(&r.rows, "web", "").map(|r| (r.requests, r.failures));
-                    if now.is_some() && now == last {
-                        return now.unwrap();
+                    if let Some(settled) = now.filter(|n| Some(*n) == last) {
+                        return settled;
                     }
                     last = now;
                     tokio::time::sleep(Duration::from_millis(1500)).await;
