@@ -28,7 +28,11 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// At most this many reports are kept per proxy (one a second at most).
 const MAX_REPORTS: usize = 60;
 /// At most this many edges per report.
-pub const MAX_EDGES: usize = 1024;
+pub const MAX_EDGES: usize = 256;
+/// At most this many different edges are kept per proxy (over its minute).
+pub const MAX_KEPT_EDGES: usize = 256;
+/// Reports closer together than this are refused.
+pub const MIN_REPORT_GAP_MS: u64 = 500;
 /// A name (namespace, service, route, subset) is at most this long.
 const MAX_NAME: usize = 253;
 /// A report covers at most this long.
@@ -38,7 +42,7 @@ const MAX_REPORT_MS: u32 = 120_000;
 #[derive(Debug)]
 struct Report {
     at_ms: u64,
-    window_ms: u32,
+    window_ms: u64,
     edges: Vec<pb::StatsEdge>,
 }
 
@@ -46,19 +50,84 @@ struct Report {
 #[derive(Debug, Default)]
 pub struct Reports(Mutex<VecDeque<Report>>);
 
+/// An edge's identity in a report.
+type ReportedEdge = (bool, [String; 6]);
+
+fn edge_id(e: &pb::StatsEdge) -> ReportedEdge {
+    (
+        e.inbound,
+        [
+            e.source_namespace.clone(),
+            e.source_service.clone(),
+            e.destination_namespace.clone(),
+            e.destination_service.clone(),
+            e.route.clone(),
+            e.subset.clone(),
+        ],
+    )
+}
+
 impl Reports {
-    /// Keeps a validated report received at `now_ms`.
-    pub fn push(&self, now_ms: u64, s: pb::Stats) {
+    /// Keeps a validated report received at `now_ms` from a proxy connected
+    /// since `since_ms` that calls `calls`:
+    /// - its window is the time since its last report (or since it
+    ///   connected) as this node measured it, whatever the proxy claims, so
+    ///   a proxy cannot raise its rates by claiming short windows, and a
+    ///   report sooner than [`MIN_REPORT_GAP_MS`] is refused;
+    /// - an outbound edge to a service it does not call is dropped (its
+    ///   local answers would count in that service's figures);
+    /// - at most [`MAX_KEPT_EDGES`] different edges are kept over the minute.
+    ///
+    /// Answers how many edges were dropped.
+    pub fn push(
+        &self,
+        now_ms: u64,
+        since_ms: u64,
+        calls: &std::collections::BTreeSet<(String, String)>,
+        s: pb::Stats,
+    ) -> Result<usize, String> {
         let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        q.push_back(Report {
-            at_ms: now_ms,
-            window_ms: s.window_ms,
-            edges: s.edges,
-        });
+        let last = q.back().map_or(since_ms, |r| r.at_ms);
+        let gap = now_ms.saturating_sub(last);
+        if gap < MIN_REPORT_GAP_MS {
+            return Err(format!(
+                "stats: a report {gap} ms after the last; at most one every {MIN_REPORT_GAP_MS} ms"
+            ));
+        }
         let oldest = now_ms.saturating_sub(WINDOW.as_millis() as u64);
-        while q.len() > MAX_REPORTS || q.front().is_some_and(|r| r.at_ms < oldest) {
+        while q.len() >= MAX_REPORTS || q.front().is_some_and(|r| r.at_ms < oldest) {
             q.pop_front();
         }
+        let mut kept: std::collections::BTreeSet<_> =
+            q.iter().flat_map(|r| r.edges.iter().map(edge_id)).collect();
+        let called = |e: &pb::StatsEdge| {
+            // An import (`svc.peer`) is called through the local `svc`.
+            let svc = e.destination_service.split('.').next().unwrap_or_default();
+            calls.contains(&(e.destination_namespace.clone(), svc.to_string()))
+        };
+        let total = s.edges.len();
+        let mut edges = Vec::with_capacity(total);
+        for e in s.edges {
+            if !e.inbound && !called(&e) {
+                continue;
+            }
+            let id = edge_id(&e);
+            if !kept.contains(&id) {
+                if kept.len() >= MAX_KEPT_EDGES {
+                    continue;
+                }
+                kept.insert(id);
+            }
+            edges.push(e);
+        }
+        let dropped = total - edges.len();
+        drop(kept);
+        q.push_back(Report {
+            at_ms: now_ms,
+            window_ms: gap.min(u64::from(MAX_REPORT_MS)),
+            edges,
+        });
+        Ok(dropped)
     }
 }
 
@@ -223,7 +292,7 @@ pub fn node_edges(sessions: &[Arc<Session>], now_ms: u64) -> Vec<Edge> {
     for s in sessions {
         let q = s.reports.0.lock().unwrap_or_else(PoisonError::into_inner);
         let kept: Vec<&Report> = q.iter().filter(|r| r.at_ms >= oldest).collect();
-        let covered_ms: u64 = kept.iter().map(|r| u64::from(r.window_ms)).sum();
+        let covered_ms: u64 = kept.iter().map(|r| r.window_ms).sum();
         if covered_ms == 0 {
             continue;
         }
@@ -259,23 +328,33 @@ pub async fn cluster_edges(
         Ok(s) => node_edges(&s, crate::procinfo::unix_ms()),
         Err(_) => Vec::new(),
     };
-    let mut missing = Vec::new();
+    // Every other member at once: one that does not answer costs 2 s, not
+    // 2 s per member.
     let view = ops.membership_view();
-    for id in view.voters.iter().chain(view.learners.iter()).copied() {
-        if id == ops.id() {
-            continue;
-        }
-        let asked = async {
-            let addr = ops.addr_of(id).ok_or(())?;
-            let mut client = ops.pool().get(&addr).map_err(|_| ())?;
-            let mut req = Request::new(pb::RaftPayload {
-                json: b"null".to_vec(),
-            });
-            req.set_timeout(Duration::from_secs(2));
-            let reply = client.stats(req).await.map_err(|_| ())?;
-            serde_json::from_slice::<Vec<Edge>>(&reply.get_ref().json).map_err(|_| ())
-        };
-        match asked.await {
+    let peers: Vec<u64> = view
+        .voters
+        .iter()
+        .chain(view.learners.iter())
+        .copied()
+        .filter(|id| *id != ops.id())
+        .collect();
+    let asked = futures::future::join_all(peers.iter().map(|&id| async move {
+        let addr = ops.addr_of(id).ok_or(())?;
+        let mut client = ops.pool().get(&addr).map_err(|_| ())?;
+        let mut req = Request::new(pb::RaftPayload {
+            json: b"null".to_vec(),
+        });
+        req.set_timeout(Duration::from_secs(2));
+        let reply = tokio::time::timeout(Duration::from_secs(2), client.stats(req))
+            .await
+            .map_err(|_| ())?
+            .map_err(|_| ())?;
+        serde_json::from_slice::<Vec<Edge>>(&reply.get_ref().json).map_err(|_| ())
+    }))
+    .await;
+    let mut missing = Vec::new();
+    for (id, r) in peers.into_iter().zip(asked) {
+        match r {
             Ok(e) => all.extend(e),
             Err(()) => missing.push(id),
         }

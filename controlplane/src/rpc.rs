@@ -156,14 +156,23 @@ impl RaftRpc for RaftService {
             let deadline = tokio::time::sleep(duration);
             tokio::pin!(deadline);
             loop {
-                tokio::select! {
+                let r = tokio::select! {
                     r = records.recv() => match r {
-                        Some(r) => if out.send(Ok(r)).await.is_err() { return },
+                        Some(r) => r,
                         None => return,
                     },
                     () = out.closed() => return,
                     () = &mut deadline => return,
-                }
+                };
+                // A caller reading slowly does not hold the tap past its end.
+                let permit = tokio::select! {
+                    p = out.reserve() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    () = &mut deadline => return,
+                };
+                permit.send(Ok(r));
             }
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(

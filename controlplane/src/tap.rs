@@ -132,9 +132,45 @@ impl Taps {
             tracing::warn!(instance = %who.instance, tap = %r.tap_id, "a proxy sent a record for a tap not on its service; dropped");
             return;
         }
+        if let Err(e) = check(&r) {
+            tracing::warn!(instance = %who.instance, tap = %r.tap_id, error = %e, "a proxy sent a bad tap record; dropped");
+            return;
+        }
         r.instance.clone_from(&who.instance);
         let _ = o.tx.try_send(r);
     }
+}
+
+/// Checks a record from a proxy: bounded text with no control characters
+/// (it is printed on an operator's terminal and shown in a browser).
+fn check(r: &pb::TapRecord) -> Result<(), String> {
+    if !matches!(r.direction.as_str(), "inbound" | "outbound") {
+        return Err("direction is not inbound or outbound".into());
+    }
+    if r.header_names.len() > 64 {
+        return Err(format!("{} header names, at most 64", r.header_names.len()));
+    }
+    let fields = [
+        ("source", &r.source, 512),
+        ("destination", &r.destination, 512),
+        ("service", &r.service, 253),
+        ("subset", &r.subset, 512),
+        ("endpoint", &r.endpoint, 512),
+        ("method", &r.method, 32),
+        ("authority", &r.authority, 260),
+        ("path", &r.path, 2048),
+        ("error", &r.error, 64),
+        ("trace_id", &r.trace_id, 64),
+    ];
+    let names = r.header_names.iter().map(|h| ("header name", h, 128));
+    for (field, v, max) in fields.into_iter().chain(names) {
+        if v.len() > max || v.chars().any(char::is_control) {
+            return Err(format!(
+                "{field} is longer than {max} bytes or holds control characters"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A tap open on this node's proxies; closing it (dropping) tells them to
@@ -210,26 +246,32 @@ pub async fn open_cluster(
 ) -> (mpsc::Receiver<pb::TapRecord>, Vec<Guard>, Vec<u64>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut guards = vec![Guard::Local(open_local(ops, hub, spec, tx.clone()).await)];
-    let mut missing = Vec::new();
     let view = ops.membership_view();
-    for id in view.voters.iter().chain(view.learners.iter()).copied() {
-        if id == ops.id() {
-            continue;
-        }
-        let asked = async {
-            let addr = ops.addr_of(id).ok_or(())?;
-            let mut client = ops.pool().get(&addr).map_err(|_| ())?;
-            let json = serde_json::to_vec(spec).map_err(|_| ())?;
-            let mut req = Request::new(pb::RaftPayload { json });
-            req.set_timeout(Duration::from_millis(spec.duration_ms) + Duration::from_secs(5));
-            let stream = tokio::time::timeout(Duration::from_secs(2), client.tap(req))
-                .await
-                .map_err(|_| ())?
-                .map_err(|_| ())?
-                .into_inner();
-            Ok::<_, ()>(stream)
-        };
-        match asked.await {
+    let peers: Vec<u64> = view
+        .voters
+        .iter()
+        .chain(view.learners.iter())
+        .copied()
+        .filter(|id| *id != ops.id())
+        .collect();
+    // Every other member at once.
+    let opened = futures::future::join_all(peers.iter().map(|&id| async move {
+        let addr = ops.addr_of(id).ok_or(())?;
+        let mut client = ops.pool().get(&addr).map_err(|_| ())?;
+        let json = serde_json::to_vec(spec).map_err(|_| ())?;
+        let mut req = Request::new(pb::RaftPayload { json });
+        req.set_timeout(Duration::from_millis(spec.duration_ms) + Duration::from_secs(5));
+        let stream = tokio::time::timeout(Duration::from_secs(2), client.tap(req))
+            .await
+            .map_err(|_| ())?
+            .map_err(|_| ())?
+            .into_inner();
+        Ok::<_, ()>(stream)
+    }))
+    .await;
+    let mut missing = Vec::new();
+    for (id, r) in peers.into_iter().zip(opened) {
+        match r {
             Ok(mut stream) => {
                 let tx = tx.clone();
                 guards.push(Guard::Remote(tokio::spawn(async move {
@@ -317,11 +359,23 @@ mod tests {
         };
         let rec = |tap: &str| pb::TapRecord {
             tap_id: tap.into(),
+            direction: "inbound".into(),
             path: "/x".into(),
             instance: "forged".into(),
             ..Default::default()
         };
         taps.deliver(&who("api"), rec("1-1"));
+        // Escape sequences for an operator's terminal, or no direction.
+        let mut evil = rec("1-1");
+        evil.path = "/x\u{1b}]52;c;cm0gLXJmIH4=\u{7}".into();
+        taps.deliver(&who("web"), evil);
+        taps.deliver(
+            &who("web"),
+            pb::TapRecord {
+                direction: "sideways".into(),
+                ..rec("1-1")
+            },
+        );
         taps.deliver(&who("web"), rec("9-9"));
         assert!(rx.try_recv().is_err());
         taps.deliver(&who("web"), rec("1-1"));

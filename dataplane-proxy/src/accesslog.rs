@@ -224,6 +224,23 @@ pub struct Start {
     request_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// The host and port a request names (its URI's, else its `Host`
+/// header's), never the user information an authority may carry.
+fn authority(uri: &http::Uri, headers: &HeaderMap) -> String {
+    let from_host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(a) = uri.authority().cloned().or(from_host) else {
+        return String::new();
+    };
+    let host: String = a.host().chars().take(253).collect();
+    match a.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    }
+}
+
 /// Whether `settings` log this request or connection (sampled).
 fn sampled(settings: &AccessLog) -> bool {
     let p = settings.sample_percent.unwrap_or(100);
@@ -247,18 +264,7 @@ impl Start {
             taps: taps.clone(),
             ids,
             unix_ms: crate::unix_ms(),
-            authority: uri
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| {
-                    headers
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                })
-                .unwrap_or("")
-                .chars()
-                .take(256)
-                .collect(),
+            authority: authority(uri, headers),
             // Names only: a value may be a credential.
             header_names: headers
                 .keys()
@@ -425,6 +431,18 @@ pub fn trace_id(h: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tapped_authority_never_holds_user_information() {
+        let h = HeaderMap::new();
+        let uri: http::Uri = "http://svc:s3cret@web:8080/x".parse().unwrap();
+        assert_eq!(authority(&uri, &h), "web:8080");
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, "user:pw@api".parse().unwrap());
+        assert_eq!(authority(&"/x".parse().unwrap(), &h), "api");
+        h.insert(http::header::HOST, "not a host".parse().unwrap());
+        assert_eq!(authority(&"/x".parse().unwrap(), &h), "");
+    }
 
     #[test]
     fn trace_ids_come_from_traceparent_or_b3_and_nothing_else() {

@@ -136,7 +136,25 @@ impl Edges {
         for (key, counts) in now {
             let before = r.counts.get(&key).copied().unwrap_or([0; COUNTS]);
             let d: [u64; COUNTS] = std::array::from_fn(|i| counts[i].saturating_sub(before[i]));
-            if d[0] > 0 {
+            // Counters read while requests end may be torn (one a request
+            // ahead of another): the buckets say how many requests ended,
+            // the rest is held to them, and what is left over goes in the
+            // next report (the baseline moves by what was reported).
+            let requests: u64 = d[4..].iter().sum();
+            let failures = d[1].min(requests);
+            let local = d[2].min(requests);
+            let local_failures = d[3].min(local).min(failures);
+            let mut sent = before;
+            for (i, v) in [requests, failures, local, local_failures]
+                .into_iter()
+                .enumerate()
+            {
+                sent[i] += v;
+            }
+            for i in 4..COUNTS {
+                sent[i] += d[i];
+            }
+            if requests > 0 {
                 edges.push(pb::StatsEdge {
                     inbound: key.inbound,
                     source_namespace: key.source.0.clone(),
@@ -145,14 +163,14 @@ impl Edges {
                     destination_service: key.destination.1.clone(),
                     route: key.route.clone(),
                     subset: key.subset.clone(),
-                    requests: d[0],
-                    failures: d[1],
-                    local_requests: d[2],
-                    local_failures: d[3],
+                    requests,
+                    failures,
+                    local_requests: local,
+                    local_failures,
                     latency_buckets: d[4..].to_vec(),
                 });
             }
-            r.counts.insert(key, counts);
+            r.counts.insert(key, sent);
         }
         pb::Stats { window_ms, edges }
     }
@@ -193,6 +211,21 @@ mod tests {
         let r = e.report();
         assert_eq!(r.edges.len(), 1);
         assert_eq!(r.edges[0].requests, 1);
+        assert!(e.report().edges.is_empty());
+    }
+
+    #[test]
+    fn a_torn_read_is_reported_consistently_and_its_rest_later() {
+        let e = Edges::default();
+        let c = e.get(key(true, "web")).unwrap();
+        // As if read between a request's counters: failed and counted,
+        // but not in a bucket yet.
+        c.0[0].fetch_add(1, Relaxed);
+        c.0[1].fetch_add(1, Relaxed);
+        assert!(e.report().edges.is_empty());
+        c.0[4].fetch_add(1, Relaxed);
+        let r = e.report();
+        assert_eq!((r.edges[0].requests, r.edges[0].failures), (1, 1));
         assert!(e.report().edges.is_empty());
     }
 

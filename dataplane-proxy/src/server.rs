@@ -88,8 +88,9 @@ fn count<B: hyper::body::Body>(
     (code, error): (u16, &'static str),
     started: Instant,
 ) -> Option<Box<Tally>> {
-    // An error code already here is this proxy's own answer.
-    let local = !error.is_empty();
+    // This proxy's own answer (an error code already here is the
+    // proxy's) to a request that reached no endpoint.
+    let local = !error.is_empty() && !route.is_some_and(|r| r.reached());
     let error = if error.is_empty() && (code >= 400 || grpc) {
         crate::error::code_of(resp.headers())
     } else {

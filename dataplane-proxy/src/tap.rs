@@ -39,6 +39,9 @@ struct Active {
 #[derive(Debug)]
 pub struct Taps {
     any: AtomicBool,
+    /// The second (since `epoch`, plus one) in which every open tap has
+    /// used its records: until it ends, requests skip the lock.
+    full: AtomicU64,
     active: Mutex<Vec<Active>>,
     epoch: Instant,
     dropped: AtomicU64,
@@ -51,6 +54,7 @@ impl Default for Taps {
         let (tx, rx) = mpsc::channel(QUEUE);
         Self {
             any: AtomicBool::new(false),
+            full: AtomicU64::new(0),
             active: Mutex::default(),
             epoch: Instant::now(),
             dropped: AtomicU64::new(0),
@@ -63,13 +67,17 @@ impl Default for Taps {
 impl Taps {
     /// Starts, renews or (duration 0) stops a tap.
     pub fn start(&self, t: &pb::TapStart) {
+        let id: String = t.id.chars().take(64).collect();
         let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
-        active.retain(|a| a.id != t.id && a.until > Instant::now());
-        if t.duration_ms > 0 && active.len() < MAX_TAPS && !t.id.is_empty() {
+        active.retain(|a| a.id != id && a.until > Instant::now());
+        self.full.store(0, Relaxed);
+        if t.duration_ms > 0 && active.len() >= MAX_TAPS {
+            tracing::warn!(tap = %id, max = MAX_TAPS, "not opening another tap: this proxy has as many open as it allows");
+        } else if t.duration_ms > 0 && !id.is_empty() {
             let d = Duration::from_millis(t.duration_ms).min(MAX_DURATION);
-            tracing::info!(tap = %t.id, sample_ppm = t.sample_ppm, seconds = d.as_secs(), "meshd opened a tap");
+            tracing::info!(tap = %id, sample_ppm = t.sample_ppm, seconds = d.as_secs(), "meshd opened a tap");
             active.push(Active {
-                id: t.id.chars().take(64).collect(),
+                id,
                 until: Instant::now() + d,
                 sample_ppm: t.sample_ppm.min(1_000_000),
                 per_second: t.max_per_second.clamp(1, MAX_PER_SECOND),
@@ -91,6 +99,7 @@ impl Taps {
         }
         active.clear();
         self.any.store(false, Relaxed);
+        self.full.store(0, Relaxed);
     }
 
     /// The taps that record this request (none, cheaply, while none is
@@ -101,6 +110,9 @@ impl Taps {
         }
         let now = Instant::now();
         let second = now.duration_since(self.epoch).as_secs();
+        if self.full.load(Relaxed) == second + 1 {
+            return Vec::new();
+        }
         let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
         active.retain(|a| a.until > now);
         self.any.store(!active.is_empty(), Relaxed);
@@ -115,6 +127,9 @@ impl Taps {
                 a.sent += 1;
                 ids.push(a.id.clone());
             }
+        }
+        if active.iter().all(|a| a.sent >= a.per_second) {
+            self.full.store(second + 1, Relaxed);
         }
         ids
     }

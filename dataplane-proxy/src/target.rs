@@ -22,6 +22,9 @@ pub struct RouteInfo {
     endpoint: std::sync::atomic::AtomicUsize,
     /// Attempts sent.
     attempts: std::sync::atomic::AtomicU32,
+    /// Whether an attempt reached an endpoint (an answer, or a failure
+    /// after the request could have been read there).
+    reached: std::sync::atomic::AtomicBool,
 }
 
 impl RouteInfo {
@@ -36,6 +39,18 @@ impl RouteInfo {
             .store(endpoint + 1, std::sync::atomic::Ordering::Relaxed);
         self.attempts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records that an attempt reached its endpoint.
+    pub fn mark_reached(&self) {
+        self.reached
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether any attempt may have reached an endpoint: an attempt
+    /// answered, failed after connecting, or was cut by a timeout.
+    pub fn reached(&self) -> bool {
+        self.reached.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Attempts sent (retries are the attempts after the first).

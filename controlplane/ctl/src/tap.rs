@@ -94,6 +94,21 @@ fn line(r: &pb::TapRecord) -> String {
     )
 }
 
+/// `s` with control characters escaped: a record comes from a proxy, and
+/// a line must not be able to drive the terminal.
+fn clean(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
+}
+
 /// Streams the records until the server ends the tap.
 pub async fn run(conn: &Conn, a: TapArgs) -> CtlResult {
     if !(a.sample > 0.0 && a.sample <= 100.0) {
@@ -134,7 +149,7 @@ pub async fn run(conn: &Conn, a: TapArgs) -> CtlResult {
     while let Some(r) = stream.message().await? {
         n += 1;
         match a.output {
-            Format::Table => outln!("{}", line(&r)),
+            Format::Table => outln!("{}", clean(&line(&r))),
             Format::Json | Format::Yaml => outln!("{}", record_json(&r)),
         }
     }
@@ -142,4 +157,21 @@ pub async fn run(conn: &Conn, a: TapArgs) -> CtlResult {
         eprintln!("{n} records");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_cannot_drive_the_terminal() {
+        let r = pb::TapRecord {
+            direction: "inbound".into(),
+            path: "/x\u{1b}]52;c;cm0=\u{7}".into(),
+            ..Default::default()
+        };
+        let l = clean(&line(&r));
+        assert!(!l.chars().any(char::is_control), "{l}");
+        assert!(l.contains("\\u{1b}"), "{l}");
+    }
 }

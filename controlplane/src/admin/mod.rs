@@ -612,19 +612,24 @@ impl Admin for AdminService {
             tokio::pin!(until);
             let mut sent = 0;
             while sent < max {
-                tokio::select! {
+                let r = tokio::select! {
                     r = records.recv() => match r {
-                        Some(r) => {
-                            if out.send(Ok(r)).await.is_err() {
-                                return;
-                            }
-                            sent += 1;
-                        }
+                        Some(r) => r,
                         None => return,
                     },
                     () = out.closed() => return,
                     () = &mut until => return,
-                }
+                };
+                // A caller reading slowly does not hold the tap past its end.
+                let permit = tokio::select! {
+                    p = out.reserve() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    () = &mut until => return,
+                };
+                permit.send(Ok(r));
+                sent += 1;
             }
         });
         Ok(resp)

@@ -218,8 +218,18 @@ impl Stream<'_> {
             }
             Some(In::Heartbeat(_)) => {}
             Some(In::TapRecord(r)) => self.ctx.ops.taps().deliver(&self.session.info, r),
-            Some(In::Stats(st)) => match crate::livestats::validate(&self.session.info, &st) {
-                Ok(()) => self.session.reports.push(unix_ms(), st),
+            Some(In::Stats(st)) => match crate::livestats::validate(&self.session.info, &st)
+                .and_then(|()| {
+                    let info = &self.session.info;
+                    let calls = self.session.scope().calls;
+                    self.session
+                        .reports
+                        .push(unix_ms(), info.connected_since_ms, &calls, st)
+                }) {
+                Ok(0) => {}
+                Ok(dropped) => {
+                    tracing::debug!(instance = %self.session.info.instance, dropped, "dropped edges of a traffic report (to services the proxy does not call, or past the bound)");
+                }
                 Err(message) => {
                     // Dropped; the stream goes on.
                     tracing::warn!(instance = %self.session.info.instance, error = %message, "refused a traffic report");

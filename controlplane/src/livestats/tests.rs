@@ -89,26 +89,124 @@ fn session(service: &str) -> Arc<Session> {
     )
 }
 
+fn calls(services: &[&str]) -> std::collections::BTreeSet<(String, String)> {
+    services
+        .iter()
+        .map(|s| ("default".to_string(), s.to_string()))
+        .collect()
+}
+
 #[test]
 fn rates_cover_the_time_each_proxy_reported_and_old_reports_age_out() {
     let web = session("web");
+    let none = calls(&[]);
     // Two 5 s windows: 50 requests in 10 s.
+    let r = |edges| report(edges);
     web.reports
-        .push(1_000, report(vec![edge(true, "frontend", "web", 20, 0)]));
+        .push(
+            5_000,
+            0,
+            &none,
+            r(vec![edge(true, "frontend", "web", 20, 0)]),
+        )
+        .unwrap();
     web.reports
-        .push(6_000, report(vec![edge(true, "frontend", "web", 30, 3)]));
+        .push(
+            10_000,
+            0,
+            &none,
+            r(vec![edge(true, "frontend", "web", 30, 3)]),
+        )
+        .unwrap();
     // A quiet proxy's empty window lowers no one else's rate.
     let web2 = session("web");
-    web2.reports.push(6_000, report(vec![]));
-    let edges = node_edges(&[web.clone(), web2], 6_000);
+    web2.reports.push(10_000, 0, &none, r(vec![])).unwrap();
+    let edges = node_edges(&[web.clone(), web2], 10_000);
     assert_eq!(edges.len(), 1);
     assert_eq!((edges[0].requests, edges[0].failures), (50, 3));
     assert!((edges[0].rps - 5.0).abs() < 1e-9, "{}", edges[0].rps);
-    // A minute later only the second window is left.
-    web.reports.push(62_000, report(vec![]));
-    let edges = node_edges(&[web], 62_000);
+    // A minute of quiet reports later, the first window is gone: 30
+    // requests over the 60 s the kept reports cover.
+    for at in (15_000..=65_000).step_by(5_000) {
+        web.reports.push(at, 0, &none, r(vec![])).unwrap();
+    }
+    let edges = node_edges(&[web], 66_000);
     assert_eq!(edges[0].requests, 30);
-    assert!((edges[0].rps - 3.0).abs() < 1e-9, "{}", edges[0].rps);
+    assert!((edges[0].rps - 0.5).abs() < 1e-9, "{}", edges[0].rps);
+}
+
+#[test]
+fn a_proxy_cannot_raise_its_rates_with_short_windows_or_many_reports() {
+    let web = session("web");
+    let none = calls(&[]);
+    let mut short = report(vec![edge(true, "frontend", "web", 100, 0)]);
+    short.window_ms = 1;
+    web.reports.push(5_000, 0, &none, short.clone()).unwrap();
+    // Sooner than half a second after the last: refused.
+    let e = web
+        .reports
+        .push(5_100, 0, &none, short.clone())
+        .unwrap_err();
+    assert!(e.contains("at most one every"), "{e}");
+    // The window is the time since the last report as the node saw it,
+    // whatever the proxy claims (1 ms, or a minute).
+    let mut long = report(vec![edge(true, "frontend", "web", 100, 0)]);
+    long.window_ms = 60_000;
+    web.reports.push(6_000, 0, &none, long).unwrap();
+    let windows: Vec<u64> = web
+        .reports
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.window_ms)
+        .collect();
+    assert_eq!(windows, [5_000, 1_000]);
+    let edges = node_edges(&[web], 6_000);
+    assert!(
+        (edges[0].rps - 200.0 / 6.0).abs() < 1e-9,
+        "{}",
+        edges[0].rps
+    );
+}
+
+#[test]
+fn outbound_edges_count_only_toward_services_the_proxy_calls() {
+    let batch = session("batch");
+    let mut forged = edge(false, "batch", "payments", 1000, 1000);
+    forged.local_requests = 1000;
+    forged.local_failures = 1000;
+    let mut own = edge(false, "batch", "api", 10, 0);
+    own.route = "api".into();
+    let import = edge(false, "batch", "api.west", 5, 0);
+    let dropped = batch
+        .reports
+        .push(
+            5_000,
+            0,
+            &calls(&["api"]),
+            report(vec![forged, own, import]),
+        )
+        .unwrap();
+    assert_eq!(dropped, 1);
+    let edges = node_edges(&[batch], 5_000);
+    let to: Vec<&str> = edges.iter().map(|e| e.destination.1.as_str()).collect();
+    assert_eq!(to, ["api", "api.west"]);
+}
+
+#[test]
+fn a_proxy_keeps_a_bounded_number_of_different_edges() {
+    let web = session("web");
+    let none = calls(&[]);
+    for round in 0..3u64 {
+        let edges = (0..MAX_EDGES)
+            .map(|i| edge(true, &format!("caller-{round}-{i}"), "web", 1, 0))
+            .collect();
+        web.reports
+            .push(5_000 * (round + 1), 0, &none, report(edges))
+            .unwrap();
+    }
+    assert_eq!(node_edges(&[web], 15_000).len(), MAX_KEPT_EDGES);
 }
 
 fn merged(e: pb::StatsEdge, rps: f64) -> Edge {

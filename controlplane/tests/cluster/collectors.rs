@@ -48,6 +48,10 @@ fn first_value(v: &serde_json::Value) -> Option<f64> {
 fn prometheus_scrapes_meshd_and_proxies_and_answers_the_rate_of_a_live_edge() {
     let Ok(bin) = which("prometheus") else {
         eprintln!("SKIPPED: no `prometheus` on PATH (Debian's package; .ci/run installs it)");
+        assert!(
+            !required("prometheus"),
+            "RAFTMESH_REQUIRE_TOOLS names prometheus, which is not on PATH"
+        );
         return;
     };
     run(async move {

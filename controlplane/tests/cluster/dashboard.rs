@@ -233,6 +233,10 @@ async fn meshctl_stat(node: SocketAddr) -> Vec<serde_json::Value> {
 fn the_dashboard_in_chromium_draws_the_live_topology_with_the_figures_of_meshctl_stat() {
     let Some(bin) = which("chromium") else {
         eprintln!("SKIPPED: no `chromium` on PATH (Debian's package; .ci/run installs it)");
+        assert!(
+            !required("chromium"),
+            "RAFTMESH_REQUIRE_TOOLS names chromium, which is not on PATH"
+        );
         return;
     };
     run(async move {

@@ -304,3 +304,9 @@ pub fn proxy_config(
         takeover: false,
     }
 }
+
+/// Whether `tool` must be there (`RAFTMESH_REQUIRE_TOOLS`, which `.ci/run`
+/// sets once it installed them): its test then fails instead of skipping.
+pub fn required(tool: &str) -> bool {
+    std::env::var("RAFTMESH_REQUIRE_TOOLS").is_ok_and(|v| v.split(',').any(|t| t.trim() == tool))
+}

@@ -219,9 +219,22 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
             ep.stats.pending.fetch_add(1, Ordering::Relaxed);
             target.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
+            // An attempt cut by a timeout may have arrived: counted reached.
+            let mut cut = CutCounts(target.chosen.clone());
             let result = inner.call(req).await;
+            cut.0 = None;
             ep.stats.pending.fetch_sub(1, Ordering::Relaxed);
             target.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            // An attempt refused before the request was sent never reached
+            // the endpoint's proxy (`meshctl stat` counts it at the caller).
+            if !matches!(
+                &result,
+                Err(ProxyError::Connect(_) | ProxyError::Refused(_))
+            ) {
+                if let Some(c) = &target.chosen {
+                    c.mark_reached();
+                }
+            }
             let failed = match &result {
                 Ok(r) => r.status().is_server_error(),
                 Err(e) => matches!(e, ProxyError::Connect(_) | ProxyError::Reset(_)),
@@ -249,3 +262,15 @@ pub mod ring;
 
 #[cfg(test)]
 mod tests;
+
+/// Marks the request reached when an attempt is dropped before it ends
+/// (a timeout cut it: the endpoint may have the request).
+struct CutCounts(Option<std::sync::Arc<crate::target::RouteInfo>>);
+
+impl Drop for CutCounts {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.mark_reached();
+        }
+    }
+}
