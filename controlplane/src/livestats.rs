@@ -330,14 +330,7 @@ pub async fn cluster_edges(
     };
     // Every other member at once: one that does not answer costs 2 s, not
     // 2 s per member.
-    let view = ops.membership_view();
-    let peers: Vec<u64> = view
-        .voters
-        .iter()
-        .chain(view.learners.iter())
-        .copied()
-        .filter(|id| *id != ops.id())
-        .collect();
+    let peers = ops.peers();
     let asked = futures::future::join_all(peers.iter().map(|&id| async move {
         let addr = ops.addr_of(id).ok_or(())?;
         let mut client = ops.pool().get(&addr).map_err(|_| ())?;

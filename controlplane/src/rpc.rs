@@ -148,35 +148,13 @@ impl RaftRpc for RaftService {
         let spec: crate::tap::Spec = from_payload(req.get_ref(), "tap")?;
         let duration =
             std::time::Duration::from_millis(spec.duration_ms).min(crate::tap::MAX_DURATION);
-        let (tx, mut records) = tokio::sync::mpsc::channel(256);
+        let (tx, records) = tokio::sync::mpsc::channel(256);
         let local = crate::tap::open_local(&self.ops, &self.hub, &spec, tx).await;
-        let (out, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
-            let _open = local;
-            let deadline = tokio::time::sleep(duration);
-            tokio::pin!(deadline);
-            loop {
-                let r = tokio::select! {
-                    r = records.recv() => match r {
-                        Some(r) => r,
-                        None => return,
-                    },
-                    () = out.closed() => return,
-                    () = &mut deadline => return,
-                };
-                // A caller reading slowly does not hold the tap past its end.
-                let permit = tokio::select! {
-                    p = out.reserve() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                    () = &mut deadline => return,
-                };
-                permit.send(Ok(r));
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
+        Ok(Response::new(crate::tap::relay(
+            local,
+            records,
+            duration,
+            crate::tap::MAX_RECORDS,
         )))
     }
 

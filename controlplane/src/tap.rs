@@ -246,14 +246,7 @@ pub async fn open_cluster(
 ) -> (mpsc::Receiver<pb::TapRecord>, Vec<Guard>, Vec<u64>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut guards = vec![Guard::Local(open_local(ops, hub, spec, tx.clone()).await)];
-    let view = ops.membership_view();
-    let peers: Vec<u64> = view
-        .voters
-        .iter()
-        .chain(view.learners.iter())
-        .copied()
-        .filter(|id| *id != ops.id())
-        .collect();
+    let peers = ops.peers();
     // Every other member at once.
     let opened = futures::future::join_all(peers.iter().map(|&id| async move {
         let addr = ops.addr_of(id).ok_or(())?;
@@ -286,6 +279,42 @@ pub async fn open_cluster(
         }
     }
     (rx, guards, missing)
+}
+
+/// The records of a tap, to its caller: until `max` records, the end of
+/// `duration`, or the caller gone, whichever is first (a caller reading
+/// slowly does not hold the tap past its end). `open` is held until then.
+pub fn relay<T: Send + 'static>(
+    open: T,
+    mut records: mpsc::Receiver<pb::TapRecord>,
+    duration: Duration,
+    max: u32,
+) -> tokio_stream::wrappers::ReceiverStream<Result<pb::TapRecord, tonic::Status>> {
+    let (out, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let _open = open;
+        let until = tokio::time::sleep(duration.min(MAX_DURATION));
+        tokio::pin!(until);
+        for _ in 0..max {
+            let r = tokio::select! {
+                r = records.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+                () = out.closed() => return,
+                () = &mut until => return,
+            };
+            let permit = tokio::select! {
+                p = out.reserve() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = &mut until => return,
+            };
+            permit.send(Ok(r));
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// What keeps a tap open on one node.

@@ -590,10 +590,10 @@ impl Admin for AdminService {
         let max = r.max_records;
         let spec = crate::tap::Spec::from_request(self.ops.taps().next_id(self.node_id), r)
             .map_err(Status::invalid_argument)?;
-        let (mut records, guards, missing) =
+        let (records, guards, missing) =
             crate::tap::open_cluster(&self.ops, &self.hub, &spec).await;
-        let (out, rx) = tokio::sync::mpsc::channel(64);
-        let mut resp = Response::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let duration = Duration::from_millis(spec.duration_ms);
+        let mut resp = Response::new(crate::tap::relay(guards, records, duration, max));
         if !missing.is_empty() {
             tracing::warn!(?missing, tap = %spec.id, "some nodes could not open the tap");
             let list = missing
@@ -605,33 +605,6 @@ impl Admin for AdminService {
                 resp.metadata_mut().insert(TAP_UNREPORTED, v);
             }
         }
-        let deadline = Duration::from_millis(spec.duration_ms);
-        tokio::spawn(async move {
-            let _open = guards;
-            let until = tokio::time::sleep(deadline);
-            tokio::pin!(until);
-            let mut sent = 0;
-            while sent < max {
-                let r = tokio::select! {
-                    r = records.recv() => match r {
-                        Some(r) => r,
-                        None => return,
-                    },
-                    () = out.closed() => return,
-                    () = &mut until => return,
-                };
-                // A caller reading slowly does not hold the tap past its end.
-                let permit = tokio::select! {
-                    p = out.reserve() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                    () = &mut until => return,
-                };
-                permit.send(Ok(r));
-                sent += 1;
-            }
-        });
         Ok(resp)
     }
 

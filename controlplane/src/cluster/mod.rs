@@ -145,6 +145,17 @@ impl ClusterOps {
         })
     }
 
+    /// Every other member of the cluster (voters and learners).
+    pub fn peers(&self) -> Vec<NodeId> {
+        let view = self.membership_view();
+        view.voters
+            .iter()
+            .chain(view.learners.iter())
+            .copied()
+            .filter(|id| *id != self.id)
+            .collect()
+    }
+
     /// The taps open on this node's proxies.
     pub fn taps(&self) -> &crate::tap::Taps {
         &self.taps

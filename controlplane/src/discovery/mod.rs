@@ -219,11 +219,7 @@ pub async fn cluster_sessions(
     };
     out.extend(hub.send(hub::ListDeparted).await.unwrap_or_default());
     let mut missing = Vec::new();
-    let view = ops.membership_view();
-    for id in view.voters.iter().chain(view.learners.iter()).copied() {
-        if id == ops.id() {
-            continue;
-        }
+    for id in ops.peers() {
         let asked = async {
             let addr = ops.addr_of(id).ok_or(())?;
             let mut client = ops.pool().get(&addr).map_err(|_| ())?;
