@@ -88,13 +88,15 @@ async fn apply(conn: &Conn, docs: Vec<Resource>) -> anyhow::Result<u64> {
     Ok(conn.apply(&docs).await?.revision)
 }
 
-/// A read-only admin token, for the dashboard.
-async fn read_only_token(conn: &Conn) -> anyhow::Result<String> {
+/// A token's secret: `scope` for `ttl_ms` (0: no expiry).
+async fn token(
+    conn: &Conn,
+    scope: pb::create_token_request::Scope,
+    ttl_ms: u64,
+) -> anyhow::Result<String> {
     let req = pb::CreateTokenRequest {
-        scope: Some(pb::create_token_request::Scope::Role(
-            pb::TokenRole::ReadOnly as i32,
-        )),
-        ttl_ms: 0,
+        scope: Some(scope),
+        ttl_ms,
         max_uses: 0,
     };
     Ok(conn
@@ -106,22 +108,19 @@ async fn read_only_token(conn: &Conn) -> anyhow::Result<String> {
         .secret)
 }
 
+/// A read-only admin token, for the dashboard.
+async fn read_only_token(conn: &Conn) -> anyhow::Result<String> {
+    let role = pb::create_token_request::Scope::Role(pb::TokenRole::ReadOnly as i32);
+    token(conn, role, 0).await
+}
+
+/// A bootstrap token for a proxy of `service`, good for an hour.
 async fn mint(conn: &Conn, service: &str) -> anyhow::Result<String> {
-    let req = pb::CreateTokenRequest {
-        scope: Some(pb::create_token_request::Scope::Service(pb::ServiceScope {
-            service: service.into(),
-            namespace: String::new(),
-        })),
-        ttl_ms: 3_600_000,
-        max_uses: 0,
-    };
-    Ok(conn
-        .call(false, |mut c| {
-            let req = req.clone();
-            async move { c.create_token(req).await.map(|r| r.into_inner()) }
-        })
-        .await?
-        .secret)
+    let scope = pb::create_token_request::Scope::Service(pb::ServiceScope {
+        service: service.into(),
+        namespace: String::new(),
+    });
+    token(conn, scope, 3_600_000).await
 }
 
 /// What the story, the table and the main loop share.

@@ -8,10 +8,6 @@ use std::time::Duration;
 use super::deploys::{app, caller_of_web, cluster_with_web_tweaked, get, http, web_proxy};
 use super::support::*;
 
-fn with_http(c: &mut raftmesh_controlplane::config::ServerConfig) {
-    c.http = Some("127.0.0.1:0".parse().unwrap());
-}
-
 /// A free loopback port (bound, then released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -46,7 +42,7 @@ fn first_value(v: &serde_json::Value) -> Option<f64> {
 
 #[test]
 fn prometheus_scrapes_meshd_and_proxies_and_answers_the_rate_of_a_live_edge() {
-    let Ok(bin) = which("prometheus") else {
+    let Some(bin) = which("prometheus") else {
         eprintln!("SKIPPED: no `prometheus` on PATH (Debian's package; .ci/run installs it)");
         assert!(
             !required("prometheus"),
@@ -117,16 +113,6 @@ fn prometheus_scrapes_meshd_and_proxies_and_answers_the_rate_of_a_live_edge() {
         web.shutdown().await;
         c.shutdown().await;
     });
-}
-
-/// `name` on PATH.
-fn which(name: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or(())
 }
 
 #[test]

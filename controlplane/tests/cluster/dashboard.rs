@@ -12,10 +12,6 @@ use raftmesh_api::v1 as pb;
 use super::deploys::{app, caller_of_web, cluster_with_web_tweaked, get, http, web_proxy};
 use super::support::*;
 
-fn with_http(c: &mut raftmesh_controlplane::config::ServerConfig) {
-    c.http = Some("127.0.0.1:0".parse().unwrap());
-}
-
 type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Full<bytes::Bytes>,
@@ -130,15 +126,6 @@ fn the_dashboard_api_answers_admin_and_read_only_tokens_only() {
         assert!(body.contains("service"), "{body}");
         c.shutdown().await;
     });
-}
-
-/// `name` on PATH.
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// Headless Chromium on `url`, with these extra flags; its stdout.

@@ -310,3 +310,17 @@ pub fn proxy_config(
 pub fn required(tool: &str) -> bool {
     std::env::var("RAFTMESH_REQUIRE_TOOLS").is_ok_and(|v| v.split(',').any(|t| t.trim() == tool))
 }
+
+/// `name` on PATH.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A node config tweak: `--http` on a free loopback port.
+pub fn with_http(c: &mut ServerConfig) {
+    c.http = Some("127.0.0.1:0".parse().unwrap());
+}
