@@ -31,6 +31,14 @@ pub struct RaftService {
 }
 
 impl RaftService {
+    /// The discovery streams this node holds.
+    async fn local_sessions(&self) -> Result<Vec<Arc<crate::discovery::session::Session>>, Status> {
+        self.hub
+            .send(crate::discovery::hub::ListSessions)
+            .await
+            .map_err(|_| Status::unavailable("the node is shutting down"))
+    }
+
     /// The service for the node behind `ops`, admitting callers by `check`.
     pub fn new(
         ops: Arc<ClusterOps>,
@@ -109,11 +117,7 @@ impl RaftRpc for RaftService {
 
     async fn sessions(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.check_node(&req)?;
-        let sessions = self
-            .hub
-            .send(crate::discovery::hub::ListSessions)
-            .await
-            .map_err(|_| Status::unavailable("the node is shutting down"))?;
+        let sessions = self.local_sessions().await?;
         let mut statuses: Vec<_> = sessions.iter().map(|s| s.status()).collect();
         statuses.extend(
             self.hub
@@ -126,11 +130,7 @@ impl RaftRpc for RaftService {
 
     async fn stats(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.check_node(&req)?;
-        let sessions = self
-            .hub
-            .send(crate::discovery::hub::ListSessions)
-            .await
-            .map_err(|_| Status::unavailable("the node is shutting down"))?;
+        let sessions = self.local_sessions().await?;
         reply(&crate::livestats::node_edges(
             &sessions,
             procinfo::unix_ms(),

@@ -44,20 +44,6 @@ async fn call(
     )
 }
 
-async fn read_only_token(admin: &mut raftmesh_client::Admin) -> String {
-    admin
-        .create_token(pb::CreateTokenRequest {
-            scope: Some(pb::create_token_request::Scope::Role(
-                pb::TokenRole::ReadOnly as i32,
-            )),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret
-}
-
 #[test]
 fn the_dashboard_api_answers_admin_and_read_only_tokens_only() {
     run(async {

@@ -423,17 +423,7 @@ fn tap_streams_requests_from_a_services_proxies_on_every_node_and_never_a_header
             );
         }
         // Admin tokens only; bad requests name the field.
-        let ro = admin
-            .create_token(pb::CreateTokenRequest {
-                scope: Some(pb::create_token_request::Scope::Role(
-                    pb::TokenRole::ReadOnly as i32,
-                )),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .secret;
+        let ro = read_only_token(&mut admin).await;
         let mut reader =
             raftmesh_client::admin_client(&c.addrs[&1].to_string(), Some(&ro), None).unwrap();
         let e = tap(&mut reader, tap_req(1)).await.unwrap_err();

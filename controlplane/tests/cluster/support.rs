@@ -324,3 +324,18 @@ pub fn which(name: &str) -> Option<std::path::PathBuf> {
 pub fn with_http(c: &mut ServerConfig) {
     c.http = Some("127.0.0.1:0".parse().unwrap());
 }
+
+/// A read-only admin token's secret.
+pub async fn read_only_token(admin: &mut raftmesh_client::Admin) -> String {
+    admin
+        .create_token(pb::CreateTokenRequest {
+            scope: Some(pb::create_token_request::Scope::Role(
+                pb::TokenRole::ReadOnly as i32,
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+}
