@@ -8,6 +8,7 @@
 #   DIRECTION=outbound bench/callgrind.sh   # the outbound stack (route .. forward)
 #   MESH_PROXY=/path/to/mesh-proxy bench/callgrind.sh   # another build, to compare
 #   EXTRA_YAML='kind: MeshConfig ...' bench/callgrind.sh # with more resources (e.g. tracing, access logs)
+#   PROXY_FLAGS='--http1-fast-path false' bench/callgrind.sh # more mesh-proxy flags
 # Needs valgrind (apt-get install valgrind), nginx, and oha or ab
 # (apache2-utils; keep-alive HTTP/1.0).
 set -euo pipefail
@@ -51,7 +52,7 @@ if [ -n "${EXTRA_YAML:-}" ]; then printf -- '---\n%s\n' "$EXTRA_YAML" >> "$RUN_D
 valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out.%p" \
   "$MESH_PROXY" --service bench --instance bench-cg --config-file "$RUN_DIR/mesh.yaml" \
   --inbound 127.0.0.1:18185 --app-port 18180 --outbound 127.0.0.1:18186 --admin 127.0.0.1:18187 \
-  --workers 1 > "$RUN_DIR/proxy.log" 2>&1 &
+  --workers 1 ${PROXY_FLAGS:-} > "$RUN_DIR/proxy.log" 2>&1 &
 proxy=$!
 for _ in $(seq 60); do curl -sf http://127.0.0.1:18185/ > /dev/null && break; sleep 0.5; done
 curl -sf http://127.0.0.1:18185/ > /dev/null || { echo "mesh-proxy did not start under valgrind: $RUN_DIR/proxy.log" >&2; exit 1; }

@@ -6,6 +6,8 @@
 # difference per connection. One worker each; upstream nginx.
 #   bench/conns.sh                 # N=2000: mesh-proxy, nginx, HAProxy, Envoy
 #   N=5000 TARGETS="mesh-proxy" bench/conns.sh
+#   TARGETS="mesh-proxy mesh-proxy-hyper" bench/conns.sh  # the fast path, and hyper for every request
+#   MESH_PROXY=/path/to/mesh-proxy bench/conns.sh         # another build
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/bench/lib.sh"
@@ -15,7 +17,10 @@ RUN_DIR=${RUN_DIR:-/tmp/mesh-conns-run}
 command -v nginx >/dev/null && command -v python3 >/dev/null \
   || { echo "needs nginx and python3 (HAProxy and Envoy optional: ../shared/bench/setup.sh)" >&2; exit 2; }
 ulimit -n $((N * 4 + 4096))
-(cd "$root" && cargo build --release -q -p raftmesh-dataplane-proxy --bin mesh-proxy)
+if [ -z "${MESH_PROXY:-}" ]; then
+  (cd "$root" && cargo build --release -q -p raftmesh-dataplane-proxy --bin mesh-proxy)
+  MESH_PROXY=$root/target/release/mesh-proxy
+fi
 rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR"/px/tmp
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -26,12 +31,13 @@ NGINX_CONNS=$((N + 1024)) nginx_upstream "$RUN_DIR/up" 18180
 declare -A PORT PID
 for t in $TARGETS; do
   case $t in
-    mesh-proxy)
+    mesh-proxy|mesh-proxy-hyper)
       printf 'kind: Service\nmetadata: {name: bench}\nspec: {ports: [{port: 80, protocol: http}]}\n' > "$RUN_DIR/mesh.yaml"
-      "$root/target/release/mesh-proxy" --service bench --instance bench-conns --config-file "$RUN_DIR/mesh.yaml" \
-        --inbound 127.0.0.1:18185 --app-port 18180 --outbound 127.0.0.1:18186 --admin 127.0.0.1:18187 \
-        --workers 1 > "$RUN_DIR/proxy.log" 2>&1 &
-      pids+=($!); PID[$t]=$!; PORT[$t]=18185 ;;
+      if [ "$t" = mesh-proxy ]; then ports=(18185 18186 18187); flags=; else ports=(18195 18196 18197); flags="--http1-fast-path false"; fi
+      "$MESH_PROXY" --service bench --instance "$t" --config-file "$RUN_DIR/mesh.yaml" \
+        --inbound "127.0.0.1:${ports[0]}" --app-port 18180 --outbound "127.0.0.1:${ports[1]}" --admin "127.0.0.1:${ports[2]}" \
+        --workers 1 $flags > "$RUN_DIR/$t.log" 2>&1 &
+      pids+=($!); PID[$t]=$!; PORT[$t]=${ports[0]} ;;
     nginx)
       cat > "$RUN_DIR/px/nginx.conf" <<CONF
 worker_processes 1; pid $RUN_DIR/px/nginx.pid; error_log $RUN_DIR/px/error.log;
@@ -72,7 +78,7 @@ CONF
         "$root/../shared/bench/conf/envoy.yaml" > "$RUN_DIR/envoy.yaml"
       "$ENVOY_BIN" -c "$RUN_DIR/envoy.yaml" --concurrency 1 --disable-hot-restart -l warn > "$RUN_DIR/envoy.log" 2>&1 &
       pids+=($!); PID[$t]=$!; PORT[$t]=18183 ;;
-    *) echo "unknown target $t (mesh-proxy, nginx, haproxy, envoy)" >&2; exit 2 ;;
+    *) echo "unknown target $t (mesh-proxy, mesh-proxy-hyper, nginx, haproxy, envoy)" >&2; exit 2 ;;
   esac
 done
 sleep 2

@@ -4,6 +4,8 @@
 #
 #   bench/proxy.sh                 # one-hop inbound: wrk/oha -> mesh-proxy :18085 -> nginx :18080
 #   ROUNDS=3 DUR=10 TARGETS="direct nginx haproxy envoy" bench/proxy.sh
+#   PROXY_FLAGS="--http1-fast-path false" bench/proxy.sh   # more mesh-proxy flags
+#   MESH_PROXY=/path/to/mesh-proxy bench/proxy.sh          # another build
 #
 # mesh-proxy runs like the peers: pinned to CPU 1 with the upstream, one
 # worker thread, static config (--config-file, no control plane), plaintext
@@ -13,7 +15,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bench=${BENCH_DIR:-$root/../shared/bench}
 [ -x "$bench/run.sh" ] || { echo "no $bench/run.sh: set BENCH_DIR to the shared bench scripts" >&2; exit 2; }
-(cd "$root" && cargo build --release -q -p raftmesh-dataplane-proxy --bin mesh-proxy)
+if [ -z "${MESH_PROXY:-}" ]; then
+  (cd "$root" && cargo build --release -q -p raftmesh-dataplane-proxy --bin mesh-proxy)
+  MESH_PROXY=$root/target/release/mesh-proxy
+fi
 work=$(mktemp -d /tmp/mesh-proxy-bench.XXXXXX)
 trap 'kill "$(cat "$work/pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$work"' EXIT
 # The proxy's own service; inbound traffic goes to --app-port.
@@ -22,7 +27,7 @@ kind: Service
 metadata: {name: bench}
 spec: {ports: [{port: 80, protocol: http}]}
 YAML
-( exec taskset -c "${SERVER_CPU:-1}" "$root/target/release/mesh-proxy" \
+( exec taskset -c "${SERVER_CPU:-1}" "$MESH_PROXY" ${PROXY_FLAGS:-} \
     --service bench --instance bench-1 --config-file "$work/mesh.yaml" \
     --inbound 127.0.0.1:18085 --app-port 18080 \
     --outbound 127.0.0.1:18095 --admin 127.0.0.1:18096 --workers 1 \

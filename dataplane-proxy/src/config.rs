@@ -171,6 +171,9 @@ pub struct ProxyArgs {
     /// A request head still incomplete this long after its first byte is cut (slowloris; checked every half of it).
     #[arg(long, default_value = "10s")]
     pub header_timeout: humantime::Duration,
+    /// Serve plain inbound HTTP/1.1 on the fast path: heads relayed as bytes, parsed in place; hyper serves what it does not cover (upgrades, HTTP/2, HTTP/1.0, ...). `false` has hyper serve every request.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub http1_fast_path: bool,
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -255,6 +258,8 @@ pub struct ProxyConfig {
     pub idle_timeout: std::time::Duration,
     /// How long a request head may take.
     pub header_timeout: std::time::Duration,
+    /// Inbound HTTP/1.1 on the fast path.
+    pub http1_fast_path: bool,
     /// Worker threads.
     pub workers: Option<usize>,
     /// The app readiness probe's flags (unset: MeshConfig's, else the
@@ -451,6 +456,7 @@ impl ProxyArgs {
             stats_interval: self.stats_interval.into(),
             idle_timeout: self.idle_timeout.into(),
             header_timeout: self.header_timeout.into(),
+            http1_fast_path: self.http1_fast_path,
             workers: self.workers,
             probe,
             drain_timeout: self.drain_timeout.into(),

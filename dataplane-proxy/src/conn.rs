@@ -25,13 +25,16 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The limits of a client connection.
+/// The limits of a client connection (and how its HTTP/1.1 is served).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     /// A request head must be complete this long after its first byte.
     pub header: Duration,
     /// A connection with nothing in flight and no bytes for this long is closed.
     pub idle: Duration,
+    /// Inbound HTTP/1.1 on the fast path (`fastpath`), hyper for the rest;
+    /// off, hyper serves every request.
+    pub http1_fast_path: bool,
 }
 
 impl Default for ConnLimits {
@@ -39,6 +42,7 @@ impl Default for ConnLimits {
         Self {
             header: Duration::from_secs(10),
             idle: Duration::from_secs(60),
+            http1_fast_path: true,
         }
     }
 }
@@ -109,6 +113,11 @@ impl ConnClock {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.head_pending.store(false, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// No request in flight now.
+    pub fn idle_now(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
     }
 
     /// Resolves when a limit is passed: a head pending at two looks in a
@@ -273,6 +282,7 @@ mod tests {
         ConnLimits {
             header: Duration::from_secs(10),
             idle: Duration::from_secs(60),
+            http1_fast_path: true,
         }
     }
 

@@ -101,12 +101,16 @@ const CODES: [&str; 16] = [
 /// of the mesh's codes (`other` if it is not: a label never takes a value
 /// from the network as such).
 pub fn code_of(headers: &http::HeaderMap) -> &'static str {
-    let Some(v) = headers.get(ERROR_HEADER) else {
-        return "";
-    };
+    headers
+        .get(ERROR_HEADER)
+        .map_or("", |v| code_of_bytes(v.as_bytes()))
+}
+
+/// The code an [`ERROR_HEADER`] value names (`other` for one not known).
+pub fn code_of_bytes(v: &[u8]) -> &'static str {
     CODES
         .iter()
-        .find(|c| c.as_bytes() == v.as_bytes())
+        .find(|c| c.as_bytes() == v)
         .copied()
         .unwrap_or("other")
 }

@@ -18,6 +18,7 @@ pub mod conn;
 pub mod dns;
 pub mod egress;
 pub mod error;
+pub mod fastpath;
 pub mod fault;
 pub mod forward;
 pub mod gateway;
@@ -317,6 +318,7 @@ pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         crate::conn::ConnLimits {
             header: cfg.header_timeout,
             idle: cfg.idle_timeout,
+            http1_fast_path: cfg.http1_fast_path,
         },
         cfg.app_port.is_some(),
     );

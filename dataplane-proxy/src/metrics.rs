@@ -158,6 +158,11 @@ struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
 }
@@ -194,6 +199,7 @@ pub struct Metrics {
     retries: Family<DestinationLabels, Counter>,
     ejections: Family<DestinationLabels, Counter>,
     errors: Family<CodeLabel, Counter>,
+    fallbacks: Family<ReasonLabel, Counter>,
     connections: Family<DirectionLabel, IntGauge>,
     opened: Family<PeerLabels, Counter>,
     closed: Family<PeerLabels, Counter>,
@@ -254,6 +260,7 @@ impl Metrics {
             retries: Family::default(),
             ejections: Family::default(),
             errors: Family::default(),
+            fallbacks: Family::default(),
             connections: Family::default(),
             opened: Family::default(),
             closed: Family::default(),
@@ -305,6 +312,13 @@ impl Metrics {
             "errors",
             "Answers and refusals the proxy made itself, by x-raftmesh-error code",
             m.errors.clone(),
+        );
+        reg(
+            &mut r,
+            &mut names,
+            "http1_fallbacks",
+            "Inbound HTTP/1.1 connections the fast path handed to hyper, by the reason of the request that needed it",
+            m.fallbacks.clone(),
         );
         reg(
             &mut r,
@@ -424,6 +438,11 @@ impl Metrics {
     /// Counts a response or refusal the proxy made itself.
     pub fn error(&self, code: &'static str) {
         self.errors.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// Counts an inbound connection the fast path handed to hyper.
+    pub fn fallback(&self, reason: &'static str) {
+        self.fallbacks.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Counts a refused configuration.

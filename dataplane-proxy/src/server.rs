@@ -58,7 +58,7 @@ pub type OutboundStack = crate::route::Route<
 /// gRPC for a gRPC call); the HTTP status metrics count it under (an
 /// error's own, though a gRPC caller gets it as a 200 with a grpc-status);
 /// and the proxy's error code, if it answered one.
-fn finish(
+pub(crate) fn finish(
     result: Result<Response<Body>, ProxyError>,
     metrics: &Metrics,
     grpc: bool,
@@ -80,7 +80,7 @@ fn finish(
 
 /// Counts an answered request: now, or (a gRPC answer whose status comes
 /// in its trailers) when its trailers arrive.
-fn count<B: hyper::body::Body>(
+pub(crate) fn count<B: hyper::body::Body>(
     recorder: &Arc<Recorder>,
     route: Option<&Arc<RouteInfo>>,
     resp: &Response<B>,
@@ -591,21 +591,95 @@ impl Inbound {
         }
     }
 
+    /// Serves HTTP on an inbound connection: HTTP/1.1 on the fast path
+    /// (`fastpath`) while it covers the requests, then hyper (HTTP/2,
+    /// upgrades, ... and the rest of a connection the fast path handed on).
     async fn serve_http<I>(self, io: I, who: Option<String>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let config = self.config.clone();
+        let clock = ConnClock::new(config.conn_limits);
+        let mut io = Watched::new(io, clock.clone());
+        let recorder = Arc::new(Recorder::inbound(
+            &config.metrics,
+            Party::caller(who.as_deref(), &config),
+            Party::own(&config),
+        ));
+        let mut graceful = false;
+        let mut pre = bytes::BytesMut::new();
+        if config.conn_limits.http1_fast_path {
+            let draining = std::sync::atomic::AtomicBool::new(false);
+            let c = crate::fastpath::Conn {
+                config: &config,
+                link: &self.link,
+                app_port: self.app_port,
+                member: self.member,
+                who: who.as_deref(),
+                recorder: &recorder,
+                clock: &clock,
+                draining: &draining,
+            };
+            let fast = crate::fastpath::serve(&mut io, &c);
+            tokio::pin!(fast);
+            let closing = crate::health::closing(&config.life);
+            tokio::pin!(closing);
+            let served = loop {
+                tokio::select! {
+                    s = fast.as_mut() => break s,
+                    // A drain: the request in flight is answered, then the
+                    // connection closes; an idle one closes now.
+                    _ = &mut closing, if !graceful => {
+                        graceful = true;
+                        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                        if clock.idle_now() {
+                            return;
+                        }
+                    }
+                    _ = until_strict(&config, self.member && who.is_none()) => {
+                        tracing::info!("closed a connection without a client certificate: the mesh switched to strict mTLS");
+                        return;
+                    }
+                    why = clock.expired() => {
+                        tracing::debug!(?why, "closed an inbound connection");
+                        return;
+                    }
+                    _ = crate::guard::until_revoked(config.clone(), who.clone()) => {
+                        tracing::info!("closed a connection from a revoked identity");
+                        config.metrics.error("revoked");
+                        return;
+                    }
+                }
+            };
+            match served {
+                crate::fastpath::Served::Closed => return,
+                crate::fastpath::Served::Fallback(buf, why) => {
+                    config.metrics.fallback(why);
+                    pre = buf;
+                }
+            }
+        }
+        // Boxed: a fast-path connection's task carries no room for hyper's.
+        let io = crate::fastpath::Rewind::new(pre, io);
+        Box::pin(self.serve_hyper(io, who, clock, recorder, graceful)).await
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 on an inbound connection with hyper;
+    /// `graceful`: a drain began already.
+    async fn serve_hyper<I>(
+        self,
+        io: I,
+        who: Option<String>,
+        clock: Arc<ConnClock>,
+        recorder: Arc<Recorder>,
+        graceful: bool,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (config, member, who_none) = (self.config.clone(), self.member, who.is_none());
         let who_string = who.clone();
-        let clock = ConnClock::new(config.conn_limits);
-        let io = Watched::new(io, clock.clone());
         let svc_clock = clock.clone();
         let who: Option<Arc<str>> = who.map(Arc::from);
-        let recorder = Arc::new(Recorder::inbound(
-            &self.config.metrics,
-            Party::caller(who.as_deref(), &self.config),
-            Party::own(&self.config),
-        ));
         let svc = service_fn(move |req: Request<Incoming>| {
             let (this, who, recorder) = (self.clone(), who.clone(), recorder.clone());
             let in_flight = svc_clock.request();
@@ -797,7 +871,10 @@ impl Inbound {
         tokio::pin!(conn);
         let closing = crate::health::closing(&config.life);
         tokio::pin!(closing);
-        let mut graceful = false;
+        let mut graceful = graceful;
+        if graceful {
+            conn.as_mut().graceful_shutdown();
+        }
         loop {
             tokio::select! {
                 r = conn.as_mut() => {

@@ -102,6 +102,11 @@ impl Taps {
         self.full.store(0, Relaxed);
     }
 
+    /// Whether any tap is open (one atomic load).
+    pub fn any_open(&self) -> bool {
+        self.any.load(Relaxed)
+    }
+
     /// The taps that record this request (none, cheaply, while none is
     /// open); each counts it against its rate.
     pub fn sample(&self) -> Vec<String> {

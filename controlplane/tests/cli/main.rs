@@ -910,6 +910,7 @@ fn server_tls_between_nodes_and_to_clients() {
                 stats_interval: std::time::Duration::from_secs(1),
                 idle_timeout: std::time::Duration::from_secs(60),
                 header_timeout: std::time::Duration::from_secs(10),
+                http1_fast_path: true,
                 workers: None,
                 probe: Default::default(),
                 drain_timeout: std::time::Duration::from_secs(5),

@@ -933,6 +933,7 @@ fn a_committed_deny_ends_live_tcp_tunnels_and_streaming_answers() {
             stats_interval: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(60),
             header_timeout: std::time::Duration::from_secs(10),
+            http1_fast_path: true,
             workers: None,
             probe: Default::default(),
             drain_timeout: std::time::Duration::from_secs(5),

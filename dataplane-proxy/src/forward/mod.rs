@@ -229,6 +229,9 @@ pub struct AppLink {
     app: SocketAddr,
     authority: http::HeaderValue,
     idle: std::sync::Mutex<Vec<hyper::client::conn::http1::SendRequest<Body>>>,
+    /// The fast path's idle connections (`fastpath`): sockets, between
+    /// answers.
+    raw: std::sync::Mutex<Vec<tokio::net::TcpStream>>,
 }
 
 /// Idle connections to the app kept at most; more are closed.
@@ -243,6 +246,42 @@ impl AppLink {
             app,
             authority,
             idle: std::sync::Mutex::new(Vec::new()),
+            raw: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The app's address.
+    pub fn app(&self) -> SocketAddr {
+        self.app
+    }
+
+    /// The most recently kept fast-path connection the app has not closed
+    /// (as far as the reactor has seen: a closed one reads as ready, and
+    /// an open, quiet one costs no system call to tell), if any.
+    pub fn take_raw(&self) -> Option<tokio::net::TcpStream> {
+        let mut raw = self
+            .raw
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(s) = raw.pop() {
+            match s.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(s),
+                // Closed, or bytes nobody asked for: not reusable.
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Keeps a fast-path connection after a whole answer (closed when
+    /// [`APP_IDLE_MAX`] are kept already).
+    pub fn give_back_raw(&self, s: tokio::net::TcpStream) {
+        let mut raw = self
+            .raw
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if raw.len() < APP_IDLE_MAX {
+            raw.push(s);
         }
     }
 

@@ -8,6 +8,7 @@ mod capture;
 mod control_plane;
 mod dns;
 mod egress;
+mod fastpath;
 mod faults;
 mod metrics;
 mod otlp;

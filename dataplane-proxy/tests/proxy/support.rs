@@ -112,6 +112,7 @@ pub fn base_config() -> ProxyConfig {
         stats_interval: std::time::Duration::from_secs(1),
         idle_timeout: std::time::Duration::from_secs(60),
         header_timeout: std::time::Duration::from_secs(10),
+        http1_fast_path: true,
         workers: None,
         probe: Default::default(),
         drain_timeout: std::time::Duration::from_secs(5),

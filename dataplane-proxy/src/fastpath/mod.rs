@@ -1,0 +1,834 @@
+//! The inbound HTTP/1.1 fast path: a request head is parsed in place
+//! (httparse), the same decisions as hyper's path are made on it
+//! (authorization with `authz::decide`, the normal path with
+//! `path::normalise`, metrics with the connection's `Recorder`), and the
+//! head goes to the app as bytes with only the headers the proxy must
+//! rewrite touched (hop-by-hop ones dropped, `x-forwarded-client-cert` set);
+//! bodies are relayed as they come (a chunked one checked for where it
+//! ends, `chunked.rs`). The app's answer comes back the same way. No
+//! `HeaderMap` is built on either side, and one read and one write per
+//! side carry a small request.
+//!
+//! It covers plain keep-alive HTTP/1.1 requests only. A request it does
+//! not cover — HTTP/1.0, an upgrade or CONNECT, `Expect`, a path that is
+//! not already in normal form or is refused, an absolute URI, a framing
+//! hyper would judge (both `Content-Length` and `Transfer-Encoding`, two
+//! lengths, another coding), gRPC, a head over 64 KiB or 64 headers, a
+//! service with a rate limit — or a moment when access logs, taps or
+//! tracing are on, hands the connection to hyper ([`Served::Fallback`])
+//! before anything of that request is sent: hyper serves it and the rest
+//! of the connection, from the bytes already read (`Rewind`). The fallbacks
+//! are counted (`raftmesh_proxy_http1_fallbacks_total{reason}`).
+//!
+//! Between requests a connection holds no buffer: the read buffer is
+//! taken when bytes arrive and given back when the connection waits
+//! (`read_some`), so an idle keep-alive connection costs its task and
+//! the kernel's socket (`bench/conns.sh`).
+//!
+//! Connections to the app are kept in `AppLink`'s stack of idle raw
+//! sockets; a kept one the app closed before any answer byte has the
+//! request (when it is still all in memory) sent again on a new one.
+
+mod chunked;
+mod rewind;
+
+pub use rewind::Rewind;
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::ProxyError;
+use crate::forward::AppLink;
+use crate::metrics::Recorder;
+use crate::state::Config;
+use chunked::Chunked;
+
+/// What a read asks for at least when the buffer is short.
+const READ_CHUNK: usize = 8 * 1024;
+/// The least a buffer is allocated with.
+const FIRST_BUFFER: usize = 1024;
+/// A request or response head longer than this goes to hyper (requests)
+/// or is refused (answers).
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers parsed at most; a head with more goes to hyper (requests).
+const MAX_HEADERS: usize = 64;
+
+/// How a connection left the fast path.
+pub enum Served {
+    /// It is closed (either side, an error, a drain).
+    Closed,
+    /// A request the fast path does not cover (the reason, for metrics):
+    /// hyper serves the connection from here, starting with these bytes.
+    Fallback(BytesMut, &'static str),
+}
+
+/// What the fast path needs of its inbound connection.
+pub struct Conn<'a> {
+    /// The proxy's config.
+    pub config: &'a Arc<Config>,
+    /// The connections to the app.
+    pub link: &'a AppLink,
+    /// The app's port (named in `app-unavailable` answers).
+    pub app_port: u16,
+    /// A mesh proxy (not a `--config-file` one).
+    pub member: bool,
+    /// The caller's SPIFFE ID (mutual TLS).
+    pub who: Option<&'a str>,
+    /// The connection's request metrics.
+    pub recorder: &'a Arc<Recorder>,
+    /// The connection's head and idle limits.
+    pub clock: &'a Arc<crate::conn::ConnClock>,
+    /// Set when the proxy drains: the connection closes after the
+    /// request in flight.
+    pub draining: &'a AtomicBool,
+}
+
+/// Serves `io` until it closes or needs hyper.
+pub async fn serve<I>(io: &mut I, c: &Conn<'_>) -> Served
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    // `x-forwarded-client-cert`, as `authz::set_caller` writes it.
+    let caller = c.who.and_then(|w| {
+        let v = format!("URI={w}");
+        http::HeaderValue::from_str(&v)
+            .ok()
+            .map(|_| format!("{}: {v}\r\n", crate::authz::CALLER_HEADER).into_bytes())
+    });
+    let mut buf = BytesMut::new();
+    loop {
+        let p = loop {
+            if !buf.is_empty() {
+                match prepare(&buf, caller.as_deref()) {
+                    Prep::More if buf.len() < MAX_HEAD => {}
+                    Prep::More => return Served::Fallback(buf, "large-head"),
+                    Prep::Fallback(why) => return Served::Fallback(buf, why),
+                    Prep::Ready(p) => match refused(&p, c) {
+                        Some(why) => return Served::Fallback(buf, why),
+                        None => break p,
+                    },
+                }
+            } else if c.draining.load(Ordering::Relaxed) {
+                return Served::Closed;
+            }
+            match read_some(io, &mut buf).await {
+                Ok(0) | Err(_) => return Served::Closed,
+                Ok(_) => {}
+            }
+        };
+        let in_flight = c.clock.request();
+        let started = Instant::now();
+        let keep = exchange(io, &mut buf, p, c, started).await;
+        drop(in_flight);
+        if !keep || c.draining.load(Ordering::Relaxed) && buf.is_empty() {
+            return Served::Closed;
+        }
+        if buf.is_empty() {
+            // Nothing held while the connection waits.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+/// Reads more of `io` into `buf`. A buffer with no capacity (a connection
+/// between requests) stays so while the read waits: the read goes to the
+/// stack, and only what came is kept, in a buffer of its size (small
+/// ones come from the allocator's per-thread cache).
+async fn read_some<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> std::io::Result<usize> {
+    poll_fn(|cx| {
+        if buf.capacity() == 0 {
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
+            return Pin::new(&mut *io).poll_read(cx, &mut rb).map_ok(|()| {
+                let got = rb.filled();
+                if !got.is_empty() {
+                    *buf = BytesMut::with_capacity(got.len().max(FIRST_BUFFER));
+                    buf.extend_from_slice(got);
+                }
+                got.len()
+            });
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)
+    })
+    .await
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the sender closes (answers only).
+    UntilClose,
+}
+
+/// A request ready to go to the app.
+#[derive(Debug)]
+struct Prepared {
+    /// The head as the app gets it.
+    out: Vec<u8>,
+    /// The head's length as read.
+    head_len: usize,
+    body: Framing,
+    head_method: bool,
+    /// The client asked to close after this request.
+    close: bool,
+    /// The method's and the path's places in `out`.
+    method: usize,
+    path: (usize, usize),
+}
+
+#[derive(Debug)]
+enum Prep {
+    /// The head is not complete yet.
+    More,
+    /// Not for the fast path: why.
+    Fallback(&'static str),
+    Ready(Prepared),
+}
+
+/// Case-insensitive header name match.
+fn is(name: &str, want: &str) -> bool {
+    name.len() == want.len() && name.eq_ignore_ascii_case(want)
+}
+
+/// Bytes a request target may hold here: RFC 3986's path and query
+/// characters (unreserved, sub-delims, `:@/?%`). Anything else goes to
+/// hyper, which judges it as it always has.
+fn target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+}
+
+/// Parses one request head at the start of `buf` and writes it as the
+/// app gets it (nothing is consumed).
+fn prepare(buf: &[u8], caller: Option<&[u8]>) -> Prep {
+    if buf.starts_with(b"PRI * HTTP/2") {
+        return Prep::Fallback("http2");
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Prep::More,
+        // hyper answers it (400, 431) as before.
+        Err(httparse::Error::TooManyHeaders) => return Prep::Fallback("many-headers"),
+        Err(_) => return Prep::Fallback("malformed"),
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Prep::Fallback("version");
+    };
+    if method == "CONNECT" {
+        return Prep::Fallback("upgrade");
+    }
+    if !target.starts_with('/') || !target.bytes().all(target_byte) {
+        return Prep::Fallback("target");
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    match crate::path::normalise(path) {
+        Ok(std::borrow::Cow::Borrowed(_)) => {}
+        // Rewritten or refused: hyper's path does both, as before.
+        _ => return Prep::Fallback("path"),
+    }
+    // The head as the app gets it, written as the headers are read.
+    let caller_len = caller.map_or(0, <[u8]>::len);
+    let mut out = Vec::with_capacity(head_len + caller_len + 16);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    let path_at = out.len();
+    out.extend_from_slice(target.as_bytes());
+    let path_end = path_at + path.len();
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let (mut hosts, mut length, mut chunked, mut close) = (0, None::<u64>, false, false);
+    for h in req.headers.iter() {
+        let (n, v) = (h.name, h.value);
+        // Told apart by length first: most headers are compared with
+        // nothing.
+        let skip = match n.len() {
+            2 if is(n, "te") => v != b"trailers",
+            4 if is(n, "host") => {
+                hosts += 1;
+                false
+            }
+            6 if is(n, "expect") => return Prep::Fallback("expect"),
+            7 if is(n, "upgrade") => return Prep::Fallback("upgrade"),
+            10 if is(n, "connection") => {
+                for t in v.split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        return Prep::Fallback("upgrade");
+                    }
+                }
+                true
+            }
+            10 => is(n, "keep-alive"),
+            12 if is(n, "content-type") => {
+                if v.starts_with(b"application/grpc") {
+                    return Prep::Fallback("grpc");
+                }
+                false
+            }
+            14 if is(n, "content-length") => {
+                if length.is_some()
+                    || v.is_empty()
+                    || v.len() > 18
+                    || !v.iter().all(u8::is_ascii_digit)
+                {
+                    return Prep::Fallback("framing");
+                }
+                length = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+                false
+            }
+            16 => is(n, "proxy-connection"),
+            17 if is(n, "transfer-encoding") => {
+                if chunked || !v.eq_ignore_ascii_case(b"chunked") {
+                    return Prep::Fallback("framing");
+                }
+                chunked = true;
+                false
+            }
+            19 => is(n, "proxy-authorization"),
+            // The caller's identity is the proxy's to say (and the
+            // underscore spelling CGI frameworks read as the same header).
+            23 => n
+                .bytes()
+                .zip(crate::authz::CALLER_HEADER.bytes())
+                .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-')),
+            _ => false,
+        };
+        if !skip {
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if hosts != 1 {
+        return Prep::Fallback("host");
+    }
+    if chunked && length.is_some() {
+        return Prep::Fallback("framing");
+    }
+    if let Some(line) = caller {
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b"\r\n");
+    let body = match (chunked, length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(n)) if n > 0 => Framing::Length(n),
+        _ => Framing::None,
+    };
+    Prep::Ready(Prepared {
+        out,
+        head_len,
+        body,
+        head_method: method == "HEAD",
+        close,
+        method: method.len(),
+        path: (path_at, path_end),
+    })
+}
+
+/// The decisions hyper's path makes before a request goes to the app: a
+/// request they refuse is hyper's to answer (it decides the same again).
+/// And what needs hyper's request: access log records, taps, tracing.
+fn refused(p: &Prepared, c: &Conn<'_>) -> Option<&'static str> {
+    if c.config.taps.any_open() {
+        return Some("tap");
+    }
+    let current = c.config.current();
+    if current.access_log.is_some() {
+        return Some("access-log");
+    }
+    if c.config.traces.active().is_some() {
+        return Some("tracing");
+    }
+    let strict = current.authz.mtls == raftmesh_api::MtlsMode::Strict;
+    let method = std::str::from_utf8(&p.out[..p.method]).unwrap_or("");
+    let path = std::str::from_utf8(&p.out[p.path.0..p.path.1]).unwrap_or("");
+    if c.member && strict && c.who.is_none()
+        || crate::authz::decide(&current.authz, c.who, method, path).is_err()
+    {
+        Some("refused")
+    } else if current.authz.rate_limit.is_some() {
+        Some("rate-limit")
+    } else {
+        None
+    }
+}
+
+/// Why a request ended without a whole answer relayed.
+enum Failed {
+    /// The client went away or sent a bad body: close, nothing to say.
+    Client,
+    /// The app's side broke: answer 502 if nothing was sent to the client yet.
+    App,
+}
+
+/// One request and its answer; whether the connection stays open.
+async fn exchange<I>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    p: Prepared,
+    c: &Conn<'_>,
+    started: Instant,
+) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    buf.advance(p.head_len);
+    let mut out = p.out;
+    // What of the body is here already goes out with the head.
+    let mut left = match p.body {
+        Framing::Length(n) => {
+            let k = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+            out.extend_from_slice(&buf[..k]);
+            buf.advance(k);
+            Body::Length(n - k as u64)
+        }
+        Framing::Chunked => {
+            let mut scan = Chunked::default();
+            match scan.scan(buf) {
+                Ok(Some(end)) => {
+                    out.extend_from_slice(&buf[..end]);
+                    buf.advance(end);
+                    Body::Done
+                }
+                Ok(None) => {
+                    out.extend_from_slice(buf);
+                    buf.clear();
+                    Body::Chunked(scan)
+                }
+                Err(_) => return false,
+            }
+        }
+        _ => Body::Done,
+    };
+    if matches!(left, Body::Length(0)) {
+        left = Body::Done;
+    }
+    let replayable = matches!(left, Body::Done);
+    let app_name = || c.link.app().to_string();
+    let mut rbuf = BytesMut::new();
+    let mut app = None;
+    for attempt in 0..2 {
+        let kept = if attempt == 0 {
+            c.link.take_raw()
+        } else {
+            None
+        };
+        let reused = kept.is_some();
+        let mut stream = match kept {
+            Some(s) => s,
+            None => match c.link.open_tunnel().await {
+                Ok(s) => s,
+                Err(_) => {
+                    let e = ProxyError::AppUnavailable(c.app_port);
+                    return answer(io, e, c, started, !replayable || p.close).await;
+                }
+            },
+        };
+        // Whether the request may go out again, on a new connection, if
+        // this kept one failed (the app closed it as the request went out).
+        let again = match send(io, buf, &mut stream, &out, &mut left).await {
+            // The answer's first bytes.
+            Ok(()) => match read_some(&mut stream, &mut rbuf).await {
+                Ok(n) if n > 0 => {
+                    app = Some(stream);
+                    break;
+                }
+                // Written, and no answer: the app may have seen it, so
+                // only an idempotent request goes again (RFC 9112 §9.3.1).
+                _ => idempotent(&out[..p.method]),
+            },
+            // Not written whole: the app cannot have acted on it.
+            Err(Failed::App) => true,
+            Err(Failed::Client) => return false,
+        };
+        if !(reused && replayable && again) {
+            return answer(io, ProxyError::Reset(app_name()), c, started, true).await;
+        }
+    }
+    let Some(mut app) = app else {
+        return answer(io, ProxyError::Reset(app_name()), c, started, true).await;
+    };
+    // The answer's head (informational ones relayed as they come).
+    let r = loop {
+        match parse_response(&rbuf, p.head_method) {
+            Resp::More if rbuf.len() < MAX_HEAD => match read_some(&mut app, &mut rbuf).await {
+                Ok(n) if n > 0 => {}
+                _ => return answer(io, ProxyError::Reset(app_name()), c, started, true).await,
+            },
+            Resp::More | Resp::Bad => {
+                return answer(io, ProxyError::Reset(app_name()), c, started, true).await
+            }
+            Resp::Info(n, head) => {
+                rbuf.advance(n);
+                if io.write_all(&head).await.is_err() {
+                    return false;
+                }
+            }
+            Resp::Ready(r) => break r,
+        }
+    };
+    rbuf.advance(r.head_len);
+    let close = p.close || r.body == Framing::UntilClose || c.draining.load(Ordering::Relaxed);
+    let mut head = r.out;
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    c.recorder
+        .record(None, (r.code, "", r.error), false, started.elapsed());
+    // Then the body: what is here goes with the head.
+    let mut body = match r.body {
+        Framing::None => Body::Done,
+        Framing::Length(n) => {
+            let k = usize::try_from(n).unwrap_or(usize::MAX).min(rbuf.len());
+            head.extend_from_slice(&rbuf[..k]);
+            rbuf.advance(k);
+            match n - k as u64 {
+                0 => Body::Done,
+                n => Body::Length(n),
+            }
+        }
+        Framing::Chunked => {
+            let mut scan = Chunked::default();
+            match scan.scan(&rbuf) {
+                Ok(Some(end)) => {
+                    head.extend_from_slice(&rbuf[..end]);
+                    rbuf.advance(end);
+                    Body::Done
+                }
+                Ok(None) => {
+                    head.extend_from_slice(&rbuf);
+                    rbuf.clear();
+                    Body::Chunked(scan)
+                }
+                // Nothing sent yet: say so.
+                Err(_) => return answer(io, ProxyError::Reset(app_name()), c, started, true).await,
+            }
+        }
+        Framing::UntilClose => {
+            head.extend_from_slice(&rbuf);
+            rbuf.clear();
+            Body::UntilClose
+        }
+    };
+    if io.write_all(&head).await.is_err() {
+        return false;
+    }
+    drop(head);
+    if !matches!(body, Body::Done) {
+        let relay = relay(&mut app, io, &mut rbuf, &mut body);
+        // A streaming answer ends when a committed policy stops allowing
+        // it (`guard.rs`); a sized one cannot outlive its decision by much.
+        let relayed = if matches!(r.body, Framing::Chunked | Framing::UntilClose) {
+            let config = c.config.clone();
+            let who = c.who.map(str::to_string);
+            let method = String::from_utf8_lossy(&out[..p.method]).into_owned();
+            let path = String::from_utf8_lossy(&out[p.path.0..p.path.1]).into_owned();
+            let still: crate::guard::StillAllowed = Box::new(move || {
+                crate::authz::decide(&config.current().authz, who.as_deref(), &method, &path)
+                    .is_ok()
+            });
+            tokio::select! {
+                r = relay => r,
+                _ = crate::guard::until(c.config.clone(), still) => Err(Failed::Client),
+            }
+        } else {
+            relay.await
+        };
+        if relayed.is_err() || r.body == Framing::UntilClose {
+            return false;
+        }
+    }
+    if r.keep && rbuf.is_empty() {
+        c.link.give_back_raw(app);
+    }
+    !close
+}
+
+/// RFC 9110 §9.2.2's idempotent methods.
+fn idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+/// What is left of a body to relay.
+enum Body {
+    Done,
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+/// Writes the head (and what was here of the body), then relays the rest
+/// of the request body from the client.
+async fn send<I>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    app: &mut TcpStream,
+    out: &[u8],
+    left: &mut Body,
+) -> Result<(), Failed>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    app.write_all(out).await.map_err(|_| Failed::App)?;
+    // The body from the client (what follows it stays in `buf`).
+    relay(io, app, buf, left).await
+}
+
+/// Relays `left` of a body from `from` to `to`, through `buf` (which may
+/// hold its start; what follows the body stays in it). `Failed::Client`
+/// when reading `from` broke (or the body is malformed), `Failed::App` when
+/// writing `to` did: named for a request body, the other way round for an
+/// answer's.
+async fn relay<R, W>(
+    from: &mut R,
+    to: &mut W,
+    buf: &mut BytesMut,
+    left: &mut Body,
+) -> Result<(), Failed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        if matches!(left, Body::Done) {
+            return Ok(());
+        }
+        if buf.is_empty() {
+            match read_some(from, buf).await {
+                Ok(n) if n > 0 => {}
+                Ok(_) if matches!(left, Body::UntilClose) => return Ok(()),
+                _ => return Err(Failed::Client),
+            }
+        }
+        let (take, done) = match left {
+            Body::Done => return Ok(()),
+            Body::Length(n) => {
+                let k = usize::try_from(*n).unwrap_or(usize::MAX).min(buf.len());
+                *n -= k as u64;
+                (k, *n == 0)
+            }
+            Body::Chunked(scan) => match scan.scan(buf) {
+                Ok(Some(end)) => (end, true),
+                Ok(None) => (buf.len(), false),
+                Err(_) => return Err(Failed::Client),
+            },
+            Body::UntilClose => (buf.len(), false),
+        };
+        to.write_all(&buf[..take]).await.map_err(|_| Failed::App)?;
+        buf.advance(take);
+        if done {
+            *left = Body::Done;
+            return Ok(());
+        }
+    }
+}
+
+/// The app's answer head, read.
+#[derive(Debug)]
+struct Answer {
+    /// The head as the client gets it, without its final CRLF.
+    out: Vec<u8>,
+    head_len: usize,
+    code: u16,
+    /// The mesh's error code it carries (`x-raftmesh-error`), if any.
+    error: &'static str,
+    body: Framing,
+    /// The app keeps the connection open after it.
+    keep: bool,
+}
+
+#[derive(Debug)]
+enum Resp {
+    More,
+    Bad,
+    /// An informational (1xx) head of this length, as the client gets it.
+    Info(usize, Vec<u8>),
+    Ready(Answer),
+}
+
+/// Parses the app's answer head at the start of `buf`.
+fn parse_response(buf: &[u8], head_method: bool) -> Resp {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut headers);
+    let head_len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Resp::More,
+        Err(_) => return Resp::Bad,
+    };
+    let (Some(version), Some(code)) = (r.version, r.code) else {
+        return Resp::Bad;
+    };
+    // Never asked for a switch (upgrades go to hyper).
+    if code == 101 || !(100..=999).contains(&code) {
+        return Resp::Bad;
+    }
+    let mut out = Vec::with_capacity(head_len + 24);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // Three digits (checked above).
+    out.extend_from_slice(&[
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
+    out.push(b' ');
+    out.extend_from_slice(r.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let (mut length, mut te, mut chunked) = (None::<u64>, false, false);
+    // Where the (last) Content-Length line went, and how many there were:
+    // Transfer-Encoding overrides it, so it is taken out again.
+    let (mut length_line, mut lengths) = (0..0, 0);
+    let mut keep = version == 1;
+    let mut error = "";
+    for h in r.headers.iter() {
+        let (n, v) = (h.name, h.value);
+        let skip = match n.len() {
+            7 => is(n, "upgrade"),
+            10 if is(n, "connection") => {
+                for t in v.split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        keep = false;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                        keep = true;
+                    }
+                }
+                true
+            }
+            10 => is(n, "keep-alive"),
+            14 if is(n, "content-length") => {
+                let v = std::str::from_utf8(v).ok().map(str::trim);
+                let Some(v) = v.filter(|v| {
+                    !v.is_empty() && v.len() <= 18 && v.bytes().all(|b| b.is_ascii_digit())
+                }) else {
+                    return Resp::Bad;
+                };
+                let v: u64 = v.parse().unwrap_or(0);
+                if length.is_some_and(|l| l != v) {
+                    return Resp::Bad;
+                }
+                length = Some(v);
+                lengths += 1;
+                length_line = out.len()..out.len() + n.len() + 2 + h.value.len() + 2;
+                false
+            }
+            16 if is(n, "proxy-connection") => true,
+            16 => {
+                if code >= 400 && is(n, crate::error::ERROR_HEADER) {
+                    error = crate::error::code_of_bytes(v);
+                }
+                false
+            }
+            17 if is(n, "transfer-encoding") => {
+                te = true;
+                // Chunked only when it is the last coding.
+                chunked = v
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                false
+            }
+            _ => false,
+        };
+        if !skip {
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if te && lengths > 0 {
+        if lengths > 1 {
+            return Resp::Bad;
+        }
+        out.drain(length_line);
+    }
+    if code < 200 {
+        out.extend_from_slice(b"\r\n");
+        return Resp::Info(head_len, out);
+    }
+    let body = if head_method || code == 204 || code == 304 {
+        Framing::None
+    } else if te {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    Resp::Ready(Answer {
+        out,
+        head_len,
+        code,
+        error,
+        keep: keep && body != Framing::UntilClose,
+        body,
+    })
+}
+
+/// Answers the proxy's own error, counted as hyper's path counts it;
+/// whether the connection stays open.
+async fn answer<I>(io: &mut I, e: ProxyError, c: &Conn<'_>, started: Instant, close: bool) -> bool
+where
+    I: AsyncWrite + Unpin,
+{
+    let (resp, code, error) = crate::server::finish(Err(e), &c.config.metrics, false);
+    let _ = crate::server::count(c.recorder, None, &resp, false, (code, error), started);
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (k, v) in &parts.headers {
+        if k == http::header::CONTENT_LENGTH || k == http::header::CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    io.write_all(&out).await.is_ok() && !close
+}
+
+#[cfg(test)]
+mod tests;
