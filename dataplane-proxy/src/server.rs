@@ -343,8 +343,15 @@ pub async fn serve_inbound(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let app: SocketAddr = SocketAddr::from(([127, 0, 0, 1], app_port));
-    let link = Arc::new(crate::forward::AppLink::new(app));
-    let last_refusal_log = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let inbound = Arc::new(Inbound {
+        config: config.clone(),
+        member: workload.is_some(),
+        last_refusal_log: Default::default(),
+        forward,
+        link: crate::forward::AppLink::new(app),
+        app,
+        app_port,
+    });
     let mut backoff = AcceptBackoff::default();
     loop {
         let stream = tokio::select! {
@@ -358,23 +365,12 @@ pub async fn serve_inbound(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (forward, config, workload) = (forward.clone(), config.clone(), workload.clone());
-        let link = link.clone();
-        let last_refusal_log = last_refusal_log.clone();
+        let (inbound, workload) = (inbound.clone(), workload.clone());
         let mut conn_stop = shutdown.clone();
         let open = OpenCount::new(config.inbound_open.clone());
         tokio::spawn(async move {
             let _open = open;
-            let guard = ConnGuard::open(&config.metrics, "inbound");
-            let inbound = Inbound {
-                config,
-                member: workload.is_some(),
-                last_refusal_log,
-                forward,
-                link,
-                app,
-                app_port,
-            };
+            let guard = ConnGuard::open(&inbound.config.metrics, "inbound");
             tokio::select! {
                 _ = inbound.connection(stream, workload, guard) => {}
                 _ = crate::stopped(&mut conn_stop) => {}
@@ -383,16 +379,17 @@ pub async fn serve_inbound(
     }
 }
 
-#[derive(Clone)]
+/// What every connection of an inbound listener shares (one per
+/// listener: a connection holds a pointer to it, not a copy).
 struct Inbound {
     config: Arc<Config>,
     /// A mesh proxy (with a control plane), not a `--config-file` one.
     member: bool,
     /// When a refused connection was last logged (unix ms).
-    last_refusal_log: Arc<std::sync::atomic::AtomicU64>,
+    last_refusal_log: std::sync::atomic::AtomicU64,
     forward: Forward,
     /// HTTP/1.1 connections to the app, shared by all inbound connections.
-    link: Arc<crate::forward::AppLink>,
+    link: crate::forward::AppLink,
     app: SocketAddr,
     app_port: u16,
 }
@@ -480,7 +477,7 @@ impl Inbound {
     }
 
     async fn connection(
-        self,
+        self: Arc<Self>,
         stream: TcpStream,
         workload: Option<Arc<Workload>>,
         mut guard: ConnGuard,
@@ -527,7 +524,9 @@ impl Inbound {
                 } else {
                     let mut stream = guard.peer(&Party::default(), stream);
                     let app = to.unwrap_or(self.app);
-                    self.relay_to_app(&mut stream, app, None, member).await;
+                    // Boxed, as TLS: an HTTP connection's task carries no
+                    // room for a relay's state.
+                    Box::pin(self.relay_to_app(&mut stream, app, None, member)).await;
                 }
             }
         }
@@ -537,7 +536,7 @@ impl Inbound {
     /// HTTP or (ALPN `raftmesh-tcp`) opaque TCP, authorized by the peer's
     /// identity.
     async fn serve_tls(
-        self,
+        self: Arc<Self>,
         stream: TcpStream,
         tls: Arc<crate::tls::Tls>,
         strict: bool,
@@ -594,7 +593,7 @@ impl Inbound {
     /// Serves HTTP on an inbound connection: HTTP/1.1 on the fast path
     /// (`fastpath`) while it covers the requests, then hyper (HTTP/2,
     /// upgrades, ... and the rest of a connection the fast path handed on).
-    async fn serve_http<I>(self, io: I, who: Option<String>)
+    async fn serve_http<I>(self: Arc<Self>, io: I, who: Option<String>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -659,15 +658,31 @@ impl Inbound {
                 }
             }
         }
-        // Boxed: a fast-path connection's task carries no room for hyper's.
         let io = crate::fastpath::Rewind::new(pre, io);
-        Box::pin(self.serve_hyper(io, who, clock, recorder, graceful)).await
+        self.serve_hyper_boxed(io, who, clock, recorder, graceful)
+            .await
+    }
+
+    /// [`Self::serve_hyper`], boxed where it is made: the fast path's task
+    /// carries no room for hyper's connection.
+    fn serve_hyper_boxed<I>(
+        self: Arc<Self>,
+        io: I,
+        who: Option<String>,
+        clock: Arc<ConnClock>,
+        recorder: Arc<Recorder>,
+        graceful: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        Box::pin(self.serve_hyper(io, who, clock, recorder, graceful))
     }
 
     /// Serves HTTP/1.1 or HTTP/2 on an inbound connection with hyper;
     /// `graceful`: a drain began already.
     async fn serve_hyper<I>(
-        self,
+        self: Arc<Self>,
         io: I,
         who: Option<String>,
         clock: Arc<ConnClock>,

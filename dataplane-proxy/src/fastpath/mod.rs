@@ -94,7 +94,7 @@ pub struct Conn<'a> {
 /// Serves `io` until it closes or needs hyper.
 pub async fn serve<I>(io: &mut I, c: &Conn<'_>) -> Served
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + Send,
 {
     // `x-forwarded-client-cert`, as `authz::set_caller` writes it.
     let caller = c.who.and_then(|w| {
@@ -126,7 +126,7 @@ where
         };
         let in_flight = c.clock.request();
         let started = Instant::now();
-        let keep = exchange(io, &mut buf, p, c, started).await;
+        let keep = exchange_boxed(io, &mut buf, p, c, started).await;
         drop(in_flight);
         if !keep || c.draining.load(Ordering::Relaxed) && buf.is_empty() {
             return Served::Closed;
@@ -378,6 +378,21 @@ enum Failed {
     App,
 }
 
+/// [`exchange`], boxed where it is made: a request's state lives only
+/// while the request does, and a waiting connection's task stays small.
+fn exchange_boxed<'a, I>(
+    io: &'a mut I,
+    buf: &'a mut BytesMut,
+    p: Prepared,
+    c: &'a Conn<'_>,
+    started: Instant,
+) -> Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    Box::pin(exchange(io, buf, p, c, started))
+}
+
 /// One request and its answer; whether the connection stays open.
 async fn exchange<I>(
     io: &mut I,
@@ -387,7 +402,7 @@ async fn exchange<I>(
     started: Instant,
 ) -> bool
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + Send,
 {
     buf.advance(p.head_len);
     let mut out = p.out;
@@ -545,10 +560,7 @@ where
                 crate::authz::decide(&config.current().authz, who.as_deref(), &method, &path)
                     .is_ok()
             });
-            tokio::select! {
-                r = relay => r,
-                _ = crate::guard::until(c.config.clone(), still) => Err(Failed::Client),
-            }
+            guarded(relay, c.config.clone(), still).await
         } else {
             relay.await
         };
@@ -560,6 +572,25 @@ where
         c.link.give_back_raw(app);
     }
     !close
+}
+
+/// `relay`, ended when a committed policy stops allowing the request.
+/// Boxed where it is made: rare, and the connection's task should not
+/// carry room for it.
+fn guarded<'a, F>(
+    relay: F,
+    config: Arc<Config>,
+    still: crate::guard::StillAllowed,
+) -> Pin<Box<dyn std::future::Future<Output = Result<(), Failed>> + Send + 'a>>
+where
+    F: std::future::Future<Output = Result<(), Failed>> + Send + 'a,
+{
+    Box::pin(async move {
+        tokio::select! {
+            r = relay => r,
+            _ = crate::guard::until(config, still) => Err(Failed::Client),
+        }
+    })
 }
 
 /// RFC 9110 §9.2.2's idempotent methods.
@@ -588,7 +619,7 @@ async fn send<I>(
     left: &mut Body,
 ) -> Result<(), Failed>
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + Send,
 {
     app.write_all(out).await.map_err(|_| Failed::App)?;
     // The body from the client (what follows it stays in `buf`).
@@ -607,8 +638,8 @@ async fn relay<R, W>(
     left: &mut Body,
 ) -> Result<(), Failed>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
 {
     loop {
         if matches!(left, Body::Done) {
@@ -793,41 +824,50 @@ fn parse_response(buf: &[u8], head_method: bool) -> Resp {
 }
 
 /// Answers the proxy's own error, counted as hyper's path counts it;
-/// whether the connection stays open.
-async fn answer<I>(io: &mut I, e: ProxyError, c: &Conn<'_>, started: Instant, close: bool) -> bool
+/// whether the connection stays open. Boxed where it is made: rare, and
+/// the connection's task should not carry room for it.
+fn answer<'a, I>(
+    io: &'a mut I,
+    e: ProxyError,
+    c: &'a Conn<'_>,
+    started: Instant,
+    close: bool,
+) -> Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>
 where
-    I: AsyncWrite + Unpin,
+    I: AsyncWrite + Unpin + Send,
 {
-    let (resp, code, error) = crate::server::finish(Err(e), &c.config.metrics, false);
-    let _ = crate::server::count(c.recorder, None, &resp, false, (code, error), started);
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(256 + body.len());
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (k, v) in &parts.headers {
-        if k == http::header::CONTENT_LENGTH || k == http::header::CONNECTION {
-            continue;
-        }
-        out.extend_from_slice(k.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
+    Box::pin(async move {
+        let (resp, code, error) = crate::server::finish(Err(e), &c.config.metrics, false);
+        let _ = crate::server::count(c.recorder, None, &resp, false, (code, error), started);
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(256 + body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(parts.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
-    io.write_all(&out).await.is_ok() && !close
+        for (k, v) in &parts.headers {
+            if k == http::header::CONTENT_LENGTH || k == http::header::CONNECTION {
+                continue;
+            }
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        io.write_all(&out).await.is_ok() && !close
+    })
 }
 
 #[cfg(test)]
