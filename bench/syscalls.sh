@@ -69,7 +69,7 @@ for t in $TARGETS; do
   sleep 0.5; kill -INT "$st"; wait "$st" 2>/dev/null || true
   # strace -c's table: % time, seconds, usecs/call, calls, errors, syscall
   awk -v n="$N" -v t="$t" '
-    $1 ~ /^[0-9.]+$/ && NF >= 5 { name=$NF; calls=$4; tot+=calls; by[name]=calls }
+    $1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" { name=$NF; calls=$4; tot+=calls; by[name]=calls }
     END { s=""; for (k in by) if (by[k]/n >= 0.01) s=s sprintf("%s %.2f  ", k, by[k]/n);
           printf "%s\t%d\t%.2f\t%s\n", t, n, tot/n, s }' "$RUN_DIR/strace-$t.txt"
 done

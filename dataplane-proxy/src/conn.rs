@@ -229,6 +229,55 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 }
 
+/// A future polled only when its own waker fired (and at its first
+/// poll), not at every wake of the task that holds it. A connection's
+/// task wakes twice per request; the futures that end a connection
+/// (drains, limits, revocations) are quiet almost always, and polling each
+/// of them at every wake costs more than the request's own decisions.
+pub struct Quiet<F> {
+    inner: F,
+    flag: Arc<QuietFlag>,
+}
+
+struct QuietFlag {
+    woken: AtomicBool,
+    task: futures::task::AtomicWaker,
+}
+
+impl futures::task::ArcWake for QuietFlag {
+    fn wake_by_ref(this: &Arc<Self>) {
+        this.woken.store(true, Ordering::Release);
+        this.task.wake();
+    }
+}
+
+impl<F> Quiet<F> {
+    /// `inner`, polled when it asks to be.
+    pub fn new(inner: F) -> Self {
+        Self {
+            inner,
+            flag: Arc::new(QuietFlag {
+                woken: AtomicBool::new(true),
+                task: futures::task::AtomicWaker::new(),
+            }),
+        }
+    }
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Quiet<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.flag.task.register(cx.waker());
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let flag = self.flag.clone();
+        let waker = futures::task::waker_ref(&flag);
+        Pin::new(&mut self.inner).poll(&mut Context::from_waker(&waker))
+    }
+}
+
 /// Backs off after failed accepts (out of file descriptors, ...), so a
 /// listener never spins: 5 ms, doubling to 1 s, reset by a success.
 #[derive(Debug, Default)]
@@ -331,6 +380,40 @@ mod tests {
         assert!(busy.is_err(), "a request in flight is never idle");
         drop(r);
     }
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_future_is_polled_when_it_woke_and_not_at_other_wakes() {
+        use std::sync::atomic::AtomicUsize;
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = tokio::sync::watch::channel(0);
+        let p = polls.clone();
+        let quiet = Quiet::new(Box::pin(async move {
+            loop {
+                p.fetch_add(1, Ordering::SeqCst);
+                let _ = rx.changed().await;
+                if *rx.borrow() == 2 {
+                    return "ended";
+                }
+            }
+        }));
+        tokio::pin!(quiet);
+        // The task wakes 50 times for other reasons: one poll, the first.
+        let mut ended = None;
+        for _ in 0..50 {
+            tokio::select! {
+                r = &mut quiet => { ended = Some(r); break; }
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+        assert_eq!((ended, polls.load(Ordering::SeqCst)), (None, 1));
+        // Its own wake: polled again; then it ends when it says so.
+        tx.send(1).unwrap();
+        let r = tokio::time::timeout(Duration::from_millis(5), &mut quiet).await;
+        assert!(r.is_err());
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        tx.send(2).unwrap();
+        assert_eq!(quiet.await, "ended");
+    }
+
     #[test]
     fn failed_accepts_back_off_to_a_second_and_a_success_resets() {
         let mut b = AcceptBackoff::default();

@@ -371,9 +371,12 @@ pub async fn serve_inbound(
         tokio::spawn(async move {
             let _open = open;
             let guard = ConnGuard::open(&inbound.config.metrics, "inbound");
+            // Polled when the proxy stops, not at each of the connection's wakes.
+            let stopped = crate::conn::Quiet::new(Box::pin(crate::stopped(&mut conn_stop)));
             tokio::select! {
+                biased;
                 _ = inbound.connection(stream, workload, guard) => {}
-                _ = crate::stopped(&mut conn_stop) => {}
+                _ = stopped => {}
             }
         });
     }
@@ -620,36 +623,44 @@ impl Inbound {
                 draining: &draining,
             };
             let fast = crate::fastpath::serve(&mut io, &c);
-            tokio::pin!(fast);
-            let closing = crate::health::closing(&config.life);
-            tokio::pin!(closing);
-            let served = loop {
-                tokio::select! {
-                    s = fast.as_mut() => break s,
-                    // A drain: the request in flight is answered, then the
-                    // connection closes; an idle one closes now.
-                    _ = &mut closing, if !graceful => {
-                        graceful = true;
-                        draining.store(true, std::sync::atomic::Ordering::Relaxed);
-                        if clock.idle_now() {
+            // What ends the connection, polled only when it woke.
+            let ends = crate::conn::Quiet::new(Box::pin(async {
+                let closing = crate::health::closing(&config.life);
+                tokio::pin!(closing);
+                let mut drain = false;
+                loop {
+                    tokio::select! {
+                        // A drain: the request in flight is answered, then
+                        // the connection closes; an idle one closes now.
+                        _ = &mut closing, if !drain => {
+                            drain = true;
+                            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                            if clock.idle_now() {
+                                return;
+                            }
+                        }
+                        _ = until_strict(&config, self.member && who.is_none()) => {
+                            tracing::info!("closed a connection without a client certificate: the mesh switched to strict mTLS");
+                            return;
+                        }
+                        why = clock.expired() => {
+                            tracing::debug!(?why, "closed an inbound connection");
+                            return;
+                        }
+                        _ = crate::guard::until_revoked(config.clone(), who.clone()) => {
+                            tracing::info!("closed a connection from a revoked identity");
+                            config.metrics.error("revoked");
                             return;
                         }
                     }
-                    _ = until_strict(&config, self.member && who.is_none()) => {
-                        tracing::info!("closed a connection without a client certificate: the mesh switched to strict mTLS");
-                        return;
-                    }
-                    why = clock.expired() => {
-                        tracing::debug!(?why, "closed an inbound connection");
-                        return;
-                    }
-                    _ = crate::guard::until_revoked(config.clone(), who.clone()) => {
-                        tracing::info!("closed a connection from a revoked identity");
-                        config.metrics.error("revoked");
-                        return;
-                    }
                 }
+            }));
+            let served = tokio::select! {
+                biased;
+                s = fast => s,
+                () = ends => return,
             };
+            graceful = draining.load(std::sync::atomic::Ordering::Relaxed);
             match served {
                 crate::fastpath::Served::Closed => return,
                 crate::fastpath::Served::Fallback(buf, why) => {
