@@ -265,12 +265,14 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.as_bytes();
-            ct.len() >= 16
-                && ct[..16].eq_ignore_ascii_case(b"application/grpc")
-                && matches!(ct.get(16), None | Some(b'+') | Some(b';'))
-        })
+        .is_some_and(|ct| is_grpc_type(ct.as_bytes()))
+}
+
+/// Whether a `content-type` value is gRPC's (`application/grpc`, `+proto`, ...).
+pub fn is_grpc_type(ct: &[u8]) -> bool {
+    ct.len() >= 16
+        && ct[..16].eq_ignore_ascii_case(b"application/grpc")
+        && matches!(ct.get(16), None | Some(b'+') | Some(b';'))
 }
 
 /// `grpc-message` is percent-encoded: every byte outside printable ASCII,

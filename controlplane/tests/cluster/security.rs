@@ -21,6 +21,11 @@ fn doc(y: &str) -> Resource {
     serde_yaml_ng::from_str(y).unwrap()
 }
 
+/// 4 MiB, every byte telling its place.
+fn big_body() -> Vec<u8> {
+    (0..4u32 << 20).map(|i| (i % 251) as u8).collect()
+}
+
 async fn app(name: &'static str) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -28,10 +33,16 @@ async fn app(name: &'static str) -> SocketAddr {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
             tokio::spawn(async move {
-                // Answers its name, and who its proxy said called.
+                // Answers its name, and who its proxy said called; `/big`:
+                // 4 MiB of a known pattern.
                 let svc = hyper::service::service_fn(
                     move |r: hyper::Request<hyper::body::Incoming>| async move {
-                        let mut resp = hyper::Response::new(Full::new(Bytes::from(name)));
+                        let body = if r.uri().path() == "/big" {
+                            Bytes::from(big_body())
+                        } else {
+                            Bytes::from(name)
+                        };
+                        let mut resp = hyper::Response::new(Full::new(body));
                         if let Some(v) = r.headers().get("x-forwarded-client-cert") {
                             resp.headers_mut().insert("x-seen-caller", v.clone());
                         }
@@ -248,6 +259,67 @@ fn proxies_talk_over_mutual_tls_and_plaintext_to_a_strict_inbound_is_refused() {
         );
         let (s, _, code) = get(&h, inbound, "web").await;
         assert_eq!((s, code.as_str()), (403, "mtls-required"));
+        m.c.shutdown().await;
+    });
+}
+
+/// The callee's inbound fast path over mutual TLS: a large answer to a
+/// slow reader arrives whole, and no request left the fast path. (The fast
+/// path flushes each answer, as hyper does; this run did not stall without
+/// the flush either, so it shows the relay over TLS, not the flush.)
+#[test]
+fn a_large_answer_crosses_mutual_tls_whole_to_a_slow_reader() {
+    run(async {
+        let m = mesh().await;
+        let h = http();
+        for _ in 0..3 {
+            let req = hyper::Request::get(format!("http://{}/big", m.frontend.outbound))
+                .header("host", "web")
+                .body(Empty::new())
+                .unwrap();
+            let r = h.request(req).await.unwrap();
+            assert_eq!(r.status(), 200);
+            let mut body = r.into_body();
+            let mut got = Vec::with_capacity(4 << 20);
+            let read = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(f) = body.frame().await {
+                    if let Ok(d) = f.unwrap().into_data() {
+                        got.extend_from_slice(&d);
+                        // A slow reader: the TLS connection backs up.
+                        if got.len() % (256 << 10) < d.len() {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            })
+            .await;
+            assert!(read.is_ok(), "stalled after {} bytes", got.len());
+            assert!(got == big_body(), "{} bytes, not the app's", got.len());
+        }
+        let metrics = h
+            .request(
+                hyper::Request::get(format!("http://{}/metrics", m.web.admin))
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let metrics = String::from_utf8_lossy(&metrics);
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("raftmesh_proxy_http1_fallbacks_total{")),
+            "every request on the fast path: {metrics}"
+        );
+        assert!(
+            metrics.contains("raftmesh_proxy_tls_handshakes_total{"),
+            "over mutual TLS"
+        );
         m.c.shutdown().await;
     });
 }

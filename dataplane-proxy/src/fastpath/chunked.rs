@@ -41,6 +41,9 @@ pub struct Chunked {
     size: u64,
     line: usize,
     trailers: usize,
+    /// It carried chunk extensions or trailer fields (a request with either
+    /// goes to hyper, which drops extensions and checks trailers).
+    pub extras: bool,
 }
 
 /// A malformed chunked body.
@@ -54,6 +57,7 @@ impl Default for Chunked {
             size: 0,
             line: 0,
             trailers: 0,
+            extras: false,
         }
     }
 }
@@ -73,7 +77,10 @@ impl Chunked {
                         self.line += 1;
                         State::Size { digits: digits + 1 }
                     }
-                    None if digits > 0 && b == b';' => State::Ext,
+                    None if digits > 0 && b == b';' => {
+                        self.extras = true;
+                        State::Ext
+                    }
                     None if digits > 0 && b == b'\r' => State::SizeLf,
                     _ => return Err(BadChunk),
                 },
@@ -108,6 +115,7 @@ impl Chunked {
                 State::DataLf if b == b'\n' => State::Size { digits: 0 },
                 State::LineStart if b == b'\r' => State::EndLf,
                 State::LineStart | State::Trailer => {
+                    self.extras = true;
                     self.trailers += 1;
                     match b {
                         b'\r' => State::TrailerLf,
@@ -153,6 +161,16 @@ mod tests {
         assert_eq!(whole(body), Ok(Some(body.len() - 16)));
         let trailers = b"3\r\nabc\r\n0\r\nx-sum: 1\r\ny: 2\r\n\r\n";
         assert_eq!(whole(trailers), Ok(Some(trailers.len())));
+        // Extensions and trailers are noted; a plain body has neither.
+        for (body, extras) in [
+            (&body[..], true),
+            (&trailers[..], true),
+            (&b"3\r\nabc\r\n0\r\n\r\n"[..], false),
+        ] {
+            let mut c = Chunked::default();
+            assert!(c.scan(body).unwrap().is_some());
+            assert_eq!(c.extras, extras, "{:?}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

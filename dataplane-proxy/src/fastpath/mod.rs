@@ -3,18 +3,20 @@
 //! (authorization with `authz::decide`, the normal path with
 //! `path::normalise`, metrics with the connection's `Recorder`), and the
 //! head goes to the app as bytes with only the headers the proxy must
-//! rewrite touched (hop-by-hop ones dropped, `x-forwarded-client-cert` set);
-//! bodies are relayed as they come (a chunked one checked for where it
-//! ends, `chunked.rs`). The app's answer comes back the same way. No
-//! `HeaderMap` is built on either side, and one read and one write per
-//! side carry a small request.
+//! rewrite touched (hop-by-hop ones dropped, `x-forwarded-client-cert` set).
+//! A request's body (up to 64 KiB; a chunked one checked for where it ends,
+//! `chunked.rs`) is held whole before the request goes out, in the same
+//! write as its head. The app's answer comes back the same way, its body
+//! relayed as it comes. No `HeaderMap` is built on either side, and one
+//! read and one write per side carry a small request.
 //!
 //! It covers plain keep-alive HTTP/1.1 requests only. A request it does
 //! not cover — HTTP/1.0, an upgrade or CONNECT, `Expect`, a path that is
 //! not already in normal form or is refused, an absolute URI, a framing
 //! hyper would judge (both `Content-Length` and `Transfer-Encoding`, two
-//! lengths, another coding), gRPC, a head over 64 KiB or 64 headers, a
-//! service with a rate limit — or a moment when access logs, taps or
+//! lengths, another coding, chunk extensions or trailers), a body over
+//! 64 KiB, gRPC, a head over 64 KiB or 64 headers, a service with a rate
+//! limit — or a moment when access logs, taps or
 //! tracing are on, hands the connection to hyper ([`Served::Fallback`])
 //! before anything of that request is sent: hyper serves it and the rest
 //! of the connection, from the bytes already read (`Rewind`). The fallbacks
@@ -26,8 +28,10 @@
 //! the kernel's socket (`bench/conns.sh`).
 //!
 //! Connections to the app are kept in `AppLink`'s stack of idle raw
-//! sockets; a kept one the app closed before any answer byte has the
-//! request (when it is still all in memory) sent again on a new one.
+//! sockets; a request a kept one failed (the app closed it as the request
+//! went out) goes again on a new one when it was not written whole or is
+//! idempotent. Answers are flushed (a TLS stream may hold what it was
+//! given) and a closing connection is shut down (`close_notify`).
 
 mod chunked;
 mod rewind;
@@ -43,7 +47,6 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::error::ProxyError;
 use crate::forward::AppLink;
@@ -53,6 +56,8 @@ use chunked::Chunked;
 
 /// What a read asks for at least when the buffer is short.
 const READ_CHUNK: usize = 8 * 1024;
+/// The largest request body held whole (larger ones go to hyper).
+const MAX_BODY: usize = 64 * 1024;
 /// The least a buffer is allocated with.
 const FIRST_BUFFER: usize = 1024;
 /// A request or response head longer than this goes to hyper (requests)
@@ -117,7 +122,44 @@ where
                     },
                 }
             } else if c.draining.load(Ordering::Relaxed) {
-                return Served::Closed;
+                return close(io).await;
+            }
+            match read_some(io, &mut buf).await {
+                Ok(0) | Err(_) => return Served::Closed,
+                Ok(_) => {}
+            }
+        };
+        // The whole request is held before anything of it goes out: the
+        // app gets it in one write, and its answer is read as soon as it
+        // comes (an early answer, an app that answers while it reads). A
+        // body that cannot be held goes to hyper, which streams it. The
+        // head's limit (`--header-timeout`) covers the body too.
+        let end = loop {
+            match p.body {
+                Framing::Length(n) if n > MAX_BODY as u64 => {
+                    return Served::Fallback(buf, "large-body")
+                }
+                Framing::Length(n) if buf.len() >= p.head_len + n as usize => {
+                    break p.head_len + n as usize
+                }
+                Framing::Chunked => {
+                    let mut scan = Chunked::default();
+                    match scan.scan(&buf[p.head_len..]) {
+                        // Extensions and trailers: hyper drops the one and
+                        // checks the other.
+                        Ok(Some(_)) if scan.extras => return Served::Fallback(buf, "chunk-extras"),
+                        Ok(Some(n)) => break p.head_len + n,
+                        Ok(None) if buf.len() - p.head_len > MAX_BODY => {
+                            return Served::Fallback(buf, "large-body")
+                        }
+                        Ok(None) => {}
+                        // Two parsers could split these bytes into different
+                        // requests: nothing of them goes anywhere.
+                        Err(_) => return close(io).await,
+                    }
+                }
+                Framing::Length(_) => {}
+                Framing::None | Framing::UntilClose => break p.head_len,
             }
             match read_some(io, &mut buf).await {
                 Ok(0) | Err(_) => return Served::Closed,
@@ -126,16 +168,25 @@ where
         };
         let in_flight = c.clock.request();
         let started = Instant::now();
-        let keep = exchange_boxed(io, &mut buf, p, c, started).await;
+        let keep = exchange_boxed(io, &mut buf, end, p, c, started).await;
         drop(in_flight);
-        if !keep || c.draining.load(Ordering::Relaxed) && buf.is_empty() {
-            return Served::Closed;
+        // A drain answers what is in flight, then closes (a request already
+        // read behind it is not started, as hyper does).
+        if !keep || c.draining.load(Ordering::Relaxed) {
+            return close(io).await;
         }
         if buf.is_empty() {
             // Nothing held while the connection waits.
             buf = BytesMut::new();
         }
     }
+}
+
+/// Ends the connection: what is buffered (TLS records) goes out, then the
+/// close (TLS `close_notify`, TCP FIN).
+async fn close<I: AsyncWrite + Unpin>(io: &mut I) -> Served {
+    let _ = io.shutdown().await;
+    Served::Closed
 }
 
 /// Reads more of `io` into `buf`. A buffer with no capacity (a connection
@@ -276,7 +327,7 @@ fn prepare(buf: &[u8], caller: Option<&[u8]>) -> Prep {
             }
             10 => is(n, "keep-alive"),
             12 if is(n, "content-type") => {
-                if v.starts_with(b"application/grpc") {
+                if crate::error::is_grpc_type(v) {
                     return Prep::Fallback("grpc");
                 }
                 false
@@ -370,19 +421,15 @@ fn refused(p: &Prepared, c: &Conn<'_>) -> Option<&'static str> {
     }
 }
 
-/// Why a request ended without a whole answer relayed.
-enum Failed {
-    /// The client went away or sent a bad body: close, nothing to say.
-    Client,
-    /// The app's side broke: answer 502 if nothing was sent to the client yet.
-    App,
-}
+/// A body relay broke (either side, or a malformed body).
+struct Failed;
 
 /// [`exchange`], boxed where it is made: a request's state lives only
 /// while the request does, and a waiting connection's task stays small.
 fn exchange_boxed<'a, I>(
     io: &'a mut I,
     buf: &'a mut BytesMut,
+    end: usize,
     p: Prepared,
     c: &'a Conn<'_>,
     started: Instant,
@@ -390,13 +437,15 @@ fn exchange_boxed<'a, I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    Box::pin(exchange(io, buf, p, c, started))
+    Box::pin(exchange(io, buf, end, p, c, started))
 }
 
-/// One request and its answer; whether the connection stays open.
+/// One request (the first `end` bytes of `buf`, its body whole) and its
+/// answer; whether the connection stays open.
 async fn exchange<I>(
     io: &mut I,
     buf: &mut BytesMut,
+    end: usize,
     p: Prepared,
     c: &Conn<'_>,
     started: Instant,
@@ -404,38 +453,10 @@ async fn exchange<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    buf.advance(p.head_len);
     let mut out = p.out;
-    // What of the body is here already goes out with the head.
-    let mut left = match p.body {
-        Framing::Length(n) => {
-            let k = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
-            out.extend_from_slice(&buf[..k]);
-            buf.advance(k);
-            Body::Length(n - k as u64)
-        }
-        Framing::Chunked => {
-            let mut scan = Chunked::default();
-            match scan.scan(buf) {
-                Ok(Some(end)) => {
-                    out.extend_from_slice(&buf[..end]);
-                    buf.advance(end);
-                    Body::Done
-                }
-                Ok(None) => {
-                    out.extend_from_slice(buf);
-                    buf.clear();
-                    Body::Chunked(scan)
-                }
-                Err(_) => return false,
-            }
-        }
-        _ => Body::Done,
-    };
-    if matches!(left, Body::Length(0)) {
-        left = Body::Done;
-    }
-    let replayable = matches!(left, Body::Done);
+    out.extend_from_slice(&buf[p.head_len..end]);
+    buf.advance(end);
+    let head_method = p.head_method;
     let app_name = || c.link.app().to_string();
     let mut rbuf = BytesMut::new();
     let mut app = None;
@@ -452,13 +473,13 @@ where
                 Ok(s) => s,
                 Err(_) => {
                     let e = ProxyError::AppUnavailable(c.app_port);
-                    return answer(io, e, c, started, !replayable || p.close).await;
+                    return answer(io, e, c, started, p.close, head_method).await;
                 }
             },
         };
         // Whether the request may go out again, on a new connection, if
         // this kept one failed (the app closed it as the request went out).
-        let again = match send(io, buf, &mut stream, &out, &mut left).await {
+        let again = match stream.write_all(&out).await {
             // The answer's first bytes.
             Ok(()) => match read_some(&mut stream, &mut rbuf).await {
                 Ok(n) if n > 0 => {
@@ -470,29 +491,62 @@ where
                 _ => idempotent(&out[..p.method]),
             },
             // Not written whole: the app cannot have acted on it.
-            Err(Failed::App) => true,
-            Err(Failed::Client) => return false,
+            Err(_) => true,
         };
-        if !(reused && replayable && again) {
-            return answer(io, ProxyError::Reset(app_name()), c, started, true).await;
+        if !(reused && again) {
+            return answer(
+                io,
+                ProxyError::Reset(app_name()),
+                c,
+                started,
+                true,
+                head_method,
+            )
+            .await;
         }
     }
     let Some(mut app) = app else {
-        return answer(io, ProxyError::Reset(app_name()), c, started, true).await;
+        return answer(
+            io,
+            ProxyError::Reset(app_name()),
+            c,
+            started,
+            true,
+            head_method,
+        )
+        .await;
     };
     // The answer's head (informational ones relayed as they come).
     let r = loop {
         match parse_response(&rbuf, p.head_method) {
             Resp::More if rbuf.len() < MAX_HEAD => match read_some(&mut app, &mut rbuf).await {
                 Ok(n) if n > 0 => {}
-                _ => return answer(io, ProxyError::Reset(app_name()), c, started, true).await,
+                _ => {
+                    return answer(
+                        io,
+                        ProxyError::Reset(app_name()),
+                        c,
+                        started,
+                        true,
+                        head_method,
+                    )
+                    .await
+                }
             },
             Resp::More | Resp::Bad => {
-                return answer(io, ProxyError::Reset(app_name()), c, started, true).await
+                return answer(
+                    io,
+                    ProxyError::Reset(app_name()),
+                    c,
+                    started,
+                    true,
+                    head_method,
+                )
+                .await
             }
             Resp::Info(n, head) => {
                 rbuf.advance(n);
-                if io.write_all(&head).await.is_err() {
+                if io.write_all(&head).await.is_err() || io.flush().await.is_err() {
                     return false;
                 }
             }
@@ -509,7 +563,7 @@ where
     c.recorder
         .record(None, (r.code, "", r.error), false, started.elapsed());
     // Then the body: what is here goes with the head.
-    let mut body = match r.body {
+    let body = match r.body {
         Framing::None => Body::Done,
         Framing::Length(n) => {
             let k = usize::try_from(n).unwrap_or(usize::MAX).min(rbuf.len());
@@ -534,7 +588,17 @@ where
                     Body::Chunked(scan)
                 }
                 // Nothing sent yet: say so.
-                Err(_) => return answer(io, ProxyError::Reset(app_name()), c, started, true).await,
+                Err(_) => {
+                    return answer(
+                        io,
+                        ProxyError::Reset(app_name()),
+                        c,
+                        started,
+                        true,
+                        head_method,
+                    )
+                    .await
+                }
             }
         }
         Framing::UntilClose => {
@@ -543,12 +607,13 @@ where
             Body::UntilClose
         }
     };
-    if io.write_all(&head).await.is_err() {
+    // Flushed: a TLS stream may hold what it was given.
+    if io.write_all(&head).await.is_err() || io.flush().await.is_err() {
         return false;
     }
     drop(head);
     if !matches!(body, Body::Done) {
-        let relay = relay(&mut app, io, &mut rbuf, &mut body);
+        let relay = relay(&mut app, io, &mut rbuf, body);
         // A streaming answer ends when a committed policy stops allowing
         // it (`guard.rs`); a sized one cannot outlive its decision by much.
         let relayed = if matches!(r.body, Framing::Chunked | Framing::UntilClose) {
@@ -588,7 +653,7 @@ where
     Box::pin(async move {
         tokio::select! {
             r = relay => r,
-            _ = crate::guard::until(config, still) => Err(Failed::Client),
+            _ = crate::guard::until(config, still) => Err(Failed),
         }
     })
 }
@@ -609,33 +674,15 @@ enum Body {
     UntilClose,
 }
 
-/// Writes the head (and what was here of the body), then relays the rest
-/// of the request body from the client.
-async fn send<I>(
-    io: &mut I,
-    buf: &mut BytesMut,
-    app: &mut TcpStream,
-    out: &[u8],
-    left: &mut Body,
-) -> Result<(), Failed>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    app.write_all(out).await.map_err(|_| Failed::App)?;
-    // The body from the client (what follows it stays in `buf`).
-    relay(io, app, buf, left).await
-}
-
-/// Relays `left` of a body from `from` to `to`, through `buf` (which may
-/// hold its start; what follows the body stays in it). `Failed::Client`
-/// when reading `from` broke (or the body is malformed), `Failed::App` when
-/// writing `to` did: named for a request body, the other way round for an
-/// answer's.
+/// Relays the rest of an answer's body (`left`) from the app to the
+/// client, through `buf` (which may hold its start), each piece flushed (a
+/// streaming answer's pieces go out as they come, TLS too). `Err` when
+/// either side broke or the body is malformed: the connection cannot go on.
 async fn relay<R, W>(
     from: &mut R,
     to: &mut W,
     buf: &mut BytesMut,
-    left: &mut Body,
+    mut left: Body,
 ) -> Result<(), Failed>
 where
     R: AsyncRead + Unpin + Send,
@@ -649,10 +696,10 @@ where
             match read_some(from, buf).await {
                 Ok(n) if n > 0 => {}
                 Ok(_) if matches!(left, Body::UntilClose) => return Ok(()),
-                _ => return Err(Failed::Client),
+                _ => return Err(Failed),
             }
         }
-        let (take, done) = match left {
+        let (take, done) = match &mut left {
             Body::Done => return Ok(()),
             Body::Length(n) => {
                 let k = usize::try_from(*n).unwrap_or(usize::MAX).min(buf.len());
@@ -662,15 +709,16 @@ where
             Body::Chunked(scan) => match scan.scan(buf) {
                 Ok(Some(end)) => (end, true),
                 Ok(None) => (buf.len(), false),
-                Err(_) => return Err(Failed::Client),
+                Err(_) => return Err(Failed),
             },
             Body::UntilClose => (buf.len(), false),
         };
-        to.write_all(&buf[..take]).await.map_err(|_| Failed::App)?;
+        if to.write_all(&buf[..take]).await.is_err() || to.flush().await.is_err() {
+            return Err(Failed);
+        }
         buf.advance(take);
         if done {
-            *left = Body::Done;
-            return Ok(());
+            left = Body::Done;
         }
     }
 }
@@ -765,7 +813,8 @@ fn parse_response(buf: &[u8], head_method: bool) -> Resp {
             }
             16 if is(n, "proxy-connection") => true,
             16 => {
-                if code >= 400 && is(n, crate::error::ERROR_HEADER) {
+                // The first one, as `error::code_of` reads it.
+                if code >= 400 && error.is_empty() && is(n, crate::error::ERROR_HEADER) {
                     error = crate::error::code_of_bytes(v);
                 }
                 false
@@ -832,6 +881,7 @@ fn answer<'a, I>(
     c: &'a Conn<'_>,
     started: Instant,
     close: bool,
+    head_method: bool,
 ) -> Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>
 where
     I: AsyncWrite + Unpin + Send,
@@ -865,8 +915,11 @@ where
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&body);
-        io.write_all(&out).await.is_ok() && !close
+        // An answer to HEAD has no body (its length says what GET's would).
+        if !head_method {
+            out.extend_from_slice(&body);
+        }
+        io.write_all(&out).await.is_ok() && io.flush().await.is_ok() && !close
     })
 }
 

@@ -65,6 +65,17 @@ impl RawApp {
                         .iter()
                         .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
                     let path = r.path.unwrap().to_string();
+                    if path == "/early" {
+                        // Refuses before reading the body, and closes.
+                        self.seen
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                        let _ = s
+                            .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
                     let end = if chunked {
                         // The last chunk (after the head's or a chunk's
                         // CRLF), then the trailers' end.
@@ -118,6 +129,14 @@ async fn inbound(
     app: SocketAddr,
     fast: bool,
 ) -> (raftmesh_dataplane_proxy::Proxy, tempfile::TempDir) {
+    inbound_with(app, fast, |_| {}).await
+}
+
+async fn inbound_with(
+    app: SocketAddr,
+    fast: bool,
+    tweak: impl FnOnce(&mut raftmesh_dataplane_proxy::config::ProxyConfig),
+) -> (raftmesh_dataplane_proxy::Proxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("s.yaml");
     std::fs::write(&f, "kind: Service\nmetadata: {name: app}\nspec: {}\n").unwrap();
@@ -126,6 +145,7 @@ async fn inbound(
     c.service = "app".into();
     c.app_port = Some(app.port());
     c.http1_fast_path = fast;
+    tweak(&mut c);
     (raftmesh_dataplane_proxy::start(c).await.unwrap(), dir)
 }
 
@@ -204,7 +224,7 @@ async fn pipelined_requests_with_bodies_come_back_in_order_over_one_connection_t
     let app = RawApp::start().await;
     let (p, _d) = inbound(app.addr, true).await;
     let mut s = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
-    let chunked_body = "5;note=x\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 1\r\n\r\n";
+    let chunked_body = "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
     let all = format!(
         "GET /plain HTTP/1.1\r\nHost: app\r\n\r\n\
          POST /plain HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n\r\nhello\
@@ -367,6 +387,21 @@ async fn an_app_that_is_down_gets_the_mesh_error_and_the_connection_stays_usable
     drop(gone);
     let (p, _d) = inbound(addr, true).await;
     let mut s = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+    // HEAD: the error's head only (a body would be read as the next answer).
+    s.write_all(b"HEAD /plain HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 503 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     for _ in 0..2 {
         s.write_all(b"GET /plain HTTP/1.1\r\nHost: app\r\n\r\n")
             .await
@@ -382,7 +417,128 @@ async fn an_app_that_is_down_gets_the_mesh_error_and_the_connection_stays_usable
             "raftmesh_proxy_errors_total",
             &[("code", "app-unavailable")]
         ),
-        2.0
+        3.0
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_early_answer_reaches_the_caller_and_large_bodies_go_to_hyper_whole() {
+    let app = RawApp::start().await;
+    let (p, _d) = inbound(app.addr, true).await;
+    // The app refuses on the head alone: the caller gets its answer.
+    let body = "x".repeat(60 << 10);
+    let mut s = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /early HTTP/1.1\r\nHost: app\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let got = read_answer(&mut s).await;
+    assert!(got.starts_with("HTTP/1.1 413 "), "{got}");
+    // Over 64 KiB: hyper streams it, and it arrives whole.
+    let body = "y".repeat(100 << 10);
+    let mut s = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /plain HTTP/1.1\r\nHost: app\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let got = read_answer(&mut s).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200 ") && got.ends_with("ok"),
+        "{got}"
+    );
+    assert!(app
+        .seen()
+        .last()
+        .unwrap()
+        .ends_with(&format!("\r\n\r\n{body}")));
+    let m = reqwest_metrics(p.admin).await;
+    assert_eq!(
+        metric(
+            &m,
+            "raftmesh_proxy_http1_fallbacks_total",
+            &[("reason", "large-body")]
+        ),
+        1.0
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_hidden_in_chunked_trailers_never_reaches_the_app() {
+    let app = RawApp::start().await;
+    let (p, _d) = inbound(app.addr, true).await;
+    // A parser without trailers would stop at `0\r\n` and read the rest as
+    // a second request, with a forged caller; the fast path hands anything
+    // with trailers (or chunk extensions) to hyper.
+    let mut s = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+    s.write_all(b"POST /plain HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nGET /admin HTTP/1.1\r\nHost: app\r\nx-forwarded-client-cert: URI=spiffe://forged\r\n\r\n")
+        .await
+        .unwrap();
+    // Whatever hyper answers (it may keep the connection open).
+    let _ = tokio::time::timeout(Duration::from_secs(2), read_upto(&mut s, usize::MAX)).await;
+    let seen = app.seen();
+    assert!(
+        seen.iter()
+            .all(|r| !r.contains("/admin") && !r.contains("forged")),
+        "{seen:?}"
+    );
+    let m = reqwest_metrics(p.admin).await;
+    assert_eq!(
+        metric(
+            &m,
+            "raftmesh_proxy_http1_fallbacks_total",
+            &[("reason", "chunk-extras")]
+        ),
+        1.0
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn on_the_fast_path_a_slow_head_or_body_is_cut_and_a_waiting_connection_is_not() {
+    let app = RawApp::start().await;
+    let (p, _d) = inbound_with(app.addr, true, |c| {
+        c.header_timeout = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let mut s = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /plain HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_answer(&mut s).await, PLAIN);
+        // Waiting between requests longer than the header limit is fine.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+    let (_, closed) = read_upto(&mut s, usize::MAX).await;
+    assert!(closed, "closed after the idle limit");
+    // A head, or a held body, that trickles in: cut at the header limit.
+    for start in [
+        &b"GET /plain HTTP/1.1\r\nHo"[..],
+        b"POST /plain HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nabc",
+    ] {
+        let mut slow = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+        slow.write_all(start).await.unwrap();
+        let t0 = std::time::Instant::now();
+        let (got, closed) = read_upto(&mut slow, usize::MAX).await;
+        assert!(closed && got.is_empty(), "{got:?}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+    assert!(
+        app.seen().iter().all(|r| !r.ends_with("abc")),
+        "a part of a body went out"
     );
     p.shutdown().await;
 }
