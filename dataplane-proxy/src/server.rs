@@ -426,6 +426,30 @@ async fn until_strict(config: &Config, applies: bool) {
     }
 }
 
+/// Resolves (and says why in the log) when an inbound connection must end
+/// whatever it is doing: the mesh turned strict and it has no client
+/// certificate (`plaintext_member`: a mesh proxy's plaintext connection),
+/// its head or idle limit passed, or its caller was revoked.
+async fn must_end(
+    config: &Arc<Config>,
+    plaintext_member: bool,
+    clock: &ConnClock,
+    who: Option<String>,
+) {
+    tokio::select! {
+        _ = until_strict(config, plaintext_member) => {
+            tracing::info!("closed a connection without a client certificate: the mesh switched to strict mTLS");
+        }
+        why = clock.expired() => {
+            tracing::debug!(?why, "closed an inbound connection");
+        }
+        _ = crate::guard::until_revoked(config.clone(), who) => {
+            tracing::info!("closed a connection from a revoked identity");
+            config.metrics.error("revoked");
+        }
+    }
+}
+
 impl Inbound {
     /// Relays an opaque TCP connection from `who` to the app at `app`
     /// until either side closes, the mesh turns strict (when the connection
@@ -639,19 +663,7 @@ impl Inbound {
                                 return;
                             }
                         }
-                        _ = until_strict(&config, self.member && who.is_none()) => {
-                            tracing::info!("closed a connection without a client certificate: the mesh switched to strict mTLS");
-                            return;
-                        }
-                        why = clock.expired() => {
-                            tracing::debug!(?why, "closed an inbound connection");
-                            return;
-                        }
-                        _ = crate::guard::until_revoked(config.clone(), who.clone()) => {
-                            tracing::info!("closed a connection from a revoked identity");
-                            config.metrics.error("revoked");
-                            return;
-                        }
+                        () = must_end(&config, self.member && who.is_none(), &clock, who.clone()) => return,
                     }
                 }
             }));
@@ -915,19 +927,7 @@ impl Inbound {
                     graceful = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = until_strict(&config, member && who_none) => {
-                    tracing::info!("closed a connection without a client certificate: the mesh switched to strict mTLS");
-                    return;
-                }
-                why = clock.expired() => {
-                    tracing::debug!(?why, "closed an inbound connection");
-                    return;
-                }
-                _ = crate::guard::until_revoked(config.clone(), who_string.clone()) => {
-                    tracing::info!("closed a connection from a revoked identity");
-                    config.metrics.error("revoked");
-                    return;
-                }
+                () = must_end(&config, member && who_none, &clock, who_string.clone()) => return,
             }
         }
     }

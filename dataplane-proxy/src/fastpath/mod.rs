@@ -457,7 +457,6 @@ where
     out.extend_from_slice(&buf[p.head_len..end]);
     buf.advance(end);
     let head_method = p.head_method;
-    let app_name = || c.link.app().to_string();
     let mut rbuf = BytesMut::new();
     let mut app = None;
     for attempt in 0..2 {
@@ -494,56 +493,20 @@ where
             Err(_) => true,
         };
         if !(reused && again) {
-            return answer(
-                io,
-                ProxyError::Reset(app_name()),
-                c,
-                started,
-                true,
-                head_method,
-            )
-            .await;
+            return reset(io, c, started, head_method).await;
         }
     }
     let Some(mut app) = app else {
-        return answer(
-            io,
-            ProxyError::Reset(app_name()),
-            c,
-            started,
-            true,
-            head_method,
-        )
-        .await;
+        return reset(io, c, started, head_method).await;
     };
     // The answer's head (informational ones relayed as they come).
     let r = loop {
         match parse_response(&rbuf, p.head_method) {
             Resp::More if rbuf.len() < MAX_HEAD => match read_some(&mut app, &mut rbuf).await {
                 Ok(n) if n > 0 => {}
-                _ => {
-                    return answer(
-                        io,
-                        ProxyError::Reset(app_name()),
-                        c,
-                        started,
-                        true,
-                        head_method,
-                    )
-                    .await
-                }
+                _ => return reset(io, c, started, head_method).await,
             },
-            Resp::More | Resp::Bad => {
-                return answer(
-                    io,
-                    ProxyError::Reset(app_name()),
-                    c,
-                    started,
-                    true,
-                    head_method,
-                )
-                .await
-            }
+            Resp::More | Resp::Bad => return reset(io, c, started, head_method).await,
             Resp::Info(n, head) => {
                 rbuf.advance(n);
                 if io.write_all(&head).await.is_err() || io.flush().await.is_err() {
@@ -588,17 +551,7 @@ where
                     Body::Chunked(scan)
                 }
                 // Nothing sent yet: say so.
-                Err(_) => {
-                    return answer(
-                        io,
-                        ProxyError::Reset(app_name()),
-                        c,
-                        started,
-                        true,
-                        head_method,
-                    )
-                    .await
-                }
+                Err(_) => return reset(io, c, started, head_method).await,
             }
         }
         Framing::UntilClose => {
@@ -637,6 +590,21 @@ where
         c.link.give_back_raw(app);
     }
     !close
+}
+
+/// [`answer`] with `upstream-reset`: the app broke the exchange before a
+/// whole answer head.
+fn reset<'a, I>(
+    io: &'a mut I,
+    c: &'a Conn<'_>,
+    started: Instant,
+    head_method: bool,
+) -> Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>
+where
+    I: AsyncWrite + Unpin + Send,
+{
+    let e = ProxyError::Reset(c.link.app().to_string());
+    answer(io, e, c, started, true, head_method)
 }
 
 /// `relay`, ended when a committed policy stops allowing the request.
