@@ -30,10 +30,8 @@ fn to_matches(p: &PolicySpec, method: &str, path: &str) -> bool {
 /// caller's certificate.
 pub const CALLER_HEADER: &str = "x-forwarded-client-cert";
 
-/// Tells the app who called: any `x-forwarded-client-cert` the request
-/// arrived with is dropped (a caller cannot forge it) and, for a caller
-/// with a certificate, replaced by its SPIFFE ID.
-pub fn set_caller(headers: &mut http::HeaderMap, who: Option<&str>) {
+/// Drops every `x-forwarded-client-cert`, in any spelling.
+fn remove_caller(headers: &mut http::HeaderMap) {
     headers.remove(CALLER_HEADER);
     // Frameworks that read `X_FORWARDED_CLIENT_CERT` (CGI, WSGI) take the
     // underscore spelling for the same header: never pass that on either.
@@ -45,6 +43,26 @@ pub fn set_caller(headers: &mut http::HeaderMap, who: Option<&str>) {
     for k in lookalikes {
         headers.remove(k);
     }
+}
+
+/// A request body's frames with any `x-forwarded-client-cert` dropped from
+/// its trailers: an app that merges trailers into the headers (or an
+/// HTTP/1 request that declares the field in `Trailer:`) never sees a
+/// caller the sender forged there.
+pub fn without_caller_trailers(
+    mut f: hyper::body::Frame<bytes::Bytes>,
+) -> hyper::body::Frame<bytes::Bytes> {
+    if let Some(t) = f.trailers_mut() {
+        remove_caller(t);
+    }
+    f
+}
+
+/// Tells the app who called: any `x-forwarded-client-cert` the request
+/// arrived with is dropped (a caller cannot forge it) and, for a caller
+/// with a certificate, replaced by its SPIFFE ID.
+pub fn set_caller(headers: &mut http::HeaderMap, who: Option<&str>) {
+    remove_caller(headers);
     if let Some(v) = who.and_then(|w| http::HeaderValue::from_str(&format!("URI={w}")).ok()) {
         headers.insert(CALLER_HEADER, v);
     }
@@ -170,6 +188,29 @@ mod tests {
         assert!(
             h.get(CALLER_HEADER).is_none(),
             "an anonymous caller is named by no one"
+        );
+    }
+
+    #[test]
+    fn a_caller_forged_in_trailers_is_dropped_and_other_trailers_and_data_pass() {
+        let mut t = http::HeaderMap::new();
+        t.insert(
+            CALLER_HEADER,
+            "URI=spiffe://x/ns/a/sa/admin".parse().unwrap(),
+        );
+        t.insert("x_forwarded_client_cert", "URI=forged".parse().unwrap());
+        t.insert("x-checksum", "abc".parse().unwrap());
+        let t = without_caller_trailers(hyper::body::Frame::trailers(t))
+            .into_trailers()
+            .unwrap();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t["x-checksum"], "abc");
+        let d = without_caller_trailers(hyper::body::Frame::data(bytes::Bytes::from_static(
+            b"x-forwarded-client-cert: URI=in-the-data",
+        )));
+        assert_eq!(
+            d.into_data().unwrap(),
+            &b"x-forwarded-client-cert: URI=in-the-data"[..]
         );
     }
 

@@ -789,9 +789,12 @@ impl Inbound {
                                 decided_opaque = true;
                             }
                             authz::set_caller(req.headers_mut(), who.as_deref());
-                            let mut req = req.map(|b| match &log {
-                                Some(l) => l.counting(b.boxed()),
-                                None => b.boxed(),
+                            let mut req = req.map(|b| {
+                                let b = b.map_frame(authz::without_caller_trailers).boxed();
+                                match &log {
+                                    Some(l) => l.counting(b),
+                                    None => b,
+                                }
                             });
                             if crate::upgrade::requested(&req) {
                                 tunnel = Some(hyper::upgrade::on(&mut req));

@@ -52,7 +52,7 @@ use crate::error::ProxyError;
 use crate::forward::AppLink;
 use crate::metrics::Recorder;
 use crate::state::Config;
-use chunked::Chunked;
+use chunked::{BadChunk, Chunked};
 
 /// What a read asks for at least when the buffer is short.
 const READ_CHUNK: usize = 8 * 1024;
@@ -134,6 +134,9 @@ where
         // comes (an early answer, an app that answers while it reads). A
         // body that cannot be held goes to hyper, which streams it. The
         // head's limit (`--header-timeout`) covers the body too.
+        // A chunked body is scanned once, as it comes: what was scanned is
+        // not scanned again after the next read.
+        let mut held = Held::default();
         let end = loop {
             match p.body {
                 Framing::Length(n) if n > MAX_BODY as u64 => {
@@ -143,11 +146,12 @@ where
                     break p.head_len + n as usize
                 }
                 Framing::Chunked => {
-                    let mut scan = Chunked::default();
-                    match scan.scan(&buf[p.head_len..]) {
+                    match held.feed(&buf[p.head_len..]) {
                         // Extensions and trailers: hyper drops the one and
                         // checks the other.
-                        Ok(Some(_)) if scan.extras => return Served::Fallback(buf, "chunk-extras"),
+                        Ok(Some(_)) if held.scan.extras => {
+                            return Served::Fallback(buf, "chunk-extras")
+                        }
                         Ok(Some(n)) => break p.head_len + n,
                         Ok(None) if buf.len() - p.head_len > MAX_BODY => {
                             return Served::Fallback(buf, "large-body")
@@ -697,6 +701,27 @@ where
 }
 
 /// The app's answer head, read.
+/// A chunked request body being held: its scanner and how much of the
+/// body it has read.
+#[derive(Debug, Default)]
+struct Held {
+    scan: Chunked,
+    scanned: usize,
+}
+
+impl Held {
+    /// Scans what of `body` (the body's bytes so far, from its start) is
+    /// new: `Some(n)` when the body ends after its first `n` bytes.
+    fn feed(&mut self, body: &[u8]) -> Result<Option<usize>, BadChunk> {
+        let from = self.scanned;
+        let r = self.scan.scan(&body[from..]);
+        if let Ok(None) = r {
+            self.scanned = body.len();
+        }
+        r.map(|end| end.map(|n| from + n))
+    }
+}
+
 #[derive(Debug)]
 struct Answer {
     /// The head as the client gets it, without its final CRLF.
@@ -769,13 +794,15 @@ fn parse_response(buf: &[u8], head_method: bool) -> Resp {
             }
             10 => is(n, "keep-alive"),
             14 if is(n, "content-length") => {
-                let v = std::str::from_utf8(v).ok().map(str::trim);
-                let Some(v) = v.filter(|v| {
-                    !v.is_empty() && v.len() <= 18 && v.bytes().all(|b| b.is_ascii_digit())
-                }) else {
+                // Digits between optional spaces and tabs, nothing else:
+                // the client must read the same length from the line it
+                // gets as this proxy did.
+                let Some(v) = Some(v.trim_ascii())
+                    .filter(|v| !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit))
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                else {
                     return Resp::Bad;
                 };
-                let v: u64 = v.parse().unwrap_or(0);
                 if length.is_some_and(|l| l != v) {
                     return Resp::Bad;
                 }
@@ -812,6 +839,8 @@ fn parse_response(buf: &[u8], head_method: bool) -> Resp {
             return Resp::Bad;
         }
         out.drain(length_line);
+        // Both framings: the connection is not used again (RFC 9112 §6.3).
+        keep = false;
     }
     if code < 200 {
         out.extend_from_slice(b"\r\n");
@@ -832,6 +861,11 @@ fn parse_response(buf: &[u8], head_method: bool) -> Resp {
             None => Framing::UntilClose,
         }
     };
+    // An answer that must not carry a body but says it has one: bytes may
+    // still come after it, so the connection is not used again.
+    if body == Framing::None && (te || length.is_some_and(|n| n > 0)) {
+        keep = false;
+    }
     Resp::Ready(Answer {
         out,
         head_len,

@@ -97,6 +97,27 @@ fn what_the_fast_path_does_not_cover_goes_to_hyper_untouched() {
             b"GET / HTTP/1.1\r\nHost: web\r\nbad header\r\n\r\n",
             "malformed",
         ),
+        // What httparse refuses goes to hyper, which refuses it too.
+        (
+            b"GET / HTTP/1.1\r\nHost: web\r\nX: a\0b\r\n\r\n",
+            "malformed",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: web\r\nX: a\rb\r\n\r\n",
+            "malformed",
+        ),
+        (b"GET / HTTP/1.1\r\nHost : web\r\n\r\n", "malformed"),
+        (
+            b"GET / HTTP/1.1\r\nHost: web\r\nX: a\r\n b\r\n\r\n",
+            "malformed",
+        ),
+        (b"OPTIONS * HTTP/1.1\r\nHost: web\r\n\r\n", "target"),
+        (b"GET web:80 HTTP/1.1\r\nHost: web\r\n\r\n", "target"),
+        (b"GET //a HTTP/1.1\r\nHost: web\r\n\r\n", "path"),
+        (
+            b"POST / HTTP/1.0\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "version",
+        ),
     ] {
         assert_eq!(fallback(head), why, "{:?}", String::from_utf8_lossy(head));
     }
@@ -127,6 +148,9 @@ fn every_framing_two_parsers_could_read_differently_goes_to_hyper() {
         b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: identity, chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\xc2\xa0\r\n\r\n",
     ] {
         assert_eq!(fallback(head), "framing", "{:?}", String::from_utf8_lossy(head));
     }
@@ -135,6 +159,50 @@ fn every_framing_two_parsers_could_read_differently_goes_to_hyper() {
         None,
     );
     assert_eq!(p.body, Framing::Chunked);
+    // Spaces and tabs around a value are not part of it; the app gets the
+    // value alone, with CRLF line ends whatever the client sent.
+    let p = ready(
+        b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked \r\n\r\n",
+        None,
+    );
+    assert_eq!(p.body, Framing::Chunked);
+    let p = ready(
+        b"POST / HTTP/1.1\nHost: web\nContent-Length:  5\t\n\nhello",
+        None,
+    );
+    assert_eq!(p.body, Framing::Length(5));
+    let out = String::from_utf8(p.out.clone()).unwrap();
+    assert!(out.contains("Content-Length: 5\r\n"), "{out:?}");
+    assert!(
+        !out.replace("\r\n", "").contains('\n') && !out.contains('\t'),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_chunked_body_is_scanned_once_however_it_arrives() {
+    let body = b"5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\nGET /next";
+    let end = body.len() - b"GET /next".len();
+    // One byte more per read: each read scans only what is new. A scanner
+    // started again on bytes it has seen would read them as a second
+    // chunk-size line and refuse them.
+    let mut held = Held::default();
+    let mut got = None;
+    for k in 1..=body.len() {
+        match held.feed(&body[..k]).unwrap() {
+            None => assert_eq!(held.scanned, k),
+            Some(n) => {
+                got = Some((k, n));
+                break;
+            }
+        }
+    }
+    assert_eq!(got, Some((end, end)));
+    // In two reads, or one.
+    let mut held = Held::default();
+    assert_eq!(held.feed(&body[..7]), Ok(None));
+    assert_eq!(held.feed(body), Ok(Some(end)));
+    assert_eq!(Held::default().feed(body), Ok(Some(end)));
 }
 
 fn answer_of(head: &[u8], head_method: bool) -> Answer {
@@ -221,6 +289,8 @@ fn a_bad_or_unasked_for_answer_is_refused() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nbad\r\n\r\n",
         b"SSH-2.0-OpenSSH\r\n\r\n",
+        // A length the client could read otherwise than this proxy.
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\xc2\xa0\r\n\r\n",
     ] {
         assert!(
             matches!(parse_response(bad, false), Resp::Bad),
@@ -237,5 +307,37 @@ fn a_bad_or_unasked_for_answer_is_refused() {
             assert_eq!(out, b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_connection_that_may_carry_stray_answer_bytes_is_not_used_again() {
+    // Kept after a plain answer, and after a HEAD or 304 without a length.
+    assert!(answer_of(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", false).keep);
+    assert!(answer_of(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true).keep);
+    assert!(answer_of(b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n", false).keep);
+    // Not after an answer that must not have a body but says it has
+    // one (a broken app may send it yet), nor after both framings.
+    for (head, head_method) in [
+        (&b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"[..], true),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            true,
+        ),
+        (
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n",
+            false,
+        ),
+        (
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 4\r\n\r\n",
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        ),
+    ] {
+        let a = answer_of(head, head_method);
+        assert!(!a.keep, "{:?}", String::from_utf8_lossy(head));
     }
 }

@@ -104,6 +104,18 @@ impl RawApp {
                 .lock()
                 .unwrap()
                 .push(String::from_utf8_lossy(&req).into_owned());
+            if path == "/late" {
+                // A HEAD's answer, then a whole answer nobody asked for,
+                // late: a broken (or hostile) app.
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+                    .await;
+                continue;
+            }
             let answer = match path.as_str() {
                 "/chunked" => CHUNKED,
                 "/close" => "HTTP/1.1 200 OK\r\n\r\nuntil-close",
@@ -541,4 +553,121 @@ async fn on_the_fast_path_a_slow_head_or_body_is_cut_and_a_waiting_connection_is
         "a part of a body went out"
     );
     p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_then_one_for_hyper_in_the_same_write_are_each_answered_once() {
+    let app = RawApp::start().await;
+    let (p, _d) = inbound(app.addr, true).await;
+    let mut s = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+    s.write_all(
+        b"GET /plain HTTP/1.1\r\nHost: app\r\n\r\nGET /plain HTTP/1.0\r\nHost: app\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (got, closed) = read_upto(&mut s, usize::MAX).await;
+    assert!(closed, "HTTP/1.0 without keep-alive closes");
+    let got = String::from_utf8(got).unwrap();
+    // The fast path's answer as the app sent it, then hyper's.
+    assert!(got.starts_with(PLAIN), "{got}");
+    let rest = &got[PLAIN.len()..];
+    assert!(
+        rest.contains(" 200 OK\r\n") && rest.contains("x-app-header: 1") && rest.ends_with("ok"),
+        "{got}"
+    );
+    assert_eq!(app.seen().len(), 2, "{:?}", app.seen());
+    let m = reqwest_metrics(p.admin).await;
+    assert_eq!(
+        metric(
+            &m,
+            "raftmesh_proxy_http1_fallbacks_total",
+            &[("reason", "version")]
+        ),
+        1.0
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_connection_close_a_pipelined_request_is_never_sent() {
+    let app = RawApp::start().await;
+    let (p, _d) = inbound(app.addr, true).await;
+    let mut s = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+    s.write_all(b"GET /plain HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\nGET /admin HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_upto(&mut s, usize::MAX).await;
+    assert!(closed);
+    let got = String::from_utf8(got).unwrap();
+    assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{got}");
+    assert!(
+        got.contains("connection: close\r\n") && got.ends_with("ok"),
+        "{got}"
+    );
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(!seen[0].contains("/admin"), "{seen:?}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn late_bytes_from_the_app_never_become_another_caller_s_answer() {
+    let app = RawApp::start().await;
+    let (p, _d) = inbound(app.addr, true).await;
+    // A HEAD answered with a length, and an answer of its own behind it
+    // later: the connection to the app is not used for the next request.
+    let mut a = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+    a.write_all(b"HEAD /late HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, _) = read_upto(&mut a, 1).await;
+    let mut got = got;
+    while find(&got, b"\r\n\r\n").is_none() {
+        let (more, closed) = read_upto(&mut a, 1).await;
+        assert!(!closed);
+        got.extend(more);
+    }
+    let head = String::from_utf8(got).unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
+    // At once, before the app's stray answer: another caller.
+    let mut b = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+    b.write_all(b"GET /plain HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut b).await;
+    assert_eq!(answer, PLAIN, "the second caller gets its own answer");
+    // And the first caller got nothing more.
+    let more = tokio::time::timeout(Duration::from_millis(500), a.read(&mut [0u8; 64])).await;
+    assert!(!matches!(more, Ok(Ok(n)) if n > 0), "{more:?}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_caller_forged_in_declared_trailers_never_reaches_the_app() {
+    let app = RawApp::start().await;
+    for fast in [true, false] {
+        let (p, _d) = inbound(app.addr, fast).await;
+        let mut s = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+        // Declared, so an HTTP/1 client passes them on to the app.
+        s.write_all(b"POST /plain HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum, x-forwarded-client-cert\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 900150983cd24fb0\r\nx-forwarded-client-cert: URI=spiffe://d/ns/x/sa/admin\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answer(&mut s).await;
+        assert!(answer.contains(" 200 OK\r\n"), "{answer}");
+        let seen = app.seen();
+        let last = seen.last().unwrap().to_lowercase();
+        // The trailers do pass: only the forged caller is dropped.
+        assert!(
+            last.contains("x-checksum: 900150983cd24fb0"),
+            "fast={fast}: {last}"
+        );
+        assert!(
+            !last.contains("spiffe://d/ns/x/sa/admin"),
+            "fast={fast}: {last}"
+        );
+        p.shutdown().await;
+    }
 }
