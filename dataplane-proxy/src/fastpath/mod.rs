@@ -700,7 +700,6 @@ where
     }
 }
 
-/// The app's answer head, read.
 /// A chunked request body being held: its scanner and how much of the
 /// body it has read.
 #[derive(Debug, Default)]
@@ -722,6 +721,7 @@ impl Held {
     }
 }
 
+/// The app's answer head, read.
 #[derive(Debug)]
 struct Answer {
     /// The head as the client gets it, without its final CRLF.
