@@ -110,8 +110,13 @@ where
     });
     let mut buf = BytesMut::new();
     loop {
+        let mut gate = HeadEnd::default();
         let p = loop {
-            if !buf.is_empty() {
+            if !buf.is_empty() && !gate.worth_parsing(&buf) {
+                if buf.len() >= MAX_HEAD {
+                    return Served::Fallback(buf, "large-head");
+                }
+            } else if !buf.is_empty() {
                 match prepare(&buf, caller.as_deref()) {
                     Prep::More if buf.len() < MAX_HEAD => {}
                     Prep::More => return Served::Fallback(buf, "large-head"),
@@ -509,7 +514,14 @@ where
         return reset(io, c, started, head_method).await;
     };
     // The answer's head (informational ones relayed as they come).
+    let mut gate = HeadEnd::default();
     let r = loop {
+        if !gate.worth_parsing(&rbuf) && rbuf.len() < MAX_HEAD {
+            match read_some(&mut app, &mut rbuf).await {
+                Ok(n) if n > 0 => continue,
+                _ => return reset(io, c, started, head_method).await,
+            }
+        }
         match parse_response(&rbuf, p.head_method) {
             Resp::More if rbuf.len() < MAX_HEAD => match read_some(&mut app, &mut rbuf).await {
                 Ok(n) if n > 0 => {}
@@ -518,6 +530,7 @@ where
             Resp::More | Resp::Bad => return reset(io, c, started, head_method).await,
             Resp::Info(n, head) => {
                 rbuf.advance(n);
+                gate = HeadEnd::default();
                 if io.write_all(&head).await.is_err() || io.flush().await.is_err() {
                     return false;
                 }
@@ -697,6 +710,27 @@ where
         if done {
             left = Body::Done;
         }
+    }
+}
+
+/// Whether a head read so far is worth parsing: on its first read (a
+/// stranger's bytes that are no HTTP at all are told at once), and then
+/// only when new bytes hold a blank line that may end it. httparse starts
+/// from the head's first byte each time; parsing after every read would
+/// cost the square of a head sent a byte at a time.
+#[derive(Debug, Default)]
+struct HeadEnd {
+    searched: usize,
+}
+
+impl HeadEnd {
+    fn worth_parsing(&mut self, head: &[u8]) -> bool {
+        let first = self.searched == 0;
+        // A blank line may straddle the last read: two bytes back.
+        let from = self.searched.saturating_sub(2).min(head.len());
+        self.searched = head.len();
+        let new = &head[from..];
+        first || new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n")
     }
 }
 

@@ -341,3 +341,42 @@ fn a_connection_that_may_carry_stray_answer_bytes_is_not_used_again() {
         assert!(!a.keep, "{:?}", String::from_utf8_lossy(head));
     }
 }
+
+#[test]
+fn a_head_sent_a_byte_at_a_time_is_parsed_at_its_first_byte_and_its_end_only() {
+    for head in [
+        &b"GET /a HTTP/1.1\r\nHost: web\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n"[..],
+        b"GET /a HTTP/1.1\nHost: web\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n\n",
+        b"GET /a HTTP/1.1\r\nHost: web\r\n\nGET /b",
+    ] {
+        let mut gate = HeadEnd::default();
+        let mut parsed = Vec::new();
+        for k in 1..=head.len() {
+            if gate.worth_parsing(&head[..k]) {
+                parsed.push(k);
+                if let Prep::Ready(p) = prepare(&head[..k], None) {
+                    assert_eq!(p.head_len, k, "{:?}", String::from_utf8_lossy(head));
+                    break;
+                }
+            }
+        }
+        let end = head.windows(2).position(|w| w == b"\n\n").map_or_else(
+            || head.windows(3).position(|w| w == b"\n\r\n").unwrap() + 3,
+            |i| i + 2,
+        );
+        assert_eq!(parsed, [1, end], "{:?}", String::from_utf8_lossy(head));
+    }
+    // Whole in one read: parsed at once. Not HTTP: told at the first read.
+    let mut gate = HeadEnd::default();
+    assert!(gate.worth_parsing(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n"));
+    let mut gate = HeadEnd::default();
+    assert!(gate.worth_parsing(b"\x16\x03\x01\x02\x00"));
+    assert!(matches!(
+        prepare(b"\x16\x03\x01\x02\x00", None),
+        Prep::Fallback(_)
+    ));
+    // A blank line split across two reads is found.
+    let mut gate = HeadEnd::default();
+    assert!(gate.worth_parsing(b"GET / HTTP/1.1\r\nHost: web\r\n\r"));
+    assert!(gate.worth_parsing(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n"));
+}

@@ -671,3 +671,27 @@ async fn a_caller_forged_in_declared_trailers_never_reaches_the_app() {
         p.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_head_past_64_kib_goes_to_hyper_and_never_reaches_the_app() {
+    let app = RawApp::start().await;
+    let (p, _d) = inbound(app.addr, true).await;
+    let mut s = TcpStream::connect(p.inbound.unwrap()).await.unwrap();
+    // One long header, no end of head: what the fast path holds is
+    // bounded, and hyper refuses the head (431) or closes.
+    let mut head = b"GET /plain HTTP/1.1\r\nHost: app\r\nX-Big: ".to_vec();
+    head.resize(70 * 1024, b'a');
+    let _ = s.write_all(&head).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), read_upto(&mut s, usize::MAX)).await;
+    assert!(app.seen().is_empty(), "{:?}", app.seen().len());
+    let m = reqwest_metrics(p.admin).await;
+    assert_eq!(
+        metric(
+            &m,
+            "raftmesh_proxy_http1_fallbacks_total",
+            &[("reason", "large-head")]
+        ),
+        1.0
+    );
+    p.shutdown().await;
+}
