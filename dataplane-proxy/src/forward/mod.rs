@@ -160,14 +160,25 @@ fn refused(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// Whether the connection closed before any byte of the answer (hyper's
-/// "incomplete message": typically a kept-alive connection the endpoint
-/// closed, idle, as this request went out).
+/// Whether the connection closed before the answer's head: hyper's
+/// "incomplete message" (an end of stream), or a reset or broken pipe.
+/// Typically a kept-alive connection the endpoint closed as this request
+/// went out: a proxy handing over closes its idle connections, and one
+/// closed with the request unread in it is reset, not ended.
 fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message();
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+            );
         }
         source = s.source();
     }

@@ -7,8 +7,9 @@
 //!   before it) is retried on another endpoint whatever its method, with
 //!   or without a Route (twice by default; a Route's `retries.attempts`
 //!   sets how often, and 0 turns it off).
-//! - An idempotent request whose kept-alive connection closed before any
-//!   answer is sent again, with or without a Route (RFC 9112 §9.3.1).
+//! - An idempotent request whose kept-alive connection closed (or was
+//!   reset) before any answer is sent again, with or without a Route
+//!   (RFC 9112 §9.3.1).
 //! - A Route's retry policy adds retries of **idempotent** requests (GET,
 //!   HEAD, OPTIONS, TRACE, PUT, DELETE) on its conditions (5xx, reset,
 //!   ...), and of **gRPC** calls on its gRPC statuses (`unavailable` by
@@ -85,7 +86,7 @@ fn should_retry(
     if never_reached(r) {
         return true;
     }
-    // A kept-alive connection closed before any answer: an idempotent
+    // A kept-alive connection closed or reset before any answer: an idempotent
     // request goes again, as HTTP clients do (RFC 9112 §9.3.1).
     if idempotent && matches!(r, Err(ProxyError::Closed(_))) {
         return true;

@@ -498,3 +498,77 @@ async fn a_per_try_timeout_cuts_a_slow_attempt_and_the_retry_answers_on_real_soc
     assert_eq!(slow.hits(), 2);
     p.shutdown().await;
 }
+
+/// An endpoint that answers the first request of each connection and
+/// resets the connection (RST, not FIN) on the second, unanswered: a
+/// proxy handing over that closes a kept connection with a request unread
+/// in it. Counts the resets.
+async fn resetting_after_one() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let resets = Arc::new(AtomicUsize::new(0));
+    let counted = resets.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let resets = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    buf.drain(..end + 4);
+                    if answered {
+                        resets.fetch_add(1, Ordering::SeqCst);
+                        s.set_zero_linger().unwrap();
+                        return; // dropped: RST
+                    }
+                    answered = true;
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (addr, resets)
+}
+
+#[tokio::test]
+async fn an_idempotent_request_on_a_kept_connection_reset_before_its_answer_goes_again() {
+    let (addr, resets) = resetting_after_one().await;
+    // No Route: no retry policy of its own.
+    let (p, _d) = static_proxy(&mesh("web", &[("web-1", addr, "v1")], "")).await;
+    let c: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    for i in 0..4 {
+        let req = hyper::Request::get(format!("http://{}/", p.outbound))
+            .header("host", "web")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let r = c.request(req).await.unwrap();
+        assert_eq!(r.status(), 200, "GET {i}");
+    }
+    // Every request after the first met a kept connection that reset.
+    assert!(resets.load(Ordering::SeqCst) >= 3, "{resets:?}");
+    // A POST is not sent again: the endpoint may have acted on it.
+    let req = hyper::Request::post(format!("http://{}/", p.outbound))
+        .header("host", "web")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-raftmesh-error"], "upstream-reset");
+    p.shutdown().await;
+}
