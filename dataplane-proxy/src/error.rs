@@ -40,6 +40,14 @@ pub enum ProxyError {
     /// idempotent request is sent again (RFC 9112 §9.3.1).
     #[error("the connection to {0} closed before any answer")]
     Closed(String),
+    /// The connection was reset (or its TLS cut short) before any byte of
+    /// an answer. Sent again like [`ProxyError::Closed`] when idempotent (a
+    /// proxy that closes a kept connection with the request unread in it
+    /// resets it), but counted as the endpoint failing, like
+    /// [`ProxyError::Reset`]: an endpoint that resets every request is
+    /// ejected.
+    #[error("the connection to {0} was reset before any answer")]
+    ResetBeforeAnswer(String),
     /// The endpoint refused the request before processing it (HTTP/2
     /// `REFUSED_STREAM`, or a GOAWAY that left it out): safe to send
     /// elsewhere.
@@ -125,7 +133,9 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoints(_) => "no-healthy-endpoints",
             ProxyError::Connect(_) => "upstream-connect",
             ProxyError::Timeout(_) => "upstream-timeout",
-            ProxyError::Reset(_) | ProxyError::Closed(_) => "upstream-reset",
+            ProxyError::Reset(_) | ProxyError::Closed(_) | ProxyError::ResetBeforeAnswer(_) => {
+                "upstream-reset"
+            }
             ProxyError::Refused(_) => "upstream-refused",
             ProxyError::CircuitOpen(_) => "circuit-open",
             ProxyError::Denied(_) => "denied",
@@ -150,7 +160,9 @@ impl ProxyError {
                 StatusCode::from_u16(*s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Reset(_) | ProxyError::Closed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Reset(_) | ProxyError::Closed(_) | ProxyError::ResetBeforeAnswer(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Denied(_) | ProxyError::MtlsRequired | ProxyError::EgressDenied(_) => {
                 StatusCode::FORBIDDEN
             }
@@ -184,7 +196,9 @@ impl ProxyError {
             ProxyError::CircuitOpen(_) | ProxyError::RateLimited(_) => RESOURCE_EXHAUSTED,
             // The call may have reached the app: not UNAVAILABLE, which
             // callers (ours included) retry whatever the method.
-            ProxyError::Reset(_) | ProxyError::Closed(_) => INTERNAL,
+            ProxyError::Reset(_) | ProxyError::Closed(_) | ProxyError::ResetBeforeAnswer(_) => {
+                INTERNAL
+            }
             ProxyError::NoHealthyEndpoints(_)
             | ProxyError::Connect(_)
             | ProxyError::Refused(_)
@@ -318,6 +332,7 @@ mod tests {
             ProxyError::Timeout("x".into()),
             ProxyError::Reset("x".into()),
             ProxyError::Closed("x".into()),
+            ProxyError::ResetBeforeAnswer("x".into()),
             ProxyError::Refused("x".into()),
             ProxyError::CircuitOpen("x".into()),
             ProxyError::Denied("x".into()),

@@ -237,7 +237,12 @@ impl<S: Next> tower::Service<Request<Body>> for Balance<S> {
             }
             let failed = match &result {
                 Ok(r) => r.status().is_server_error(),
-                Err(e) => matches!(e, ProxyError::Connect(_) | ProxyError::Reset(_)),
+                Err(e) => matches!(
+                    e,
+                    ProxyError::Connect(_)
+                        | ProxyError::Reset(_)
+                        | ProxyError::ResetBeforeAnswer(_)
+                ),
                 // (`Closed` and `Refused`: an endpoint closing or shedding,
                 // not failing.)
             };

@@ -127,18 +127,24 @@ impl Forward {
         match crate::tls::DIAL.scope(limits, client.request(req)).await {
             Ok(resp) => Ok(resp.map(|b| b.boxed())),
             Err(e) if e.is_connect() => Err(ProxyError::Connect(addr.to_string())),
-            Err(e) if closed_before_answer(&e) => {
-                tracing::debug!(%addr, error = %e, "upstream closed the connection before any answer");
-                Err(ProxyError::Closed(addr.to_string()))
-            }
-            Err(e) if refused(&e) => {
-                tracing::debug!(%addr, error = %e, "upstream refused the request unprocessed");
-                Err(ProxyError::Refused(addr.to_string()))
-            }
-            Err(e) => {
-                tracing::debug!(%addr, error = %e, "upstream request failed");
-                Err(ProxyError::Reset(addr.to_string()))
-            }
+            Err(e) => match cut_before_answer(&e) {
+                Some(Cut::Ended) => {
+                    tracing::debug!(%addr, error = %e, "upstream closed the connection before any answer");
+                    Err(ProxyError::Closed(addr.to_string()))
+                }
+                Some(Cut::Reset) => {
+                    tracing::debug!(%addr, error = %e, "upstream reset the connection before any answer");
+                    Err(ProxyError::ResetBeforeAnswer(addr.to_string()))
+                }
+                None if refused(&e) => {
+                    tracing::debug!(%addr, error = %e, "upstream refused the request unprocessed");
+                    Err(ProxyError::Refused(addr.to_string()))
+                }
+                None => {
+                    tracing::debug!(%addr, error = %e, "upstream request failed");
+                    Err(ProxyError::Reset(addr.to_string()))
+                }
+            },
         }
     }
 }
@@ -160,29 +166,41 @@ fn refused(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// Whether the connection closed before the answer's head: hyper's
-/// "incomplete message" (an end of stream), or a reset or broken pipe.
-/// Typically a kept-alive connection the endpoint closed as this request
-/// went out: a proxy handing over closes its idle connections, and one
-/// closed with the request unread in it is reset, not ended.
-fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+/// How a connection was cut before the answer's head.
+enum Cut {
+    /// It ended (hyper's "incomplete message"): typically a kept-alive
+    /// connection the endpoint closed, idle, as this request went out.
+    Ended,
+    /// It was reset, or its TLS cut short: the same, when the endpoint
+    /// closed it with the request unread in it (a proxy handing over);
+    /// or an endpoint failing.
+    Reset,
+}
+
+/// Whether, and how, the connection was cut before the answer's head. An
+/// error of the request's own body (the caller's side) is not.
+fn cut_before_answer(e: &hyper_util::client::legacy::Error) -> Option<Cut> {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if s.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_incomplete_message)
-        {
-            return true;
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                return None;
+            }
+            if h.is_incomplete_message() {
+                return Some(Cut::Ended);
+            }
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             return matches!(
                 io.kind(),
                 ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
-            );
+            )
+            .then_some(Cut::Reset);
         }
         source = s.source();
     }
-    false
+    None
 }
 
 /// Removes the headers that describe one hop only.

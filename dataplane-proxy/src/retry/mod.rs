@@ -61,7 +61,7 @@ fn retryable(r: &Result<Response<Body>, ProxyError>, on: &[RetryOn]) -> bool {
                 || (matches!(s, 502..=504) && on.contains(&RetryOn::GatewayError))
         }
         Err(ProxyError::Connect(_)) => on.contains(&RetryOn::ConnectFailure),
-        Err(ProxyError::Reset(_) | ProxyError::Closed(_)) => {
+        Err(ProxyError::Reset(_) | ProxyError::Closed(_) | ProxyError::ResetBeforeAnswer(_)) => {
             on.contains(&RetryOn::Reset) || on.contains(&RetryOn::Status5xx)
         }
         Err(ProxyError::Timeout(_)) => {
@@ -88,7 +88,12 @@ fn should_retry(
     }
     // A kept-alive connection closed or reset before any answer: an idempotent
     // request goes again, as HTTP clients do (RFC 9112 §9.3.1).
-    if idempotent && matches!(r, Err(ProxyError::Closed(_))) {
+    if idempotent
+        && matches!(
+            r,
+            Err(ProxyError::Closed(_) | ProxyError::ResetBeforeAnswer(_))
+        )
+    {
         return true;
     }
     let Some(p) = policy else { return false };

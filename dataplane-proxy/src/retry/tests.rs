@@ -273,19 +273,32 @@ async fn the_budget_caps_retries_at_a_fifth_of_the_traffic() {
 }
 
 #[tokio::test]
-async fn a_closed_keep_alive_connection_is_retried_for_idempotent_requests_only() {
-    let (mock, _) = failing_then_ok(1, ProxyError::Closed("a".into()));
+async fn a_closed_or_reset_keep_alive_connection_is_retried_for_idempotent_requests_only() {
+    for cut in [
+        ProxyError::Closed("a".into()),
+        ProxyError::ResetBeforeAnswer("a".into()),
+    ] {
+        let (mock, _) = failing_then_ok(1, cut.clone());
+        let mut svc = RetryLayer.layer(mock.clone());
+        let mut req = get();
+        req.extensions_mut().insert(target(None, None));
+        let r = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(mock.count(), 2, "{cut}: a GET goes again, no policy needed");
+
+        let (mock, _) = failing_then_ok(1, cut.clone());
+        let mut svc = RetryLayer.layer(mock.clone());
+        let mut post = Request::post("/").body(full("x")).unwrap();
+        post.extensions_mut().insert(target(None, None));
+        assert!(svc.ready().await.unwrap().call(post).await.is_err());
+        assert_eq!(mock.count(), 1, "{cut}: a POST may have reached the app");
+    }
+    // Any other break (`Reset`: a bad answer head, an HTTP/2 stream
+    // error) is not sent again without a policy that asks for it.
+    let (mock, _) = failing_then_ok(1, ProxyError::Reset("a".into()));
     let mut svc = RetryLayer.layer(mock.clone());
     let mut req = get();
     req.extensions_mut().insert(target(None, None));
-    let r = svc.ready().await.unwrap().call(req).await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(mock.count(), 2, "a GET goes again, no policy needed");
-
-    let (mock, _) = failing_then_ok(1, ProxyError::Closed("a".into()));
-    let mut svc = RetryLayer.layer(mock.clone());
-    let mut post = Request::post("/").body(full("x")).unwrap();
-    post.extensions_mut().insert(target(None, None));
-    assert!(svc.ready().await.unwrap().call(post).await.is_err());
-    assert_eq!(mock.count(), 1, "a POST may have reached the app");
+    assert!(svc.ready().await.unwrap().call(req).await.is_err());
+    assert_eq!(mock.count(), 1);
 }

@@ -499,11 +499,12 @@ async fn a_per_try_timeout_cuts_a_slow_attempt_and_the_retry_answers_on_real_soc
     p.shutdown().await;
 }
 
-/// An endpoint that answers the first request of each connection and
-/// resets the connection (RST, not FIN) on the second, unanswered: a
-/// proxy handing over that closes a kept connection with a request unread
-/// in it. Counts the resets.
-async fn resetting_after_one() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// An endpoint that answers the first `answered` requests of each
+/// connection and resets the connection (RST, not FIN) on the next,
+/// unanswered: with 1, a proxy handing over that closes a kept connection
+/// with a request unread in it; with 0, an endpoint failing. Counts the
+/// resets.
+async fn resetting_after(answered: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -515,7 +516,7 @@ async fn resetting_after_one() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
-                let mut answered = false;
+                let mut served = 0;
                 loop {
                     let Ok(n) = s.read(&mut chunk).await else {
                         return;
@@ -528,12 +529,12 @@ async fn resetting_after_one() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                         continue;
                     };
                     buf.drain(..end + 4);
-                    if answered {
+                    if served == answered {
                         resets.fetch_add(1, Ordering::SeqCst);
                         s.set_zero_linger().unwrap();
                         return; // dropped: RST
                     }
-                    answered = true;
+                    served += 1;
                     s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                         .await
                         .unwrap();
@@ -546,7 +547,8 @@ async fn resetting_after_one() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn an_idempotent_request_on_a_kept_connection_reset_before_its_answer_goes_again() {
-    let (addr, resets) = resetting_after_one().await;
+    use http_body_util::BodyExt;
+    let (addr, resets) = resetting_after(1).await;
     // No Route: no retry policy of its own.
     let (p, _d) = static_proxy(&mesh("web", &[("web-1", addr, "v1")], "")).await;
     let c: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
@@ -559,6 +561,8 @@ async fn an_idempotent_request_on_a_kept_connection_reset_before_its_answer_goes
             .unwrap();
         let r = c.request(req).await.unwrap();
         assert_eq!(r.status(), 200, "GET {i}");
+        // Whole, so the connection is back in the proxy's pool.
+        r.into_body().collect().await.unwrap();
     }
     // Every request after the first met a kept connection that reset.
     assert!(resets.load(Ordering::SeqCst) >= 3, "{resets:?}");
@@ -570,5 +574,36 @@ async fn an_idempotent_request_on_a_kept_connection_reset_before_its_answer_goes
     let r = c.request(req).await.unwrap();
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-raftmesh-error"], "upstream-reset");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_that_resets_every_request_is_ejected_and_gets_requests_retried_meanwhile() {
+    let (bad, resets) = resetting_after(0).await;
+    let good = Upstream::start("good").await;
+    let route = "kind: Route\nmetadata: {name: web}\nspec:\n  service: web\n  load_balancer: round-robin\n  outlier: {consecutive_failures: 3, base_ejection: 30s, max_ejection_percent: 50}\n";
+    let (p, _d) = static_proxy(&mesh(
+        "web",
+        &[("web-1", bad, "v1"), ("web-2", good.addr, "v1")],
+        route,
+    ))
+    .await;
+    let c = http_client();
+    for i in 0..20 {
+        let (s, _, _) = get(&c, p.outbound, "web", "/", &[]).await;
+        assert_eq!(s, 200, "GET {i}: retried on the other endpoint");
+    }
+    // A reset is the endpoint failing: three in a row eject it.
+    assert_eq!(resets.load(Ordering::SeqCst), 3);
+    let m = super::routing::reqwest_metrics(p.admin).await;
+    assert_eq!(
+        metric(
+            &m,
+            "raftmesh_proxy_ejections_total",
+            &[("destination_service", "web")]
+        ),
+        1.0,
+        "{m}"
+    );
     p.shutdown().await;
 }
