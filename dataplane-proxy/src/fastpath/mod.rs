@@ -112,11 +112,11 @@ where
     loop {
         let mut gate = HeadEnd::default();
         let p = loop {
-            if !buf.is_empty() && !gate.worth_parsing(&buf) {
-                if buf.len() >= MAX_HEAD {
-                    return Served::Fallback(buf, "large-head");
+            if buf.is_empty() {
+                if c.draining.load(Ordering::Relaxed) {
+                    return close(io).await;
                 }
-            } else if !buf.is_empty() {
+            } else if gate.worth_parsing(&buf) {
                 match prepare(&buf, caller.as_deref()) {
                     Prep::More if buf.len() < MAX_HEAD => {}
                     Prep::More => return Served::Fallback(buf, "large-head"),
@@ -126,8 +126,8 @@ where
                         None => break p,
                     },
                 }
-            } else if c.draining.load(Ordering::Relaxed) {
-                return close(io).await;
+            } else if buf.len() >= MAX_HEAD {
+                return Served::Fallback(buf, "large-head");
             }
             match read_some(io, &mut buf).await {
                 Ok(0) | Err(_) => return Served::Closed,
@@ -138,9 +138,8 @@ where
         // app gets it in one write, and its answer is read as soon as it
         // comes (an early answer, an app that answers while it reads). A
         // body that cannot be held goes to hyper, which streams it. The
-        // head's limit (`--header-timeout`) covers the body too.
-        // A chunked body is scanned once, as it comes: what was scanned is
-        // not scanned again after the next read.
+        // head's limit (`--header-timeout`) covers the body too. A chunked
+        // body is scanned once, as it comes (`Held`).
         let mut held = Held::default();
         let end = loop {
             match p.body {
